@@ -1,0 +1,32 @@
+"""Framework adapters: one module per framework behind the :class:`Adapter` interface."""
+
+from __future__ import annotations
+
+from ..errors import UnsupportedModelError
+from .base import Adapter
+from .keras import KerasAdapter
+from .numpy_dict import NumpyDictAdapter
+
+ADAPTERS: list[Adapter] = [KerasAdapter(), NumpyDictAdapter()]
+
+
+def adapter_for(obj: object) -> Adapter:
+    """The adapter that handles ``obj``; :class:`UnsupportedModelError` when none does."""
+    for adapter in ADAPTERS:
+        if adapter.handles(obj):
+            return adapter
+    raise UnsupportedModelError(
+        f"cannot version a {type(obj).__name__}: supported are Keras 3 models and "
+        "dict[str, numpy.ndarray]"
+    )
+
+
+def adapter_named(framework: str) -> Adapter:
+    """The adapter for a stored version's framework name."""
+    for adapter in ADAPTERS:
+        if adapter.framework == framework:
+            return adapter
+    raise UnsupportedModelError(f"no adapter for framework {framework!r} in this mvc_magics")
+
+
+__all__ = ["ADAPTERS", "Adapter", "adapter_for", "adapter_named"]

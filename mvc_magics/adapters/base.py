@@ -1,0 +1,81 @@
+"""The small interface every framework adapter implements."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..errors import ShapeMismatchError
+
+
+class Adapter(Protocol):
+    """How mvc_magics reads, writes and rebuilds the models of one framework."""
+
+    framework: str
+
+    def handles(self, obj: object) -> bool:
+        """True when ``obj`` is a model of this framework (must not import the framework)."""
+
+    def get_state(self, model: Any) -> dict[str, np.ndarray]:
+        """Every variable of ``model`` by stable name, in a deterministic order."""
+
+    def set_state(self, model: Any, state: Mapping[str, np.ndarray]) -> None:
+        """Assign ``state`` to ``model``: check everything first, then assign (all or nothing)."""
+
+    def structure(self, model: Any) -> object | None:
+        """A JSON-able description to rebuild the model from, or None when not serializable."""
+
+    def build(self, structure: object, state: Mapping[str, np.ndarray], unsafe: bool = False) -> Any:
+        """A new model from ``structure`` holding ``state``."""
+
+    def extra_metadata(self, model: Any) -> dict:
+        """Metadata outside the identity (compile configuration...)."""
+
+    def fit_metrics(self, model: Any) -> dict[str, float]:
+        """Metrics of the last epoch of the model's most recent training run, if any."""
+
+    def library_versions(self) -> dict[str, str]:
+        """Versions of the framework libraries, recorded with each commit."""
+
+
+def match_state(
+    live: Mapping[str, tuple[tuple[int, ...], str]], stored: Mapping[str, np.ndarray]
+) -> dict[str, str]:
+    """Map each live variable name to the stored tensor name it receives, checking every shape.
+
+    Names are matched exactly; when they differ (a notebook re-ran the cell that built the model,
+    so Keras numbered the layers anew) and the ordered shapes and dtypes agree, they are matched
+    by position. Raises :class:`ShapeMismatchError` naming the first problems, before any assignment.
+    """
+    live_names, stored_names = list(live), list(stored)
+    if set(live_names) == set(stored_names):
+        pairs = {name: name for name in live_names}
+    elif len(live_names) == len(stored_names) and all(
+        live[a][0] == tuple(stored[b].shape) for a, b in zip(live_names, stored_names)
+    ):
+        pairs = dict(zip(live_names, stored_names))
+    else:
+        missing = [n for n in stored_names if n not in live]
+        extra = [n for n in live_names if n not in stored]
+        detail = []
+        if missing:
+            detail.append(f"not in the model: {', '.join(missing[:3])}")
+        if extra:
+            detail.append(f"not in the version: {', '.join(extra[:3])}")
+        if not detail:
+            detail.append("the variables differ")
+        raise ShapeMismatchError(
+            f"the version does not fit this model ({len(stored_names)} stored tensors, "
+            f"{len(live_names)} model variables; {'; '.join(detail)})"
+        )
+    problems = []
+    for live_name, stored_name in pairs.items():
+        shape, _dtype = live[live_name]
+        if tuple(stored[stored_name].shape) != tuple(shape):
+            problems.append(f"{live_name}: model {tuple(shape)} vs stored {tuple(stored[stored_name].shape)}")
+    if problems:
+        more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise ShapeMismatchError(f"shape mismatch, model left unchanged: {'; '.join(problems[:3])}{more}")
+    return pairs

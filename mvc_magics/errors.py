@@ -1,0 +1,71 @@
+"""Typed exceptions of the core.
+
+Every error the API raises on purpose derives from :class:`MVCError`, so the magic layer can turn
+expected user errors into a one-line ``UsageError`` and let real bugs show their traceback.
+"""
+
+from __future__ import annotations
+
+
+class MVCError(Exception):
+    """Base class of every error mvc_magics raises on purpose."""
+
+
+class StoreError(MVCError):
+    """The store cannot be opened or written (missing, unknown format, permissions, disk full)."""
+
+
+class StoreFormatError(StoreError):
+    """The store or a snapshot file has a format this version does not understand."""
+
+
+class InvalidNameError(MVCError, ValueError):
+    """A model, tag or remote name is not allowed (path separators, '..', control characters...)."""
+
+
+class InvalidMetricError(MVCError, ValueError):
+    """A metric or parameter value is not acceptable (for example not a number)."""
+
+
+class UnsupportedModelError(MVCError, TypeError):
+    """The object is not a model any adapter can handle, or it has no variables."""
+
+
+class RefError(MVCError, LookupError):
+    """A ref could not be resolved to exactly one version."""
+
+    def __init__(self, message: str, candidates: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.candidates = list(candidates or [])
+
+
+class UnknownRefError(RefError):
+    """No version matches the ref."""
+
+
+class AmbiguousRefError(RefError):
+    """Several versions match the ref (for example a short prefix)."""
+
+
+class TagExistsError(MVCError):
+    """The tag already points at another version; pass ``force=True`` to move it."""
+
+
+class ProtectedRefError(MVCError):
+    """The tag or version is protected; pass ``force=True`` to change it."""
+
+
+class ShapeMismatchError(MVCError, ValueError):
+    """The stored tensors do not fit the live model; nothing was assigned."""
+
+
+class IntegrityError(MVCError):
+    """Stored data does not match its hash, or a snapshot file is malformed or hostile."""
+
+
+class MergeConflictError(MVCError, ValueError):
+    """The inputs of a merge cannot be combined; nothing was committed."""
+
+
+class LockTimeoutError(StoreError):
+    """Another process holds the store lock for longer than the timeout."""

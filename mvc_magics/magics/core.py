@@ -1,0 +1,190 @@
+"""The core magics: %mvc_init, %mvc_commit, %mvc_checkout, %mvc_log, %mvc_tag, %mvc_status."""
+
+from __future__ import annotations
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments
+from traitlets import Unicode
+
+from ..metadata import parse_metric_value, parse_param_value
+from ..tables import format_bytes
+from .session import MVCSession, parse_line, user_errors
+
+
+def parse_pairs(groups: list[list[str]] | None, what: str) -> list[tuple[str, str]]:
+    """``K=V`` items from repeated ``--metric``/``--param`` flags (each may take several)."""
+    pairs = []
+    for item in (entry for group in groups or [] for entry in group):
+        for piece in item.split(","):
+            if not piece:
+                continue
+            key, sep, value = piece.partition("=")
+            if not sep or not key:
+                raise UsageError(f"{what} {piece!r} must look like KEY=VALUE")
+            pairs.append((key.strip(), value.strip()))
+    return pairs
+
+
+@magics_class
+class MVCMagics(Magics):
+    """Model version control: commit, check out, log, tag and status of notebook models.
+
+    Options (``%config MVCMagics.<option> = ...``): ``store`` (the store folder) and
+    ``default_model`` (the variable meant when a magic names none).
+    """
+
+    store = Unicode("", help="Store folder; empty: .mvc beside the notebook (or $MVC_DIR)").tag(config=True)
+    default_model = Unicode("", help="Model variable used when a magic names none").tag(config=True)
+
+    def __init__(self, shell, session: MVCSession) -> None:
+        super().__init__(shell)
+        self.session = session
+        self.observe(self._on_store_change, names="store")
+
+    def _on_store_change(self, change) -> None:
+        self.session.init(change["new"] or None)
+
+    # -- %mvc_init --------------------------------------------------------------------------
+
+    @line_magic
+    @magic_arguments()
+    @argument("path", nargs="?", default=None, help="store folder (default: .mvc beside the notebook)")
+    @user_errors
+    def mvc_init(self, line: str):
+        """Use (and create) the version store at PATH for this notebook."""
+        args = parse_line(self.mvc_init, line)
+        repo = self.session.init(args.path)
+        print(f"mvc store at {repo.path} ({repo.index.count()} versions)")
+
+    # -- %mvc_commit ------------------------------------------------------------------------
+
+    @line_magic
+    @magic_arguments()
+    @argument("model", nargs="?", default=None, help="the model variable to commit")
+    @argument("-m", "--message", default=None, help="what changed in this version")
+    @argument("--metric", nargs="+", action="append", metavar="K=V", help="metrics, e.g. --metric acc=0.9")
+    @argument("--param", nargs="+", action="append", metavar="K=V", help="params, e.g. --param lr=0.01")
+    @argument("--tag", nargs="+", action="append", metavar="TAG", help="tags to put on the version")
+    @user_errors
+    def mvc_commit(self, line: str):
+        """Commit the model variable MODEL as a new version (fit history metrics are captured).
+
+        Returns the Version, so ``v = %mvc_commit model`` works.
+        """
+        args = parse_line(self.mvc_commit, line)
+        name = args.model or self.session.default_model(self.default_model)
+        model = self.session.variable(name)
+        metrics = {k: parse_metric_value(k, v) for k, v in parse_pairs(args.metric, "metric")}
+        params = {k: parse_param_value(v) for k, v in parse_pairs(args.param, "param")}
+        tags = [t for group in args.tag or [] for t in group]
+        version = self.session.repo.commit(
+            model, name, message=args.message, metrics=metrics or None, params=params, tags=tags,
+            provenance={"notebook": self.session.notebook_path()} if self.session.notebook_path() else None,
+        )
+        print(commit_line(version))
+        return version
+
+    # -- %mvc_checkout ----------------------------------------------------------------------
+
+    @line_magic
+    @magic_arguments()
+    @argument("ref", help="id prefix, tag, latest, HEAD~N, best:METRIC[:min|max]")
+    @argument("model", nargs="?", default=None, help="the model variable to load into (in place)")
+    @argument("--as", dest="as_var", default=None, metavar="VAR", help="build a new model into VAR")
+    @argument("--unsafe", action="store_true", help="allow rebuilding structures that run custom code")
+    @user_errors
+    def mvc_checkout(self, line: str):
+        """Load a version into the model variable in place, or build it into a new variable (--as)."""
+        args = parse_line(self.mvc_checkout, line)
+        repo = self.session.repo
+        if args.as_var:
+            if not args.as_var.isidentifier():
+                raise UsageError(f"{args.as_var!r} is not a variable name")
+            version = repo.resolve(args.ref, name=args.model or self._model_for_ref(args.ref))
+            self.session.namespace[args.as_var] = repo.checkout(version.id, name=None, unsafe=args.unsafe)
+            print(f"built {version.short_id} ({version.name}) into {args.as_var}")
+            return
+        name = args.model or self._model_for_ref(args.ref)
+        version = repo.resolve(args.ref, name=name)
+        live = self.session.namespace.get(name)
+        if live is None:
+            self.session.namespace[name] = repo.checkout(version.id, None, name=name, unsafe=args.unsafe)
+            print(f"built {version.short_id} into new variable {name}")
+        else:
+            repo.checkout(version.id, live, name=name)
+            print(f"checked out {version.summary()} into {name}")
+
+    def _model_for_ref(self, ref: str) -> str | None:
+        """The model a ref refers to when none is named: the configured or only tracked one."""
+        if self.default_model:
+            return self.default_model
+        models = self.session.repo.models()
+        if len(models) <= 1:
+            return models[0] if models else None
+        present = [m for m in models if m in self.session.namespace]
+        return present[0] if len(present) == 1 else None
+
+    # -- %mvc_log ---------------------------------------------------------------------------
+
+    @line_magic
+    @magic_arguments()
+    @argument("model", nargs="?", default=None, help="the model (default: all models)")
+    @argument("-n", type=int, default=20, help="how many versions (newest first; 0: all)")
+    @user_errors
+    def mvc_log(self, line: str):
+        """Show the versions of a model, newest first, with tags, metrics and HEAD."""
+        args = parse_line(self.mvc_log, line)
+        if args.n < 0:
+            raise UsageError("-n must be 0 (all) or a positive count")
+        return self.session.repo.log(args.model, limit=args.n or None)
+
+    # -- %mvc_tag ---------------------------------------------------------------------------
+
+    @line_magic
+    @magic_arguments()
+    @argument("names", nargs="+", metavar="REF TAG", help="the version and the tag (only TAG with --delete)")
+    @argument("--model", default=None, help="the model whose history the ref is in")
+    @argument("--delete", action="store_true", help="remove the tag")
+    @argument("--force", action="store_true", help="move a tag that is on another version")
+    @argument("--protect", action="store_true", help="protect the tag: moving or deleting it needs --force")
+    @user_errors
+    def mvc_tag(self, line: str):
+        """Put TAG on version REF (``--force`` to move it), or remove it with ``--delete``."""
+        args = parse_line(self.mvc_tag, line)
+        repo = self.session.repo
+        if args.delete:
+            if len(args.names) not in (1, 2):
+                raise UsageError("usage: %mvc_tag [REF] TAG --delete")
+            repo.untag(args.names[-1], name=args.model, force=args.force)
+            print(f"deleted tag {args.names[-1]}")
+            return
+        if len(args.names) != 2:
+            raise UsageError("usage: %mvc_tag REF TAG [--force] [--protect]")
+        ref, tag = args.names
+        version = repo.tag(ref, tag, name=args.model or self._model_for_ref(ref), force=args.force,
+                           protect=True if args.protect else None)
+        print(f"tagged {version.short_id} ({version.name}) as {tag}")
+
+    # -- %mvc_status ------------------------------------------------------------------------
+
+    @line_magic
+    @user_errors
+    def mvc_status(self, line: str):
+        """Each tracked model variable: the version it is at and whether its weights changed since."""
+        if line.strip():
+            raise UsageError("%mvc_status takes no arguments")
+        return self.session.repo.status(self.session.namespace)
+
+
+def commit_line(version) -> str:
+    """The one line %mvc_commit prints: id, message, tensors written vs reused, bytes written."""
+    stats = version.stats
+    message = f" {version.message!r}" if version.message else ""
+    if stats is not None and not stats.new_version:
+        return f"unchanged: {version.short_id}{message} already stored (metrics and tags attached)"
+    written = stats.tensors_written if stats else 0
+    reused = stats.tensors_reused if stats else 0
+    nbytes = stats.bytes_written if stats else 0
+    return (f"committed {version.short_id} {version.name}{message}: {written} tensors written, "
+            f"{reused} reused, {format_bytes(nbytes)}")

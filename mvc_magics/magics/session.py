@@ -1,0 +1,105 @@
+"""State shared by the magic classes of one IPython shell: the store and the namespace."""
+
+from __future__ import annotations
+
+import functools
+import shlex
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from IPython.core.error import UsageError
+
+from ..errors import MVCError
+from ..repo import Repo, default_store_path
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(func: F) -> F:
+    """Show expected errors (:class:`MVCError`) as a one-line ``UsageError``, never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except MVCError as exc:
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UsageError(message) from None
+        except KeyboardInterrupt:
+            raise UsageError("interrupted; the store is unchanged by the unfinished operation") from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class MVCSession:
+    """The store of one shell (opened lazily) and access to the user's variables."""
+
+    def __init__(self, shell: Any) -> None:
+        self.shell = shell
+        self.store_path: Path | None = None
+        self._repo: Repo | None = None
+
+    @property
+    def namespace(self) -> dict:
+        return self.shell.user_ns
+
+    def notebook_path(self) -> str | None:
+        """The notebook's path, from ``__session__`` (Jupyter/VS Code) or ``JPY_SESSION_NAME``."""
+        session = self.namespace.get("__session__")
+        if isinstance(session, str) and session:
+            return session
+        return os.environ.get("JPY_SESSION_NAME") or None
+
+    @property
+    def repo(self) -> Repo:
+        """The store, opened on first use at the configured or default path."""
+        path = self.store_path or default_store_path(self.notebook_path())
+        if self._repo is None or self._repo.path != Path(path):
+            self.close()
+            self._repo = Repo(path)
+        return self._repo
+
+    def init(self, path: str | os.PathLike | None) -> Repo:
+        """Use (and create) the store at ``path``; None goes back to the default."""
+        self.close()
+        self.store_path = Path(path).expanduser() if path else None
+        return self.repo
+
+    def close(self) -> None:
+        if self._repo is not None:
+            self._repo.close()
+            self._repo = None
+
+    def variable(self, name: str) -> Any:
+        """The user's variable ``name``; a one-line error when it does not exist."""
+        if not name.isidentifier():
+            raise UsageError(f"{name!r} is not a variable name")
+        if name not in self.namespace:
+            raise UsageError(f"no variable named {name!r} in the notebook")
+        return self.namespace[name]
+
+    def default_model(self, configured: str = "") -> str:
+        """The model meant when none is named: the configured one, else the only tracked one present."""
+        if configured:
+            return configured
+        present = [n for n in self.repo.models() if n in self.namespace]
+        if len(present) == 1:
+            return present[0]
+        if not present:
+            raise UsageError("name the model variable (no tracked model is in the notebook yet)")
+        raise UsageError(f"name the model: several tracked models are present ({', '.join(present)})")
+
+
+def parse_line(magic: Callable[..., Any], line: str) -> Any:
+    """Parse a magic's argument line with shell quoting (``-m "two words"``) into its arguments.
+
+    IPython's ``parse_argstring`` keeps quote characters on POSIX; users expect them removed.
+    Bad flags and unbalanced quotes become a one-line ``UsageError``.
+    """
+    try:
+        argv = shlex.split(line, posix=True)
+    except ValueError as exc:
+        raise UsageError(f"cannot parse the arguments: {exc}") from None
+    return magic.parser.parse_args(argv)

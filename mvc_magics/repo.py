@@ -1,0 +1,383 @@
+"""``Repo``: the plain Python API over one store. It never imports IPython.
+
+>>> from mvc_magics import Repo
+>>> repo = Repo(".mvc")                                        # doctest: +SKIP
+>>> v = repo.commit(model, "model", message="10 epochs", metrics={"val_mse": 0.9})  # doctest: +SKIP
+>>> repo.checkout("best:val_mse", model)                       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import resolver
+from .adapters import adapter_for, adapter_named
+from .errors import IntegrityError, TagExistsError, UnsupportedModelError, ProtectedRefError
+from .hashing import dtype_name, tensor_hash, version_id
+from .metadata import author, base_library_versions, validate_metrics, validate_params
+from .names import validate_name
+from .storage.audit import AuditLog
+from .storage.index import Index
+from .storage.snapshot import ManifestEntry, TensorReader, read_content, write_snapshot
+from .storage.store import StoreLayout
+from .storage.atomic import write_atomically
+from .version import CommitStats, StatusEntry, StatusReport, Version, VersionLog, VerifyReport
+
+DEFAULT_DIRNAME = ".mvc"
+
+
+def default_store_path(notebook_path: str | os.PathLike | None = None) -> Path:
+    """Where the store lives: ``$MVC_DIR``, else ``.mvc`` beside the notebook, else in the cwd."""
+    env = os.environ.get("MVC_DIR")
+    if env:
+        return Path(env).expanduser()
+    notebook = notebook_path or os.environ.get("JPY_SESSION_NAME")
+    if notebook:
+        folder = Path(notebook).expanduser().parent
+        if folder.is_dir():
+            return folder / DEFAULT_DIRNAME
+    return Path.cwd() / DEFAULT_DIRNAME
+
+
+class Repo:
+    """A model version store in one folder (by default ``.mvc`` beside the notebook).
+
+    Args:
+        path: the store folder; None means :func:`default_store_path`.
+        create: create the store when it does not exist yet.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, create: bool = True) -> None:
+        self.path = Path(path).expanduser() if path is not None else default_store_path()
+        self.layout = StoreLayout(self.path)
+        self.layout.open(create=create)
+        self.audit = AuditLog(self.layout.audit_path)
+        rebuild = not self.layout.index_path.exists()
+        try:
+            self.index = Index(self.layout.index_path)
+            self.index.query("SELECT count(*) FROM versions")
+        except Exception:  # noqa: BLE001 - a damaged index is rebuilt from the snapshots
+            self._discard_index()
+            self.index = Index(self.layout.index_path)
+            rebuild = True
+        if rebuild:
+            self.reindex()
+        else:
+            self._recover_unindexed()
+
+    def __repr__(self) -> str:
+        return f"Repo({str(self.path)!r})"
+
+    def close(self) -> None:
+        """Close the index connection."""
+        self.index.close()
+
+    def __enter__(self) -> Repo:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- commit -----------------------------------------------------------------------------
+
+    def commit(
+        self,
+        model: Any,
+        name: str,
+        message: str | None = None,
+        metrics: Mapping[str, float] | None = None,
+        params: Mapping[str, object] | None = None,
+        tags: Iterable[str] = (),
+        provenance: Mapping[str, object] | None = None,
+        parents: Iterable[str] | None = None,
+        extra: Mapping[str, object] | None = None,
+    ) -> Version:
+        """Store the model's current content as a version of ``name`` and return it.
+
+        Only tensors the store does not have yet are written. Committing content that is already
+        stored creates no new version: the existing one is returned, and ``metrics``/``tags`` are
+        attached to it. The fit history's last epoch is captured as metrics (explicit ones win).
+        """
+        name = validate_name(name, "model name")
+        tags = [validate_name(t, "tag") for t in tags]
+        adapter = adapter_for(model)
+        explicit = validate_metrics(metrics)
+        params = validate_params(params)
+        state = adapter.get_state(model)
+        if not state:
+            raise UnsupportedModelError(f"{name!r} has no variables to version")
+        all_metrics = {**validate_metrics(adapter.fit_metrics(model)), **explicit}
+        structure = adapter.structure(model)
+        arrays = {key: np.ascontiguousarray(value) for key, value in state.items()}
+        hashes = {key: tensor_hash(array) for key, array in arrays.items()}
+        vid = version_id(
+            structure, ((k, dtype_name(a.dtype), a.shape, hashes[k]) for k, a in arrays.items())
+        )
+        with self.layout.locked():
+            for tag in tags:
+                self._check_tag_free(name, tag, vid, force=False)
+            existing = self._find(vid)
+            if existing is not None:
+                self._attach(vid, name, all_metrics if metrics is None else explicit, tags)
+                stats = CommitStats(False, 0, len(arrays), 0)
+                self.audit.append(author(), "commit-existing", name, [vid], {"metrics": explicit})
+            else:
+                stats = self._write_version(
+                    vid, name, adapter, arrays, hashes, structure, message, all_metrics, params,
+                    tags, provenance, parents, extra, model,
+                )
+        version = self.get(vid, name=name)
+        version.stats = stats
+        return version
+
+    def _write_version(self, vid, name, adapter, arrays, hashes, structure, message, metrics,
+                       params, tags, provenance, parents, extra, model) -> CommitStats:
+        stored = self.index.has_tensors(set(hashes.values()))
+        new_tensors: dict[str, np.ndarray] = {}
+        manifest: list[ManifestEntry] = []
+        for key, array in arrays.items():
+            digest = hashes[key]
+            if digest not in stored and digest not in new_tensors:
+                new_tensors[digest] = array
+            manifest.append(ManifestEntry(key, dtype_name(array.dtype), tuple(array.shape), digest,
+                                          stored.get(digest, vid), int(array.nbytes)))
+        if parents is None:
+            head = self._head_id(name)
+            parents = [head] if head and self._find(head) else []
+        created = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+        meta = {
+            "name": name, "message": message or "", "parents": list(parents), "created": created,
+            "author": author(), "metrics": metrics, "params": params, "framework": adapter.framework,
+            "libraries": {**base_library_versions(), **adapter.library_versions()},
+            "provenance": dict(provenance or {}), "extra": {**adapter.extra_metadata(model), **(extra or {})},
+        }
+        write_atomically(
+            self.layout.snapshot_path(vid),
+            lambda tmp: write_snapshot(tmp, vid, meta, structure, manifest, new_tensors),
+            self.layout.tmp,
+        )
+        for tag in tags:
+            self.layout.write_tag(name, tag, vid)
+        self.layout.write_head(name, vid)
+        written = sum(int(a.nbytes) for a in new_tensors.values())
+        with self.index.transaction() as conn:
+            Index.insert_version(conn, vid, name, created, meta, [e.to_json() for e in manifest], written)
+            Index.set_metrics(conn, vid, metrics)
+            conn.executemany("INSERT OR REPLACE INTO tags(name, tag, id, protected) VALUES(?, ?, ?, 0)",
+                             [(name, tag, vid) for tag in tags])
+            conn.execute("INSERT OR REPLACE INTO heads(name, id) VALUES(?, ?)", (name, vid))
+        self.audit.append(meta["author"], "commit", name, [vid],
+                          {"message": meta["message"], "tags": list(tags), "bytes_written": written})
+        return CommitStats(True, len(new_tensors), len(arrays) - len(new_tensors), written)
+
+    def _attach(self, vid: str, name: str, metrics: dict[str, float], tags: list[str]) -> None:
+        """Attach metrics/tags to an existing version and make it the HEAD of ``name``."""
+        if metrics:
+            self.layout.write_note(vid, {"metrics": metrics})
+        for tag in tags:
+            self.layout.write_tag(name, tag, vid)
+        self.layout.write_head(name, vid)
+        with self.index.transaction() as conn:
+            Index.set_metrics(conn, vid, metrics)
+            conn.executemany("INSERT OR REPLACE INTO tags(name, tag, id, protected) VALUES(?, ?, ?, 0)",
+                             [(name, tag, vid) for tag in tags])
+            conn.execute("INSERT OR REPLACE INTO heads(name, id) VALUES(?, ?)", (name, vid))
+
+    # -- reading versions -------------------------------------------------------------------
+
+    def _find(self, vid: str) -> tuple | None:
+        rows = self.index.query("SELECT id FROM versions WHERE id = ?", (vid,))
+        return rows[0] if rows else None
+
+    def _head_id(self, name: str) -> str | None:
+        rows = self.index.query("SELECT id FROM heads WHERE name = ?", (name,))
+        return rows[0][0] if rows else None
+
+    def get(self, vid: str, name: str | None = None) -> Version:
+        """The :class:`Version` with full id ``vid``."""
+        versions = resolver.load_versions(self.index, "v.id = ?", (vid,), head_name=name)
+        if not versions:
+            raise resolver.UnknownRefError(f"no version {vid[:12]} in this store")
+        return versions[0]
+
+    def models(self) -> list[str]:
+        """Names of the models that have versions, in order of their first commit."""
+        rows = self.index.query("SELECT name, min(seq) FROM versions GROUP BY name ORDER BY 2")
+        heads = {r[0] for r in self.index.query("SELECT name FROM heads")}
+        names = [r[0] for r in rows]
+        return names + sorted(heads - set(names))
+
+    def head(self, name: str) -> Version | None:
+        """The version the model variable ``name`` is at (last commit or checkout), if any."""
+        head = self._head_id(validate_name(name, "model name"))
+        return self.get(head, name=name) if head and self._find(head) else None
+
+    def log(self, name: str | None = None, limit: int | None = None) -> VersionLog:
+        """Versions of ``name`` (all models when None), newest first."""
+        if name is not None:
+            validate_name(name, "model name")
+            versions = resolver.load_versions(self.index, "v.name = ?", (name,), limit=limit, head_name=name)
+        else:
+            versions = resolver.load_versions(self.index, "1 = 1", (), limit=limit)
+        return VersionLog(versions)
+
+    def resolve(self, ref: str, name: str | None = None) -> Version:
+        """The one version ``ref`` names (see :mod:`mvc_magics.refs`); errors list candidates."""
+        if name is not None:
+            validate_name(name, "model name")
+        vid, model = resolver.resolve(self.index, ref, name)
+        return self.get(vid, name=model)
+
+    def load_state(self, version: Version | str, verify: bool = True) -> dict[str, np.ndarray]:
+        """Every tensor of a version, re-hashed; :class:`IntegrityError` on any damage."""
+        vid = version.id if isinstance(version, Version) else version
+        manifest = self.manifest(vid)
+        with TensorReader(self.layout.snapshot_path) as reader:
+            return {e.name: reader.read(e, verify=verify, owner=vid) for e in manifest}
+
+    def manifest(self, vid: str) -> list[ManifestEntry]:
+        """The tensor entries of a version (from the index; no tensor bytes read)."""
+        rows = self.index.query("SELECT manifest FROM versions WHERE id = ?", (vid,))
+        if not rows:
+            raise resolver.UnknownRefError(f"no version {vid[:12]} in this store")
+        return [ManifestEntry.from_json(e) for e in json.loads(rows[0][0])]
+
+    def structure(self, vid: str) -> object:
+        """The stored model structure of a version (None when the model was not serializable)."""
+        return read_content(self.layout.snapshot_path(vid)).structure
+
+    # -- checkout ---------------------------------------------------------------------------
+
+    def checkout(self, ref: str, model: Any = None, name: str | None = None, unsafe: bool = False) -> Any:
+        """Load version ``ref`` into ``model`` in place, or build a new model when ``model`` is None.
+
+        In place, every shape is checked before the first assignment, so an error leaves the
+        model exactly as it was. Every tensor is re-hashed; damaged data is refused.
+        """
+        version = self.resolve(ref, name=name)
+        target = name or version.name
+        validate_name(target, "model name")
+        state = self.load_state(version)
+        if model is None:
+            adapter = adapter_named(version.framework)
+            result = adapter.build(self.structure(version.id), state, unsafe=unsafe)
+        else:
+            adapter_for(model).set_state(model, state)
+            result = model
+        with self.layout.locked():
+            self.layout.write_head(target, version.id)
+            with self.index.transaction() as conn:
+                conn.execute("INSERT OR REPLACE INTO heads(name, id) VALUES(?, ?)", (target, version.id))
+            self.audit.append(author(), "checkout", target, [version.id], {"ref": ref, "rebuilt": model is None})
+        return result
+
+    # -- tags -------------------------------------------------------------------------------
+
+    def _check_tag_free(self, name: str, tag: str, vid: str, force: bool) -> None:
+        rows = self.index.query("SELECT id, protected FROM tags WHERE name = ? AND tag = ?", (name, tag))
+        if rows and rows[0][0] != vid:
+            if rows[0][1] and not force:
+                raise ProtectedRefError(f"tag {tag!r} is protected (on {rows[0][0][:8]}); use --force to move it")
+            if not force:
+                raise TagExistsError(f"tag {tag!r} is already on {rows[0][0][:8]}; use --force to move it")
+
+    def tag(self, ref: str, tag: str, name: str | None = None, force: bool = False,
+            protect: bool | None = None) -> Version:
+        """Put ``tag`` on the version ``ref`` names; moving an existing tag needs ``force``."""
+        tag = validate_name(tag, "tag")
+        version = self.resolve(ref, name=name)
+        with self.layout.locked():
+            self._check_tag_free(version.name, tag, version.id, force)
+            rows = self.index.query("SELECT id, protected FROM tags WHERE name = ? AND tag = ?", (version.name, tag))
+            previous = rows[0][0] if rows else None
+            protected = bool(rows[0][1]) if rows and protect is None else bool(protect)
+            self.layout.write_tag(version.name, tag, version.id, protected)
+            with self.index.transaction() as conn:
+                conn.execute("INSERT OR REPLACE INTO tags(name, tag, id, protected) VALUES(?, ?, ?, ?)",
+                             (version.name, tag, version.id, int(protected)))
+            self.audit.append(author(), "tag", version.name, [version.id],
+                              {"tag": tag, "previous": previous, "force": force, "protected": protected})
+        return self.get(version.id, name=version.name)
+
+    def untag(self, tag: str, name: str | None = None, force: bool = False) -> None:
+        """Remove ``tag`` (protected tags need ``force``)."""
+        tag = validate_name(tag, "tag")
+        model, vid, protected = resolver.find_tag(self.index, tag, name)
+        if protected and not force:
+            raise ProtectedRefError(f"tag {tag!r} is protected; use --force to delete it")
+        with self.layout.locked():
+            self.layout.delete_tag(model, tag)
+            with self.index.transaction() as conn:
+                conn.execute("DELETE FROM tags WHERE name = ? AND tag = ?", (model, tag))
+            self.audit.append(author(), "untag", model, [vid], {"tag": tag})
+
+    # -- status -----------------------------------------------------------------------------
+
+    def status(self, namespace: Mapping[str, Any] | None = None) -> StatusReport:
+        """For each model with a HEAD: is the variable in ``namespace``, and did its weights change?"""
+        namespace = namespace or {}
+        report = StatusReport()
+        for name in self.models():
+            head = self.head(name)
+            obj = namespace.get(name)
+            if obj is None:
+                report.append(StatusEntry(name, head, None, present=False))
+                continue
+            report.append(StatusEntry(name, head, self.is_modified(obj, head)))
+        return report
+
+    def is_modified(self, model: Any, head: Version | None) -> bool:
+        """True when ``model``'s tensors differ from those of ``head`` (hash comparison)."""
+        if head is None:
+            return True
+        try:
+            state = adapter_for(model).get_state(model)
+        except UnsupportedModelError:
+            return True
+        stored = {e.name: e.hash for e in self.manifest(head.id)}
+        if len(state) != len(stored):
+            return True
+        if set(state) != set(stored):
+            stored_by_order = list(stored.values())
+            return any(tensor_hash(a) != h for a, h in zip(state.values(), stored_by_order))
+        return any(tensor_hash(np.ascontiguousarray(a)) != stored[k] for k, a in state.items())
+
+    # -- maintenance ------------------------------------------------------------------------
+
+    def verify(self) -> VerifyReport:
+        """Re-hash every tensor of every version; report each damaged version and tensor."""
+        from .maintenance import verify_store
+
+        return verify_store(self)
+
+    def reindex(self) -> int:
+        """Rebuild the index from the snapshot, ref and note files; return the versions indexed."""
+        from .maintenance import rebuild_index
+
+        with self.layout.locked():
+            return rebuild_index(self)
+
+    def _recover_unindexed(self) -> None:
+        """Index snapshot files a killed process renamed into place but did not index."""
+        from .maintenance import index_missing_snapshots
+
+        on_disk = sum(1 for _ in self.layout.snapshot_files())
+        if on_disk != self.index.count():
+            with self.layout.locked():
+                index_missing_snapshots(self)
+
+    def _discard_index(self) -> None:
+        for suffix in ("", "-wal", "-shm"):
+            path = Path(str(self.layout.index_path) + suffix)
+            if path.exists():
+                try:
+                    path.unlink()
+                except OSError as exc:
+                    raise IntegrityError(f"cannot remove the damaged index {path}: {exc}") from exc

@@ -1,0 +1,111 @@
+"""Write-once files: temporary name, fsync, rename into place, fsync the folder.
+
+A reader never sees a half-written file under its final name, and after a crash the final name
+holds either nothing or the complete file. Stray temporaries are cleaned by :func:`clean_temporaries`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+TMP_PREFIX = ".tmp-"
+# A temporary file older than this belongs to a writer that died (commits take seconds, not hours).
+STALE_TMP_SECONDS = 3600.0
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or a folder by path (folders: so a rename inside survives a crash)."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) if path.is_dir() else os.O_RDONLY
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temporary_path(folder: Path, suffix: str = "") -> Path:
+    """A unique temporary file name in ``folder`` that :func:`clean_temporaries` recognises."""
+    return folder / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}{suffix}"
+
+
+@contextlib.contextmanager
+def atomic_file(final: Path, tmp_folder: Path | None = None) -> Iterator[Path]:
+    """Yield a temporary path to write; on success fsync it and rename it to ``final``.
+
+    On error the temporary file is removed and ``final`` is untouched.
+    """
+    folder = tmp_folder or final.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path(folder, final.suffix)
+    try:
+        yield tmp
+        fsync_path(tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_path(final.parent)
+
+
+def atomic_write_bytes(final: Path, data: bytes, tmp_folder: Path | None = None) -> None:
+    """Write ``data`` to ``final`` atomically (see :func:`atomic_file`)."""
+    with atomic_file(final, tmp_folder) as tmp:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+
+
+def write_atomically(final: Path, writer: Callable[[Path], None], tmp_folder: Path | None = None) -> None:
+    """Call ``writer(tmp_path)`` and move the result to ``final`` atomically."""
+    with atomic_file(final, tmp_folder) as tmp:
+        writer(tmp)
+
+
+def clean_temporaries(folder: Path, older_than: float = STALE_TMP_SECONDS) -> list[Path]:
+    """Remove temporaries left by dead writers in ``folder``; return what was removed.
+
+    A temporary of a live process on this host is kept whatever its age.
+    """
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    now = time.time()
+    for entry in folder.iterdir():
+        if not entry.name.startswith(TMP_PREFIX):
+            continue
+        pid = _pid_of(entry.name)
+        alive = pid is not None and _process_alive(pid)
+        try:
+            old = now - entry.stat().st_mtime > older_than
+        except OSError:
+            continue
+        if not alive or (pid is None and old):
+            with contextlib.suppress(OSError):
+                entry.unlink()
+                removed.append(entry)
+    return removed
+
+
+def _pid_of(name: str) -> int | None:
+    try:
+        return int(name[len(TMP_PREFIX):].split("-", 1)[0])
+    except ValueError:
+        return None
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,123 @@
+"""The SQLite index: versions, metrics, tags and tensor locations, for fast queries.
+
+The index is a cache. Snapshot files, ref files and note files are the truth, and
+:meth:`Index.rebuild` (through ``Repo.reindex``) recreates it from them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS info(key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS versions(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT UNIQUE NOT NULL,
+    name TEXT NOT NULL,
+    created TEXT NOT NULL,
+    meta TEXT NOT NULL,
+    manifest TEXT NOT NULL,
+    nbytes INTEGER NOT NULL,
+    written INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS versions_name ON versions(name, seq);
+CREATE TABLE IF NOT EXISTS metrics(
+    id TEXT NOT NULL, key TEXT NOT NULL, value REAL, text TEXT NOT NULL,
+    PRIMARY KEY(id, key)
+);
+CREATE INDEX IF NOT EXISTS metrics_key ON metrics(key, value);
+CREATE TABLE IF NOT EXISTS tags(
+    name TEXT NOT NULL, tag TEXT NOT NULL, id TEXT NOT NULL, protected INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY(name, tag)
+);
+CREATE INDEX IF NOT EXISTS tags_id ON tags(id);
+CREATE TABLE IF NOT EXISTS heads(name TEXT PRIMARY KEY, id TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tensors(hash TEXT PRIMARY KEY, object TEXT NOT NULL, nbytes INTEGER NOT NULL);
+"""
+
+
+def metric_row(value: float) -> tuple[float | None, str]:
+    """(number for queries, exact text): NaN and inf are kept as text and never sort as best."""
+    number = float(value)
+    return (number if math.isfinite(number) else None), repr(number)
+
+
+class Index:
+    """Thin wrapper over the SQLite file; every write goes through :meth:`transaction`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn = sqlite3.connect(str(path), timeout=60.0, isolation_level=None,
+                                     check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.executescript(_SCHEMA)
+        self._conn.execute(
+            "INSERT OR IGNORE INTO info(key, value) VALUES('schema_version', ?)", (str(SCHEMA_VERSION),)
+        )
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """An IMMEDIATE transaction: all writes inside it commit together or not at all."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def query(self, sql: str, params: Iterable = ()) -> list[tuple]:
+        return self._conn.execute(sql, tuple(params)).fetchall()
+
+    # -- writes (call inside transaction) ---------------------------------------------------
+
+    @staticmethod
+    def insert_version(conn: sqlite3.Connection, version_id: str, name: str, created: str,
+                       meta: dict, manifest: list[dict], written: int) -> None:
+        nbytes = sum(int(e["nbytes"]) for e in manifest)
+        conn.execute(
+            "INSERT OR IGNORE INTO versions(id, name, created, meta, manifest, nbytes, written) "
+            "VALUES(?, ?, ?, ?, ?, ?, ?)",
+            (version_id, name, created, json.dumps(meta), json.dumps(manifest), nbytes, written),
+        )
+        conn.executemany(
+            "INSERT OR IGNORE INTO tensors(hash, object, nbytes) VALUES(?, ?, ?)",
+            [(e["hash"], e["object"], int(e["nbytes"])) for e in manifest],
+        )
+
+    @staticmethod
+    def set_metrics(conn: sqlite3.Connection, version_id: str, metrics: dict[str, float]) -> None:
+        conn.executemany(
+            "INSERT OR REPLACE INTO metrics(id, key, value, text) VALUES(?, ?, ?, ?)",
+            [(version_id, key, *metric_row(value)) for key, value in metrics.items()],
+        )
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def has_tensors(self, hashes: Iterable[str]) -> dict[str, str]:
+        """Map each stored hash among ``hashes`` to the object id holding its bytes."""
+        found: dict[str, str] = {}
+        hashes = list(hashes)
+        for start in range(0, len(hashes), 500):
+            chunk = hashes[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for digest, obj in self.query(f"SELECT hash, object FROM tensors WHERE hash IN ({marks})", chunk):
+                found[digest] = obj
+        return found
+
+    def version_ids(self) -> list[str]:
+        return [row[0] for row in self.query("SELECT id FROM versions ORDER BY id")]
+
+    def count(self) -> int:
+        return int(self.query("SELECT count(*) FROM versions")[0][0])

@@ -1,0 +1,271 @@
+"""Snapshot files: one immutable HDF5 file per version.
+
+Layout (documented for plain h5py readers in docs/FORMAT.md)::
+
+    /                       attrs: mvc_format="mvc-snapshot", mvc_format_version=1, version_id
+    /meta                   scalar UTF-8 string: JSON metadata (name, message, parents, metrics...)
+    /structure              scalar UTF-8 string: JSON model structure (absent when not serializable)
+    /manifest               scalar UTF-8 string: JSON list of tensor entries
+    /tensors/<hash>         the tensors this version introduced, one contiguous dataset each
+
+Each manifest entry is ``{"name", "dtype", "shape", "hash", "object", "nbytes"}`` where ``object``
+is the id of the version whose file holds the bytes under ``/tensors/<hash>``.
+Files are untrusted on read: only hard links to contiguous, unfiltered datasets whose storage
+matches the declared shape are accepted, and every tensor is re-hashed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..errors import IntegrityError, StoreFormatError
+from ..hashing import HASH_HEX_LENGTH, canonical_array, tensor_hash
+
+FORMAT_NAME = "mvc-snapshot"
+FORMAT_VERSION = 1
+# dtypes h5py stores natively; anything else (bfloat16, float8...) is stored as raw bytes.
+_NATIVE_KINDS = frozenset("biuf")
+_RAW_DTYPE_ATTR = "mvc_dtype"
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One tensor of a version: its name, dtype, shape, hash and the file holding its bytes."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    hash: str
+    object: str
+    nbytes: int
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name, "dtype": self.dtype, "shape": list(self.shape),
+            "hash": self.hash, "object": self.object, "nbytes": self.nbytes,
+        }
+
+    @classmethod
+    def from_json(cls, raw: object) -> ManifestEntry:
+        try:
+            assert isinstance(raw, dict)
+            shape = tuple(int(d) for d in raw["shape"])
+            entry = cls(
+                name=str(raw["name"]), dtype=str(raw["dtype"]), shape=shape, hash=str(raw["hash"]),
+                object=str(raw["object"]), nbytes=int(raw["nbytes"]),
+            )
+        except (AssertionError, KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(f"malformed manifest entry: {str(raw)[:120]}") from exc
+        if any(d < 0 for d in shape) or not _is_hash(entry.hash) or not _is_hash(entry.object):
+            raise IntegrityError(f"malformed manifest entry for tensor {entry.name!r}")
+        expected = _dtype_from_name(entry.dtype).itemsize * int(np.prod(shape, dtype=np.int64))
+        if expected != entry.nbytes:
+            raise IntegrityError(f"tensor {entry.name!r}: declared size does not match its shape")
+        return entry
+
+
+@dataclass(frozen=True)
+class SnapshotContent:
+    """What a snapshot file holds besides the tensor bytes."""
+
+    version_id: str
+    meta: dict
+    structure: object
+    manifest: tuple[ManifestEntry, ...]
+
+
+def _is_hash(text: str) -> bool:
+    return len(text) == HASH_HEX_LENGTH and all(c in "0123456789abcdef" for c in text)
+
+
+def _dtype_from_name(name: str) -> np.dtype:
+    try:
+        return np.dtype(name)
+    except TypeError:
+        try:
+            import ml_dtypes  # bfloat16, float8: only needed when such tensors exist
+        except ImportError as exc:
+            raise IntegrityError(f"unknown dtype {name!r}") from exc
+        try:
+            return np.dtype(getattr(ml_dtypes, name))
+        except (AttributeError, TypeError) as exc:
+            raise IntegrityError(f"unknown dtype {name!r}") from exc
+
+
+def _string_dataset(group: h5py.Group, name: str, text: str) -> None:
+    group.create_dataset(name, data=text, dtype=h5py.string_dtype("utf-8"))
+
+
+def write_snapshot(
+    path: Path,
+    version_id: str,
+    meta: Mapping,
+    structure: object,
+    manifest: list[ManifestEntry],
+    new_tensors: Mapping[str, np.ndarray],
+) -> None:
+    """Write a complete snapshot file at ``path`` (a temporary name; the caller renames it)."""
+    with h5py.File(path, "w", libver=("earliest", "v110")) as f:
+        f.attrs["mvc_format"] = FORMAT_NAME
+        f.attrs["mvc_format_version"] = FORMAT_VERSION
+        f.attrs["version_id"] = version_id
+        _string_dataset(f, "meta", json.dumps(meta, sort_keys=True))
+        if structure is not None:
+            _string_dataset(f, "structure", json.dumps(structure, sort_keys=True))
+        _string_dataset(f, "manifest", json.dumps([e.to_json() for e in manifest]))
+        tensors = f.create_group("tensors")
+        for digest, array in new_tensors.items():
+            array = canonical_array(array)
+            if array.dtype.kind in _NATIVE_KINDS and array.dtype.name in _NATIVE_NAMES:
+                tensors.create_dataset(digest, data=array)
+            else:
+                raw = array.reshape(-1).view(np.uint8)
+                dataset = tensors.create_dataset(digest, data=raw)
+                dataset.attrs[_RAW_DTYPE_ATTR] = array.dtype.name
+
+
+_NATIVE_NAMES = frozenset(
+    {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+     "float16", "float32", "float64"}
+)
+
+
+def _read_string(f: h5py.File, name: str, required: bool = True) -> str | None:
+    link = f.get(name, getlink=True)
+    if link is None:
+        if required:
+            raise IntegrityError(f"snapshot {f.filename}: missing /{name}")
+        return None
+    if not isinstance(link, h5py.HardLink):
+        raise IntegrityError(f"snapshot {f.filename}: /{name} is a link, refused")
+    dataset = f[name]
+    if not isinstance(dataset, h5py.Dataset) or dataset.shape != ():
+        raise IntegrityError(f"snapshot {f.filename}: /{name} is not a scalar string")
+    value = dataset[()]
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _open(path: Path) -> h5py.File:
+    try:
+        return h5py.File(path, "r")
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise IntegrityError(f"snapshot {path.name} is not a readable HDF5 file: {exc}") from exc
+
+
+def read_content(path: Path) -> SnapshotContent:
+    """Read and validate everything but the tensor bytes."""
+    with _open(path) as f:
+        try:
+            fmt = f.attrs.get("mvc_format")
+            fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
+            if fmt != FORMAT_NAME:
+                raise StoreFormatError(f"{path.name} is not an mvc snapshot file")
+            fmt_version = int(f.attrs.get("mvc_format_version", -1))
+            if fmt_version != FORMAT_VERSION:
+                raise StoreFormatError(
+                    f"{path.name} has snapshot format version {fmt_version}; this mvc_magics "
+                    f"reads version {FORMAT_VERSION} (upgrade mvc_magics)"
+                )
+            version_id = f.attrs.get("version_id")
+            version_id = version_id.decode() if isinstance(version_id, bytes) else str(version_id)
+            meta = json.loads(_read_string(f, "meta") or "{}")
+            structure_text = _read_string(f, "structure", required=False)
+            structure = json.loads(structure_text) if structure_text is not None else None
+            raw_manifest = json.loads(_read_string(f, "manifest") or "[]")
+        except (ValueError, KeyError, TypeError, OSError, RuntimeError) as exc:
+            raise IntegrityError(f"snapshot {path.name} is damaged: {exc}") from exc
+    if not isinstance(meta, dict) or not isinstance(raw_manifest, list) or not _is_hash(version_id):
+        raise IntegrityError(f"snapshot {path.name} has malformed metadata")
+    manifest = tuple(ManifestEntry.from_json(item) for item in raw_manifest)
+    return SnapshotContent(version_id, meta, structure, manifest)
+
+
+class TensorReader:
+    """Reads tensors out of snapshot files, keeping files open while it lives.
+
+    Every tensor is checked before allocation (hard link, contiguous, storage size equal to the
+    declared shape) and re-hashed after reading.
+    """
+
+    def __init__(self, locate: "callable") -> None:
+        self._locate = locate  # object id -> Path of its snapshot file
+        self._files: dict[str, h5py.File] = {}
+
+    def __enter__(self) -> TensorReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for handle in self._files.values():
+            try:
+                handle.close()
+            except Exception:  # noqa: BLE001 - closing a damaged file must not hide the real error
+                pass
+        self._files.clear()
+
+    def _file(self, object_id: str) -> h5py.File:
+        if object_id not in self._files:
+            path = self._locate(object_id)
+            try:
+                self._files[object_id] = _open(path)
+            except FileNotFoundError as exc:
+                raise IntegrityError(f"snapshot file of {object_id[:12]} is missing") from exc
+        return self._files[object_id]
+
+    def read(self, entry: ManifestEntry, verify: bool = True, owner: str = "") -> np.ndarray:
+        """Return the tensor of ``entry``; raise :class:`IntegrityError` when it is damaged."""
+        where = f"version {owner[:12]} tensor {entry.name!r}" if owner else f"tensor {entry.name!r}"
+        try:
+            array = self._read_checked(entry, where)
+        except IntegrityError:
+            raise
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+            raise IntegrityError(f"{where}: unreadable ({exc})") from exc
+        if verify and tensor_hash(array) != entry.hash:
+            raise IntegrityError(f"{where}: content does not match its hash (data is damaged)")
+        return array
+
+    def _read_checked(self, entry: ManifestEntry, where: str) -> np.ndarray:
+        f = self._file(entry.object)
+        group_link = f.get("tensors", getlink=True)
+        if not isinstance(group_link, h5py.HardLink):
+            raise IntegrityError(f"{where}: /tensors is missing or a link")
+        link = f["tensors"].get(entry.hash, getlink=True)
+        if link is None:
+            raise IntegrityError(f"{where}: bytes missing from snapshot {entry.object[:12]}")
+        if not isinstance(link, h5py.HardLink):
+            raise IntegrityError(f"{where}: stored as a soft or external link, refused")
+        dataset = f["tensors"][entry.hash]
+        if not isinstance(dataset, h5py.Dataset):
+            raise IntegrityError(f"{where}: not a dataset")
+        if dataset.is_virtual or dataset.external or dataset.chunks is not None:
+            raise IntegrityError(f"{where}: virtual, external or chunked storage is refused")
+        dtype = _dtype_from_name(entry.dtype)
+        raw_name = dataset.attrs.get(_RAW_DTYPE_ATTR)
+        if raw_name is not None:
+            raw_name = raw_name.decode() if isinstance(raw_name, bytes) else str(raw_name)
+            if raw_name != entry.dtype or dataset.dtype != np.uint8 or dataset.shape != (entry.nbytes,):
+                raise IntegrityError(f"{where}: stored dtype or shape differs from the manifest")
+        elif dataset.dtype != dtype or tuple(dataset.shape) != entry.shape:
+            raise IntegrityError(f"{where}: stored dtype or shape differs from the manifest")
+        if entry.nbytes and dataset.id.get_storage_size() != entry.nbytes:
+            raise IntegrityError(f"{where}: stored bytes do not match the declared shape")
+        if raw_name is not None:
+            raw = np.empty(entry.nbytes, dtype=np.uint8)
+            if entry.nbytes:
+                dataset.read_direct(raw)
+            return raw.view(dtype).reshape(entry.shape)
+        array = np.empty(entry.shape, dtype=dtype)
+        if entry.nbytes:
+            dataset.read_direct(array)
+        return array

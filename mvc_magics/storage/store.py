@@ -1,0 +1,174 @@
+"""The store folder: its layout, format marker, lock, and the small mutable ref files.
+
+::
+
+    .mvc/
+      FORMAT                    "mvc-store <version>": unknown versions are refused
+      objects/<ab>/<id>.h5      immutable snapshot files
+      refs/<model>/HEAD         the version the model variable is at
+      refs/<model>/tags/<tag>   JSON {"id": ..., "protected": bool}
+      notes/<id>/<n>.json       write-once notes: metrics attached to an existing version later
+      index.sqlite              the index (a cache, rebuilt by reindex)
+      audit.log                 hash-chained operation log
+      lock, lock.owner          the store lock and who holds it (pid@host)
+      tmp/                      temporaries of writes in flight
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import filelock
+
+from ..errors import LockTimeoutError, StoreError, StoreFormatError
+from ..names import validate_name
+from .atomic import atomic_write_bytes, clean_temporaries
+
+STORE_FORMAT = "mvc-store"
+STORE_VERSION = 1
+LOCK_TIMEOUT_SECONDS = 120.0
+
+
+class StoreLayout:
+    """Paths inside a store folder, plus its lock and ref/note files."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.objects = self.root / "objects"
+        self.refs = self.root / "refs"
+        self.notes = self.root / "notes"
+        self.tmp = self.root / "tmp"
+        self.index_path = self.root / "index.sqlite"
+        self.audit_path = self.root / "audit.log"
+        self.format_path = self.root / "FORMAT"
+        self._lock = filelock.FileLock(str(self.root / "lock"), timeout=LOCK_TIMEOUT_SECONDS)
+
+    # -- creation and format ----------------------------------------------------------------
+
+    def open(self, create: bool = True) -> None:
+        """Check the format marker, creating the store first when ``create`` and it is absent."""
+        if not self.format_path.exists():
+            if not create:
+                raise StoreError(f"no mvc store at {self.root}")
+            try:
+                for folder in (self.root, self.objects, self.refs, self.notes, self.tmp):
+                    folder.mkdir(parents=True, exist_ok=True)
+                if not self.format_path.exists():
+                    atomic_write_bytes(self.format_path, f"{STORE_FORMAT} {STORE_VERSION}\n".encode(), self.tmp)
+            except OSError as exc:
+                raise StoreError(f"cannot create a store at {self.root}: {exc.strerror or exc}") from exc
+        try:
+            text = self.format_path.read_text(encoding="utf-8").split()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StoreFormatError(f"cannot read {self.format_path}: {exc}") from exc
+        if len(text) != 2 or text[0] != STORE_FORMAT:
+            raise StoreFormatError(f"{self.root} is not an mvc store (bad FORMAT file)")
+        if text[1] != str(STORE_VERSION):
+            raise StoreFormatError(
+                f"store {self.root} has format version {text[1]}; this mvc_magics reads version "
+                f"{STORE_VERSION} (upgrade mvc_magics)"
+            )
+        for folder in (self.objects, self.refs, self.notes, self.tmp):
+            folder.mkdir(exist_ok=True)
+
+    # -- lock -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the store lock (an OS file lock: released by the kernel if the holder dies)."""
+        try:
+            with self._lock:
+                owner = self.root / "lock.owner"
+                with contextlib.suppress(OSError):
+                    owner.write_text(f"{os.getpid()}@{socket.gethostname()} {time.time():.0f}\n")
+                clean_temporaries(self.tmp)
+                yield
+        except filelock.Timeout as exc:
+            holder = ""
+            with contextlib.suppress(OSError):
+                holder = (self.root / "lock.owner").read_text().strip()
+            raise LockTimeoutError(
+                f"the store {self.root} is locked by another process ({holder or 'unknown'}) "
+                f"for more than {LOCK_TIMEOUT_SECONDS:.0f}s"
+            ) from exc
+
+    # -- objects ----------------------------------------------------------------------------
+
+    def snapshot_path(self, version_id: str) -> Path:
+        return self.objects / version_id[:2] / f"{version_id}.h5"
+
+    def snapshot_files(self) -> Iterator[tuple[str, Path]]:
+        """(id, path) of every snapshot file present."""
+        if not self.objects.is_dir():
+            return
+        for sub in sorted(self.objects.iterdir()):
+            if not sub.is_dir() or len(sub.name) != 2:
+                continue
+            for entry in sorted(sub.iterdir()):
+                if entry.suffix == ".h5" and not entry.name.startswith("."):
+                    yield entry.stem, entry
+
+    # -- refs -------------------------------------------------------------------------------
+
+    def head_path(self, name: str) -> Path:
+        return self.refs / validate_name(name, "model name") / "HEAD"
+
+    def tag_path(self, name: str, tag: str) -> Path:
+        return self.refs / validate_name(name, "model name") / "tags" / validate_name(tag, "tag")
+
+    def write_head(self, name: str, version_id: str) -> None:
+        atomic_write_bytes(self.head_path(name), (version_id + "\n").encode(), self.tmp)
+
+    def write_tag(self, name: str, tag: str, version_id: str, protected: bool = False) -> None:
+        payload = json.dumps({"id": version_id, "protected": bool(protected)}) + "\n"
+        atomic_write_bytes(self.tag_path(name, tag), payload.encode(), self.tmp)
+
+    def delete_tag(self, name: str, tag: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.tag_path(name, tag).unlink()
+
+    def read_refs(self) -> tuple[dict[str, str], list[tuple[str, str, str, bool]]]:
+        """(heads: model -> id, tags: [(model, tag, id, protected)]) from the ref files."""
+        heads: dict[str, str] = {}
+        tags: list[tuple[str, str, str, bool]] = []
+        if not self.refs.is_dir():
+            return heads, tags
+        for model_dir in sorted(self.refs.iterdir()):
+            head = model_dir / "HEAD"
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                heads[model_dir.name] = head.read_text().strip()
+            tag_dir = model_dir / "tags"
+            if tag_dir.is_dir():
+                for tag_file in sorted(tag_dir.iterdir()):
+                    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                        data = json.loads(tag_file.read_text())
+                        tags.append((model_dir.name, tag_file.name, str(data["id"]), bool(data.get("protected"))))
+        return heads, tags
+
+    # -- notes ------------------------------------------------------------------------------
+
+    def write_note(self, version_id: str, note: dict) -> None:
+        folder = self.notes / version_id[:2] / version_id
+        name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.json"
+        atomic_write_bytes(folder / name, json.dumps(note, sort_keys=True).encode(), self.tmp)
+
+    def read_notes(self) -> Iterator[tuple[str, dict]]:
+        """(version id, note) of every note, oldest first per version."""
+        if not self.notes.is_dir():
+            return
+        for sub in sorted(self.notes.iterdir()):
+            if not sub.is_dir():
+                continue
+            for version_dir in sorted(sub.iterdir()):
+                for note_file in sorted(version_dir.glob("*.json")):
+                    with contextlib.suppress(OSError, ValueError):
+                        note = json.loads(note_file.read_text())
+                        if isinstance(note, dict):
+                            yield version_dir.name, note
