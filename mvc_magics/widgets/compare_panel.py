@@ -66,6 +66,7 @@ class ComparePanel(widgets.VBox):
         self.checked_out: Any = None
         self.merged: Version | None = None
         self._limit = limit
+        self._quiet = False
         self._baseline = initial.baseline.id if baseline is not None else None
         self._chart_enabled = chart
         self._candidates: dict[str, Version] = {}
@@ -148,7 +149,8 @@ class ComparePanel(widgets.VBox):
                                      baseline=self._baseline, directions=self.directions, limit=None))
 
     def _on_change(self, _change: object = None) -> None:
-        self.refresh()
+        if not self._quiet:
+            self.refresh()
 
     def _on_checkout(self, _button: object = None) -> None:
         best = self.best
@@ -172,10 +174,17 @@ class ComparePanel(widgets.VBox):
         if not hasattr(self.repo, "merge"):
             self._say("merging is not available in this version of mvc_magics", error=True)
             return
-        self.merged = self.repo.merge(self.selected, name=self.name)
+        chosen = self.selected
+        self.merged = self.repo.merge(chosen, name=self.name)
         self._load_candidates([])
-        self._versions.options = self._options()
-        self._say(f"merged {len(self.selected)} versions into {self.merged.summary()}")
+        self._quiet = True  # new options reset the selection; put it back before comparing again
+        try:
+            self._versions.options = self._options()
+            self._versions.value = tuple(chosen)
+        finally:
+            self._quiet = False
+        self.refresh()
+        self._say(f"merged {len(chosen)} versions into {self.merged.summary()}")
 
     # -- plumbing ---------------------------------------------------------------------------
 
