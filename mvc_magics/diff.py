@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .compare import check_same_model
 from .errors import CompareError
+from .selection import check_same_model
 from .storage.snapshot import ManifestEntry, TensorReader
 from .tables import Table, format_bytes
 from .version import Version

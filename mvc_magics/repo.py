@@ -395,7 +395,7 @@ class Repo:
         ``directions`` overrides the inferred ``"min"``/``"max"``; ``baseline`` (a ref, default the
         oldest compared version) is what "D vs base" is measured against.
         """
-        from .compare import compare_in
+        from .selection import compare_in
 
         if name is not None:
             validate_name(name, "model name")

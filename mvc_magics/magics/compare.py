@@ -7,8 +7,9 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 
-from ..compare import DEFAULT_LIMIT, Comparison
+from ..compare import Comparison
 from ..errors import CompareError
+from ..selection import DEFAULT_LIMIT
 from .core import parse_pairs
 from .session import MVCSession, parse_line, user_errors
 
