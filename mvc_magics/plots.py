@@ -138,3 +138,26 @@ def plot_diff(diff: Diff, ax=None):
     ax.set_xlabel("relative L2 change ||B - A|| / ||A|| of changed tensors")
     ax.set_title(f"{diff.a.short_id} -> {diff.b.short_id}: {len(diff.changed_layers)} of {len(layers)} layers changed")
     return ax
+
+
+class FigureImage:
+    """A figure shown as PNG by IPython's display (a bare ``Figure`` shows only as text there).
+
+    ``display(FigureImage(ax.figure))`` renders an image in Jupyter and a one-line description in
+    a terminal; ``.figure`` is the figure.
+    """
+
+    def __init__(self, figure, description: str = "") -> None:
+        self.figure = figure
+        self.description = description or (figure.axes[0].get_title() if figure.axes else "")
+
+    def _repr_png_(self) -> bytes:
+        import io
+
+        buffer = io.BytesIO()
+        self.figure.savefig(buffer, format="png", dpi=90)
+        return buffer.getvalue()
+
+    def __repr__(self) -> str:
+        width, height = (int(x) for x in self.figure.get_size_inches() * self.figure.dpi)
+        return f"<Figure {width}x{height}: {self.description}>"

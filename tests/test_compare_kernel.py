@@ -30,6 +30,7 @@ panel._checkout.click()
 import mvc_magics
 print("head:", mvc_magics.Repo().head("model").message)
 """,
+    "%mvc_compare --plot --diff",
 ]
 
 
@@ -51,3 +52,6 @@ def test_widget_panel_in_a_real_kernel(tmp_path, monkeypatch):
     assert "ComparePanel accurate" in text
     assert "after sliders: fast" in text
     assert "head: fast" in text
+    kinds = [set(o.get("data", {})) for o in notebook.cells[3].outputs]
+    assert sum("image/png" in k for k in kinds) == 2, kinds  # the comparison chart and the diff chart
+    assert "text/html" in kinds[-1]  # the returned Comparison, as a rich table

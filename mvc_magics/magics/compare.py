@@ -109,12 +109,12 @@ class CompareMagics(Magics):
     def _plot(self, comparison: Comparison, diff) -> None:
         from matplotlib.figure import Figure
 
-        from ..plots import plot_diff, plot_metrics, plot_scores
+        from ..plots import FigureImage, plot_diff, plot_metrics, plot_scores
 
         figure = Figure(figsize=(10, 0.35 * len(comparison.versions) + 2.6), layout="constrained")
         left, right = figure.subplots(1, 2, width_ratios=[1, 1.4])
         plot_scores(comparison, ax=left)
         plot_metrics(comparison, scaled=True, ax=right)
-        display(figure)
+        display(FigureImage(figure, f"scores and metrics of {comparison.model}"))
         if diff is not None:
-            display(plot_diff(diff).figure)
+            display(FigureImage(plot_diff(diff).figure))
