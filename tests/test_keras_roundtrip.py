@@ -118,3 +118,15 @@ def test_fine_tune_of_last_layer_writes_only_that_layer(repo):
     v = repo.commit(model, "net", message="last layer")
     assert v.stats.tensors_written == 1
     assert v.stats.bytes_written == last.kernel.numpy().nbytes
+
+
+def test_models_without_variables_are_refused(repo, store_path):
+    import keras
+
+    unbuilt = keras.Sequential([keras.layers.Dense(2)])
+    with pytest.raises(UnsupportedModelError, match="not built"):
+        repo.commit(unbuilt, "net")
+    empty = keras.Sequential([keras.Input((3, 2)), keras.layers.Flatten()])
+    with pytest.raises(UnsupportedModelError, match="no variables"):
+        repo.commit(empty, "net")
+    assert repo.log() == []
