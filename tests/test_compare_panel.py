@@ -117,6 +117,19 @@ def test_merge_selected_hands_off_to_repo_merge(store_path):
         assert panel.merged.id in dict((v, k) for k, v in panel._versions.options)
 
 
+@pytest.mark.skipif(not hasattr(Repo, "merge"), reason="this tree has no Repo.merge yet (issue 4)")
+def test_merge_selected_with_the_real_merge(repo):
+    versions = commit_table(repo, HAND_TABLE)
+    panel = repo.compare_panel(name="model")
+    panel.select([versions["A"].id, versions["B"].id])
+    panel._merge.click()
+    assert panel.error is None, panel.error
+    assert set(panel.merged.parents) == {versions["A"].id, versions["B"].id}
+    merged = repo.load_state(panel.merged)
+    expected = (model(0)["out/kernel"] + model(1)["out/kernel"]) / 2
+    np.testing.assert_allclose(merged["out/kernel"], expected, rtol=1e-6)
+
+
 def test_widgets_need_a_kernel():
     class Terminal:
         pass
