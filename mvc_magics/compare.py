@@ -361,6 +361,9 @@ def _compute(versions: list[Version], metrics: list[str], weights: dict[str, flo
         coverage[i] = weight / total_weight
     order = sorted((i for i in range(n) if i not in unranked),
                    key=lambda i: (-round(coverage[i], 12), -scores[i], -versions[i].created.timestamp()))
+    if len(order) > 1 and coverage[order[0]] == coverage[order[1]] and scores[order[0]] == scores[order[1]]:
+        notes.append(f"{versions[order[0]].short_id} and {versions[order[1]].short_id} tie on score: "
+                     "the newer ranks first")
     if metrics and not usable:
         notes.append("no weighted metric has a value: nothing to rank")
     elif not metrics:

@@ -35,7 +35,9 @@ def select_versions(repo, refs: Sequence[str] | str | None, name: str | None,
         if total > len(versions):
             notes.append(f"the {len(versions)} most recent of {total} versions of {model} (raise limit / -n)")
         if not versions:
-            raise CompareError(f"{model!r} has no versions to compare (commit it first)")
+            known = repo.models()
+            hint = f"models in this store: {', '.join(known[:8])}" if known else "commit it first"
+            raise CompareError(f"{model!r} has no versions to compare ({hint})")
         return versions, notes
     versions, given = [], {}
     for ref in refs:

@@ -143,6 +143,14 @@ def test_renderings_and_exports(repo, hand):
     assert repr(cmp).startswith("<Comparison of 3 versions of model: best")
 
 
+def test_ties_go_to_the_newer_version_with_a_note(repo):
+    versions = commit_table(repo, {"old": {"acc": 0.9, "latency": 100.0}, "new": {"acc": 0.8, "latency": 20.0}})
+    cmp = repo.compare(name="model")  # each is best on one metric of equal weight: 0.5 each
+    assert cmp.score(versions["old"]) == cmp.score(versions["new"]) == 0.5
+    assert cmp.best.id == versions["new"].id
+    assert any("tie on score" in note for note in cmp.notes)
+
+
 def test_limit_and_default_order(repo):
     for i in range(5):
         repo.commit(model(i), "model", message=f"v{i}", metrics={"acc": 0.5 + i / 10})
