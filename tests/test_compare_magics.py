@@ -102,3 +102,17 @@ def test_bad_input_is_a_one_line_usage_error(shell, tmp_path, line, message):
         shell.run_line_magic("mvc_compare", line)
     assert "\n" not in str(info.value)
     assert store_files(tmp_path / ".mvc") == before
+
+
+def test_loading_imports_no_plotting_table_or_widget_library():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = ("import sys, mvc_magics.magics, mvc_magics.compare, mvc_magics.diff, mvc_magics.plots, "
+            "mvc_magics.widgets; print(sorted(m for m in ('matplotlib', 'pandas', 'ipywidgets', 'tensorflow') "
+            "if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    assert result.stdout.strip() == "[]"
