@@ -166,7 +166,7 @@ def test_compare_panel_in_jupyterlab(lab, chromium):
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS, headless=True)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page = browser.new_page(viewport={"width": 1400, "height": 1800})
             page.goto(f"{url}/lab/tree/{NOTEBOOK}?token={token}", timeout=120_000)
             page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=120_000)
             try:
@@ -179,24 +179,32 @@ def test_compare_panel_in_jupyterlab(lab, chromium):
             shot(page, "02-after-run-all.png")
             shot(page, "03-panel.png", panel)
 
-            sliders = panel.locator(".widget-slider")
+            sliders = panel.locator(".mvc-weight")
             assert sliders.count() >= 2, "one weight slider per metric"
-            assert panel.locator(".widget-select-multiple select option").count() >= 3, "version list"
-            assert panel.locator("table").count() >= 1, "comparison table"
-            best = panel.locator(".mvc-best")
+            assert panel.locator(".mvc-versions select option").count() == 5, "the version list"
+            assert panel.locator(".mvc-compare-table table").count() >= 1, "the comparison table"
+            best = panel.locator(".mvc-best-id")
             before = best.inner_text()
-            assert before.strip(), "the panel shows the best version"
+            assert "30 epochs" in panel.locator(".mvc-best").inner_text(), "by accuracy alone, the dense version"
 
-            size = panel.locator(".widget-slider", has=page.locator(".widget-label", has_text="size_kb"))
+            size = panel.locator(".mvc-weight", has=page.locator(".widget-label", has_text="size_kb"))
             readout = size.locator(".widget-readout")
-            start_value = readout.inner_text()
+            assert readout.inner_text().strip() in ("0", "0.0", "0.00")
             drag_to_end(page, size)
-            page.wait_for_function(
-                "([el, old]) => el.innerText !== old", arg=[best.element_handle(), before], timeout=30_000)
-            after = best.inner_text()
+            page.wait_for_function(  # the HTML widget replaces its content: query it afresh each time
+                "old => document.querySelector('.mvc-compare-panel .mvc-best-id')?.innerText.trim() !== old",
+                arg=before.strip(), timeout=30_000)
             shot(page, "04-after-slider.png", panel)
-            assert readout.inner_text() != start_value, "the slider moved"
+            assert float(readout.inner_text()) == 5.0, "the slider went to its maximum"
+            after = best.inner_text()
             assert after != before, "moving the size_kb weight changes the best version"
+            assert "pruned" in panel.locator(".mvc-best").inner_text()
+            assert after in panel.locator(".mvc-compare-table table tr", has_text="pruned").first.inner_text()
+
+            panel.get_by_role("button", name="Check out best").click()
+            panel.locator(".mvc-status", has_text="checked out").wait_for(timeout=30_000)
+            assert after in panel.locator(".mvc-status").inner_text()
+            shot(page, "05-checked-out.png", panel)
 
             page.keyboard.press("Control+s")
             page.wait_for_timeout(2000)
