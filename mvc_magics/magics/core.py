@@ -82,7 +82,7 @@ class MVCMagics(Magics):
             model, name, message=args.message, metrics=metrics or None, params=params, tags=tags,
             provenance={"notebook": self.session.notebook_path()} if self.session.notebook_path() else None,
         )
-        print(commit_line(version))
+        print(commit_line(version, name))
         return version
 
     # -- %mvc_checkout ----------------------------------------------------------------------
@@ -189,12 +189,14 @@ class MVCMagics(Magics):
         return self.session.repo.status(self.session.namespace)
 
 
-def commit_line(version) -> str:
+def commit_line(version, name: str | None = None) -> str:
     """The one line %mvc_commit prints: id, message, tensors written vs reused, bytes written."""
     stats = version.stats
     message = f" {version.message!r}" if version.message else ""
     if stats is not None and not stats.new_version:
-        return f"unchanged: {version.short_id}{message} already stored (metrics and tags attached)"
+        owner = f" as a version of {version.name!r}" if name and name != version.name else ""
+        return (f"unchanged: {version.short_id}{message} already stored{owner} "
+                "(metrics and tags attached)")
     written = stats.tensors_written if stats else 0
     reused = stats.tensors_reused if stats else 0
     nbytes = stats.bytes_written if stats else 0
