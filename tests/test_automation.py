@@ -169,3 +169,19 @@ def test_automation_magics_are_registered_through_magic_classes():
     from mvc_magics.magics import MAGIC_CLASSES
 
     assert AutomationMagics in MAGIC_CLASSES
+
+
+def test_autocommit_with_data_fingerprints_each_commit(ip, weights):
+    ip.user_ns.update(w=weights, x_train=np.arange(8.0).reshape(4, 2))
+    with pytest.raises(UsageError, match="no variable named 'y_train'"):
+        ip.run_line_magic("mvc_autocommit", "w --data x_train y_train")
+    assert "w" not in [row[0] for row in ip.run_line_magic("mvc_autocommit", "") if row[1] == "on"]
+    run(ip, "%mvc_autocommit w on --data x_train")
+    run(ip, "x_train = x_train * 2\nw['step'] = w['step'] + 1")
+    log = versions_of(ip, "w")
+    assert len(log) == 2
+    from mvc_magics.provenance import fingerprint
+
+    assert log[0].provenance["data"]["x_train"] == fingerprint(ip.user_ns["x_train"])
+    assert log[1].provenance["data"]["x_train"]["hash"] != log[0].provenance["data"]["x_train"]["hash"]
+    assert [row[3] for row in ip.run_line_magic("mvc_autocommit", "")] == ["x_train"]

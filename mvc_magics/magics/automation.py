@@ -16,6 +16,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from ..adapters import adapter_for
 from ..details import VersionDetails
 from ..errors import UnsupportedModelError
+from ..provenance import fingerprint_all
 from ..tables import Table
 from .capture import commit_from_notebook
 from .core import commit_line
@@ -33,7 +34,7 @@ class AutocommitList(list):
     """``%mvc_autocommit`` with no arguments: each model with autocommit state and HEAD."""
 
     def table(self) -> Table:
-        return Table(["model", "autocommit", "HEAD"], [list(row) for row in self])
+        return Table(["model", "autocommit", "HEAD", "data"], [list(row) for row in self])
 
     def __str__(self) -> str:
         return self.table().to_text() if self else "autocommit is off for every model (%mvc_autocommit MODEL on)"
@@ -49,7 +50,7 @@ class AutomationMagics(Magics):
     def __init__(self, shell: Any, session: MVCSession) -> None:
         super().__init__(shell)
         self.session = session
-        self.autocommit: dict[str, bool] = {}
+        self.autocommit: dict[str, list[str]] = {}  # model name -> data variables to fingerprint
         self._warned: set[str] = set()
 
     def event_hooks(self) -> list[tuple[str, Any]]:
@@ -66,12 +67,12 @@ class AutomationMagics(Magics):
         recorder = self.session.recorder
         recorder.finished(bool(getattr(result, "success", True)))
         try:
-            for name in [n for n, on in self.autocommit.items() if on]:
-                self._autocommit(name, result)
+            for name, data in list(self.autocommit.items()):
+                self._autocommit(name, data, result)
         finally:
             recorder.idle()
 
-    def _autocommit(self, name: str, result: Any) -> None:
+    def _autocommit(self, name: str, data: list[str], result: Any) -> None:
         """Commit ``name`` when the cell changed its weights (one hash pass when it did not)."""
         model = self.session.namespace.get(name)
         if model is None:
@@ -86,7 +87,7 @@ class AutomationMagics(Magics):
             if not getattr(result, "success", True):
                 error = result.error_in_exec or result.error_before_exec
                 message += f" [cell failed: {type(error).__name__}]"
-            version = commit_from_notebook(self.session, model, name, message=message, source="autocommit")
+            version = commit_from_notebook(self.session, model, name, data, message=message, source="autocommit")
         except UnsupportedModelError:
             return  # not (or not yet) a model: e.g. an unbuilt Keras model
         except Exception as exc:  # a hook must never break the user's cell
@@ -104,13 +105,16 @@ class AutomationMagics(Magics):
     @magic_arguments()
     @argument("model", nargs="?", default=None, help="the model variable (none: list the models)")
     @argument("state", nargs="?", default="on", choices=["on", "off"], help="on (default) or off")
+    @argument("--data", nargs="+", action="append", metavar="VAR",
+              help="data variables to fingerprint in each commit's provenance")
     @user_errors
     def mvc_autocommit(self, line: str):
         """Commit MODEL automatically after every cell that changes its weights.
 
         The message is the cell's first line and the metrics those of the last ``fit``; cells that
         do not touch the weights create nothing. Turning it on commits the current weights first
-        if they are not stored yet. With no arguments, lists the models and their state.
+        if they are not stored yet. ``--data x_train y_train`` fingerprints that data in every
+        commit. With no arguments, lists the models and their state.
         """
         args = parse_line(self.mvc_autocommit, line)
         if args.model is None:
@@ -122,11 +126,13 @@ class AutomationMagics(Magics):
             return None
         model = self.session.variable(name)
         adapter_for(model)
+        data = [d for group in args.data or [] for d in group]
+        fingerprint_all({d: self.session.variable(d) for d in data})  # refuse bad data now, not later
         repo = self.session.repo
         head = repo.head(name)
-        self.autocommit[name] = True
+        self.autocommit[name] = data
         if repo.is_modified(model, head):
-            version = commit_from_notebook(self.session, model, name, message="autocommit started",
+            version = commit_from_notebook(self.session, model, name, data, message="autocommit started",
                                            source="autocommit")
             print(f"autocommit on for {name}; {commit_line(version)}")
         else:
@@ -140,7 +146,8 @@ class AutomationMagics(Magics):
         rows = AutocommitList()
         for name in names:
             head = repo.head(name)
-            rows.append((name, "on" if self.autocommit.get(name) else "off", head.short_id if head else "—"))
+            rows.append((name, "on" if name in self.autocommit else "off", head.short_id if head else "—",
+                         " ".join(self.autocommit.get(name, []))))
         return rows
 
     # -- %mvc_show ----------------------------------------------------------------------------
