@@ -185,3 +185,15 @@ def test_autocommit_with_data_fingerprints_each_commit(ip, weights):
     assert log[0].provenance["data"]["x_train"] == fingerprint(ip.user_ns["x_train"])
     assert log[1].provenance["data"]["x_train"]["hash"] != log[0].provenance["data"]["x_train"]["hash"]
     assert [row[3] for row in ip.run_line_magic("mvc_autocommit", "")] == ["x_train"]
+
+
+def test_unload_inside_a_cell_commits_nothing_and_leaves_no_store_open(ip, weights):
+    ip.user_ns["w"] = weights
+    run(ip, "%mvc_autocommit w")
+    session = session_of(ip)
+    try:
+        run(ip, "w['step'] = w['step'] + 1\n%unload_ext mvc_magics")
+        assert session._repo is None  # no hook of ours ran after the unload to reopen it
+    finally:
+        ip.run_line_magic("load_ext", "mvc_magics")
+    assert len(versions_of(ip, "w")) == 1

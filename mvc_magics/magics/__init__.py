@@ -16,7 +16,8 @@ from .core import MVCMagics
 from .session import MVCSession
 
 # Each entry is a Magics class whose constructor takes (shell, session). A class may define
-# ``event_hooks() -> [(event, callback)]``: load registers them, unload removes them.
+# ``event_hooks() -> [(event, callback)]`` (load registers them, unload removes them) and
+# ``close()`` (called by unload).
 MAGIC_CLASSES: list[type] = [MVCMagics]
 MAGIC_CLASSES.append(CompareMagics)
 MAGIC_CLASSES.append(AutomationMagics)
@@ -38,6 +39,8 @@ def load(shell: Any) -> None:
         for event, callback in getattr(instance, "event_hooks", list)():
             shell.events.register(event, callback)
             state["hooks"].append((event, callback))
+        if callable(getattr(instance, "close", None)):
+            state["cleanups"].append(instance.close)
     # Cells run before %load_ext (in a kernel's history) count for the provenance of commits.
     for number, source in enumerate(getattr(shell.history_manager, "input_hist_raw", [])):
         if number:

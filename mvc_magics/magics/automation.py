@@ -53,6 +53,10 @@ class AutomationMagics(Magics):
         self.autocommit: dict[str, list[str]] = {}  # model name -> data variables to fingerprint
         self._warned: set[str] = set()
 
+    def close(self) -> None:
+        """Called by unload: a hook already queued for the running cell must do nothing more."""
+        self.autocommit.clear()
+
     def event_hooks(self) -> list[tuple[str, Any]]:
         """(event, callback) pairs for ``load`` to register and ``unload`` to remove."""
         return [("pre_run_cell", self._before_cell), ("post_run_cell", self._after_cell)]
