@@ -214,3 +214,14 @@ def test_cells_are_numbered_and_cells_before_load_ext_count(ip, weights):
     cells = session_of(ip).repo.head("w").provenance["cells"]
     assert cells[-2]["source"] == "w['step'] = w['step'] * 10  # before load_ext"
     assert cells[-1] == {"number": result.execution_count, "source": "%mvc_commit w -m numbered"}
+
+
+def test_cells_before_a_checkout_do_not_belong_to_the_next_version(ip, weights):
+    ip.user_ns["w"] = weights
+    run(ip, "%mvc_commit w -m base")
+    run(ip, "w['step'] = w['step'] + 100  # an experiment thrown away")
+    run(ip, "%mvc_checkout HEAD w")
+    run(ip, "w['step'] = w['step'] + 1  # the real change")
+    version = ip.run_line_magic("mvc_commit", "w -m next")
+    sources = [c["source"] for c in version.provenance["cells"]]
+    assert sources == ["w['step'] = w['step'] + 1  # the real change"]

@@ -135,6 +135,7 @@ class MVCMagics(Magics):
         else:
             repo.checkout(version.id, live, name=target)
             print(f"checked out {version.summary()} into {target}")
+        self.session.recorder.committed(target)  # the next version's provenance starts here
 
     def _model_for_ref(self, ref: str) -> str | None:
         """The model a ref refers to when none is named: the configured or only tracked one."""
