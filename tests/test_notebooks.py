@@ -1,0 +1,137 @@
+"""The teaching notebooks are tests: each runs top to bottom with a real Jupyter kernel.
+
+Every notebook in ``notebooks/`` is executed afresh (saved outputs are not trusted; they are not
+even committed) in a temp copy, with a kernel that imports this checkout (``PYTHONPATH``), and
+must raise nothing. Then what the notebook teaches is checked in the store it left behind.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from mvc_magics import Repo
+from mvc_magics.notebook_runner import error_outputs, run_notebook
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def execute(name: str, folder: Path):
+    """Copy notebooks/<name> into ``folder`` and run it there (the kernel's cwd)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "notebooks" / name, folder / name)
+    run = run_notebook(folder / name, folder)
+    executed = nbformat.read(run.executed, as_version=4)
+    assert not error_outputs(executed)
+    print(f"{name}: {run.seconds:.1f}s")
+    return run, executed
+
+
+def outputs_text(notebook) -> str:
+    parts = []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            parts.append(output.get("text", "") or output.get("data", {}).get("text/plain", ""))
+    return "\n".join(parts)
+
+
+def test_there_are_teaching_notebooks():
+    names = [p.name for p in NOTEBOOKS]
+    for expected in ("01-quickstart.ipynb", "02-compare-with-widgets.ipynb", "03-model-soups.ipynb"):
+        assert expected in names
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_committed_clean(path):
+    """No outputs, no execution counts, a python3 kernel, and a store of its own."""
+    notebook = nbformat.read(path, as_version=4)
+    nbformat.validate(notebook)
+    assert notebook.metadata["kernelspec"]["name"] == "python3"
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: outputs saved"
+    source = "\n".join(c.source for c in notebook.cells)
+    assert "%load_ext mvc_magics" in source
+
+
+def test_each_notebook_has_a_store_of_its_own():
+    stores = {}
+    for path in NOTEBOOKS:
+        source = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells)
+        found = re.findall(r"^%mvc_init (\S+)$", source, re.M)
+        assert len(found) == 1, f"{path.name} opens one store with %mvc_init"
+        stores[path.name] = found[0]
+    assert len(set(stores.values())) == len(stores), stores
+
+
+def quickstart_story(folder: Path) -> list[str]:
+    with Repo(folder / ".mvc-quickstart", create=False) as repo:
+        messages = [v.message for v in repo.log("model")]
+        assert {"10 epochs", "50 epochs", "100 epochs"} <= set(messages)
+        assert repo.resolve("best:val_mse", name="model").message == "100 epochs"
+        assert repo.resolve("halfway", name="model").message == "50 epochs"
+        assert repo.verify().ok
+    return messages
+
+
+def test_quickstart_and_again(tmp_path):
+    """The whole walk-through; then, re-runnable: a second run over the same folder starts its own
+    store afresh and tells the same story."""
+    run, executed = execute("01-quickstart.ipynb", tmp_path)
+    source = "\n".join(c.source for c in executed.cells)
+    for magic in ("%mvc_commit", "%mvc_checkout", "%mvc_compare", "%mvc_merge", "%mvc_log", "%mvc_status"):
+        assert magic in source, f"the quickstart shows {magic}"
+    assert run.figures, "the quickstart draws the versions' predictions"
+    assert "modified since HEAD" in outputs_text(executed), "status shows the experiment changed the weights"
+    first = quickstart_story(tmp_path)
+    execute("01-quickstart.ipynb", tmp_path)
+    assert quickstart_story(tmp_path) == first
+
+
+def test_compare_with_widgets(tmp_path):
+    run, executed = execute("02-compare-with-widgets.ipynb", tmp_path)
+    widget_views = [
+        o for c in executed.cells for o in c.get("outputs", [])
+        if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
+    ]
+    assert widget_views, "the compare panel is displayed as a widget"
+    assert run.figures, "--plot draws the scores"
+    text = outputs_text(executed)
+    with Repo(tmp_path / ".mvc-compare", create=False) as repo:
+        versions = repo.log("clf")
+        assert len(versions) == 5
+        by_accuracy = repo.compare(name="clf", weights={"val_accuracy": 1}).best
+        for_phone = repo.compare(name="clf", weights={"val_accuracy": 1, "size_kb": 1}).best
+        assert by_accuracy.message == "30 epochs" and "pruned" in for_phone.message, "weights change the winner"
+        assert repo.head("clf").id == for_phone.id, "the notebook checked the winner out"
+    assert f"best by accuracy alone: {by_accuracy.short_id}" in text
+    assert re.search(r"best when size weighs 5x: \w+ clf '30 epochs, pruned", text), "the slider flips the winner"
+
+
+def test_model_soups(tmp_path):
+    run, executed = execute("03-model-soups.ipynb", tmp_path)
+    assert run.figures, "the accuracy plot"
+    table = next(o["data"]["text/plain"] for c in executed.cells for o in c.get("outputs", [])
+                 if "test accuracy" in o.get("data", {}).get("text/plain", ""))
+    for row in ("best single", "uniform soup", "greedy soup", "ensemble"):
+        assert row in table
+    with Repo(tmp_path / ".mvc-soups", create=False) as repo:
+        fine_tunes = [repo.resolve(f"ft-{i}", name="net") for i in range(1, 6)]
+        pretrained = repo.resolve("pretrained", name="net")
+        assert all(ft.parents == (pretrained.id,) for ft in fine_tunes), "every fine-tune starts from pretrained"
+        uniform = repo.resolve("uniform-soup", name="net")
+        greedy = repo.resolve("greedy-soup", name="net")
+        assert set(uniform.parents) == {ft.id for ft in fine_tunes}
+        assert set(greedy.parents) == {ft.id for ft in fine_tunes}
+        best_single = max(ft.metrics["val_accuracy"] for ft in fine_tunes)
+        assert greedy.metrics["val_accuracy"] >= best_single, "greedy soup >= best ingredient on validation"
+        ensembles = repo.log("net_ensemble")
+        assert len(ensembles) == 1 and set(ensembles[0].parents) == {ft.id for ft in fine_tunes}
+        assert repo.head("net").id == repo.resolve("best:val_accuracy", name="net").id
