@@ -106,3 +106,34 @@ def error_outputs(notebook) -> list[str]:
         for cell in notebook.cells if cell.cell_type == "code"
         for o in cell.get("outputs", []) if o.get("output_type") == "error"
     ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mvc_magics.notebook_runner [--out DIR] NOTEBOOK ...``: run each notebook in
+    ``DIR/<notebook name>/`` and print how long it took and where its outputs went; exit 1 if any failed."""
+    import argparse
+
+    from nbclient.exceptions import CellExecutionError
+
+    parser = argparse.ArgumentParser(prog="python -m mvc_magics.notebook_runner", description=main.__doc__)
+    parser.add_argument("notebooks", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("notebook-output"), help="where to run them")
+    parser.add_argument("--timeout", type=int, default=600, help="seconds per cell")
+    args = parser.parse_args(argv)
+    failed = []
+    for source in args.notebooks:
+        folder = args.out / source.stem
+        try:
+            run = run_notebook(source, folder, timeout=args.timeout)
+        except CellExecutionError as exc:
+            failed.append(source.name)
+            print(f"FAILED {source.name} (executed notebook: {folder / source.name})\n{exc}", flush=True)
+            continue
+        print(f"ok {source.name}: {run.seconds:.1f}s -> {run.executed} ({len(run.figures)} figures)", flush=True)
+    if failed:
+        print(f"{len(failed)} of {len(args.notebooks)} notebooks failed: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
