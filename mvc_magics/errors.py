@@ -69,3 +69,26 @@ class MergeConflictError(MVCError, ValueError):
 
 class LockTimeoutError(StoreError):
     """Another process holds the store lock for longer than the timeout."""
+
+
+class RemoteError(MVCError):
+    """A remote cannot be reached, read or written, or is not an mvc remote."""
+
+
+class InvalidRemoteError(RemoteError, ValueError):
+    """A remote name or URL is not acceptable (unknown name, credentials in the URL...)."""
+
+
+class RemoteConflictError(RemoteError):
+    """A tag points at different versions here and on the remote; nothing was overwritten.
+
+    ``conflicts`` lists ``(model, tag, local id, remote id)``. Everything else was transferred.
+    """
+
+    def __init__(self, message: str, conflicts: list[tuple[str, str, str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.conflicts = list(conflicts or [])
+
+
+class ExportError(MVCError):
+    """A version cannot be exported in the requested format or to the requested path."""

@@ -8,10 +8,13 @@ from __future__ import annotations
 from typing import Any
 
 from .core import MVCMagics
+from .lifecycle import LifecycleMagics
+from .remote import RemoteMagics
 from .session import MVCSession
 
 # Each entry is a Magics class whose constructor takes (shell, session).
 MAGIC_CLASSES: list[type] = [MVCMagics]
+MAGIC_CLASSES += [RemoteMagics, LifecycleMagics]  # issue 8
 
 _STATE_ATTR = "_mvc_magics_state"
 

@@ -1,0 +1,445 @@
+"""Push, pull and clone through remotes on any fsspec URL (see docs/remotes.md).
+
+Objects (snapshot files) are immutable and named by content id, so transfers skip what the other
+side already holds and an interrupted transfer is completed by running it again. Objects go first,
+each after the objects it depends on; notes next; tags last, with conditional writes, so a tag on
+the remote never names a version whose bytes are not all there. Pull verifies every tensor hash of
+a version before renaming its file into the local store and indexing it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import IntegrityError, InvalidRemoteError, MVCError, RemoteConflictError, RemoteError
+from .hashing import version_id
+from .metadata import author
+from .names import validate_name
+from .removal import held_hashes, is_retired
+from .storage.atomic import atomic_write_bytes, fsync_path, temporary_path
+from .storage.index import Index
+from .storage.remote_store import RemoteStore, check_url
+from .storage.snapshot import SnapshotContent, TensorReader, read_content
+from .tables import format_bytes
+
+if TYPE_CHECKING:
+    from .repo import Repo
+
+# Transfers smaller than this show no progress bar.
+PROGRESS_MIN_BYTES = 1 << 20
+
+
+@dataclass
+class TransferReport:
+    """What a push or pull did."""
+
+    direction: str
+    remote: str
+    versions: list[str] = field(default_factory=list)
+    objects_sent: int = 0
+    objects_skipped: int = 0
+    bytes: int = 0
+    tags: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        verb = "pushed to" if self.direction == "push" else "pulled from"
+        tags = f", tags {', '.join(self.tags)}" if self.tags else ""
+        return (f"{verb} {self.remote}: {len(self.versions)} new version(s), {self.objects_sent} object(s) "
+                f"({format_bytes(self.bytes)}) transferred, {self.objects_skipped} already there{tags}")
+
+    def _repr_pretty_(self, printer, cycle: bool) -> None:
+        printer.text(str(self))
+
+
+# -- remote configuration --------------------------------------------------------------------
+
+def load_remotes(repo: Repo) -> dict[str, str]:
+    """Configured remotes, name -> URL."""
+    path = repo.layout.remotes_path
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return {str(k): str(v["url"]) for k, v in data.get("remotes", {}).items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise RemoteError(f"cannot read {path}: {exc}") from exc
+
+
+def save_remotes(repo: Repo, remotes: dict[str, str]) -> None:
+    payload = {"remotes": {name: {"url": url} for name, url in sorted(remotes.items())}}
+    atomic_write_bytes(repo.layout.remotes_path, (json.dumps(payload, indent=2) + "\n").encode(), repo.layout.tmp)
+
+
+def add_remote(repo: Repo, name: str, url: str) -> str:
+    name = validate_name(name, "remote name")
+    url = check_url(url)
+    with repo.layout.locked():
+        remotes = load_remotes(repo)
+        if name in remotes and remotes[name] != url:
+            raise InvalidRemoteError(f"remote {name!r} already exists ({remotes[name]}); remove it first")
+        remotes[name] = url
+        save_remotes(repo, remotes)
+        repo.audit.append(author(), "remote-add", None, [], {"remote": name, "url": url})
+    return url
+
+
+def remove_remote(repo: Repo, name: str) -> None:
+    with repo.layout.locked():
+        remotes = load_remotes(repo)
+        if name not in remotes:
+            raise InvalidRemoteError(f"no remote {name!r}" + (f" (remotes: {', '.join(remotes)})" if remotes else ""))
+        del remotes[name]
+        save_remotes(repo, remotes)
+        repo.audit.append(author(), "remote-remove", None, [], {"remote": name})
+
+
+def remote_url(repo: Repo, remote: str | None) -> tuple[str, str]:
+    """(display name, URL) of a configured remote, the only/``origin`` one when None, or a URL."""
+    remotes = load_remotes(repo)
+    if remote is None:
+        if "origin" in remotes or len(remotes) == 1:
+            remote = "origin" if "origin" in remotes else next(iter(remotes))
+        else:
+            raise InvalidRemoteError("name the remote" + (f" ({', '.join(remotes)})" if remotes
+                                                          else ": none configured (%mvc_remote add NAME URL)"))
+    if remote in remotes:
+        return remote, remotes[remote]
+    if "://" in remote or remote.startswith(("/", ".", "~")):
+        url = check_url(remote)
+        return url, url
+    raise InvalidRemoteError(f"no remote {remote!r}" + (f" (remotes: {', '.join(remotes)})" if remotes else ""))
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+def _progress(total: int, desc: str, enabled: bool | None):
+    from tqdm.auto import tqdm
+
+    show = total >= PROGRESS_MIN_BYTES if enabled is None else enabled
+    return tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=not show, leave=False)
+
+
+def _dependencies(content: SnapshotContent) -> list[str]:
+    """Objects a version needs: the files holding its tensors, then its parents."""
+    deps = [e.object for e in content.manifest if e.object != content.version_id]
+    return list(dict.fromkeys(deps + [str(p) for p in content.meta.get("parents", [])]))
+
+
+def _topological(start: Iterable[str], deps_of) -> list[str]:
+    """Every object reachable from ``start``, each after the objects it depends on."""
+    order: list[str] = []
+    seen: set[str] = set()
+    for root in start:
+        stack = [(root, False)]
+        while stack:
+            node, expanded = stack.pop()
+            if expanded:
+                order.append(node)
+                continue
+            if node in seen:
+                continue
+            seen.add(node)
+            stack.append((node, True))
+            stack.extend((d, False) for d in reversed(deps_of(node)) if d not in seen)
+    return order
+
+
+# -- push ------------------------------------------------------------------------------------
+
+def push(repo: Repo, remote: str | None = None, refs: Iterable[str] | None = None, force: bool = False,
+         progress: bool | None = None) -> TransferReport:
+    """Send versions (all, or ``refs`` with their ancestors) and their tags to a remote."""
+    label, url = remote_url(repo, remote)
+    store = RemoteStore(url)
+    store.check_format(create=True)
+    if refs is None:
+        start = [row[0] for row in repo.index.query("SELECT id FROM versions ORDER BY seq")]
+    else:
+        start = [repo.resolve(ref).id for ref in refs]
+    contents: dict[str, SnapshotContent | None] = {}
+
+    def deps_of(oid: str) -> list[str]:
+        if oid not in contents:
+            path = repo.layout.snapshot_path(oid)
+            contents[oid] = None if not path.exists() or is_retired(path) else read_content(path)
+        content = contents[oid]
+        if content is None:
+            return []
+        return [d for d in _dependencies(content) if repo.layout.snapshot_path(d).exists()]
+
+    order = _topological(start, deps_of)
+    for oid in order:
+        if not repo.layout.snapshot_path(oid).exists():
+            raise IntegrityError(f"object {oid[:12]} is missing from the local store (run verify)")
+    present = store.objects()
+    report = TransferReport("push", label)
+    todo = [oid for oid in order if oid not in present]
+    report.objects_skipped = len(order) - len(todo)
+    total = sum(repo.layout.snapshot_path(oid).stat().st_size for oid in todo)
+    with _progress(total, f"push {label}", progress) as bar:
+        for oid in todo:
+            path = repo.layout.snapshot_path(oid)
+            store.put_object(path, oid)
+            size = path.stat().st_size
+            bar.update(size)
+            report.objects_sent += 1
+            report.bytes += size
+            if contents.get(oid) is not None and repo._find(oid):
+                report.versions.append(oid)
+    remote_notes = store.notes()
+    for oid in order:
+        folder = repo.layout.notes / oid[:2] / oid
+        for note in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            if note.name not in remote_notes.get(oid, {}):
+                store.put_note(oid, note.name, note.read_bytes())
+    pushed = set(order)
+    remote_tags = store.tags()
+    conflicts = []
+    for model, tag, vid, protected in repo.index.query("SELECT name, tag, id, protected FROM tags ORDER BY name, tag"):
+        if vid not in pushed:
+            continue
+        current = remote_tags.get((model, tag))
+        if current is not None and current[0] == vid:
+            continue
+        if current is not None and not force:
+            conflicts.append((model, tag, vid, current[0]))
+            continue
+        if store.write_tag(model, tag, vid, bool(protected), expected=current[0] if current else None):
+            report.tags.append(tag)
+        else:
+            latest = store.tags().get((model, tag), ("?", False))[0]
+            conflicts.append((model, tag, vid, latest))
+    with repo.layout.locked():
+        repo.audit.append(author(), "push", None, report.versions, {
+            "remote": label, "url": url, "objects": report.objects_sent, "bytes": report.bytes,
+            "tags": report.tags, "conflicts": [f"{m}/{t}" for m, t, _, _ in conflicts],
+        })
+    if conflicts:
+        raise _conflict_error("push", conflicts)
+    return report
+
+
+def _conflict_error(direction: str, conflicts: list[tuple[str, str, str, str]]) -> RemoteConflictError:
+    first = ", ".join(f"{t} ({m}: here {a[:8]}, remote {b[:8]})" for m, t, a, b in conflicts[:3])
+    more = f" and {len(conflicts) - 3} more" if len(conflicts) > 3 else ""
+    hint = "pull and decide, or use --force to overwrite" if direction == "push" else "use --force to take the remote's"
+    return RemoteConflictError(f"tag conflict, not overwritten: {first}{more}; everything else was "
+                               f"{'pushed' if direction == 'push' else 'pulled'} ({hint})", conflicts)
+
+
+# -- pull ------------------------------------------------------------------------------------
+
+def _resolve_remote_ref(ref: str, objects: dict[str, int], tags: dict) -> str:
+    matches = sorted({vid for (_, tag), (vid, _) in tags.items() if tag == ref})
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise InvalidRemoteError(f"tag {ref!r} is on several models on the remote; pull by id prefix")
+    lowered = ref.lower()
+    if len(lowered) >= 4 and all(c in "0123456789abcdef" for c in lowered):
+        ids = [vid for vid in objects if vid.startswith(lowered)]
+        if len(ids) == 1:
+            return ids[0]
+        if len(ids) > 1:
+            raise InvalidRemoteError(f"{ref!r} matches {len(ids)} versions on the remote; give more digits")
+    tag_names = sorted({t for _, t in tags})
+    raise InvalidRemoteError(f"no tag or version {ref!r} on the remote" +
+                             (f" (tags: {', '.join(tag_names[:10])})" if tag_names else ""))
+
+
+def pull(repo: Repo, remote: str | None = None, refs: Iterable[str] | None = None, force: bool = False,
+         progress: bool | None = None) -> TransferReport:
+    """Fetch versions (all, or ``refs`` with their ancestors) and tags from a remote, verified."""
+    label, url = remote_url(repo, remote)
+    store = RemoteStore(url)
+    if not store.check_format():
+        raise RemoteError(f"no mvc remote at {url} (push to it first)")
+    objects = store.objects()
+    remote_tags = store.tags()
+    if refs is None:
+        start = sorted(objects)
+    else:
+        start = [_resolve_remote_ref(ref, objects, remote_tags) for ref in refs]
+    report = TransferReport("pull", label)
+    staged: dict[str, Path] = {}
+    try:
+        contents = _stage(repo, store, start, objects, staged, report, progress)
+        with repo.layout.locked():
+            imported = _import(repo, contents, staged)
+            report.versions = imported
+            _pull_notes(repo, store, [vid for vid in contents if repo._find(vid)])
+            wanted = set(contents) if refs is not None else None
+            conflicts = _pull_tags(repo, remote_tags, wanted, force, report)
+            _set_missing_heads(repo, imported)
+            repo.audit.append(author(), "pull", None, imported, {
+                "remote": label, "url": url, "objects": report.objects_sent, "bytes": report.bytes,
+                "tags": report.tags, "conflicts": [f"{m}/{t}" for m, t, _, _ in conflicts],
+            })
+    finally:
+        for path in staged.values():
+            with contextlib.suppress(OSError):
+                path.unlink()
+    if conflicts:
+        raise _conflict_error("pull", conflicts)
+    return report
+
+
+def _local_has(repo: Repo, oid: str) -> bool:
+    return repo.layout.snapshot_path(oid).exists()
+
+
+def _stage(repo, store, start, objects, staged, report, progress) -> dict[str, SnapshotContent]:
+    """Download every needed object into tmp/ and read it; return the full snapshots to import."""
+    contents: dict[str, SnapshotContent] = {}
+    need_hashes: dict[str, set[str]] = {}
+    queue = [oid for oid in start if not _local_has(repo, oid) and not repo.layout.is_removed(oid)]
+    total = sum(objects.get(oid, 0) for oid in queue)
+    with _progress(total, f"pull {report.remote}", progress) as bar:
+        seen: set[str] = set()
+        while queue:
+            oid = queue.pop(0)
+            if oid in seen:
+                continue
+            seen.add(oid)
+            if oid not in objects:
+                raise RemoteError(f"object {oid[:12]} is not on the remote {store.url}")
+            tmp = temporary_path(repo.layout.tmp, ".h5")
+            store.get_object(oid, tmp)
+            staged[oid] = tmp
+            report.objects_sent += 1
+            report.bytes += tmp.stat().st_size
+            bar.update(tmp.stat().st_size)
+            if is_retired(tmp):
+                continue
+            content = _check_snapshot(tmp, oid)
+            contents[oid] = content
+            for entry in content.manifest:
+                if entry.object != oid:
+                    need_hashes.setdefault(entry.object, set()).add(entry.hash)
+            for dep in _dependencies(content):
+                parent_only = dep not in need_hashes
+                if parent_only and (dep not in objects or repo.layout.is_removed(dep)):
+                    continue  # a parent the remote lacks or we removed: history stops there
+                if not _local_has(repo, dep) and dep not in seen:
+                    queue.append(dep)
+                    bar.total = (bar.total or 0) + objects.get(dep, 0)
+        # A local retired file may lack tensors the pulled versions read from it: take the remote's.
+        for oid, hashes in need_hashes.items():
+            if oid in staged or not _local_has(repo, oid):
+                continue
+            local = repo.layout.snapshot_path(oid)
+            have = held_hashes(local)
+            if hashes <= have:
+                continue
+            if oid not in objects:
+                raise IntegrityError(f"object {oid[:12]} lacks tensors and is not on the remote")
+            tmp = temporary_path(repo.layout.tmp, ".h5")
+            store.get_object(oid, tmp)
+            staged[oid] = tmp
+            if not (hashes | have) <= held_hashes(tmp):
+                raise IntegrityError(f"object {oid[:12]} on the remote lacks tensors this store needs")
+    report.objects_skipped = len([oid for oid in start if _local_has(repo, oid)])
+    return contents
+
+
+def _check_snapshot(path: Path, oid: str) -> SnapshotContent:
+    """Read a downloaded snapshot; its id must be the key it came from and match its content."""
+    content = read_content(path)
+    recomputed = version_id(content.structure, ((e.name, e.dtype, e.shape, e.hash) for e in content.manifest))
+    if content.version_id != oid or recomputed != oid:
+        raise IntegrityError(f"remote object {oid[:12]} does not hold the version its name says (refused)")
+    return content
+
+
+def _import(repo: Repo, contents: dict[str, SnapshotContent], staged: dict[str, Path]) -> list[str]:
+    """Verify every tensor of every pulled version, then rename files into place, deps first."""
+
+    def locate(oid: str) -> Path:
+        return staged.get(oid) or repo.layout.snapshot_path(oid)
+
+    with TensorReader(locate) as reader:
+        for vid, content in contents.items():
+            for entry in content.manifest:
+                reader.read(entry, verify=True, owner=vid)  # IntegrityError before anything is visible
+
+    def deps_of(oid: str) -> list[str]:
+        content = contents.get(oid)
+        return [d for d in _dependencies(content) if d in staged] if content else []
+
+    created = {oid: str(c.meta.get("created", "")) for oid, c in contents.items()}
+    order = _topological(sorted(staged, key=lambda o: (created.get(o, ""), o)), deps_of)
+    imported = []
+    for oid in order:
+        final = repo.layout.snapshot_path(oid)
+        if oid not in contents:  # a retired file: a tombstone first, so it never shows as a version
+            if not final.exists() or repo.layout.is_removed(oid):
+                repo.layout.write_tombstone(oid, {"id": oid, "retired": True, "pulled": True})
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fsync_path(staged[oid])
+        os.replace(staged[oid], final)
+        fsync_path(final.parent)
+        del staged[oid]
+        if oid in contents and not repo.layout.is_removed(oid) and not repo._find(oid):
+            from .maintenance import _index_content
+
+            with repo.index.transaction() as conn:
+                _index_content(conn, contents[oid])
+            imported.append(oid)
+    return imported
+
+
+def _pull_notes(repo: Repo, store: RemoteStore, vids: list[str]) -> None:
+    remote_notes = store.notes()
+    for vid in vids:
+        for filename, key in sorted(remote_notes.get(vid, {}).items()):
+            local = repo.layout.notes / vid[:2] / vid / filename
+            if local.exists():
+                continue
+            try:
+                note = json.loads(store.read_bytes(key))
+                metrics = {str(k): float(v) for k, v in note.get("metrics", {}).items()}
+            except (ValueError, TypeError, AttributeError, MVCError):
+                continue  # a malformed note is not imported
+            atomic_write_bytes(local, json.dumps(note, sort_keys=True).encode(), repo.layout.tmp)
+            with repo.index.transaction() as conn:
+                Index.set_metrics(conn, vid, metrics)
+
+
+def _pull_tags(repo: Repo, remote_tags: dict, wanted: set[str] | None, force: bool, report) -> list:
+    conflicts = []
+    for (model, tag), (vid, protected) in sorted(remote_tags.items()):
+        if (wanted is not None and vid not in wanted) or not repo._find(vid):
+            continue
+        rows = repo.index.query("SELECT id, protected FROM tags WHERE name = ? AND tag = ?", (model, tag))
+        if rows and rows[0][0] == vid:
+            continue
+        if rows and not force:
+            conflicts.append((model, tag, rows[0][0], vid))
+            continue
+        repo.layout.write_tag(model, tag, vid, protected)
+        with repo.index.transaction() as conn:
+            conn.execute("INSERT OR REPLACE INTO tags(name, tag, id, protected) VALUES(?, ?, ?, ?)",
+                         (model, tag, vid, int(protected)))
+        report.tags.append(tag)
+    return conflicts
+
+
+def _set_missing_heads(repo: Repo, imported: list[str]) -> None:
+    """A model that has no HEAD here yet gets its newest pulled version as HEAD."""
+    if not imported:
+        return
+    marks = ",".join("?" * len(imported))
+    rows = repo.index.query(f"SELECT name, id FROM versions WHERE id IN ({marks}) ORDER BY seq", imported)
+    newest = dict(rows)
+    heads = dict(repo.index.query("SELECT name, id FROM heads"))
+    for model, vid in newest.items():
+        if model not in heads:
+            repo.layout.write_head(model, vid)
+            with repo.index.transaction() as conn:
+                conn.execute("INSERT OR REPLACE INTO heads(name, id) VALUES(?, ?)", (model, vid))
