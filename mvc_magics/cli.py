@@ -79,7 +79,8 @@ def _show(repo, args) -> str:
     rows = [["id", v.id], ["model", v.name], ["message", v.message],
             ["tags", ", ".join(t + ("*" if t in v.protected_tags else "") for t in v.tags)],
             ["parents", ", ".join(p[:12] for p in v.parents)], ["created", v.created.isoformat()],
-            ["author", v.author], ["framework", v.framework], ["size", f"{format_bytes(v.nbytes)} in {v.n_tensors} tensors"]]
+            ["author", v.author], ["framework", v.framework],
+            ["size", f"{format_bytes(v.nbytes)} in {v.n_tensors} tensors"]]
     rows += [[f"metric {k}", format_number(val)] for k, val in sorted(v.metrics.items())]
     rows += [[f"param {k}", str(val)] for k, val in sorted(v.params.items())]
     return Table(["field", "value"], rows, title=f"version {v.short_id}").to_text()
@@ -126,8 +127,11 @@ def run(argv: Sequence[str] | None = None) -> int:
             path = repo.export(args.ref, args.path, format=args.format, name=args.model)
             print(f"exported {args.ref} as {args.format} to {path}")
         elif args.command in ("push", "pull"):
+            from .remote import split_remote_and_refs
+
             method = repo.push if args.command == "push" else repo.pull
-            print(method(args.remote, args.refs or None, force=args.force))
+            remote, refs = split_remote_and_refs(repo, [w for w in [args.remote, *args.refs] if w])
+            print(method(remote, refs, force=args.force))
     return 0
 
 

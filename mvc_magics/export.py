@@ -61,7 +61,7 @@ def export_version(repo: Repo, ref: str, path: str | os.PathLike, fmt: str = "ke
         os.replace(tmp, path)
     except ExportError:
         raise
-    except Exception as exc:  # noqa: BLE001 - Keras/TF raise many types; the user gets one line
+    except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"cannot export {version.short_id} as {fmt}: {first[:200]}") from exc
     finally:

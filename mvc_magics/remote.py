@@ -11,21 +11,25 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import IntegrityError, InvalidRemoteError, MVCError, RemoteConflictError, RemoteError
-from .hashing import version_id
+from .errors import (
+    IntegrityError,
+    InvalidNameError,
+    InvalidRemoteError,
+    RefError,
+    RemoteConflictError,
+    RemoteError,
+)
 from .metadata import author
 from .names import validate_name
-from .removal import held_hashes, is_retired
-from .storage.atomic import atomic_write_bytes, fsync_path, temporary_path
-from .storage.index import Index
+from .removal import is_retired
+from .storage.atomic import atomic_write_bytes
 from .storage.remote_store import RemoteStore, check_url
-from .storage.snapshot import SnapshotContent, TensorReader, read_content
+from .storage.snapshot import SnapshotContent, read_content
 from .tables import format_bytes
 
 if TYPE_CHECKING:
@@ -116,22 +120,33 @@ def remote_url(repo: Repo, remote: str | None) -> tuple[str, str]:
     raise InvalidRemoteError(f"no remote {remote!r}" + (f" (remotes: {', '.join(remotes)})" if remotes else ""))
 
 
+def split_remote_and_refs(repo: Repo, words: list[str]) -> tuple[str | None, list[str] | None]:
+    """``[REMOTE] [REF ...]`` from a command line: the first word is the remote when it names one
+    (or is a URL), else every word is a ref and the default remote is meant."""
+    if not words:
+        return None, None
+    first = words[0]
+    if first in load_remotes(repo) or "://" in first or first.startswith(("/", ".", "~")):
+        return first, words[1:] or None
+    return None, words
+
+
 # -- helpers ---------------------------------------------------------------------------------
 
-def _progress(total: int, desc: str, enabled: bool | None):
+def progress_bar(total: int, desc: str, enabled: bool | None):
     from tqdm.auto import tqdm
 
     show = total >= PROGRESS_MIN_BYTES if enabled is None else enabled
     return tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=not show, leave=False)
 
 
-def _dependencies(content: SnapshotContent) -> list[str]:
+def dependencies(content: SnapshotContent) -> list[str]:
     """Objects a version needs: the files holding its tensors, then its parents."""
     deps = [e.object for e in content.manifest if e.object != content.version_id]
     return list(dict.fromkeys(deps + [str(p) for p in content.meta.get("parents", [])]))
 
 
-def _topological(start: Iterable[str], deps_of) -> list[str]:
+def topological(start: Iterable[str], deps_of) -> list[str]:
     """Every object reachable from ``start``, each after the objects it depends on."""
     order: list[str] = []
     seen: set[str] = set()
@@ -150,6 +165,19 @@ def _topological(start: Iterable[str], deps_of) -> list[str]:
     return order
 
 
+def _resolve_local(repo: Repo, ref: str) -> str:
+    """A ref for push: any ref of a one-model store, an id prefix, or a tag only one model has."""
+    from . import resolver
+
+    try:
+        return repo.resolve(ref).id
+    except RefError as exc:
+        try:
+            return resolver.find_tag(repo.index, ref, None)[1]
+        except (RefError, InvalidNameError):
+            raise exc from None
+
+
 # -- push ------------------------------------------------------------------------------------
 
 def push(repo: Repo, remote: str | None = None, refs: Iterable[str] | None = None, force: bool = False,
@@ -161,7 +189,7 @@ def push(repo: Repo, remote: str | None = None, refs: Iterable[str] | None = Non
     if refs is None:
         start = [row[0] for row in repo.index.query("SELECT id FROM versions ORDER BY seq")]
     else:
-        start = [repo.resolve(ref).id for ref in refs]
+        start = [_resolve_local(repo, ref) for ref in refs]
     contents: dict[str, SnapshotContent | None] = {}
 
     def deps_of(oid: str) -> list[str]:
@@ -171,9 +199,10 @@ def push(repo: Repo, remote: str | None = None, refs: Iterable[str] | None = Non
         content = contents[oid]
         if content is None:
             return []
-        return [d for d in _dependencies(content) if repo.layout.snapshot_path(d).exists()]
+        return [d for d in dependencies(content) if repo.layout.snapshot_path(d).exists()]
 
-    order = _topological(start, deps_of)
+    order = topological(start, deps_of)
+    store.clean_stale_uploads()
     for oid in order:
         if not repo.layout.snapshot_path(oid).exists():
             raise IntegrityError(f"object {oid[:12]} is missing from the local store (run verify)")
@@ -182,7 +211,7 @@ def push(repo: Repo, remote: str | None = None, refs: Iterable[str] | None = Non
     todo = [oid for oid in order if oid not in present]
     report.objects_skipped = len(order) - len(todo)
     total = sum(repo.layout.snapshot_path(oid).stat().st_size for oid in todo)
-    with _progress(total, f"push {label}", progress) as bar:
+    with progress_bar(total, f"push {label}", progress) as bar:
         for oid in todo:
             path = repo.layout.snapshot_path(oid)
             store.put_object(path, oid)
@@ -256,6 +285,8 @@ def _resolve_remote_ref(ref: str, objects: dict[str, int], tags: dict) -> str:
 def pull(repo: Repo, remote: str | None = None, refs: Iterable[str] | None = None, force: bool = False,
          progress: bool | None = None) -> TransferReport:
     """Fetch versions (all, or ``refs`` with their ancestors) and tags from a remote, verified."""
+    from .pulling import import_staged, pull_notes, pull_tags, set_missing_heads, stage
+
     label, url = remote_url(repo, remote)
     store = RemoteStore(url)
     if not store.check_format():
@@ -269,14 +300,14 @@ def pull(repo: Repo, remote: str | None = None, refs: Iterable[str] | None = Non
     report = TransferReport("pull", label)
     staged: dict[str, Path] = {}
     try:
-        contents = _stage(repo, store, start, objects, staged, report, progress)
+        contents = stage(repo, store, start, objects, staged, report, progress)
         with repo.layout.locked():
-            imported = _import(repo, contents, staged)
+            imported = import_staged(repo, contents, staged)
             report.versions = imported
-            _pull_notes(repo, store, [vid for vid in contents if repo._find(vid)])
+            pull_notes(repo, store, [vid for vid in contents if repo._find(vid)])
             wanted = set(contents) if refs is not None else None
-            conflicts = _pull_tags(repo, remote_tags, wanted, force, report)
-            _set_missing_heads(repo, imported)
+            conflicts = pull_tags(repo, remote_tags, wanted, force, report)
+            set_missing_heads(repo, imported)
             repo.audit.append(author(), "pull", None, imported, {
                 "remote": label, "url": url, "objects": report.objects_sent, "bytes": report.bytes,
                 "tags": report.tags, "conflicts": [f"{m}/{t}" for m, t, _, _ in conflicts],
@@ -288,158 +319,3 @@ def pull(repo: Repo, remote: str | None = None, refs: Iterable[str] | None = Non
     if conflicts:
         raise _conflict_error("pull", conflicts)
     return report
-
-
-def _local_has(repo: Repo, oid: str) -> bool:
-    return repo.layout.snapshot_path(oid).exists()
-
-
-def _stage(repo, store, start, objects, staged, report, progress) -> dict[str, SnapshotContent]:
-    """Download every needed object into tmp/ and read it; return the full snapshots to import."""
-    contents: dict[str, SnapshotContent] = {}
-    need_hashes: dict[str, set[str]] = {}
-    queue = [oid for oid in start if not _local_has(repo, oid) and not repo.layout.is_removed(oid)]
-    total = sum(objects.get(oid, 0) for oid in queue)
-    with _progress(total, f"pull {report.remote}", progress) as bar:
-        seen: set[str] = set()
-        while queue:
-            oid = queue.pop(0)
-            if oid in seen:
-                continue
-            seen.add(oid)
-            if oid not in objects:
-                raise RemoteError(f"object {oid[:12]} is not on the remote {store.url}")
-            tmp = temporary_path(repo.layout.tmp, ".h5")
-            store.get_object(oid, tmp)
-            staged[oid] = tmp
-            report.objects_sent += 1
-            report.bytes += tmp.stat().st_size
-            bar.update(tmp.stat().st_size)
-            if is_retired(tmp):
-                continue
-            content = _check_snapshot(tmp, oid)
-            contents[oid] = content
-            for entry in content.manifest:
-                if entry.object != oid:
-                    need_hashes.setdefault(entry.object, set()).add(entry.hash)
-            for dep in _dependencies(content):
-                parent_only = dep not in need_hashes
-                if parent_only and (dep not in objects or repo.layout.is_removed(dep)):
-                    continue  # a parent the remote lacks or we removed: history stops there
-                if not _local_has(repo, dep) and dep not in seen:
-                    queue.append(dep)
-                    bar.total = (bar.total or 0) + objects.get(dep, 0)
-        # A local retired file may lack tensors the pulled versions read from it: take the remote's.
-        for oid, hashes in need_hashes.items():
-            if oid in staged or not _local_has(repo, oid):
-                continue
-            local = repo.layout.snapshot_path(oid)
-            have = held_hashes(local)
-            if hashes <= have:
-                continue
-            if oid not in objects:
-                raise IntegrityError(f"object {oid[:12]} lacks tensors and is not on the remote")
-            tmp = temporary_path(repo.layout.tmp, ".h5")
-            store.get_object(oid, tmp)
-            staged[oid] = tmp
-            if not (hashes | have) <= held_hashes(tmp):
-                raise IntegrityError(f"object {oid[:12]} on the remote lacks tensors this store needs")
-    report.objects_skipped = len([oid for oid in start if _local_has(repo, oid)])
-    return contents
-
-
-def _check_snapshot(path: Path, oid: str) -> SnapshotContent:
-    """Read a downloaded snapshot; its id must be the key it came from and match its content."""
-    content = read_content(path)
-    recomputed = version_id(content.structure, ((e.name, e.dtype, e.shape, e.hash) for e in content.manifest))
-    if content.version_id != oid or recomputed != oid:
-        raise IntegrityError(f"remote object {oid[:12]} does not hold the version its name says (refused)")
-    return content
-
-
-def _import(repo: Repo, contents: dict[str, SnapshotContent], staged: dict[str, Path]) -> list[str]:
-    """Verify every tensor of every pulled version, then rename files into place, deps first."""
-
-    def locate(oid: str) -> Path:
-        return staged.get(oid) or repo.layout.snapshot_path(oid)
-
-    with TensorReader(locate) as reader:
-        for vid, content in contents.items():
-            for entry in content.manifest:
-                reader.read(entry, verify=True, owner=vid)  # IntegrityError before anything is visible
-
-    def deps_of(oid: str) -> list[str]:
-        content = contents.get(oid)
-        return [d for d in _dependencies(content) if d in staged] if content else []
-
-    created = {oid: str(c.meta.get("created", "")) for oid, c in contents.items()}
-    order = _topological(sorted(staged, key=lambda o: (created.get(o, ""), o)), deps_of)
-    imported = []
-    for oid in order:
-        final = repo.layout.snapshot_path(oid)
-        if oid not in contents:  # a retired file: a tombstone first, so it never shows as a version
-            if not final.exists() or repo.layout.is_removed(oid):
-                repo.layout.write_tombstone(oid, {"id": oid, "retired": True, "pulled": True})
-        final.parent.mkdir(parents=True, exist_ok=True)
-        fsync_path(staged[oid])
-        os.replace(staged[oid], final)
-        fsync_path(final.parent)
-        del staged[oid]
-        if oid in contents and not repo.layout.is_removed(oid) and not repo._find(oid):
-            from .maintenance import _index_content
-
-            with repo.index.transaction() as conn:
-                _index_content(conn, contents[oid])
-            imported.append(oid)
-    return imported
-
-
-def _pull_notes(repo: Repo, store: RemoteStore, vids: list[str]) -> None:
-    remote_notes = store.notes()
-    for vid in vids:
-        for filename, key in sorted(remote_notes.get(vid, {}).items()):
-            local = repo.layout.notes / vid[:2] / vid / filename
-            if local.exists():
-                continue
-            try:
-                note = json.loads(store.read_bytes(key))
-                metrics = {str(k): float(v) for k, v in note.get("metrics", {}).items()}
-            except (ValueError, TypeError, AttributeError, MVCError):
-                continue  # a malformed note is not imported
-            atomic_write_bytes(local, json.dumps(note, sort_keys=True).encode(), repo.layout.tmp)
-            with repo.index.transaction() as conn:
-                Index.set_metrics(conn, vid, metrics)
-
-
-def _pull_tags(repo: Repo, remote_tags: dict, wanted: set[str] | None, force: bool, report) -> list:
-    conflicts = []
-    for (model, tag), (vid, protected) in sorted(remote_tags.items()):
-        if (wanted is not None and vid not in wanted) or not repo._find(vid):
-            continue
-        rows = repo.index.query("SELECT id, protected FROM tags WHERE name = ? AND tag = ?", (model, tag))
-        if rows and rows[0][0] == vid:
-            continue
-        if rows and not force:
-            conflicts.append((model, tag, rows[0][0], vid))
-            continue
-        repo.layout.write_tag(model, tag, vid, protected)
-        with repo.index.transaction() as conn:
-            conn.execute("INSERT OR REPLACE INTO tags(name, tag, id, protected) VALUES(?, ?, ?, ?)",
-                         (model, tag, vid, int(protected)))
-        report.tags.append(tag)
-    return conflicts
-
-
-def _set_missing_heads(repo: Repo, imported: list[str]) -> None:
-    """A model that has no HEAD here yet gets its newest pulled version as HEAD."""
-    if not imported:
-        return
-    marks = ",".join("?" * len(imported))
-    rows = repo.index.query(f"SELECT name, id FROM versions WHERE id IN ({marks}) ORDER BY seq", imported)
-    newest = dict(rows)
-    heads = dict(repo.index.query("SELECT name, id FROM heads"))
-    for model, vid in newest.items():
-        if model not in heads:
-            repo.layout.write_head(model, vid)
-            with repo.index.transaction() as conn:
-                conn.execute("INSERT OR REPLACE INTO heads(name, id) VALUES(?, ?)", (model, vid))

@@ -14,11 +14,11 @@ import h5py
 import numpy as np
 import pytest
 from IPython.core.error import UsageError
+from keras_models import dense_model, sample_input
 
 from mvc_magics import Repo
 from mvc_magics.errors import IntegrityError, InvalidRemoteError, RemoteConflictError
 from mvc_magics.storage.remote_store import RemoteStore
-from keras_models import dense_model, sample_input
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -286,7 +286,7 @@ def test_remote_magics(ip, tmp_path, remote_url):
     other = session_of(ip).repo
     assert other.path == tmp_path / "other" / ".mvc"
     assert other.resolve("production", name="w").name == "w"
-    with pytest.raises(UsageError, match="no remote 'nowhere'"):
+    with pytest.raises(UsageError, match="none configured"):  # this store has no remotes
         ip.run_line_magic("mvc_push", "nowhere")
     with pytest.raises(UsageError, match="credentials"):
         ip.run_line_magic("mvc_remote", "add team s3://KEY:SECRET@bucket/x")
@@ -295,3 +295,49 @@ def test_remote_magics(ip, tmp_path, remote_url):
     ip.run_line_magic("mvc_remote", f"add backup {remote_url}")
     ip.run_line_magic("mvc_remote", "remove backup")
     assert other.remotes() == {}
+
+
+def test_push_named_refs_with_default_remote_sends_only_their_history(ip, tmp_path, remote_url):
+    ip.user_ns["w"] = make_weights(1)
+    v1 = ip.run_line_magic("mvc_commit", "w")
+    ip.user_ns["w"] = make_weights(2)
+    v2 = ip.run_line_magic("mvc_commit", "w --tag staging")
+    ip.user_ns["other"] = make_weights(3)
+    v3 = ip.run_line_magic("mvc_commit", "other")
+    ip.run_line_magic("mvc_remote", f"add origin {remote_url}")
+    ip.run_line_magic("mvc_push", "staging")  # no remote named staging: it is a ref for origin
+    store = RemoteStore(remote_url)
+    assert set(store.objects()) == {v1.id, v2.id} and v3.id not in store.objects()
+    ip.run_line_magic("mvc_init", str(tmp_path / "b" / ".mvc"))
+    ip.run_line_magic("mvc_remote", f"add origin {remote_url}")
+    ip.run_line_magic("mvc_pull", f"origin {v1.short_id}")
+    from mvc_magics.magics import session_of
+
+    assert [v.id for v in session_of(ip).repo.log()] == [v1.id]
+
+
+def test_push_cleans_stale_upload_temporaries(tmp_path, remote_url):
+    with Repo(tmp_path / "a" / ".mvc") as a:
+        a.commit(make_weights(1), "m")
+        a.add_remote("origin", remote_url)
+        a.push()
+        leftovers = Path(RemoteStore(remote_url).root) / "tmp"
+        stale, fresh = leftovers / "dead-upload.h5", leftovers / "live-upload.h5"
+        for path in (stale, fresh):
+            path.write_bytes(b"partial")
+        os.utime(stale, (1, 1))
+        a.commit(make_weights(2), "m")
+        a.push()
+    assert not stale.exists() and fresh.exists()  # a concurrent push's upload is left alone
+
+
+def test_progress_bar_for_large_transfers_quiet_for_tiny(tmp_path, remote_url, capsys):
+    with Repo(tmp_path / "a" / ".mvc") as a:
+        a.commit(make_weights(1), "m")
+        a.add_remote("origin", remote_url)
+        a.push()
+        assert "push origin" not in capsys.readouterr().err  # tiny: no bar
+        big = {"w": np.random.default_rng(0).standard_normal(400_000).astype(np.float32)}  # 1.6 MB
+        a.commit(big, "big")
+        a.push()
+        assert "push origin" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
@@ -47,9 +48,6 @@ class LifecycleMagics(Magics):
     def mvc_gc(self, line: str):
         """Reclaim the space of tensors no remaining version uses; prints the bytes freed."""
         if line.strip():
-            from IPython.core.error import UsageError
-
             raise UsageError("%mvc_gc takes no arguments")
         report = self.session.repo.gc()
         print(report)
-        return None

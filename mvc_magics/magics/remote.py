@@ -6,6 +6,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
+from ..remote import split_remote_and_refs
 from ..tables import Table
 from .session import MVCSession, parse_line, user_errors
 
@@ -56,7 +57,9 @@ class RemoteMagics(Magics):
     def mvc_push(self, line: str):
         """Send versions and their tags to a remote (idempotent; re-run to resume)."""
         args = parse_line(self.mvc_push, line)
-        report = self.session.repo.push(args.remote, args.refs or None, force=args.force)
+        repo = self.session.repo
+        remote, refs = split_remote_and_refs(repo, [w for w in [args.remote, *args.refs] if w])
+        report = repo.push(remote, refs, force=args.force)
         print(report)
 
     @line_magic
@@ -68,5 +71,7 @@ class RemoteMagics(Magics):
     def mvc_pull(self, line: str):
         """Fetch versions and tags from a remote; every tensor is verified before it is visible."""
         args = parse_line(self.mvc_pull, line)
-        report = self.session.repo.pull(args.remote, args.refs or None, force=args.force)
+        repo = self.session.repo
+        remote, refs = split_remote_and_refs(repo, [w for w in [args.remote, *args.refs] if w])
+        report = repo.pull(remote, refs, force=args.force)
         print(report)

@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import re
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +37,8 @@ REMOTE_FORMAT = "mvc-remote"
 REMOTE_VERSION = 1
 # Backends where a PUT is atomic: the object appears under its key only once fully uploaded.
 ATOMIC_PUT_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "memory"})
+# An upload temporary older than this belongs to a push that was killed.
+STALE_UPLOAD_SECONDS = 3600.0
 _ID_FILE = re.compile(rf"^[0-9a-f]{{{HASH_HEX_LENGTH}}}\.h5$")
 
 
@@ -149,6 +152,24 @@ class RemoteStore:
             with contextlib.suppress(Exception):
                 if self.fs.exists(tmp):
                     self.fs.rm_file(tmp)
+
+    def clean_stale_uploads(self, older_than: float = STALE_UPLOAD_SECONDS) -> int:
+        """Delete temporaries in ``tmp/`` left by uploads killed more than ``older_than`` seconds ago."""
+        if self.atomic_put:
+            return 0
+        try:
+            found = self.fs.find(self._key("tmp"), detail=True)
+        except (FileNotFoundError, OSError):
+            return 0
+        removed = 0
+        now = time.time()
+        for path, info in found.items():
+            mtime = info.get("mtime") or info.get("created")
+            if isinstance(mtime, int | float) and now - mtime > older_than:
+                with contextlib.suppress(OSError):
+                    self.fs.rm_file(path)
+                    removed += 1
+        return removed
 
     def get_object(self, version_id: str, local: Path) -> None:
         self._call(f"download {version_id[:12]}", self.fs.get_file, self.object_key(version_id), str(local))
