@@ -30,7 +30,12 @@ def _local_has(repo: Repo, oid: str) -> bool:
 
 
 def stage(repo, store, start, objects, staged, report, progress) -> dict[str, SnapshotContent]:
-    """Download every needed object into tmp/ and read it; return the full snapshots to import."""
+    """Download every needed object into tmp/ and read it; return the full snapshots to import.
+
+    ``objects`` are the remote's snapshot files; its retired files are fetched only as the holders of
+    tensors a pulled version reads from them (a full snapshot is preferred: it holds them all).
+    """
+    retired_objects = store.objects(retired=True)
     contents: dict[str, SnapshotContent] = {}
     need_hashes: dict[str, set[str]] = {}
     queue = [oid for oid in start if not _local_has(repo, oid) and not repo.layout.is_removed(oid)]
@@ -42,15 +47,15 @@ def stage(repo, store, start, objects, staged, report, progress) -> dict[str, Sn
             if oid in seen:
                 continue
             seen.add(oid)
-            if oid not in objects:
+            if oid not in objects and oid not in retired_objects:
                 raise RemoteError(f"object {oid[:12]} is not on the remote {store.url}")
             tmp = temporary_path(repo.layout.tmp, ".h5")
-            store.get_object(oid, tmp)
             staged[oid] = tmp
+            store.get_object(oid, tmp, retired=oid not in objects)
             report.objects_sent += 1
             report.bytes += tmp.stat().st_size
             bar.update(tmp.stat().st_size)
-            if is_retired(tmp):
+            if oid not in objects or is_retired(tmp):
                 continue
             content = _check_snapshot(tmp, oid)
             contents[oid] = content
@@ -63,7 +68,7 @@ def stage(repo, store, start, objects, staged, report, progress) -> dict[str, Sn
                     continue  # a parent the remote lacks or we removed: history stops there
                 if not _local_has(repo, dep) and dep not in seen:
                     queue.append(dep)
-                    bar.total = (bar.total or 0) + objects.get(dep, 0)
+                    bar.total = (bar.total or 0) + objects.get(dep, retired_objects.get(dep, 0))
         # A local retired file may lack tensors the pulled versions read from it: take the remote's.
         for oid, hashes in need_hashes.items():
             if oid in staged or not _local_has(repo, oid):
@@ -72,11 +77,13 @@ def stage(repo, store, start, objects, staged, report, progress) -> dict[str, Sn
             have = held_hashes(local)
             if hashes <= have:
                 continue
-            if oid not in objects:
+            if not repo.layout.is_removed(oid):  # a live file lacking them: the remote's manifest lies
+                raise IntegrityError(f"a pulled version names tensors {oid[:12]} does not hold (refused)")
+            if oid not in objects and oid not in retired_objects:
                 raise IntegrityError(f"object {oid[:12]} lacks tensors and is not on the remote")
             tmp = temporary_path(repo.layout.tmp, ".h5")
-            store.get_object(oid, tmp)
             staged[oid] = tmp
+            store.get_object(oid, tmp, retired=oid not in objects)
             if not (hashes | have) <= held_hashes(tmp):
                 raise IntegrityError(f"object {oid[:12]} on the remote lacks tensors this store needs")
     report.objects_skipped = len([oid for oid in start if _local_has(repo, oid)])

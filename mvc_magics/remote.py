@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,8 +26,8 @@ from .errors import (
 )
 from .metadata import author
 from .names import validate_name
-from .removal import is_retired
-from .storage.atomic import atomic_write_bytes
+from .removal import held_hashes, is_retired, write_retired
+from .storage.atomic import atomic_write_bytes, temporary_path
 from .storage.remote_store import RemoteStore, check_url
 from .storage.snapshot import SnapshotContent, read_content
 from .tables import format_bytes
@@ -195,27 +195,39 @@ def push(repo: Repo, remote: str | None = None, refs: Iterable[str] | None = Non
     def deps_of(oid: str) -> list[str]:
         if oid not in contents:
             path = repo.layout.snapshot_path(oid)
-            contents[oid] = None if not path.exists() or is_retired(path) else read_content(path)
+            # A removed version's file travels only as a holder of tensors: no deps, no parents.
+            skip = not path.exists() or repo.layout.is_removed(oid) or is_retired(path)
+            contents[oid] = None if skip else read_content(path)
         content = contents[oid]
         if content is None:
             return []
-        return [d for d in dependencies(content) if repo.layout.snapshot_path(d).exists()]
+        tensor_files = [e.object for e in content.manifest if e.object != oid]
+        parents = [p for p in dependencies(content) if p not in tensor_files and repo.layout.snapshot_path(p).exists()
+                   and not repo.layout.is_removed(p)]
+        return list(dict.fromkeys(tensor_files + parents))
 
     order = topological(start, deps_of)
     store.clean_stale_uploads()
     for oid in order:
         if not repo.layout.snapshot_path(oid).exists():
             raise IntegrityError(f"object {oid[:12]} is missing from the local store (run verify)")
-    present = store.objects()
+    present, present_retired = store.objects(), store.objects(retired=True)
+
+    def as_retired(oid: str) -> bool:
+        return contents.get(oid) is None
+
+    # A full snapshot on the remote also serves as the holder of its tensors.
     report = TransferReport("push", label)
-    todo = [oid for oid in order if oid not in present]
+    todo = [oid for oid in order
+            if oid not in present and not (as_retired(oid) and oid in present_retired)]
     report.objects_skipped = len(order) - len(todo)
     total = sum(repo.layout.snapshot_path(oid).stat().st_size for oid in todo)
     with progress_bar(total, f"push {label}", progress) as bar:
         for oid in todo:
             path = repo.layout.snapshot_path(oid)
-            store.put_object(path, oid)
             size = path.stat().st_size
+            with _as_uploaded(repo, oid, path) as upload:
+                store.put_object(upload, oid, retired=as_retired(oid))
             bar.update(size)
             report.objects_sent += 1
             report.bytes += size
@@ -252,6 +264,22 @@ def push(repo: Repo, remote: str | None = None, refs: Iterable[str] | None = Non
     if conflicts:
         raise _conflict_error("push", conflicts)
     return report
+
+
+@contextlib.contextmanager
+def _as_uploaded(repo: Repo, oid: str, path: Path) -> Iterator[Path]:
+    """The file to upload for ``oid``: a removed version not yet gc'd goes as a retired copy, so it never
+    shows as a version on the remote."""
+    if not repo.layout.is_removed(oid) or is_retired(path):
+        yield path
+        return
+    tmp = temporary_path(repo.layout.tmp, ".h5")
+    try:
+        write_retired(tmp, oid, path, held_hashes(path), repo.layout.tmp)
+        yield tmp
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def _conflict_error(direction: str, conflicts: list[tuple[str, str, str, str]]) -> RemoteConflictError:

@@ -88,7 +88,6 @@ def metric_columns(versions: list[Version], limit: int = 4) -> list[str]:
     return sorted(counts, key=lambda k: (-counts[k], not k.startswith("val_"), k))[:limit]
 
 
-LIFECYCLE_ALIASES = ("staging", "production", "archived")
 PROTECTED_MARK = "*"
 PROTECTED_NOTE = "tag* = protected tag: moving or deleting it needs --force"
 

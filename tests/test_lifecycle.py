@@ -156,3 +156,28 @@ def test_rm_and_gc_magics(ip):
     before = store_bytes(repo)
     ip.run_line_magic("mvc_gc", "")
     assert store_bytes(repo) < before
+
+
+def test_removed_version_travels_as_retired_file_and_a_live_copy_still_arrives(tmp_path):
+    url = (tmp_path / "remote").as_uri()
+    w = three_tensors(0)
+    with Repo(tmp_path / "b" / ".mvc") as b:
+        vx_b = b.commit(dict(w), "m")  # B keeps this version
+    with Repo(tmp_path / "a" / ".mvc") as a:
+        vx = a.commit(dict(w), "m")
+        w["b"] = w["b"] + 1
+        vy = a.commit(dict(w), "m")  # reads a and c from vx's file
+        a.remove(vx.id)  # not gc'd: the full file is still here
+        a.add_remote("origin", url)
+        a.push()
+    from mvc_magics.storage.remote_store import RemoteStore
+
+    store = RemoteStore(url)
+    assert vx_b.id == vx.id
+    assert set(store.objects()) == {vy.id} and set(store.objects(retired=True)) == {vx.id}
+    with Repo(tmp_path / "b" / ".mvc") as b:
+        b.add_remote("origin", url)
+        b.push()  # B's live copy of the same version is not hidden by A's retired file
+        assert set(store.objects()) == {vx.id, vy.id}
+    with Repo.clone(url, tmp_path / "c" / ".mvc") as c:
+        assert {v.id for v in c.log()} == {vx.id, vy.id} and c.verify().ok

@@ -4,7 +4,9 @@
 
     <url>/
       FORMAT                         "mvc-remote 1"
-      objects/<ab>/<id>.h5           snapshot files, byte-identical to the local store's
+      objects/<ab>/<id>.h5           snapshot files, byte-identical to the local store's: the versions
+      objects/<ab>/<id>.retired.h5   retired files: tensors of a version removed somewhere that other
+                                     versions still use (never shown as a version)
       notes/<ab>/<id>/<n>.json       write-once notes (metrics attached later)
       refs/<model>/tags/<tag>        JSON {"id": ..., "protected": bool}
       tmp/                           uploads in flight (only on backends without atomic PUT)
@@ -39,7 +41,7 @@ REMOTE_VERSION = 1
 ATOMIC_PUT_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "memory"})
 # An upload temporary older than this belongs to a push that was killed.
 STALE_UPLOAD_SECONDS = 3600.0
-_ID_FILE = re.compile(rf"^[0-9a-f]{{{HASH_HEX_LENGTH}}}\.h5$")
+_ID_FILE = re.compile(rf"^([0-9a-f]{{{HASH_HEX_LENGTH}}})(\.retired)?\.h5$")
 
 
 def check_url(url: str) -> str:
@@ -81,8 +83,8 @@ class RemoteStore:
     def _key(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
 
-    def object_key(self, version_id: str) -> str:
-        return self._key("objects", version_id[:2], f"{version_id}.h5")
+    def object_key(self, version_id: str, retired: bool = False) -> str:
+        return self._key("objects", version_id[:2], f"{version_id}{'.retired' if retired else ''}.h5")
 
     def _call(self, what: str, func: Callable, *args, **kwargs):
         try:
@@ -118,22 +120,22 @@ class RemoteStore:
 
     # -- objects ----------------------------------------------------------------------------
 
-    def objects(self) -> dict[str, int]:
-        """Id -> size in bytes of every object (snapshot file) on the remote."""
+    def objects(self, retired: bool = False) -> dict[str, int]:
+        """Id -> size in bytes of every snapshot file (or, with ``retired``, retired file) on the remote."""
         try:
             found = self._call("list objects", self.fs.find, self._key("objects"), detail=True)
         except FileNotFoundError:
             return {}
         result = {}
         for path, info in found.items():
-            name = path.rsplit("/", 1)[-1]
-            if _ID_FILE.match(name):
-                result[name[:-3]] = int(info.get("size") or 0)
+            match = _ID_FILE.match(path.rsplit("/", 1)[-1])
+            if match and bool(match.group(2)) == retired:
+                result[match.group(1)] = int(info.get("size") or 0)
         return result
 
-    def put_object(self, local: Path, version_id: str) -> None:
-        """Upload a snapshot file so that its final key only ever holds the complete file."""
-        final = self.object_key(version_id)
+    def put_object(self, local: Path, version_id: str, retired: bool = False) -> None:
+        """Upload a snapshot (or retired) file so that its final key only ever holds the complete file."""
+        final = self.object_key(version_id, retired)
         if self.atomic_put:
             self._call(f"upload {version_id[:12]}", self.fs.put_file, str(local), final)
             return
@@ -171,8 +173,9 @@ class RemoteStore:
                     removed += 1
         return removed
 
-    def get_object(self, version_id: str, local: Path) -> None:
-        self._call(f"download {version_id[:12]}", self.fs.get_file, self.object_key(version_id), str(local))
+    def get_object(self, version_id: str, local: Path, retired: bool = False) -> None:
+        self._call(f"download {version_id[:12]}", self.fs.get_file, self.object_key(version_id, retired),
+                   str(local))
 
     # -- notes ------------------------------------------------------------------------------
 
