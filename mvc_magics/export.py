@@ -2,7 +2,8 @@
 
 The model is rebuilt from the stored structure with the verified weights (as ``checkout`` with no
 target does), then written under a temporary name beside the destination and renamed into place,
-so a failed export leaves nothing half-written at ``path``.
+so a failed export leaves nothing half-written at ``path``. The exported model is not compiled: the
+training configuration is metadata of the version (``version.extra["compile"]``), not serving content.
 """
 
 from __future__ import annotations

@@ -35,7 +35,6 @@ class Version:
     metrics: dict[str, float]
     params: dict[str, object]
     tags: tuple[str, ...] = ()
-    protected_tags: tuple[str, ...] = ()  # the tags among ``tags`` that are protected
     short_id: str = ""
     framework: str = ""
     libraries: dict[str, str] = field(default_factory=dict)
@@ -45,6 +44,7 @@ class Version:
     n_tensors: int = 0
     is_head: bool = False
     stats: CommitStats | None = None
+    protected_tags: tuple[str, ...] = ()  # the tags among ``tags`` that are protected
 
     def __post_init__(self) -> None:
         if not self.short_id:

@@ -103,6 +103,7 @@ def test_push_clone_pull_gc(store, tmp_path):
     assert gc.returncode == 0 and gc.stdout.startswith("gc: freed")
 
 
+@pytest.mark.filterwarnings("ignore:Skipping variable loading for optimizer")
 def test_export_keras(tmp_path):
     from keras_models import dense_model
 

@@ -32,6 +32,7 @@ def test_export_savedmodel_serves_identical_predictions(repo, trained, tmp_path)
     assert repo.head("model").id == version.id  # export moves no HEAD
 
 
+@pytest.mark.filterwarnings("ignore:Skipping variable loading for optimizer")
 def test_export_keras_file_and_weights_h5(repo, trained, tmp_path):
     import keras
 

@@ -113,3 +113,37 @@ def test_s3_conditional_writes_are_enforced_by_the_server(s3_url):
 
 def test_s3_interrupted_push_is_invisible_and_repush_completes(tmp_path, s3_url, s3_server):
     interrupted_push_then_repush(tmp_path, s3_url, env=s3_server)
+
+
+@pytest.mark.parametrize("backend", ["s3", "file"])
+def test_concurrent_pushes_of_one_tag_exactly_one_wins(tmp_path, backend, request):
+    import threading
+
+    url = request.getfixturevalue("s3_url") if backend == "s3" else (tmp_path / "remote").as_uri()
+    repos = [Repo(tmp_path / name / ".mvc") for name in ("a", "b")]
+    ids = [repo.commit(make_weights(seed), "m", tags=["production"]).id for seed, repo in enumerate(repos)]
+    for repo in repos:
+        repo.add_remote("origin", url)
+    RemoteStore(url).check_format(create=True)
+    barrier, outcomes = threading.Barrier(2), {}
+
+    def push(index: int) -> None:
+        barrier.wait()
+        try:
+            repos[index].push()
+            outcomes[index] = "ok"
+        except RemoteConflictError:
+            outcomes[index] = "conflict"
+
+    threads = [threading.Thread(target=push, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(outcomes.values()) == ["conflict", "ok"]
+    winner = ids[next(i for i, o in outcomes.items() if o == "ok")]
+    store = RemoteStore(url)
+    assert store.tags()[("m", "production")][0] == winner
+    assert set(store.objects()) == set(ids)  # the loser's version is there too
+    for repo in repos:
+        repo.close()
