@@ -333,7 +333,7 @@ def pull(repo: Repo, remote: str | None = None, refs: Iterable[str] | None = Non
             imported = import_staged(repo, contents, staged)
             report.versions = imported
             pull_notes(repo, store, [vid for vid in contents if repo._find(vid)])
-            wanted = set(contents) if refs is not None else None
+            wanted = set(contents) | set(start) if refs is not None else None
             conflicts = pull_tags(repo, remote_tags, wanted, force, report)
             set_missing_heads(repo, imported)
             repo.audit.append(author(), "pull", None, imported, {

@@ -342,3 +342,17 @@ def test_progress_bar_for_large_transfers_quiet_for_tiny(tmp_path, remote_url, c
         a.commit(big, "big")
         a.push()
         assert "push origin" in capsys.readouterr().err
+
+
+def test_pulling_a_tag_on_a_version_already_here_brings_the_tag(tmp_path, remote_url):
+    with Repo(tmp_path / "a" / ".mvc") as a, Repo(tmp_path / "b" / ".mvc") as b:
+        v = a.commit(make_weights(1), "m")
+        a.add_remote("origin", remote_url)
+        a.push()
+        b.add_remote("origin", remote_url)
+        b.pull()
+        a.tag(v.id, "production", protect=True)
+        a.push()
+        report = b.pull("origin", ["production"])
+        assert report.versions == [] and report.tags == ["production"]
+        assert b.resolve("production", name="m").protected_tags == ("production",)
