@@ -20,6 +20,7 @@ from .errors import (
     IntegrityError,
     InvalidNameError,
     InvalidRemoteError,
+    MVCError,
     RefError,
     RemoteConflictError,
     RemoteError,
@@ -178,12 +179,34 @@ def _resolve_local(repo: Repo, ref: str) -> str:
             raise exc from None
 
 
+_BACKEND_MODULES = ("botocore", "aiobotocore", "s3fs", "gcsfs", "google", "adlfs", "azure", "aiohttp", "fsspec")
+
+
+@contextlib.contextmanager
+def remote_errors(url: str) -> Iterator[None]:
+    """Backend failures (missing bucket, denied access, no credentials, network) as one-line RemoteError."""
+    try:
+        yield
+    except MVCError:
+        raise
+    except Exception as exc:  # only OS errors and the storage SDKs' own errors are translated
+        if not isinstance(exc, OSError) and not type(exc).__module__.startswith(_BACKEND_MODULES):
+            raise
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RemoteError(f"remote {url}: {type(exc).__name__}: {detail[:200]}") from exc
+
+
 # -- push ------------------------------------------------------------------------------------
 
 def push(repo: Repo, remote: str | None = None, refs: Iterable[str] | None = None, force: bool = False,
          progress: bool | None = None) -> TransferReport:
     """Send versions (all, or ``refs`` with their ancestors) and their tags to a remote."""
     label, url = remote_url(repo, remote)
+    with remote_errors(url):
+        return _push(repo, label, url, refs, force, progress)
+
+
+def _push(repo: Repo, label: str, url: str, refs, force: bool, progress: bool | None) -> TransferReport:
     store = RemoteStore(url)
     store.check_format(create=True)
     if refs is None:
@@ -313,9 +336,14 @@ def _resolve_remote_ref(ref: str, objects: dict[str, int], tags: dict) -> str:
 def pull(repo: Repo, remote: str | None = None, refs: Iterable[str] | None = None, force: bool = False,
          progress: bool | None = None) -> TransferReport:
     """Fetch versions (all, or ``refs`` with their ancestors) and tags from a remote, verified."""
+    label, url = remote_url(repo, remote)
+    with remote_errors(url):
+        return _pull(repo, label, url, refs, force, progress)
+
+
+def _pull(repo: Repo, label: str, url: str, refs, force: bool, progress: bool | None) -> TransferReport:
     from .pulling import import_staged, pull_notes, pull_tags, set_missing_heads, stage
 
-    label, url = remote_url(repo, remote)
     store = RemoteStore(url)
     if not store.check_format():
         raise RemoteError(f"no mvc remote at {url} (push to it first)")

@@ -147,3 +147,14 @@ def test_concurrent_pushes_of_one_tag_exactly_one_wins(tmp_path, backend, reques
     assert set(store.objects()) == set(ids)  # the loser's version is there too
     for repo in repos:
         repo.close()
+
+
+def test_s3_missing_bucket_is_a_one_line_remote_error(tmp_path, s3_server):
+    from mvc_magics.errors import RemoteError
+
+    with Repo(tmp_path / ".mvc") as repo:
+        repo.commit(make_weights(1), "m")
+        with pytest.raises(RemoteError, match="remote s3://no-such-bucket-here/x"):
+            repo.push("s3://no-such-bucket-here/x")
+        with pytest.raises(RemoteError):
+            repo.pull("s3://no-such-bucket-here/x")
