@@ -356,3 +356,48 @@ def test_pulling_a_tag_on_a_version_already_here_brings_the_tag(tmp_path, remote
         report = b.pull("origin", ["production"])
         assert report.versions == [] and report.tags == ["production"]
         assert b.resolve("production", name="m").protected_tags == ("production",)
+
+
+PULL_CHILD = textwrap.dedent("""
+    import sys, time
+    from mvc_magics import Repo
+    from mvc_magics.storage import remote_store
+
+    original = remote_store.RemoteStore.get_object
+    calls = []
+
+    def get_object(self, version_id, local, **kwargs):
+        calls.append(version_id)
+        original(self, version_id, local, **kwargs)
+        if len(calls) == 2:
+            print("midway", flush=True)
+            time.sleep(600)
+
+    remote_store.RemoteStore.get_object = get_object
+    Repo(sys.argv[1]).pull(sys.argv[2])
+""")
+
+
+def test_killed_pull_shows_no_version_and_a_re_pull_completes(tmp_path, remote_url):
+    with Repo(tmp_path / "a" / ".mvc") as a:
+        w = make_weights(3)
+        for step in range(3):
+            w["dense/bias"] = w["dense/bias"] + step
+            a.commit(w, "m")
+        a.add_remote("origin", remote_url)
+        a.push()
+    target = tmp_path / "b" / ".mvc"
+    Repo(target).close()
+    child = subprocess.Popen([sys.executable, "-c", PULL_CHILD, str(target), remote_url], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert child.stdout.readline().strip() == "midway", child.stderr.read()
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait(timeout=60)
+    assert list((target / "tmp").iterdir())  # the dead pull's downloads...
+    with Repo(target) as b:
+        assert b.index.count() == 0 and list(b.layout.snapshot_files()) == []
+        report = b.pull(remote_url)
+        assert len(report.versions) == 3 and b.verify().ok
+        assert list(b.layout.tmp.iterdir()) == []  # ...were cleaned once the store lock was taken
