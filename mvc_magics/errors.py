@@ -92,3 +92,7 @@ class RemoteConflictError(RemoteError):
 
 class ExportError(MVCError):
     """A version cannot be exported in the requested format or to the requested path."""
+
+
+class CompareError(MVCError, ValueError):
+    """The versions, weights or directions given to compare or diff cannot be compared as asked."""

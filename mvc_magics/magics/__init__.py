@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .compare import CompareMagics
 from .core import MVCMagics
 from .lifecycle import LifecycleMagics
 from .remote import RemoteMagics
@@ -14,6 +15,7 @@ from .session import MVCSession
 
 # Each entry is a Magics class whose constructor takes (shell, session).
 MAGIC_CLASSES: list[type] = [MVCMagics]
+MAGIC_CLASSES.append(CompareMagics)
 MAGIC_CLASSES += [RemoteMagics, LifecycleMagics]  # issue 8
 
 _STATE_ATTR = "_mvc_magics_state"
