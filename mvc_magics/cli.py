@@ -2,7 +2,7 @@
 
 ::
 
-    mvc log [MODEL] [-n N]          mvc show REF               mvc compare REF REF [REF ...]
+    mvc log [MODEL] [-n N]          mvc show REF               mvc compare [REF ...] [--weights K=W,...]
     mvc verify                      mvc gc                     mvc export REF PATH [--format F]
     mvc push [REMOTE] [REF ...]     mvc pull [REMOTE] [REF ...]  mvc clone URL [PATH]
 
@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .errors import MVCError
+from .errors import CompareError, MVCError
 from .export import FORMATS
 from .tables import Table, format_bytes, format_number
 
@@ -43,9 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ref", help="id prefix, tag, latest, best:METRIC...")
     p.add_argument("--model", default=None, help="the model whose history the ref is in")
 
-    p = sub.add_parser("compare", help="metrics of several versions side by side")
-    p.add_argument("refs", nargs="+", help="two or more versions")
+    p = sub.add_parser("compare", help="rank versions by weighted metrics (Repo.compare), as text")
+    p.add_argument("refs", nargs="*", help="versions (default: the model's most recent 20)")
     p.add_argument("--model", default=None, help="the model whose history the refs are in")
+    p.add_argument("--weights", default=None, metavar="K=W,...", help="metric weights, e.g. val_acc=2,latency=0.5")
+    p.add_argument("--baseline", default=None, metavar="REF", help="what D is measured against (default: oldest)")
 
     sub.add_parser("verify", help="re-hash every tensor of every version; exit 1 when damaged")
     sub.add_parser("gc", help="reclaim the space of tensors no remaining version uses")
@@ -86,16 +88,25 @@ def _show(repo, args) -> str:
     return Table(["field", "value"], rows, title=f"version {v.short_id}").to_text()
 
 
+def _weights(text: str | None) -> dict[str, float] | None:
+    if text is None:
+        return None
+    weights = {}
+    for piece in filter(None, text.split(",")):
+        key, sep, value = piece.partition("=")
+        try:
+            weights[key.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not key.strip():
+            raise CompareError(f"weight {piece!r} must look like METRIC=NUMBER")
+    return weights
+
+
 def _compare(repo, args) -> str:
-    """Metrics side by side (Repo.compare is not on main yet, so this reads repo.resolve directly)."""
-    if len(args.refs) < 2:
-        raise MVCError("compare needs at least two versions")
-    versions = [repo.resolve(ref, name=args.model) for ref in args.refs]
-    keys = sorted({k for v in versions for k in v.metrics})
-    header = ["", *[f"{v.short_id} ({ref})" for v, ref in zip(versions, args.refs, strict=True)]]
-    rows = [[k, *[v.metrics.get(k) for v in versions]] for k in keys]
-    rows.append(["size", *[format_bytes(v.nbytes) for v in versions]])
-    return Table(header, rows, title="metrics (— = not recorded)").to_text()
+    comparison = repo.compare(args.refs or None, name=args.model, weights=_weights(args.weights),
+                              baseline=args.baseline)
+    return str(comparison)
 
 
 def run(argv: Sequence[str] | None = None) -> int:

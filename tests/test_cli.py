@@ -57,10 +57,13 @@ def test_log_show_compare_verify(store):
     assert "production*" in log.stdout and "baseline" in log.stdout and "second" in log.stdout
     show = mvc("--store", str(store), "show", "production")
     assert show.returncode == 0 and "second" in show.stdout and "metric val_loss" in show.stdout
-    compare = mvc("--store", str(store), "compare", "baseline", "production")
+    compare = mvc("--store", str(store), "compare", "baseline", "production", "--weights", "val_loss=1")
     assert compare.returncode == 0, compare.stderr
-    rows = {line.split()[0]: line.split()[1:] for line in compare.stdout.splitlines()[3:] if line.strip()}
-    assert rows["val_loss"] == ["0.5", "0.25"] and rows["acc"] == ["0.8", "—"]
+    lines = compare.stdout.splitlines()
+    assert "best:" in lines[0] and "val_loss" in lines[1]
+    assert lines[3].startswith("* 1") and "second" in lines[3]  # the better val_loss ranks first
+    bad = mvc("--store", str(store), "compare", "--weights", "val_loss=heavy")
+    assert bad.returncode == 1 and "METRIC=NUMBER" in bad.stderr
     verify = mvc("verify", env={"MVC_DIR": str(store)})  # $MVC_DIR picks the store too
     assert verify.returncode == 0 and "OK" in verify.stdout
 
@@ -68,7 +71,7 @@ def test_log_show_compare_verify(store):
 def test_bad_input_is_one_line_and_exit_code_1(store, tmp_path):
     for args in (["frobnicate"], ["--store", str(store), "show", "nosuchtag"],
                  ["--store", str(tmp_path / "missing"), "log"], ["--store", str(store), "log", "-n", "-1"],
-                 ["--store", str(store), "compare", "baseline"], ["--store", str(store), "push"]):
+                 ["--store", str(store), "compare", "baseline", "baseline"], ["--store", str(store), "push"]):
         result = mvc(*args)
         assert result.returncode == 1, (args, result)
         lines = result.stderr.strip().splitlines()
