@@ -30,7 +30,7 @@ from .names import validate_name
 from .removal import held_hashes, is_retired, write_retired
 from .storage.atomic import atomic_write_bytes, temporary_path
 from .storage.remote_store import RemoteStore, check_url
-from .storage.snapshot import SnapshotContent, read_content
+from .storage.snapshot import SnapshotContent
 from .tables import format_bytes
 
 if TYPE_CHECKING:
@@ -135,10 +135,19 @@ def split_remote_and_refs(repo: Repo, words: list[str]) -> tuple[str | None, lis
 # -- helpers ---------------------------------------------------------------------------------
 
 def progress_bar(total: int, desc: str, enabled: bool | None):
-    from tqdm.auto import tqdm
-
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # progress is a nicety: transfers work without tqdm
+        return contextlib.nullcontext(_NoBar())
     show = total >= PROGRESS_MIN_BYTES if enabled is None else enabled
     return tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=not show, leave=False)
+
+
+class _NoBar:
+    total = 0
+
+    def update(self, n: int) -> None:
+        pass
 
 
 def dependencies(content: SnapshotContent) -> list[str]:
@@ -213,20 +222,16 @@ def _push(repo: Repo, label: str, url: str, refs, force: bool, progress: bool | 
         start = [row[0] for row in repo.index.query("SELECT id FROM versions ORDER BY seq")]
     else:
         start = [_resolve_local(repo, ref) for ref in refs]
-    contents: dict[str, SnapshotContent | None] = {}
+    live: dict[str, bool] = {}  # object id -> is a version here (else only a holder of tensors)
 
     def deps_of(oid: str) -> list[str]:
-        if oid not in contents:
-            path = repo.layout.snapshot_path(oid)
-            # A removed version's file travels only as a holder of tensors: no deps, no parents.
-            skip = not path.exists() or repo.layout.is_removed(oid) or is_retired(path)
-            contents[oid] = None if skip else read_content(path)
-        content = contents[oid]
-        if content is None:
+        # From the index: no file is opened. A removed version's file travels only as a holder of tensors.
+        rows = repo.index.query("SELECT manifest, meta FROM versions WHERE id = ?", (oid,))
+        live[oid] = bool(rows)
+        if not rows:
             return []
-        tensor_files = [e.object for e in content.manifest if e.object != oid]
-        parents = [p for p in dependencies(content) if p not in tensor_files and repo.layout.snapshot_path(p).exists()
-                   and not repo.layout.is_removed(p)]
+        tensor_files = [e["object"] for e in json.loads(rows[0][0]) if e["object"] != oid]
+        parents = [str(p) for p in json.loads(rows[0][1]).get("parents", []) if repo._find(str(p))]
         return list(dict.fromkeys(tensor_files + parents))
 
     order = topological(start, deps_of)
@@ -237,7 +242,7 @@ def _push(repo: Repo, label: str, url: str, refs, force: bool, progress: bool | 
     present, present_retired = store.objects(), store.objects(retired=True)
 
     def as_retired(oid: str) -> bool:
-        return contents.get(oid) is None
+        return not live[oid]
 
     # A full snapshot on the remote also serves as the holder of its tensors.
     report = TransferReport("push", label)
@@ -254,7 +259,7 @@ def _push(repo: Repo, label: str, url: str, refs, force: bool, progress: bool | 
             bar.update(size)
             report.objects_sent += 1
             report.bytes += size
-            if contents.get(oid) is not None and repo._find(oid):
+            if live[oid]:
                 report.versions.append(oid)
     remote_notes = store.notes()
     for oid in order:

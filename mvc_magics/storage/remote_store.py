@@ -66,14 +66,15 @@ class RemoteStore:
     """The objects, notes and tags of one remote URL, through fsspec."""
 
     def __init__(self, url: str) -> None:
-        import fsspec
-
         self.url = check_url(url)
         try:
+            import fsspec
+
             # A fresh instance: a cached one could hold credentials or listings from before.
             self.fs, self.root = fsspec.url_to_fs(self.url, skip_instance_cache=True)
         except (ImportError, ValueError) as exc:
-            raise RemoteError(f"cannot use remote {self.url}: {exc}") from exc
+            raise RemoteError(f"cannot use remote {self.url}: {exc} (pip install \"mvc_magics[remote]\" "
+                              "for S3; other stores need their fsspec package, e.g. gcsfs)") from exc
         self.root = self.root.rstrip("/")
         protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
         self.protocol = protocol
