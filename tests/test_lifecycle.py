@@ -181,3 +181,15 @@ def test_removed_version_travels_as_retired_file_and_a_live_copy_still_arrives(t
         assert set(store.objects()) == {vx.id, vy.id}
     with Repo.clone(url, tmp_path / "c" / ".mvc") as c:
         assert {v.id for v in c.log()} == {vx.id, vy.id} and c.verify().ok
+
+
+def test_a_removal_killed_after_its_tombstone_is_completed_on_open(store_path, weights):
+    with Repo(store_path) as repo:
+        v1 = repo.commit(weights, "m", tags=["baseline"])
+        weights["step"] = np.array(4, np.int64)
+        v2 = repo.commit(weights, "m")
+        repo.layout.write_tombstone(v1.id, {"id": v1.id})  # the commit point of remove(), then "killed"
+    with Repo(store_path) as repo:
+        assert [v.id for v in repo.log("m")] == [v2.id]
+        assert repo.index.query("SELECT count(*) FROM tags")[0][0] == 0
+        assert repo.verify().ok
