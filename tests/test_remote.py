@@ -272,12 +272,15 @@ def test_notes_metrics_attached_later_travel(tmp_path, remote_url):
         assert b.get(v.id).metrics == {"test_acc": 0.75}
 
 
-def test_remote_magics(ip, tmp_path, remote_url):
+def test_remote_magics(ip, tmp_path, remote_url, capsys):
     ip.user_ns["w"] = make_weights(1)
     ip.run_line_magic("mvc_commit", "w --tag production")
+    ip.run_line_magic("mvc_remote", "list")
+    assert "no remotes" in capsys.readouterr().out
     ip.run_line_magic("mvc_remote", f"add origin {remote_url}")
-    table = ip.run_line_magic("mvc_remote", "list")
-    assert [list(r) for r in table.rows] == [["origin", remote_url]]
+    ip.run_line_magic("mvc_remote", "list")
+    listing = capsys.readouterr().out.splitlines()
+    assert listing[-1].split() == ["origin", remote_url]
     ip.run_line_magic("mvc_push", "")
     assert len(RemoteStore(remote_url).objects()) == 1
     ip.run_line_magic("mvc_init", str(tmp_path / "other" / ".mvc"))

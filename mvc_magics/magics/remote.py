@@ -45,8 +45,8 @@ class RemoteMagics(Magics):
             remotes = repo.remotes()
             if not remotes:
                 print("no remotes (add one with %mvc_remote add NAME URL)")
-                return None
-            return Table(["remote", "url"], [[name, url] for name, url in remotes.items()])
+                return
+            print(Table(["remote", "url"], [[name, url] for name, url in remotes.items()]).to_text())
 
     @line_magic
     @magic_arguments()
