@@ -71,6 +71,10 @@ class LockTimeoutError(StoreError):
     """Another process holds the store lock for longer than the timeout."""
 
 
+class UnsupportedDataError(MVCError, TypeError):
+    """A ``--data`` variable cannot be fingerprinted (not an array, data frame, list or tuple)."""
+
+
 class RemoteError(MVCError):
     """A remote cannot be reached, read or written, or is not an mvc remote."""
 

@@ -23,6 +23,7 @@ from .errors import IntegrityError, ProtectedRefError, TagExistsError, Unsupport
 from .hashing import canonical_array, dtype_name, tensor_hash, version_id
 from .metadata import author, base_library_versions, validate_metrics, validate_params
 from .names import validate_name
+from .provenance import complete_provenance
 from .storage.atomic import write_atomically
 from .storage.audit import AuditLog
 from .storage.index import Index
@@ -156,11 +157,12 @@ class Repo:
             head = self._head_id(name)
             parents = [head] if head and self._find(head) else []
         created = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+        extra_meta = adapter.extra_metadata(model)
         meta = {
             "name": name, "message": message or "", "parents": list(parents), "created": created,
             "author": author(), "metrics": metrics, "params": params, "framework": adapter.framework,
             "libraries": {**base_library_versions(), **adapter.library_versions()},
-            "provenance": dict(provenance or {}), "extra": {**adapter.extra_metadata(model), **(extra or {})},
+            "provenance": complete_provenance(provenance, extra_meta), "extra": {**extra_meta, **(extra or {})},
         }
         write_atomically(
             self.layout.snapshot_path(vid),
