@@ -482,7 +482,7 @@ class Repo:
         from .errors import StoreError
 
         target = Path(path).expanduser()
-        if target.exists() and any(target.iterdir()):
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
             raise StoreError(f"{target} already exists and is not empty; clone into a new folder")
         repo = cls(target)
         try:
