@@ -404,3 +404,14 @@ def test_killed_pull_shows_no_version_and_a_re_pull_completes(tmp_path, remote_u
         report = b.pull(remote_url)
         assert len(report.versions) == 3 and b.verify().ok
         assert list(b.layout.tmp.iterdir()) == []  # ...were cleaned once the store lock was taken
+
+
+def test_clone_refuses_a_non_empty_target(tmp_path, remote_url):
+    from mvc_magics.errors import StoreError
+
+    with Repo(tmp_path / "a" / ".mvc") as a:
+        a.commit(make_weights(1), "m")
+        a.push(remote_url)
+        with pytest.raises(StoreError, match="not empty"):
+            Repo.clone(remote_url, a.path)
+        assert a.index.count() == 1 and a.remotes() == {}  # the existing store is untouched
