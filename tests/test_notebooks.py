@@ -44,7 +44,7 @@ def outputs_text(notebook) -> str:
 
 def test_there_are_teaching_notebooks():
     names = [p.name for p in NOTEBOOKS]
-    for expected in ("01-quickstart.ipynb", "02-compare-with-widgets.ipynb", "03-model-soups.ipynb"):
+    for expected in ("01-quickstart.ipynb", "02-compare-with-widgets.ipynb", "03-model-soups.ipynb", "04-team-lifecycle.ipynb"):
         assert expected in names
 
 
@@ -62,13 +62,16 @@ def test_notebook_is_committed_clean(path):
 
 
 def test_each_notebook_has_a_store_of_its_own():
-    stores = {}
+    """Each notebook's stores live under a folder no other notebook uses, which it empties first."""
+    roots = {}
     for path in NOTEBOOKS:
         source = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells)
-        found = re.findall(r"^%mvc_init (\S+)$", source, re.M)
-        assert len(found) == 1, f"{path.name} opens one store with %mvc_init"
-        stores[path.name] = found[0]
-    assert len(set(stores.values())) == len(stores), stores
+        found = {Path(p).parts[0] for p in re.findall(r"^%mvc_init (\S+)$", source, re.M)}
+        assert len(found) == 1, f"{path.name} keeps its stores in one folder: {found}"
+        roots[path.name] = root = found.pop()
+        assert root.startswith(".mvc-"), "stores are hidden and gitignored"
+        assert f'shutil.rmtree("{root}", ignore_errors=True)' in source, "re-runnable from an empty store"
+    assert len(set(roots.values())) == len(roots), roots
 
 
 def quickstart_story(folder: Path) -> list[str]:
@@ -135,3 +138,19 @@ def test_model_soups(tmp_path):
         ensembles = repo.log("net_ensemble")
         assert len(ensembles) == 1 and set(ensembles[0].parents) == {ft.id for ft in fine_tunes}
         assert repo.head("net").id == repo.resolve("best:val_accuracy", name="net").id
+
+
+def test_team_lifecycle(tmp_path):
+    run, executed = execute("04-team-lifecycle.ipynb", tmp_path)
+    assert len(run.figures) == 2, "the history graph, before and after"
+    assert "refused: tag 'production' is protected" in outputs_text(executed)
+    stores = tmp_path / ".mvc-team"
+    with Repo(stores / "bob", create=False) as bob, Repo(stores / "alice", create=False) as alice:
+        production = bob.resolve("production", name="clf")
+        assert production.id == bob.resolve("staging", name="clf").id
+        assert alice.resolve("production", name="clf").id == production.id, "Alice pulled Bob's decision"
+        assert alice.resolve("HEAD", name="clf").id != production.id, "her later commit did not move it"
+        baseline = alice.resolve("HEAD~2", name="clf")
+        children = [v for v in alice.log("clf") if v.parents == (baseline.id,)]
+        assert len(children) == 2, "a branch: two versions share the baseline"
+        assert alice.verify().ok and bob.verify().ok
