@@ -381,3 +381,82 @@ class Repo:
                     path.unlink()
                 except OSError as exc:
                     raise IntegrityError(f"cannot remove the damaged index {path}: {exc}") from exc
+
+    # -- merge ------------------------------------------------------------------------------
+
+    def merge(self, refs: Iterable[str | Version], weights: Iterable[float] | None = None,
+              method: str = "average", eval_fn: Any = None, name: str | None = None,
+              message: str | None = None, into: Any = None, **options: Any) -> Version:
+        """Merge versions into a new version whose parents are all the inputs.
+
+        ``method``: ``"average"`` (weighted mean of the float tensors; weights normalized, default
+        uniform: a uniform soup), ``"greedy"`` (greedy soup ranked and scored by ``eval_fn(model)``,
+        higher is better; ``metric="val_accuracy"`` ranks by a stored metric instead), ``"ensemble"``
+        (a Keras model averaging the members' outputs) or ``"vote"`` (their majority class).
+        Refs are resolved in ``name``'s history; the result is committed as ``name`` (default: the
+        first input's model; ``<model>_ensemble``/``<model>_vote`` for ensembles, or
+        ``result_name=``). ``into`` loads the result into a live model, all or nothing. Other
+        options: ``metric``, ``model`` (a live model to evaluate in when the structure is not
+        stored), ``result_name``, ``tags``, ``score_name``. Conflicts raise
+        :class:`~mvc_magics.errors.MergeConflictError` before anything is written.
+
+        >>> soup = repo.merge(["ft1", "ft2", "ft3"], name="model", into=model)   # doctest: +SKIP
+        >>> soup.report.weights                                                   # doctest: +SKIP
+        """
+        from .merge import merge_versions
+
+        refs = refs if isinstance(refs, str) else list(refs)
+        weights = None if weights is None else list(weights)
+        return merge_versions(self, refs, weights, method, eval_fn, name, message, into, **options)
+
+    def merge_preview(self, refs: Iterable[str | Version], weights: Iterable[float] | None = None,
+                      method: str = "average", eval_fn: Any = None, name: str | None = None,
+                      **options: Any) -> Any:
+        """The merge computed (and scored with ``eval_fn``) but not committed: a ``MergePreview``
+        with ``.model`` (a live model holding the result), ``.score`` and ``.report``."""
+        from .merge import merge_preview
+
+        refs = refs if isinstance(refs, str) else list(refs)
+        weights = None if weights is None else list(weights)
+        return merge_preview(self, refs, weights, method, eval_fn, name, **options)
+
+    def merge_panel(self, refs: Iterable[str | Version], name: str | None = None,
+                    namespace: Mapping[str, Any] | None = None, **options: Any) -> Any:
+        """An ipywidgets panel to weigh, preview and commit a merge of ``refs``."""
+        from .widgets.merge_panel import MergePanel
+
+        return MergePanel(self, list(refs), name=name, namespace=namespace, **options)
+
+    def _commit_state(self, state: Mapping[str, np.ndarray], name: str, framework: str, structure: object,
+                      message: str | None = None, metrics: Mapping[str, float] | None = None,
+                      parents: Iterable[str] = (), extra: Mapping[str, object] | None = None,
+                      tags: Iterable[str] = (), hashes: Mapping[str, str] | None = None) -> Version:
+        """Commit tensors that are not in a live model (a merge result) exactly as :meth:`commit` would.
+
+        ``hashes`` gives the known hashes of tensors copied from stored versions (not re-hashed).
+        """
+        name = validate_name(name, "model name")
+        tags = [validate_name(t, "tag") for t in tags]
+        metrics = validate_metrics(metrics)
+        adapter = adapter_named(framework)
+        arrays = {key: np.ascontiguousarray(value) for key, value in state.items()}
+        known = dict(hashes or {})
+        digests = {key: known.get(key) or tensor_hash(array) for key, array in arrays.items()}
+        vid = version_id(
+            structure, ((k, dtype_name(a.dtype), a.shape, digests[k]) for k, a in arrays.items())
+        )
+        with self.layout.locked():
+            for tag in tags:
+                self._check_tag_free(name, tag, vid, force=False)
+            if self._find(vid) is not None:
+                self._attach(vid, name, metrics, tags)
+                stats = CommitStats(False, 0, len(arrays), 0)
+                self.audit.append(author(), "commit-existing", name, [vid], {"metrics": metrics})
+            else:
+                stats = self._write_version(
+                    vid, name, adapter, arrays, digests, structure, message, metrics, {}, tags, None,
+                    list(parents), dict(extra or {}), None,
+                )
+        version = self.get(vid, name=name)
+        version.stats = stats
+        return version
