@@ -19,16 +19,16 @@ import numpy as np
 
 from . import resolver
 from .adapters import adapter_for, adapter_named
-from .errors import IntegrityError, TagExistsError, UnsupportedModelError, ProtectedRefError
-from .hashing import dtype_name, tensor_hash, version_id
+from .errors import IntegrityError, ProtectedRefError, TagExistsError, UnsupportedModelError
+from .hashing import canonical_array, dtype_name, tensor_hash, version_id
 from .metadata import author, base_library_versions, validate_metrics, validate_params
 from .names import validate_name
+from .storage.atomic import write_atomically
 from .storage.audit import AuditLog
 from .storage.index import Index
 from .storage.snapshot import ManifestEntry, TensorReader, read_content, write_snapshot
 from .storage.store import StoreLayout
-from .storage.atomic import write_atomically
-from .version import CommitStats, StatusEntry, StatusReport, Version, VersionLog, VerifyReport
+from .version import CommitStats, StatusEntry, StatusReport, VerifyReport, Version, VersionLog
 
 DEFAULT_DIRNAME = ".mvc"
 
@@ -63,7 +63,7 @@ class Repo:
         try:
             self.index = Index(self.layout.index_path)
             self.index.query("SELECT count(*) FROM versions")
-        except Exception:  # noqa: BLE001 - a damaged index is rebuilt from the snapshots
+        except Exception:
             self._discard_index()
             self.index = Index(self.layout.index_path)
             rebuild = True
@@ -115,7 +115,7 @@ class Repo:
             raise UnsupportedModelError(f"{name!r} has no variables to version")
         all_metrics = {**validate_metrics(adapter.fit_metrics(model)), **explicit}
         structure = adapter.structure(model)
-        arrays = {key: np.ascontiguousarray(value) for key, value in state.items()}
+        arrays = {key: canonical_array(value) for key, value in state.items()}
         hashes = {key: tensor_hash(array) for key, array in arrays.items()}
         vid = version_id(
             structure, ((k, dtype_name(a.dtype), a.shape, hashes[k]) for k, a in arrays.items())
@@ -347,7 +347,7 @@ class Repo:
         if set(state) != set(stored):
             stored_by_order = list(stored.values())
             return any(tensor_hash(a) != h for a, h in zip(state.values(), stored_by_order))
-        return any(tensor_hash(np.ascontiguousarray(a)) != stored[k] for k, a in state.items())
+        return any(tensor_hash(a) != stored[k] for k, a in state.items())
 
     # -- maintenance ------------------------------------------------------------------------
 
