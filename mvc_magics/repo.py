@@ -439,7 +439,7 @@ class Repo:
         tags = [validate_name(t, "tag") for t in tags]
         metrics = validate_metrics(metrics)
         adapter = adapter_named(framework)
-        arrays = {key: np.ascontiguousarray(value) for key, value in state.items()}
+        arrays = {key: canonical_array(value) for key, value in state.items()}
         known = dict(hashes or {})
         digests = {key: known.get(key) or tensor_hash(array) for key, array in arrays.items()}
         vid = version_id(
