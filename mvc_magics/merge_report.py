@@ -103,6 +103,16 @@ class MergeReport:
                      highlight={i for i, vid in enumerate(order) if vid in self.ingredients})
 
 
+    def __str__(self) -> str:
+        return self.table().to_text()
+
+    def _repr_pretty_(self, printer, cycle: bool) -> None:
+        printer.text(str(self))
+
+    def _repr_html_(self) -> str:
+        return self.table().to_html()
+
+
 @dataclass(repr=False)
 class MergedVersion(Version):
     """The :class:`Version` a merge committed, with the :class:`MergeReport` of how it was made."""

@@ -7,11 +7,10 @@ import json
 import h5py
 import numpy as np
 import pytest
+from keras_models import dense_model, sample_input
 
 from mvc_magics.errors import MergeError, ShapeMismatchError
 from mvc_magics.merge_plan import anonymized
-
-from keras_models import dense_model, sample_input
 
 
 def variants(base: dict, count: int, seed: int = 1) -> list[dict]:

@@ -77,7 +77,7 @@ def test_differing_integer_tensors(repo, dict_versions):
 
 
 def test_differing_bool_tensors(repo, dict_versions):
-    (a, model_a), (_, model_b) = dict_versions
+    (_, model_a), (_, model_b) = dict_versions
     model_a, model_b = dict(model_a), dict(model_b)
     model_a["mask"] = np.array([True, False])
     model_b["mask"] = np.array([True, True])

@@ -8,10 +8,12 @@ from __future__ import annotations
 from typing import Any
 
 from .core import MVCMagics
+from .merge import MergeMagics
 from .session import MVCSession
 
 # Each entry is a Magics class whose constructor takes (shell, session).
 MAGIC_CLASSES: list[type] = [MVCMagics]
+MAGIC_CLASSES.append(MergeMagics)
 
 _STATE_ATTR = "_mvc_magics_state"
 

@@ -1,0 +1,1 @@
+"""ipywidgets panels and matplotlib figures over API results; no logic of their own."""
