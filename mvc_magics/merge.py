@@ -58,7 +58,8 @@ def average_state(repo: Repo, plan: MergePlan, members: Sequence[int] | None = N
     """Weighted mean of the inputs' float tensors, streamed one tensor at a time.
 
     Returns (state, known hashes, tensors averaged). A tensor whose bytes are the same in every
-    used input (equal hash) is read once and copied, and its hash is reused. Sums are taken in
+    used input (equal hash) is read once and copied, and its hash is reused; so is a random-generator
+    state (taken from the first used input). Sums are taken in
     float64 in input order and divided by the sum of the weights, then cast back to the dtype.
     """
     members = list(range(len(plan.versions))) if members is None else list(members)
@@ -71,7 +72,7 @@ def average_state(repo: Repo, plan: MergePlan, members: Sequence[int] | None = N
     with TensorReader(repo.layout.snapshot_path) as reader:
         for tensor in plan.tensors:
             entries = [(tensor.entries[i], w, plan.versions[i].id) for i, w in used]
-            if len({entry.hash for entry, _, _ in entries}) == 1:
+            if tensor.take_first or len({entry.hash for entry, _, _ in entries}) == 1:
                 entry, _, owner = entries[0]
                 state[tensor.name] = reader.read(entry, owner=owner)
                 hashes[tensor.name] = entry.hash
@@ -172,7 +173,7 @@ def greedy_soup(repo: Repo, plan: MergePlan, evaluator: Evaluator, metric: str |
     keys, own_scores = _rank(repo, plan, evaluator, metric, report)
     order = sorted(range(len(plan.versions)), key=lambda i: -_rank_key(keys[i]))
     report.ranking = [(plan.versions[i].id, own_scores[i]) for i in order]
-    averaged = [t for t in plan.tensors if not t.identical]
+    averaged = [t for t in plan.tensors if not t.identical and not t.take_first]
     best = order[0]
     with TensorReader(repo.layout.snapshot_path) as reader:
 
@@ -180,7 +181,7 @@ def greedy_soup(repo: Repo, plan: MergePlan, evaluator: Evaluator, metric: str |
             return reader.read(tensor.entries[position], owner=plan.versions[position].id)
 
         sums = {t.name: read(t, best).astype(np.float64) for t in averaged}
-        constant = {t.name: read(t, 0) for t in plan.tensors if t.identical}
+        constant = {t.name: read(t, best) for t in plan.tensors if t.identical or t.take_first}
         chosen = [best]
         # The best ingredient alone, scored by eval_fn like every later soup (ranking may have
         # used a stored metric instead).

@@ -32,6 +32,7 @@ class AlignedTensor:
     dtype: str
     shape: tuple[int, ...]
     entries: tuple[ManifestEntry, ...]
+    take_first: bool = False  # a random-generator state: taken from the first input, not averaged
 
     @property
     def is_float(self) -> bool:
@@ -57,6 +58,11 @@ class MergePlan:
     @property
     def ids(self) -> list[str]:
         return [v.id for v in self.versions]
+
+
+def is_rng_state(name: str) -> bool:
+    """Keras seed-generator states (Dropout...) change with every training step; they are not weights."""
+    return name.rsplit("/", 1)[-1] == "seed_generator_state"
 
 
 def is_float_dtype(name: str) -> bool:
@@ -219,8 +225,10 @@ def align(versions: Sequence[Version], manifests: Sequence[Sequence[ManifestEntr
                                 f"{entry.dtype}{list(entry.shape)} in {short(version)}")
     if problems:
         raise MergeConflictError("shape/dtype mismatch: " + _listing(problems))
-    aligned = [AlignedTensor(c[0].name, c[0].dtype, c[0].shape, tuple(c)) for c in columns]
-    differing = [t.name for t in aligned if not t.is_float and not t.identical]
+    aligned = [AlignedTensor(c[0].name, c[0].dtype, c[0].shape, tuple(c),
+                             take_first=is_rng_state(c[0].name) and not is_float_dtype(c[0].dtype))
+               for c in columns]
+    differing = [t.name for t in aligned if not t.is_float and not t.identical and not t.take_first]
     if differing:
         raise MergeConflictError(
             f"non-float tensors differ between the inputs and cannot be averaged: {_listing(differing)}"

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 
 import h5py
 import numpy as np
 import pytest
-from keras_models import dense_model, sample_input
+from keras_models import conv_bn_model, dense_model, sample_input
 
 from mvc_magics.errors import MergeError, ShapeMismatchError
 from mvc_magics.merge_plan import anonymized
@@ -193,3 +194,46 @@ def test_structures_are_compared_up_to_layer_names():
         {"class_name": "Dense", "config": {"name": "dense_7", "units": 5}}]}}
     assert anonymized(a) == anonymized(b)
     assert anonymized(a) != anonymized(c)
+
+
+def test_keras_batchnorm_statistics_are_averaged_and_rng_states_come_from_the_first_input(repo):
+    x, y = sample_input("conv_bn", n=16)
+    models = []
+    for seed, epochs in ((0, 1), (1, 3)):  # different step counts: different dropout RNG counters
+        model = conv_bn_model(seed)
+        model.fit(x, y, epochs=epochs, verbose=0)
+        models.append(model)
+    versions = [repo.commit(m, "cnn") for m in models]
+    states = [list(repo.load_state(v).items()) for v in versions]  # layer names differ: by position
+    names = [name for name, _ in states[0]]
+    rng = names.index(next(n for n in names if n.endswith("seed_generator_state")))
+    mean = names.index(next(n for n in names if n.endswith("moving_mean")))
+    assert not np.array_equal(states[0][rng][1], states[1][rng][1])
+    merged = repo.merge([v.id for v in versions], weights=[1, 3])
+    state = repo.load_state(merged)
+    assert list(state) == names  # the first input's names
+    np.testing.assert_array_equal(state[names[rng]], states[0][rng][1])
+    expected = (states[0][mean][1].astype(np.float64) + 3 * states[1][mean][1]) / 4
+    np.testing.assert_allclose(state[names[mean]], expected.astype(np.float32), rtol=1e-6)
+
+
+def test_average_streams_one_tensor_at_a_time(repo):
+    """Peak memory while merging 8 inputs stays near one output model, not 8 input models."""
+    rng = np.random.default_rng(0)
+    shape = (512, 512)  # 1 MiB per float32 tensor, 4 tensors: a 4 MiB model
+    versions = []
+    for _ in range(8):
+        model = {f"layer{i}/kernel": rng.standard_normal(shape).astype(np.float32) for i in range(4)}
+        versions.append(repo.commit(model, "big"))
+        del model
+    model_bytes = 4 * 512 * 512 * 4
+    tracemalloc.start()
+    try:
+        merged = repo.merge([v.id for v in versions])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert merged.report.tensors_averaged == 4
+    # output model (4 MiB) + one float64 accumulator and one float64 term (2 MiB each) + one input
+    # tensor (1 MiB) + slack; loading every input would need 8 models (32 MiB).
+    assert peak < 3 * model_bytes, f"peak {peak / 2**20:.1f} MiB"
