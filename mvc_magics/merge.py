@@ -319,9 +319,9 @@ def merge_versions(repo: Repo, refs: Sequence[str | Version], weights: Sequence[
     target = base or (first.name if method in ("average", "greedy") else f"{name or first.name}_{method}")
     metrics = {report.score_name: report.score} if report.score is not None and report.score_name else None
     extra = {"merge": report.to_metadata()}
-    if "compile" in first.extra:
-        extra["compile"] = first.extra["compile"]
-    text = message or report.default_message(repo)
+    if "compile" in first.extra and method in ("average", "greedy"):
+        extra["compile"] = first.extra["compile"]  # same structure: the inputs' training setup
+    text = message or report.default_message()
     if method in ("ensemble", "vote"):
         version = repo.commit(preview.model, target, message=text, metrics=metrics, tags=tags,
                               parents=report.inputs, extra=extra)

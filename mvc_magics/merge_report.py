@@ -9,13 +9,9 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from .tables import Table, format_number
 from .version import Version
-
-if TYPE_CHECKING:
-    from .repo import Repo
 
 
 @dataclass(frozen=True)
@@ -62,7 +58,7 @@ class MergeReport:
                               "soup_size": s.soup_size} for s in self.steps]
         return data
 
-    def default_message(self, repo: Repo | None = None) -> str:
+    def default_message(self) -> str:
         """A commit message saying what the merge was."""
         count = len(self.inputs)
         if self.method == "greedy":

@@ -52,6 +52,15 @@ class MergeMagics(Magics):
         present = [m for m in models if m in self.session.namespace]
         return present[0] if len(present) == 1 else None
 
+    def _template(self, name: str | None):
+        """The live model variable of the refs' model: used to evaluate in when no structure is stored."""
+        value = self.session.namespace.get(name) if name else None
+        try:
+            adapter_for(value)
+        except UnsupportedModelError:
+            return None
+        return value
+
     @line_magic
     @magic_arguments()
     @argument("refs", nargs="*", metavar="REF", help="two or more versions (id prefix, tag, best:METRIC...)")
@@ -103,7 +112,7 @@ class MergeMagics(Magics):
                 build_into = args.into
         version = repo.merge(args.refs, weights=weights, method=args.method, eval_fn=eval_fn, name=name,
                              message=args.message, into=into, metric=args.metric, result_name=args.name,
-                             tags=tags, score_name=args.eval_fn)
+                             tags=tags, score_name=args.eval_fn, model=self._template(name))
         if build_into:
             self.session.namespace[build_into] = repo.checkout(version.id, name=version.name)
         print(merge_line(version, into=args.into))
