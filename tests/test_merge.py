@@ -237,3 +237,19 @@ def test_average_streams_one_tensor_at_a_time(repo):
     # output model (4 MiB) + one float64 accumulator and one float64 term (2 MiB each) + one input
     # tensor (1 MiB) + slack; loading every input would need 8 models (32 MiB).
     assert peak < 3 * model_bytes, f"peak {peak / 2**20:.1f} MiB"
+
+
+def test_only_the_package_vote_layer_is_trusted_on_rebuild():
+    """The adapter trusts exactly MajorityVote of mvc_magics.keras_layers, nothing else in the package."""
+    import keras  # noqa: F401 - the adapter handles Keras structures only once Keras is loaded
+
+    from mvc_magics.adapters.keras import KerasAdapter, _foreign_modules
+    from mvc_magics.errors import UnsupportedModelError
+
+    own = {"module": "mvc_magics.keras_layers", "class_name": "MajorityVote", "config": {}}
+    assert _foreign_modules(own) == set()
+    for hostile in ({"module": "mvc_magics.keras_layers", "class_name": "keras", "config": {}},
+                    {"module": "mvc_magics.merge", "class_name": "MergeReport", "config": {}},
+                    {"module": "os", "class_name": "system", "config": {}}):
+        with pytest.raises(UnsupportedModelError, match="outside Keras"):
+            KerasAdapter().build(hostile, {})

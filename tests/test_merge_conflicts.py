@@ -131,3 +131,47 @@ def test_different_keras_structures(repo):
     assert snapshot_of_store(repo) == before
     for got, expected in zip(small.get_weights(), live_before, strict=True):
         np.testing.assert_array_equal(got, expected)
+
+
+def test_ensemble_of_models_with_different_inputs(repo):
+    import keras
+
+    a = repo.commit(dense_model(0), "net")
+    keras.utils.set_random_seed(1)
+    other = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
+    b = repo.commit(other, "net")
+    before = snapshot_of_store(repo)
+    with pytest.raises(MergeConflictError, match=r"different inputs"):
+        repo.merge([a.id, b.id], method="ensemble")
+    assert snapshot_of_store(repo) == before
+
+
+def test_ensemble_of_different_architectures_with_one_interface_is_allowed(repo):
+    import keras
+
+    a = repo.commit(dense_model(0), "net")
+    keras.utils.set_random_seed(1)
+    wide = keras.Sequential([keras.Input((6,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)])
+    b = repo.commit(wide, "net")
+    ensemble = repo.merge([a.id, b.id], method="ensemble", result_name="net_mix")
+    x = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32)
+    members = [repo.checkout(v.id, name="net") for v in (a, b)]
+    expected = np.mean([np.asarray(m(x)) for m in members], axis=0)
+    np.testing.assert_allclose(np.asarray(repo.checkout(ensemble.id, name="net_mix")(x)), expected, rtol=1e-5)
+    assert ensemble.stats.bytes_written == 0
+
+
+def test_vote_needs_class_scores(repo):
+    import keras
+
+    from mvc_magics.errors import MergeError
+
+    models = []
+    for seed in range(2):
+        keras.utils.set_random_seed(seed)
+        models.append(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))
+    versions = [repo.commit(m, "reg") for m in models]
+    before = snapshot_of_store(repo)
+    with pytest.raises(MergeError, match="a vote needs class scores"):
+        repo.merge([v.id for v in versions], method="vote")
+    assert snapshot_of_store(repo) == before

@@ -122,3 +122,21 @@ def test_panel_shows_conflicts_in_the_panel_and_commits_nothing(ip):
     assert panel.last_version is None and repo.index.count() == before
     panel.method.value = "greedy"
     assert all(s.disabled for s in panel.sliders)
+
+
+def test_magic_ensemble_into_a_new_variable(ip, capsys):
+    from keras_models import dense_model, sample_input
+
+    repo = session_of(ip).repo
+    members = []
+    for seed in range(2):
+        ip.user_ns["net"] = dense_model(seed)
+        ip.run_line_magic("mvc_commit", f"net -m seed{seed}")
+        members.append(ip.user_ns["net"])
+    ids = [v.id for v in reversed(repo.log("net"))]
+    version = ip.run_line_magic("mvc_merge", f"{ids[0]} {ids[1]} --model net --method ensemble --into ens")
+    assert version.name == "net_ensemble" and "0 B" in capsys.readouterr().out
+    x, _ = sample_input("dense")
+    expected = np.mean([np.asarray(m(x)) for m in members], axis=0)
+    np.testing.assert_allclose(np.asarray(ip.user_ns["ens"](x)), expected, rtol=1e-5, atol=1e-6)
+    assert ip.user_ns["net"] is members[1]  # the member variable is untouched

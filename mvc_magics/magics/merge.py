@@ -92,11 +92,6 @@ class MergeMagics(Magics):
         eval_fn = self._callable(args.eval_fn, "--eval")
         weights = parse_weights(args.weights)
         tags = [t for group in args.tag or [] for t in group]
-        if args.widget:
-            from ..widgets.merge_panel import MergePanel
-
-            return MergePanel(repo, args.refs, name=name, namespace=self.session.namespace, weights=weights,
-                              method=args.method, eval_name=args.eval_fn, result_name=args.name)
         into, build_into = None, None
         if args.into:
             if not args.into.isidentifier():
@@ -110,6 +105,13 @@ class MergeMagics(Magics):
                 into = existing
             else:
                 build_into = args.into
+        if args.widget:
+            from ..widgets.merge_panel import MergePanel
+
+            if build_into:
+                raise UsageError("--widget with --into needs an existing model variable to load the result into")
+            return MergePanel(repo, args.refs, name=name, namespace=self.session.namespace, weights=weights,
+                              method=args.method, eval_name=args.eval_fn, result_name=args.name, into=into)
         version = repo.merge(args.refs, weights=weights, method=args.method, eval_fn=eval_fn, name=name,
                              message=args.message, into=into, metric=args.metric, result_name=args.name,
                              tags=tags, score_name=args.eval_fn, model=self._template(name))
