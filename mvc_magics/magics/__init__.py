@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from .compare import CompareMagics
 from .core import MVCMagics
 from .merge import MergeMagics
 from .session import MVCSession
 
 # Each entry is a Magics class whose constructor takes (shell, session).
 MAGIC_CLASSES: list[type] = [MVCMagics]
+MAGIC_CLASSES.append(CompareMagics)
 MAGIC_CLASSES.append(MergeMagics)
 
 _STATE_ATTR = "_mvc_magics_state"
