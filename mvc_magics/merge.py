@@ -79,14 +79,26 @@ def average_state(repo: Repo, plan: MergePlan, members: Sequence[int] | None = N
                 continue
             acc = np.zeros(tensor.shape, np.float64)
             for entry, weight, owner in entries:
-                term = reader.read(entry, owner=owner).astype(np.float64)
-                term *= weight
-                acc += term
-                del term
+                accumulate(acc, reader.read(entry, owner=owner), weight)
             acc /= total
             state[tensor.name] = acc.astype(reader_dtype(tensor.dtype))
+            del acc  # before the next tensor's accumulator exists, not after
             averaged += 1
     return state, hashes, averaged
+
+
+# Elements converted to float64 per step: the temporary stays at 2 MiB however large a tensor is.
+_CHUNK_ELEMENTS = 1 << 18
+
+
+def accumulate(acc: np.ndarray, tensor: np.ndarray, weight: float) -> None:
+    """``acc += weight * tensor`` in float64, in chunks, without a full-size float64 temporary."""
+    flat_acc, flat = acc.reshape(-1), tensor.reshape(-1)
+    for start in range(0, flat.size, _CHUNK_ELEMENTS):
+        part = flat[start:start + _CHUNK_ELEMENTS].astype(np.float64)
+        if weight != 1.0:
+            part *= weight
+        flat_acc[start:start + _CHUNK_ELEMENTS] += part
 
 
 def reader_dtype(name: str) -> np.dtype:
