@@ -234,9 +234,9 @@ def test_average_streams_one_tensor_at_a_time(repo):
     finally:
         tracemalloc.stop()
     assert merged.report.tensors_averaged == 4
-    # output model (4 MiB) + one float64 accumulator (2 MiB) + one input tensor (1 MiB) = 7 MiB at
-    # most; loading every input would need 8 models (32 MiB).
-    assert peak < 2 * model_bytes, f"peak {peak / 2**20:.1f} MiB"
+    # output model (4 MiB) + one float64 accumulator (2 MiB) + one input tensor (1 MiB) + one float64
+    # chunk (2 MiB here: the tensor is one chunk) = 9 MiB at most; loading every input: 32 MiB.
+    assert peak < 2.5 * model_bytes, f"peak {peak / 2**20:.1f} MiB"
 
 
 def test_only_the_package_vote_layer_is_trusted_on_rebuild():
