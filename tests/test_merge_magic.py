@@ -25,12 +25,14 @@ def make_versions(ip, count=3, seed=0):
 def test_magic_weighted_average_into_the_live_model(ip, capsys):
     repo, versions, models = make_versions(ip)
     ids = " ".join(v.short_id for v in versions)
-    merged = ip.run_line_magic("mvc_merge", f"{ids} --weights 1,1,2 --into model -m 'soup'")
+    merged = ip.run_line_magic("mvc_merge", f"{ids} --weights 1,1,2 --into model -m 'soup' --tag soup")
     assert merged.message == "soup" and merged.parents == tuple(v.id for v in versions)
     expected = (models[0]["w"].astype(np.float64) + models[1]["w"] + 2 * models[2]["w"]) / 4
     np.testing.assert_allclose(ip.user_ns["model"]["w"], expected.astype(np.float32), rtol=1e-6)
     np.testing.assert_allclose(ip.user_ns["model"]["b"], [1.25, 1.25])
     assert repo.head("model").id == merged.id
+    assert repo.resolve("soup", name="model").id == merged.id
+    assert not repo.is_modified(ip.user_ns["model"], repo.head("model"))  # %mvc_status: unchanged
     out = capsys.readouterr().out
     assert f"merged {merged.short_id} model: soup" in out and "loaded into model" in out
 
