@@ -11,7 +11,8 @@ from the store: memory holds the output model plus one tensor of one input, howe
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from .adapters import adapter_for, adapter_named
 from .adapters.base import match_state
-from .errors import MergeConflictError, MergeError
+from .errors import MergeConflictError, MergeError, UnsupportedModelError
 from .merge_plan import MergePlan, check_weights, plan_weight_merge, short
 from .merge_report import MergedVersion, MergeReport, MergeStep
 from .refs import infer_direction
@@ -43,7 +44,6 @@ class MergePreview:
     model: Any
     report: MergeReport
     state: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
-    hashes: dict[str, str] = field(repr=False, default_factory=dict)  # of tensors copied unchanged
 
     @property
     def score(self) -> float | None:
@@ -54,11 +54,11 @@ class MergePreview:
 
 
 def average_state(repo: Repo, plan: MergePlan, members: Sequence[int] | None = None,
-                  raw_weights: Sequence[float] | None = None) -> tuple[dict[str, np.ndarray], dict[str, str], int]:
+                  raw_weights: Sequence[float] | None = None) -> tuple[dict[str, np.ndarray], int]:
     """Weighted mean of the inputs' float tensors, streamed one tensor at a time.
 
-    Returns (state, known hashes, tensors averaged). A tensor whose bytes are the same in every
-    used input (equal hash) is read once and copied, and its hash is reused; so is a random-generator
+    Returns (state, tensors averaged). A tensor whose bytes are the same in every used input
+    (equal hash) is read once and copied (the commit then reuses its stored bytes); so is a random-generator
     state (taken from the first used input). Sums are taken in
     float64 in input order and divided by the sum of the weights, then cast back to the dtype.
     """
@@ -67,7 +67,6 @@ def average_state(repo: Repo, plan: MergePlan, members: Sequence[int] | None = N
     used = [(i, raw[i]) for i in members if raw[i] > 0]
     total = math.fsum(w for _, w in used)
     state: dict[str, np.ndarray] = {}
-    hashes: dict[str, str] = {}
     averaged = 0
     with TensorReader(repo.layout.snapshot_path) as reader:
         for tensor in plan.tensors:
@@ -75,7 +74,6 @@ def average_state(repo: Repo, plan: MergePlan, members: Sequence[int] | None = N
             if tensor.take_first or len({entry.hash for entry, _, _ in entries}) == 1:
                 entry, _, owner = entries[0]
                 state[tensor.name] = reader.read(entry, owner=owner)
-                hashes[tensor.name] = entry.hash
                 continue
             acc = np.zeros(tensor.shape, np.float64)
             for entry, weight, owner in entries:
@@ -84,7 +82,7 @@ def average_state(repo: Repo, plan: MergePlan, members: Sequence[int] | None = N
             state[tensor.name] = acc.astype(reader_dtype(tensor.dtype))
             del acc  # before the next tensor's accumulator exists, not after
             averaged += 1
-    return state, hashes, averaged
+    return state, averaged
 
 
 # Elements converted to float64 per step: the temporary stays at 2 MiB however large a tensor is.
@@ -124,23 +122,30 @@ class Evaluator:
         self.adapter = adapter_named(plan.framework)
         self._model: Any = None
         self._saved: dict[str, np.ndarray] | None = None
+        self._history: Any = None
 
     def model_with(self, state: dict[str, np.ndarray]) -> Any:
         """A live model holding ``state`` (the same object on every call for Keras)."""
         if self.plan.framework == "numpy":
             return self.adapter.build(None, state)
         if self._model is None:
-            if self.plan.structure is None:
-                if self.template is None:
-                    raise MergeError(
-                        f"{short(self.plan.versions[0])} has no stored structure to rebuild it from: "
-                        "pass model= (a live model of the same structure) to evaluate in"
-                    )
-                self._saved = self.adapter.get_state(self.template)
-                self._model = self.template
-            else:
-                self._model = self.adapter.build(self.plan.structure, state)
-                return self._model
+            problem = "has no stored structure to rebuild it from"
+            if self.plan.structure is not None:
+                try:
+                    self._model = self.adapter.build(self.plan.structure, state)
+                    return self._model
+                except UnsupportedModelError as exc:  # e.g. a subclassed model: code outside Keras
+                    problem = f"cannot be rebuilt ({str(exc).split(';')[0]})"
+            if self.template is None:
+                raise MergeError(f"{short(self.plan.versions[0])} {problem}: pass model= (a live model of the "
+                                 "same structure) to hold the merged weights")
+            self._saved = self.adapter.get_state(self.template)
+            # Its fit history belongs to another run: hidden while borrowed, so the merge's
+            # commit does not record it as the merged version's metrics.
+            self._history = getattr(self.template, "history", None)
+            if self._history is not None:
+                self.template.history = None
+            self._model = self.template
         self.adapter.set_state(self._model, state)
         return self._model
 
@@ -155,6 +160,8 @@ class Evaluator:
         if self._saved is not None:
             self.adapter.set_state(self.template, self._saved)
             self._saved = None
+            if self._history is not None:
+                self.template.history = self._history
 
 
 def score_of(eval_fn: EvalFn, model: Any) -> float:
@@ -259,14 +266,16 @@ def _score_name(eval_fn: EvalFn | None, score_name: str | None) -> str | None:
     return candidate if candidate.isidentifier() and candidate != "<lambda>" else "score"
 
 
-def compute_merge(repo: Repo, refs: Sequence[str | Version], weights: Sequence[float] | None = None,
-                  method: str = "average", eval_fn: EvalFn | None = None, name: str | None = None,
-                  metric: str | None = None, model: Any = None, score_name: str | None = None,
-                  need_model: bool = True) -> MergePreview:
-    """Check and compute a merge without committing: the live merged model, its score and report.
+@contextmanager
+def computed_merge(repo: Repo, refs: Sequence[str | Version], weights: Sequence[float] | None = None,
+                   method: str = "average", eval_fn: EvalFn | None = None, name: str | None = None,
+                   metric: str | None = None, template: Any = None,
+                   score_name: str | None = None) -> Iterator[MergePreview]:
+    """Check and compute a merge; yield it with a live model holding the result, uncommitted.
 
-    ``need_model=False`` skips building a live model when nothing needs one (a weight merge
-    committed straight from its tensors: no framework import, no second copy of the weights).
+    The live model is rebuilt from the first input's stored structure (a Keras model), is a dict
+    (dict models), or is ``template`` borrowed while the block runs (a Keras model whose
+    structure is not stored): its own weights are put back when the block ends.
     """
     if method not in METHODS:
         raise MergeError(f"unknown merge method {method!r}: use one of {', '.join(METHODS)}")
@@ -275,35 +284,35 @@ def compute_merge(repo: Repo, refs: Sequence[str | Version], weights: Sequence[f
     if method in ("ensemble", "vote"):
         from .ensemble import build_ensemble
 
-        return build_ensemble(repo, versions, weights, method, eval_fn, report)
+        yield build_ensemble(repo, versions, weights, method, eval_fn, report)
+        return
     if method == "greedy":
         if weights is not None:
             raise MergeError("a greedy soup is a uniform average of the chosen ingredients: give no weights")
         if eval_fn is None:
             raise MergeError("a greedy soup needs eval_fn (the held-out score of each candidate soup)")
     plan = plan_weight_merge(repo, versions, weights)
-    evaluator = Evaluator(repo, plan, eval_fn, template=model)
+    evaluator = Evaluator(repo, plan, eval_fn, template=template)
     try:
         if method == "greedy":
             chosen, score = greedy_soup(repo, plan, evaluator, metric, report)
             raw = [1.0 if i in chosen else 0.0 for i in range(len(versions))]
             report.weights = check_weights(raw, len(versions))[1]
             report.ingredients = [versions[i].id for i in chosen]
-            state, hashes, averaged = average_state(repo, plan, chosen, raw)
+            state, averaged = average_state(repo, plan, chosen, raw)
             report.score = score
         else:
             report.weights = plan.weights
             report.ingredients = [v.id for v, w in zip(versions, plan.weights, strict=True) if w > 0]
-            state, hashes, averaged = average_state(repo, plan)
+            state, averaged = average_state(repo, plan)
             if eval_fn is not None:
                 report.score = evaluator.score(state)
         report.tensors_averaged, report.tensors_copied = averaged, len(state) - averaged
-        # A borrowed template is given back by close(), so a preview has no model to show then.
-        wants_model = need_model and (plan.structure is not None or plan.framework == "numpy")
-        live = evaluator.model_with(state) if wants_model else None
+        # A dict model is its state: no copy. A Keras model holds the state in its variables.
+        live = state if plan.framework == "numpy" else evaluator.model_with(state)
+        yield MergePreview(live, report, state)
     finally:
         evaluator.close()
-    return MergePreview(live, report, state, hashes)
 
 
 def _check_fits(into: Any, state: dict[str, np.ndarray]) -> None:
@@ -318,36 +327,47 @@ def merge_versions(repo: Repo, refs: Sequence[str | Version], weights: Sequence[
                    message: str | None = None, into: Any = None, metric: str | None = None,
                    model: Any = None, result_name: str | None = None, tags: Sequence[str] = (),
                    score_name: str | None = None) -> MergedVersion:
-    """Merge versions and commit the result with every input as a parent (see :meth:`Repo.merge`)."""
+    """Merge versions and commit the result with every input as a parent (see :meth:`Repo.merge`).
+
+    The result is committed through :meth:`Repo.commit` from the live merged model, so a merge gets
+    everything a commit does (deduplication, atomic writes, checks) and nothing else writes to the
+    store. ``into`` is checked before the commit and assigned after it.
+    """
     if into is not None:
         adapter_for(into)  # an unsupported object fails before any work
-    preview = compute_merge(repo, refs, weights, method, eval_fn, name, metric, model, score_name,
-                            need_model=False)
-    report = preview.report
-    first = repo.get(report.inputs[0])
+    template = model if model is not None else into
+    with computed_merge(repo, refs, weights, method, eval_fn, name, metric, template, score_name) as preview:
+        report = preview.report
+        if preview.model is None:
+            raise MergeError("the merged model could not be built")  # pragma: no cover - defensive
+        if into is not None:
+            _check_fits(into, preview.state)
+        first = repo.get(report.inputs[0])
+        weight_merge = method in ("average", "greedy")
+        target = result_name or (name if weight_merge and name else None) or (
+            first.name if weight_merge else f"{name or first.name}_{method}")
+        metrics = {report.score_name: report.score} if report.score is not None and report.score_name else None
+        extra = {"merge": report.to_metadata()}
+        if "compile" in first.extra and weight_merge:
+            extra["compile"] = first.extra["compile"]  # same structure: the inputs' training setup
+        version = repo.commit(preview.model, target, message=message or report.default_message(),
+                              metrics=metrics or {}, tags=tags, parents=report.inputs, extra=extra)
+        state = preview.state
     if into is not None:
-        _check_fits(into, preview.state)
-    base = result_name or (name if method in ("average", "greedy") and name else None)
-    target = base or (first.name if method in ("average", "greedy") else f"{name or first.name}_{method}")
-    metrics = {report.score_name: report.score} if report.score is not None and report.score_name else None
-    extra = {"merge": report.to_metadata()}
-    if "compile" in first.extra and method in ("average", "greedy"):
-        extra["compile"] = first.extra["compile"]  # same structure: the inputs' training setup
-    text = message or report.default_message()
-    if method in ("ensemble", "vote"):
-        version = repo.commit(preview.model, target, message=text, metrics=metrics, tags=tags,
-                              parents=report.inputs, extra=extra)
-    else:
-        version = repo._commit_state(preview.state, target, first.framework, repo.structure(first.id),
-                                     message=text, metrics=metrics, parents=report.inputs, extra=extra,
-                                     tags=tags, hashes=preview.hashes)
-    if into is not None:
-        adapter_for(into).set_state(into, preview.state)
+        adapter_for(into).set_state(into, state)
     return MergedVersion.from_version(version, report)
 
 
 def merge_preview(repo: Repo, refs: Sequence[str | Version], weights: Sequence[float] | None = None,
                   method: str = "average", eval_fn: EvalFn | None = None, name: str | None = None,
                   metric: str | None = None, model: Any = None, score_name: str | None = None) -> MergePreview:
-    """The merge computed and scored, nothing committed, no live model changed."""
-    return compute_merge(repo, refs, weights, method, eval_fn, name, metric, model, score_name)
+    """The merge computed and scored, nothing committed, no live model changed.
+
+    ``.model`` is a new live model holding the result (None when it could only be held in a
+    borrowed ``model``, which has its own weights back).
+    """
+    with computed_merge(repo, refs, weights, method, eval_fn, name, metric, model, score_name) as preview:
+        borrowed = model is not None and preview.model is model
+    if borrowed:
+        preview.model = None
+    return preview

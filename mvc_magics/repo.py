@@ -447,7 +447,7 @@ class Repo:
         from .merge import merge_versions
 
         refs = refs if isinstance(refs, str) else list(refs)
-        weights = None if weights is None else list(weights)
+        weights = weights if weights is None or isinstance(weights, str) else list(weights)
         return merge_versions(self, refs, weights, method, eval_fn, name, message, into, **options)
 
     def merge_preview(self, refs: Iterable[str | Version], weights: Iterable[float] | None = None,
@@ -458,7 +458,7 @@ class Repo:
         from .merge import merge_preview
 
         refs = refs if isinstance(refs, str) else list(refs)
-        weights = None if weights is None else list(weights)
+        weights = weights if weights is None or isinstance(weights, str) else list(weights)
         return merge_preview(self, refs, weights, method, eval_fn, name, **options)
 
     def merge_panel(self, refs: Iterable[str | Version], name: str | None = None,
@@ -467,37 +467,3 @@ class Repo:
         from .widgets.merge_panel import MergePanel
 
         return MergePanel(self, list(refs), name=name, namespace=namespace, **options)
-
-    def _commit_state(self, state: Mapping[str, np.ndarray], name: str, framework: str, structure: object,
-                      message: str | None = None, metrics: Mapping[str, float] | None = None,
-                      parents: Iterable[str] = (), extra: Mapping[str, object] | None = None,
-                      tags: Iterable[str] = (), hashes: Mapping[str, str] | None = None) -> Version:
-        """Commit tensors that are not in a live model (a merge result) exactly as :meth:`commit` would.
-
-        ``hashes`` gives the known hashes of tensors copied from stored versions (not re-hashed).
-        """
-        name = validate_name(name, "model name")
-        tags = [validate_name(t, "tag") for t in tags]
-        metrics = validate_metrics(metrics)
-        adapter = adapter_named(framework)
-        arrays = {key: canonical_array(value) for key, value in state.items()}
-        known = dict(hashes or {})
-        digests = {key: known.get(key) or tensor_hash(array) for key, array in arrays.items()}
-        vid = version_id(
-            structure, ((k, dtype_name(a.dtype), a.shape, digests[k]) for k, a in arrays.items())
-        )
-        with self.layout.locked():
-            for tag in tags:
-                self._check_tag_free(name, tag, vid, force=False)
-            if self._find(vid) is not None:
-                self._attach(vid, name, metrics, tags)
-                stats = CommitStats(False, 0, len(arrays), 0)
-                self.audit.append(author(), "commit-existing", name, [vid], {"metrics": metrics})
-            else:
-                stats = self._write_version(
-                    vid, name, adapter, arrays, digests, structure, message, metrics, {}, tags, None,
-                    list(parents), dict(extra or {}), None,
-                )
-        version = self.get(vid, name=name)
-        version.stats = stats
-        return version

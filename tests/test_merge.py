@@ -253,3 +253,31 @@ def test_only_the_package_vote_layer_is_trusted_on_rebuild():
                     {"module": "os", "class_name": "system", "config": {}}):
         with pytest.raises(UnsupportedModelError, match="outside Keras"):
             KerasAdapter().build(hostile, {})
+
+
+def test_subclassed_keras_models_are_merged_in_a_borrowed_live_model(repo):
+    """No safe rebuild for a subclassed model: the live model given holds the merge, then gets its weights back."""
+    from keras_models import subclassed_model
+
+    from mvc_magics.errors import MergeError
+
+    x, y = sample_input("subclassed", n=8)
+    models = [subclassed_model(seed) for seed in range(2)]
+    for model in models:
+        model.fit(x, y, epochs=1, verbose=0)
+    versions = [repo.commit(m, "sub") for m in models]
+    with pytest.raises(MergeError, match="pass model="):
+        repo.merge([v.id for v in versions])
+    live = models[0]
+    own = [w.copy() for w in live.get_weights()]
+    merged = repo.merge([v.id for v in versions], model=live, eval_fn=lambda m: float(np.mean(m(x))))
+    for got, expected in zip(live.get_weights(), own, strict=True):  # given back unchanged
+        np.testing.assert_array_equal(got, expected)
+    assert live.history is not None and set(merged.metrics) == {"score"}  # no fit metrics of live
+    expected = [(a.astype(np.float64) + b) / 2 for a, b in zip(*(m.get_weights() for m in models), strict=True)]
+    for got, want in zip(repo.load_state(merged).values(), expected, strict=True):
+        np.testing.assert_allclose(got, want.astype(np.float32), rtol=1e-6)
+    target = subclassed_model(5)
+    repo.merge([v.id for v in versions], into=target)  # `into` holds it when no model= is given
+    for got, want in zip(target.get_weights(), expected, strict=True):
+        np.testing.assert_allclose(got, want.astype(np.float32), rtol=1e-6)
