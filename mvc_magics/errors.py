@@ -75,5 +75,9 @@ class LockTimeoutError(StoreError):
     """Another process holds the store lock for longer than the timeout."""
 
 
+class UnsupportedDataError(MVCError, TypeError):
+    """A ``--data`` variable cannot be fingerprinted (not an array, data frame, list or tuple)."""
+
+
 class CompareError(MVCError, ValueError):
     """The versions, weights or directions given to compare or diff cannot be compared as asked."""

@@ -326,7 +326,7 @@ def merge_versions(repo: Repo, refs: Sequence[str | Version], weights: Sequence[
                    method: str = "average", eval_fn: EvalFn | None = None, name: str | None = None,
                    message: str | None = None, into: Any = None, metric: str | None = None,
                    model: Any = None, result_name: str | None = None, tags: Sequence[str] = (),
-                   score_name: str | None = None) -> MergedVersion:
+                   score_name: str | None = None, provenance: dict | None = None) -> MergedVersion:
     """Merge versions and commit the result with every input as a parent (see :meth:`Repo.merge`).
 
     The result is committed through :meth:`Repo.commit` from the live merged model, so a merge gets
@@ -351,7 +351,8 @@ def merge_versions(repo: Repo, refs: Sequence[str | Version], weights: Sequence[
         if "compile" in first.extra and weight_merge:
             extra["compile"] = first.extra["compile"]  # same structure: the inputs' training setup
         version = repo.commit(preview.model, target, message=message or report.default_message(),
-                              metrics=metrics or {}, tags=tags, parents=report.inputs, extra=extra)
+                              metrics=metrics or {}, tags=tags, parents=report.inputs, extra=extra,
+                              provenance=provenance)
         state = preview.state
     if into is not None:
         adapter_for(into).set_state(into, state)

@@ -23,6 +23,7 @@ from .errors import IntegrityError, ProtectedRefError, TagExistsError, Unsupport
 from .hashing import canonical_array, dtype_name, tensor_hash, version_id
 from .metadata import author, base_library_versions, validate_metrics, validate_params
 from .names import validate_name
+from .provenance import complete_provenance
 from .storage.atomic import write_atomically
 from .storage.audit import AuditLog
 from .storage.index import Index
@@ -152,11 +153,12 @@ class Repo:
             head = self._head_id(name)
             parents = [head] if head and self._find(head) else []
         created = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+        extra_meta = adapter.extra_metadata(model)
         meta = {
             "name": name, "message": message or "", "parents": list(parents), "created": created,
             "author": author(), "metrics": metrics, "params": params, "framework": adapter.framework,
             "libraries": {**base_library_versions(), **adapter.library_versions()},
-            "provenance": dict(provenance or {}), "extra": {**adapter.extra_metadata(model), **(extra or {})},
+            "provenance": complete_provenance(provenance, extra_meta), "extra": {**extra_meta, **(extra or {})},
         }
         write_atomically(
             self.layout.snapshot_path(vid),
@@ -437,8 +439,8 @@ class Repo:
         Refs are resolved in ``name``'s history; the result is committed as ``name`` (default: the
         first input's model; ``<model>_ensemble``/``<model>_vote`` for ensembles, or
         ``result_name=``). ``into`` loads the result into a live model, all or nothing. Other
-        options: ``metric``, ``model`` (a live model to evaluate in when the structure is not
-        stored), ``result_name``, ``tags``, ``score_name``. Conflicts raise
+        options: ``metric``, ``model`` (a live model to hold the merge when the structure cannot
+        be rebuilt), ``result_name``, ``tags``, ``score_name``, ``provenance``. Conflicts raise
         :class:`~mvc_magics.errors.MergeConflictError` before anything is written.
 
         >>> soup = repo.merge(["ft1", "ft2", "ft3"], name="model", into=model)   # doctest: +SKIP

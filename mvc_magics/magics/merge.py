@@ -9,6 +9,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from ..adapters import adapter_for
 from ..errors import UnsupportedModelError
 from ..merge import METHODS
+from ..provenance import build_provenance
 from ..tables import format_bytes, format_number
 from .session import MVCSession, parse_line, user_errors
 
@@ -114,7 +115,8 @@ class MergeMagics(Magics):
                               method=args.method, eval_name=args.eval_fn, result_name=args.name, into=into)
         version = repo.merge(args.refs, weights=weights, method=args.method, eval_fn=eval_fn, name=name,
                              message=args.message, into=into, metric=args.metric, result_name=args.name,
-                             tags=tags, score_name=args.eval_fn, model=self._template(name))
+                             tags=tags, score_name=args.eval_fn, model=self._template(name),
+                             provenance=build_provenance(self.session.notebook_path(), source="%mvc_merge"))
         if build_into:
             self.session.namespace[build_into] = repo.checkout(version.id, name=version.name)
         print(merge_line(version, into=args.into))
