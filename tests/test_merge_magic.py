@@ -32,6 +32,7 @@ def test_magic_weighted_average_into_the_live_model(ip, capsys):
     np.testing.assert_allclose(ip.user_ns["model"]["b"], [1.25, 1.25])
     assert repo.head("model").id == merged.id
     assert repo.resolve("soup", name="model").id == merged.id
+    assert merged.provenance["source"] == "%mvc_merge"
     assert not repo.is_modified(ip.user_ns["model"], repo.head("model"))  # %mvc_status: unchanged
     out = capsys.readouterr().out
     assert f"merged {merged.short_id} model: soup" in out and "loaded into model" in out
