@@ -49,6 +49,8 @@ def test_uniform_average_of_dict_models_equals_the_manual_mean(repo, weights):
     assert meta["ingredients"] == [v.id for v in versions]
     assert merged.message == "uniform soup of 3 versions"
     assert merged.name == "model" and repo.head("model").id == merged.id
+    assert "average merge of 3 versions" in merged._repr_html_()  # the notebook shows the report
+    assert str(merged.report).splitlines()[0] == "average merge of 3 versions"
 
 
 def test_weighted_average_normalizes_the_weights(repo, weights):
