@@ -13,7 +13,9 @@ from .capture import session_context
 from .compare import CompareMagics
 from .completion import install_completer
 from .core import MVCMagics
+from .lifecycle import LifecycleMagics
 from .merge import MergeMagics
+from .remote import RemoteMagics
 from .session import MVCSession
 
 # Each entry is a Magics class whose constructor takes (shell, session). A class may define
@@ -22,6 +24,7 @@ from .session import MVCSession
 MAGIC_CLASSES: list[type] = [MVCMagics]
 MAGIC_CLASSES.append(CompareMagics)
 MAGIC_CLASSES.append(AutomationMagics)
+MAGIC_CLASSES += [RemoteMagics, LifecycleMagics]  # issue 8
 MAGIC_CLASSES.append(MergeMagics)
 
 _STATE_ATTR = "_mvc_magics_state"
