@@ -283,3 +283,19 @@ def test_subclassed_keras_models_are_merged_in_a_borrowed_live_model(repo):
     repo.merge([v.id for v in versions], into=target)  # `into` holds it when no model= is given
     for got, want in zip(target.get_weights(), expected, strict=True):
         np.testing.assert_allclose(got, want.astype(np.float32), rtol=1e-6)
+
+
+def test_merges_survive_removing_an_input_and_gc(repo):
+    """Soups and ensembles reference their inputs' stored tensors: rm + gc must keep those bytes."""
+    members = [dense_model(seed) for seed in range(2)]
+    versions = [repo.commit(m, "net") for m in members]
+    ensemble = repo.merge([v.id for v in versions], method="ensemble")
+    soup = repo.merge([v.id for v in versions])
+    repo.remove(versions[0].id, name="net", force=True)
+    repo.gc()
+    x = np.ones((2, 6), np.float32)
+    rebuilt = repo.checkout(ensemble.id, name="net_ensemble")
+    expected = np.mean([np.asarray(m(x)) for m in members], axis=0)
+    np.testing.assert_allclose(np.asarray(rebuilt(x)), expected, rtol=1e-5, atol=1e-6)
+    repo.checkout(soup.id, name="net")
+    assert repo.verify().ok
