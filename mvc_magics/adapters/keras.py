@@ -20,6 +20,9 @@ from ..errors import UnsupportedModelError
 from .base import match_state
 
 _KERAS_BASES = {"Layer", "Model", "Sequential", "Functional"}
+# Layers mvc_magics itself defines (the vote of an ensemble): package code, trusted on rebuild.
+# Only these exact classes are allowed, so a structure cannot name anything else in the package.
+_OWN_LAYERS = {"mvc_magics.keras_layers": frozenset({"MajorityVote"})}
 
 
 def _quiet_tensorflow() -> None:
@@ -126,6 +129,8 @@ class KerasAdapter:
                     f"the structure refers to code outside Keras ({', '.join(sorted(foreign)[:3])}); "
                     "check out into an existing model, or pass unsafe=True if you trust this store"
                 )
+        from .. import keras_layers  # noqa: F401 - registers the package's own layers
+
         try:
             model = keras.saving.deserialize_keras_object(structure, safe_mode=not unsafe)
         except Exception as exc:
@@ -181,7 +186,8 @@ def _foreign_modules(structure: object) -> set[str]:
         item = stack.pop()
         if isinstance(item, dict):
             module = item.get("module")
-            if isinstance(module, str) and module.split(".")[0] != "keras":
+            own = item.get("class_name") in _OWN_LAYERS.get(module, ())
+            if isinstance(module, str) and module.split(".")[0] != "keras" and not own:
                 found.add(module)
             stack.extend(item.values())
         elif isinstance(item, list):
