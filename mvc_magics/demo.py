@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"executed notebook: {run.executed}  ({run.seconds:.0f}s)")
     for figure in run.figures:
         print(f"figure: {figure}")
+    exported = folder / "quickstart-model.keras"
+    if exported.exists():
+        print(f"exported model (production): {exported}")
     with Repo(folder / STORE, create=False) as repo:
         best = repo.resolve("best:val_mse", name="model")
         count = len(repo.log("model"))

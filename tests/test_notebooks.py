@@ -14,7 +14,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mvc_magics import Repo
+from mvc_magics import Repo, demo
 from mvc_magics.notebook_runner import error_outputs, run_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,9 +85,9 @@ def quickstart_story(folder: Path) -> list[str]:
     return messages
 
 
-def test_quickstart_and_again(tmp_path):
-    """The whole walk-through; then, re-runnable: a second run over the same folder starts its own
-    store afresh and tells the same story."""
+def test_quickstart_and_again_through_the_demo(tmp_path, capsys):
+    """The whole walk-through; then, re-runnable: a second run over the same folder, through the
+    README's main command (``python -m mvc_magics.demo FOLDER``), starts afresh and tells the same story."""
     run, executed = execute("01-quickstart.ipynb", tmp_path)
     source = "\n".join(c.source for c in executed.cells)
     for magic in ("%mvc_commit", "%mvc_checkout", "%mvc_compare", "%mvc_merge", "%mvc_log", "%mvc_status"):
@@ -95,7 +95,12 @@ def test_quickstart_and_again(tmp_path):
     assert run.figures, "the quickstart draws the versions' predictions"
     assert "modified since HEAD" in outputs_text(executed), "status shows the experiment changed the weights"
     first = quickstart_story(tmp_path)
-    execute("01-quickstart.ipynb", tmp_path)
+    capsys.readouterr()
+    assert demo.main([str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert f"executed notebook: {tmp_path / '01-quickstart.ipynb'}" in printed
+    assert f"figure: {tmp_path / 'figures'}" in printed
+    assert "OK: best:val_mse is the 100-epoch version" in printed
     assert quickstart_story(tmp_path) == first
 
 
