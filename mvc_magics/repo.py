@@ -137,6 +137,7 @@ class Repo:
                 )
                 if revived:
                     self.layout.delete_tombstone(vid)
+        getattr(adapter, "mark_committed", lambda _model: None)(model)
         version = self.get(vid, name=name)
         version.stats = stats
         return version

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,6 +41,10 @@ class KerasAdapter:
     """Keras 3 models: every variable (trainable and not), the JSON structure, fit history."""
 
     framework = "keras"
+
+    def __init__(self) -> None:
+        # model -> (id of its History, epochs) last used by a commit; weak so models can be freed
+        self._captured: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def handles(self, obj: object) -> bool:
         if "keras" not in sys.modules:
@@ -155,11 +160,28 @@ class KerasAdapter:
             compile_config = None
         return {"compile": compile_config} if compile_config else {}
 
-    def fit_metrics(self, model: Any) -> dict[str, float]:
+    def _history_mark(self, model: Any) -> tuple[int, int] | None:
         history = getattr(model, "history", None)
         logs = getattr(history, "history", None)
         if not isinstance(logs, dict):
+            return None
+        return id(history), max((len(v) for v in logs.values() if isinstance(v, list | tuple)), default=0)
+
+    def mark_committed(self, model: Any) -> None:
+        """Remember the fit history a commit used, so a later commit does not reuse its metrics."""
+        mark = self._history_mark(model)
+        if mark is not None:
+            try:
+                self._captured[model] = mark
+            except TypeError:  # not weak-referenceable: metrics may then be captured again
+                pass
+
+    def fit_metrics(self, model: Any) -> dict[str, float]:
+        """The last epoch of the most recent fit, unless a commit of this model already used it."""
+        mark = self._history_mark(model)
+        if mark is None or self._captured.get(model) == mark:
             return {}
+        logs = model.history.history
         metrics = {}
         for key, values in logs.items():
             if isinstance(values, list | tuple) and values:
