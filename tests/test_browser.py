@@ -185,6 +185,7 @@ def test_compare_panel_in_jupyterlab(lab, chromium):
             assert panel.locator(".mvc-compare-table table").count() >= 1, "the comparison table"
             best = panel.locator(".mvc-best-id")
             before = best.inner_text()
+            chart = panel.locator("img").first.get_attribute("src")
             assert "30 epochs" in panel.locator(".mvc-best").inner_text(), "by accuracy alone, the dense version"
 
             size = panel.locator(".mvc-weight", has=page.locator(".widget-label", has_text="size_kb"))
@@ -194,6 +195,10 @@ def test_compare_panel_in_jupyterlab(lab, chromium):
             page.wait_for_function(  # the HTML widget replaces its content: query it afresh each time
                 "old => document.querySelector('.mvc-compare-panel .mvc-best-id')?.innerText.trim() !== old",
                 arg=before.strip(), timeout=30_000)
+            page.wait_for_function(  # the chart is redrawn too (a new PNG in the Image widget)
+                "old => document.querySelector('.mvc-compare-panel img')?.getAttribute('src') !== old",
+                arg=chart, timeout=30_000)
+            page.wait_for_timeout(500)  # let the new image paint before the screenshot
             shot(page, "04-after-slider.png", panel)
             assert float(readout.inner_text()) == 5.0, "the slider went to its maximum"
             after = best.inner_text()
