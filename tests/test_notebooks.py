@@ -120,6 +120,10 @@ def test_compare_with_widgets(tmp_path):
         for_phone = repo.compare(name="clf", weights={"val_accuracy": 1, "size_kb": 1}).best
         assert by_accuracy.message == "30 epochs" and "pruned" in for_phone.message, "weights change the winner"
         assert repo.head("clf").id == for_phone.id, "the notebook checked the winner out"
+        dense = repo.resolve("dense", name="clf")
+        pruned = [v for v in versions if "pruned" in v.message]
+        assert len(pruned) == 2 and all(v.parents == (dense.id,) for v in pruned)
+        assert all(v.metrics["size_kb"] < dense.metrics["size_kb"] for v in pruned)
     assert f"best by accuracy alone: {by_accuracy.short_id}" in text
     assert re.search(r"best when size weighs 5x: \w+ clf '30 epochs, pruned", text), "the slider flips the winner"
 
