@@ -275,6 +275,7 @@ class Repo:
         if model is None:
             adapter = adapter_named(version.framework)
             result = adapter.build(self.structure(version.id), state, unsafe=unsafe)
+            getattr(adapter, "restore_training_setup", lambda _m, _e: False)(result, version.extra)
         else:
             adapter_for(model).set_state(model, state)
             result = model

@@ -149,6 +149,21 @@ class KerasAdapter:
         self.set_state(model, state)
         return model
 
+    def restore_training_setup(self, model: Any, extra: Mapping) -> bool:
+        """Compile a rebuilt model as the committed one was (optimizer, loss, metrics), if recorded.
+
+        Only configurations naming Keras's own objects are restored; anything else is left
+        uncompiled rather than importing foreign code. Returns whether the model was compiled.
+        """
+        config = extra.get("compile") if isinstance(extra, Mapping) else None
+        if not isinstance(config, dict) or _foreign_modules(config) or not hasattr(model, "compile_from_config"):
+            return False
+        try:
+            model.compile_from_config(config)
+        except Exception:  # an uncompilable setup leaves a usable, uncompiled model
+            return False
+        return bool(getattr(model, "compiled", False))
+
     # -- metadata -------------------------------------------------------------------------
 
     def extra_metadata(self, model: Any) -> dict:
