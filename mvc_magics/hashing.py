@@ -8,7 +8,9 @@ equal on any machine. A version id covers the canonical structure and the sorted
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 import blake3
 import numpy as np
@@ -41,6 +43,31 @@ def tensor_hash(array: np.ndarray) -> str:
     # A uint8 view hashes the raw bytes without copying, whatever the dtype.
     hasher.update(array.reshape(-1).view(np.uint8) if array.size else b"")
     return hasher.hexdigest()
+
+
+def hashes_ahead(arrays: Mapping[str, np.ndarray]) -> Iterator[tuple[str, str]]:
+    """Yield ``(key, tensor_hash(array))`` in the mapping's order, hashing ahead in worker threads.
+
+    BLAKE3 releases the GIL, so the caller can write or read one tensor while the next ones are
+    hashed: a commit overlaps hashing with its HDF5 writes, a checkout with its reads.
+    """
+    items = list(arrays.items())
+    if len(items) <= 1:
+        yield from ((key, tensor_hash(array)) for key, array in items)
+        return
+    workers = max(1, min(4, os.cpu_count() or 1, len(items)))
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mvc-hash")
+    try:
+        futures = [(key, pool.submit(tensor_hash, array)) for key, array in items]
+        for key, future in futures:
+            yield key, future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def hash_all(arrays: Mapping[str, np.ndarray]) -> dict[str, str]:
+    """``{key: tensor_hash(array)}``, hashing the arrays concurrently (see :func:`hashes_ahead`)."""
+    return dict(hashes_ahead(arrays))
 
 
 def canonical_json(value: object) -> str:

@@ -87,17 +87,25 @@ class KerasAdapter:
             raise UnsupportedModelError(
                 "the Keras model is not built yet (no variables): call it on data or build() it first"
             )
-        return {
-            name: np.asarray(keras.ops.convert_to_numpy(variable))
-            for name, variable in self.named_variables(model).items()
-        }
+        to_numpy = _zero_copy_reader(keras)
+        return {name: to_numpy(variable) for name, variable in self.named_variables(model).items()}
 
-    def set_state(self, model: Any, state: Mapping[str, np.ndarray]) -> None:
+    def set_state(self, model: Any, state: Mapping[str, np.ndarray], owned: bool = False) -> None:
+        """Assign ``state`` (all shapes checked first). ``owned``: the arrays belong to this call
+        (a checkout's freshly read tensors), so the variables may adopt their memory instead of
+        copying it twice through ``tf.convert_to_tensor``.
+        """
+        keras = _keras()
         named = self.named_variables(model)
         live = {name: (tuple(v.shape), str(v.dtype)) for name, v in named.items()}
         pairs = match_state(live, state)  # raises before any assignment
+        adopt = _adopter(keras) if owned else None
         for live_name, stored_name in pairs.items():
-            named[live_name].assign(state[stored_name])
+            value = state[stored_name]
+            variable = named[live_name]
+            if adopt is not None and value.dtype == np.dtype(variable.dtype):
+                value = adopt(value)
+            variable.assign(value)
 
     # -- structure ------------------------------------------------------------------------
 
@@ -171,6 +179,47 @@ class KerasAdapter:
         if tf is not None:
             versions["tensorflow"] = getattr(tf, "__version__", "unknown")
         return versions
+
+
+def _zero_copy_reader(keras: Any):
+    """A function variable -> numpy array, without copying the bytes where the backend allows it.
+
+    On TensorFlow, ``read_value()`` returns a tensor that shares the variable's buffer and
+    ``np.asarray`` wraps it read-only. TensorFlow copies a variable's buffer before updating it in
+    place while another tensor holds it, so the array stays a faithful snapshot of the moment it
+    was read (``tests/test_benchmarks_smoke.py`` checks this). Other backends go through
+    ``convert_to_numpy`` (a copy).
+    """
+    if keras.backend.backend() == "tensorflow":
+
+        def read(variable: Any) -> np.ndarray:
+            value = variable.value
+            reader = getattr(value, "read_value", None)
+            return np.asarray(reader() if reader is not None else value)
+
+        return read
+    return lambda variable: np.asarray(keras.ops.convert_to_numpy(variable))
+
+
+def _adopter(keras: Any):
+    """A function numpy array -> tensor sharing its memory (DLPack), or None on other backends.
+
+    ``tf.convert_to_tensor`` copies a numpy array (and TensorFlow may copy it again to align it);
+    importing it through DLPack hands the buffer over instead. Only for arrays nobody else holds.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    def adopt(array: np.ndarray) -> Any:
+        if not (array.flags.c_contiguous and array.flags.writeable) or array.dtype.kind not in "biuf":
+            return array
+        try:
+            return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
+        except (BufferError, TypeError, ValueError, AttributeError, tf.errors.OpError):
+            return array
+
+    return adopt
 
 
 def _foreign_modules(structure: object) -> set[str]:

@@ -111,7 +111,52 @@ def write_snapshot(
     new_tensors: Mapping[str, np.ndarray],
 ) -> None:
     """Write a complete snapshot file at ``path`` (a temporary name; the caller renames it)."""
-    with h5py.File(path, "w", libver=("earliest", "v110")) as f:
+    writer = SnapshotWriter(path)
+    try:
+        for digest, array in new_tensors.items():
+            writer.add_tensor(digest, array)
+        writer.finish(version_id, meta, structure, manifest)
+    except BaseException:
+        writer.close()
+        raise
+
+
+class SnapshotWriter:
+    """Writes one snapshot file at a temporary ``path``: tensors first, as they are hashed, then
+    the metadata once the version id is known (a commit overlaps hashing with writing this way).
+
+    The file is created on the first :meth:`add_tensor` or at :meth:`finish`; the caller fsyncs
+    and renames it into place (see :func:`mvc_magics.storage.atomic.publish`).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: h5py.File | None = None
+        self._tensors: h5py.Group | None = None
+
+    def _group(self) -> h5py.Group:
+        if self._file is None:
+            self._file = h5py.File(self.path, "w", libver=("earliest", "v110"))
+            self._tensors = self._file.create_group("tensors")
+        assert self._tensors is not None
+        return self._tensors
+
+    def add_tensor(self, digest: str, array: np.ndarray) -> None:
+        """Store ``array`` under ``/tensors/<digest>`` (contiguous, unfiltered)."""
+        tensors = self._group()
+        array = canonical_array(array)
+        if array.dtype.kind in _NATIVE_KINDS and array.dtype.name in _NATIVE_NAMES:
+            tensors.create_dataset(digest, data=array)
+        else:
+            raw = array.reshape(-1).view(np.uint8)
+            dataset = tensors.create_dataset(digest, data=raw)
+            dataset.attrs[_RAW_DTYPE_ATTR] = array.dtype.name
+
+    def finish(self, version_id: str, meta: Mapping, structure: object, manifest: list[ManifestEntry]) -> None:
+        """Write the root attributes, meta, structure and manifest, and close the file."""
+        self._group()
+        f = self._file
+        assert f is not None
         f.attrs["mvc_format"] = FORMAT_NAME
         f.attrs["mvc_format_version"] = FORMAT_VERSION
         f.attrs["version_id"] = version_id
@@ -119,15 +164,14 @@ def write_snapshot(
         if structure is not None:
             _string_dataset(f, "structure", json.dumps(structure, sort_keys=True))
         _string_dataset(f, "manifest", json.dumps([e.to_json() for e in manifest]))
-        tensors = f.create_group("tensors")
-        for digest, array in new_tensors.items():
-            array = canonical_array(array)
-            if array.dtype.kind in _NATIVE_KINDS and array.dtype.name in _NATIVE_NAMES:
-                tensors.create_dataset(digest, data=array)
-            else:
-                raw = array.reshape(-1).view(np.uint8)
-                dataset = tensors.create_dataset(digest, data=raw)
-                dataset.attrs[_RAW_DTYPE_ATTR] = array.dtype.name
+        self.close()
+
+    def close(self) -> None:
+        """Close the file (idempotent); an unfinished file is left for the caller to remove."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            self._tensors = None
 
 
 _NATIVE_NAMES = frozenset(
@@ -234,6 +278,36 @@ class TensorReader:
         if verify and tensor_hash(array) != entry.hash:
             raise IntegrityError(f"{where}: content does not match its hash (data is damaged)")
         return array
+
+    def read_all(self, entries: list[ManifestEntry] | tuple[ManifestEntry, ...], verify: bool = True,
+                 owner: str = "", progress: bool | None = None) -> dict[str, np.ndarray]:
+        """Every tensor of ``entries`` by name, re-hashing each one in a worker thread while the
+        next is read (BLAKE3 releases the GIL); :class:`IntegrityError` names the first damaged one.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        from ..progress import progress_bar
+
+        arrays: dict[str, np.ndarray] = {}
+        checks: list[tuple[ManifestEntry, object]] = []
+        total = sum(e.nbytes for e in entries)
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="mvc-verify") as pool, \
+                progress_bar(total, f"checkout {owner[:8]}".strip(), progress) as bar:
+            try:
+                for entry in entries:
+                    arrays[entry.name] = self.read(entry, verify=False, owner=owner)
+                    if verify:
+                        checks.append((entry, pool.submit(tensor_hash, arrays[entry.name])))
+                    bar.update(entry.nbytes)
+                for entry, future in checks:
+                    if future.result() != entry.hash:
+                        where = f"version {owner[:12]} tensor {entry.name!r}" if owner else f"tensor {entry.name!r}"
+                        raise IntegrityError(f"{where}: content does not match its hash (data is damaged)")
+            except BaseException:
+                for _, future in checks:
+                    future.cancel()
+                raise
+        return arrays
 
     def _read_checked(self, entry: ManifestEntry, where: str) -> np.ndarray:
         f = self._file(entry.object)
