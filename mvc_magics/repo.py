@@ -19,7 +19,7 @@ import numpy as np
 
 from . import resolver
 from .adapters import adapter_for, adapter_named
-from .errors import IntegrityError, TagExistsError, UnsupportedModelError, ProtectedRefError
+from .errors import IntegrityError, ProtectedRefError, TagExistsError, UnsupportedModelError
 from .hashing import canonical_array, hashes_ahead, version_id
 from .metadata import author, base_library_versions, validate_metrics, validate_params
 from .names import validate_name
@@ -28,7 +28,7 @@ from .storage.index import Index
 from .storage.snapshot import ManifestEntry, TensorReader, read_content
 from .storage.staging import StagedCommit
 from .storage.store import StoreLayout
-from .version import CommitStats, StatusEntry, StatusReport, Version, VersionLog, VerifyReport
+from .version import CommitStats, StatusEntry, StatusReport, VerifyReport, Version, VersionLog
 
 DEFAULT_DIRNAME = ".mvc"
 
@@ -67,7 +67,7 @@ class Repo:
         try:
             self.index = Index(self.layout.index_path)
             self.index.query("SELECT count(*) FROM versions")
-        except Exception:  # noqa: BLE001 - a damaged index is rebuilt from the snapshots
+        except Exception:
             self._discard_index()
             self.index = Index(self.layout.index_path)
             rebuild = True
