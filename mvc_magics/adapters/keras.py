@@ -20,6 +20,8 @@ from ..errors import UnsupportedModelError
 from .base import match_state
 
 _KERAS_BASES = {"Layer", "Model", "Sequential", "Functional"}
+# Eigen's largest alignment (AVX-512): TensorFlow only adopts numpy buffers aligned to it.
+TENSOR_ALIGNMENT = 64
 
 
 def _quiet_tensorflow() -> None:
@@ -212,7 +214,9 @@ def _adopter(keras: Any):
     import tensorflow as tf
 
     def adopt(array: np.ndarray) -> Any:
-        if not (array.flags.c_contiguous and array.flags.writeable) or array.dtype.kind not in "biuf":
+        # TensorFlow kernels abort on buffers not aligned for Eigen (64 bytes): copy those.
+        if (not (array.flags.c_contiguous and array.flags.writeable) or array.dtype.kind not in "biuf"
+                or array.ctypes.data % TENSOR_ALIGNMENT):
             return array
         try:
             return tf.experimental.dlpack.from_dlpack(array.__dlpack__())

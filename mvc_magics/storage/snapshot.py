@@ -232,6 +232,19 @@ def read_content(path: Path) -> SnapshotContent:
     return SnapshotContent(version_id, meta, structure, manifest)
 
 
+ALIGNMENT = 64
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts on a 64-byte boundary, so a
+    framework (TensorFlow through DLPack) can adopt it without copying it again to align it.
+    """
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    buffer = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
+    offset = (-buffer.ctypes.data) % ALIGNMENT
+    return buffer[offset:offset + nbytes].view(dtype).reshape(shape)
+
+
 class TensorReader:
     """Reads tensors out of snapshot files, keeping files open while it lives.
 
@@ -335,11 +348,11 @@ class TensorReader:
         if entry.nbytes and dataset.id.get_storage_size() != entry.nbytes:
             raise IntegrityError(f"{where}: stored bytes do not match the declared shape")
         if raw_name is not None:
-            raw = np.empty(entry.nbytes, dtype=np.uint8)
+            raw = aligned_empty((entry.nbytes,), np.dtype(np.uint8))
             if entry.nbytes:
                 dataset.read_direct(raw)
             return raw.view(dtype).reshape(entry.shape)
-        array = np.empty(entry.shape, dtype=dtype)
+        array = aligned_empty(entry.shape, dtype)
         if entry.nbytes:
             dataset.read_direct(array)
         return array
