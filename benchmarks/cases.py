@@ -17,7 +17,7 @@ import numpy as np
 from mvc_magics import Repo
 
 from . import peers
-from .measure import Samples, dir_bytes, peak_rss_growth, timed
+from .measure import Samples, dir_bytes, peak_rss_growth, quiet_gc, timed, timed_cpu
 from .models import BenchModel
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +33,7 @@ class CaseResult:
     ours: Samples = field(default_factory=Samples)
     peers: dict[str, Samples] = field(default_factory=dict)
     ratios: dict[str, Samples] = field(default_factory=dict)
+    cpu_ratios: dict[str, Samples] = field(default_factory=dict)
     figures: dict[str, float | int | str | None] = field(default_factory=dict)
     target: str = ""
     headline: str = ""  # the ratio or figure the target is about
@@ -50,6 +51,7 @@ class CaseResult:
             "ours_seconds": self.ours.to_json(),
             "peers_seconds": {k: v.to_json() for k, v in self.peers.items()},
             "ratios": {k: v.to_json() for k, v in self.ratios.items()},
+            "cpu_ratios": {k: v.to_json() for k, v in self.cpu_ratios.items()},
             "figures": self.figures, "target": self.target, "headline": self.headline,
             "limit": self.limit, "met": self.met, "note": self.note,
         }
@@ -68,19 +70,19 @@ def side_by_side(result: CaseResult, reps: int, ours: Callable[[], object],
         if setup is not None:
             setup(rep)
         times: dict[str, float] = {}
+        cpu: dict[str, float] = {}
         order = ["ours", *others] if rep % 2 == 0 else [*others, "ours"]
-        for who in order:
-            if who == "ours":
-                seconds, value = timed(ours)
-                if after is not None:
+        with quiet_gc():
+            for who in order:
+                times[who], cpu[who], value = timed_cpu(ours if who == "ours" else others[who])
+                if who == "ours" and after is not None:
                     after(value)
-                times[who] = seconds
-            else:
-                times[who], _ = timed(others[who])
         result.ours.add(times["ours"])
         for who in others:
             result.peers.setdefault(who, Samples()).add(times[who])
             result.ratios.setdefault(who, Samples()).add(times["ours"] / times[who])
+            if cpu[who] > 0:
+                result.cpu_ratios.setdefault(who, Samples()).add(cpu["ours"] / cpu[who])
 
 
 class Workspace:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 
@@ -37,11 +38,35 @@ class Samples:
 
 
 def timed(func: Callable[[], object]) -> tuple[float, object]:
-    """(seconds, result) of one call, after a garbage collection so it does not land inside."""
-    gc.collect()
+    """(seconds, result) of one call (see :func:`quiet_gc` to keep collections out of it)."""
     start = time.perf_counter()
     result = func()
     return time.perf_counter() - start, result
+
+
+def timed_cpu(func: Callable[[], object]) -> tuple[float, float, object]:
+    """(wall seconds, CPU seconds of the whole process, all threads, user + system, result).
+
+    On a machine where processes wait for a core most of the time, CPU time says how much work
+    an operation is; wall time (what a user feels) adds the waits for a core and for the disk.
+    """
+    cpu = time.process_time()
+    start = time.perf_counter()
+    result = func()
+    return time.perf_counter() - start, time.process_time() - cpu, result
+
+
+@contextlib.contextmanager
+def quiet_gc() -> Iterator[None]:
+    """Collect garbage once, then keep the cyclic collector off: a full collection with Keras
+    models alive takes most of a second and would land inside whichever call triggered it.
+    """
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _status_kib(key: str) -> int:

@@ -44,11 +44,15 @@ def _figure(value: object) -> str:
 def markdown_table(results: list[CaseResult]) -> str:
     """One row per case: our median [min–max], each peer ratio, target and whether it is met."""
     lines = [
-        "| case | model | mvc_magics | ratio vs peers, median [min–max] of per-run ratios | target | met |",
+        "| case | model | mvc_magics, wall time | ratio to peers: median [min–max] of per-run wall-time ratios "
+        "(median CPU-time ratio) | target | met |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
-        ratios = "<br>".join(f"{name}: {_spread(s, _ratio)}" for name, s in r.ratios.items())
+        ratios = "<br>".join(
+            f"{name}: {_spread(s, _ratio)}"
+            + (f" (CPU {_ratio(r.cpu_ratios[name].median)})" if name in r.cpu_ratios else "")
+            for name, s in r.ratios.items())
         figures = "<br>".join(f"{k}: {_figure(v)}" for k, v in r.figures.items())
         detail = "<br>".join(x for x in (ratios, figures, r.note) if x)
         met = "n/a" if r.met is None else ("yes" if r.met else "**no**")

@@ -18,7 +18,7 @@ import numpy as np
 HASH_HEX_LENGTH = 64
 SHORT_ID_LENGTH = 8
 # Multi-threaded hashing only pays off for large buffers; small ones stay on one thread.
-_THREADED_HASH_BYTES = 1 << 22
+THREADED_HASH_BYTES = 1 << 22
 
 
 def canonical_array(array: np.ndarray) -> np.ndarray:
@@ -39,7 +39,7 @@ def tensor_hash(array: np.ndarray) -> str:
     """BLAKE3 hex digest over dtype, shape and bytes of ``array``."""
     array = canonical_array(array)
     header = f"{dtype_name(array.dtype)}|{','.join(map(str, array.shape))}|".encode()
-    threads = blake3.blake3.AUTO if array.nbytes >= _THREADED_HASH_BYTES else 1
+    threads = blake3.blake3.AUTO if array.nbytes >= THREADED_HASH_BYTES else 1
     hasher = blake3.blake3(header, max_threads=threads)
     # A uint8 view hashes the raw bytes without copying, whatever the dtype.
     hasher.update(array.reshape(-1).view(np.uint8) if array.size else b"")
@@ -50,20 +50,33 @@ def hashes_ahead(arrays: Mapping[str, np.ndarray]) -> Iterator[tuple[str, str]]:
     """Yield ``(key, tensor_hash(array))`` in the mapping's order, hashing ahead in worker threads.
 
     BLAKE3 releases the GIL, so the caller can write or read one tensor while the next ones are
-    hashed: a commit overlaps hashing with its HDF5 writes, a checkout with its reads.
+    hashed: a commit overlaps hashing with its HDF5 writes, a checkout with its reads. Small
+    inputs are hashed in the calling thread (handing them to a thread costs more than hashing).
     """
     items = list(arrays.items())
-    if len(items) <= 1:
+    if len(items) <= 1 or sum(int(a.nbytes) for _, a in items) < THREADED_HASH_BYTES:
         yield from ((key, tensor_hash(array)) for key, array in items)
         return
-    workers = max(1, min(4, os.cpu_count() or 1, len(items)))
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mvc-hash")
+    pool = hash_pool()
+    futures = [(key, pool.submit(tensor_hash, array)) for key, array in items]
     try:
-        futures = [(key, pool.submit(tensor_hash, array)) for key, array in items]
         for key, future in futures:
             yield key, future.result()
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        for _, future in futures:  # the consumer stopped early (a difference found, an error)
+            future.cancel()
+
+
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def hash_pool() -> ThreadPoolExecutor:
+    """The process's hashing threads (created on first use; re-created in a forked child)."""
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid():
+        workers = max(2, min(4, os.cpu_count() or 1))
+        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mvc-hash"))
+    return _POOL[1]
 
 
 def hash_all(arrays: Mapping[str, np.ndarray]) -> dict[str, str]:

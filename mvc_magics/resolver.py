@@ -55,44 +55,51 @@ def _common_prefix(a: str, b: str | None) -> int:
 
 
 def _unique_length(vid: str, before: str | None, after: str | None) -> int:
+    head = vid[:SHORT_ID_LENGTH]
+    if (before is None or before[:SHORT_ID_LENGTH] != head) and (after is None or after[:SHORT_ID_LENGTH] != head):
+        return SHORT_ID_LENGTH  # the common case: no neighbour shares the first 8 digits
     shared = max(_common_prefix(vid, before), _common_prefix(vid, after))
     return min(len(vid), max(SHORT_ID_LENGTH, shared + 1))
 
 
 def load_versions(index: Index, where: str, params: tuple, limit: int | None = None,
                   head_name: str | None = None) -> list[Version]:
-    """Versions matching a SQL condition on ``versions v``, newest first, with tags and metrics."""
-    sql = (f"SELECT v.id, v.name, v.meta, v.nbytes, v.manifest FROM versions v WHERE {where} "
-           "ORDER BY v.seq DESC")
+    """Versions matching a SQL condition on ``versions v``, newest first, with tags and metrics.
+
+    Three queries whatever the number of versions (rows, their metrics, their tags); the tensor
+    count is computed inside SQLite so long manifests are never copied into Python.
+    """
+    selection = f"SELECT v.id FROM versions v WHERE {where} ORDER BY v.seq DESC"
     if limit:
-        sql += f" LIMIT {int(limit)}"
-    rows = index.query(sql, params)
+        selection += f" LIMIT {int(limit)}"
+    rows = index.query(
+        "SELECT v.id, v.name, v.meta, v.nbytes, "
+        "(length(v.manifest) - length(replace(v.manifest, '\"hash\"', ''))) / 6 "
+        f"FROM versions v WHERE {where} ORDER BY v.seq DESC" + (f" LIMIT {int(limit)}" if limit else ""), params)
     if not rows:
         return []
     ids = [r[0] for r in rows]
     metrics: dict[str, dict[str, float]] = {vid: {} for vid in ids}
     tags: dict[str, list[str]] = {vid: [] for vid in ids}
-    for start in range(0, len(ids), 500):
-        chunk = ids[start:start + 500]
-        marks = ",".join("?" * len(chunk))
-        for vid, key, text in index.query(f"SELECT id, key, text FROM metrics WHERE id IN ({marks})", chunk):
-            metrics[vid][key] = float(text)
-        for vid, tag in index.query(f"SELECT id, tag FROM tags WHERE id IN ({marks}) ORDER BY tag", chunk):
-            tags[vid].append(tag)
+    for vid, key, text in index.query(f"SELECT id, key, text FROM metrics WHERE id IN ({selection})", params):
+        metrics[vid][key] = float(text)
+    for vid, tag in index.query(f"SELECT id, tag FROM tags WHERE id IN ({selection}) ORDER BY tag", params):
+        tags[vid].append(tag)
     heads = dict(index.query("SELECT name, id FROM heads"))
     shorts = short_ids(index, ids)
     versions = []
-    for vid, name, meta_text, nbytes, manifest_text in rows:
-        meta = json.loads(meta_text)
+    loads, fromisoformat = json.loads, datetime.fromisoformat
+    for vid, name, meta_text, nbytes, n_tensors in rows:
+        meta = loads(meta_text)
         owner = head_name or name
         versions.append(Version(
-            id=vid, name=name, parents=tuple(meta.get("parents", [])), message=meta.get("message", ""),
-            created=datetime.fromisoformat(meta["created"]), author=meta.get("author", ""),
-            metrics=metrics[vid], params=dict(meta.get("params", {})), tags=tuple(tags[vid]),
+            id=vid, name=name, parents=tuple(meta.get("parents", ())), message=meta.get("message", ""),
+            created=fromisoformat(meta["created"]), author=meta.get("author", ""),
+            metrics=metrics[vid], params=meta.get("params") or {}, tags=tuple(tags[vid]),
             short_id=shorts[vid], framework=meta.get("framework", ""),
-            libraries=dict(meta.get("libraries", {})), provenance=dict(meta.get("provenance", {})),
-            extra=dict(meta.get("extra", {})), nbytes=int(nbytes),
-            n_tensors=manifest_text.count('"hash"'), is_head=heads.get(owner) == vid,
+            libraries=meta.get("libraries") or {}, provenance=meta.get("provenance") or {},
+            extra=meta.get("extra") or {}, nbytes=int(nbytes),
+            n_tensors=int(n_tensors), is_head=heads.get(owner) == vid,
         ))
     return versions
 

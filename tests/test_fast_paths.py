@@ -196,3 +196,22 @@ def test_batched_short_ids_match_the_definition(tmp_path, count):
     assert got == {vid: _naive_short(vid, ids) for vid in wanted}
     assert resolver.short_ids(index, ["0" * 64]) == {"0" * 64: "00000000"}
     index.close()
+
+
+def test_threaded_verification_refuses_damage_in_a_large_model(repo):
+    rng = np.random.default_rng(0)
+    model = {f"layer{i}/kernel": rng.standard_normal((512, 512)).astype(np.float32) for i in range(6)}  # 6 MB
+    version = repo.commit(model, "big")
+    import h5py
+
+    entry = repo.manifest(version.id)[3]
+    path = repo.layout.snapshot_path(version.id)
+    with h5py.File(path, "r") as f:
+        offset = f["tensors"][entry.hash].id.get_offset()
+    data = bytearray(path.read_bytes())
+    data[offset + 1000] ^= 0x01
+    path.write_bytes(bytes(data))
+    live = {k: np.zeros_like(v) for k, v in model.items()}
+    with pytest.raises(IntegrityError, match=entry.name):
+        repo.checkout(version.id, live)
+    assert all(not v.any() for v in live.values())  # nothing assigned

@@ -25,7 +25,7 @@ import h5py
 import numpy as np
 
 from ..errors import IntegrityError, StoreFormatError
-from ..hashing import HASH_HEX_LENGTH, canonical_array, tensor_hash
+from ..hashing import HASH_HEX_LENGTH, THREADED_HASH_BYTES, canonical_array, hash_pool, tensor_hash
 
 FORMAT_NAME = "mvc-snapshot"
 FORMAT_VERSION = 1
@@ -297,30 +297,34 @@ class TensorReader:
         """Every tensor of ``entries`` by name, re-hashing each one in a worker thread while the
         next is read (BLAKE3 releases the GIL); :class:`IntegrityError` names the first damaged one.
         """
-        from concurrent.futures import ThreadPoolExecutor
-
         from ..progress import progress_bar
 
         arrays: dict[str, np.ndarray] = {}
         checks: list[tuple[ManifestEntry, object]] = []
         total = sum(e.nbytes for e in entries)
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="mvc-verify") as pool, \
-                progress_bar(total, f"checkout {owner[:8]}".strip(), progress) as bar:
+        pool = hash_pool() if total >= THREADED_HASH_BYTES else None  # small: threads cost more
+        with progress_bar(total, f"checkout {owner[:8]}".strip(), progress) as bar:
             try:
                 for entry in entries:
                     arrays[entry.name] = self.read(entry, verify=False, owner=owner)
-                    if verify:
+                    if verify and pool is None:
+                        self._check(entry, tensor_hash(arrays[entry.name]), owner)
+                    elif verify:
                         checks.append((entry, pool.submit(tensor_hash, arrays[entry.name])))
                     bar.update(entry.nbytes)
                 for entry, future in checks:
-                    if future.result() != entry.hash:
-                        where = f"version {owner[:12]} tensor {entry.name!r}" if owner else f"tensor {entry.name!r}"
-                        raise IntegrityError(f"{where}: content does not match its hash (data is damaged)")
+                    self._check(entry, future.result(), owner)
             except BaseException:
                 for _, future in checks:
                     future.cancel()
                 raise
         return arrays
+
+    @staticmethod
+    def _check(entry: ManifestEntry, digest: str, owner: str) -> None:
+        if digest != entry.hash:
+            where = f"version {owner[:12]} tensor {entry.name!r}" if owner else f"tensor {entry.name!r}"
+            raise IntegrityError(f"{where}: content does not match its hash (data is damaged)")
 
     def _read_checked(self, entry: ManifestEntry, where: str) -> np.ndarray:
         f = self._file(entry.object)
