@@ -69,3 +69,7 @@ class MergeConflictError(MVCError, ValueError):
 
 class LockTimeoutError(StoreError):
     """Another process holds the store lock for longer than the timeout."""
+
+
+class CompareError(MVCError, ValueError):
+    """The versions, weights or directions given to compare or diff cannot be compared as asked."""
