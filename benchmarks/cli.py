@@ -57,6 +57,16 @@ def run(profile: str, reps: int, n_history: int, tmp: str | None, only: set[str]
     ws = cases.Workspace(tmp)
     results: list[cases.CaseResult] = []
 
+    def guarded(label: str, func, *args):
+        """Run one case; a crash becomes a row saying so instead of losing the whole run."""
+        try:
+            return func(*args)
+        except Exception as exc:  # a benchmark run reports failures, it does not stop at them
+            failed = cases.CaseResult(label, "-", 0)
+            failed.note = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
+            log(f"  {label} failed: {exc!r}")
+            return failed
+
     def record(items) -> None:
         for item in items if isinstance(items, list) else [items]:
             log(f"  {item.case} [{item.model}]: ours {item.ours.median * 1000:.1f} ms; "
@@ -67,34 +77,34 @@ def run(profile: str, reps: int, n_history: int, tmp: str | None, only: set[str]
     try:
         if want("load_ext"):
             log("load_ext")
-            record(cases.load_ext(max(reps, 3)))
+            record(guarded("%load_ext mvc_magics", cases.load_ext, reps if profile == "smoke" else max(reps, 3)))
         built = {}
         for key in settings["models"]:
             log(f"building {key}")
             bm = built[key] = BUILDERS[key]()
             log(f"  {bm.description}: {bm.nbytes / 1e6:.1f} MB")
             if want("commit"):
-                record(cases.first_commit(bm, ws, reps))
-                record(cases.recommit_unchanged(bm, ws, reps))
-                record(cases.commit_last_layer(bm, ws, reps))
-                record(cases.ten_versions(bm, ws))
+                record(guarded("first commit", cases.first_commit, bm, ws, reps))
+                record(guarded("re-commit unchanged", cases.recommit_unchanged, bm, ws, reps))
+                record(guarded("commit, last layer changed", cases.commit_last_layer, bm, ws, reps))
+                record(guarded("10 versions, last layer changed", cases.ten_versions, bm, ws))
             if want("checkout"):
-                record(cases.checkout_existing(bm, ws, reps))
+                record(guarded("checkout into existing model", cases.checkout_existing, bm, ws, reps))
             if want("merge") and key in ("dense_100mb", "tiny"):
-                record(cases.merge_average(bm, ws, reps))
+                record(guarded("merge (average)", cases.merge_average, bm, ws, reps))
         if want("status"):
             key = settings["status_model"]
             bm = built.get(key) or BUILDERS[key]()
-            record(cases.status(bm, ws, max(reps, 5)))
+            record(guarded("%mvc_status, unchanged", cases.status, bm, ws, max(reps, 5)))
         built.clear()
         if want("history"):
             log(f"history: {n_history} versions")
-            record(cases.history(ws, n_history, max(reps, 3), _tmpfs()))
+            record(guarded("history", cases.history, ws, n_history, max(reps, 3), _tmpfs()))
         if settings["large"] and want("large"):
             log("building large_1gb")
             bm = models.large_1gb()
             log(f"  {bm.description}: {bm.nbytes / 1e6:.1f} MB")
-            record(cases.large_model(bm, ws, min(reps, 3)))
+            record(guarded("large model", cases.large_model, bm, ws, min(reps, 3)))
     finally:
         ws.cleanup()
     return results
