@@ -76,6 +76,7 @@ def side_by_side(result: CaseResult, reps: int, ours: Callable[[], object],
         order = ["ours", *others] if rep % 2 == 0 else [*others, "ours"]
         with quiet_gc():
             for who in order:
+                settle()
                 times[who], cpu[who], value = timed_cpu(ours if who == "ours" else others[who])
                 if who == "ours" and after is not None:
                     after(value)
@@ -85,6 +86,16 @@ def side_by_side(result: CaseResult, reps: int, ours: Callable[[], object],
             result.ratios.setdefault(who, Samples()).add(times["ours"] / times[who])
             if cpu[who] > 0:
                 result.cpu_ratios.setdefault(who, Samples()).add(cpu["ours"] / cpu[who])
+
+
+def settle() -> None:
+    """Write back every dirty page before the next timed call (untimed).
+
+    Keras and safetensors leave their files dirty in the page cache (no fsync); without this the
+    kernel's dirty-page throttling would bill their deferred writeback to whoever writes next.
+    """
+    if hasattr(os, "sync"):
+        os.sync()
 
 
 class Workspace:

@@ -46,25 +46,52 @@ def tensor_hash(array: np.ndarray) -> str:
     return hasher.hexdigest()
 
 
-def hashes_ahead(arrays: Mapping[str, np.ndarray]) -> Iterator[tuple[str, str]]:
-    """Yield ``(key, tensor_hash(array))`` in the mapping's order, hashing ahead in worker threads.
+class HashesAhead:
+    """Tensor hashes started at construction in worker threads, read back in order by iterating.
 
-    BLAKE3 releases the GIL, so the caller can write or read one tensor while the next ones are
-    hashed: a commit overlaps hashing with its HDF5 writes, a checkout with its reads. Small
+    BLAKE3 releases the GIL, so the caller keeps working while the tensors are hashed: a commit
+    serializes the model structure and writes new tensors meanwhile, a checkout reads the next
+    tensor. ``known`` hashes (of buffers known not to have changed) are not recomputed. Small
     inputs are hashed in the calling thread (handing them to a thread costs more than hashing).
     """
-    items = list(arrays.items())
-    if len(items) <= 1 or sum(int(a.nbytes) for _, a in items) < THREADED_HASH_BYTES:
-        yield from ((key, tensor_hash(array)) for key, array in items)
-        return
-    pool = hash_pool()
-    futures = [(key, pool.submit(tensor_hash, array)) for key, array in items]
-    try:
-        for key, future in futures:
-            yield key, future.result()
-    finally:
-        for _, future in futures:  # the consumer stopped early (a difference found, an error)
-            future.cancel()
+
+    def __init__(self, arrays: Mapping[str, np.ndarray], known: Mapping[str, str] | None = None) -> None:
+        known = known or {}
+        todo = [(key, array) for key, array in arrays.items() if key not in known]
+        threaded = len(todo) > 1 and sum(int(a.nbytes) for _, a in todo) >= THREADED_HASH_BYTES
+        pool = hash_pool() if threaded else None
+        self._items: list[tuple[str, object]] = []
+        for key, array in arrays.items():
+            if key in known:
+                self._items.append((key, known[key]))
+            elif pool is not None:
+                self._items.append((key, pool.submit(tensor_hash, array)))
+            else:
+                self._items.append((key, array))
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        try:
+            for key, item in self._items:
+                if isinstance(item, str):
+                    yield key, item
+                elif isinstance(item, np.ndarray):
+                    yield key, tensor_hash(item)
+                else:
+                    yield key, item.result()  # type: ignore[attr-defined]
+        finally:
+            self.cancel()
+
+    def cancel(self) -> None:
+        """Drop hashes not started yet (the consumer stopped early: a difference, an error)."""
+        for _, item in self._items:
+            if not isinstance(item, str | np.ndarray):
+                item.cancel()  # type: ignore[attr-defined]
+
+
+def hashes_ahead(arrays: Mapping[str, np.ndarray], known: Mapping[str, str] | None = None
+                 ) -> Iterator[tuple[str, str]]:
+    """Yield ``(key, tensor_hash(array))`` in the mapping's order (see :class:`HashesAhead`)."""
+    return iter(HashesAhead(arrays, known))
 
 
 _POOL: tuple[int, ThreadPoolExecutor] | None = None

@@ -20,7 +20,7 @@ import numpy as np
 from . import resolver
 from .adapters import adapter_for, adapter_named
 from .errors import IntegrityError, ProtectedRefError, TagExistsError, UnsupportedModelError
-from .hashing import canonical_array, hashes_ahead, version_id
+from .hashing import HashesAhead, canonical_array, hashes_ahead, version_id
 from .metadata import author, base_library_versions, validate_metrics, validate_params
 from .names import validate_name
 from .storage.audit import AuditLog
@@ -31,6 +31,18 @@ from .storage.store import StoreLayout
 from .version import CommitStats, StatusEntry, StatusReport, VerifyReport, Version, VersionLog
 
 DEFAULT_DIRNAME = ".mvc"
+
+
+def _known_hashes(adapter: Any, model: Any, state: Mapping[str, np.ndarray]) -> dict[str, str]:
+    """Hashes the adapter can vouch for without rehashing (see ``KerasAdapter.known_hashes``)."""
+    known = getattr(adapter, "known_hashes", None)
+    return known(model, state) if known is not None else {}
+
+
+def _remember_hashes(adapter: Any, model: Any, state: Mapping[str, np.ndarray], hashes: Mapping[str, str]) -> None:
+    remember = getattr(adapter, "remember_hashes", None)
+    if remember is not None:
+        remember(model, state, hashes)
 
 
 def default_store_path(notebook_path: str | os.PathLike | None = None) -> Path:
@@ -118,13 +130,19 @@ class Repo:
         if not state:
             raise UnsupportedModelError(f"{name!r} has no variables to version")
         all_metrics = {**validate_metrics(adapter.fit_metrics(model)), **explicit}
-        structure = adapter.structure(model)
         arrays = {key: canonical_array(value) for key, value in state.items()}
+        # Hashing runs in worker threads from here on, overlapping the structure serialization
+        # below and the writes of new tensors (see storage.staging); unchanged buffers are skipped.
+        hashes = HashesAhead(arrays, _known_hashes(adapter, model, arrays))
+        try:
+            structure = adapter.structure(model)
+        except BaseException:
+            hashes.cancel()
+            raise
         with self.layout.locked():
-            # Hashing overlaps the writes of new tensors into a temporary file (see storage.staging).
             staged = StagedCommit(self.layout.tmp, self._stored_object, self.progress)
             try:
-                staged.stage(arrays, description=f"commit {name}")
+                staged.stage(arrays, description=f"commit {name}", hashes=hashes)
                 vid = version_id(structure, staged.entries())
                 for tag in tags:
                     self._check_tag_free(name, tag, vid, force=False)
@@ -142,6 +160,7 @@ class Repo:
                     vid, name, adapter, staged, structure, message, all_metrics, params,
                     tags, provenance, parents, extra, model,
                 )
+        _remember_hashes(adapter, model, arrays, staged.hashes)
         version = self.get(vid, name=name)
         version.stats = stats
         return version
@@ -351,17 +370,24 @@ class Repo:
         if head is None:
             return True
         try:
-            state = adapter_for(model).get_state(model)
+            adapter = adapter_for(model)
+            state = adapter.get_state(model)
         except UnsupportedModelError:
             return True
-        stored = {e.name: e.hash for e in self.manifest(head.id)}
+        rows = self.index.query("SELECT manifest FROM versions WHERE id = ?", (head.id,))
+        if not rows:
+            return True
+        stored = {e.get("name"): e.get("hash") for e in json.loads(rows[0][0])}  # only compared
         if len(state) != len(stored):
             return True
         # Names that differ (a re-run cell renumbered the layers) are matched by position.
         expected = stored if set(state) == set(stored) else dict(zip(state, stored.values(), strict=True))
-        for key, digest in hashes_ahead(state):  # stops hashing at the first difference
+        computed = {}
+        for key, digest in hashes_ahead(state, _known_hashes(adapter, model, state)):
             if digest != expected[key]:
-                return True
+                return True  # stops hashing at the first difference
+            computed[key] = digest
+        _remember_hashes(adapter, model, state, computed)
         return False
 
     # -- maintenance ------------------------------------------------------------------------

@@ -215,3 +215,66 @@ def test_threaded_verification_refuses_damage_in_a_large_model(repo):
     with pytest.raises(IntegrityError, match=entry.name):
         repo.checkout(version.id, live)
     assert all(not v.any() for v in live.values())  # nothing assigned
+
+
+def _embedding_model():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((5,), dtype="int32"), keras.layers.Embedding(50, 4),
+                              keras.layers.Flatten(), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")  # sparse gradients: scatter updates on the table
+    return model
+
+
+@pytest.mark.parametrize("jit", [True, False])
+def test_pinned_hashes_never_hide_a_change(repo, jit):
+    """Status after status after status: every kind of update is seen, however it is applied."""
+    import keras
+
+    model = BUILDERS["conv_bn"]()
+    model.compile(optimizer="adam", loss="mse", jit_compile=jit)
+    x, y = sample_input("conv_bn", n=8)
+    repo.commit(model, "net")
+    adapter = KerasAdapter()
+    assert set(adapter.known_hashes(model, adapter.get_state(model))) == set(adapter.get_state(model))
+    mutations = [
+        lambda: model.fit(x, y, epochs=1, verbose=0),
+        lambda: model.layers[0].kernel.assign_add(np.full(model.layers[0].kernel.shape, 1e-3, np.float32)),
+        lambda: model.layers[-1].bias.assign(np.ones(model.layers[-1].bias.shape, np.float32)),
+        lambda: model.set_weights([w + 1 for w in model.get_weights()]),
+        lambda: model.train_on_batch(x, y),
+        lambda: keras.ops.convert_to_tensor(0.0) + model.layers[1].moving_mean.assign_sub(
+            np.full(model.layers[1].moving_mean.shape, 0.5, np.float32)),
+    ]
+    for mutate in mutations:
+        assert not repo.status({"net": model})[0].changed  # pins the current buffers
+        repo.commit(model, "net")
+        mutate()
+        assert repo.status({"net": model})[0].changed
+        repo.commit(model, "net")
+
+
+def test_pinned_hashes_with_sparse_updates_and_after_checkout(repo):
+    model = _embedding_model()
+    x = np.random.default_rng(0).integers(0, 50, (16, 5)).astype(np.int32)
+    y = np.ones((16, 1), np.float32)
+    first = repo.commit(model, "emb")
+    assert not repo.status({"emb": model})[0].changed
+    model.fit(x, y, epochs=1, verbose=0)
+    assert repo.status({"emb": model})[0].changed
+    repo.checkout(first.id, model)
+    assert not repo.status({"emb": model})[0].changed
+    model.fit(x, y, epochs=1, verbose=0)  # updates the adopted checkout buffers
+    assert repo.status({"emb": model})[0].changed
+
+
+def test_large_models_are_not_pinned(repo, monkeypatch):
+    from mvc_magics.adapters import keras as keras_adapter
+
+    monkeypatch.setattr(keras_adapter, "PIN_LIMIT_BYTES", 100)
+    model = BUILDERS["dense"]()
+    repo.commit(model, "net")
+    adapter = KerasAdapter()
+    assert adapter.known_hashes(model, adapter.get_state(model)) == {}
+    assert not repo.status({"net": model})[0].changed

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +21,10 @@ from ..errors import UnsupportedModelError
 from .base import match_state
 
 _KERAS_BASES = {"Layer", "Model", "Sequential", "Functional"}
+# Models up to this size keep their hashed buffers pinned for cheap change detection.
+PIN_LIMIT_BYTES = 512 * 2**20
+# model -> {variable name: (pinned read-only buffer, its hash)}; entries go with their model.
+_PINNED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 # Eigen's largest alignment (AVX-512): TensorFlow only adopts numpy buffers aligned to it.
 TENSOR_ALIGNMENT = 64
 
@@ -109,6 +114,59 @@ class KerasAdapter:
                 value = adopt(value)
             variable.assign(value)
 
+    # -- cheap change detection -------------------------------------------------------------
+
+    def known_hashes(self, model: Any, state: Mapping[str, np.ndarray]) -> dict[str, str]:
+        """Hashes of the tensors in ``state`` that provably did not change since they were hashed.
+
+        TensorFlow copies a variable's buffer before updating it in place whenever another
+        tensor still references it (copy-on-write, ``PrepareToUpdateVariable``), and an assign
+        installs a new buffer. :meth:`remember_hashes` keeps a reference to each hashed buffer,
+        so while a variable still reads back the very buffer we hashed, its bytes are the ones we
+        hashed. Anything else (another backend, a copy, a new buffer) is hashed again.
+        """
+        pins = self._pins_of(model)
+        if not pins:
+            return {}
+        known = {}
+        for name, array in state.items():
+            pinned = pins.get(name)
+            if (pinned is not None and array.nbytes and pinned[0].ctypes.data == array.ctypes.data
+                    and pinned[0].shape == array.shape and pinned[0].dtype == array.dtype):
+                known[name] = pinned[1]
+        return known
+
+    def remember_hashes(self, model: Any, state: Mapping[str, np.ndarray], hashes: Mapping[str, str]) -> None:
+        """Pin the buffers of ``state`` with their hashes for :meth:`known_hashes`.
+
+        Pinning makes TensorFlow copy a variable on its next in-place update, and keeps the old
+        buffer until the next status or commit: up to one extra copy of the model in memory, so
+        only models up to :data:`PIN_LIMIT_BYTES` are pinned.
+        """
+        try:
+            cache = self._pin_cache()
+            if cache is None:
+                return
+            total = sum(int(a.nbytes) for a in state.values())
+            if total > PIN_LIMIT_BYTES or any(a.flags.writeable for a in state.values()):
+                cache.pop(model, None)  # writable arrays are not TensorFlow snapshots
+                return
+            cache[model] = {name: (array, hashes[name]) for name, array in state.items() if name in hashes}
+        except TypeError:  # a model that cannot be weakly referenced is simply not cached
+            return
+
+    def _pin_cache(self) -> weakref.WeakKeyDictionary | None:
+        if "tensorflow" not in sys.modules or _keras().backend.backend() != "tensorflow":
+            return None
+        return _PINNED
+
+    def _pins_of(self, model: Any) -> dict[str, tuple[np.ndarray, str]]:
+        cache = self._pin_cache()
+        try:
+            return cache.get(model, {}) if cache is not None else {}
+        except TypeError:
+            return {}
+
     # -- structure ------------------------------------------------------------------------
 
     def structure(self, model: Any) -> object | None:
@@ -196,7 +254,9 @@ def _zero_copy_reader(keras: Any):
 
         def read(variable: Any) -> np.ndarray:
             value = variable.value
-            reader = getattr(value, "read_value", None)
+            # _read_variable_op is read_value without its identity op (a third of the cost, same
+            # buffer); read_value is the public fallback.
+            reader = getattr(value, "_read_variable_op", None) or getattr(value, "read_value", None)
             return np.asarray(reader() if reader is not None else value)
 
         return read

@@ -17,6 +17,7 @@ matches the declared shape are accepted, and every tensor is re-hashed.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,8 +81,11 @@ class SnapshotContent:
     manifest: tuple[ManifestEntry, ...]
 
 
+_HASH_TEXT = re.compile(f"[0-9a-f]{{{HASH_HEX_LENGTH}}}")
+
+
 def _is_hash(text: str) -> bool:
-    return len(text) == HASH_HEX_LENGTH and all(c in "0123456789abcdef" for c in text)
+    return _HASH_TEXT.fullmatch(text) is not None
 
 
 def _dtype_from_name(name: str) -> np.dtype:

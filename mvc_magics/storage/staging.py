@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..hashing import dtype_name, hashes_ahead
+from ..hashing import HashesAhead, dtype_name
 from ..progress import progress_bar
 from .atomic import publish, temporary_path
 from .snapshot import ManifestEntry, SnapshotWriter
@@ -42,12 +42,14 @@ class StagedCommit:
         self.bytes_written = 0
         self.tensors_written = 0
 
-    def stage(self, arrays: Mapping[str, np.ndarray], description: str = "commit") -> None:
-        """Hash every array, writing each one whose hash the store (and this commit) lacks."""
+    def stage(self, arrays: Mapping[str, np.ndarray], description: str = "commit",
+              hashes: HashesAhead | None = None) -> None:
+        """Hash every array (or take ``hashes`` already under way), writing each one whose hash
+        the store (and this commit) lacks."""
         self.arrays = dict(arrays)
         total = sum(int(a.nbytes) for a in self.arrays.values())
         with progress_bar(total, description, self._progress) as bar:
-            for key, digest in hashes_ahead(self.arrays):
+            for key, digest in hashes if hashes is not None else HashesAhead(self.arrays):
                 self.hashes[key] = digest
                 array = self.arrays[key]
                 if digest not in self.located:
