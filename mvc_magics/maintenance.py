@@ -91,8 +91,15 @@ def rebuild_index(repo: Repo) -> int:
 
 
 def index_missing_snapshots(repo: Repo) -> int:
-    """Add snapshot files that are on disk but not in the index (a commit killed mid-way)."""
+    """Add snapshot files that are on disk but not in the index (a commit killed mid-way), and drop
+    indexed versions that have a tombstone (a removal killed after its commit point)."""
     indexed = set(repo.index.version_ids())
+    removed = [vid for vid in indexed if repo.layout.is_removed(vid)]
+    if removed:
+        with repo.index.transaction() as conn:
+            for table in ("versions", "metrics", "tags", "heads"):
+                conn.executemany(f"DELETE FROM {table} WHERE id = ?", [(vid,) for vid in removed])
+        indexed -= set(removed)
     missing = []
     for vid, path in repo.layout.snapshot_files():
         if vid in indexed:

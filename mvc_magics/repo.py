@@ -23,6 +23,7 @@ from .errors import IntegrityError, ProtectedRefError, TagExistsError, Unsupport
 from .hashing import HashesAhead, canonical_array, hashes_ahead, version_id
 from .metadata import author, base_library_versions, validate_metrics, validate_params
 from .names import validate_name
+from .provenance import complete_provenance
 from .storage.audit import AuditLog
 from .storage.index import Index
 from .storage.snapshot import ManifestEntry, TensorReader, read_content
@@ -146,6 +147,7 @@ class Repo:
                 vid = version_id(structure, staged.entries())
                 for tag in tags:
                     self._check_tag_free(name, tag, vid, force=False)
+                revived = self.layout.is_removed(vid)  # content of a removed version committed again
                 existing = self._find(vid)
             except BaseException:
                 staged.discard()
@@ -160,6 +162,8 @@ class Repo:
                     vid, name, adapter, staged, structure, message, all_metrics, params,
                     tags, provenance, parents, extra, model,
                 )
+                if revived:
+                    self.layout.delete_tombstone(vid)
         _remember_hashes(adapter, model, arrays, staged.hashes)
         version = self.get(vid, name=name)
         version.stats = stats
@@ -171,16 +175,19 @@ class Repo:
 
     def _write_version(self, vid, name, adapter, staged, structure, message, metrics,
                        params, tags, provenance, parents, extra, model) -> CommitStats:
+        # Bytes in this version's own path may belong to a retired file that the new file replaces.
+        staged.claim_own(vid)
         manifest = staged.manifest(vid)
         if parents is None:
             head = self._head_id(name)
             parents = [head] if head and self._find(head) else []
         created = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+        extra_meta = adapter.extra_metadata(model)
         meta = {
             "name": name, "message": message or "", "parents": list(parents), "created": created,
             "author": author(), "metrics": metrics, "params": params, "framework": adapter.framework,
             "libraries": {**base_library_versions(), **adapter.library_versions()},
-            "provenance": dict(provenance or {}), "extra": {**adapter.extra_metadata(model), **(extra or {})},
+            "provenance": complete_provenance(provenance, extra_meta), "extra": {**extra_meta, **(extra or {})},
         }
         staged.publish(self.layout.snapshot_path(vid), vid, meta, structure, manifest)
         for tag in tags:
@@ -463,3 +470,92 @@ class Repo:
 
         return ComparePanel(self, refs=refs, name=name, weights=weights, baseline=baseline,
                             directions=directions, namespace=namespace, limit=limit)
+
+    # -- remotes, export, removal and gc (issue 8) ------------------------------------------
+
+    def add_remote(self, name: str, url: str) -> str:
+        """Configure remote ``name`` at an fsspec ``url`` (``s3://bucket/prefix``, ``file:///path``...).
+
+        The URL is stored in ``remotes.json``; a URL with credentials in it is refused (they come
+        from the environment or the fsspec/cloud SDK configuration). Returns the normalized URL.
+        """
+        from .remote import add_remote
+
+        return add_remote(self, name, url)
+
+    def remotes(self) -> dict[str, str]:
+        """Configured remotes, name -> URL."""
+        from .remote import load_remotes
+
+        return load_remotes(self)
+
+    def remove_remote(self, name: str) -> None:
+        """Forget remote ``name`` (nothing on the remote is touched)."""
+        from .remote import remove_remote
+
+        remove_remote(self, name)
+
+    def push(self, remote: str | None = None, refs: Iterable[str] | None = None, force: bool = False,
+             progress: bool | None = None):
+        """Send all versions (or ``refs`` and their ancestors) and their tags to ``remote``.
+
+        Idempotent and resumable; a tag the remote has on another version raises
+        :class:`~mvc_magics.errors.RemoteConflictError` after everything else was sent (``force``
+        overwrites it). Returns a :class:`~mvc_magics.remote.TransferReport`.
+        """
+        from .remote import push
+
+        return push(self, remote, refs, force=force, progress=progress)
+
+    def pull(self, remote: str | None = None, refs: Iterable[str] | None = None, force: bool = False,
+             progress: bool | None = None):
+        """Fetch all versions (or ``refs``: remote tags or id prefixes, with ancestors) and tags.
+
+        Every tensor is re-hashed before a version becomes visible here. A local tag on another
+        version raises :class:`~mvc_magics.errors.RemoteConflictError` (``force`` takes the remote's).
+        """
+        from .remote import pull
+
+        return pull(self, remote, refs, force=force, progress=progress)
+
+    @classmethod
+    def clone(cls, url: str, path: str | os.PathLike, progress: bool | None = None) -> Repo:
+        """A new store at ``path`` with remote ``origin`` = ``url`` and everything pulled from it."""
+        from .errors import StoreError
+
+        target = Path(path).expanduser()
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            raise StoreError(f"{target} already exists and is not empty; clone into a new folder")
+        repo = cls(target)
+        try:
+            repo.add_remote("origin", url)
+            repo.pull("origin", progress=progress)
+        except BaseException:
+            repo.close()
+            import shutil
+
+            shutil.rmtree(target, ignore_errors=True)
+            raise
+        return repo
+
+    def export(self, ref: str, path: str | os.PathLike, format: str = "keras", name: str | None = None) -> Path:
+        """Write version ``ref`` for serving: ``keras`` (.keras file), ``savedmodel`` (TF SavedModel
+        folder via ``model.export``) or ``weights-h5`` (.weights.h5 for ``load_weights``)."""
+        from .export import export_version
+
+        return export_version(self, ref, path, format, name=name)
+
+    def remove(self, ref: str, name: str | None = None, force: bool = False) -> Version:
+        """Remove version ``ref``: its tags go, HEADs on it move to its first parent (or are cleared).
+
+        A version with a protected tag needs ``force``. The space is reclaimed by :meth:`gc`.
+        """
+        from .removal import remove_version
+
+        return remove_version(self, ref, name=name, force=force)
+
+    def gc(self):
+        """Reclaim the tensors no remaining version uses; returns a report (``int(report)``: bytes freed)."""
+        from .removal import collect_garbage
+
+        return collect_garbage(self)

@@ -81,10 +81,14 @@ def load_versions(index: Index, where: str, params: tuple, limit: int | None = N
     ids = [r[0] for r in rows]
     metrics: dict[str, dict[str, float]] = {vid: {} for vid in ids}
     tags: dict[str, list[str]] = {vid: [] for vid in ids}
+    protected: dict[str, list[str]] = {vid: [] for vid in ids}
     for vid, key, text in index.query(f"SELECT id, key, text FROM metrics WHERE id IN ({selection})", params):
         metrics[vid][key] = float(text)
-    for vid, tag in index.query(f"SELECT id, tag FROM tags WHERE id IN ({selection}) ORDER BY tag", params):
+    for vid, tag, flag in index.query(
+            f"SELECT id, tag, protected FROM tags WHERE id IN ({selection}) ORDER BY tag", params):
         tags[vid].append(tag)
+        if flag:
+            protected[vid].append(tag)
     heads = dict(index.query("SELECT name, id FROM heads"))
     shorts = short_ids(index, ids)
     versions = []
@@ -96,7 +100,7 @@ def load_versions(index: Index, where: str, params: tuple, limit: int | None = N
             id=vid, name=name, parents=tuple(meta.get("parents", ())), message=meta.get("message", ""),
             created=fromisoformat(meta["created"]), author=meta.get("author", ""),
             metrics=metrics[vid], params=meta.get("params") or {}, tags=tuple(tags[vid]),
-            short_id=shorts[vid], framework=meta.get("framework", ""),
+            protected_tags=tuple(protected[vid]), short_id=shorts[vid], framework=meta.get("framework", ""),
             libraries=meta.get("libraries") or {}, provenance=meta.get("provenance") or {},
             extra=meta.get("extra") or {}, nbytes=int(nbytes),
             n_tensors=int(n_tensors), is_head=heads.get(owner) == vid,

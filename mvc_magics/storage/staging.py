@@ -60,6 +60,18 @@ class StagedCommit:
                         self.tensors_written += 1
                 bar.update(int(array.nbytes))
 
+    def claim_own(self, version_id: str) -> None:
+        """Write the tensors the index places in ``version_id``'s own file: that file is being
+        (re)written, so bytes it held before (a removed version committed again) must be in it.
+        """
+        for key, array in self.arrays.items():
+            digest = self.hashes[key]
+            if self.located.get(digest) == version_id:
+                self.located[digest] = None
+                self._writer.add_tensor(digest, array)
+                self.bytes_written += int(array.nbytes)
+                self.tensors_written += 1
+
     def entries(self) -> list[tuple[str, str, tuple[int, ...], str]]:
         """(name, dtype, shape, hash) of every tensor: the input of :func:`hashing.version_id`."""
         return [(k, dtype_name(a.dtype), tuple(a.shape), self.hashes[k]) for k, a in self.arrays.items()]
