@@ -66,46 +66,79 @@ def load_versions(index: Index, where: str, params: tuple, limit: int | None = N
                   head_name: str | None = None) -> list[Version]:
     """Versions matching a SQL condition on ``versions v``, newest first, with tags and metrics.
 
-    Three queries whatever the number of versions (rows, their metrics, their tags); the tensor
-    count is computed inside SQLite so long manifests are never copied into Python.
+    A handful of queries whatever the number of versions. A version's row never changes once
+    inserted (rows are only added and deleted, and ``seq`` is never reused), so its parsed
+    metadata is kept per index connection and a repeated ``log`` reads only ids, metrics and tags.
     """
     selection = f"SELECT v.id FROM versions v WHERE {where} ORDER BY v.seq DESC"
     if limit:
         selection += f" LIMIT {int(limit)}"
-    rows = index.query(
-        "SELECT v.id, v.name, v.meta, v.nbytes, "
-        "(length(v.manifest) - length(replace(v.manifest, '\"hash\"', ''))) / 6 "
-        f"FROM versions v WHERE {where} ORDER BY v.seq DESC" + (f" LIMIT {int(limit)}" if limit else ""), params)
+    rows = index.query(f"SELECT v.seq, v.id, v.name FROM versions v WHERE {where} ORDER BY v.seq DESC"
+                       + (f" LIMIT {int(limit)}" if limit else ""), params)
     if not rows:
         return []
-    ids = [r[0] for r in rows]
+    parsed = _parsed_rows(index, [r[0] for r in rows])
+    ids = [r[1] for r in rows]
     metrics: dict[str, dict[str, float]] = {vid: {} for vid in ids}
     tags: dict[str, list[str]] = {vid: [] for vid in ids}
     protected: dict[str, list[str]] = {vid: [] for vid in ids}
-    for vid, key, text in index.query(f"SELECT id, key, text FROM metrics WHERE id IN ({selection})", params):
+    if limit:
+        metric_sql = f"SELECT id, key, text FROM metrics WHERE id IN ({selection})"
+        tag_sql = f"SELECT id, tag, protected FROM tags WHERE id IN ({selection}) ORDER BY tag"
+    else:  # every matching version: a join reads the index directly, no list of ids is built
+        metric_sql = f"SELECT m.id, m.key, m.text FROM metrics m JOIN versions v ON v.id = m.id WHERE {where}"
+        tag_sql = (f"SELECT t.id, t.tag, t.protected FROM tags t JOIN versions v ON v.id = t.id WHERE {where} "
+                   "ORDER BY t.tag")
+    for vid, key, text in index.query(metric_sql, params):
         metrics[vid][key] = float(text)
-    for vid, tag, flag in index.query(
-            f"SELECT id, tag, protected FROM tags WHERE id IN ({selection}) ORDER BY tag", params):
+    for vid, tag, flag in index.query(tag_sql, params):
         tags[vid].append(tag)
         if flag:
             protected[vid].append(tag)
     heads = dict(index.query("SELECT name, id FROM heads"))
     shorts = short_ids(index, ids)
     versions = []
-    loads, fromisoformat = json.loads, datetime.fromisoformat
-    for vid, name, meta_text, nbytes, n_tensors in rows:
-        meta = loads(meta_text)
+    for seq, vid, name in rows:
+        parents, message, created, author, run_params, framework, libraries, provenance, extra, nbytes, count = \
+            parsed[seq]
         owner = head_name or name
-        versions.append(Version(
-            id=vid, name=name, parents=tuple(meta.get("parents", ())), message=meta.get("message", ""),
-            created=fromisoformat(meta["created"]), author=meta.get("author", ""),
-            metrics=metrics[vid], params=meta.get("params") or {}, tags=tuple(tags[vid]),
-            protected_tags=tuple(protected[vid]), short_id=shorts[vid], framework=meta.get("framework", ""),
-            libraries=meta.get("libraries") or {}, provenance=meta.get("provenance") or {},
-            extra=meta.get("extra") or {}, nbytes=int(nbytes),
-            n_tensors=int(n_tensors), is_head=heads.get(owner) == vid,
+        versions.append(Version(  # fresh top-level dicts: callers may edit a Version's fields
+            id=vid, name=name, parents=parents, message=message, created=created, author=author,
+            metrics=metrics[vid], params=dict(run_params), tags=tuple(tags[vid]),
+            protected_tags=tuple(protected[vid]), short_id=shorts[vid], framework=framework,
+            libraries=dict(libraries), provenance=dict(provenance), extra=dict(extra), nbytes=nbytes,
+            n_tensors=count, is_head=heads.get(owner) == vid,
         ))
     return versions
+
+
+# Parsed rows kept per index connection (a bounded cache: cleared when it grows past this).
+_PARSED_LIMIT = 50_000
+
+
+def _parsed_rows(index: Index, seqs: list[int]) -> dict[int, tuple]:
+    """seq -> the immutable fields of that version row, parsing only rows not seen before."""
+    cache: dict[int, tuple] = index.__dict__.setdefault("_parsed_versions", {})
+    missing = [seq for seq in seqs if seq not in cache]
+    if len(cache) + len(missing) > _PARSED_LIMIT:
+        cache.clear()
+        missing = list(seqs)
+    loads, fromisoformat = json.loads, datetime.fromisoformat
+    for start in range(0, len(missing), 500):
+        chunk = missing[start:start + 500]
+        marks = ",".join("?" * len(chunk))
+        # The tensor count is computed inside SQLite: long manifests are never copied into Python.
+        for seq, meta_text, nbytes, count in index.query(
+                "SELECT seq, meta, nbytes, (length(manifest) - length(replace(manifest, '\"hash\"', ''))) / 6 "
+                f"FROM versions WHERE seq IN ({marks})", chunk):
+            meta = loads(meta_text)
+            cache[seq] = (
+                tuple(meta.get("parents", ())), meta.get("message", ""), fromisoformat(meta["created"]),
+                meta.get("author", ""), meta.get("params") or {}, meta.get("framework", ""),
+                meta.get("libraries") or {}, meta.get("provenance") or {}, meta.get("extra") or {},
+                int(nbytes), int(count),
+            )
+    return {seq: cache[seq] for seq in seqs}
 
 
 def _only_model(index: Index) -> str | None:

@@ -278,3 +278,19 @@ def test_large_models_are_not_pinned(repo, monkeypatch):
     adapter = KerasAdapter()
     assert adapter.known_hashes(model, adapter.get_state(model)) == {}
     assert not repo.status({"net": model})[0].changed
+
+
+def test_repeated_log_sees_new_versions_metrics_and_tags_and_is_not_aliased(repo, weights):
+    first = repo.commit(weights, "net", message="one", params={"lr": 0.1})
+    assert [v.message for v in repo.log("net")] == ["one"]
+    weights["dense/bias"] = weights["dense/bias"] + 1
+    repo.commit(weights, "net", message="two")
+    repo.commit(weights, "net", metrics={"acc": 0.5})  # metrics attached to an existing version
+    repo.tag(first.id, "base", name="net")
+    log = repo.log("net")
+    assert [v.message for v in log] == ["two", "one"]
+    assert log[0].metrics == {"acc": 0.5} and log[1].tags == ("base",)
+    log[1].params["lr"] = 99  # editing a returned Version must not leak into the next log
+    assert repo.log("net")[1].params == {"lr": 0.1}
+    assert [v.message for v in repo.log("net", limit=1)] == ["two"]
+    assert repo.log()[1].n_tensors == 4 and repo.log()[1].nbytes == first.nbytes
