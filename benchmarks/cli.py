@@ -92,6 +92,7 @@ def run(profile: str, reps: int, n_history: int, tmp: str | None, only: set[str]
                 record(guarded("checkout into existing model", cases.checkout_existing, bm, ws, reps))
             if want("merge") and key in ("dense_100mb", "tiny"):
                 record(guarded("merge (average)", cases.merge_average, bm, ws, reps))
+                record(guarded("merge (average), into", cases.merge_average, bm, ws, reps, 5, True))
         if want("status"):
             key = settings["status_model"]
             bm = built.get(key) or BUILDERS[key]()

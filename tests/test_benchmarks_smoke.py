@@ -38,7 +38,9 @@ def test_smoke_run_writes_json_and_markdown_with_every_case(tmp_path):
     # A commit that changed only the head writes exactly the head's bytes.
     last = cases["commit, last layer changed"]["figures"]
     assert last["tensor bytes written"] == last["changed bytes"]
-    assert any(r["case"].startswith("merge") for r in data["results"])
+    merged = cases["merge (average) of 5 versions"]
+    assert merged["ours_seconds"]["n"] == 1 and "load_state of the 5 inputs" in merged["ratios"]
+    assert "merge (average) of 5 versions, into the live model" in cases
     assert data["meta"]["profile"] == "smoke"
     text = out_md.read_text()
     assert "prose kept" in text and "more prose" in text and "\nold\n" not in text
