@@ -19,6 +19,7 @@ import numpy as np
 
 from . import resolver
 from .adapters import adapter_for, adapter_named
+from .adapters.base import match_state
 from .errors import IntegrityError, ProtectedRefError, TagExistsError, UnsupportedModelError
 from .hashing import HashesAhead, canonical_array, hashes_ahead, version_id
 from .metadata import author, base_library_versions, validate_metrics, validate_params
@@ -44,6 +45,19 @@ def _remember_hashes(adapter: Any, model: Any, state: Mapping[str, np.ndarray], 
     remember = getattr(adapter, "remember_hashes", None)
     if remember is not None:
         remember(model, state, hashes)
+
+
+def _remember_loaded(adapter: Any, model: Any, state: Mapping[str, np.ndarray],
+                     manifest: list[ManifestEntry]) -> None:
+    """After a checkout each variable holds exactly the verified bytes of its stored tensor (same
+    dtype: assignment is exact), so their hashes are known: the next status need not rehash."""
+    if getattr(adapter, "remember_hashes", None) is None:
+        return
+    live = adapter.get_state(model)
+    pairs = match_state({k: (tuple(a.shape), a.dtype.name) for k, a in live.items()}, state)  # as set_state
+    stored = {e.name: e.hash for e in manifest}
+    hashes = {k: stored[s] for k, s in pairs.items() if live[k].dtype == state[s].dtype and s in stored}
+    adapter.remember_hashes(model, {k: live[k] for k in hashes}, hashes)
 
 
 def default_store_path(notebook_path: str | os.PathLike | None = None) -> Path:
@@ -309,7 +323,9 @@ class Repo:
             adapter = adapter_named(version.framework)
             result = adapter.build(self.structure(version.id), state, unsafe=unsafe)
         else:
-            adapter_for(model).set_state(model, state, owned=True)  # state was read for this call
+            adapter = adapter_for(model)
+            adapter.set_state(model, state, owned=True)  # state was read for this call
+            _remember_loaded(adapter, model, state, self.manifest(version.id))
             result = model
         with self.layout.locked():
             self.layout.write_head(target, version.id)

@@ -294,3 +294,17 @@ def test_repeated_log_sees_new_versions_metrics_and_tags_and_is_not_aliased(repo
     assert repo.log("net")[1].params == {"lr": 0.1}
     assert [v.message for v in repo.log("net", limit=1)] == ["two"]
     assert repo.log()[1].n_tensors == 4 and repo.log()[1].nbytes == first.nbytes
+
+
+def test_status_right_after_checkout_needs_no_hashing_and_still_sees_changes(repo):
+    model = BUILDERS["conv_bn"]()
+    x, y = sample_input("conv_bn", n=8)
+    version = repo.commit(model, "net")
+    model.fit(x, y, epochs=1, verbose=0)
+    repo.checkout(version.id, model)
+    adapter = KerasAdapter()
+    state = adapter.get_state(model)
+    assert set(adapter.known_hashes(model, state)) == set(state)  # vouched for by the checkout
+    assert not repo.status({"net": model})[0].changed
+    model.layers[0].kernel.assign_add(np.full(model.layers[0].kernel.shape, 1e-3, np.float32))
+    assert repo.status({"net": model})[0].changed
