@@ -9,7 +9,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import cases, models
+from . import cases, harness, models, session_cases
 from .report import environment, write_json, write_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,22 +47,22 @@ def _tmpfs() -> str | None:
 
 
 def run(profile: str, reps: int, n_history: int, tmp: str | None, only: set[str] | None,
-        log=print) -> list[cases.CaseResult]:
+        log=print) -> list[harness.CaseResult]:
     """Run every case of ``profile``; return the results in report order."""
     settings = PROFILES[profile]
 
     def want(group: str) -> bool:
         return only is None or group in only
 
-    ws = cases.Workspace(tmp)
-    results: list[cases.CaseResult] = []
+    ws = harness.Workspace(tmp)
+    results: list[harness.CaseResult] = []
 
     def guarded(label: str, func, *args):
         """Run one case; a crash becomes a row saying so instead of losing the whole run."""
         try:
             return func(*args)
         except Exception as exc:  # a benchmark run reports failures, it does not stop at them
-            failed = cases.CaseResult(label, "-", 0)
+            failed = harness.CaseResult(label, "-", 0)
             failed.note = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
             log(f"  {label} failed: {exc!r}")
             return failed
@@ -77,7 +77,8 @@ def run(profile: str, reps: int, n_history: int, tmp: str | None, only: set[str]
     try:
         if want("load_ext"):
             log("load_ext")
-            record(guarded("%load_ext mvc_magics", cases.load_ext, reps if profile == "smoke" else max(reps, 3)))
+            load_reps = reps if profile == "smoke" else max(reps, 3)
+            record(guarded("%load_ext mvc_magics", session_cases.load_ext, load_reps))
         built = {}
         for key in settings["models"]:
             log(f"building {key}")
@@ -96,11 +97,11 @@ def run(profile: str, reps: int, n_history: int, tmp: str | None, only: set[str]
         if want("status"):
             key = settings["status_model"]
             bm = built.get(key) or BUILDERS[key]()
-            record(guarded("%mvc_status, unchanged", cases.status, bm, ws, max(reps, 5)))
+            record(guarded("%mvc_status, unchanged", session_cases.status, bm, ws, max(reps, 5)))
         built.clear()
         if want("history"):
             log(f"history: {n_history} versions")
-            record(guarded("history", cases.history, ws, n_history, max(reps, 3), _tmpfs()))
+            record(guarded("history", session_cases.history, ws, n_history, max(reps, 3), _tmpfs()))
         if settings["large"] and want("large"):
             log("building large_1gb")
             bm = models.large_1gb()

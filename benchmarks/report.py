@@ -6,7 +6,7 @@ import json
 import platform
 from pathlib import Path
 
-from .cases import CaseResult
+from .harness import CaseResult
 from .measure import Samples
 
 BEGIN = "<!-- benchmark-results:begin -->"
