@@ -76,6 +76,9 @@ def validate_directions(directions: Mapping[str, str] | None, metrics: Sequence[
     return result
 
 
+PAIRWISE_HTML_LIMIT = 30  # beyond this the HTML leaves the n x n matrix out
+
+
 def weighted_difference(a: Mapping[str, float], b: Mapping[str, float], weights: Mapping[str, float],
                         scale: Mapping[str, float] | None = None) -> float:
     """D(A, B) = sum_i w_i * |a_i - b_i| / scale_i over metrics both have as finite numbers.
@@ -110,8 +113,8 @@ class Comparison:
     directions: dict[str, Direction]
     weights: dict[str, float]
     baseline: Version
-    raw: np.ndarray
-    normalized: np.ndarray
+    weighted: dict[str, float]  # the metrics that count in D, with their weights
+    scale: dict[str, float]  # each weighted metric's range among the compared versions
     goodness: np.ndarray
     scores: np.ndarray
     coverage: np.ndarray
@@ -124,10 +127,39 @@ class Comparison:
 
     def _index(self, version: Version | str) -> int:
         key = version.id if isinstance(version, Version) else str(version)
+        if "_positions" not in self.__dict__:  # built once: lookups stay O(1) over many versions
+            self.__dict__["_positions"] = {k: i for i, v in enumerate(self.versions) for k in (v.short_id, v.id)}
+        found = self.__dict__["_positions"].get(key)
+        if found is not None:
+            return found
         for i, v in enumerate(self.versions):
-            if v.id == key or v.short_id == key or (len(key) >= 4 and v.id.startswith(key)):
+            if len(key) >= 4 and v.id.startswith(key):
                 return i
         raise CompareError(f"{key!r} is not one of the compared versions")
+
+    # -- D: computed when asked for, so comparing many versions stays linear ----------------
+
+    @property
+    def raw(self) -> np.ndarray:
+        """The pairwise raw D matrix (n x n; NaN where two versions share no weighted metric)."""
+        return self._matrix(normalized=False)
+
+    @property
+    def normalized(self) -> np.ndarray:
+        """The pairwise range-normalized D matrix (n x n)."""
+        return self._matrix(normalized=True)
+
+    def _matrix(self, normalized: bool) -> np.ndarray:
+        key = "_normalized" if normalized else "_raw"
+        if key not in self.__dict__:
+            self.__dict__[key] = _pairwise(self.versions, self.weighted, self.scale if normalized else None)
+        return self.__dict__[key]
+
+    def _against(self, b: int, normalized: bool) -> np.ndarray:
+        """D of every version against version ``b`` (one column, without the n x n matrix)."""
+        scale = self.scale if normalized else None
+        other = self.versions[b].metrics
+        return np.array([weighted_difference(v.metrics, other, self.weighted, scale) for v in self.versions])
 
     @property
     def model(self) -> str:
@@ -146,8 +178,9 @@ class Comparison:
 
     def rank(self, version: Version | str) -> int | None:
         """1 for the best version; None when it is not ranked."""
-        i = self._index(version)
-        return self.ranked.index(i) + 1 if i in self.ranked else None
+        if "_ranks" not in self.__dict__:
+            self.__dict__["_ranks"] = {i: r for r, i in enumerate(self.ranked, start=1)}
+        return self.__dict__["_ranks"].get(self._index(version))
 
     def value(self, version: Version | str, metric: str) -> float | None:
         """The recorded value of ``metric`` for ``version`` (None when missing)."""
@@ -159,14 +192,13 @@ class Comparison:
 
     def D(self, a: Version | str, b: Version | str, normalized: bool = False) -> float:
         """The weighted difference of two compared versions (raw, or range-normalized)."""
-        matrix = self.normalized if normalized else self.raw
-        return float(matrix[self._index(a), self._index(b)])
+        first, second = self.versions[self._index(a)], self.versions[self._index(b)]
+        return weighted_difference(first.metrics, second.metrics, self.weighted, self.scale if normalized else None)
 
     def vs_baseline(self, normalized: bool = False) -> dict[str, float]:
         """D of each version against the baseline, by version id."""
-        b = self._index(self.baseline)
-        matrix = self.normalized if normalized else self.raw
-        return {v.id: float(matrix[i, b]) for i, v in enumerate(self.versions)}
+        column = self._against(self._index(self.baseline), normalized)
+        return {v.id: float(column[i]) for i, v in enumerate(self.versions)}
 
     def reweighted(self, weights: Mapping[str, float] | None = None,
                    directions: Mapping[str, str] | None = None) -> Comparison:
@@ -188,6 +220,7 @@ class Comparison:
         header = ["rank", "id", "tags", "message", *map(self.metric_header, self.metrics),
                   "score", "D vs base", "Dn vs base"]
         base = self._index(self.baseline)
+        raw, normalized = self._against(base, False), self._against(base, True)
         rows = []
         for i in self.display_order():
             v = self.versions[i]
@@ -198,7 +231,7 @@ class Comparison:
                 ", ".join(v.tags), v.message[:40],
                 *[v.metrics.get(m) for m in self.metrics],
                 None if math.isnan(self.scores[i]) else float(self.scores[i]),
-                _none_if_nan(self.raw[i, base]), _none_if_nan(self.normalized[i, base]),
+                _none_if_nan(raw[i]), _none_if_nan(normalized[i]),
             ])
         best = self.best
         title = (f"{len(self.versions)} versions of {self.model}; best: "
@@ -218,6 +251,10 @@ class Comparison:
         printer.text(str(self))
 
     def _repr_html_(self) -> str:
+        if len(self.versions) > PAIRWISE_HTML_LIMIT:
+            note = (f"<div><small>pairwise D not shown for {len(self.versions)} versions: use "
+                    "D(a, b) or distance_frame()</small></div>")
+            return f"<div class='mvc-comparison'>{self.table().to_html()}{note}</div>"
         ids = [self.versions[i].short_id for i in self.display_order()]
         cells = "".join(f"<th>{html.escape(s)}</th>" for s in ids)
         matrix = []
@@ -232,6 +269,7 @@ class Comparison:
     def to_dict(self) -> dict:
         """Plain data (JSON-serializable; missing values and undefined D are None)."""
         base = self._index(self.baseline)
+        raw, normalized = self._against(base, False), self._against(base, True)
         versions = []
         for i, v in enumerate(self.versions):
             versions.append({
@@ -240,8 +278,8 @@ class Comparison:
                 "metrics": {m: v.metrics.get(m) for m in self.metrics},
                 "score": _none_if_nan(self.scores[i]), "rank": self.rank(v),
                 "unranked_reason": self.unranked.get(i),
-                "D_vs_baseline": _none_if_nan(self.raw[i, base]),
-                "D_normalized_vs_baseline": _none_if_nan(self.normalized[i, base]),
+                "D_vs_baseline": _none_if_nan(raw[i]),
+                "D_normalized_vs_baseline": _none_if_nan(normalized[i]),
             })
         return {
             "model": self.model, "baseline": self.baseline.id,
@@ -260,13 +298,14 @@ class Comparison:
         import pandas as pd
 
         base = self._index(self.baseline)
+        raw, normalized = self._against(base, False), self._against(base, True)
         rows = []
         for i in self.display_order():
             v = self.versions[i]
             rows.append({"id": v.short_id, "rank": self.rank(v), "tags": ", ".join(v.tags), "message": v.message,
                          **{m: v.metrics.get(m, math.nan) for m in self.metrics}, "score": float(self.scores[i]),
-                         "D_vs_baseline": float(self.raw[i, base]),
-                         "D_normalized_vs_baseline": float(self.normalized[i, base])})
+                         "D_vs_baseline": float(raw[i]),
+                         "D_normalized_vs_baseline": float(normalized[i])})
         return pd.DataFrame(rows).set_index("id")
 
     def distance_frame(self, normalized: bool = False):
@@ -275,6 +314,25 @@ class Comparison:
 
         ids = [v.short_id for v in self.versions]
         return pd.DataFrame(self.normalized if normalized else self.raw, index=ids, columns=ids)
+
+
+def _pairwise(versions: list[Version], weights: Mapping[str, float],
+              scale: Mapping[str, float] | None) -> np.ndarray:
+    """Every D(A, B) at once, with :func:`weighted_difference`'s rules, vectorized per metric."""
+    n = len(versions)
+    total, terms = np.zeros((n, n)), np.zeros((n, n), dtype=int)
+    for metric, weight in weights.items():
+        if weight == 0:
+            continue
+        column = np.array([v.metrics.get(metric, math.nan) for v in versions], dtype=float)
+        ok = np.isfinite(column)
+        both = ok[:, None] & ok[None, :]
+        terms += both
+        divisor = scale.get(metric, 1.0) if scale is not None else 1.0
+        if divisor > 0:
+            delta = np.abs(column[:, None] - column[None, :]) * (weight / divisor)
+            total += np.where(both, delta, 0.0)
+    return np.where(terms > 0, total, math.nan)
 
 
 def _none_if_nan(value: float) -> float | None:
@@ -370,13 +428,9 @@ def _compute(versions: list[Version], metrics: list[str], weights: dict[str, flo
         notes.append("none of the versions has metrics: nothing to rank (commit with --metric K=V)")
     weighted = {metrics[j]: weights[metrics[j]] for j in usable}
     scale = {m: ranges[m][1] - ranges[m][0] for m in weighted}
-    as_dicts = [v.metrics for v in versions]
-    raw = np.array([[weighted_difference(a, b, weighted) for b in as_dicts] for a in as_dicts]).reshape(n, n)
-    normalized = np.array([[weighted_difference(a, b, weighted, scale) for b in as_dicts]
-                           for a in as_dicts]).reshape(n, n)
     zero = [m for m in metrics if weights[m] == 0]
     if zero:
         notes.append(f"weight 0 (shown, not counted): {', '.join(zero)}")
-    return Comparison(versions, metrics, directions, weights, baseline, raw, normalized, goodness,
+    return Comparison(versions, metrics, directions, weights, baseline, weighted, scale, goodness,
                       scores, coverage, order, unranked, ranges, notes)
 

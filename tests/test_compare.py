@@ -217,3 +217,33 @@ def test_compare_versions_is_pure_math(repo, hand):
     assert cmp.weights == {"acc": 1.0, "loss": 0.0, "lat_ms": 0.0}
     assert any("weight 0" in note for note in cmp.notes)
     assert np.allclose(cmp.raw, [[0, 0.1], [0.1, 0]])
+
+
+def test_pairwise_matrix_is_built_only_on_request_and_agrees_with_D():
+    """Comparing many versions stays linear: the n x n D matrices exist only when asked for."""
+    import datetime as dt
+    import math as _math
+
+    from mvc_magics.compare import compare_versions
+    from mvc_magics.version import Version
+
+    rng = np.random.default_rng(3)
+    versions = []
+    for i in range(300):
+        metrics = {"val_loss": float(rng.random()), "acc": float(rng.random())}
+        if i % 7 == 0:
+            del metrics["acc"]  # missing: left out of D
+        if i % 11 == 0:
+            metrics["val_loss"] = _math.nan  # not finite: left out of D
+        vid = f"{i:064x}"
+        versions.append(Version(vid, "m", (), f"v{i}", dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+                                + dt.timedelta(seconds=i), "a@b", metrics, {}, short_id=vid[-8:]))
+    cmp = compare_versions(versions, weights={"val_loss": 2.0, "acc": 1.0})
+    str(cmp), cmp.to_pandas(), cmp.vs_baseline()
+    assert "_raw" not in cmp.__dict__ and "_normalized" not in cmp.__dict__
+    raw, normalized = cmp.raw, cmp.normalized
+    for a, b in [(0, 1), (7, 11), (11, 11), (5, 299), (14, 22)]:
+        for matrix, norm in ((raw, False), (normalized, True)):
+            expected = cmp.D(versions[a], versions[b], normalized=norm)
+            assert (_math.isnan(expected) and _math.isnan(matrix[a, b])) or matrix[a, b] == pytest.approx(expected)
+    assert "pairwise D not shown" in cmp._repr_html_()
