@@ -69,3 +69,7 @@ class MergeConflictError(MVCError, ValueError):
 
 class LockTimeoutError(StoreError):
     """Another process holds the store lock for longer than the timeout."""
+
+
+class SignatureError(IntegrityError):
+    """A version is unsigned or its signature is not valid, and a valid one was required."""

@@ -19,16 +19,25 @@ import numpy as np
 
 from . import resolver
 from .adapters import adapter_for, adapter_named
-from .errors import IntegrityError, TagExistsError, UnsupportedModelError, ProtectedRefError
+from .audit_trail import AuditTrail, write_failure
+from .errors import (
+    IntegrityError,
+    ProtectedRefError,
+    SignatureError,
+    StoreError,
+    TagExistsError,
+    UnsupportedModelError,
+)
 from .hashing import dtype_name, tensor_hash, version_id
 from .metadata import author, base_library_versions, validate_metrics, validate_params
 from .names import validate_name
+from .signing import SignatureStatus, check_signature, signature_path, signer_from_env, write_signature
+from .storage.atomic import write_atomically
 from .storage.audit import AuditLog
 from .storage.index import Index
 from .storage.snapshot import ManifestEntry, TensorReader, read_content, write_snapshot
 from .storage.store import StoreLayout
-from .storage.atomic import write_atomically
-from .version import CommitStats, StatusEntry, StatusReport, Version, VersionLog, VerifyReport
+from .version import CommitStats, StatusEntry, StatusReport, VerifyReport, Version, VersionLog
 
 DEFAULT_DIRNAME = ".mvc"
 
@@ -59,18 +68,25 @@ class Repo:
         self.layout = StoreLayout(self.path)
         self.layout.open(create=create)
         self.audit = AuditLog(self.layout.audit_path)
+        if self.layout.readonly:
+            self._open_readonly()
+            return
         rebuild = not self.layout.index_path.exists()
         try:
             self.index = Index(self.layout.index_path)
             self.index.query("SELECT count(*) FROM versions")
-        except Exception:  # noqa: BLE001 - a damaged index is rebuilt from the snapshots
+        except IntegrityError:  # a damaged index is rebuilt from the snapshots
+            if getattr(self, "index", None) is not None:
+                self.index.close()
             self._discard_index()
             self.index = Index(self.layout.index_path)
             rebuild = True
+        self.layout.on_stale_lock = self._recover_after_crash
         if rebuild:
             self.reindex()
         else:
             self._recover_unindexed()
+            self.layout.recover_if_stale()
 
     def __repr__(self) -> str:
         return f"Repo({str(self.path)!r})"
@@ -157,30 +173,60 @@ class Repo:
             "author": author(), "metrics": metrics, "params": params, "framework": adapter.framework,
             "libraries": {**base_library_versions(), **adapter.library_versions()},
             "provenance": dict(provenance or {}), "extra": {**adapter.extra_metadata(model), **(extra or {})},
+            # The tags asked for, so crash recovery can finish a commit killed before its ref files.
+            "tags": list(tags),
         }
-        write_atomically(
-            self.layout.snapshot_path(vid),
-            lambda tmp: write_snapshot(tmp, vid, meta, structure, manifest, new_tensors),
-            self.layout.tmp,
-        )
-        for tag in tags:
-            self.layout.write_tag(name, tag, vid)
-        self.layout.write_head(name, vid)
         written = sum(int(a.nbytes) for a in new_tensors.values())
-        with self.index.transaction() as conn:
-            Index.insert_version(conn, vid, name, created, meta, [e.to_json() for e in manifest], written)
-            Index.set_metrics(conn, vid, metrics)
-            conn.executemany("INSERT OR REPLACE INTO tags(name, tag, id, protected) VALUES(?, ?, ?, 0)",
-                             [(name, tag, vid) for tag in tags])
-            conn.execute("INSERT OR REPLACE INTO heads(name, id) VALUES(?, ?)", (name, vid))
-        self.audit.append(meta["author"], "commit", name, [vid],
-                          {"message": meta["message"], "tags": list(tags), "bytes_written": written})
+        # Order matters for crash safety: the snapshot is the point of no return; refs, index and
+        # audit entry follow, and a holder killed anywhere after it is completed by the next one.
+        old_head = self.layout.read_head(name)
+        placed = False
+        try:
+            write_atomically(
+                self.layout.snapshot_path(vid),
+                lambda tmp: write_snapshot(tmp, vid, meta, structure, manifest, new_tensors),
+                self.layout.tmp,
+            )
+            placed = True
+            self._sign(vid)
+            for tag in tags:
+                self.layout.write_tag(name, tag, vid)
+            self.layout.write_head(name, vid)
+            with self.index.transaction() as conn:
+                Index.insert_version(conn, vid, name, created, meta, [e.to_json() for e in manifest], written)
+                Index.set_metrics(conn, vid, metrics)
+                conn.executemany("INSERT OR REPLACE INTO tags(name, tag, id, protected) VALUES(?, ?, ?, 0)",
+                                 [(name, tag, vid) for tag in tags])
+                conn.execute("INSERT OR REPLACE INTO heads(name, id) VALUES(?, ?)", (name, vid))
+                self.audit.append(meta["author"], "commit", name, [vid],
+                                  {"message": meta["message"], "tags": list(tags), "bytes_written": written})
+        except BaseException as exc:
+            if placed:
+                self._undo_commit(vid, name, tags, old_head)
+            if isinstance(exc, OSError | RuntimeError):
+                raise StoreError(write_failure(exc, self.path)) from exc
+            raise
         return CommitStats(True, len(new_tensors), len(arrays) - len(new_tensors), written)
+
+    def _undo_commit(self, vid: str, name: str, tags: list[str], old_head: str | None) -> None:
+        """Take back a commit that failed after its snapshot was placed (disk full, interrupt...)."""
+        import contextlib
+
+        with contextlib.suppress(OSError):
+            for tag in tags:
+                self.layout.delete_tag(name, tag)
+            if old_head:
+                self.layout.write_head(name, old_head)
+            else:
+                self.layout.head_path(name).unlink(missing_ok=True)
+            signature_path(self.layout.signatures, vid).unlink(missing_ok=True)
+            self.layout.snapshot_path(vid).unlink(missing_ok=True)
 
     def _attach(self, vid: str, name: str, metrics: dict[str, float], tags: list[str]) -> None:
         """Attach metrics/tags to an existing version and make it the HEAD of ``name``."""
         if metrics:
             self.layout.write_note(vid, {"metrics": metrics})
+        self._sign(vid)
         for tag in tags:
             self.layout.write_tag(name, tag, vid)
         self.layout.write_head(name, vid)
@@ -255,15 +301,20 @@ class Repo:
 
     # -- checkout ---------------------------------------------------------------------------
 
-    def checkout(self, ref: str, model: Any = None, name: str | None = None, unsafe: bool = False) -> Any:
+    def checkout(self, ref: str, model: Any = None, name: str | None = None, unsafe: bool = False,
+                 require_signature: bool = False) -> Any:
         """Load version ``ref`` into ``model`` in place, or build a new model when ``model`` is None.
 
         In place, every shape is checked before the first assignment, so an error leaves the
-        model exactly as it was. Every tensor is re-hashed; damaged data is refused.
+        model exactly as it was. Every tensor is re-hashed; damaged data is refused. With
+        ``require_signature`` a version without a valid signature is refused (see
+        :mod:`mvc_magics.signing`). On a read-only store the HEAD is not recorded.
         """
         version = self.resolve(ref, name=name)
         target = name or version.name
         validate_name(target, "model name")
+        if require_signature:
+            self.require_valid_signature(version.id)
         state = self.load_state(version)
         if model is None:
             adapter = adapter_named(version.framework)
@@ -271,6 +322,8 @@ class Repo:
         else:
             adapter_for(model).set_state(model, state)
             result = model
+        if self.layout.readonly:
+            return result
         with self.layout.locked():
             self.layout.write_head(target, version.id)
             with self.index.transaction() as conn:
@@ -362,7 +415,10 @@ class Repo:
         from .maintenance import rebuild_index
 
         with self.layout.locked():
-            return rebuild_index(self)
+            count = rebuild_index(self)
+            if count or self.audit.path.exists():  # a brand-new store has nothing worth recording
+                self.audit.append(author(), "reindex", None, [], {"versions": count})
+            return count
 
     def _recover_unindexed(self) -> None:
         """Index snapshot files a killed process renamed into place but did not index."""
@@ -381,3 +437,55 @@ class Repo:
                     path.unlink()
                 except OSError as exc:
                     raise IntegrityError(f"cannot remove the damaged index {path}: {exc}") from exc
+
+    # -- reliability and security --
+
+    def _open_readonly(self) -> None:
+        if not self.layout.index_path.exists():
+            raise StoreError(f"the store {self.path} is read-only and has no index to read (it cannot be "
+                             "rebuilt without write access)")
+        self.index = Index(self.layout.index_path, readonly=True)
+
+    def _recover_after_crash(self, dead_holder: str) -> None:
+        from .maintenance import recover_after_crash
+
+        recover_after_crash(self, dead_holder)
+
+    def audit_log(self, limit: int | None = None) -> AuditTrail:
+        """The recorded operations, newest first (``limit``: only the last ``limit``)."""
+        entries = list(self.audit.entries())
+        entries.reverse()
+        return AuditTrail(entries[:limit] if limit else entries)
+
+    def _sign(self, vid: str) -> None:
+        signer = signer_from_env()
+        if signer is not None and signer.can_sign:
+            write_signature(self.layout.signatures, self.layout.tmp, signer, vid)
+
+    def sign_versions(self) -> list[str]:
+        """Sign every unsigned version with the configured key; return the ids signed."""
+        signer = signer_from_env()
+        if signer is None or not signer.can_sign:
+            raise SignatureError("no signing key: set MVC_SIGNING_KEY or MVC_SIGNING_KEY_FILE (a private key)")
+        signed = []
+        with self.layout.locked():
+            for vid in self.index.version_ids():
+                if write_signature(self.layout.signatures, self.layout.tmp, signer, vid):
+                    signed.append(vid)
+            self.audit.append(author(), "sign", None, signed, {"key": signer.key_id, "algorithm": signer.algorithm})
+        return signed
+
+    def signature_status(self, ref: str, name: str | None = None) -> SignatureStatus:
+        """``valid``, ``unsigned``, ``bad`` or ``unchecked`` (no key configured) for version ``ref``."""
+        version = self.resolve(ref, name=name)
+        return check_signature(self.layout.signatures, signer_from_env(), version.id)
+
+    def require_valid_signature(self, vid: str) -> None:
+        """Raise :class:`SignatureError` unless version ``vid`` has a valid signature."""
+        signer = signer_from_env()
+        if signer is None:
+            raise SignatureError("a valid signature is required but no key is configured to check it "
+                                 "(set MVC_SIGNING_KEY or MVC_SIGNING_KEY_FILE)")
+        status = check_signature(self.layout.signatures, signer, vid)
+        if status.state != "valid":
+            raise SignatureError(f"version {vid[:12]} refused: {status.detail}")

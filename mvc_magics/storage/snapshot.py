@@ -17,10 +17,13 @@ matches the declared shape are accepted, and every tensor is re-hashed.
 from __future__ import annotations
 
 import json
+import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import blake3
 import h5py
 import numpy as np
 
@@ -32,6 +35,10 @@ FORMAT_VERSION = 1
 # dtypes h5py stores natively; anything else (bfloat16, float8...) is stored as raw bytes.
 _NATIVE_KINDS = frozenset("biuf")
 _RAW_DTYPE_ATTR = "mvc_dtype"
+# The HDF5 user block (ignored by HDF5 readers) holds a BLAKE3 checksum of every byte after it, so
+# verify detects a flipped byte anywhere in the file, not only inside a tensor.
+USERBLOCK_SIZE = 512
+_CHECKSUM_MAGIC = b"mvc-checksum blake3 "
 
 
 @dataclass(frozen=True)
@@ -64,7 +71,7 @@ class ManifestEntry:
             raise IntegrityError(f"malformed manifest entry: {str(raw)[:120]}") from exc
         if any(d < 0 for d in shape) or not _is_hash(entry.hash) or not _is_hash(entry.object):
             raise IntegrityError(f"malformed manifest entry for tensor {entry.name!r}")
-        expected = _dtype_from_name(entry.dtype).itemsize * int(np.prod(shape, dtype=np.int64))
+        expected = _dtype_from_name(entry.dtype).itemsize * math.prod(shape)  # no int64 overflow
         if expected != entry.nbytes:
             raise IntegrityError(f"tensor {entry.name!r}: declared size does not match its shape")
         return entry
@@ -111,7 +118,7 @@ def write_snapshot(
     new_tensors: Mapping[str, np.ndarray],
 ) -> None:
     """Write a complete snapshot file at ``path`` (a temporary name; the caller renames it)."""
-    with h5py.File(path, "w", libver=("earliest", "v110")) as f:
+    with h5py.File(path, "w", libver=("earliest", "v110"), userblock_size=USERBLOCK_SIZE) as f:
         f.attrs["mvc_format"] = FORMAT_NAME
         f.attrs["mvc_format_version"] = FORMAT_VERSION
         f.attrs["version_id"] = version_id
@@ -128,6 +135,35 @@ def write_snapshot(
                 raw = array.reshape(-1).view(np.uint8)
                 dataset = tensors.create_dataset(digest, data=raw)
                 dataset.attrs[_RAW_DTYPE_ATTR] = array.dtype.name
+    _stamp_checksum(path)
+
+
+def _body_digest(handle, size: int) -> str:
+    handle.seek(USERBLOCK_SIZE)
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO if size >= 1 << 22 else 1)
+    while chunk := handle.read(1 << 22):
+        hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def _stamp_checksum(path: Path) -> None:
+    """Write the checksum of the file's HDF5 part into its user block (before the rename)."""
+    with open(path, "r+b") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        digest = _body_digest(handle, size)
+        handle.seek(0)
+        handle.write(_CHECKSUM_MAGIC + digest.encode() + b"\n")
+
+
+def check_file_checksum(path: Path) -> bool | None:
+    """True when the file's bytes match the checksum in its user block, False when they do not,
+    None when the file has no checksum (written without one)."""
+    with open(path, "rb") as handle:
+        head = handle.read(USERBLOCK_SIZE)
+        if not head.startswith(_CHECKSUM_MAGIC):
+            return None if head[:8] == b"\x89HDF\r\n\x1a\n" else False
+        stored = head[len(_CHECKSUM_MAGIC):len(_CHECKSUM_MAGIC) + 64].decode("ascii", "replace")
+        return _body_digest(handle, os.fstat(handle.fileno()).st_size) == stored
 
 
 _NATIVE_NAMES = frozenset(
@@ -152,6 +188,9 @@ def _read_string(f: h5py.File, name: str, required: bool = True) -> str | None:
 
 
 def _open(path: Path) -> h5py.File:
+    # A snapshot is a regular file inside the store: a symlink could point anywhere.
+    if path.is_symlink() or path.parent.is_symlink():
+        raise IntegrityError(f"snapshot {path.name} is a symbolic link, refused")
     try:
         return h5py.File(path, "r")
     except FileNotFoundError:
