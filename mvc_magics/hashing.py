@@ -24,7 +24,8 @@ def canonical_array(array: np.ndarray) -> np.ndarray:
     array = np.asarray(array)
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
-    return np.ascontiguousarray(array)
+    # np.ascontiguousarray would turn a 0-d array into shape (1,): keep the shape exactly.
+    return array if array.flags.c_contiguous else array.copy(order="C")
 
 
 def dtype_name(dtype: np.dtype) -> str:

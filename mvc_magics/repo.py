@@ -28,7 +28,7 @@ from .errors import (
     TagExistsError,
     UnsupportedModelError,
 )
-from .hashing import dtype_name, tensor_hash, version_id
+from .hashing import canonical_array, dtype_name, tensor_hash, version_id
 from .metadata import author, base_library_versions, validate_metrics, validate_params
 from .names import validate_name
 from .signing import SignatureStatus, check_signature, signature_path, signer_from_env, write_signature
@@ -131,7 +131,7 @@ class Repo:
             raise UnsupportedModelError(f"{name!r} has no variables to version")
         all_metrics = {**validate_metrics(adapter.fit_metrics(model)), **explicit}
         structure = adapter.structure(model)
-        arrays = {key: np.ascontiguousarray(value) for key, value in state.items()}
+        arrays = {key: canonical_array(value) for key, value in state.items()}
         hashes = {key: tensor_hash(array) for key, array in arrays.items()}
         vid = version_id(
             structure, ((k, dtype_name(a.dtype), a.shape, hashes[k]) for k, a in arrays.items())
