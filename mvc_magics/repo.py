@@ -210,17 +210,20 @@ class Repo:
 
     def _undo_commit(self, vid: str, name: str, tags: list[str], old_head: str | None) -> None:
         """Take back a commit that failed after its snapshot was placed (disk full, interrupt...)."""
-        import contextlib
-
-        with contextlib.suppress(OSError):
-            for tag in tags:
-                self.layout.delete_tag(name, tag)
-            if old_head:
-                self.layout.write_head(name, old_head)
-            else:
-                self.layout.head_path(name).unlink(missing_ok=True)
-            signature_path(self.layout.signatures, vid).unlink(missing_ok=True)
-            self.layout.snapshot_path(vid).unlink(missing_ok=True)
+        # The snapshot first: without it, leftover refs point at nothing and are ignored on reindex.
+        steps = [self.layout.snapshot_path(vid).unlink, signature_path(self.layout.signatures, vid).unlink]
+        steps += [lambda tag=tag: self.layout.delete_tag(name, tag) for tag in tags]
+        if old_head:
+            steps.append(lambda: self.layout.write_head(name, old_head))
+        else:
+            steps.append(self.layout.head_path(name).unlink)
+        for step in steps:
+            try:
+                step()
+            except FileNotFoundError:
+                pass
+            except BaseException:  # undo as much as possible; the original error is raised
+                continue
 
     def _attach(self, vid: str, name: str, metrics: dict[str, float], tags: list[str]) -> None:
         """Attach metrics/tags to an existing version and make it the HEAD of ``name``."""
