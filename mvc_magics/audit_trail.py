@@ -42,7 +42,7 @@ def _detail(detail: dict) -> str:
     return line if len(line) <= 70 else line[:67] + "..."
 
 
-_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_SPACE = (errno.ENOSPC, errno.EDQUOT)
 _DENIED = (errno.EACCES, errno.EPERM)
 
 
@@ -50,7 +50,9 @@ def write_failure(exc: BaseException, store: Path) -> str:
     """One line saying why a write into ``store`` failed and that nothing was committed."""
     code = getattr(exc, "errno", None)
     text = str(exc)
-    if code in _SPACE or "No space left" in text or "File too large" in text or "disk is full" in text:
+    if code == errno.EFBIG or "File too large" in text:
+        reason = "the file size limit was reached (File too large)"
+    elif code in _SPACE or "No space left" in text or "disk is full" in text:
         reason = "no space left on the device"
         try:
             reason += f" ({shutil.disk_usage(store).free // 1024} KiB free)"

@@ -418,7 +418,13 @@ class Repo:
         from .maintenance import rebuild_index
 
         with self.layout.locked():
-            count = rebuild_index(self)
+            try:
+                count = rebuild_index(self)
+            except IntegrityError:  # the index file itself is damaged: start it afresh
+                self.index.close()
+                self._discard_index()
+                self.index = Index(self.layout.index_path)
+                count = rebuild_index(self)
             if count or self.audit.path.exists():  # a brand-new store has nothing worth recording
                 self.audit.append(author(), "reindex", None, [], {"versions": count})
             return count
@@ -468,8 +474,10 @@ class Repo:
     def sign_versions(self) -> list[str]:
         """Sign every unsigned version with the configured key; return the ids signed."""
         signer = signer_from_env()
-        if signer is None or not signer.can_sign:
+        if signer is None:
             raise SignatureError("no signing key: set MVC_SIGNING_KEY or MVC_SIGNING_KEY_FILE (a private key)")
+        if not signer.can_sign:
+            raise SignatureError("the configured key is a public key: it checks signatures but cannot sign")
         signed = []
         with self.layout.locked():
             for vid in self.index.version_ids():

@@ -93,26 +93,29 @@ class MVCMagics(Magics):
     @argument("model", nargs="?", default=None, help="the model variable to load into (in place)")
     @argument("--as", dest="as_var", default=None, metavar="VAR", help="build a new model into VAR")
     @argument("--unsafe", action="store_true", help="allow rebuilding structures that run custom code")
+    @argument("--require-signature", action="store_true",
+              help="refuse a version without a valid signature (MVC_SIGNING_KEY / MVC_SIGNING_KEY_FILE)")
     @user_errors
     def mvc_checkout(self, line: str):
         """Load a version into the model variable in place, or build it into a new variable (--as)."""
         args = parse_line(self.mvc_checkout, line)
         repo = self.session.repo
+        signed = {"require_signature": True} if args.require_signature else {}
         if args.as_var:
             if not args.as_var.isidentifier():
                 raise UsageError(f"{args.as_var!r} is not a variable name")
             version = repo.resolve(args.ref, name=args.model or self._model_for_ref(args.ref))
-            self.session.namespace[args.as_var] = repo.checkout(version.id, name=None, unsafe=args.unsafe)
+            self.session.namespace[args.as_var] = repo.checkout(version.id, name=None, unsafe=args.unsafe, **signed)
             print(f"built {version.short_id} ({version.name}) into {args.as_var}")
             return
         name = args.model or self._model_for_ref(args.ref)
         version = repo.resolve(args.ref, name=name)
         live = self.session.namespace.get(name)
         if live is None:
-            self.session.namespace[name] = repo.checkout(version.id, None, name=name, unsafe=args.unsafe)
+            self.session.namespace[name] = repo.checkout(version.id, None, name=name, unsafe=args.unsafe, **signed)
             print(f"built {version.short_id} into new variable {name}")
         else:
-            repo.checkout(version.id, live, name=name)
+            repo.checkout(version.id, live, name=name, **signed)
             print(f"checked out {version.summary()} into {name}")
 
     def _model_for_ref(self, ref: str) -> str | None:
