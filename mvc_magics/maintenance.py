@@ -48,9 +48,13 @@ def verify_store(repo: Repo) -> VerifyReport:
         if not _valid_name(content.meta.get("name")):
             report.problems.append(Problem(vid, None, f"invalid model name {str(content.meta.get('name'))[:40]!r}"))
         contents[vid] = content
-    for problem in repo.index.integrity_problems():
+    for problem in repo.index.integrity_problems()[:5]:
         report.problems.append(Problem("index", None, f"{problem} (run reindex)"))
-    indexed = set(repo.index.version_ids())
+    try:
+        indexed = set(repo.index.version_ids())
+    except IntegrityError as exc:  # the files are still checked; reindex rebuilds the index from them
+        report.problems.append(Problem("index", None, str(exc)))
+        indexed = set(contents)
     for vid in sorted(indexed - set(contents) - report.damaged_versions):
         report.problems.append(Problem(vid, None, "indexed but its snapshot file is missing"))
     unindexed = set(contents) - indexed
@@ -198,6 +202,10 @@ def index_missing_snapshots(repo: Repo, complete: bool = False) -> list[str]:
                          [(m, t, vid, int(p)) for m, t, vid, p in tags if vid in ids])
         conn.executemany("INSERT OR REPLACE INTO heads(name, id) VALUES(?, ?)",
                          [(m, vid) for m, vid in heads.items() if vid in ids])
+        if ids:
+            for vid, note in repo.layout.read_notes():
+                if vid in ids and isinstance(note.get("metrics"), dict):
+                    Index.set_metrics(conn, vid, _float_metrics(note["metrics"]))
     return [c.version_id for c in missing]
 
 

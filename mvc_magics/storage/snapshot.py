@@ -39,6 +39,7 @@ _RAW_DTYPE_ATTR = "mvc_dtype"
 # verify detects a flipped byte anywhere in the file, not only inside a tensor.
 USERBLOCK_SIZE = 512
 _CHECKSUM_MAGIC = b"mvc-checksum blake3 "
+_CHECKSUM_LINE = len(_CHECKSUM_MAGIC) + 64 + 1  # magic, hex digest, newline: every byte after it is covered
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,7 @@ def write_snapshot(
 
 
 def _body_digest(handle, size: int) -> str:
-    handle.seek(USERBLOCK_SIZE)
+    handle.seek(_CHECKSUM_LINE)
     hasher = blake3.blake3(max_threads=blake3.blake3.AUTO if size >= 1 << 22 else 1)
     while chunk := handle.read(1 << 22):
         hasher.update(chunk)
@@ -147,7 +148,7 @@ def _body_digest(handle, size: int) -> str:
 
 
 def _stamp_checksum(path: Path) -> None:
-    """Write the checksum of the file's HDF5 part into its user block (before the rename)."""
+    """Write the checksum of everything after the checksum line into the user block (before the rename)."""
     with open(path, "r+b") as handle:
         size = os.fstat(handle.fileno()).st_size
         digest = _body_digest(handle, size)
