@@ -1,11 +1,8 @@
-"""Showing the audit log, and describing environment failures (disk full, permissions) in one line."""
+"""Showing the audit log: ``repo.audit_log()`` returns an :class:`AuditTrail`."""
 
 from __future__ import annotations
 
-import errno
 import html
-import shutil
-from pathlib import Path
 
 from .tables import Table
 
@@ -40,29 +37,3 @@ def _detail(detail: dict) -> str:
         parts.append(f"{key}={text}")
     line = "; ".join(parts)
     return line if len(line) <= 70 else line[:67] + "..."
-
-
-_SPACE = (errno.ENOSPC, errno.EDQUOT)
-_DENIED = (errno.EACCES, errno.EPERM)
-
-
-def write_failure(exc: BaseException, store: Path) -> str:
-    """One line saying why a write into ``store`` failed and that nothing was committed."""
-    code = getattr(exc, "errno", None)
-    text = str(exc)
-    if code == errno.EFBIG or "File too large" in text:
-        reason = "the file size limit was reached (File too large)"
-    elif code in _SPACE or "No space left" in text or "disk is full" in text:
-        reason = "no space left on the device"
-        try:
-            reason += f" ({shutil.disk_usage(store).free // 1024} KiB free)"
-        except OSError:
-            pass
-    elif code in _DENIED or "Permission denied" in text:
-        reason = "permission denied"
-    elif code == errno.EROFS or "Read-only file system" in text:
-        reason = "the store is on a read-only file system"
-    else:
-        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-        reason = getattr(exc, "strerror", None) or first
-    return f"cannot write to the store {store}: {reason}; nothing was committed, earlier versions are intact"

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import resolver
 from .adapters import adapter_for, adapter_named
-from .audit_trail import AuditTrail, write_failure
+from .audit_trail import AuditTrail
 from .errors import (
     IntegrityError,
     ProtectedRefError,
@@ -28,10 +28,11 @@ from .errors import (
     TagExistsError,
     UnsupportedModelError,
 )
+from .faults import ensure_space, write_failure
 from .hashing import canonical_array, dtype_name, tensor_hash, version_id
 from .metadata import author, base_library_versions, validate_metrics, validate_params
 from .names import validate_name
-from .signing import SignatureStatus, check_signature, signature_path, signer_from_env, write_signature
+from .signing import SignatureStatus, Signer, check_signature, signature_path, signer_from_env, write_signature
 from .storage.atomic import write_atomically
 from .storage.audit import AuditLog
 from .storage.index import Index
@@ -180,6 +181,9 @@ class Repo:
         # Order matters for crash safety: the snapshot is the point of no return; refs, index and
         # audit entry follow, and a holder killed anywhere after it is completed by the next one.
         old_head = self.layout.read_head(name)
+        signer = signer_from_env()  # a bad key configuration fails before anything is written
+        text_bytes = len(json.dumps(meta, default=str)) + len(json.dumps(structure)) + 200 * len(manifest)
+        ensure_space(self.layout.tmp, written + text_bytes, len(new_tensors), self.path)
         placed = False
         try:
             write_atomically(
@@ -188,7 +192,7 @@ class Repo:
                 self.layout.tmp,
             )
             placed = True
-            self._sign(vid)
+            self._sign(vid, signer)
             for tag in tags:
                 self.layout.write_tag(name, tag, vid)
             self.layout.write_head(name, vid)
@@ -203,7 +207,7 @@ class Repo:
         except BaseException as exc:
             if placed:
                 self._undo_commit(vid, name, tags, old_head)
-            if isinstance(exc, OSError | RuntimeError):
+            if isinstance(exc, OSError | RuntimeError | StoreError):
                 raise StoreError(write_failure(exc, self.path)) from exc
             raise
         return CommitStats(True, len(new_tensors), len(arrays) - len(new_tensors), written)
@@ -466,8 +470,8 @@ class Repo:
         entries.reverse()
         return AuditTrail(entries[:limit] if limit else entries)
 
-    def _sign(self, vid: str) -> None:
-        signer = signer_from_env()
+    def _sign(self, vid: str, signer: Signer | None = None) -> None:
+        signer = signer or signer_from_env()
         if signer is not None and signer.can_sign:
             write_signature(self.layout.signatures, self.layout.tmp, signer, vid)
 

@@ -60,7 +60,10 @@ class Index:
         self.readonly = readonly
         with _index_errors(path):
             if readonly:  # a store on a read-only mount or without write permission: no locks, no writes
-                uri = "file:" + urllib.parse.quote(str(Path(path).resolve())) + "?immutable=1"
+                wal = Path(str(path) + "-wal")
+                # immutable ignores a WAL journal, so it is only safe when everything was checkpointed
+                mode = "mode=ro" if wal.exists() and wal.stat().st_size else "immutable=1"
+                uri = "file:" + urllib.parse.quote(str(Path(path).resolve())) + "?" + mode
                 self._conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
                 self._conn.execute("SELECT count(*) FROM versions")
                 return
