@@ -8,9 +8,9 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .errors import MVCError  # noqa: E402
-from .repo import Repo  # noqa: E402
-from .version import Version  # noqa: E402
+from .errors import MVCError
+from .repo import Repo
+from .version import Version
 
 __all__ = ["MVCError", "Repo", "Version", "__version__", "load_ipython_extension", "unload_ipython_extension"]
 

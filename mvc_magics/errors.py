@@ -73,3 +73,7 @@ class LockTimeoutError(StoreError):
 
 class SignatureError(IntegrityError):
     """A version is unsigned or its signature is not valid, and a valid one was required."""
+
+
+class CompareError(MVCError, ValueError):
+    """The versions, weights or directions given to compare or diff cannot be compared as asked."""

@@ -35,8 +35,8 @@ def validate_metrics(metrics: Mapping | None) -> dict[str, float]:
         validate_key(key, "metric")
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             try:
-                value = float(getattr(value, "item", lambda: value)())  # numpy/tensor scalars
-            except (TypeError, ValueError):
+                value = float(value.item() if hasattr(value, "item") else value)  # numpy/tensor scalars
+            except (TypeError, ValueError, AttributeError):
                 raise InvalidMetricError(f"metric {key!r} must be a number, not {value!r}") from None
         result[key] = float(value)
     return result

@@ -71,11 +71,11 @@ def parse_ref(text: object) -> Ref:
     if not isinstance(text, str):
         raise UnknownRefError(f"a ref must be a string, not {type(text).__name__}")
     original = text
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+        raise UnknownRefError(f"ref {original!r} contains control characters")
     text = text.strip()
     if not text:
         raise UnknownRefError("empty ref: give an id prefix, a tag, latest, HEAD~N or best:METRIC")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
-        raise UnknownRefError(f"ref {original!r} contains control characters")
     if text.startswith("best:"):
         return _parse_best(text)
     ancestor = 0

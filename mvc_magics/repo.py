@@ -407,7 +407,7 @@ class Repo:
         if set(state) != set(stored):
             stored_by_order = list(stored.values())
             return any(tensor_hash(a) != h for a, h in zip(state.values(), stored_by_order))
-        return any(tensor_hash(np.ascontiguousarray(a)) != stored[k] for k, a in state.items())
+        return any(tensor_hash(a) != stored[k] for k, a in state.items())
 
     # -- maintenance ------------------------------------------------------------------------
 
@@ -450,6 +450,47 @@ class Repo:
                     path.unlink()
                 except OSError as exc:
                     raise IntegrityError(f"cannot remove the damaged index {path}: {exc}") from exc
+
+    # -- compare and diff -------------------------------------------------------------------
+
+    def compare(self, refs: Iterable[str] | str | None = None, name: str | None = None,
+                weights: Mapping[str, float] | None = None, baseline: str | None = None,
+                directions: Mapping[str, str] | None = None, limit: int | None = 20,
+                allow_mixed: bool = False):
+        """Compare versions by their metrics: a :class:`~mvc_magics.compare.Comparison`.
+
+        ``refs`` None means every version of ``name`` (the most recent ``limit``). ``weights``
+        maps metric -> weight (default: every metric 1; when given, unnamed metrics weigh 0);
+        ``directions`` overrides the inferred ``"min"``/``"max"``; ``baseline`` (a ref, default the
+        oldest compared version) is what "D vs base" is measured against.
+        """
+        from .selection import compare_in
+
+        if name is not None:
+            validate_name(name, "model name")
+        refs = list(refs) if refs is not None and not isinstance(refs, str) else refs
+        return compare_in(self, refs, name, weights, baseline, directions, limit, allow_mixed)
+
+    def diff(self, a: str, b: str, name: str | None = None, allow_mixed: bool = False):
+        """Parameter diff of versions ``a`` -> ``b``: a :class:`~mvc_magics.diff.Diff`.
+
+        Tensors with equal hashes are unchanged and their bytes are never read.
+        """
+        from .diff import diff_versions
+
+        if name is not None:
+            validate_name(name, "model name")
+        return diff_versions(self, a, b, name, allow_mixed)
+
+    def compare_panel(self, refs: Iterable[str] | None = None, name: str | None = None,
+                      weights: Mapping[str, float] | None = None, baseline: str | None = None,
+                      directions: Mapping[str, str] | None = None, namespace: dict | None = None,
+                      limit: int | None = 20):
+        """An ipywidgets :class:`~mvc_magics.widgets.ComparePanel` over this store (needs ipywidgets)."""
+        from .widgets.compare_panel import ComparePanel
+
+        return ComparePanel(self, refs=refs, name=name, weights=weights, baseline=baseline,
+                            directions=directions, namespace=namespace, limit=limit)
 
     # -- reliability and security --
 

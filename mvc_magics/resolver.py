@@ -143,7 +143,7 @@ def _resolve_name(index: Index, value: str, model: str | None, text: str) -> str
             return rows[0][0]
     if value.lower() == value and all(c in "0123456789abcdef" for c in value) and len(value) >= 4:
         cond, params = "id >= ? AND id < ?", [value, value + "g"]
-        if model is not None:
+        if model is not None and len(value) < 64:  # a full id names one version in any history
             cond += " AND name = ?"
             params.append(model)
         rows = index.query(f"SELECT id FROM versions WHERE {cond} LIMIT 20", params)

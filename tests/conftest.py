@@ -7,10 +7,10 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 
-from mvc_magics import Repo  # noqa: E402
+from mvc_magics import Repo
 
 
 @pytest.fixture
@@ -53,3 +53,29 @@ def weights():
         "out/kernel": rng.standard_normal((4, 1)).astype(np.float32),
         "step": np.array(3, np.int64),
     }
+
+
+def store_state(path):
+    """Every durable file of a store with its content hash, plus the index's rows.
+
+    Two equal states mean an operation left the store exactly as it was (lock files and the
+    SQLite WAL side files are not state).
+    """
+    import sqlite3
+
+    import blake3
+
+    files = {}
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        rel = file.relative_to(path).as_posix()
+        if rel in {"lock", "lock.owner"} or rel.startswith("index.sqlite") or rel.startswith("tmp/"):
+            continue
+        files[rel] = blake3.blake3(file.read_bytes()).hexdigest()
+    rows = {}
+    index = path / "index.sqlite"
+    if index.exists():
+        conn = sqlite3.connect(index)
+        for table in ("versions", "metrics", "tags", "heads", "tensors"):
+            rows[table] = sorted(map(repr, conn.execute(f"SELECT * FROM {table}").fetchall()))
+        conn.close()
+    return files, rows

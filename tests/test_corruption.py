@@ -42,7 +42,7 @@ def test_flipped_tensor_byte_is_named_for_every_version_sharing_it(family, weigh
     assert any(p.version == v1.id and "checksum" in p.message for p in report.problems)
     live = {k: np.zeros_like(v) for k, v in weights.items()}
     for ref in ("base", "latest"):
-        with pytest.raises(IntegrityError, match="dense/kernel.*damaged"):
+        with pytest.raises(IntegrityError, match=r"dense/kernel.*damaged"):
             repo.checkout(ref, live, name="model")
     assert not any(v.any() for v in live.values())  # nothing was assigned
     with pytest.raises(IntegrityError):
@@ -80,7 +80,7 @@ def test_truncated_snapshot(family):
 
 
 def test_missing_snapshot_file(family):
-    repo, v1, v2, _ = family
+    repo, _, v2, _ = family
     repo.layout.snapshot_path(v2.id).unlink()
     report = repo.verify()
     assert [(p.version, p.message) for p in report.problems] == [

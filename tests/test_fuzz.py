@@ -145,9 +145,9 @@ def test_snapshot_reader_on_mutated_files(snapshot_bytes, tmp_path_factory, data
     shutil.rmtree(folder)
 
 
-_json = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=8),
-                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
-                     max_leaves=12)
+_scalars = st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=8)
+_json = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+    st.text(max_size=6), inner, max_size=4), max_leaves=12)
 _entry = st.fixed_dictionaries({"name": _json | st.text(max_size=5), "dtype": st.sampled_from(
     ["float32", "int64", "bfloat16", "object", "U5", "nonsense", "V8"]) | _json,
     "shape": st.lists(st.integers(-2, 2**63), max_size=3) | _json, "hash": st.just("ab" * 32) | _json,
@@ -155,7 +155,8 @@ _entry = st.fixed_dictionaries({"name": _json | st.text(max_size=5), "dtype": st
 
 
 @settings(max_examples=100 * SCALE, deadline=None, suppress_health_check=list(HealthCheck))
-@given(meta=_json, manifest=st.lists(_entry, max_size=3) | _json, vid=st.just("cd" * 32) | st.text(max_size=70).filter(lambda t: "\x00" not in t))
+@given(meta=_json, manifest=st.lists(_entry, max_size=3) | _json,
+       vid=st.just("cd" * 32) | st.text(max_size=70).filter(lambda t: "\x00" not in t))
 def test_snapshot_reader_on_crafted_metadata(tmp_path_factory, meta, manifest, vid):
     path = tmp_path_factory.mktemp("crafted") / "x.h5"
     with h5py.File(path, "w") as f:

@@ -49,7 +49,8 @@ def _assert_refused(repo, version, model, match):
 def test_external_link_is_refused_even_with_the_right_bytes(stored, tmp_path):
     repo, version, entry, model = stored
     outside = _outside(tmp_path, model["w"])
-    _replace_tensor(repo, version.id, entry.hash, lambda f, g, d: g.__setitem__(d, h5py.ExternalLink(str(outside), "data")))
+    link = h5py.ExternalLink(str(outside), "data")
+    _replace_tensor(repo, version.id, entry.hash, lambda f, g, d: g.__setitem__(d, link))
     _assert_refused(repo, version, model, "soft or external link")
 
 
@@ -87,7 +88,7 @@ def test_external_raw_storage_is_refused(stored, tmp_path):
 
 
 def test_metadata_link_is_refused(stored, tmp_path):
-    repo, version, entry, model = stored
+    repo, version, _, _ = stored
     outside = tmp_path / "meta.h5"
     with h5py.File(outside, "w") as f:
         f.create_dataset("manifest", data="[]", dtype=h5py.string_dtype())
@@ -99,7 +100,7 @@ def test_metadata_link_is_refused(stored, tmp_path):
 
 
 def test_symlinked_snapshot_file_is_refused(stored, tmp_path):
-    repo, version, entry, model = stored
+    repo, version, _, model = stored
     path = repo.layout.snapshot_path(version.id)
     copy = tmp_path / "elsewhere.h5"
     copy.write_bytes(path.read_bytes())
@@ -231,8 +232,9 @@ def test_lambda_magic_needs_unsafe(ip, tmp_path):
 
 
 def test_structure_naming_foreign_code_is_refused(repo, monkeypatch):
-    from mvc_magics.adapters.keras import KerasAdapter
     from keras_models import dense_model
+
+    from mvc_magics.adapters.keras import KerasAdapter
 
     model = dense_model()
     original = KerasAdapter.structure

@@ -46,15 +46,13 @@ def match_state(
     """Map each live variable name to the stored tensor name it receives, checking every shape.
 
     Names are matched exactly; when they differ (a notebook re-ran the cell that built the model,
-    so Keras numbered the layers anew) and the ordered shapes and dtypes agree, they are matched
-    by position. Raises :class:`ShapeMismatchError` naming the first problems, before any assignment.
+    so Keras numbered the layers anew) and the counts agree, they are matched by position, and
+    every shape must still agree. Raises :class:`ShapeMismatchError` naming the first problems, before any assignment.
     """
     live_names, stored_names = list(live), list(stored)
     if set(live_names) == set(stored_names):
         pairs = {name: name for name in live_names}
-    elif len(live_names) == len(stored_names) and all(
-        live[a][0] == tuple(stored[b].shape) for a, b in zip(live_names, stored_names)
-    ):
+    elif len(live_names) == len(stored_names):
         pairs = dict(zip(live_names, stored_names))
     else:
         missing = [n for n in stored_names if n not in live]

@@ -128,7 +128,7 @@ class KerasAdapter:
                 )
         try:
             model = keras.saving.deserialize_keras_object(structure, safe_mode=not unsafe)
-        except Exception as exc:  # noqa: BLE001 - Keras raises many types for bad configs
+        except Exception as exc:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UnsupportedModelError(
                 f"cannot rebuild the model from its stored structure: {first_line[:200]}; "
@@ -146,7 +146,7 @@ class KerasAdapter:
         try:
             if getattr(model, "compiled", False):
                 compile_config = json.loads(json.dumps(model.get_compile_config(), default=str))
-        except Exception:  # noqa: BLE001 - metadata is best effort, never blocks a commit
+        except Exception:
             compile_config = None
         return {"compile": compile_config} if compile_config else {}
 

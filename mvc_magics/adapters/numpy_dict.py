@@ -16,14 +16,14 @@ class NumpyDictAdapter:
 
     def handles(self, obj: object) -> bool:
         return isinstance(obj, dict) and all(
-            isinstance(k, str) and isinstance(v, np.ndarray) for k, v in obj.items()
+            isinstance(k, str) and isinstance(v, np.ndarray | np.generic) for k, v in obj.items()
         )
 
     def get_state(self, model: dict) -> dict[str, np.ndarray]:
-        return {name: model[name] for name in sorted(model)}
+        return {name: np.asarray(model[name]) for name in sorted(model)}
 
     def set_state(self, model: dict, state: Mapping[str, np.ndarray]) -> None:
-        live = {name: (tuple(array.shape), array.dtype.name) for name, array in model.items()}
+        live = {name: (np.shape(array), np.asarray(array).dtype.name) for name, array in model.items()}
         pairs = match_state(live, state)
         for live_name, stored_name in pairs.items():
             model[live_name] = np.array(state[stored_name], copy=True)

@@ -8,12 +8,14 @@ from __future__ import annotations
 from typing import Any
 
 from .audit import AuditMagics
+from .compare import CompareMagics
 from .core import MVCMagics
 from .session import MVCSession
 
 # Each entry is a Magics class whose constructor takes (shell, session).
 MAGIC_CLASSES: list[type] = [MVCMagics]
 MAGIC_CLASSES.append(AuditMagics)
+MAGIC_CLASSES.append(CompareMagics)
 
 _STATE_ATTR = "_mvc_magics_state"
 

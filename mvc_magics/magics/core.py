@@ -92,31 +92,39 @@ class MVCMagics(Magics):
     @argument("ref", help="id prefix, tag, latest, HEAD~N, best:METRIC[:min|max]")
     @argument("model", nargs="?", default=None, help="the model variable to load into (in place)")
     @argument("--as", dest="as_var", default=None, metavar="VAR", help="build a new model into VAR")
+    @argument("--model", dest="history", default=None, metavar="NAME",
+              help="the model history REF is in (default: MODEL's own, or the only model)")
     @argument("--unsafe", action="store_true", help="allow rebuilding structures that run custom code")
     @argument("--require-signature", action="store_true",
               help="refuse a version without a valid signature (MVC_SIGNING_KEY / MVC_SIGNING_KEY_FILE)")
     @user_errors
     def mvc_checkout(self, line: str):
-        """Load a version into the model variable in place, or build it into a new variable (--as)."""
+        """Load a version into the model variable in place, or build it into a new variable (--as).
+
+        In place, every shape is checked before the first assignment: on any error the variable is
+        exactly as it was. Every tensor is re-hashed while loading; damaged data is refused.
+        """
         args = parse_line(self.mvc_checkout, line)
         repo = self.session.repo
         signed = {"require_signature": True} if args.require_signature else {}
+        history = args.history
+        if history is None and args.model and args.model in repo.models():
+            history = args.model
+        version = repo.resolve(args.ref, name=history or self._model_for_ref(args.ref))
         if args.as_var:
             if not args.as_var.isidentifier():
                 raise UsageError(f"{args.as_var!r} is not a variable name")
-            version = repo.resolve(args.ref, name=args.model or self._model_for_ref(args.ref))
             self.session.namespace[args.as_var] = repo.checkout(version.id, name=None, unsafe=args.unsafe, **signed)
             print(f"built {version.short_id} ({version.name}) into {args.as_var}")
             return
-        name = args.model or self._model_for_ref(args.ref)
-        version = repo.resolve(args.ref, name=name)
-        live = self.session.namespace.get(name)
+        target = args.model or version.name
+        live = self.session.namespace.get(target)
         if live is None:
-            self.session.namespace[name] = repo.checkout(version.id, None, name=name, unsafe=args.unsafe, **signed)
-            print(f"built {version.short_id} into new variable {name}")
+            self.session.namespace[target] = repo.checkout(version.id, None, name=target, unsafe=args.unsafe, **signed)
+            print(f"built {version.short_id} into new variable {target}")
         else:
-            repo.checkout(version.id, live, name=name, **signed)
-            print(f"checked out {version.summary()} into {name}")
+            repo.checkout(version.id, live, name=target, **signed)
+            print(f"checked out {version.summary()} into {target}")
 
     def _model_for_ref(self, ref: str) -> str | None:
         """The model a ref refers to when none is named: the configured or only tracked one."""
@@ -174,7 +182,11 @@ class MVCMagics(Magics):
     @line_magic
     @user_errors
     def mvc_status(self, line: str):
-        """Each tracked model variable: the version it is at and whether its weights changed since."""
+        """Each tracked model variable: the version it is at and whether its weights changed since.
+
+        Usage: ``%mvc_status``. A model is tracked once it has been committed or checked out; a
+        variable that is no longer in the notebook is listed as such.
+        """
         if line.strip():
             raise UsageError("%mvc_status takes no arguments")
         return self.session.repo.status(self.session.namespace)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
-import shlex
 import os
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar

@@ -235,7 +235,7 @@ class TensorReader:
     declared shape) and re-hashed after reading.
     """
 
-    def __init__(self, locate: "callable") -> None:
+    def __init__(self, locate: callable) -> None:
         self._locate = locate  # object id -> Path of its snapshot file
         self._files: dict[str, h5py.File] = {}
 
@@ -249,7 +249,7 @@ class TensorReader:
         for handle in self._files.values():
             try:
                 handle.close()
-            except Exception:  # noqa: BLE001 - closing a damaged file must not hide the real error
+            except Exception:
                 pass
         self._files.clear()
 
