@@ -39,7 +39,6 @@ def test_flipped_tensor_byte_is_named_for_every_version_sharing_it(family, weigh
     assert damaged == {(v1.id, "dense/kernel"), (v2.id, "dense/kernel")}
     shared = next(p for p in report.problems if p.version == v2.id and p.tensor)
     assert f"bytes stored in {v1.id[:12]}" in shared.message
-    assert any(p.version == v1.id and "checksum" in p.message for p in report.problems)
     live = {k: np.zeros_like(v) for k, v in weights.items()}
     for ref in ("base", "latest"):
         with pytest.raises(IntegrityError, match=r"dense/kernel.*damaged"):
