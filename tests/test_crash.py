@@ -201,3 +201,23 @@ def test_interrupted_commit_in_process_is_undone(repo, weights, monkeypatch):
     assert repo.head("model").id == first.id
     assert repo.verify().ok
     assert os.listdir(repo.layout.tmp) == []
+
+
+def test_a_failed_recovery_is_retried_by_the_next_operation(tmp_path, weights, monkeypatch):
+    store = tmp_path / ".mvc"
+    Repo(store).close()
+    proc = _hold_lock(store)
+    proc.kill()
+    proc.wait()
+    import mvc_magics.maintenance as maintenance
+
+    real = maintenance.recover_after_crash
+    monkeypatch.setattr(maintenance, "recover_after_crash", lambda repo, holder: (_ for _ in ()).throw(OSError("io")))
+    with pytest.raises(OSError):
+        Repo(store).commit(weights, "model")
+    assert (store / "lock.owner").exists()  # the marker stays: the repair is still owed
+    monkeypatch.setattr(maintenance, "recover_after_crash", real)
+    with Repo(store) as repo:
+        assert [e.op for e in repo.audit.entries()] == ["recover"]
+        repo.commit(weights, "model")
+        assert repo.verify().ok

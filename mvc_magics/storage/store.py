@@ -131,13 +131,15 @@ class StoreLayout:
             raise StoreError(f"cannot lock the store {self.root}: {exc.strerror or exc}") from exc
         outermost = self._depth == 0
         self._depth += 1
+        repaired = not outermost
         try:
             if outermost:
                 self._take_over()
+                repaired = True
             yield
         finally:
             self._depth -= 1
-            if outermost:
+            if outermost and repaired:  # a failed repair leaves the marker: the next holder retries it
                 with contextlib.suppress(OSError):
                     self.owner_path.unlink()
             self._lock.release()
