@@ -75,5 +75,32 @@ class SignatureError(IntegrityError):
     """A version is unsigned or its signature is not valid, and a valid one was required."""
 
 
+class UnsupportedDataError(MVCError, TypeError):
+    """A ``--data`` variable cannot be fingerprinted (not an array, data frame, list or tuple)."""
+
+
+class RemoteError(MVCError):
+    """A remote cannot be reached, read or written, or is not an mvc remote."""
+
+
+class InvalidRemoteError(RemoteError, ValueError):
+    """A remote name or URL is not acceptable (unknown name, credentials in the URL...)."""
+
+
+class RemoteConflictError(RemoteError):
+    """A tag points at different versions here and on the remote; nothing was overwritten.
+
+    ``conflicts`` lists ``(model, tag, local id, remote id)``. Everything else was transferred.
+    """
+
+    def __init__(self, message: str, conflicts: list[tuple[str, str, str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.conflicts = list(conflicts or [])
+
+
+class ExportError(MVCError):
+    """A version cannot be exported in the requested format or to the requested path."""
+
+
 class CompareError(MVCError, ValueError):
     """The versions, weights or directions given to compare or diff cannot be compared as asked."""

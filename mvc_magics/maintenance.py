@@ -180,8 +180,15 @@ def index_missing_snapshots(repo: Repo, complete: bool = False) -> list[str]:
     ref updates the commit did not get to are finished: its tags where no tag file exists yet (a
     commit never moves a tag) and the model's HEAD when it is still at the version's parent.
     Returns the ids indexed.
+    Also drops indexed versions that have a tombstone (a removal killed after its commit point).
     """
     indexed = set(repo.index.version_ids())
+    removed = [vid for vid in indexed if repo.layout.is_removed(vid)]
+    if removed:
+        with repo.index.transaction() as conn:
+            for table in ("versions", "metrics", "tags", "heads"):
+                conn.executemany(f"DELETE FROM {table} WHERE id = ?", [(vid,) for vid in removed])
+        indexed -= set(removed)
     missing = []
     for vid, path in repo.layout.snapshot_files():
         if vid in indexed:

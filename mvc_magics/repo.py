@@ -32,6 +32,7 @@ from .faults import ensure_space, write_failure
 from .hashing import canonical_array, dtype_name, tensor_hash, version_id
 from .metadata import author, base_library_versions, validate_metrics, validate_params
 from .names import validate_name
+from .provenance import complete_provenance
 from .signing import SignatureStatus, Signer, check_signature, signature_path, signer_from_env, write_signature
 from .storage.atomic import write_atomically
 from .storage.audit import AuditLog
@@ -140,6 +141,7 @@ class Repo:
         with self.layout.locked():
             for tag in tags:
                 self._check_tag_free(name, tag, vid, force=False)
+            revived = self.layout.is_removed(vid)  # content of a removed version committed again
             existing = self._find(vid)
             if existing is not None:
                 self._attach(vid, name, all_metrics if metrics is None else explicit, tags)
@@ -150,13 +152,16 @@ class Repo:
                     vid, name, adapter, arrays, hashes, structure, message, all_metrics, params,
                     tags, provenance, parents, extra, model,
                 )
+                if revived:
+                    self.layout.delete_tombstone(vid)
         version = self.get(vid, name=name)
         version.stats = stats
         return version
 
     def _write_version(self, vid, name, adapter, arrays, hashes, structure, message, metrics,
                        params, tags, provenance, parents, extra, model) -> CommitStats:
-        stored = self.index.has_tensors(set(hashes.values()))
+        # Bytes in this version's own path may belong to a retired file that the new file replaces.
+        stored = {h: o for h, o in self.index.has_tensors(set(hashes.values())).items() if o != vid}
         new_tensors: dict[str, np.ndarray] = {}
         manifest: list[ManifestEntry] = []
         for key, array in arrays.items():
@@ -169,11 +174,12 @@ class Repo:
             head = self._head_id(name)
             parents = [head] if head and self._find(head) else []
         created = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+        extra_meta = adapter.extra_metadata(model)
         meta = {
             "name": name, "message": message or "", "parents": list(parents), "created": created,
             "author": author(), "metrics": metrics, "params": params, "framework": adapter.framework,
             "libraries": {**base_library_versions(), **adapter.library_versions()},
-            "provenance": dict(provenance or {}), "extra": {**adapter.extra_metadata(model), **(extra or {})},
+            "provenance": complete_provenance(provenance, extra_meta), "extra": {**extra_meta, **(extra or {})},
             # The tags asked for, so crash recovery can finish a commit killed before its ref files.
             "tags": list(tags),
         }
@@ -184,7 +190,7 @@ class Repo:
         signer = signer_from_env()  # a bad key configuration fails before anything is written
         text_bytes = len(json.dumps(meta, default=str)) + len(json.dumps(structure)) + 200 * len(manifest)
         ensure_space(self.layout.tmp, written + text_bytes, len(new_tensors), self.path)
-        placed = False
+        placed, replaced = False, self.layout.snapshot_path(vid).exists()  # a retired file it replaces
         try:
             write_atomically(
                 self.layout.snapshot_path(vid),
@@ -206,16 +212,18 @@ class Repo:
                                   {"message": meta["message"], "tags": list(tags), "bytes_written": written})
         except BaseException as exc:
             if placed:
-                self._undo_commit(vid, name, tags, old_head)
+                self._undo_commit(vid, name, tags, old_head, keep_file=replaced)
             if isinstance(exc, OSError | RuntimeError | StoreError):
                 raise StoreError(write_failure(exc, self.path)) from exc
             raise
         return CommitStats(True, len(new_tensors), len(arrays) - len(new_tensors), written)
 
-    def _undo_commit(self, vid: str, name: str, tags: list[str], old_head: str | None) -> None:
+    def _undo_commit(self, vid: str, name: str, tags: list[str], old_head: str | None, keep_file: bool) -> None:
         """Take back a commit that failed after its snapshot was placed (disk full, interrupt...)."""
         # The snapshot first: without it, leftover refs point at nothing and are ignored on reindex.
-        steps = [self.layout.snapshot_path(vid).unlink, signature_path(self.layout.signatures, vid).unlink]
+        # A file that replaced a removed version's retired file stays: other versions use its tensors.
+        steps = [] if keep_file else [self.layout.snapshot_path(vid).unlink]
+        steps.append(signature_path(self.layout.signatures, vid).unlink)
         steps += [lambda tag=tag: self.layout.delete_tag(name, tag) for tag in tags]
         if old_head:
             steps.append(lambda: self.layout.write_head(name, old_head))
@@ -491,6 +499,95 @@ class Repo:
 
         return ComparePanel(self, refs=refs, name=name, weights=weights, baseline=baseline,
                             directions=directions, namespace=namespace, limit=limit)
+
+    # -- remotes, export, removal and gc (issue 8) ------------------------------------------
+
+    def add_remote(self, name: str, url: str) -> str:
+        """Configure remote ``name`` at an fsspec ``url`` (``s3://bucket/prefix``, ``file:///path``...).
+
+        The URL is stored in ``remotes.json``; a URL with credentials in it is refused (they come
+        from the environment or the fsspec/cloud SDK configuration). Returns the normalized URL.
+        """
+        from .remote import add_remote
+
+        return add_remote(self, name, url)
+
+    def remotes(self) -> dict[str, str]:
+        """Configured remotes, name -> URL."""
+        from .remote import load_remotes
+
+        return load_remotes(self)
+
+    def remove_remote(self, name: str) -> None:
+        """Forget remote ``name`` (nothing on the remote is touched)."""
+        from .remote import remove_remote
+
+        remove_remote(self, name)
+
+    def push(self, remote: str | None = None, refs: Iterable[str] | None = None, force: bool = False,
+             progress: bool | None = None):
+        """Send all versions (or ``refs`` and their ancestors) and their tags to ``remote``.
+
+        Idempotent and resumable; a tag the remote has on another version raises
+        :class:`~mvc_magics.errors.RemoteConflictError` after everything else was sent (``force``
+        overwrites it). Returns a :class:`~mvc_magics.remote.TransferReport`.
+        """
+        from .remote import push
+
+        return push(self, remote, refs, force=force, progress=progress)
+
+    def pull(self, remote: str | None = None, refs: Iterable[str] | None = None, force: bool = False,
+             progress: bool | None = None):
+        """Fetch all versions (or ``refs``: remote tags or id prefixes, with ancestors) and tags.
+
+        Every tensor is re-hashed before a version becomes visible here. A local tag on another
+        version raises :class:`~mvc_magics.errors.RemoteConflictError` (``force`` takes the remote's).
+        """
+        from .remote import pull
+
+        return pull(self, remote, refs, force=force, progress=progress)
+
+    @classmethod
+    def clone(cls, url: str, path: str | os.PathLike, progress: bool | None = None) -> Repo:
+        """A new store at ``path`` with remote ``origin`` = ``url`` and everything pulled from it."""
+        from .errors import StoreError
+
+        target = Path(path).expanduser()
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            raise StoreError(f"{target} already exists and is not empty; clone into a new folder")
+        repo = cls(target)
+        try:
+            repo.add_remote("origin", url)
+            repo.pull("origin", progress=progress)
+        except BaseException:
+            repo.close()
+            import shutil
+
+            shutil.rmtree(target, ignore_errors=True)
+            raise
+        return repo
+
+    def export(self, ref: str, path: str | os.PathLike, format: str = "keras", name: str | None = None) -> Path:
+        """Write version ``ref`` for serving: ``keras`` (.keras file), ``savedmodel`` (TF SavedModel
+        folder via ``model.export``) or ``weights-h5`` (.weights.h5 for ``load_weights``)."""
+        from .export import export_version
+
+        return export_version(self, ref, path, format, name=name)
+
+    def remove(self, ref: str, name: str | None = None, force: bool = False) -> Version:
+        """Remove version ``ref``: its tags go, HEADs on it move to its first parent (or are cleared).
+
+        A version with a protected tag needs ``force``. The space is reclaimed by :meth:`gc`.
+        """
+        from .removal import remove_version
+
+        return remove_version(self, ref, name=name, force=force)
+
+    def gc(self):
+        """Reclaim the tensors no remaining version uses; returns a report (``int(report)``: bytes freed)."""
+        from .removal import collect_garbage
+
+        return collect_garbage(self)
 
     # -- reliability and security --
 

@@ -42,13 +42,17 @@ def load_versions(index: Index, where: str, params: tuple, limit: int | None = N
     ids = [r[0] for r in rows]
     metrics: dict[str, dict[str, float]] = {vid: {} for vid in ids}
     tags: dict[str, list[str]] = {vid: [] for vid in ids}
+    protected: dict[str, list[str]] = {vid: [] for vid in ids}
     for start in range(0, len(ids), 500):
         chunk = ids[start:start + 500]
         marks = ",".join("?" * len(chunk))
         for vid, key, text in index.query(f"SELECT id, key, text FROM metrics WHERE id IN ({marks})", chunk):
             metrics[vid][key] = float(text)
-        for vid, tag in index.query(f"SELECT id, tag FROM tags WHERE id IN ({marks}) ORDER BY tag", chunk):
+        for vid, tag, flag in index.query(f"SELECT id, tag, protected FROM tags WHERE id IN ({marks}) ORDER BY tag",
+                                          chunk):
             tags[vid].append(tag)
+            if flag:
+                protected[vid].append(tag)
     heads = dict(index.query("SELECT name, id FROM heads"))
     shorts = short_ids(index, ids)
     versions = []
@@ -59,7 +63,7 @@ def load_versions(index: Index, where: str, params: tuple, limit: int | None = N
             id=vid, name=name, parents=tuple(meta.get("parents", [])), message=meta.get("message", ""),
             created=datetime.fromisoformat(meta["created"]), author=meta.get("author", ""),
             metrics=metrics[vid], params=dict(meta.get("params", {})), tags=tuple(tags[vid]),
-            short_id=shorts[vid], framework=meta.get("framework", ""),
+            protected_tags=tuple(protected[vid]), short_id=shorts[vid], framework=meta.get("framework", ""),
             libraries=dict(meta.get("libraries", {})), provenance=dict(meta.get("provenance", {})),
             extra=dict(meta.get("extra", {})), nbytes=int(nbytes),
             n_tensors=manifest_text.count('"hash"'), is_head=heads.get(owner) == vid,

@@ -44,6 +44,7 @@ class Version:
     n_tensors: int = 0
     is_head: bool = False
     stats: CommitStats | None = None
+    protected_tags: tuple[str, ...] = ()  # the tags among ``tags`` that are protected
 
     def __post_init__(self) -> None:
         if not self.short_id:
@@ -53,7 +54,7 @@ class Version:
         """One line: short id, model, message, tags and metrics."""
         parts = [self.short_id, self.name]
         if self.tags:
-            parts.append("(" + ", ".join(self.tags) + ")")
+            parts.append("(" + tag_list(self) + ")")
         if self.message:
             parts.append(repr(self.message))
         parts.extend(f"{k}={format_number(v)}" for k, v in sorted(self.metrics.items()))
@@ -87,6 +88,15 @@ def metric_columns(versions: list[Version], limit: int = 4) -> list[str]:
     return sorted(counts, key=lambda k: (-counts[k], not k.startswith("val_"), k))[:limit]
 
 
+PROTECTED_MARK = "*"
+PROTECTED_NOTE = "tag* = protected tag: moving or deleting it needs --force"
+
+
+def tag_list(version: Version) -> str:
+    """The tags of a version for display; protected ones end in ``*`` (``production*``)."""
+    return ", ".join(t + PROTECTED_MARK if t in version.protected_tags else t for t in version.tags)
+
+
 class VersionLog(list):
     """The result of ``repo.log()``: a list of :class:`Version`, newest first, shown as a table."""
 
@@ -99,11 +109,12 @@ class VersionLog(list):
                 highlight.add(index)
             rows.append([
                 "HEAD" if version.is_head else "", version.short_id, version.name,
-                ", ".join(version.tags), version.message[:50],
+                tag_list(version), version.message[:50],
                 *[version.metrics.get(m) for m in metrics],
                 version.created.strftime("%Y-%m-%d %H:%M:%S"),
             ])
-        return Table(header, rows, highlight=highlight)
+        notes = [PROTECTED_NOTE] if any(v.protected_tags for v in self) else []
+        return Table(header, rows, highlight=highlight, notes=notes)
 
     def __str__(self) -> str:
         return self.table().to_text()

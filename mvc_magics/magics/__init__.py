@@ -7,15 +7,25 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..provenance import register_context
 from .audit import AuditMagics
+from .automation import AutomationMagics
+from .capture import session_context
 from .compare import CompareMagics
+from .completion import install_completer
 from .core import MVCMagics
+from .lifecycle import LifecycleMagics
+from .remote import RemoteMagics
 from .session import MVCSession
 
-# Each entry is a Magics class whose constructor takes (shell, session).
+# Each entry is a Magics class whose constructor takes (shell, session). A class may define
+# ``event_hooks() -> [(event, callback)]`` (load registers them, unload removes them) and
+# ``close()`` (called by unload).
 MAGIC_CLASSES: list[type] = [MVCMagics]
 MAGIC_CLASSES.append(AuditMagics)
 MAGIC_CLASSES.append(CompareMagics)
+MAGIC_CLASSES.append(AutomationMagics)
+MAGIC_CLASSES += [RemoteMagics, LifecycleMagics]  # issue 8
 
 _STATE_ATTR = "_mvc_magics_state"
 
@@ -28,7 +38,21 @@ def load(shell: Any) -> None:
     instances = [cls(shell, session) for cls in MAGIC_CLASSES]
     for instance in instances:
         shell.register_magics(instance)  # Magics.__init__ already joined shell.configurables
-    setattr(shell, _STATE_ATTR, {"session": session, "instances": instances, "hooks": []})
+    state: dict[str, Any] = {"session": session, "instances": instances, "hooks": [], "cleanups": []}
+    setattr(shell, _STATE_ATTR, state)
+    for instance in instances:
+        for event, callback in getattr(instance, "event_hooks", list)():
+            shell.events.register(event, callback)
+            state["hooks"].append((event, callback))
+        if callable(getattr(instance, "close", None)):
+            state["cleanups"].append(instance.close)
+    # Cells run before %load_ext (in a kernel's history) count for the provenance of commits.
+    for number, source in enumerate(getattr(shell.history_manager, "input_hist_raw", [])):
+        if number:
+            session.recorder.started(source, number)
+    session.recorder.idle()
+    state["cleanups"].append(install_completer(shell, session))
+    state["cleanups"].append(register_context(session_context(session)))
 
 
 def unload(shell: Any) -> None:
@@ -41,6 +65,8 @@ def unload(shell: Any) -> None:
             shell.events.unregister(event, callback)
         except ValueError:
             pass
+    for cleanup in state.get("cleanups", []):
+        cleanup()
     for instance in state["instances"]:
         for kind, names in instance.magics.items():
             for magic_name in names:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
-from traitlets import Unicode
+from traitlets import Enum, Unicode
 
 from ..metadata import parse_metric_value, parse_param_value
 from ..tables import format_bytes
+from .capture import commit_from_notebook
+from .output import OUTPUT_CHOICES, show_graph
 from .session import MVCSession, parse_line, user_errors
 
 
@@ -30,12 +32,17 @@ def parse_pairs(groups: list[list[str]] | None, what: str) -> list[tuple[str, st
 class MVCMagics(Magics):
     """Model version control: commit, check out, log, tag and status of notebook models.
 
-    Options (``%config MVCMagics.<option> = ...``): ``store`` (the store folder) and
-    ``default_model`` (the variable meant when a magic names none).
+    Options (``%config MVCMagics.<option> = ...``): ``store`` (the store folder),
+    ``default_model`` (the variable meant when a magic names none) and ``output`` (``auto``,
+    ``widget``, ``html`` or ``text``: how results are shown; ``auto`` is rich in Jupyter, text in a
+    terminal).
     """
 
     store = Unicode("", help="Store folder; empty: .mvc beside the notebook (or $MVC_DIR)").tag(config=True)
     default_model = Unicode("", help="Model variable used when a magic names none").tag(config=True)
+    output = Enum(OUTPUT_CHOICES, default_value="auto",
+                  help="How results are shown: auto (widgets/HTML in Jupyter, text in a terminal), "
+                       "widget, html or text").tag(config=True)
 
     def __init__(self, shell, session: MVCSession) -> None:
         super().__init__(shell)
@@ -66,9 +73,14 @@ class MVCMagics(Magics):
     @argument("--metric", nargs="+", action="append", metavar="K=V", help="metrics, e.g. --metric acc=0.9")
     @argument("--param", nargs="+", action="append", metavar="K=V", help="params, e.g. --param lr=0.01")
     @argument("--tag", nargs="+", action="append", metavar="TAG", help="tags to put on the version")
+    @argument("--data", nargs="+", action="append", metavar="VAR",
+              help="data variables to fingerprint in the provenance (hash, shape, dtype)")
     @user_errors
     def mvc_commit(self, line: str):
         """Commit the model variable MODEL as a new version (fit history metrics are captured).
+
+        The provenance records the notebook, the cells run since the last commit of MODEL and,
+        with ``--data x_train y_train``, fingerprints of the training data (``%mvc_show --code``).
 
         Returns the Version, so ``v = %mvc_commit model`` works.
         """
@@ -78,11 +90,12 @@ class MVCMagics(Magics):
         metrics = {k: parse_metric_value(k, v) for k, v in parse_pairs(args.metric, "metric")}
         params = {k: parse_param_value(v) for k, v in parse_pairs(args.param, "param")}
         tags = [t for group in args.tag or [] for t in group]
-        version = self.session.repo.commit(
-            model, name, message=args.message, metrics=metrics or None, params=params, tags=tags,
-            provenance={"notebook": self.session.notebook_path()} if self.session.notebook_path() else None,
+        data = [d for group in args.data or [] for d in group]
+        version = commit_from_notebook(
+            self.session, model, name, data, message=args.message, metrics=metrics or None, params=params,
+            tags=tags,
         )
-        print(commit_line(version))
+        print(commit_line(version, name))
         return version
 
     # -- %mvc_checkout ----------------------------------------------------------------------
@@ -125,6 +138,7 @@ class MVCMagics(Magics):
         else:
             repo.checkout(version.id, live, name=target, **signed)
             print(f"checked out {version.summary()} into {target}")
+        self.session.recorder.committed(target)  # the next version's provenance starts here
 
     def _model_for_ref(self, ref: str) -> str | None:
         """The model a ref refers to when none is named: the configured or only tracked one."""
@@ -142,13 +156,19 @@ class MVCMagics(Magics):
     @magic_arguments()
     @argument("model", nargs="?", default=None, help="the model (default: all models)")
     @argument("-n", type=int, default=20, help="how many versions (newest first; 0: all)")
+    @argument("--graph", action="store_true",
+              help="draw the version graph (merges, tags, HEAD): a figure in Jupyter, text in a terminal")
     @user_errors
     def mvc_log(self, line: str):
         """Show the versions of a model, newest first, with tags, metrics and HEAD."""
         args = parse_line(self.mvc_log, line)
         if args.n < 0:
             raise UsageError("-n must be 0 (all) or a positive count")
-        return self.session.repo.log(args.model, limit=args.n or None)
+        log = self.session.repo.log(args.model, limit=args.n or None)
+        if args.graph:
+            show_graph(self.shell, log)
+            return None
+        return log
 
     # -- %mvc_tag ---------------------------------------------------------------------------
 
@@ -192,12 +212,14 @@ class MVCMagics(Magics):
         return self.session.repo.status(self.session.namespace)
 
 
-def commit_line(version) -> str:
+def commit_line(version, name: str | None = None) -> str:
     """The one line %mvc_commit prints: id, message, tensors written vs reused, bytes written."""
     stats = version.stats
     message = f" {version.message!r}" if version.message else ""
     if stats is not None and not stats.new_version:
-        return f"unchanged: {version.short_id}{message} already stored (metrics and tags attached)"
+        owner = f" as a version of {version.name!r}" if name and name != version.name else ""
+        return (f"unchanged: {version.short_id}{message} already stored{owner} "
+                "(metrics and tags attached)")
     written = stats.tensors_written if stats else 0
     reused = stats.tensors_reused if stats else 0
     nbytes = stats.bytes_written if stats else 0

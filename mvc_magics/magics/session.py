@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from IPython.core.error import UsageError
 
 from ..errors import MVCError
+from ..provenance import CellRecorder
 from ..repo import Repo, default_store_path
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -40,6 +41,7 @@ class MVCSession:
         self.shell = shell
         self.store_path: Path | None = None
         self._repo: Repo | None = None
+        self.recorder = CellRecorder()  # executed cells, for the provenance of commits
 
     @property
     def namespace(self) -> dict:

@@ -9,6 +9,9 @@
       refs/<model>/tags/<tag>   JSON {"id": ..., "protected": bool}
       notes/<id>/<n>.json       write-once notes: metrics attached to an existing version later
       signatures/<ab>/<id>.json write-once signatures of version ids (optional)
+      removed/<ab>/<id>         tombstones: versions removed with Repo.remove (their file may stay
+                                as a retired file holding tensors other versions still use)
+      remotes.json              configured remotes (name -> URL; never credentials)
       index.sqlite              the index (a cache, rebuilt by reindex)
       audit.log                 hash-chained operation log
       lock, lock.owner          the store lock and who holds it (pid@host); lock.owner is removed
@@ -55,6 +58,8 @@ class StoreLayout:
         self.objects = self.root / "objects"
         self.refs = self.root / "refs"
         self.notes = self.root / "notes"
+        self.removed = self.root / "removed"
+        self.remotes_path = self.root / "remotes.json"
         self.tmp = self.root / "tmp"
         self.index_path = self.root / "index.sqlite"
         self.audit_path = self.root / "audit.log"
@@ -167,8 +172,8 @@ class StoreLayout:
     def snapshot_path(self, version_id: str) -> Path:
         return self.objects / version_id[:2] / f"{version_id}.h5"
 
-    def snapshot_files(self) -> Iterator[tuple[str, Path]]:
-        """(id, path) of every snapshot file present."""
+    def snapshot_files(self, include_removed: bool = False) -> Iterator[tuple[str, Path]]:
+        """(id, path) of every snapshot file present (files of removed versions only if asked)."""
         if not self.objects.is_dir():
             return
         for sub in sorted(self.objects.iterdir()):
@@ -176,7 +181,33 @@ class StoreLayout:
                 continue
             for entry in sorted(sub.iterdir()):
                 if entry.suffix == ".h5" and not entry.name.startswith("."):
-                    yield entry.stem, entry
+                    if include_removed or not self.is_removed(entry.stem):
+                        yield entry.stem, entry
+
+    # -- removed versions (tombstones) ------------------------------------------------------
+
+    def tombstone_path(self, version_id: str) -> Path:
+        return self.removed / version_id[:2] / version_id
+
+    def is_removed(self, version_id: str) -> bool:
+        return self.tombstone_path(version_id).exists()
+
+    def write_tombstone(self, version_id: str, record: dict) -> None:
+        atomic_write_bytes(self.tombstone_path(version_id), json.dumps(record, sort_keys=True).encode(), self.tmp)
+
+    def delete_tombstone(self, version_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.tombstone_path(version_id).unlink()
+
+    def removed_ids(self) -> list[str]:
+        if not self.removed.is_dir():
+            return []
+        return sorted(e.name for sub in self.removed.iterdir() if sub.is_dir() for e in sub.iterdir()
+                      if not e.name.startswith("."))
+
+    def delete_head(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.head_path(name).unlink()
 
     # -- refs -------------------------------------------------------------------------------
 

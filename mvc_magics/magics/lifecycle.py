@@ -1,0 +1,53 @@
+"""Magics for the end of a version's life: %mvc_export, %mvc_rm, %mvc_gc."""
+
+from __future__ import annotations
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments
+
+from ..export import FORMATS
+from .session import MVCSession, parse_line, user_errors
+
+
+@magics_class
+class LifecycleMagics(Magics):
+    """Export versions for serving, remove versions, reclaim space."""
+
+    def __init__(self, shell, session: MVCSession) -> None:
+        super().__init__(shell)
+        self.session = session
+
+    @line_magic
+    @magic_arguments()
+    @argument("ref", help="the version (tag such as production, id prefix, best:METRIC...)")
+    @argument("path", help="destination: model.keras, a SavedModel folder, or model.weights.h5")
+    @argument("--format", default="keras", choices=FORMATS, help="keras (default), savedmodel or weights-h5")
+    @argument("--model", default=None, help="the model whose history the ref is in")
+    @user_errors
+    def mvc_export(self, line: str):
+        """Write a version for serving: a .keras file, a TensorFlow SavedModel, or a .weights.h5 file."""
+        args = parse_line(self.mvc_export, line)
+        path = self.session.repo.export(args.ref, args.path, format=args.format, name=args.model)
+        print(f"exported {args.ref} as {args.format} to {path}")
+
+    @line_magic
+    @magic_arguments()
+    @argument("ref", help="the version to remove")
+    @argument("--model", default=None, help="the model whose history the ref is in")
+    @argument("--force", action="store_true", help="remove a version that carries a protected tag")
+    @user_errors
+    def mvc_rm(self, line: str):
+        """Remove a version (its tags go; a HEAD on it moves to its parent). %mvc_gc reclaims the space."""
+        args = parse_line(self.mvc_rm, line)
+        version = self.session.repo.remove(args.ref, name=args.model, force=args.force)
+        print(f"removed {version.short_id} ({version.name}); run %mvc_gc to reclaim its space")
+
+    @line_magic
+    @user_errors
+    def mvc_gc(self, line: str):
+        """Reclaim the space of tensors no remaining version uses; prints the bytes freed."""
+        if line.strip():
+            raise UsageError("%mvc_gc takes no arguments")
+        report = self.session.repo.gc()
+        print(report)

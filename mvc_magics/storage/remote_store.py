@@ -1,0 +1,310 @@
+"""A remote store on any fsspec URL: immutable objects, write-once notes, conditionally written tags.
+
+::
+
+    <url>/
+      FORMAT                         "mvc-remote 1"
+      objects/<ab>/<id>.h5           snapshot files, byte-identical to the local store's: the versions
+      objects/<ab>/<id>.retired.h5   retired files: tensors of a version removed somewhere that other
+                                     versions still use (never shown as a version)
+      notes/<ab>/<id>/<n>.json       write-once notes (metrics attached later)
+      refs/<model>/tags/<tag>        JSON {"id": ..., "protected": bool}
+      tmp/                           uploads in flight (only on backends without atomic PUT)
+
+Object keys are content ids, so an object present under its final key is the complete, immutable
+file: on object stores (S3, GCS, Azure) a PUT, including a multipart upload, becomes visible only
+when complete, so objects are uploaded directly to their final key; elsewhere (local folders,
+mounted file systems, HDFS) they are uploaded to ``tmp/`` and renamed into place.
+Credentials are never handled here: fsspec and the cloud SDKs read them from the environment and
+their own configuration files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from ..errors import InvalidRemoteError, RemoteError, StoreFormatError
+from ..hashing import HASH_HEX_LENGTH
+from ..names import validate_name
+
+REMOTE_FORMAT = "mvc-remote"
+REMOTE_VERSION = 1
+# Backends where a PUT is atomic: the object appears under its key only once fully uploaded.
+ATOMIC_PUT_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "memory"})
+# An upload temporary older than this belongs to a push that was killed.
+STALE_UPLOAD_SECONDS = 3600.0
+_ID_FILE = re.compile(rf"^([0-9a-f]{{{HASH_HEX_LENGTH}}})(\.retired)?\.h5$")
+
+
+def check_url(url: str) -> str:
+    """Return ``url`` if it is a usable remote URL without credentials in it."""
+    if not isinstance(url, str) or not url.strip():
+        raise InvalidRemoteError("a remote URL must be a non-empty string")
+    url = url.strip()
+    parts = urlsplit(url)
+    if parts.username or parts.password or "@" in parts.netloc:
+        raise InvalidRemoteError(
+            "remote URLs must not contain credentials (user:password@); set them in the environment "
+            "or the fsspec/cloud SDK configuration instead"
+        )
+    if parts.query or parts.fragment:
+        raise InvalidRemoteError("remote URLs must not have a query string or fragment (they may carry secrets)")
+    if not parts.scheme and not url.startswith("/"):
+        url = Path(url).expanduser().resolve().as_uri()  # a relative folder
+    return url
+
+
+class RemoteStore:
+    """The objects, notes and tags of one remote URL, through fsspec."""
+
+    def __init__(self, url: str) -> None:
+        self.url = check_url(url)
+        try:
+            import fsspec
+
+            # A fresh instance: a cached one could hold credentials or listings from before.
+            self.fs, self.root = fsspec.url_to_fs(self.url, skip_instance_cache=True)
+        except (ImportError, ValueError) as exc:
+            raise RemoteError(f"cannot use remote {self.url}: {exc} (pip install \"mvc_magics[remote]\" "
+                              "for S3; other stores need their fsspec package, e.g. gcsfs)") from exc
+        self.root = self.root.rstrip("/")
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        self.protocol = protocol
+        self.atomic_put = protocol in ATOMIC_PUT_PROTOCOLS
+        self.local = protocol in ("file", "local")
+
+    def _key(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def object_key(self, version_id: str, retired: bool = False) -> str:
+        return self._key("objects", version_id[:2], f"{version_id}{'.retired' if retired else ''}.h5")
+
+    def _call(self, what: str, func: Callable, *args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError, PermissionError) as exc:
+            raise RemoteError(f"remote {self.url}: cannot {what}: {exc}") from exc
+
+    # -- format -----------------------------------------------------------------------------
+
+    def check_format(self, create: bool = False) -> bool:
+        """True when the remote holds an mvc remote; create the marker when ``create``."""
+        key = self._key("FORMAT")
+        try:
+            text = self._call("read FORMAT", self.fs.cat_file, key).decode("utf-8", "replace").split()
+        except FileNotFoundError:
+            if not create:
+                return False
+            self._call("create the remote", self._makedirs, self.root)
+            self._write_exclusive(key, f"{REMOTE_FORMAT} {REMOTE_VERSION}\n".encode())
+            return True
+        if len(text) != 2 or text[0] != REMOTE_FORMAT:
+            raise StoreFormatError(f"{self.url} is not an mvc remote (bad FORMAT file)")
+        if text[1] != str(REMOTE_VERSION):
+            raise StoreFormatError(f"remote {self.url} has format version {text[1]}; this mvc_magics "
+                                   f"reads version {REMOTE_VERSION} (upgrade mvc_magics)")
+        return True
+
+    def _makedirs(self, path: str) -> None:
+        if self.local:
+            self.fs.makedirs(path, exist_ok=True)
+
+    # -- objects ----------------------------------------------------------------------------
+
+    def objects(self, retired: bool = False) -> dict[str, int]:
+        """Id -> size in bytes of every snapshot file (or, with ``retired``, retired file) on the remote."""
+        try:
+            found = self._call("list objects", self.fs.find, self._key("objects"), detail=True)
+        except FileNotFoundError:
+            return {}
+        result = {}
+        for path, info in found.items():
+            match = _ID_FILE.match(path.rsplit("/", 1)[-1])
+            if match and bool(match.group(2)) == retired:
+                result[match.group(1)] = int(info.get("size") or 0)
+        return result
+
+    def put_object(self, local: Path, version_id: str, retired: bool = False) -> None:
+        """Upload a snapshot (or retired) file so that its final key only ever holds the complete file."""
+        final = self.object_key(version_id, retired)
+        if self.atomic_put:
+            self._call(f"upload {version_id[:12]}", self.fs.put_file, str(local), final)
+            return
+        tmp = self._key("tmp", f"{version_id}-{uuid.uuid4().hex}.h5")
+        self._call("create folders", self._makedirs, self._key("tmp"))
+        self._call("create folders", self._makedirs, final.rsplit("/", 1)[0])
+        try:
+            self._call(f"upload {version_id[:12]}", self.fs.put_file, str(local), tmp)
+            if self.local:
+                with open(tmp, "rb+") as handle:
+                    os.fsync(handle.fileno())
+                os.replace(tmp, final)  # atomic on one file system
+            else:
+                self._call(f"move {version_id[:12]} into place", self.fs.mv, tmp, final)
+        finally:
+            with contextlib.suppress(Exception):
+                if self.fs.exists(tmp):
+                    self.fs.rm_file(tmp)
+
+    def clean_stale_uploads(self, older_than: float = STALE_UPLOAD_SECONDS) -> int:
+        """Delete temporaries in ``tmp/`` left by uploads killed more than ``older_than`` seconds ago."""
+        if self.atomic_put:
+            return 0
+        try:
+            found = self.fs.find(self._key("tmp"), detail=True)
+        except (FileNotFoundError, OSError):
+            return 0
+        removed = 0
+        now = time.time()
+        for path, info in found.items():
+            mtime = info.get("mtime") or info.get("created")
+            if isinstance(mtime, int | float) and now - mtime > older_than:
+                with contextlib.suppress(OSError):
+                    self.fs.rm_file(path)
+                    removed += 1
+        return removed
+
+    def get_object(self, version_id: str, local: Path, retired: bool = False) -> None:
+        self._call(f"download {version_id[:12]}", self.fs.get_file, self.object_key(version_id, retired),
+                   str(local))
+
+    # -- notes ------------------------------------------------------------------------------
+
+    def notes(self) -> dict[str, dict[str, str]]:
+        """Version id -> {note file name: key} of every note on the remote."""
+        try:
+            paths = self._call("list notes", self.fs.find, self._key("notes"))
+        except FileNotFoundError:
+            return {}
+        result: dict[str, dict[str, str]] = {}
+        for path in paths:
+            parts = path[len(self.root) + 1:].split("/")
+            if len(parts) == 4 and parts[3].endswith(".json") and not parts[3].startswith("."):
+                result.setdefault(parts[2], {})[parts[3]] = path
+        return result
+
+    def put_note(self, version_id: str, filename: str, data: bytes) -> None:
+        key = self._key("notes", version_id[:2], version_id, filename)
+        self._call("create folders", self._makedirs, key.rsplit("/", 1)[0])
+        self._write_exclusive(key, data)
+
+    def read_bytes(self, key: str) -> bytes:
+        return self._call(f"read {key}", self.fs.cat_file, key)
+
+    # -- tags -------------------------------------------------------------------------------
+
+    def tags(self) -> dict[tuple[str, str], tuple[str, bool]]:
+        """(model, tag) -> (version id, protected) of every well-formed tag on the remote."""
+        try:
+            paths = self._call("list tags", self.fs.find, self._key("refs"))
+        except FileNotFoundError:
+            return {}
+        found = {}
+        for path in paths:
+            parts = path[len(self.root) + 1:].split("/")
+            if len(parts) != 4 or parts[0] != "refs" or parts[2] != "tags":
+                continue
+            with contextlib.suppress(ValueError, KeyError, TypeError, RemoteError, FileNotFoundError):
+                model, tag = validate_name(parts[1], "model name"), validate_name(parts[3], "tag")
+                data = json.loads(self.read_bytes(path))
+                vid = str(data["id"])
+                if len(vid) == HASH_HEX_LENGTH:
+                    found[(model, tag)] = (vid, bool(data.get("protected")))
+        return found
+
+    def tag_key(self, model: str, tag: str) -> str:
+        return self._key("refs", validate_name(model, "model name"), "tags", validate_name(tag, "tag"))
+
+    def write_tag(self, model: str, tag: str, version_id: str, protected: bool, expected: str | None) -> bool:
+        """Set a tag only if it still points at ``expected`` (None: only if absent).
+
+        Returns False when the remote tag changed meanwhile (someone else moved or created it).
+        S3 uses conditional PUTs (If-None-Match / If-Match on the ETag); local folders hold a lock
+        file around compare-and-swap; other backends re-read just before writing (best effort).
+        """
+        key = self.tag_key(model, tag)
+        data = (json.dumps({"id": version_id, "protected": bool(protected)}) + "\n").encode()
+        if self.local:
+            import filelock
+
+            self._makedirs(key.rsplit("/", 1)[0])
+            with filelock.FileLock(self._key("refs.lock"), timeout=60):
+                if self._current_tag_id(key) != expected:
+                    return False
+                self._write_local(key, data)
+            return True
+        if expected is None:
+            return self._write_exclusive(key, data, raise_on_exists=False)
+        if self.protocol in ("s3", "s3a"):
+            try:
+                etag = self.fs.info(key, refresh=True).get("ETag")
+            except FileNotFoundError:
+                return False
+            if self._current_tag_id(key) != expected:
+                return False
+            try:
+                self.fs.pipe_file(key, data, IfMatch=etag)
+            except OSError:
+                return False  # 412 Precondition Failed: moved since we read it
+            return True
+        if self._current_tag_id(key) != expected:
+            return False
+        self._call(f"write tag {tag}", self.fs.pipe_file, key, data)
+        return True
+
+    def _current_tag_id(self, key: str) -> str | None:
+        try:
+            return str(json.loads(self.fs.cat_file(key))["id"])
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError):
+            return "<unreadable>"
+
+    # -- write primitives -------------------------------------------------------------------
+
+    def _write_local(self, key: str, data: bytes) -> None:
+        tmp = f"{key}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, key)
+
+    def _write_exclusive(self, key: str, data: bytes, raise_on_exists: bool = False) -> bool:
+        """Create ``key`` only if absent; False (or an error) when it already exists."""
+        if self.local:
+            self._makedirs(key.rsplit("/", 1)[0])
+            tmp = f"{key}.tmp-{uuid.uuid4().hex}"
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                os.link(tmp, key)  # fails if the key exists: an exclusive, complete create
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(tmp)
+            return True
+        if self.protocol in ("s3", "s3a"):
+            try:
+                self.fs.pipe_file(key, data, mode="create")
+            except OSError:
+                if self.fs.exists(key):
+                    return False
+                raise
+            return True
+        if self.fs.exists(key):
+            return False
+        self._call(f"write {key}", self.fs.pipe_file, key, data)
+        return True

@@ -1,0 +1,160 @@
+"""Remotes on a real S3 API: moto in server mode on 127.0.0.1, reached through s3fs like AWS."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_remote import interrupted_push_then_repush, make_weights
+
+from mvc_magics import Repo
+from mvc_magics.errors import RemoteConflictError
+from mvc_magics.storage.remote_store import RemoteStore
+
+SECRET = "mvc-test-secret-" + uuid.uuid4().hex
+KEY_ID = "MVCTESTKEY" + uuid.uuid4().hex[:10].upper()
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """A moto S3 server on 127.0.0.1 (free port), with credentials only in the environment."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield env
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        server.stop()
+
+
+@pytest.fixture
+def s3_url(s3_server):
+    import boto3
+
+    bucket = "mvc-" + uuid.uuid4().hex[:12]
+    boto3.client("s3", endpoint_url=s3_server["AWS_ENDPOINT_URL"]).create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/team/models"
+
+
+def all_bytes(folder: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file())
+
+
+def test_s3_push_clone_pull_and_credentials_never_stored(tmp_path, s3_url):
+    a = Repo(tmp_path / "a" / ".mvc")
+    w = make_weights(1)
+    v1 = a.commit(w, "m", metrics={"loss": 0.5}, tags=["staging"])
+    a.add_remote("origin", s3_url)
+    assert a.push().versions == [v1.id]
+    assert a.push().objects_sent == 0
+    b = Repo.clone(s3_url, tmp_path / "b" / ".mvc")
+    np.testing.assert_array_equal(b.load_state(b.resolve("staging", name="m"))["dense/kernel"], w["dense/kernel"])
+    w["dense/bias"] = w["dense/bias"] * 2
+    v2 = b.commit(w, "m", metrics={"loss": 0.25})
+    b.push()
+    report = a.pull()
+    assert report.versions == [v2.id]
+    assert a.resolve("best:loss", name="m").id == v2.id
+    assert a.verify().ok and b.verify().ok
+    for repo in (a, b):
+        repo.close()
+        stored = all_bytes(repo.path)
+        assert SECRET.encode() not in stored and KEY_ID.encode() not in stored
+    assert "team/models" in (tmp_path / "a" / ".mvc" / "audit.log").read_text()  # the URL is recorded
+
+
+def test_s3_two_users_and_a_conflicting_tag_move(tmp_path, s3_url):
+    a, b = Repo(tmp_path / "a" / ".mvc"), Repo(tmp_path / "b" / ".mvc")
+    va = a.commit(make_weights(1), "m", tags=["production"])
+    vb = b.commit(make_weights(2), "m", tags=["production"])
+    for repo in (a, b):
+        repo.add_remote("origin", s3_url)
+    a.push()
+    with pytest.raises(RemoteConflictError, match="production"):
+        b.push()
+    store = RemoteStore(s3_url)
+    assert set(store.objects()) == {va.id, vb.id}
+    assert store.tags()[("m", "production")] == (va.id, False)
+    b.push(force=True)
+    assert store.tags()[("m", "production")][0] == vb.id
+    a.close()
+    b.close()
+
+
+def test_s3_conditional_writes_are_enforced_by_the_server(s3_url):
+    """The primitives tag writes rely on: If-None-Match create and If-Match on the ETag."""
+    store = RemoteStore(s3_url)
+    store.check_format(create=True)
+    one, two = "1" * 64, "2" * 64
+    assert store.write_tag("m", "production", one, True, expected=None)
+    assert not store.write_tag("m", "production", two, True, expected=None)  # exists: refused
+    assert not store.write_tag("m", "production", two, True, expected=two)  # stale expectation
+    key = store.tag_key("m", "production")
+    stale = store.fs.info(key, refresh=True)["ETag"]
+    assert store.write_tag("m", "production", two, True, expected=one)
+    with pytest.raises(OSError):
+        store.fs.pipe_file(key, b"{}", IfMatch=stale)  # a writer holding the old ETag loses
+    assert store.tags()[("m", "production")] == (two, True)
+
+
+def test_s3_interrupted_push_is_invisible_and_repush_completes(tmp_path, s3_url, s3_server):
+    interrupted_push_then_repush(tmp_path, s3_url, env=s3_server)
+
+
+@pytest.mark.parametrize("backend", ["s3", "file"])
+def test_concurrent_pushes_of_one_tag_exactly_one_wins(tmp_path, backend, request):
+    import threading
+
+    url = request.getfixturevalue("s3_url") if backend == "s3" else (tmp_path / "remote").as_uri()
+    repos = [Repo(tmp_path / name / ".mvc") for name in ("a", "b")]
+    ids = [repo.commit(make_weights(seed), "m", tags=["production"]).id for seed, repo in enumerate(repos)]
+    for repo in repos:
+        repo.add_remote("origin", url)
+    RemoteStore(url).check_format(create=True)
+    barrier, outcomes = threading.Barrier(2), {}
+
+    def push(index: int) -> None:
+        barrier.wait()
+        try:
+            repos[index].push()
+            outcomes[index] = "ok"
+        except RemoteConflictError:
+            outcomes[index] = "conflict"
+
+    threads = [threading.Thread(target=push, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(outcomes.values()) == ["conflict", "ok"]
+    winner = ids[next(i for i, o in outcomes.items() if o == "ok")]
+    store = RemoteStore(url)
+    assert store.tags()[("m", "production")][0] == winner
+    assert set(store.objects()) == set(ids)  # the loser's version is there too
+    for repo in repos:
+        repo.close()
+
+
+def test_s3_missing_bucket_is_a_one_line_remote_error(tmp_path, s3_server):
+    from mvc_magics.errors import RemoteError
+
+    with Repo(tmp_path / ".mvc") as repo:
+        repo.commit(make_weights(1), "m")
+        with pytest.raises(RemoteError, match="remote s3://no-such-bucket-here/x"):
+            repo.push("s3://no-such-bucket-here/x")
+        with pytest.raises(RemoteError):
+            repo.pull("s3://no-such-bucket-here/x")
