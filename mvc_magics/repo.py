@@ -437,8 +437,6 @@ class Repo:
                 self._discard_index()
                 self.index = Index(self.layout.index_path)
                 count = rebuild_index(self)
-            if count or self.audit.path.exists():  # a brand-new store has nothing worth recording
-                self.audit.append(author(), "reindex", None, [], {"versions": count})
             return count
 
     def _recover_unindexed(self) -> None:
