@@ -63,8 +63,12 @@ class IntegrityError(MVCError):
     """Stored data does not match its hash, or a snapshot file is malformed or hostile."""
 
 
-class MergeConflictError(MVCError, ValueError):
-    """The inputs of a merge cannot be combined; nothing was committed."""
+class MergeError(MVCError, ValueError):
+    """A merge was asked for wrongly (unknown method, missing evaluation function); nothing was committed."""
+
+
+class MergeConflictError(MergeError):
+    """The inputs of a merge cannot be combined (structures, tensors, weights); nothing was committed."""
 
 
 class LockTimeoutError(StoreError):

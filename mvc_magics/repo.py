@@ -154,6 +154,7 @@ class Repo:
                 )
                 if revived:
                     self.layout.delete_tombstone(vid)
+        getattr(adapter, "mark_committed", lambda _model: None)(model)
         version = self.get(vid, name=name)
         version.stats = stats
         return version
@@ -586,6 +587,51 @@ class Repo:
         from .removal import collect_garbage
 
         return collect_garbage(self)
+
+    # -- merge ------------------------------------------------------------------------------
+
+    def merge(self, refs: Iterable[str | Version], weights: Iterable[float] | None = None,
+              method: str = "average", eval_fn: Any = None, name: str | None = None,
+              message: str | None = None, into: Any = None, **options: Any) -> Version:
+        """Merge versions into a new version whose parents are all the inputs.
+
+        ``method``: ``"average"`` (weighted mean of the float tensors; weights normalized, default
+        uniform: a uniform soup), ``"greedy"`` (greedy soup ranked and scored by ``eval_fn(model)``,
+        higher is better; ``metric="val_accuracy"`` ranks by a stored metric instead), ``"ensemble"``
+        (a Keras model averaging the members' outputs) or ``"vote"`` (their majority class).
+        Refs are resolved in ``name``'s history; the result is committed as ``name`` (default: the
+        first input's model; ``<model>_ensemble``/``<model>_vote`` for ensembles, or
+        ``result_name=``). ``into`` loads the result into a live model, all or nothing. Other
+        options: ``metric``, ``model`` (a live model to hold the merge when the structure cannot
+        be rebuilt), ``result_name``, ``tags``, ``score_name``, ``provenance``. Conflicts raise
+        :class:`~mvc_magics.errors.MergeConflictError` before anything is written.
+
+        >>> soup = repo.merge(["ft1", "ft2", "ft3"], name="model", into=model)   # doctest: +SKIP
+        >>> soup.report.weights                                                   # doctest: +SKIP
+        """
+        from .merge import merge_versions
+
+        refs = refs if isinstance(refs, str) else list(refs)
+        weights = weights if weights is None or isinstance(weights, str) else list(weights)
+        return merge_versions(self, refs, weights, method, eval_fn, name, message, into, **options)
+
+    def merge_preview(self, refs: Iterable[str | Version], weights: Iterable[float] | None = None,
+                      method: str = "average", eval_fn: Any = None, name: str | None = None,
+                      **options: Any) -> Any:
+        """The merge computed (and scored with ``eval_fn``) but not committed: a ``MergePreview``
+        with ``.model`` (a live model holding the result), ``.score`` and ``.report``."""
+        from .merge import merge_preview
+
+        refs = refs if isinstance(refs, str) else list(refs)
+        weights = weights if weights is None or isinstance(weights, str) else list(weights)
+        return merge_preview(self, refs, weights, method, eval_fn, name, **options)
+
+    def merge_panel(self, refs: Iterable[str | Version], name: str | None = None,
+                    namespace: Mapping[str, Any] | None = None, **options: Any) -> Any:
+        """An ipywidgets panel to weigh, preview and commit a merge of ``refs``."""
+        from .widgets.merge_panel import MergePanel
+
+        return MergePanel(self, list(refs), name=name, namespace=namespace, **options)
 
     # -- reliability and security --
 

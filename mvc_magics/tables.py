@@ -35,6 +35,15 @@ class Table:
         lines.extend(self.notes)
         return "\n".join(lines)
 
+    def __str__(self) -> str:
+        return self.to_text()
+
+    def _repr_pretty_(self, printer, cycle: bool) -> None:
+        printer.text(self.to_text())
+
+    def _repr_html_(self) -> str:
+        return self.to_html()
+
     def to_html(self) -> str:
         head = "".join(f"<th style='text-align:left'>{html.escape(str(h))}</th>" for h in self.header)
         body = []

@@ -130,3 +130,16 @@ def test_models_without_variables_are_refused(repo, store_path):
     with pytest.raises(UnsupportedModelError, match="no variables"):
         repo.commit(empty, "net")
     assert repo.log() == []
+
+
+def test_fit_metrics_are_captured_once_per_fit(repo):
+    model = linear_regression()
+    train_reference(model, 3)
+    first = repo.commit(model, "model")
+    assert "val_mse" in first.metrics
+    last = model.layers[-1]
+    last.bias.assign(last.bias.numpy() + 1.0)  # a manual edit, no new fit
+    edited = repo.commit(model, "model", message="edited by hand")
+    assert edited.metrics == {}  # the previous fit's metrics do not describe these weights
+    train_reference(model, 1)
+    assert "val_mse" in repo.commit(model, "model").metrics

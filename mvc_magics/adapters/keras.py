@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +21,9 @@ from ..errors import UnsupportedModelError
 from .base import match_state
 
 _KERAS_BASES = {"Layer", "Model", "Sequential", "Functional"}
+# Layers mvc_magics itself defines (the vote of an ensemble): package code, trusted on rebuild.
+# Only these exact classes are allowed, so a structure cannot name anything else in the package.
+_OWN_LAYERS = {"mvc_magics.keras_layers": frozenset({"MajorityVote"})}
 
 
 def _quiet_tensorflow() -> None:
@@ -37,6 +41,10 @@ class KerasAdapter:
     """Keras 3 models: every variable (trainable and not), the JSON structure, fit history."""
 
     framework = "keras"
+
+    def __init__(self) -> None:
+        # model -> (id of its History, epochs) last used by a commit; weak so models can be freed
+        self._captured: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def handles(self, obj: object) -> bool:
         if "keras" not in sys.modules:
@@ -126,6 +134,8 @@ class KerasAdapter:
                     f"the structure refers to code outside Keras ({', '.join(sorted(foreign)[:3])}); "
                     "check out into an existing model, or pass unsafe=True if you trust this store"
                 )
+        from .. import keras_layers  # noqa: F401 - registers the package's own layers
+
         try:
             model = keras.saving.deserialize_keras_object(structure, safe_mode=not unsafe)
         except Exception as exc:
@@ -150,11 +160,28 @@ class KerasAdapter:
             compile_config = None
         return {"compile": compile_config} if compile_config else {}
 
-    def fit_metrics(self, model: Any) -> dict[str, float]:
+    def _history_mark(self, model: Any) -> tuple[int, int] | None:
         history = getattr(model, "history", None)
         logs = getattr(history, "history", None)
         if not isinstance(logs, dict):
+            return None
+        return id(history), max((len(v) for v in logs.values() if isinstance(v, list | tuple)), default=0)
+
+    def mark_committed(self, model: Any) -> None:
+        """Remember the fit history a commit used, so a later commit does not reuse its metrics."""
+        mark = self._history_mark(model)
+        if mark is not None:
+            try:
+                self._captured[model] = mark
+            except TypeError:  # not weak-referenceable: metrics may then be captured again
+                pass
+
+    def fit_metrics(self, model: Any) -> dict[str, float]:
+        """The last epoch of the most recent fit, unless a commit of this model already used it."""
+        mark = self._history_mark(model)
+        if mark is None or self._captured.get(model) == mark:
             return {}
+        logs = model.history.history
         metrics = {}
         for key, values in logs.items():
             if isinstance(values, list | tuple) and values:
@@ -181,7 +208,8 @@ def _foreign_modules(structure: object) -> set[str]:
         item = stack.pop()
         if isinstance(item, dict):
             module = item.get("module")
-            if isinstance(module, str) and module.split(".")[0] != "keras":
+            own = item.get("class_name") in _OWN_LAYERS.get(module, ())
+            if isinstance(module, str) and module.split(".")[0] != "keras" and not own:
                 found.add(module)
             stack.extend(item.values())
         elif isinstance(item, list):

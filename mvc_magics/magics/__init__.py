@@ -15,6 +15,7 @@ from .compare import CompareMagics
 from .completion import install_completer
 from .core import MVCMagics
 from .lifecycle import LifecycleMagics
+from .merge import MergeMagics
 from .remote import RemoteMagics
 from .session import MVCSession
 
@@ -26,6 +27,7 @@ MAGIC_CLASSES.append(AuditMagics)
 MAGIC_CLASSES.append(CompareMagics)
 MAGIC_CLASSES.append(AutomationMagics)
 MAGIC_CLASSES += [RemoteMagics, LifecycleMagics]  # issue 8
+MAGIC_CLASSES.append(MergeMagics)
 
 _STATE_ATTR = "_mvc_magics_state"
 

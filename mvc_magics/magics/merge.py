@@ -1,0 +1,138 @@
+"""%mvc_merge: weight averages, greedy soups and ensembles of stored versions."""
+
+from __future__ import annotations
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments
+
+from ..adapters import adapter_for
+from ..errors import UnsupportedModelError
+from ..merge import METHODS
+from ..provenance import build_provenance
+from ..tables import format_bytes, format_number
+from .session import MVCSession, parse_line, user_errors
+
+
+def parse_weights(text: str | None) -> list[float] | None:
+    """``--weights 2,1,1`` -> [2.0, 1.0, 1.0] (the API checks count and signs)."""
+    if text is None:
+        return None
+    try:
+        return [float(piece) for piece in text.split(",") if piece.strip()]
+    except ValueError:
+        raise UsageError(f"--weights must be numbers separated by commas, not {text!r}") from None
+
+
+@magics_class
+class MergeMagics(Magics):
+    """Merging versions: ``%mvc_merge`` (average, greedy soup, ensemble, vote)."""
+
+    def __init__(self, shell, session: MVCSession) -> None:
+        super().__init__(shell)
+        self.session = session
+
+    def _callable(self, name: str | None, what: str):
+        if name is None:
+            return None
+        value = self.session.variable(name)
+        if not callable(value):
+            raise UsageError(f"{what} {name!r} is not callable (it must take a model and return a number)")
+        return value
+
+    def _model_name(self, given: str | None) -> str | None:
+        """The model whose history the refs are in: given, configured, or the only one present."""
+        if given:
+            return given
+        for configurable in getattr(self.shell, "configurables", []):
+            if type(configurable).__name__ == "MVCMagics" and getattr(configurable, "default_model", ""):
+                return configurable.default_model
+        models = self.session.repo.models()
+        if len(models) == 1:
+            return models[0]
+        present = [m for m in models if m in self.session.namespace]
+        return present[0] if len(present) == 1 else None
+
+    def _template(self, name: str | None):
+        """The live model variable of the refs' model: used to evaluate in when no structure is stored."""
+        value = self.session.namespace.get(name) if name else None
+        try:
+            adapter_for(value)
+        except UnsupportedModelError:
+            return None
+        return value
+
+    @line_magic
+    @magic_arguments()
+    @argument("refs", nargs="*", metavar="REF", help="two or more versions (id prefix, tag, best:METRIC...)")
+    @argument("--model", default=None, help="the model whose history the refs are in (and the result's model)")
+    @argument("--weights", default=None, metavar="W1,W2,...", help="one weight per ref (normalized; default equal)")
+    @argument("--method", default="average", choices=METHODS, help="average | greedy | ensemble | vote")
+    @argument("--eval", dest="eval_fn", default=None, metavar="FUNC",
+              help="a callable in the notebook: FUNC(model) -> score, higher is better")
+    @argument("--metric", default=None, metavar="NAME[:min|max]",
+              help="greedy: rank the ingredients by this stored metric instead of FUNC")
+    @argument("--into", default=None, metavar="VAR",
+              help="load the result into VAR in place, or build it into a new variable VAR")
+    @argument("--name", default=None, help="commit the result as this model (default: --model or the first ref's)")
+    @argument("-m", "--message", default=None, help="commit message (default: what the merge was)")
+    @argument("--tag", nargs="+", action="append", metavar="TAG", help="tags to put on the merged version")
+    @argument("--widget", action="store_true", help="open the merge panel (weights, preview, commit)")
+    @user_errors
+    def mvc_merge(self, line: str):
+        """Merge versions into a new version whose parents are all of them.
+
+        ``--method average`` (default): weighted mean of the weights (a uniform soup without
+        ``--weights``). ``greedy``: add ingredients best-first while ``--eval FUNC`` does not drop.
+        ``ensemble`` / ``vote``: a Keras model averaging the members' outputs / taking the
+        majority class. Returns the merged Version (``v = %mvc_merge a b``).
+        """
+        args = parse_line(self.mvc_merge, line)
+        repo = self.session.repo
+        name = self._model_name(args.model)
+        eval_fn = self._callable(args.eval_fn, "--eval")
+        weights = parse_weights(args.weights)
+        tags = [t for group in args.tag or [] for t in group]
+        into, build_into = None, None
+        if args.into:
+            if not args.into.isidentifier():
+                raise UsageError(f"{args.into!r} is not a variable name")
+            existing = self.session.namespace.get(args.into)
+            if existing is not None and args.method in ("average", "greedy"):
+                try:
+                    adapter_for(existing)
+                except UnsupportedModelError:
+                    raise UsageError(f"{args.into!r} is not a model; choose another --into variable") from None
+                into = existing
+            else:
+                build_into = args.into
+        if args.widget:
+            from ..widgets.merge_panel import MergePanel
+
+            if build_into:
+                raise UsageError("--widget with --into needs an existing model variable to load the result into")
+            return MergePanel(repo, args.refs, name=name, namespace=self.session.namespace, weights=weights,
+                              method=args.method, eval_name=args.eval_fn, result_name=args.name, into=into)
+        version = repo.merge(args.refs, weights=weights, method=args.method, eval_fn=eval_fn, name=name,
+                             message=args.message, into=into, metric=args.metric, result_name=args.name,
+                             tags=tags, score_name=args.eval_fn, model=self._template(name),
+                             provenance=build_provenance(self.session.notebook_path(), source="%mvc_merge"))
+        if build_into:
+            self.session.namespace[build_into] = repo.checkout(version.id, name=version.name)
+        print(merge_line(version, into=args.into))
+        return version
+
+
+def merge_line(version, into: str | None = None) -> str:
+    """What %mvc_merge prints: the method, ingredients, score, what was written, where it went."""
+    report = version.report
+    stats = version.stats
+    parts = [f"merged {version.short_id} {version.name}: {version.message}"]
+    if report is not None and report.score is not None:
+        parts.append(f"{report.score_name or 'score'}={format_number(report.score)}")
+    if stats is not None:
+        parts.append("already stored" if not stats.new_version
+                     else f"{stats.tensors_written} tensors written, {format_bytes(stats.bytes_written)}")
+    if into:
+        parts.append(f"loaded into {into}")
+    return "; ".join(parts)
