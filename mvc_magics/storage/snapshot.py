@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -140,10 +141,18 @@ def write_snapshot(
 
 
 def _body_digest(handle, size: int) -> str:
-    handle.seek(_CHECKSUM_LINE)
+    # Hashing a memory map reads the file once, without copying it into Python memory.
     hasher = blake3.blake3(max_threads=blake3.blake3.AUTO if size >= 1 << 22 else 1)
-    while chunk := handle.read(1 << 22):
-        hasher.update(chunk)
+    if size <= _CHECKSUM_LINE:
+        return hasher.hexdigest()
+    with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        view = memoryview(mapped)
+        try:
+            body = view[_CHECKSUM_LINE:]
+            hasher.update(body)
+            body.release()
+        finally:
+            view.release()
     return hasher.hexdigest()
 
 
