@@ -155,17 +155,28 @@ def _transition_lines(edges: list[tuple[int, int]]) -> list[str]:
     return lines
 
 
+_MAX_LABEL = 90
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def plot_graph(versions: Sequence[Version], ax: Any = None, title: str | None = None) -> Any:
     """Draw the version graph on ``ax`` (a new figure when None) and return the axes.
 
     Each version is a dot in its lane (merges larger and outlined, HEAD ringed), edges join it to
     its parents, and the label shows id, tags, message and key metrics.
     """
+    layout = layout_graph(versions)
+    labels = {v.id: _clip(version_label(v), _MAX_LABEL) for v in versions}
     if ax is None:
         import matplotlib.pyplot as plt
 
-        _, ax = plt.subplots(figsize=(8, max(2.0, 0.45 * len(versions) + 1)))
-    layout = layout_graph(versions)
+        # Wide enough for the lanes and the longest label (9 pt monospace: ~0.075 inch a character).
+        longest = max((len(text) for text in labels.values()), default=0)
+        width_inches = max(8.0, 1.0 + 0.45 * layout.width + 0.075 * longest)
+        _, ax = plt.subplots(figsize=(width_inches, max(2.0, 0.45 * len(versions) + 1)))
     colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
     for row in layout.rows:
         x, y = row.column, -layout.positions[row.version.id][1]
@@ -185,7 +196,7 @@ def plot_graph(versions: Sequence[Version], ax: Any = None, title: str | None = 
                    edgecolors="black" if merge else "white", linewidths=1.5, zorder=3)
         if version.is_head:
             ax.scatter([x], [y], s=420, facecolors="none", edgecolors="black", linewidths=1.5, zorder=2)
-        ax.text(width - 0.4, y, version_label(version), va="center", ha="left", fontsize=9,
+        ax.text(width - 0.4, y, labels[version.id], va="center", ha="left", fontsize=9,
                 family="monospace", fontweight="bold" if version.is_head else "normal")
     ax.set_xlim(-0.6, width + 6)
     ax.set_ylim(-len(layout.rows) + 0.4, 0.6)

@@ -8,7 +8,9 @@ equal on any machine. A version id covers the canonical structure and the sorted
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 import blake3
 import numpy as np
@@ -16,7 +18,7 @@ import numpy as np
 HASH_HEX_LENGTH = 64
 SHORT_ID_LENGTH = 8
 # Multi-threaded hashing only pays off for large buffers; small ones stay on one thread.
-_THREADED_HASH_BYTES = 1 << 22
+THREADED_HASH_BYTES = 1 << 22
 
 
 def canonical_array(array: np.ndarray) -> np.ndarray:
@@ -37,11 +39,76 @@ def tensor_hash(array: np.ndarray) -> str:
     """BLAKE3 hex digest over dtype, shape and bytes of ``array``."""
     array = canonical_array(array)
     header = f"{dtype_name(array.dtype)}|{','.join(map(str, array.shape))}|".encode()
-    threads = blake3.blake3.AUTO if array.nbytes >= _THREADED_HASH_BYTES else 1
+    threads = blake3.blake3.AUTO if array.nbytes >= THREADED_HASH_BYTES else 1
     hasher = blake3.blake3(header, max_threads=threads)
     # A uint8 view hashes the raw bytes without copying, whatever the dtype.
     hasher.update(array.reshape(-1).view(np.uint8) if array.size else b"")
     return hasher.hexdigest()
+
+
+class HashesAhead:
+    """Tensor hashes started at construction in worker threads, read back in order by iterating.
+
+    BLAKE3 releases the GIL, so the caller keeps working while the tensors are hashed: a commit
+    serializes the model structure and writes new tensors meanwhile, a checkout reads the next
+    tensor. ``known`` hashes (of buffers known not to have changed) are not recomputed. Small
+    inputs are hashed in the calling thread (handing them to a thread costs more than hashing).
+    """
+
+    def __init__(self, arrays: Mapping[str, np.ndarray], known: Mapping[str, str] | None = None) -> None:
+        known = known or {}
+        todo = [(key, array) for key, array in arrays.items() if key not in known]
+        threaded = len(todo) > 1 and sum(int(a.nbytes) for _, a in todo) >= THREADED_HASH_BYTES
+        pool = hash_pool() if threaded else None
+        self._items: list[tuple[str, object]] = []
+        for key, array in arrays.items():
+            if key in known:
+                self._items.append((key, known[key]))
+            elif pool is not None:
+                self._items.append((key, pool.submit(tensor_hash, array)))
+            else:
+                self._items.append((key, array))
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        try:
+            for key, item in self._items:
+                if isinstance(item, str):
+                    yield key, item
+                elif isinstance(item, np.ndarray):
+                    yield key, tensor_hash(item)
+                else:
+                    yield key, item.result()  # type: ignore[attr-defined]
+        finally:
+            self.cancel()
+
+    def cancel(self) -> None:
+        """Drop hashes not started yet (the consumer stopped early: a difference, an error)."""
+        for _, item in self._items:
+            if not isinstance(item, str | np.ndarray):
+                item.cancel()  # type: ignore[attr-defined]
+
+
+def hashes_ahead(arrays: Mapping[str, np.ndarray], known: Mapping[str, str] | None = None
+                 ) -> Iterator[tuple[str, str]]:
+    """Yield ``(key, tensor_hash(array))`` in the mapping's order (see :class:`HashesAhead`)."""
+    return iter(HashesAhead(arrays, known))
+
+
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def hash_pool() -> ThreadPoolExecutor:
+    """The process's hashing threads (created on first use; re-created in a forked child)."""
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid():
+        workers = max(2, min(4, os.cpu_count() or 1))
+        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mvc-hash"))
+    return _POOL[1]
+
+
+def hash_all(arrays: Mapping[str, np.ndarray]) -> dict[str, str]:
+    """``{key: tensor_hash(array)}``, hashing the arrays concurrently (see :func:`hashes_ahead`)."""
+    return dict(hashes_ahead(arrays))
 
 
 def canonical_json(value: object) -> str:

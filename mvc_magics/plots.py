@@ -155,7 +155,7 @@ class FigureImage:
         import io
 
         buffer = io.BytesIO()
-        self.figure.savefig(buffer, format="png", dpi=90)
+        self.figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")  # keep long labels whole
         return buffer.getvalue()
 
     def __repr__(self) -> str:

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import resolver
 from .adapters import adapter_for, adapter_named
+from .adapters.base import match_state
 from .audit_trail import AuditTrail
 from .errors import (
     IntegrityError,
@@ -29,19 +30,44 @@ from .errors import (
     UnsupportedModelError,
 )
 from .faults import ensure_space, write_failure
-from .hashing import canonical_array, dtype_name, tensor_hash, version_id
+from .hashing import HashesAhead, canonical_array, hashes_ahead, version_id
 from .metadata import author, base_library_versions, validate_metrics, validate_params
 from .names import validate_name
 from .provenance import complete_provenance
 from .signing import SignatureStatus, Signer, check_signature, signature_path, signer_from_env, write_signature
-from .storage.atomic import write_atomically
 from .storage.audit import AuditLog
 from .storage.index import Index
-from .storage.snapshot import ManifestEntry, TensorReader, read_content, write_snapshot
+from .storage.snapshot import ManifestEntry, TensorReader, read_content
+from .storage.staging import StagedCommit
 from .storage.store import StoreLayout
 from .version import CommitStats, StatusEntry, StatusReport, VerifyReport, Version, VersionLog
 
 DEFAULT_DIRNAME = ".mvc"
+
+
+def _known_hashes(adapter: Any, model: Any, state: Mapping[str, np.ndarray]) -> dict[str, str]:
+    """Hashes the adapter can vouch for without rehashing (see ``KerasAdapter.known_hashes``)."""
+    known = getattr(adapter, "known_hashes", None)
+    return known(model, state) if known is not None else {}
+
+
+def _remember_hashes(adapter: Any, model: Any, state: Mapping[str, np.ndarray], hashes: Mapping[str, str]) -> None:
+    remember = getattr(adapter, "remember_hashes", None)
+    if remember is not None:
+        remember(model, state, hashes)
+
+
+def _remember_loaded(adapter: Any, model: Any, state: Mapping[str, np.ndarray],
+                     manifest: list[ManifestEntry]) -> None:
+    """After a checkout each variable holds exactly the verified bytes of its stored tensor (same
+    dtype: assignment is exact), so their hashes are known: the next status need not rehash."""
+    if getattr(adapter, "remember_hashes", None) is None:
+        return
+    live = adapter.get_state(model)
+    pairs = match_state({k: (tuple(a.shape), a.dtype.name) for k, a in live.items()}, state)  # as set_state
+    stored = {e.name: e.hash for e in manifest}
+    hashes = {k: stored[s] for k, s in pairs.items() if live[k].dtype == state[s].dtype and s in stored}
+    adapter.remember_hashes(model, {k: live[k] for k in hashes}, hashes)
 
 
 def default_store_path(notebook_path: str | os.PathLike | None = None) -> Path:
@@ -64,6 +90,10 @@ class Repo:
         path: the store folder; None means :func:`default_store_path`.
         create: create the store when it does not exist yet.
     """
+
+    #: Progress bars on long commits/checkouts: None shows one after about a second, True at
+    #: once, False never (see :mod:`mvc_magics.progress`).
+    progress: bool | None = None
 
     def __init__(self, path: str | os.PathLike | None = None, create: bool = True) -> None:
         self.path = Path(path).expanduser() if path is not None else default_store_path()
@@ -132,45 +162,57 @@ class Repo:
         if not state:
             raise UnsupportedModelError(f"{name!r} has no variables to version")
         all_metrics = {**validate_metrics(adapter.fit_metrics(model)), **explicit}
-        structure = adapter.structure(model)
         arrays = {key: canonical_array(value) for key, value in state.items()}
-        hashes = {key: tensor_hash(array) for key, array in arrays.items()}
-        vid = version_id(
-            structure, ((k, dtype_name(a.dtype), a.shape, hashes[k]) for k, a in arrays.items())
-        )
+        # Hashing runs in worker threads from here on, overlapping the structure serialization
+        # below and the writes of new tensors (see storage.staging); unchanged buffers are skipped.
+        hashes = HashesAhead(arrays, _known_hashes(adapter, model, arrays))
+        try:
+            structure = adapter.structure(model)
+        except BaseException:
+            hashes.cancel()
+            raise
         with self.layout.locked():
-            for tag in tags:
-                self._check_tag_free(name, tag, vid, force=False)
-            revived = self.layout.is_removed(vid)  # content of a removed version committed again
-            existing = self._find(vid)
+            staged = StagedCommit(self.layout.tmp, self._stored_object, self.progress,
+                                  check_space=lambda nbytes: ensure_space(self.layout.tmp, nbytes, 1, self.path))
+            try:
+                staged.stage(arrays, description=f"commit {name}", hashes=hashes)
+                vid = version_id(structure, staged.entries())
+                for tag in tags:
+                    self._check_tag_free(name, tag, vid, force=False)
+                revived = self.layout.is_removed(vid)  # content of a removed version committed again
+                existing = self._find(vid)
+            except BaseException as exc:
+                staged.discard()
+                if isinstance(exc, OSError | RuntimeError):  # HDF5 could not write the staged tensors
+                    raise StoreError(write_failure(exc, self.path)) from exc
+                raise
             if existing is not None:
+                staged.discard()
                 self._attach(vid, name, all_metrics if metrics is None else explicit, tags)
                 stats = CommitStats(False, 0, len(arrays), 0)
                 self.audit.append(author(), "commit-existing", name, [vid], {"metrics": explicit})
             else:
                 stats = self._write_version(
-                    vid, name, adapter, arrays, hashes, structure, message, all_metrics, params,
+                    vid, name, adapter, staged, structure, message, all_metrics, params,
                     tags, provenance, parents, extra, model,
                 )
                 if revived:
                     self.layout.delete_tombstone(vid)
+        _remember_hashes(adapter, model, arrays, staged.hashes)
         getattr(adapter, "mark_committed", lambda _model: None)(model)
         version = self.get(vid, name=name)
         version.stats = stats
         return version
 
-    def _write_version(self, vid, name, adapter, arrays, hashes, structure, message, metrics,
+    def _stored_object(self, digest: str) -> str | None:
+        """The id of the snapshot file holding the tensor ``digest``, or None when it is not stored."""
+        return self.index.has_tensors([digest]).get(digest)
+
+    def _write_version(self, vid, name, adapter, staged, structure, message, metrics,
                        params, tags, provenance, parents, extra, model) -> CommitStats:
         # Bytes in this version's own path may belong to a retired file that the new file replaces.
-        stored = {h: o for h, o in self.index.has_tensors(set(hashes.values())).items() if o != vid}
-        new_tensors: dict[str, np.ndarray] = {}
-        manifest: list[ManifestEntry] = []
-        for key, array in arrays.items():
-            digest = hashes[key]
-            if digest not in stored and digest not in new_tensors:
-                new_tensors[digest] = array
-            manifest.append(ManifestEntry(key, dtype_name(array.dtype), tuple(array.shape), digest,
-                                          stored.get(digest, vid), int(array.nbytes)))
+        staged.claim_own(vid)
+        manifest = staged.manifest(vid)
         if parents is None:
             head = self._head_id(name)
             parents = [head] if head and self._find(head) else []
@@ -184,20 +226,17 @@ class Repo:
             # The tags asked for, so crash recovery can finish a commit killed before its ref files.
             "tags": list(tags),
         }
-        written = sum(int(a.nbytes) for a in new_tensors.values())
+        written = staged.bytes_written
         # Order matters for crash safety: the snapshot is the point of no return; refs, index and
         # audit entry follow, and a holder killed anywhere after it is completed by the next one.
+        final = self.layout.snapshot_path(vid)
         old_head = self.layout.read_head(name)
-        signer = signer_from_env()  # a bad key configuration fails before anything is written
-        text_bytes = len(json.dumps(meta, default=str)) + len(json.dumps(structure)) + 200 * len(manifest)
-        ensure_space(self.layout.tmp, written + text_bytes, len(new_tensors), self.path)
-        placed, replaced = False, self.layout.snapshot_path(vid).exists()  # a retired file it replaces
+        placed, replaced = False, final.exists()  # a removed version's retired file it replaces
         try:
-            write_atomically(
-                self.layout.snapshot_path(vid),
-                lambda tmp: write_snapshot(tmp, vid, meta, structure, manifest, new_tensors),
-                self.layout.tmp,
-            )
+            signer = signer_from_env()  # a bad key configuration fails before the snapshot is placed
+            text_bytes = len(json.dumps(meta, default=str)) + len(json.dumps(structure)) + 200 * len(manifest)
+            ensure_space(self.layout.tmp, text_bytes, 4, self.path)
+            staged.publish(final, vid, meta, structure, manifest)
             placed = True
             self._sign(vid, signer)
             for tag in tags:
@@ -214,10 +253,12 @@ class Repo:
         except BaseException as exc:
             if placed:
                 self._undo_commit(vid, name, tags, old_head, keep_file=replaced)
+            else:
+                staged.discard()
             if isinstance(exc, OSError | RuntimeError | StoreError):
                 raise StoreError(write_failure(exc, self.path)) from exc
             raise
-        return CommitStats(True, len(new_tensors), len(arrays) - len(new_tensors), written)
+        return CommitStats(True, staged.tensors_written, len(manifest) - staged.tensors_written, written)
 
     def _undo_commit(self, vid: str, name: str, tags: list[str], old_head: str | None, keep_file: bool) -> None:
         """Take back a commit that failed after its snapshot was placed (disk full, interrupt...)."""
@@ -245,7 +286,12 @@ class Repo:
         self._sign(vid)
         for tag in tags:
             self.layout.write_tag(name, tag, vid)
-        self.layout.write_head(name, vid)
+        # Re-committing an unchanged model is frequent: rewrite HEAD (two fsyncs) only if it moves.
+        head_moves = self._head_file(name) != vid or self._head_id(name) != vid
+        if head_moves:
+            self.layout.write_head(name, vid)
+        if not (metrics or tags or head_moves):
+            return
         with self.index.transaction() as conn:
             Index.set_metrics(conn, vid, metrics)
             conn.executemany("INSERT OR REPLACE INTO tags(name, tag, id, protected) VALUES(?, ?, ?, 0)",
@@ -257,6 +303,13 @@ class Repo:
     def _find(self, vid: str) -> tuple | None:
         rows = self.index.query("SELECT id FROM versions WHERE id = ?", (vid,))
         return rows[0] if rows else None
+
+    def _head_file(self, name: str) -> str | None:
+        """The id in the HEAD ref file of ``name`` (the truth the index caches), if readable."""
+        try:
+            return self.layout.head_path(name).read_text().strip() or None
+        except (OSError, UnicodeDecodeError):
+            return None
 
     def _head_id(self, name: str) -> str | None:
         rows = self.index.query("SELECT id FROM heads WHERE name = ?", (name,))
@@ -302,7 +355,7 @@ class Repo:
         vid = version.id if isinstance(version, Version) else version
         manifest = self.manifest(vid)
         with TensorReader(self.layout.snapshot_path) as reader:
-            return {e.name: reader.read(e, verify=verify, owner=vid) for e in manifest}
+            return reader.read_all(manifest, verify=verify, owner=vid, progress=self.progress)
 
     def manifest(self, vid: str) -> list[ManifestEntry]:
         """The tensor entries of a version (from the index; no tensor bytes read)."""
@@ -335,8 +388,11 @@ class Repo:
         if model is None:
             adapter = adapter_named(version.framework)
             result = adapter.build(self.structure(version.id), state, unsafe=unsafe)
+            getattr(adapter, "restore_training_setup", lambda _m, _e: False)(result, version.extra)
         else:
-            adapter_for(model).set_state(model, state)
+            adapter = adapter_for(model)
+            adapter.set_state(model, state, owned=True)  # state was read for this call
+            _remember_loaded(adapter, model, state, self.manifest(version.id))
             result = model
         if self.layout.readonly:
             return result
@@ -407,16 +463,25 @@ class Repo:
         if head is None:
             return True
         try:
-            state = adapter_for(model).get_state(model)
+            adapter = adapter_for(model)
+            state = adapter.get_state(model)
         except UnsupportedModelError:
             return True
-        stored = {e.name: e.hash for e in self.manifest(head.id)}
+        rows = self.index.query("SELECT manifest FROM versions WHERE id = ?", (head.id,))
+        if not rows:
+            return True
+        stored = {e.get("name"): e.get("hash") for e in json.loads(rows[0][0])}  # only compared
         if len(state) != len(stored):
             return True
-        if set(state) != set(stored):
-            stored_by_order = list(stored.values())
-            return any(tensor_hash(a) != h for a, h in zip(state.values(), stored_by_order))
-        return any(tensor_hash(a) != stored[k] for k, a in state.items())
+        # Names that differ (a re-run cell renumbered the layers) are matched by position.
+        expected = stored if set(state) == set(stored) else dict(zip(state, stored.values(), strict=True))
+        computed = {}
+        for key, digest in hashes_ahead(state, _known_hashes(adapter, model, state)):
+            if digest != expected[key]:
+                return True  # stops hashing at the first difference
+            computed[key] = digest
+        _remember_hashes(adapter, model, state, computed)
+        return False
 
     # -- maintenance ------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import json
 from datetime import datetime
 
@@ -15,60 +16,129 @@ __all__ = ["UnknownRefError", "find_tag", "load_versions", "resolve", "short_ids
 
 
 def short_ids(index: Index, ids: list[str]) -> dict[str, str]:
-    """Shortest unique prefix (at least 8 hex digits) of each id among all ids in the store."""
-    result: dict[str, str] = {}
-    for vid in ids:
-        length = SHORT_ID_LENGTH
-        prefix = vid[:length]
-        rows = index.query("SELECT id FROM versions WHERE id >= ? AND id < ? LIMIT 50", (prefix, prefix + "g"))
-        others = [r[0] for r in rows if r[0] != vid]
-        while others and length < len(vid):
-            length += 1
-            others = [o for o in others if o[:length] == vid[:length]]
-        result[vid] = vid[:length]
-    return result
+    """Shortest unique prefix (at least 8 hex digits) of each id among all ids in the store.
+
+    An id's shortest unique prefix only depends on its neighbours in sorted order, so a long
+    list reads every id once (one query) instead of querying per id.
+    """
+    if not ids:
+        return {}
+    if len(ids) <= _PER_ID_QUERIES:
+        neighbours = {}
+        for vid in ids:
+            before = index.query("SELECT max(id) FROM versions WHERE id < ?", (vid,))[0][0]
+            after = index.query("SELECT min(id) FROM versions WHERE id > ?", (vid,))[0][0]
+            neighbours[vid] = (before, after)
+    else:
+        every = [row[0] for row in index.query("SELECT id FROM versions ORDER BY id")]
+        neighbours = {}
+        for vid in ids:
+            i = bisect.bisect_left(every, vid)
+            j = i + 1 if i < len(every) and every[i] == vid else i
+            neighbours[vid] = (every[i - 1] if i else None, every[j] if j < len(every) else None)
+    return {vid: vid[:_unique_length(vid, *neighbours[vid])] for vid in ids}
+
+
+# Up to this many ids, two indexed lookups per id beat reading every id of a large store.
+_PER_ID_QUERIES = 64
+
+
+def _common_prefix(a: str, b: str | None) -> int:
+    if not b:
+        return 0
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _unique_length(vid: str, before: str | None, after: str | None) -> int:
+    head = vid[:SHORT_ID_LENGTH]
+    if (before is None or before[:SHORT_ID_LENGTH] != head) and (after is None or after[:SHORT_ID_LENGTH] != head):
+        return SHORT_ID_LENGTH  # the common case: no neighbour shares the first 8 digits
+    shared = max(_common_prefix(vid, before), _common_prefix(vid, after))
+    return min(len(vid), max(SHORT_ID_LENGTH, shared + 1))
 
 
 def load_versions(index: Index, where: str, params: tuple, limit: int | None = None,
                   head_name: str | None = None) -> list[Version]:
-    """Versions matching a SQL condition on ``versions v``, newest first, with tags and metrics."""
-    sql = (f"SELECT v.id, v.name, v.meta, v.nbytes, v.manifest FROM versions v WHERE {where} "
-           "ORDER BY v.seq DESC")
+    """Versions matching a SQL condition on ``versions v``, newest first, with tags and metrics.
+
+    A handful of queries whatever the number of versions. A version's row never changes once
+    inserted (rows are only added and deleted, and ``seq`` is never reused), so its parsed
+    metadata is kept per index connection and a repeated ``log`` reads only ids, metrics and tags.
+    """
+    selection = f"SELECT v.id FROM versions v WHERE {where} ORDER BY v.seq DESC"
     if limit:
-        sql += f" LIMIT {int(limit)}"
-    rows = index.query(sql, params)
+        selection += f" LIMIT {int(limit)}"
+    rows = index.query(f"SELECT v.seq, v.id, v.name FROM versions v WHERE {where} ORDER BY v.seq DESC"
+                       + (f" LIMIT {int(limit)}" if limit else ""), params)
     if not rows:
         return []
-    ids = [r[0] for r in rows]
+    parsed = _parsed_rows(index, [r[0] for r in rows])
+    ids = [r[1] for r in rows]
     metrics: dict[str, dict[str, float]] = {vid: {} for vid in ids}
     tags: dict[str, list[str]] = {vid: [] for vid in ids}
     protected: dict[str, list[str]] = {vid: [] for vid in ids}
-    for start in range(0, len(ids), 500):
-        chunk = ids[start:start + 500]
-        marks = ",".join("?" * len(chunk))
-        for vid, key, text in index.query(f"SELECT id, key, text FROM metrics WHERE id IN ({marks})", chunk):
-            metrics[vid][key] = float(text)
-        for vid, tag, flag in index.query(f"SELECT id, tag, protected FROM tags WHERE id IN ({marks}) ORDER BY tag",
-                                          chunk):
-            tags[vid].append(tag)
-            if flag:
-                protected[vid].append(tag)
+    if limit:
+        metric_sql = f"SELECT id, key, text FROM metrics WHERE id IN ({selection})"
+        tag_sql = f"SELECT id, tag, protected FROM tags WHERE id IN ({selection}) ORDER BY tag"
+    else:  # every matching version: a join reads the index directly, no list of ids is built
+        metric_sql = f"SELECT m.id, m.key, m.text FROM metrics m JOIN versions v ON v.id = m.id WHERE {where}"
+        tag_sql = (f"SELECT t.id, t.tag, t.protected FROM tags t JOIN versions v ON v.id = t.id WHERE {where} "
+                   "ORDER BY t.tag")
+    for vid, key, text in index.query(metric_sql, params):
+        metrics[vid][key] = float(text)
+    for vid, tag, flag in index.query(tag_sql, params):
+        tags[vid].append(tag)
+        if flag:
+            protected[vid].append(tag)
     heads = dict(index.query("SELECT name, id FROM heads"))
     shorts = short_ids(index, ids)
     versions = []
-    for vid, name, meta_text, nbytes, manifest_text in rows:
-        meta = json.loads(meta_text)
+    for seq, vid, name in rows:
+        parents, message, created, author, run_params, framework, libraries, provenance, extra, nbytes, count = \
+            parsed[seq]
         owner = head_name or name
-        versions.append(Version(
-            id=vid, name=name, parents=tuple(meta.get("parents", [])), message=meta.get("message", ""),
-            created=datetime.fromisoformat(meta["created"]), author=meta.get("author", ""),
-            metrics=metrics[vid], params=dict(meta.get("params", {})), tags=tuple(tags[vid]),
-            protected_tags=tuple(protected[vid]), short_id=shorts[vid], framework=meta.get("framework", ""),
-            libraries=dict(meta.get("libraries", {})), provenance=dict(meta.get("provenance", {})),
-            extra=dict(meta.get("extra", {})), nbytes=int(nbytes),
-            n_tensors=manifest_text.count('"hash"'), is_head=heads.get(owner) == vid,
+        versions.append(Version(  # fresh top-level dicts: callers may edit a Version's fields
+            id=vid, name=name, parents=parents, message=message, created=created, author=author,
+            metrics=metrics[vid], params=dict(run_params), tags=tuple(tags[vid]),
+            protected_tags=tuple(protected[vid]), short_id=shorts[vid], framework=framework,
+            libraries=dict(libraries), provenance=dict(provenance), extra=dict(extra), nbytes=nbytes,
+            n_tensors=count, is_head=heads.get(owner) == vid,
         ))
     return versions
+
+
+# Parsed rows kept per index connection (a bounded cache: cleared when it grows past this).
+_PARSED_LIMIT = 50_000
+
+
+def _parsed_rows(index: Index, seqs: list[int]) -> dict[int, tuple]:
+    """seq -> the immutable fields of that version row, parsing only rows not seen before."""
+    cache: dict[int, tuple] = index.__dict__.setdefault("_parsed_versions", {})
+    missing = [seq for seq in seqs if seq not in cache]
+    if len(cache) + len(missing) > _PARSED_LIMIT:
+        cache.clear()
+        missing = list(seqs)
+    loads, fromisoformat = json.loads, datetime.fromisoformat
+    for start in range(0, len(missing), 500):
+        chunk = missing[start:start + 500]
+        marks = ",".join("?" * len(chunk))
+        # The tensor count is computed inside SQLite: long manifests are never copied into Python.
+        for seq, meta_text, nbytes, count in index.query(
+                "SELECT seq, meta, nbytes, (length(manifest) - length(replace(manifest, '\"hash\"', ''))) / 6 "
+                f"FROM versions WHERE seq IN ({marks})", chunk):
+            meta = loads(meta_text)
+            cache[seq] = (
+                tuple(meta.get("parents", ())), meta.get("message", ""), fromisoformat(meta["created"]),
+                meta.get("author", ""), meta.get("params") or {}, meta.get("framework", ""),
+                meta.get("libraries") or {}, meta.get("provenance") or {}, meta.get("extra") or {},
+                int(nbytes), int(count),
+            )
+    return {seq: cache[seq] for seq in seqs}
 
 
 def _only_model(index: Index) -> str | None:

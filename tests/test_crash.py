@@ -32,8 +32,9 @@ _DIE_AT = r"""
 import os, signal, sys
 import numpy as np
 from mvc_magics import Repo
-import mvc_magics.repo as repo_module
+import mvc_magics.storage.staging as staging
 from mvc_magics.storage.audit import AuditLog
+from mvc_magics.storage.snapshot import SnapshotWriter
 from mvc_magics.storage.store import StoreLayout
 
 store, point = sys.argv[1], sys.argv[2]
@@ -52,14 +53,10 @@ def after(owner, name):
         return result
     setattr(owner, name, wrapped)
 
-if point == "in-snapshot-write":
-    original = repo_module.write_snapshot
-    def partial(path, *args):
-        original(path, *args)
-        die()
-    repo_module.write_snapshot = partial
+if point == "in-snapshot-write":  # the temporary snapshot is complete but not renamed yet
+    after(SnapshotWriter, "finish")
 elif point == "after-snapshot":
-    after(repo_module, "write_atomically")
+    after(staging, "publish")
 elif point == "after-first-tag":
     after(StoreLayout, "write_tag")
 elif point == "after-head":

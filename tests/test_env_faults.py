@@ -66,8 +66,8 @@ for leave in (0, 4096, 16384, 40960, 81920):   # fail at different steps: snapsh
     attempt(repo, {"w": rng.standard_normal(2000).astype(np.float32)}, None)
 os.unlink(filler)
 # Another process fills the disk right after the snapshot is placed: refs, index or audit fail.
-import mvc_magics.repo as repo_module
-place = repo_module.write_atomically
+import mvc_magics.storage.staging as staging
+place = staging.publish
 def place_then_fill(*args, **kwargs):
     place(*args, **kwargs)
     with open(filler, "wb") as handle:
@@ -75,9 +75,9 @@ def place_then_fill(*args, **kwargs):
             handle.write(b"\0" * (4 << 20))
         except OSError:
             pass
-repo_module.write_atomically = place_then_fill
+staging.publish = place_then_fill
 attempt(repo, {"w": rng.standard_normal(2000).astype(np.float32)}, None)
-repo_module.write_atomically = place
+staging.publish = place
 os.unlink(filler)
 attempt(repo, {"w": rng.standard_normal(2000).astype(np.float32)}, None)
 """

@@ -143,3 +143,18 @@ def test_fit_metrics_are_captured_once_per_fit(repo):
     assert edited.metrics == {}  # the previous fit's metrics do not describe these weights
     train_reference(model, 1)
     assert "val_mse" in repo.commit(model, "model").metrics
+
+
+def test_rebuilt_model_is_compiled_as_committed(repo):
+    model = linear_regression()
+    train_reference(model, 2)
+    version = repo.commit(model, "model")
+    rebuilt = repo.checkout(version.id, name="model")
+    assert rebuilt.compiled
+    assert rebuilt.optimizer.__class__.__name__ == "SGD"
+    assert abs(float(rebuilt.optimizer.learning_rate.numpy()) - 0.01) < 1e-6
+    from keras_models import REFERENCE_XV, REFERENCE_YV
+
+    got = rebuilt.evaluate(REFERENCE_XV, REFERENCE_YV, verbose=0, return_dict=True)
+    want = model.evaluate(REFERENCE_XV, REFERENCE_YV, verbose=0, return_dict=True)
+    assert got["mse"] == pytest.approx(want["mse"])

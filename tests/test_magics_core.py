@@ -198,3 +198,15 @@ def test_same_content_under_another_name_says_where_it_is_stored(ip, capsys):
     assert again.id == first.id and again.name == "a"
     assert "already stored as a version of 'a'" in capsys.readouterr().out
     assert ip.run_line_magic("mvc_status", "")[1].head.id == first.id  # b is tracked at that version
+
+
+def test_trailing_comment_is_ignored_and_hash_in_quotes_kept(ip):
+    make_model(ip)
+    version = ip.run_line_magic("mvc_commit", 'net -m "run #1"  # the first run')
+    assert version.message == "run #1"
+
+
+def test_unexpanded_dollar_variable_is_explained(ip):
+    make_model(ip)
+    with pytest.raises(UsageError, match=r"\$acc was not expanded"):
+        ip.run_line_magic("mvc_commit", "net --metric a=$acc")

@@ -21,8 +21,12 @@ class Adapter(Protocol):
     def get_state(self, model: Any) -> dict[str, np.ndarray]:
         """Every variable of ``model`` by stable name, in a deterministic order."""
 
-    def set_state(self, model: Any, state: Mapping[str, np.ndarray]) -> None:
-        """Assign ``state`` to ``model``: check everything first, then assign (all or nothing)."""
+    def set_state(self, model: Any, state: Mapping[str, np.ndarray], owned: bool = False) -> None:
+        """Assign ``state`` to ``model``: check everything first, then assign (all or nothing).
+
+        ``owned``: the caller hands the arrays over (it will not use them again), so the model may
+        keep their memory instead of copying it.
+        """
 
     def structure(self, model: Any) -> object | None:
         """A JSON-able description to rebuild the model from, or None when not serializable."""

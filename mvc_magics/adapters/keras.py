@@ -21,6 +21,12 @@ from ..errors import UnsupportedModelError
 from .base import match_state
 
 _KERAS_BASES = {"Layer", "Model", "Sequential", "Functional"}
+# Models up to this size keep their hashed buffers pinned for cheap change detection.
+PIN_LIMIT_BYTES = 512 * 2**20
+# model -> {variable name: (pinned read-only buffer, its hash)}; entries go with their model.
+_PINNED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Eigen's largest alignment (AVX-512): TensorFlow only adopts numpy buffers aligned to it.
+TENSOR_ALIGNMENT = 64
 # Layers mvc_magics itself defines (the vote of an ensemble): package code, trusted on rebuild.
 # Only these exact classes are allowed, so a structure cannot name anything else in the package.
 _OWN_LAYERS = {"mvc_magics.keras_layers": frozenset({"MajorityVote"})}
@@ -95,17 +101,78 @@ class KerasAdapter:
             raise UnsupportedModelError(
                 "the Keras model is not built yet (no variables): call it on data or build() it first"
             )
-        return {
-            name: np.asarray(keras.ops.convert_to_numpy(variable))
-            for name, variable in self.named_variables(model).items()
-        }
+        to_numpy = _zero_copy_reader(keras)
+        return {name: to_numpy(variable) for name, variable in self.named_variables(model).items()}
 
-    def set_state(self, model: Any, state: Mapping[str, np.ndarray]) -> None:
+    def set_state(self, model: Any, state: Mapping[str, np.ndarray], owned: bool = False) -> None:
+        """Assign ``state`` (all shapes checked first). ``owned``: the arrays belong to this call
+        (a checkout's freshly read tensors), so the variables may adopt their memory instead of
+        copying it twice through ``tf.convert_to_tensor``.
+        """
+        keras = _keras()
         named = self.named_variables(model)
         live = {name: (tuple(v.shape), str(v.dtype)) for name, v in named.items()}
         pairs = match_state(live, state)  # raises before any assignment
+        adopt = _adopter(keras) if owned else None
         for live_name, stored_name in pairs.items():
-            named[live_name].assign(state[stored_name])
+            value = state[stored_name]
+            variable = named[live_name]
+            if adopt is not None and value.dtype == np.dtype(variable.dtype):
+                value = adopt(value)
+            variable.assign(value)
+
+    # -- cheap change detection -------------------------------------------------------------
+
+    def known_hashes(self, model: Any, state: Mapping[str, np.ndarray]) -> dict[str, str]:
+        """Hashes of the tensors in ``state`` that provably did not change since they were hashed.
+
+        TensorFlow copies a variable's buffer before updating it in place whenever another
+        tensor still references it (copy-on-write, ``PrepareToUpdateVariable``), and an assign
+        installs a new buffer. :meth:`remember_hashes` keeps a reference to each hashed buffer,
+        so while a variable still reads back the very buffer we hashed, its bytes are the ones we
+        hashed. Anything else (another backend, a copy, a new buffer) is hashed again.
+        """
+        pins = self._pins_of(model)
+        if not pins:
+            return {}
+        known = {}
+        for name, array in state.items():
+            pinned = pins.get(name)
+            if (pinned is not None and array.nbytes and pinned[0].ctypes.data == array.ctypes.data
+                    and pinned[0].shape == array.shape and pinned[0].dtype == array.dtype):
+                known[name] = pinned[1]
+        return known
+
+    def remember_hashes(self, model: Any, state: Mapping[str, np.ndarray], hashes: Mapping[str, str]) -> None:
+        """Pin the buffers of ``state`` with their hashes for :meth:`known_hashes`.
+
+        Pinning makes TensorFlow copy a variable on its next in-place update, and keeps the old
+        buffer until the next status or commit: up to one extra copy of the model in memory, so
+        only models up to :data:`PIN_LIMIT_BYTES` are pinned.
+        """
+        try:
+            cache = self._pin_cache()
+            if cache is None:
+                return
+            total = sum(int(a.nbytes) for a in state.values())
+            if total > PIN_LIMIT_BYTES or any(a.flags.writeable for a in state.values()):
+                cache.pop(model, None)  # writable arrays are not TensorFlow snapshots
+                return
+            cache[model] = {name: (array, hashes[name]) for name, array in state.items() if name in hashes}
+        except TypeError:  # a model that cannot be weakly referenced is simply not cached
+            return
+
+    def _pin_cache(self) -> weakref.WeakKeyDictionary | None:
+        if "tensorflow" not in sys.modules or _keras().backend.backend() != "tensorflow":
+            return None
+        return _PINNED
+
+    def _pins_of(self, model: Any) -> dict[str, tuple[np.ndarray, str]]:
+        cache = self._pin_cache()
+        try:
+            return cache.get(model, {}) if cache is not None else {}
+        except TypeError:
+            return {}
 
     # -- structure ------------------------------------------------------------------------
 
@@ -148,6 +215,21 @@ class KerasAdapter:
             raise UnsupportedModelError("the rebuilt model has no variables; check out into an existing model")
         self.set_state(model, state)
         return model
+
+    def restore_training_setup(self, model: Any, extra: Mapping) -> bool:
+        """Compile a rebuilt model as the committed one was (optimizer, loss, metrics), if recorded.
+
+        Only configurations naming Keras's own objects are restored; anything else is left
+        uncompiled rather than importing foreign code. Returns whether the model was compiled.
+        """
+        config = extra.get("compile") if isinstance(extra, Mapping) else None
+        if not isinstance(config, dict) or _foreign_modules(config) or not hasattr(model, "compile_from_config"):
+            return False
+        try:
+            model.compile_from_config(config)
+        except Exception:  # an uncompilable setup leaves a usable, uncompiled model
+            return False
+        return bool(getattr(model, "compiled", False))
 
     # -- metadata -------------------------------------------------------------------------
 
@@ -198,6 +280,51 @@ class KerasAdapter:
         if tf is not None:
             versions["tensorflow"] = getattr(tf, "__version__", "unknown")
         return versions
+
+
+def _zero_copy_reader(keras: Any):
+    """A function variable -> numpy array, without copying the bytes where the backend allows it.
+
+    On TensorFlow, ``read_value()`` returns a tensor that shares the variable's buffer and
+    ``np.asarray`` wraps it read-only. TensorFlow copies a variable's buffer before updating it in
+    place while another tensor holds it, so the array stays a faithful snapshot of the moment it
+    was read (``tests/test_benchmarks_smoke.py`` checks this). Other backends go through
+    ``convert_to_numpy`` (a copy).
+    """
+    if keras.backend.backend() == "tensorflow":
+
+        def read(variable: Any) -> np.ndarray:
+            value = variable.value
+            # _read_variable_op is read_value without its identity op (a third of the cost, same
+            # buffer); read_value is the public fallback.
+            reader = getattr(value, "_read_variable_op", None) or getattr(value, "read_value", None)
+            return np.asarray(reader() if reader is not None else value)
+
+        return read
+    return lambda variable: np.asarray(keras.ops.convert_to_numpy(variable))
+
+
+def _adopter(keras: Any):
+    """A function numpy array -> tensor sharing its memory (DLPack), or None on other backends.
+
+    ``tf.convert_to_tensor`` copies a numpy array (and TensorFlow may copy it again to align it);
+    importing it through DLPack hands the buffer over instead. Only for arrays nobody else holds.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    def adopt(array: np.ndarray) -> Any:
+        # TensorFlow kernels abort on buffers not aligned for Eigen (64 bytes): copy those.
+        if (not (array.flags.c_contiguous and array.flags.writeable) or array.dtype.kind not in "biuf"
+                or array.ctypes.data % TENSOR_ALIGNMENT):
+            return array
+        try:
+            return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
+        except (BufferError, TypeError, ValueError, AttributeError, tf.errors.OpError):
+            return array
+
+    return adopt
 
 
 def _foreign_modules(structure: object) -> set[str]:

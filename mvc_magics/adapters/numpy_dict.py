@@ -22,11 +22,18 @@ class NumpyDictAdapter:
     def get_state(self, model: dict) -> dict[str, np.ndarray]:
         return {name: np.asarray(model[name]) for name in sorted(model)}
 
-    def set_state(self, model: dict, state: Mapping[str, np.ndarray]) -> None:
+    def set_state(self, model: dict, state: Mapping[str, np.ndarray], owned: bool = False) -> None:
         live = {name: (np.shape(array), np.asarray(array).dtype.name) for name, array in model.items()}
         pairs = match_state(live, state)
+        taken: set[int] = set()
         for live_name, stored_name in pairs.items():
-            model[live_name] = np.array(state[stored_name], copy=True)
+            array = state[stored_name]
+            # An owned array is handed over once; a second use of the same array gets a copy.
+            if owned and id(array) not in taken and array.flags.writeable:
+                taken.add(id(array))
+                model[live_name] = array
+            else:
+                model[live_name] = np.array(array, copy=True)
 
     def structure(self, model: dict) -> object | None:
         return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shlex
 from collections.abc import Callable
 from pathlib import Path
@@ -94,14 +95,24 @@ class MVCSession:
         raise UsageError(f"name the model: several tracked models are present ({', '.join(present)})")
 
 
+# "$name" as a whole argument or a value (K=$name, a,$b): IPython did not expand it.
+_UNEXPANDED = re.compile(r"(?:^|[=,])(\$[A-Za-z_]\w*)")
+
+
 def parse_line(magic: Callable[..., Any], line: str) -> Any:
     """Parse a magic's argument line with shell quoting (``-m "two words"``) into its arguments.
 
     IPython's ``parse_argstring`` keeps quote characters on POSIX; users expect them removed.
-    Bad flags and unbalanced quotes become a one-line ``UsageError``.
+    A ``#`` outside quotes starts a comment, as in Python. Bad flags, unbalanced quotes and
+    ``$var`` left unexpanded by IPython become a one-line ``UsageError``.
     """
     try:
-        argv = shlex.split(line, posix=True)
+        argv = shlex.split(line, comments=True, posix=True)  # "# a comment" ends the line
     except ValueError as exc:
         raise UsageError(f"cannot parse the arguments: {exc}") from None
+    leftover = next((m.group(1) for a in argv for m in [_UNEXPANDED.search(a)] if m), None)
+    if leftover:
+        # IPython skips all $-expansion in a line it cannot format (e.g. one with {x:.0%}).
+        raise UsageError(f"{leftover} was not expanded by IPython; put the value in a variable "
+                         "first, or remove {{...}} format specs from the line")
     return magic.parser.parse_args(argv)

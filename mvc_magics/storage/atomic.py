@@ -45,6 +45,21 @@ def atomic_file(final: Path, tmp_folder: Path | None = None) -> Iterator[Path]:
     tmp = temporary_path(folder, final.suffix)
     try:
         yield tmp
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    publish(tmp, final)
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Move the complete file ``tmp`` to ``final``: fsync it, rename it, fsync the folder.
+
+    For writers that only learn the final name after writing (a commit knows its version id once
+    every tensor is hashed). On error ``tmp`` is removed and ``final`` is untouched.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
         fsync_path(tmp)
         os.replace(tmp, final)
     except BaseException:

@@ -20,6 +20,7 @@ import json
 import math
 import mmap
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ import h5py
 import numpy as np
 
 from ..errors import IntegrityError, StoreFormatError
-from ..hashing import HASH_HEX_LENGTH, canonical_array, tensor_hash
+from ..hashing import HASH_HEX_LENGTH, THREADED_HASH_BYTES, canonical_array, hash_pool, tensor_hash
 
 FORMAT_NAME = "mvc-snapshot"
 FORMAT_VERSION = 1
@@ -89,8 +90,11 @@ class SnapshotContent:
     manifest: tuple[ManifestEntry, ...]
 
 
+_HASH_TEXT = re.compile(f"[0-9a-f]{{{HASH_HEX_LENGTH}}}")
+
+
 def _is_hash(text: str) -> bool:
-    return len(text) == HASH_HEX_LENGTH and all(c in "0123456789abcdef" for c in text)
+    return _HASH_TEXT.fullmatch(text) is not None
 
 
 def _dtype_from_name(name: str) -> np.dtype:
@@ -120,7 +124,52 @@ def write_snapshot(
     new_tensors: Mapping[str, np.ndarray],
 ) -> None:
     """Write a complete snapshot file at ``path`` (a temporary name; the caller renames it)."""
-    with h5py.File(path, "w", libver=("earliest", "v110"), userblock_size=USERBLOCK_SIZE) as f:
+    writer = SnapshotWriter(path)
+    try:
+        for digest, array in new_tensors.items():
+            writer.add_tensor(digest, array)
+        writer.finish(version_id, meta, structure, manifest)
+    except BaseException:
+        writer.close()
+        raise
+
+
+class SnapshotWriter:
+    """Writes one snapshot file at a temporary ``path``: tensors first, as they are hashed, then
+    the metadata once the version id is known (a commit overlaps hashing with writing this way).
+
+    The file is created on the first :meth:`add_tensor` or at :meth:`finish`; the caller fsyncs
+    and renames it into place (see :func:`mvc_magics.storage.atomic.publish`).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: h5py.File | None = None
+        self._tensors: h5py.Group | None = None
+
+    def _group(self) -> h5py.Group:
+        if self._file is None:
+            self._file = h5py.File(self.path, "w", libver=("earliest", "v110"), userblock_size=USERBLOCK_SIZE)
+            self._tensors = self._file.create_group("tensors")
+        assert self._tensors is not None
+        return self._tensors
+
+    def add_tensor(self, digest: str, array: np.ndarray) -> None:
+        """Store ``array`` under ``/tensors/<digest>`` (contiguous, unfiltered)."""
+        tensors = self._group()
+        array = canonical_array(array)
+        if array.dtype.kind in _NATIVE_KINDS and array.dtype.name in _NATIVE_NAMES:
+            tensors.create_dataset(digest, data=array)
+        else:
+            raw = array.reshape(-1).view(np.uint8)
+            dataset = tensors.create_dataset(digest, data=raw)
+            dataset.attrs[_RAW_DTYPE_ATTR] = array.dtype.name
+
+    def finish(self, version_id: str, meta: Mapping, structure: object, manifest: list[ManifestEntry]) -> None:
+        """Write the root attributes, meta, structure and manifest, and close the file."""
+        self._group()
+        f = self._file
+        assert f is not None
         f.attrs["mvc_format"] = FORMAT_NAME
         f.attrs["mvc_format_version"] = FORMAT_VERSION
         f.attrs["version_id"] = version_id
@@ -128,16 +177,14 @@ def write_snapshot(
         if structure is not None:
             _string_dataset(f, "structure", json.dumps(structure, sort_keys=True))
         _string_dataset(f, "manifest", json.dumps([e.to_json() for e in manifest]))
-        tensors = f.create_group("tensors")
-        for digest, array in new_tensors.items():
-            array = canonical_array(array)
-            if array.dtype.kind in _NATIVE_KINDS and array.dtype.name in _NATIVE_NAMES:
-                tensors.create_dataset(digest, data=array)
-            else:
-                raw = array.reshape(-1).view(np.uint8)
-                dataset = tensors.create_dataset(digest, data=raw)
-                dataset.attrs[_RAW_DTYPE_ATTR] = array.dtype.name
-    _stamp_checksum(path)
+        self.close()
+        _stamp_checksum(self.path)
+
+    def close(self) -> None:
+        """Close the file (idempotent); an unfinished file is left for the caller to remove."""
+        if self._file is not None:
+            handle, self._file, self._tensors = self._file, None, None
+            handle.close()
 
 
 def _body_digest(handle, size: int) -> str:
@@ -237,6 +284,19 @@ def read_content(path: Path) -> SnapshotContent:
     return SnapshotContent(version_id, meta, structure, manifest)
 
 
+ALIGNMENT = 64
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts on a 64-byte boundary, so a
+    framework (TensorFlow through DLPack) can adopt it without copying it again to align it.
+    """
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    buffer = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
+    offset = (-buffer.ctypes.data) % ALIGNMENT
+    return buffer[offset:offset + nbytes].view(dtype).reshape(shape)
+
+
 class TensorReader:
     """Reads tensors out of snapshot files, keeping files open while it lives.
 
@@ -284,6 +344,40 @@ class TensorReader:
             raise IntegrityError(f"{where}: content does not match its hash (data is damaged)")
         return array
 
+    def read_all(self, entries: list[ManifestEntry] | tuple[ManifestEntry, ...], verify: bool = True,
+                 owner: str = "", progress: bool | None = None) -> dict[str, np.ndarray]:
+        """Every tensor of ``entries`` by name, re-hashing each one in a worker thread while the
+        next is read (BLAKE3 releases the GIL); :class:`IntegrityError` names the first damaged one.
+        """
+        from ..progress import progress_bar
+
+        arrays: dict[str, np.ndarray] = {}
+        checks: list[tuple[ManifestEntry, object]] = []
+        total = sum(e.nbytes for e in entries)
+        pool = hash_pool() if total >= THREADED_HASH_BYTES else None  # small: threads cost more
+        with progress_bar(total, f"checkout {owner[:8]}".strip(), progress) as bar:
+            try:
+                for entry in entries:
+                    arrays[entry.name] = self.read(entry, verify=False, owner=owner)
+                    if verify and pool is None:
+                        self._check(entry, tensor_hash(arrays[entry.name]), owner)
+                    elif verify:
+                        checks.append((entry, pool.submit(tensor_hash, arrays[entry.name])))
+                    bar.update(entry.nbytes)
+                for entry, future in checks:
+                    self._check(entry, future.result(), owner)
+            except BaseException:
+                for _, future in checks:
+                    future.cancel()
+                raise
+        return arrays
+
+    @staticmethod
+    def _check(entry: ManifestEntry, digest: str, owner: str) -> None:
+        if digest != entry.hash:
+            where = f"version {owner[:12]} tensor {entry.name!r}" if owner else f"tensor {entry.name!r}"
+            raise IntegrityError(f"{where}: content does not match its hash (data is damaged)")
+
     def _read_checked(self, entry: ManifestEntry, where: str) -> np.ndarray:
         f = self._file(entry.object)
         group_link = f.get("tensors", getlink=True)
@@ -310,11 +404,11 @@ class TensorReader:
         if entry.nbytes and dataset.id.get_storage_size() != entry.nbytes:
             raise IntegrityError(f"{where}: stored bytes do not match the declared shape")
         if raw_name is not None:
-            raw = np.empty(entry.nbytes, dtype=np.uint8)
+            raw = aligned_empty((entry.nbytes,), np.dtype(np.uint8))
             if entry.nbytes:
                 dataset.read_direct(raw)
             return raw.view(dtype).reshape(entry.shape)
-        array = np.empty(entry.shape, dtype=dtype)
+        array = aligned_empty(entry.shape, dtype)
         if entry.nbytes:
             dataset.read_direct(array)
         return array

@@ -1,0 +1,103 @@
+"""What every case shares: the result record, back-to-back timing of ours vs peers, a workspace."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .measure import Samples, quiet_gc, timed_cpu
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class CaseResult:
+    """One case on one model: our times, the peers' times, per-repetition ratios, target."""
+
+    case: str
+    model: str
+    model_bytes: int
+    ours: Samples = field(default_factory=Samples)
+    peers: dict[str, Samples] = field(default_factory=dict)
+    ratios: dict[str, Samples] = field(default_factory=dict)
+    cpu_ratios: dict[str, Samples] = field(default_factory=dict)
+    figures: dict[str, float | int | str | None] = field(default_factory=dict)
+    target: str = ""
+    headline: str = ""  # the ratio or figure the target is about
+    limit: float | None = None
+    met: bool | None = None
+    note: str = ""
+
+    def check(self, value: float | None, limit: float, target: str, headline: str) -> None:
+        self.target, self.headline, self.limit = target, headline, limit
+        self.met = None if value is None or value != value else bool(value <= limit)
+
+    def to_json(self) -> dict:
+        return {
+            "case": self.case, "model": self.model, "model_bytes": self.model_bytes,
+            "ours_seconds": self.ours.to_json(),
+            "peers_seconds": {k: v.to_json() for k, v in self.peers.items()},
+            "ratios": {k: v.to_json() for k, v in self.ratios.items()},
+            "cpu_ratios": {k: v.to_json() for k, v in self.cpu_ratios.items()},
+            "figures": self.figures, "target": self.target, "headline": self.headline,
+            "limit": self.limit, "met": self.met, "note": self.note,
+        }
+
+
+def side_by_side(result: CaseResult, reps: int, ours: Callable[[], object],
+                 others: dict[str, Callable[[], object] | None], setup: Callable[[int], None] | None = None,
+                 after: Callable[[object], None] | None = None) -> None:
+    """Run ``ours`` and each peer back to back, ``reps`` times, alternating which goes first.
+
+    A ratio is taken within each repetition (ours / peer), so load from other processes that
+    lasts longer than one repetition cancels out.
+    """
+    others = {k: v for k, v in others.items() if v is not None}
+    for rep in range(reps):
+        if setup is not None:
+            setup(rep)
+        times: dict[str, float] = {}
+        cpu: dict[str, float] = {}
+        order = ["ours", *others] if rep % 2 == 0 else [*others, "ours"]
+        with quiet_gc():
+            for who in order:
+                settle()
+                times[who], cpu[who], value = timed_cpu(ours if who == "ours" else others[who])
+                if who == "ours" and after is not None:
+                    after(value)
+        result.ours.add(times["ours"])
+        for who in others:
+            result.peers.setdefault(who, Samples()).add(times[who])
+            result.ratios.setdefault(who, Samples()).add(times["ours"] / times[who])
+            if cpu[who] > 0:
+                result.cpu_ratios.setdefault(who, Samples()).add(cpu["ours"] / cpu[who])
+
+
+def settle() -> None:
+    """Write back every dirty page before the next timed call (untimed).
+
+    Keras and safetensors leave their files dirty in the page cache (no fsync); without this the
+    kernel's dirty-page throttling would bill their deferred writeback to whoever writes next.
+    """
+    if hasattr(os, "sync"):
+        os.sync()
+
+
+class Workspace:
+    """Temporary folders for stores and peer files (removed at the end)."""
+
+    def __init__(self, root: str | None = None) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="mvc-bench-", dir=root))
+
+    def fresh(self, name: str) -> Path:
+        path = self.root / name
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        return path
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -1,0 +1,106 @@
+"""Staging a commit: hash the tensors and write the ones the store lacks, in one overlapped pass.
+
+A commit only learns its version id once every tensor is hashed, but it need not wait for that to
+start writing: tensors are hashed ahead in worker threads (BLAKE3 releases the GIL) while the
+calling thread writes each new tensor into a temporary snapshot file. Once the id is known the
+metadata is added and the file is fsynced and renamed into place (:func:`publish`), or discarded
+when the store already holds that version. Integrity is the same as writing in two passes: the
+file is only ever visible under its final name complete and fsynced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from ..hashing import HashesAhead, dtype_name
+from ..progress import progress_bar
+from .atomic import publish, temporary_path
+from .snapshot import ManifestEntry, SnapshotWriter
+
+
+class StagedCommit:
+    """The tensors of one commit, hashed, with the new ones written to a temporary snapshot.
+
+    Args:
+        tmp_folder: where the temporary snapshot file is written.
+        stored_object: hash -> id of the snapshot holding those bytes, or None when not stored.
+        progress: see :func:`mvc_magics.progress.progress_bar`.
+    """
+
+    def __init__(self, tmp_folder: Path, stored_object: Callable[[str], str | None],
+                 progress: bool | None = None, check_space: Callable[[int], None] | None = None) -> None:
+        self._stored_object = stored_object
+        # Called with a tensor's size before it is written: HDF5 must never meet a full disk.
+        self._check_space = check_space or (lambda nbytes: None)
+        self._progress = progress
+        self._writer = SnapshotWriter(temporary_path(tmp_folder, ".h5"))
+        self.arrays: dict[str, np.ndarray] = {}
+        self.hashes: dict[str, str] = {}
+        self.located: dict[str, str | None] = {}  # hash -> object id holding it (None: new here)
+        self.bytes_written = 0
+        self.tensors_written = 0
+
+    def stage(self, arrays: Mapping[str, np.ndarray], description: str = "commit",
+              hashes: HashesAhead | None = None) -> None:
+        """Hash every array (or take ``hashes`` already under way), writing each one whose hash
+        the store (and this commit) lacks."""
+        self.arrays = dict(arrays)
+        total = sum(int(a.nbytes) for a in self.arrays.values())
+        with progress_bar(total, description, self._progress) as bar:
+            for key, digest in hashes if hashes is not None else HashesAhead(self.arrays):
+                self.hashes[key] = digest
+                array = self.arrays[key]
+                if digest not in self.located:
+                    self.located[digest] = self._stored_object(digest)
+                    if self.located[digest] is None:
+                        self._check_space(int(array.nbytes))
+                        self._writer.add_tensor(digest, array)
+                        self.bytes_written += int(array.nbytes)
+                        self.tensors_written += 1
+                bar.update(int(array.nbytes))
+
+    def claim_own(self, version_id: str) -> None:
+        """Write the tensors the index places in ``version_id``'s own file: that file is being
+        (re)written, so bytes it held before (a removed version committed again) must be in it.
+        """
+        for key, array in self.arrays.items():
+            digest = self.hashes[key]
+            if self.located.get(digest) == version_id:
+                self.located[digest] = None
+                self._check_space(int(array.nbytes))
+                self._writer.add_tensor(digest, array)
+                self.bytes_written += int(array.nbytes)
+                self.tensors_written += 1
+
+    def entries(self) -> list[tuple[str, str, tuple[int, ...], str]]:
+        """(name, dtype, shape, hash) of every tensor: the input of :func:`hashing.version_id`."""
+        return [(k, dtype_name(a.dtype), tuple(a.shape), self.hashes[k]) for k, a in self.arrays.items()]
+
+    def manifest(self, version_id: str) -> list[ManifestEntry]:
+        """The manifest of the version: new tensors live in its own file, the rest where they are."""
+        return [
+            ManifestEntry(k, dtype_name(a.dtype), tuple(a.shape), self.hashes[k],
+                          self.located[self.hashes[k]] or version_id, int(a.nbytes))
+            for k, a in self.arrays.items()
+        ]
+
+    def publish(self, final: Path, version_id: str, meta: Mapping, structure: object,
+                manifest: list[ManifestEntry]) -> None:
+        """Complete the snapshot file and move it to ``final`` (fsync, rename, fsync folder)."""
+        try:
+            self._writer.finish(version_id, meta, structure, manifest)
+        except BaseException:
+            self.discard()
+            raise
+        publish(self._writer.path, final)
+
+    def discard(self) -> None:
+        """Drop the temporary file (the store already holds the version, or an error happened)."""
+        with contextlib.suppress(OSError, RuntimeError):  # closing after a failed write must not hide it
+            self._writer.close()
+        with contextlib.suppress(OSError):
+            self._writer.path.unlink()
