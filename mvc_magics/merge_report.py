@@ -10,7 +10,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from .tables import Table, format_number
+from .tables import Table, TableView, format_number
 from .version import Version
 
 
@@ -25,7 +25,7 @@ class MergeStep:
 
 
 @dataclass
-class MergeReport:
+class MergeReport(TableView):
     """The record of one merge (also what is stored under ``extra["merge"]``)."""
 
     method: str
@@ -98,15 +98,6 @@ class MergeReport:
         return Table(header, rows, title=title,
                      highlight={i for i, vid in enumerate(order) if vid in self.ingredients})
 
-
-    def __str__(self) -> str:
-        return self.table().to_text()
-
-    def _repr_pretty_(self, printer, cycle: bool) -> None:
-        printer.text(str(self))
-
-    def _repr_html_(self) -> str:
-        return self.table().to_html()
 
 
 @dataclass(repr=False)

@@ -57,6 +57,22 @@ class Table:
                 f"<tbody>{''.join(body)}</tbody></table>{notes}")
 
 
+class TableView:
+    """Mixin for results that show as a :class:`Table`: text in a terminal, HTML in Jupyter."""
+
+    def table(self) -> Table:
+        raise NotImplementedError
+
+    def __str__(self) -> str:
+        return self.table().to_text()
+
+    def _repr_pretty_(self, printer, cycle: bool) -> None:
+        printer.text(str(self))
+
+    def _repr_html_(self) -> str:
+        return self.table().to_html()
+
+
 def _text(value: object) -> str:
     if value is None:
         return "—"

@@ -6,7 +6,7 @@ import html
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from .tables import Table, format_bytes, format_number
+from .tables import Table, TableView, format_bytes, format_number
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def tag_list(version: Version) -> str:
     return ", ".join(t + PROTECTED_MARK if t in version.protected_tags else t for t in version.tags)
 
 
-class VersionLog(list):
+class VersionLog(TableView, list):
     """The result of ``repo.log()``: a list of :class:`Version`, newest first, shown as a table."""
 
     def table(self) -> Table:
@@ -115,15 +115,6 @@ class VersionLog(list):
             ])
         notes = [PROTECTED_NOTE] if any(v.protected_tags for v in self) else []
         return Table(header, rows, highlight=highlight, notes=notes)
-
-    def __str__(self) -> str:
-        return self.table().to_text()
-
-    def _repr_pretty_(self, printer, cycle: bool) -> None:
-        printer.text(str(self))
-
-    def _repr_html_(self) -> str:
-        return self.table().to_html()
 
 
 @dataclass(frozen=True)

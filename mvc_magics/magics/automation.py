@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
@@ -166,18 +165,7 @@ class AutomationMagics(Magics):
         """Show a version: metadata, metrics, and provenance (notebook, code, data, training set-up,
         libraries). HTML in Jupyter, text in a terminal; returns a ``VersionDetails``."""
         args = parse_line(self.mvc_show, line)
-        version = self.session.repo.resolve(args.ref, name=args.model or self._model_for_ref())
+        version = self.session.repo.resolve(args.ref, name=self.session.model_for_ref(args.model))
         return VersionDetails(version, code=args.code, rich=is_rich(self.shell))
 
-    def _model_for_ref(self) -> str | None:
-        configured = getattr(self.shell.magics_manager.registry.get("MVCMagics"), "default_model", "")
-        if configured:
-            return configured
-        models = self.session.repo.models()
-        if len(models) <= 1:
-            return models[0] if models else None
-        present = [m for m in models if m in self.session.namespace]
-        if len(present) == 1:
-            return present[0]
-        raise UsageError(f"say which model with --model ({', '.join(models[:8])})")
 

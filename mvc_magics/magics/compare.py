@@ -69,7 +69,7 @@ class CompareMagics(Magics):
         if args.n < 0:
             raise UsageError("-n must be 0 (all) or a positive count")
         repo = self.session.repo
-        name = args.model or self._default_model()
+        name = self.session.model_for_ref(args.model)
         options = {"name": name, "weights": parse_weights(args.weights), "baseline": args.baseline,
                    "directions": parse_directions(args.direction)}
         comparison = repo.compare(args.refs or None, limit=args.n or None, allow_mixed=args.mixed, **options)
@@ -87,17 +87,6 @@ class CompareMagics(Magics):
             self._plot(comparison, diff)
         return comparison
 
-    def _default_model(self) -> str | None:
-        """The configured default model, else the only tracked one, else the only one in the notebook."""
-        core = self.shell.magics_manager.registry.get("MVCMagics")
-        configured = getattr(core, "default_model", "") if core is not None else ""
-        if configured:
-            return configured
-        models = self.session.repo.models()
-        if len(models) <= 1:
-            return models[0] if models else None
-        present = [m for m in models if m in self.session.namespace]
-        return present[0] if len(present) == 1 else None
 
     def _diff(self, comparison: Comparison, mixed: bool):
         """Baseline -> best (or -> the runner-up when the baseline is the best)."""

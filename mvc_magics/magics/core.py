@@ -123,7 +123,7 @@ class MVCMagics(Magics):
         history = args.history
         if history is None and args.model and args.model in repo.models():
             history = args.model
-        version = repo.resolve(args.ref, name=history or self._model_for_ref(args.ref))
+        version = repo.resolve(args.ref, name=history or self.session.model_for_ref())
         if args.as_var:
             if not args.as_var.isidentifier():
                 raise UsageError(f"{args.as_var!r} is not a variable name")
@@ -139,16 +139,6 @@ class MVCMagics(Magics):
             repo.checkout(version.id, live, name=target, **signed)
             print(f"checked out {version.summary()} into {target}")
         self.session.recorder.committed(target)  # the next version's provenance starts here
-
-    def _model_for_ref(self, ref: str) -> str | None:
-        """The model a ref refers to when none is named: the configured or only tracked one."""
-        if self.default_model:
-            return self.default_model
-        models = self.session.repo.models()
-        if len(models) <= 1:
-            return models[0] if models else None
-        present = [m for m in models if m in self.session.namespace]
-        return present[0] if len(present) == 1 else None
 
     # -- %mvc_log ---------------------------------------------------------------------------
 
@@ -193,7 +183,7 @@ class MVCMagics(Magics):
         if len(args.names) != 2:
             raise UsageError("usage: %mvc_tag REF TAG [--force] [--protect]")
         ref, tag = args.names
-        version = repo.tag(ref, tag, name=args.model or self._model_for_ref(ref), force=args.force,
+        version = repo.tag(ref, tag, name=args.model or self.session.model_for_ref(), force=args.force,
                            protect=True if args.protect else None)
         print(f"tagged {version.short_id} ({version.name}) as {tag}")
 

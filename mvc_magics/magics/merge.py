@@ -40,18 +40,6 @@ class MergeMagics(Magics):
             raise UsageError(f"{what} {name!r} is not callable (it must take a model and return a number)")
         return value
 
-    def _model_name(self, given: str | None) -> str | None:
-        """The model whose history the refs are in: given, configured, or the only one present."""
-        if given:
-            return given
-        for configurable in getattr(self.shell, "configurables", []):
-            if type(configurable).__name__ == "MVCMagics" and getattr(configurable, "default_model", ""):
-                return configurable.default_model
-        models = self.session.repo.models()
-        if len(models) == 1:
-            return models[0]
-        present = [m for m in models if m in self.session.namespace]
-        return present[0] if len(present) == 1 else None
 
     def _template(self, name: str | None):
         """The live model variable of the refs' model: used to evaluate in when no structure is stored."""
@@ -89,7 +77,7 @@ class MergeMagics(Magics):
         """
         args = parse_line(self.mvc_merge, line)
         repo = self.session.repo
-        name = self._model_name(args.model)
+        name = self.session.model_for_ref(args.model)
         eval_fn = self._callable(args.eval_fn, "--eval")
         weights = parse_weights(args.weights)
         tags = [t for group in args.tag or [] for t in group]

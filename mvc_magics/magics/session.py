@@ -83,6 +83,29 @@ class MVCSession:
             raise UsageError(f"no variable named {name!r} in the notebook")
         return self.namespace[name]
 
+    def configured_model(self) -> str:
+        """``%config MVCMagics.default_model``, or "" when not set."""
+        manager = getattr(self.shell, "magics_manager", None)
+        core = manager.registry.get("MVCMagics") if manager is not None else None
+        return str(getattr(core, "default_model", "") or "")
+
+    def model_for_ref(self, given: str | None = None) -> str | None:
+        """The model history a ref is resolved in when a magic names none.
+
+        The given name, else the configured default model, else the only model in the store, else
+        the only tracked model present in the notebook; None lets the resolver list the models.
+        """
+        if given:
+            return given
+        configured = self.configured_model()
+        if configured:
+            return configured
+        models = self.repo.models()
+        if len(models) <= 1:
+            return models[0] if models else None
+        present = [m for m in models if m in self.namespace]
+        return present[0] if len(present) == 1 else None
+
     def default_model(self, configured: str = "") -> str:
         """The model meant when none is named: the configured one, else the only tracked one present."""
         if configured:
