@@ -99,16 +99,19 @@ def _is_hash(text: str) -> bool:
 
 def _dtype_from_name(name: str) -> np.dtype:
     try:
-        return np.dtype(name)
-    except TypeError:
+        dtype = np.dtype(name)
+    except (TypeError, ValueError):  # numpy raises either for a name it does not know
         try:
             import ml_dtypes  # bfloat16, float8: only needed when such tensors exist
         except ImportError as exc:
             raise IntegrityError(f"unknown dtype {name!r}") from exc
         try:
-            return np.dtype(getattr(ml_dtypes, name))
-        except (AttributeError, TypeError) as exc:
+            dtype = np.dtype(getattr(ml_dtypes, name))
+        except (AttributeError, TypeError, ValueError) as exc:
             raise IntegrityError(f"unknown dtype {name!r}") from exc
+    if dtype.kind in "OSUVMm":  # objects, strings, records, dates: never a tensor, never read
+        raise IntegrityError(f"dtype {name!r} is not a tensor dtype")
+    return dtype
 
 
 def _string_dataset(group: h5py.Group, name: str, text: str) -> None:
