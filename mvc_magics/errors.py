@@ -75,6 +75,10 @@ class LockTimeoutError(StoreError):
     """Another process holds the store lock for longer than the timeout."""
 
 
+class SignatureError(IntegrityError):
+    """A version is unsigned or its signature is not valid, and a valid one was required."""
+
+
 class UnsupportedDataError(MVCError, TypeError):
     """A ``--data`` variable cannot be fingerprinted (not an array, data frame, list or tuple)."""
 

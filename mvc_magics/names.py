@@ -31,9 +31,12 @@ def validate_name(name: object, kind: str = "name") -> str:
         raise InvalidNameError(f"{kind} {name[:20]!r}... is longer than {_MAX_LENGTH} characters")
     if any(unicodedata.category(ch).startswith("C") for ch in name):
         raise InvalidNameError(f"{kind} {name!r} contains control characters")
-    if "/" in name or "\\" in name or ".." in name:
+    # What a file system or terminal may turn the name into (NFKC: "\uff0f" is "/", "\u2025" is "..")
+    # must be as safe as the name itself.
+    folded = unicodedata.normalize("NFKC", name)
+    if any(sep in text for text in (name, folded) for sep in ("/", "\\", "..")):
         raise InvalidNameError(f"{kind} {name!r} must not contain '/', '\\' or '..'")
-    if name.startswith("."):
+    if name.startswith(".") or folded.startswith("."):
         raise InvalidNameError(f"{kind} {name!r} must not start with a dot")
     if ":" in name or "~" in name:
         raise InvalidNameError(f"{kind} {name!r} must not contain ':' or '~' (they are ref syntax)")

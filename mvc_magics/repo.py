@@ -20,11 +20,21 @@ import numpy as np
 from . import resolver
 from .adapters import adapter_for, adapter_named
 from .adapters.base import match_state
-from .errors import IntegrityError, ProtectedRefError, TagExistsError, UnsupportedModelError
+from .audit_trail import AuditTrail
+from .errors import (
+    IntegrityError,
+    ProtectedRefError,
+    SignatureError,
+    StoreError,
+    TagExistsError,
+    UnsupportedModelError,
+)
+from .faults import ensure_space, write_failure
 from .hashing import HashesAhead, canonical_array, hashes_ahead, version_id
 from .metadata import author, base_library_versions, validate_metrics, validate_params
 from .names import validate_name
 from .provenance import complete_provenance
+from .signing import SignatureStatus, Signer, check_signature, signature_path, signer_from_env, write_signature
 from .storage.audit import AuditLog
 from .storage.index import Index
 from .storage.snapshot import ManifestEntry, TensorReader, read_content
@@ -90,18 +100,25 @@ class Repo:
         self.layout = StoreLayout(self.path)
         self.layout.open(create=create)
         self.audit = AuditLog(self.layout.audit_path)
+        if self.layout.readonly:
+            self._open_readonly()
+            return
         rebuild = not self.layout.index_path.exists()
         try:
             self.index = Index(self.layout.index_path)
             self.index.query("SELECT count(*) FROM versions")
-        except Exception:
+        except IntegrityError:  # a damaged index is rebuilt from the snapshots
+            if getattr(self, "index", None) is not None:
+                self.index.close()
             self._discard_index()
             self.index = Index(self.layout.index_path)
             rebuild = True
+        self.layout.on_stale_lock = self._recover_after_crash
         if rebuild:
             self.reindex()
         else:
             self._recover_unindexed()
+            self.layout.recover_if_stale()
 
     def __repr__(self) -> str:
         return f"Repo({str(self.path)!r})"
@@ -155,7 +172,8 @@ class Repo:
             hashes.cancel()
             raise
         with self.layout.locked():
-            staged = StagedCommit(self.layout.tmp, self._stored_object, self.progress)
+            staged = StagedCommit(self.layout.tmp, self._stored_object, self.progress,
+                                  check_space=lambda nbytes: ensure_space(self.layout.tmp, nbytes, 1, self.path))
             try:
                 staged.stage(arrays, description=f"commit {name}", hashes=hashes)
                 vid = version_id(structure, staged.entries())
@@ -163,8 +181,10 @@ class Repo:
                     self._check_tag_free(name, tag, vid, force=False)
                 revived = self.layout.is_removed(vid)  # content of a removed version committed again
                 existing = self._find(vid)
-            except BaseException:
+            except BaseException as exc:
                 staged.discard()
+                if isinstance(exc, OSError | RuntimeError):  # HDF5 could not write the staged tensors
+                    raise StoreError(write_failure(exc, self.path)) from exc
                 raise
             if existing is not None:
                 staged.discard()
@@ -203,26 +223,67 @@ class Repo:
             "author": author(), "metrics": metrics, "params": params, "framework": adapter.framework,
             "libraries": {**base_library_versions(), **adapter.library_versions()},
             "provenance": complete_provenance(provenance, extra_meta), "extra": {**extra_meta, **(extra or {})},
+            # The tags asked for, so crash recovery can finish a commit killed before its ref files.
+            "tags": list(tags),
         }
-        staged.publish(self.layout.snapshot_path(vid), vid, meta, structure, manifest)
-        for tag in tags:
-            self.layout.write_tag(name, tag, vid)
-        self.layout.write_head(name, vid)
         written = staged.bytes_written
-        with self.index.transaction() as conn:
-            Index.insert_version(conn, vid, name, created, meta, [e.to_json() for e in manifest], written)
-            Index.set_metrics(conn, vid, metrics)
-            conn.executemany("INSERT OR REPLACE INTO tags(name, tag, id, protected) VALUES(?, ?, ?, 0)",
-                             [(name, tag, vid) for tag in tags])
-            conn.execute("INSERT OR REPLACE INTO heads(name, id) VALUES(?, ?)", (name, vid))
-        self.audit.append(meta["author"], "commit", name, [vid],
-                          {"message": meta["message"], "tags": list(tags), "bytes_written": written})
+        # Order matters for crash safety: the snapshot is the point of no return; refs, index and
+        # audit entry follow, and a holder killed anywhere after it is completed by the next one.
+        final = self.layout.snapshot_path(vid)
+        old_head = self.layout.read_head(name)
+        placed, replaced = False, final.exists()  # a removed version's retired file it replaces
+        try:
+            signer = signer_from_env()  # a bad key configuration fails before the snapshot is placed
+            text_bytes = len(json.dumps(meta, default=str)) + len(json.dumps(structure)) + 200 * len(manifest)
+            ensure_space(self.layout.tmp, text_bytes, 4, self.path)
+            staged.publish(final, vid, meta, structure, manifest)
+            placed = True
+            self._sign(vid, signer)
+            for tag in tags:
+                self.layout.write_tag(name, tag, vid)
+            self.layout.write_head(name, vid)
+            with self.index.transaction() as conn:
+                Index.insert_version(conn, vid, name, created, meta, [e.to_json() for e in manifest], written)
+                Index.set_metrics(conn, vid, metrics)
+                conn.executemany("INSERT OR REPLACE INTO tags(name, tag, id, protected) VALUES(?, ?, ?, 0)",
+                                 [(name, tag, vid) for tag in tags])
+                conn.execute("INSERT OR REPLACE INTO heads(name, id) VALUES(?, ?)", (name, vid))
+                self.audit.append(meta["author"], "commit", name, [vid],
+                                  {"message": meta["message"], "tags": list(tags), "bytes_written": written})
+        except BaseException as exc:
+            if placed:
+                self._undo_commit(vid, name, tags, old_head, keep_file=replaced)
+            else:
+                staged.discard()
+            if isinstance(exc, OSError | RuntimeError | StoreError):
+                raise StoreError(write_failure(exc, self.path)) from exc
+            raise
         return CommitStats(True, staged.tensors_written, len(manifest) - staged.tensors_written, written)
+
+    def _undo_commit(self, vid: str, name: str, tags: list[str], old_head: str | None, keep_file: bool) -> None:
+        """Take back a commit that failed after its snapshot was placed (disk full, interrupt...)."""
+        # The snapshot first: without it, leftover refs point at nothing and are ignored on reindex.
+        # A file that replaced a removed version's retired file stays: other versions use its tensors.
+        steps = [] if keep_file else [self.layout.snapshot_path(vid).unlink]
+        steps.append(signature_path(self.layout.signatures, vid).unlink)
+        steps += [lambda tag=tag: self.layout.delete_tag(name, tag) for tag in tags]
+        if old_head:
+            steps.append(lambda: self.layout.write_head(name, old_head))
+        else:
+            steps.append(self.layout.head_path(name).unlink)
+        for step in steps:
+            try:
+                step()
+            except FileNotFoundError:
+                pass
+            except BaseException:  # undo as much as possible; the original error is raised
+                continue
 
     def _attach(self, vid: str, name: str, metrics: dict[str, float], tags: list[str]) -> None:
         """Attach metrics/tags to an existing version and make it the HEAD of ``name``."""
         if metrics:
             self.layout.write_note(vid, {"metrics": metrics})
+        self._sign(vid)
         for tag in tags:
             self.layout.write_tag(name, tag, vid)
         # Re-committing an unchanged model is frequent: rewrite HEAD (two fsyncs) only if it moves.
@@ -309,15 +370,20 @@ class Repo:
 
     # -- checkout ---------------------------------------------------------------------------
 
-    def checkout(self, ref: str, model: Any = None, name: str | None = None, unsafe: bool = False) -> Any:
+    def checkout(self, ref: str, model: Any = None, name: str | None = None, unsafe: bool = False,
+                 require_signature: bool = False) -> Any:
         """Load version ``ref`` into ``model`` in place, or build a new model when ``model`` is None.
 
         In place, every shape is checked before the first assignment, so an error leaves the
-        model exactly as it was. Every tensor is re-hashed; damaged data is refused.
+        model exactly as it was. Every tensor is re-hashed; damaged data is refused. With
+        ``require_signature`` a version without a valid signature is refused (see
+        :mod:`mvc_magics.signing`). On a read-only store the HEAD is not recorded.
         """
         version = self.resolve(ref, name=name)
         target = name or version.name
         validate_name(target, "model name")
+        if require_signature:
+            self.require_valid_signature(version.id)
         state = self.load_state(version)
         if model is None:
             adapter = adapter_named(version.framework)
@@ -328,6 +394,8 @@ class Repo:
             adapter.set_state(model, state, owned=True)  # state was read for this call
             _remember_loaded(adapter, model, state, self.manifest(version.id))
             result = model
+        if self.layout.readonly:
+            return result
         with self.layout.locked():
             self.layout.write_head(target, version.id)
             with self.index.transaction() as conn:
@@ -428,7 +496,14 @@ class Repo:
         from .maintenance import rebuild_index
 
         with self.layout.locked():
-            return rebuild_index(self)
+            try:
+                count = rebuild_index(self)
+            except IntegrityError:  # the index file itself is damaged: start it afresh
+                self.index.close()
+                self._discard_index()
+                self.index = Index(self.layout.index_path)
+                count = rebuild_index(self)
+            return count
 
     def _recover_unindexed(self) -> None:
         """Index snapshot files a killed process renamed into place but did not index."""
@@ -622,3 +697,57 @@ class Repo:
         from .widgets.merge_panel import MergePanel
 
         return MergePanel(self, list(refs), name=name, namespace=namespace, **options)
+
+    # -- reliability and security --
+
+    def _open_readonly(self) -> None:
+        if not self.layout.index_path.exists():
+            raise StoreError(f"the store {self.path} is read-only and has no index to read (it cannot be "
+                             "rebuilt without write access)")
+        self.index = Index(self.layout.index_path, readonly=True)
+
+    def _recover_after_crash(self, dead_holder: str) -> None:
+        from .maintenance import recover_after_crash
+
+        recover_after_crash(self, dead_holder)
+
+    def audit_log(self, limit: int | None = None) -> AuditTrail:
+        """The recorded operations, newest first (``limit``: only the last ``limit``)."""
+        entries = list(self.audit.entries())
+        entries.reverse()
+        return AuditTrail(entries[:limit] if limit else entries)
+
+    def _sign(self, vid: str, signer: Signer | None = None) -> None:
+        signer = signer or signer_from_env()
+        if signer is not None and signer.can_sign:
+            write_signature(self.layout.signatures, self.layout.tmp, signer, vid)
+
+    def sign_versions(self) -> list[str]:
+        """Sign every unsigned version with the configured key; return the ids signed."""
+        signer = signer_from_env()
+        if signer is None:
+            raise SignatureError("no signing key: set MVC_SIGNING_KEY or MVC_SIGNING_KEY_FILE (a private key)")
+        if not signer.can_sign:
+            raise SignatureError("the configured key is a public key: it checks signatures but cannot sign")
+        signed = []
+        with self.layout.locked():
+            for vid in self.index.version_ids():
+                if write_signature(self.layout.signatures, self.layout.tmp, signer, vid):
+                    signed.append(vid)
+            self.audit.append(author(), "sign", None, signed, {"key": signer.key_id, "algorithm": signer.algorithm})
+        return signed
+
+    def signature_status(self, ref: str, name: str | None = None) -> SignatureStatus:
+        """``valid``, ``unsigned``, ``bad`` or ``unchecked`` (no key configured) for version ``ref``."""
+        version = self.resolve(ref, name=name)
+        return check_signature(self.layout.signatures, signer_from_env(), version.id)
+
+    def require_valid_signature(self, vid: str) -> None:
+        """Raise :class:`SignatureError` unless version ``vid`` has a valid signature."""
+        signer = signer_from_env()
+        if signer is None:
+            raise SignatureError("a valid signature is required but no key is configured to check it "
+                                 "(set MVC_SIGNING_KEY or MVC_SIGNING_KEY_FILE)")
+        status = check_signature(self.layout.signatures, signer, vid)
+        if status.state != "valid":
+            raise SignatureError(f"version {vid[:12]} refused: {status.detail}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..provenance import register_context
+from .audit import AuditMagics
 from .automation import AutomationMagics
 from .capture import session_context
 from .compare import CompareMagics
@@ -22,6 +23,7 @@ from .session import MVCSession
 # ``event_hooks() -> [(event, callback)]`` (load registers them, unload removes them) and
 # ``close()`` (called by unload).
 MAGIC_CLASSES: list[type] = [MVCMagics]
+MAGIC_CLASSES.append(AuditMagics)
 MAGIC_CLASSES.append(CompareMagics)
 MAGIC_CLASSES.append(AutomationMagics)
 MAGIC_CLASSES += [RemoteMagics, LifecycleMagics]  # issue 8

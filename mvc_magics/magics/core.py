@@ -108,6 +108,8 @@ class MVCMagics(Magics):
     @argument("--model", dest="history", default=None, metavar="NAME",
               help="the model history REF is in (default: MODEL's own, or the only model)")
     @argument("--unsafe", action="store_true", help="allow rebuilding structures that run custom code")
+    @argument("--require-signature", action="store_true",
+              help="refuse a version without a valid signature (MVC_SIGNING_KEY / MVC_SIGNING_KEY_FILE)")
     @user_errors
     def mvc_checkout(self, line: str):
         """Load a version into the model variable in place, or build it into a new variable (--as).
@@ -117,6 +119,7 @@ class MVCMagics(Magics):
         """
         args = parse_line(self.mvc_checkout, line)
         repo = self.session.repo
+        signed = {"require_signature": True} if args.require_signature else {}
         history = args.history
         if history is None and args.model and args.model in repo.models():
             history = args.model
@@ -124,16 +127,16 @@ class MVCMagics(Magics):
         if args.as_var:
             if not args.as_var.isidentifier():
                 raise UsageError(f"{args.as_var!r} is not a variable name")
-            self.session.namespace[args.as_var] = repo.checkout(version.id, name=None, unsafe=args.unsafe)
+            self.session.namespace[args.as_var] = repo.checkout(version.id, name=None, unsafe=args.unsafe, **signed)
             print(f"built {version.short_id} ({version.name}) into {args.as_var}")
             return
         target = args.model or version.name
         live = self.session.namespace.get(target)
         if live is None:
-            self.session.namespace[target] = repo.checkout(version.id, None, name=target, unsafe=args.unsafe)
+            self.session.namespace[target] = repo.checkout(version.id, None, name=target, unsafe=args.unsafe, **signed)
             print(f"built {version.short_id} into new variable {target}")
         else:
-            repo.checkout(version.id, live, name=target)
+            repo.checkout(version.id, live, name=target, **signed)
             print(f"checked out {version.summary()} into {target}")
         self.session.recorder.committed(target)  # the next version's provenance starts here
 

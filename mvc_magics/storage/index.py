@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+import urllib.parse
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from ..errors import IntegrityError, StoreError
 
 SCHEMA_VERSION = 1
 
@@ -52,16 +55,30 @@ def metric_row(value: float) -> tuple[float | None, str]:
 class Index:
     """Thin wrapper over the SQLite file; every write goes through :meth:`transaction`."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, readonly: bool = False) -> None:
         self.path = path
-        self._conn = sqlite3.connect(str(path), timeout=60.0, isolation_level=None,
-                                     check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.executescript(_SCHEMA)
-        self._conn.execute(
-            "INSERT OR IGNORE INTO info(key, value) VALUES('schema_version', ?)", (str(SCHEMA_VERSION),)
-        )
+        self.readonly = readonly
+        with _index_errors(path):
+            if readonly:  # a store on a read-only mount or without write permission: no locks, no writes
+                wal = Path(str(path) + "-wal")
+                # immutable ignores a WAL journal, so it is only safe when everything was checkpointed
+                mode = "mode=ro" if wal.exists() and wal.stat().st_size else "immutable=1"
+                uri = "file:" + urllib.parse.quote(str(Path(path).resolve())) + "?" + mode
+                self._conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+                self._conn.execute("SELECT count(*) FROM versions")
+                return
+            self._conn = sqlite3.connect(str(path), timeout=60.0, isolation_level=None,
+                                         check_same_thread=False)
+            try:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=FULL")
+                self._conn.executescript(_SCHEMA)
+                self._conn.execute(
+                    "INSERT OR IGNORE INTO info(key, value) VALUES('schema_version', ?)", (str(SCHEMA_VERSION),)
+                )
+            except BaseException:
+                self._conn.close()
+                raise
 
     def close(self) -> None:
         self._conn.close()
@@ -69,16 +86,27 @@ class Index:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """An IMMEDIATE transaction: all writes inside it commit together or not at all."""
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
+        with _index_errors(self.path):
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
 
     def query(self, sql: str, params: Iterable = ()) -> list[tuple]:
-        return self._conn.execute(sql, tuple(params)).fetchall()
+        with _index_errors(self.path):
+            return self._conn.execute(sql, tuple(params)).fetchall()
+
+    def integrity_problems(self) -> list[str]:
+        """What SQLite's own ``PRAGMA quick_check`` finds wrong (empty when the file is sound)."""
+        try:
+            rows = self._conn.execute("PRAGMA quick_check").fetchall()
+        except sqlite3.DatabaseError as exc:
+            return [str(exc)]
+        return [str(r[0]) for r in rows if r[0] != "ok"]
 
     # -- writes (call inside transaction) ---------------------------------------------------
 
@@ -121,3 +149,17 @@ class Index:
 
     def count(self) -> int:
         return int(self.query("SELECT count(*) FROM versions")[0][0])
+
+
+@contextmanager
+def _index_errors(path: Path) -> Iterator[None]:
+    """SQLite failures as the project's errors: a damaged file, a full disk, a read-only store."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        text = str(exc)
+        if "locked" in text or "busy" in text:
+            raise StoreError(f"the index {path.name} is busy (another process holds it): {text}") from exc
+        raise StoreError(f"cannot update the index {path}: {text}") from exc
+    except sqlite3.DatabaseError as exc:  # "file is not a database", "database disk image is malformed"
+        raise IntegrityError(f"the index {path.name} is damaged ({exc}); run reindex to rebuild it") from exc

@@ -17,11 +17,15 @@ matches the declared shape are accepted, and every tensor is re-hashed.
 from __future__ import annotations
 
 import json
+import math
+import mmap
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import blake3
 import h5py
 import numpy as np
 
@@ -33,6 +37,11 @@ FORMAT_VERSION = 1
 # dtypes h5py stores natively; anything else (bfloat16, float8...) is stored as raw bytes.
 _NATIVE_KINDS = frozenset("biuf")
 _RAW_DTYPE_ATTR = "mvc_dtype"
+# The HDF5 user block (ignored by HDF5 readers) holds a BLAKE3 checksum of every byte after it, so
+# verify detects a flipped byte anywhere in the file, not only inside a tensor.
+USERBLOCK_SIZE = 512
+_CHECKSUM_MAGIC = b"mvc-checksum blake3 "
+_CHECKSUM_LINE = len(_CHECKSUM_MAGIC) + 64 + 1  # magic, hex digest, newline: every byte after it is covered
 
 
 @dataclass(frozen=True)
@@ -65,7 +74,7 @@ class ManifestEntry:
             raise IntegrityError(f"malformed manifest entry: {str(raw)[:120]}") from exc
         if any(d < 0 for d in shape) or not _is_hash(entry.hash) or not _is_hash(entry.object):
             raise IntegrityError(f"malformed manifest entry for tensor {entry.name!r}")
-        expected = _dtype_from_name(entry.dtype).itemsize * int(np.prod(shape, dtype=np.int64))
+        expected = _dtype_from_name(entry.dtype).itemsize * math.prod(shape)  # no int64 overflow
         if expected != entry.nbytes:
             raise IntegrityError(f"tensor {entry.name!r}: declared size does not match its shape")
         return entry
@@ -90,16 +99,19 @@ def _is_hash(text: str) -> bool:
 
 def _dtype_from_name(name: str) -> np.dtype:
     try:
-        return np.dtype(name)
-    except TypeError:
+        dtype = np.dtype(name)
+    except (TypeError, ValueError):  # numpy raises either for a name it does not know
         try:
             import ml_dtypes  # bfloat16, float8: only needed when such tensors exist
         except ImportError as exc:
             raise IntegrityError(f"unknown dtype {name!r}") from exc
         try:
-            return np.dtype(getattr(ml_dtypes, name))
-        except (AttributeError, TypeError) as exc:
+            dtype = np.dtype(getattr(ml_dtypes, name))
+        except (AttributeError, TypeError, ValueError) as exc:
             raise IntegrityError(f"unknown dtype {name!r}") from exc
+    if dtype.kind in "OSUVMm":  # objects, strings, records, dates: never a tensor, never read
+        raise IntegrityError(f"dtype {name!r} is not a tensor dtype")
+    return dtype
 
 
 def _string_dataset(group: h5py.Group, name: str, text: str) -> None:
@@ -140,7 +152,7 @@ class SnapshotWriter:
 
     def _group(self) -> h5py.Group:
         if self._file is None:
-            self._file = h5py.File(self.path, "w", libver=("earliest", "v110"))
+            self._file = h5py.File(self.path, "w", libver=("earliest", "v110"), userblock_size=USERBLOCK_SIZE)
             self._tensors = self._file.create_group("tensors")
         assert self._tensors is not None
         return self._tensors
@@ -169,13 +181,49 @@ class SnapshotWriter:
             _string_dataset(f, "structure", json.dumps(structure, sort_keys=True))
         _string_dataset(f, "manifest", json.dumps([e.to_json() for e in manifest]))
         self.close()
+        _stamp_checksum(self.path)
 
     def close(self) -> None:
         """Close the file (idempotent); an unfinished file is left for the caller to remove."""
         if self._file is not None:
-            self._file.close()
-            self._file = None
-            self._tensors = None
+            handle, self._file, self._tensors = self._file, None, None
+            handle.close()
+
+
+def _body_digest(handle, size: int) -> str:
+    # Hashing a memory map reads the file once, without copying it into Python memory.
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO if size >= 1 << 22 else 1)
+    if size <= _CHECKSUM_LINE:
+        return hasher.hexdigest()
+    with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        view = memoryview(mapped)
+        try:
+            body = view[_CHECKSUM_LINE:]
+            hasher.update(body)
+            body.release()
+        finally:
+            view.release()
+    return hasher.hexdigest()
+
+
+def _stamp_checksum(path: Path) -> None:
+    """Write the checksum of everything after the checksum line into the user block (before the rename)."""
+    with open(path, "r+b") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        digest = _body_digest(handle, size)
+        handle.seek(0)
+        handle.write(_CHECKSUM_MAGIC + digest.encode() + b"\n")
+
+
+def check_file_checksum(path: Path) -> bool | None:
+    """True when the file's bytes match the checksum in its user block, False when they do not,
+    None when the file has no checksum (written without one)."""
+    with open(path, "rb") as handle:
+        head = handle.read(USERBLOCK_SIZE)
+        if not head.startswith(_CHECKSUM_MAGIC):
+            return None if head[:8] == b"\x89HDF\r\n\x1a\n" else False
+        stored = head[len(_CHECKSUM_MAGIC):len(_CHECKSUM_MAGIC) + 64].decode("ascii", "replace")
+        return _body_digest(handle, os.fstat(handle.fileno()).st_size) == stored
 
 
 _NATIVE_NAMES = frozenset(
@@ -200,6 +248,9 @@ def _read_string(f: h5py.File, name: str, required: bool = True) -> str | None:
 
 
 def _open(path: Path) -> h5py.File:
+    # A snapshot is a regular file inside the store: a symlink could point anywhere.
+    if path.is_symlink() or path.parent.is_symlink():
+        raise IntegrityError(f"snapshot {path.name} is a symbolic link, refused")
     try:
         return h5py.File(path, "r")
     except FileNotFoundError:

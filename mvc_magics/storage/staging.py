@@ -32,8 +32,10 @@ class StagedCommit:
     """
 
     def __init__(self, tmp_folder: Path, stored_object: Callable[[str], str | None],
-                 progress: bool | None = None) -> None:
+                 progress: bool | None = None, check_space: Callable[[int], None] | None = None) -> None:
         self._stored_object = stored_object
+        # Called with a tensor's size before it is written: HDF5 must never meet a full disk.
+        self._check_space = check_space or (lambda nbytes: None)
         self._progress = progress
         self._writer = SnapshotWriter(temporary_path(tmp_folder, ".h5"))
         self.arrays: dict[str, np.ndarray] = {}
@@ -55,6 +57,7 @@ class StagedCommit:
                 if digest not in self.located:
                     self.located[digest] = self._stored_object(digest)
                     if self.located[digest] is None:
+                        self._check_space(int(array.nbytes))
                         self._writer.add_tensor(digest, array)
                         self.bytes_written += int(array.nbytes)
                         self.tensors_written += 1
@@ -68,6 +71,7 @@ class StagedCommit:
             digest = self.hashes[key]
             if self.located.get(digest) == version_id:
                 self.located[digest] = None
+                self._check_space(int(array.nbytes))
                 self._writer.add_tensor(digest, array)
                 self.bytes_written += int(array.nbytes)
                 self.tensors_written += 1
@@ -96,6 +100,7 @@ class StagedCommit:
 
     def discard(self) -> None:
         """Drop the temporary file (the store already holds the version, or an error happened)."""
-        self._writer.close()
+        with contextlib.suppress(OSError, RuntimeError):  # closing after a failed write must not hide it
+            self._writer.close()
         with contextlib.suppress(OSError):
             self._writer.path.unlink()

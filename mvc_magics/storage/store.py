@@ -8,12 +8,14 @@
       refs/<model>/HEAD         the version the model variable is at
       refs/<model>/tags/<tag>   JSON {"id": ..., "protected": bool}
       notes/<id>/<n>.json       write-once notes: metrics attached to an existing version later
+      signatures/<ab>/<id>.json write-once signatures of version ids (optional)
       removed/<ab>/<id>         tombstones: versions removed with Repo.remove (their file may stay
                                 as a retired file holding tensors other versions still use)
       remotes.json              configured remotes (name -> URL; never credentials)
       index.sqlite              the index (a cache, rebuilt by reindex)
       audit.log                 hash-chained operation log
-      lock, lock.owner          the store lock and who holds it (pid@host)
+      lock, lock.owner          the store lock and who holds it (pid@host); lock.owner is removed
+                                on release, so finding it on acquiring means the holder died
       tmp/                      temporaries of writes in flight
 """
 
@@ -25,7 +27,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import filelock
@@ -37,6 +39,15 @@ from .atomic import atomic_write_bytes, clean_temporaries
 STORE_FORMAT = "mvc-store"
 STORE_VERSION = 1
 LOCK_TIMEOUT_SECONDS = 120.0
+LOCK_TIMEOUT_ENV = "MVC_LOCK_TIMEOUT"
+
+
+def lock_timeout_from_env() -> float:
+    """Seconds to wait for the store lock: ``$MVC_LOCK_TIMEOUT`` or 120."""
+    try:
+        return float(os.environ.get(LOCK_TIMEOUT_ENV, LOCK_TIMEOUT_SECONDS))
+    except ValueError:
+        return LOCK_TIMEOUT_SECONDS
 
 
 class StoreLayout:
@@ -53,7 +64,14 @@ class StoreLayout:
         self.index_path = self.root / "index.sqlite"
         self.audit_path = self.root / "audit.log"
         self.format_path = self.root / "FORMAT"
-        self._lock = filelock.FileLock(str(self.root / "lock"), timeout=LOCK_TIMEOUT_SECONDS)
+        self.signatures = self.root / "signatures"
+        self.owner_path = self.root / "lock.owner"
+        self.lock_timeout = lock_timeout_from_env()
+        # Called (holding the lock) with the dead holder's "pid@host" when the previous holder died.
+        self.on_stale_lock: Callable[[str], None] | None = None
+        self._lock = filelock.FileLock(str(self.root / "lock"), timeout=self.lock_timeout)
+        self._depth = 0
+        self.readonly = False  # set by open(): the folder cannot be written
 
     # -- creation and format ----------------------------------------------------------------
 
@@ -80,29 +98,74 @@ class StoreLayout:
                 f"store {self.root} has format version {text[1]}; this mvc_magics reads version "
                 f"{STORE_VERSION} (upgrade mvc_magics)"
             )
-        for folder in (self.objects, self.refs, self.notes, self.tmp):
-            folder.mkdir(exist_ok=True)
+        self.readonly = not os.access(self.root, os.W_OK)
+        if self.readonly:
+            return
+        try:
+            for folder in (self.objects, self.refs, self.notes, self.tmp):
+                folder.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot open the store {self.root}: {exc.strerror or exc}") from exc
 
     # -- lock -------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """Hold the store lock (an OS file lock: released by the kernel if the holder dies)."""
+    def locked(self, timeout: float | None = None) -> Iterator[None]:
+        """Hold the store lock (an OS file lock: released by the kernel if the holder dies).
+
+        ``lock.owner`` names the holder while it holds the lock and is removed on release, so
+        finding it on acquiring means the previous holder was killed: :attr:`on_stale_lock` then
+        repairs what it left half-done before anything else happens. A live holder is never broken:
+        waiting longer than :attr:`lock_timeout` raises :class:`LockTimeoutError` naming it.
+        """
+        if self.readonly:
+            raise StoreError(f"the store {self.root} is read-only (no write permission or a read-only "
+                             "mount); nothing was changed")
         try:
-            with self._lock:
-                owner = self.root / "lock.owner"
-                with contextlib.suppress(OSError):
-                    owner.write_text(f"{os.getpid()}@{socket.gethostname()} {time.time():.0f}\n")
-                clean_temporaries(self.tmp)
-                yield
+            self._lock.acquire(timeout=self.lock_timeout if timeout is None else timeout)
         except filelock.Timeout as exc:
             holder = ""
-            with contextlib.suppress(OSError):
-                holder = (self.root / "lock.owner").read_text().strip()
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                holder = self.owner_path.read_text().strip()
             raise LockTimeoutError(
-                f"the store {self.root} is locked by another process ({holder or 'unknown'}) "
-                f"for more than {LOCK_TIMEOUT_SECONDS:.0f}s"
+                f"the store {self.root} is locked by another process ({holder or 'unknown holder'}) "
+                f"for more than {self.lock_timeout if timeout is None else timeout:g}s; it is still alive, "
+                "so its lock is not broken"
             ) from exc
+        except OSError as exc:
+            raise StoreError(f"cannot lock the store {self.root}: {exc.strerror or exc}") from exc
+        outermost = self._depth == 0
+        self._depth += 1
+        repaired = not outermost
+        try:
+            if outermost:
+                self._take_over()
+                repaired = True
+            yield
+        finally:
+            self._depth -= 1
+            if outermost and repaired:  # a failed repair leaves the marker: the next holder retries it
+                with contextlib.suppress(OSError):
+                    self.owner_path.unlink()
+            self._lock.release()
+
+    def recover_if_stale(self) -> None:
+        """Run the stale-lock recovery now if the last holder died (a live holder is left alone)."""
+        if self.readonly or not self.owner_path.exists():
+            return
+        with contextlib.suppress(LockTimeoutError):
+            with self.locked(timeout=0):
+                pass
+
+    def _take_over(self) -> None:
+        stale = None
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            stale = self.owner_path.read_text().strip() or "unknown"
+        with contextlib.suppress(OSError):
+            self.owner_path.write_text(f"{os.getpid()}@{socket.gethostname()} {time.time():.0f}\n")
+        clean_temporaries(self.tmp)
+        if stale is not None and self.on_stale_lock is not None:
+            self.on_stale_lock(stale)
 
     # -- objects ----------------------------------------------------------------------------
 
@@ -154,6 +217,13 @@ class StoreLayout:
     def tag_path(self, name: str, tag: str) -> Path:
         return self.refs / validate_name(name, "model name") / "tags" / validate_name(tag, "tag")
 
+    def read_head(self, name: str) -> str | None:
+        """The version id in ``refs/<name>/HEAD``, if that file exists."""
+        try:
+            return self.head_path(name).read_text().strip() or None
+        except (OSError, UnicodeDecodeError):
+            return None
+
     def write_head(self, name: str, version_id: str) -> None:
         atomic_write_bytes(self.head_path(name), (version_id + "\n").encode(), self.tmp)
 
@@ -172,12 +242,16 @@ class StoreLayout:
         if not self.refs.is_dir():
             return heads, tags
         for model_dir in sorted(self.refs.iterdir()):
+            if not _valid(model_dir.name) or model_dir.is_symlink():
+                continue  # names come from an untrusted folder: skip what a user could not create
             head = model_dir / "HEAD"
             with contextlib.suppress(OSError, UnicodeDecodeError):
                 heads[model_dir.name] = head.read_text().strip()
             tag_dir = model_dir / "tags"
             if tag_dir.is_dir():
                 for tag_file in sorted(tag_dir.iterdir()):
+                    if not _valid(tag_file.name) or tag_file.is_symlink():
+                        continue
                     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
                         data = json.loads(tag_file.read_text())
                         tags.append((model_dir.name, tag_file.name, str(data["id"]), bool(data.get("protected"))))
@@ -203,3 +277,11 @@ class StoreLayout:
                         note = json.loads(note_file.read_text())
                         if isinstance(note, dict):
                             yield version_dir.name, note
+
+
+def _valid(name: str) -> bool:
+    try:
+        validate_name(name)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,220 @@
+"""Crash safety: SIGKILLed committers, kills at each step of a commit, stale and live locks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from reliability_helpers import ROOT, child_env, load_script, run_python
+
+from mvc_magics import Repo
+from mvc_magics.errors import LockTimeoutError
+from mvc_magics.storage.atomic import TMP_PREFIX
+
+
+def test_random_sigkills_lose_nothing(tmp_path):
+    soak = load_script("crash_soak")
+    stats = soak.run_soak(kills=20, store=tmp_path / ".mvc", seed=20261126, max_delay=0.25)
+    # run_soak checks every promise after every kill and raises SoakFailure when one breaks.
+    assert stats["kills"] == 20
+    assert stats["versions_reported"] > 0
+    assert stats["interrupted_absent"] + stats["interrupted_complete"] + stats["kills_between_commits"] == 20
+    assert stats["versions_in_store"] >= stats["versions_reported"]
+
+
+# A child commits v1 normally, then dies by SIGKILL at one exact step of its second commit.
+_DIE_AT = r"""
+import os, signal, sys
+import numpy as np
+from mvc_magics import Repo
+import mvc_magics.storage.staging as staging
+from mvc_magics.storage.audit import AuditLog
+from mvc_magics.storage.snapshot import SnapshotWriter
+from mvc_magics.storage.store import StoreLayout
+
+store, point = sys.argv[1], sys.argv[2]
+repo = Repo(store)
+model = {"w": np.arange(6, dtype=np.float32), "b": np.ones(2, np.float64)}
+repo.commit(model, "m", tags=["first"])
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def after(owner, name):
+    original = getattr(owner, name)
+    def wrapped(*args, **kwargs):
+        result = original(*args, **kwargs)
+        die()
+        return result
+    setattr(owner, name, wrapped)
+
+if point == "in-snapshot-write":  # the temporary snapshot is complete but not renamed yet
+    after(SnapshotWriter, "finish")
+elif point == "after-snapshot":
+    after(staging, "publish")
+elif point == "after-first-tag":
+    after(StoreLayout, "write_tag")
+elif point == "after-head":
+    after(StoreLayout, "write_head")
+elif point == "before-audit":
+    AuditLog.append = lambda *a, **k: die()
+elif point == "torn-audit":
+    def torn(self, *args, **kwargs):
+        with open(self.path, "ab") as handle:
+            handle.write(b'{"seq": 3, "time": "2026-')
+            handle.flush()
+        die()
+    AuditLog.append = torn
+model["w"] = model["w"] + 1
+repo.commit(model, "m", tags=["second", "third"], metrics={"loss": 0.5})
+"""
+
+_POINTS = ["in-snapshot-write", "after-snapshot", "after-first-tag", "after-head", "before-audit", "torn-audit"]
+
+
+@pytest.mark.parametrize("point", _POINTS)
+def test_kill_at_each_step_of_a_commit_leaves_it_absent_or_complete(tmp_path, point):
+    store = tmp_path / ".mvc"
+    result = run_python(_DIE_AT, str(store), point)
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    first_model = {"w": np.arange(6, dtype=np.float32), "b": np.ones(2, np.float64)}
+    with Repo(store) as repo:
+        assert not list((store / "tmp").iterdir()), "stray temporaries were not cleaned"
+        assert not (store / "lock.owner").exists()
+        report = repo.verify()
+        assert report.ok, str(report)
+        first = repo.resolve("first", name="m")
+        state = repo.load_state(first)
+        assert all(np.array_equal(state[k], first_model[k]) for k in first_model)
+        versions = repo.log("m")
+        if point == "in-snapshot-write":
+            assert len(versions) == 1  # absent: never renamed into place
+            assert repo.head("m").id == first.id
+        else:  # complete: content, both tags, HEAD, metrics and an audit entry
+            assert len(versions) == 2
+            second = versions[0]
+            assert set(second.tags) == {"second", "third"}
+            assert repo.head("m").id == second.id
+            assert second.metrics == {"loss": 0.5}
+            assert np.array_equal(repo.load_state(second)["w"], first_model["w"] + 1)
+            assert any(second.id in entry.ids for entry in repo.audit.entries())
+        if point == "torn-audit":
+            assert any("torn write" in note for note in report.notes)
+        # the recovery itself is on record, naming the dead holder
+        recover = [e for e in repo.audit.entries() if e.op == "recover"]
+        assert recover and "@" in recover[-1].detail["dead_holder"]
+
+
+def _hold_lock(store):
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "crash_soak.py"), "--hold-lock", str(store)],
+                            env=child_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    line = proc.stdout.readline()
+    assert line.startswith("HOLDING"), proc.stderr.read()
+    return proc
+
+
+def test_lock_of_a_killed_holder_is_recovered(tmp_path, weights):
+    store = tmp_path / ".mvc"
+    Repo(store).close()
+    proc = _hold_lock(store)
+    assert (store / "lock.owner").read_text().startswith(f"{proc.pid}@")
+    proc.kill()
+    proc.wait()
+    with Repo(store) as repo:
+        repo.layout.lock_timeout = 5
+        started = time.monotonic()
+        version = repo.commit(weights, "model")
+        assert time.monotonic() - started < 5
+        assert repo.verify().ok
+        recover = [e for e in repo.audit.entries() if e.op == "recover"]
+        assert recover[-1].detail["dead_holder"].startswith(f"{proc.pid}@")
+        assert repo.head("model").id == version.id
+
+
+def test_live_lock_holder_is_never_broken(tmp_path, weights, monkeypatch):
+    store = tmp_path / ".mvc"
+    Repo(store).close()
+    proc = _hold_lock(store)
+    try:
+        monkeypatch.setenv("MVC_LOCK_TIMEOUT", "0.5")
+        with Repo(store) as repo:  # opening does not need the lock
+            with pytest.raises(LockTimeoutError, match=rf"locked by another process \({proc.pid}@"):
+                repo.commit(weights, "model")
+            assert repo.log() == []  # nothing was written
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        vid = out.split("DONE ")[1].split()[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    with Repo(store) as repo:
+        assert repo.log("holder")[0].id == vid  # the holder finished its work under its unbroken lock
+        assert not [e for e in repo.audit.entries() if e.op == "recover"]
+        assert repo.verify().ok
+
+
+def test_temporaries_of_dead_writers_are_removed_by_the_next_operation(repo, weights):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stale = repo.layout.tmp / f"{TMP_PREFIX}{dead.pid}-abc.h5"
+        live = repo.layout.tmp / f"{TMP_PREFIX}{alive.pid}-def.h5"
+        stale.write_bytes(b"half a snapshot")
+        live.write_bytes(b"a write in flight")
+        repo.commit(weights, "model")
+        assert not stale.exists()
+        assert live.exists()
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def test_interrupted_commit_in_process_is_undone(repo, weights, monkeypatch):
+    """KeyboardInterrupt after the snapshot is placed: the commit is taken back entirely."""
+    first = repo.commit(weights, "model", tags=["first"])
+    from mvc_magics.storage.store import StoreLayout
+
+    def interrupted(self, name, vid):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(StoreLayout, "write_head", interrupted)
+    changed = dict(weights, **{"dense/bias": np.ones(4, np.float32)})
+    with pytest.raises(KeyboardInterrupt):
+        repo.commit(changed, "model", tags=["second"])
+    monkeypatch.undo()
+    assert [v.id for v in repo.log("model")] == [first.id]
+    assert len(list(repo.layout.snapshot_files())) == 1
+    assert not (repo.layout.refs / "model" / "tags" / "second").exists()
+    assert repo.head("model").id == first.id
+    assert repo.verify().ok
+    assert os.listdir(repo.layout.tmp) == []
+
+
+def test_a_failed_recovery_is_retried_by_the_next_operation(tmp_path, weights, monkeypatch):
+    store = tmp_path / ".mvc"
+    Repo(store).close()
+    proc = _hold_lock(store)
+    proc.kill()
+    proc.wait()
+    import mvc_magics.maintenance as maintenance
+
+    real = maintenance.recover_after_crash
+    monkeypatch.setattr(maintenance, "recover_after_crash", lambda repo, holder: (_ for _ in ()).throw(OSError("io")))
+    with pytest.raises(OSError):
+        Repo(store).commit(weights, "model")
+    assert (store / "lock.owner").exists()  # the marker stays: the repair is still owed
+    monkeypatch.setattr(maintenance, "recover_after_crash", real)
+    with Repo(store) as repo:
+        assert [e.op for e in repo.audit.entries()] == ["recover"]
+        repo.commit(weights, "model")
+        assert repo.verify().ok
