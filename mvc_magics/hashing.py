@@ -121,8 +121,3 @@ def version_id(structure: object, entries: Iterable[tuple[str, str, tuple[int, .
     listing = sorted([name, dtype, list(shape), digest] for name, dtype, shape, digest in entries)
     payload = canonical_json({"structure": structure, "tensors": listing})
     return blake3.blake3(payload.encode()).hexdigest()
-
-
-def state_fingerprint(hashes: Mapping[str, str]) -> str:
-    """A single hash over a name -> tensor hash mapping (used for cheap change detection)."""
-    return blake3.blake3(canonical_json(sorted(hashes.items())).encode()).hexdigest()

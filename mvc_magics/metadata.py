@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import getpass
 import json
-import math
 import numbers
 import platform
 import socket
@@ -94,7 +93,3 @@ def base_library_versions() -> dict[str, str]:
 
     return {"mvc_magics": __version__, "python": platform.python_version(),
             "numpy": numpy.__version__, "h5py": h5py.__version__}
-
-
-def finite(value: float) -> bool:
-    return isinstance(value, float) and math.isfinite(value)

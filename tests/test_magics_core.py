@@ -210,3 +210,19 @@ def test_unexpanded_dollar_variable_is_explained(ip):
     make_model(ip)
     with pytest.raises(UsageError, match=r"\$acc was not expanded"):
         ip.run_line_magic("mvc_commit", "net --metric a=$acc")
+
+
+def test_configured_default_model_is_used_when_none_is_named(ip):
+    make_model(ip, "a", 1.0)
+    make_model(ip, "b", 2.0)
+    ip.run_line_magic("mvc_commit", "a")
+    ip.run_line_magic("mvc_commit", "b -m first")
+    ip.run_line_magic("config", 'MVCMagics.default_model = "b"')
+    try:
+        ip.user_ns["b"]["w"][:] = 7
+        version = ip.run_line_magic("mvc_commit", "-m second")
+        assert version.name == "b" and version.message == "second"
+        ip.run_line_magic("mvc_checkout", "HEAD~1")  # resolved in b's history, loaded into b
+        assert np.all(ip.user_ns["b"]["w"] == 2.0) and np.all(ip.user_ns["a"]["w"] == 1.0)
+    finally:
+        ip.run_line_magic("config", 'MVCMagics.default_model = ""')

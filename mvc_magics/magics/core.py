@@ -85,7 +85,7 @@ class MVCMagics(Magics):
         Returns the Version, so ``v = %mvc_commit model`` works.
         """
         args = parse_line(self.mvc_commit, line)
-        name = args.model or self.session.default_model(self.default_model)
+        name = args.model or self.session.default_model()
         model = self.session.variable(name)
         metrics = {k: parse_metric_value(k, v) for k, v in parse_pairs(args.metric, "metric")}
         params = {k: parse_param_value(v) for k, v in parse_pairs(args.param, "param")}

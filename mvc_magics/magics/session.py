@@ -106,8 +106,9 @@ class MVCSession:
         present = [m for m in models if m in self.namespace]
         return present[0] if len(present) == 1 else None
 
-    def default_model(self, configured: str = "") -> str:
-        """The model meant when none is named: the configured one, else the only tracked one present."""
+    def default_model(self) -> str:
+        """The model variable meant when none is named: the configured one, else the only tracked one present."""
+        configured = self.configured_model()
         if configured:
             return configured
         present = [n for n in self.repo.models() if n in self.namespace]
