@@ -21,7 +21,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mvc_magics.hashing import tensor_hash  # noqa: E402
+from mvc_magics.core.hashing import tensor_hash  # noqa: E402
 
 
 def median_time(fn, repeat: int = 7) -> float:

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mvc_magics import Repo  # noqa: E402
-from mvc_magics.tables import format_bytes  # noqa: E402
+from mvc_magics.core.tables import format_bytes  # noqa: E402
 
 
 def best_of(fn, repeat: int = 5) -> float:

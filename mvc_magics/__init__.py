@@ -6,11 +6,10 @@ Importing this package imports neither IPython nor TensorFlow.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from ._version import __version__
+from .api import Repo
+from .core.version import Version
 from .errors import MVCError
-from .repo import Repo
-from .version import Version
 
 __all__ = ["MVCError", "Repo", "Version", "__version__", "load_ipython_extension", "unload_ipython_extension"]
 

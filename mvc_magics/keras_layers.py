@@ -3,6 +3,9 @@
 They are registered as Keras serializable objects, so a version that uses them rebuilds from its
 stored structure with safe deserialization: the Keras adapter trusts exactly these classes of
 this module and still refuses any other code a structure names.
+
+The module's import path is part of the file format (a stored ensemble structure names
+``mvc_magics.keras_layers``), so it stays at the package root, beside the adapters that use it.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ def model_for(seed: int, n: int) -> dict[str, np.ndarray]:
 
 
 def expected_id(seed: int, n: int) -> str:
-    from mvc_magics.hashing import dtype_name, tensor_hash, version_id
+    from mvc_magics.core.hashing import dtype_name, tensor_hash, version_id
 
     model = model_for(seed, n)
     return version_id(None, ((k, dtype_name(a.dtype), a.shape, tensor_hash(a)) for k, a in model.items()))

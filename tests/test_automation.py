@@ -118,7 +118,7 @@ def test_unload_removes_every_hook_and_reload_does_not_double_them(ip):
         assert ours(ip, "post_run_cell") == [] and ours(ip, "pre_run_cell") == []
         assert our_matchers(ip) == []
         assert "mvc_autocommit" not in ip.magics_manager.magics["line"]
-        from mvc_magics.provenance import current_context
+        from mvc_magics.core.provenance import current_context
 
         assert current_context() is None
     finally:
@@ -180,7 +180,7 @@ def test_autocommit_with_data_fingerprints_each_commit(ip, weights):
     run(ip, "x_train = x_train * 2\nw['step'] = w['step'] + 1")
     log = versions_of(ip, "w")
     assert len(log) == 2
-    from mvc_magics.provenance import fingerprint
+    from mvc_magics.core.provenance import fingerprint
 
     assert log[0].provenance["data"]["x_train"] == fingerprint(ip.user_ns["x_train"])
     assert log[1].provenance["data"]["x_train"]["hash"] != log[0].provenance["data"]["x_train"]["hash"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from compare_data import HAND_TABLE, HAND_WEIGHTS, commit_table, model, store_files
 
-from mvc_magics.compare import Comparison, compare_versions, weighted_difference
+from mvc_magics.core.compare import Comparison, compare_versions, weighted_difference
 from mvc_magics.errors import CompareError, MVCError, UnknownRefError
 
 
@@ -224,8 +224,8 @@ def test_pairwise_matrix_is_built_only_on_request_and_agrees_with_D():
     import datetime as dt
     import math as _math
 
-    from mvc_magics.compare import compare_versions
-    from mvc_magics.version import Version
+    from mvc_magics.core.compare import compare_versions
+    from mvc_magics.core.version import Version
 
     rng = np.random.default_rng(3)
     versions = []

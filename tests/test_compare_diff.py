@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from compare_data import model, store_files
 
-from mvc_magics.diff import tensor_statistics
+from mvc_magics.core.diff import tensor_statistics
 from mvc_magics.errors import CompareError, UnknownRefError
 from mvc_magics.storage.snapshot import TensorReader
 

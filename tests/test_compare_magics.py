@@ -6,7 +6,7 @@ import pytest
 from compare_data import model, store_files
 from IPython.core.error import UsageError
 
-from mvc_magics.compare import Comparison
+from mvc_magics.core.compare import Comparison
 from mvc_magics.magics import session_of
 
 
@@ -110,7 +110,7 @@ def test_loading_imports_no_plotting_table_or_widget_library():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    code = ("import sys, mvc_magics.magics, mvc_magics.compare, mvc_magics.diff, mvc_magics.plots, "
+    code = ("import sys, mvc_magics.magics, mvc_magics.core.compare, mvc_magics.core.diff, mvc_magics.plots, "
             "mvc_magics.widgets; print(sorted(m for m in ('matplotlib', 'pandas', 'ipywidgets', 'tensorflow') "
             "if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

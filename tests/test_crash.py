@@ -35,7 +35,7 @@ from mvc_magics import Repo
 import mvc_magics.storage.staging as staging
 from mvc_magics.storage.audit import AuditLog
 from mvc_magics.storage.snapshot import SnapshotWriter
-from mvc_magics.storage.store import StoreLayout
+from mvc_magics.storage.layout import StoreLayout
 
 store, point = sys.argv[1], sys.argv[2]
 repo = Repo(store)
@@ -182,7 +182,7 @@ def test_temporaries_of_dead_writers_are_removed_by_the_next_operation(repo, wei
 def test_interrupted_commit_in_process_is_undone(repo, weights, monkeypatch):
     """KeyboardInterrupt after the snapshot is placed: the commit is taken back entirely."""
     first = repo.commit(weights, "model", tags=["first"])
-    from mvc_magics.storage.store import StoreLayout
+    from mvc_magics.storage.layout import StoreLayout
 
     def interrupted(self, name, vid):
         raise KeyboardInterrupt
@@ -206,7 +206,7 @@ def test_a_failed_recovery_is_retried_by_the_next_operation(tmp_path, weights, m
     proc = _hold_lock(store)
     proc.kill()
     proc.wait()
-    import mvc_magics.maintenance as maintenance
+    import mvc_magics.storage.recovery as maintenance
 
     real = maintenance.recover_after_crash
     monkeypatch.setattr(maintenance, "recover_after_crash", lambda repo, holder: (_ for _ in ()).throw(OSError("io")))

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from keras_models import BUILDERS, sample_input
 
-from mvc_magics import Repo, resolver
+from mvc_magics import Repo
 from mvc_magics.adapters.keras import KerasAdapter
+from mvc_magics.core.hashing import hash_all, hashes_ahead, tensor_hash
 from mvc_magics.errors import IntegrityError, TagExistsError
-from mvc_magics.hashing import hash_all, hashes_ahead, tensor_hash
+from mvc_magics.operations import lookup as resolver
 from mvc_magics.storage.index import Index
 from mvc_magics.storage.snapshot import aligned_empty
 

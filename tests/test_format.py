@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 from keras_models import BUILDERS
 
-from mvc_magics.hashing import canonical_json, tensor_hash
+from mvc_magics.core.hashing import canonical_json, tensor_hash
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "FORMAT.md"
 

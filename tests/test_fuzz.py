@@ -15,9 +15,9 @@ from IPython.core.error import UsageError
 from reliability_helpers import tree_state
 
 from mvc_magics import Repo
+from mvc_magics.core.names import validate_name
+from mvc_magics.core.refs import Ref, parse_ref
 from mvc_magics.errors import MVCError
-from mvc_magics.names import validate_name
-from mvc_magics.refs import Ref, parse_ref
 from mvc_magics.storage.snapshot import TensorReader, read_content
 
 # scripts/fuzz_long.py raises this for the long run (MVC_FUZZ_SCALE=20: twenty times the examples).

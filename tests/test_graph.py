@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mvc_magics.graph import layout_graph, plot_graph, text_graph
 from mvc_magics.magics import session_of
+from mvc_magics.plots.graph import layout_graph, plot_graph, text_graph
 
 
 def bump(weights, key="step", by=1):

@@ -12,9 +12,9 @@ import pytest
 from IPython.core.error import UsageError
 
 from mvc_magics import Repo
+from mvc_magics.core.hashing import tensor_hash, version_id
+from mvc_magics.core.names import validate_name
 from mvc_magics.errors import IntegrityError, InvalidNameError, MVCError, UnsupportedModelError
-from mvc_magics.hashing import tensor_hash, version_id
-from mvc_magics.names import validate_name
 
 
 @pytest.fixture

@@ -130,7 +130,7 @@ def test_in_a_notebook_the_first_commit_lists_the_training_cell(ip):
 
 
 def test_importing_the_callback_module_and_loading_the_extension_import_no_framework():
-    code = ("import sys, mvc_magics.keras, mvc_magics.graph, mvc_magics.provenance, mvc_magics.magics; "
+    code = ("import sys, mvc_magics.keras, mvc_magics.plots.graph, mvc_magics.core.provenance, mvc_magics.magics; "
             "print(sorted(m for m in ('keras', 'tensorflow', 'matplotlib', 'pandas') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})

@@ -8,7 +8,7 @@ from IPython.core.error import UsageError
 
 from mvc_magics import Repo
 from mvc_magics.errors import ProtectedRefError, UnknownRefError
-from mvc_magics.removal import held_hashes, is_retired
+from mvc_magics.storage.retired import held_hashes, is_retired
 
 
 def store_bytes(repo: Repo) -> int:

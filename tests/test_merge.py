@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from keras_models import conv_bn_model, dense_model, sample_input
 
+from mvc_magics.core.merge_plan import anonymized
 from mvc_magics.errors import MergeError, ShapeMismatchError
-from mvc_magics.merge_plan import anonymized
 
 
 def variants(base: dict, count: int, seed: int = 1) -> list[dict]:

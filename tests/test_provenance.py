@@ -7,16 +7,16 @@ import pandas as pd
 import pytest
 from IPython.core.error import UsageError
 
-from mvc_magics.details import VersionDetails
-from mvc_magics.errors import UnsupportedDataError
-from mvc_magics.magics import session_of
-from mvc_magics.provenance import (
+from mvc_magics.core.details import VersionDetails
+from mvc_magics.core.provenance import (
     MAX_CODE_CHARS,
     CellRecorder,
     build_provenance,
     compile_summary,
     fingerprint,
 )
+from mvc_magics.errors import UnsupportedDataError
+from mvc_magics.magics import session_of
 
 
 def run(shell, source):

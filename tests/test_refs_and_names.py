@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from mvc_magics.core.names import validate_name
+from mvc_magics.core.refs import infer_direction, parse_ref
 from mvc_magics.errors import InvalidNameError, UnknownRefError
-from mvc_magics.names import validate_name
-from mvc_magics.refs import infer_direction, parse_ref
 
 
 @pytest.mark.parametrize(

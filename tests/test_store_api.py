@@ -10,6 +10,7 @@ import pytest
 from conftest import store_state
 
 from mvc_magics import Repo
+from mvc_magics.core.hashing import tensor_hash
 from mvc_magics.errors import (
     AmbiguousRefError,
     IntegrityError,
@@ -21,7 +22,6 @@ from mvc_magics.errors import (
     UnknownRefError,
     UnsupportedModelError,
 )
-from mvc_magics.hashing import tensor_hash
 
 
 def test_commit_returns_a_version_with_metadata(repo, weights):
@@ -283,7 +283,7 @@ def test_status_reports_changes_since_head(repo, weights):
 
 
 def test_default_store_path_follows_env_and_notebook(tmp_path, monkeypatch):
-    from mvc_magics.repo import default_store_path
+    from mvc_magics.api import default_store_path
 
     monkeypatch.delenv("MVC_DIR", raising=False)
     monkeypatch.delenv("JPY_SESSION_NAME", raising=False)

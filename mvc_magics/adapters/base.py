@@ -81,3 +81,19 @@ def match_state(
         more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
         raise ShapeMismatchError(f"shape mismatch, model left unchanged: {'; '.join(problems[:3])}{more}")
     return pairs
+
+
+# Optional adapter capabilities: an adapter that tracks which variables changed since it last saw
+# their hashes (Keras: a cheap per-variable check) vouches for them, so commit and status skip hashing.
+
+def known_hashes(adapter: Any, model: Any, state: Mapping[str, np.ndarray]) -> dict[str, str]:
+    """Hashes the adapter can vouch for without rehashing (see ``KerasAdapter.known_hashes``)."""
+    known = getattr(adapter, "known_hashes", None)
+    return known(model, state) if known is not None else {}
+
+
+def remember_hashes(adapter: Any, model: Any, state: Mapping[str, np.ndarray], hashes: Mapping[str, str]) -> None:
+    """Tell the adapter the hashes of ``state`` as it is now in ``model`` (no-op when unsupported)."""
+    remember = getattr(adapter, "remember_hashes", None)
+    if remember is not None:
+        remember(model, state, hashes)

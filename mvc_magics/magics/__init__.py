@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..provenance import register_context
+from ..core.provenance import register_context
 from .audit import AuditMagics
 from .automation import AutomationMagics
 from .capture import session_context

@@ -13,10 +13,10 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from ..adapters import adapter_for
-from ..details import VersionDetails
+from ..core.details import VersionDetails
+from ..core.provenance import fingerprint_all
+from ..core.tables import Table
 from ..errors import UnsupportedModelError
-from ..provenance import fingerprint_all
-from ..tables import Table
 from .capture import commit_from_notebook
 from .core import commit_line
 from .output import is_rich
@@ -51,6 +51,10 @@ class AutomationMagics(Magics):
         self.session = session
         self.autocommit: dict[str, list[str]] = {}  # model name -> data variables to fingerprint
         self._warned: set[str] = set()
+        # The execution number the next stored cell gets. IPython 9.18 increments the counter
+        # before pre_run_cell, older releases after post_run_cell; both agree on its value between
+        # two cells (at load outside a cell, and after each cell), so it is read there.
+        self._next_number = shell.execution_count
 
     def close(self) -> None:
         """Called by unload: a hook already queued for the running cell must do nothing more."""
@@ -63,10 +67,11 @@ class AutomationMagics(Magics):
     # -- cell hooks ---------------------------------------------------------------------------
 
     def _before_cell(self, info: Any) -> None:
-        number = self.shell.execution_count if getattr(info, "store_history", False) else None
+        number = self._next_number if getattr(info, "store_history", False) else None
         self.session.recorder.started(getattr(info, "raw_cell", "") or "", number)
 
     def _after_cell(self, result: Any) -> None:
+        self._next_number = self.shell.execution_count
         recorder = self.session.recorder
         recorder.finished(bool(getattr(result, "success", True)))
         try:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from ..provenance import CommitContext, build_provenance
-from ..version import Version
+from ..core.provenance import CommitContext, build_provenance
+from ..core.version import Version
 from .session import MVCSession
 
 

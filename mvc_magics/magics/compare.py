@@ -7,9 +7,9 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 
-from ..compare import Comparison
+from ..core.compare import Comparison
 from ..errors import CompareError
-from ..selection import DEFAULT_LIMIT
+from ..operations.compare import DEFAULT_LIMIT
 from .core import parse_pairs
 from .session import MVCSession, parse_line, user_errors
 
@@ -98,7 +98,7 @@ class CompareMagics(Magics):
     def _plot(self, comparison: Comparison, diff) -> None:
         from matplotlib.figure import Figure
 
-        from ..plots import FigureImage, plot_diff, plot_metrics, plot_scores
+        from ..plots.charts import FigureImage, plot_diff, plot_metrics, plot_scores
 
         figure = Figure(figsize=(10, 0.35 * len(comparison.versions) + 2.6), layout="constrained")
         left, right = figure.subplots(1, 2, width_ratios=[1, 1.4])

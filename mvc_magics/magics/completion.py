@@ -3,7 +3,7 @@
 One IPython matcher (for lines starting with ``%mvc_``) serves all magics, including ones other
 modules add later; what to offer depends on the argument position (see
 :data:`POSITIONALS`) or the flag before the cursor (see :data:`FLAG_VALUES`). The candidate lists
-come from plain functions (:func:`ref_candidates`, :func:`model_variables`...), testable without
+come from plain functions (:meth:`Repo.ref_names`, :func:`model_variables`...), testable without
 a shell. :func:`install_completer` returns the function that removes the hook again.
 """
 
@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from ..adapters import ADAPTERS
-from ..repo import Repo, default_store_path
+from ..api.repo import Repo, default_store_path
+from ..core.merge_plan import METHODS
 from .session import MVCSession
 
 # What each positional argument of a magic is ("*": any number); magics not listed get refs and
@@ -45,7 +46,6 @@ FLAG_VALUES: dict[str, str] = {
     "--baseline": "ref", "--eval": "callable", "--method": "method", "-m": "none", "--message": "none",
     "--metric": "none", "--param": "none", "--weights": "none", "-n": "none",
 }
-METHODS = ["average", "greedy", "ensemble", "vote"]
 
 
 def model_variables(namespace: dict) -> list[str]:
@@ -75,21 +75,6 @@ def data_variables(namespace: dict) -> list[str]:
         if isinstance(value, np.ndarray | list | tuple) or type(value).__name__ in ("DataFrame", "Series"):
             names.append(name)
     return sorted(names)
-
-
-def ref_candidates(repo: Repo, model: str | None) -> list[str]:
-    """Refs worth offering for ``model`` (all models when None): tags, HEAD, latest, ids, best:."""
-    where, params = ("WHERE name = ?", (model,)) if model else ("", ())
-    tags = [r[0] for r in repo.index.query(f"SELECT DISTINCT tag FROM tags {where} ORDER BY tag", params)]
-    count = repo.index.query(f"SELECT count(*) FROM versions {where}", params)[0][0]
-    if not count:
-        return tags
-    special = ["HEAD", "latest"] + (["HEAD~1", "latest~1"] if count > 1 else [])
-    metric_sql = ("SELECT DISTINCT m.key FROM metrics m JOIN versions v ON v.id = m.id "
-                  + ("WHERE v.name = ? " if model else "") + "ORDER BY 1")
-    best = [f"best:{r[0]}" for r in repo.index.query(metric_sql, params)]
-    ids = [v.short_id for v in repo.log(model, limit=50)]
-    return list(dict.fromkeys(tags + special + best + ids))
 
 
 def magic_flags(shell: Any, magic: str) -> list[str]:
@@ -170,19 +155,16 @@ def _candidates(session: MVCSession, kind: str, model: str | None) -> list[str]:
         tracked = [m for m in repo.models() if m in namespace] if repo else []
         return list(dict.fromkeys(model_variables(namespace) + tracked))
     if kind in ("ref", "refmodel"):
-        refs = ref_candidates(repo, model) if repo else []
+        refs = repo.ref_names(model) if repo else []
         return refs + model_variables(namespace) if kind == "refmodel" else refs
     if kind == "tag":
-        if repo is None:
-            return []
-        where, params = ("WHERE name = ?", (model,)) if model else ("", ())
-        return [r[0] for r in repo.index.query(f"SELECT DISTINCT tag FROM tags {where} ORDER BY tag", params)]
+        return repo.tag_names(model) if repo else []
     if kind == "data":
         return data_variables(namespace)
     if kind == "onoff":
         return ["on", "off"]
     if kind == "method":
-        return METHODS
+        return list(METHODS)
     if kind == "callable":
         return sorted(n for n, v in namespace.items() if callable(v) and not n.startswith("_")
                       and not isinstance(v, type) and n not in ("exit", "quit", "get_ipython"))

@@ -7,8 +7,8 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Enum, Unicode
 
-from ..metadata import parse_metric_value, parse_param_value
-from ..tables import format_bytes
+from ..core.metadata import parse_metric_value, parse_param_value
+from ..core.tables import format_bytes
 from .capture import commit_from_notebook
 from .output import OUTPUT_CHOICES, show_graph
 from .session import MVCSession, parse_line, user_errors

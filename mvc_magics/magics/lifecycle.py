@@ -6,7 +6,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
-from ..export import FORMATS
+from ..operations.export import FORMATS
 from .session import MVCSession, parse_line, user_errors
 
 

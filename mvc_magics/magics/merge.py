@@ -7,10 +7,10 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from ..adapters import adapter_for
+from ..core.merge_plan import METHODS
+from ..core.provenance import build_provenance
+from ..core.tables import format_bytes, format_number
 from ..errors import UnsupportedModelError
-from ..merge import METHODS
-from ..provenance import build_provenance
-from ..tables import format_bytes, format_number
 from .session import MVCSession, parse_line, user_errors
 
 

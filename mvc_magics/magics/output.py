@@ -50,7 +50,7 @@ def is_rich(shell: Any) -> bool:
 
 def show_graph(shell: Any, versions: Any) -> None:
     """Show the version graph: a PNG figure when rich output is possible, else text."""
-    from ..graph import plot_graph, text_graph
+    from ..plots.graph import plot_graph, text_graph
 
     if not is_rich(shell):
         print(text_graph(versions))
@@ -58,7 +58,7 @@ def show_graph(shell: Any, versions: Any) -> None:
     from IPython.display import display
     from matplotlib.figure import Figure
 
-    from ..plots import FigureImage
+    from ..plots.charts import FigureImage
 
     # A bare Figure (no pyplot: no global state, nothing shown twice) rendered to PNG, so the
     # graph appears whatever matplotlib backend the kernel uses.

@@ -6,8 +6,8 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
-from ..remote import split_remote_and_refs
-from ..tables import Table
+from ..core.refs import split_remote_and_refs
+from ..core.tables import Table
 from .session import MVCSession, parse_line, user_errors
 
 
@@ -58,7 +58,7 @@ class RemoteMagics(Magics):
         """Send versions and their tags to a remote (idempotent; re-run to resume)."""
         args = parse_line(self.mvc_push, line)
         repo = self.session.repo
-        remote, refs = split_remote_and_refs(repo, [w for w in [args.remote, *args.refs] if w])
+        remote, refs = split_remote_and_refs([w for w in [args.remote, *args.refs] if w], repo.remotes())
         report = repo.push(remote, refs, force=args.force)
         print(report)
 
@@ -72,6 +72,6 @@ class RemoteMagics(Magics):
         """Fetch versions and tags from a remote; every tensor is verified before it is visible."""
         args = parse_line(self.mvc_pull, line)
         repo = self.session.repo
-        remote, refs = split_remote_and_refs(repo, [w for w in [args.remote, *args.refs] if w])
+        remote, refs = split_remote_and_refs([w for w in [args.remote, *args.refs] if w], repo.remotes())
         report = repo.pull(remote, refs, force=args.force)
         print(report)

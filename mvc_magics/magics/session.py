@@ -12,9 +12,9 @@ from typing import Any, TypeVar
 
 from IPython.core.error import UsageError
 
+from ..api.repo import Repo, default_store_path
+from ..core.provenance import CellRecorder
 from ..errors import MVCError
-from ..provenance import CellRecorder
-from ..repo import Repo, default_store_path
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import blake3
 
-from ..hashing import canonical_json
+from ..core.hashing import canonical_json
 
 GENESIS = "0" * 64
 _TAIL_BYTES = 65536

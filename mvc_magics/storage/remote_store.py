@@ -31,9 +31,9 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from ..core.hashing import HASH_HEX_LENGTH
+from ..core.names import validate_name
 from ..errors import InvalidRemoteError, RemoteError, StoreFormatError
-from ..hashing import HASH_HEX_LENGTH
-from ..names import validate_name
 
 REMOTE_FORMAT = "mvc-remote"
 REMOTE_VERSION = 1

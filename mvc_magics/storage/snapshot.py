@@ -17,20 +17,18 @@ matches the declared shape are accepted, and every tensor is re-hashed.
 from __future__ import annotations
 
 import json
-import math
 import mmap
 import os
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import blake3
 import h5py
 import numpy as np
 
+from ..core.hashing import THREADED_HASH_BYTES, canonical_array, hash_pool, tensor_hash
+from ..core.manifest import ManifestEntry, SnapshotContent, dtype_from_name, is_hash
 from ..errors import IntegrityError, StoreFormatError
-from ..hashing import HASH_HEX_LENGTH, THREADED_HASH_BYTES, canonical_array, hash_pool, tensor_hash
 
 FORMAT_NAME = "mvc-snapshot"
 FORMAT_VERSION = 1
@@ -42,76 +40,6 @@ _RAW_DTYPE_ATTR = "mvc_dtype"
 USERBLOCK_SIZE = 512
 _CHECKSUM_MAGIC = b"mvc-checksum blake3 "
 _CHECKSUM_LINE = len(_CHECKSUM_MAGIC) + 64 + 1  # magic, hex digest, newline: every byte after it is covered
-
-
-@dataclass(frozen=True)
-class ManifestEntry:
-    """One tensor of a version: its name, dtype, shape, hash and the file holding its bytes."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    hash: str
-    object: str
-    nbytes: int
-
-    def to_json(self) -> dict:
-        return {
-            "name": self.name, "dtype": self.dtype, "shape": list(self.shape),
-            "hash": self.hash, "object": self.object, "nbytes": self.nbytes,
-        }
-
-    @classmethod
-    def from_json(cls, raw: object) -> ManifestEntry:
-        try:
-            assert isinstance(raw, dict)
-            shape = tuple(int(d) for d in raw["shape"])
-            entry = cls(
-                name=str(raw["name"]), dtype=str(raw["dtype"]), shape=shape, hash=str(raw["hash"]),
-                object=str(raw["object"]), nbytes=int(raw["nbytes"]),
-            )
-        except (AssertionError, KeyError, TypeError, ValueError) as exc:
-            raise IntegrityError(f"malformed manifest entry: {str(raw)[:120]}") from exc
-        if any(d < 0 for d in shape) or not _is_hash(entry.hash) or not _is_hash(entry.object):
-            raise IntegrityError(f"malformed manifest entry for tensor {entry.name!r}")
-        expected = _dtype_from_name(entry.dtype).itemsize * math.prod(shape)  # no int64 overflow
-        if expected != entry.nbytes:
-            raise IntegrityError(f"tensor {entry.name!r}: declared size does not match its shape")
-        return entry
-
-
-@dataclass(frozen=True)
-class SnapshotContent:
-    """What a snapshot file holds besides the tensor bytes."""
-
-    version_id: str
-    meta: dict
-    structure: object
-    manifest: tuple[ManifestEntry, ...]
-
-
-_HASH_TEXT = re.compile(f"[0-9a-f]{{{HASH_HEX_LENGTH}}}")
-
-
-def _is_hash(text: str) -> bool:
-    return _HASH_TEXT.fullmatch(text) is not None
-
-
-def _dtype_from_name(name: str) -> np.dtype:
-    try:
-        dtype = np.dtype(name)
-    except (TypeError, ValueError):  # numpy raises either for a name it does not know
-        try:
-            import ml_dtypes  # bfloat16, float8: only needed when such tensors exist
-        except ImportError as exc:
-            raise IntegrityError(f"unknown dtype {name!r}") from exc
-        try:
-            dtype = np.dtype(getattr(ml_dtypes, name))
-        except (AttributeError, TypeError, ValueError) as exc:
-            raise IntegrityError(f"unknown dtype {name!r}") from exc
-    if dtype.kind in "OSUVMm":  # objects, strings, records, dates: never a tensor, never read
-        raise IntegrityError(f"dtype {name!r} is not a tensor dtype")
-    return dtype
 
 
 def _string_dataset(group: h5py.Group, name: str, text: str) -> None:
@@ -281,7 +209,7 @@ def read_content(path: Path) -> SnapshotContent:
             raw_manifest = json.loads(_read_string(f, "manifest") or "[]")
         except (ValueError, KeyError, TypeError, OSError, RuntimeError) as exc:
             raise IntegrityError(f"snapshot {path.name} is damaged: {exc}") from exc
-    if not isinstance(meta, dict) or not isinstance(raw_manifest, list) or not _is_hash(version_id):
+    if not isinstance(meta, dict) or not isinstance(raw_manifest, list) or not is_hash(version_id):
         raise IntegrityError(f"snapshot {path.name} has malformed metadata")
     manifest = tuple(ManifestEntry.from_json(item) for item in raw_manifest)
     return SnapshotContent(version_id, meta, structure, manifest)
@@ -352,7 +280,7 @@ class TensorReader:
         """Every tensor of ``entries`` by name, re-hashing each one in a worker thread while the
         next is read (BLAKE3 releases the GIL); :class:`IntegrityError` names the first damaged one.
         """
-        from ..progress import progress_bar
+        from ..core.progress import progress_bar
 
         arrays: dict[str, np.ndarray] = {}
         checks: list[tuple[ManifestEntry, object]] = []
@@ -396,7 +324,7 @@ class TensorReader:
             raise IntegrityError(f"{where}: not a dataset")
         if dataset.is_virtual or dataset.external or dataset.chunks is not None:
             raise IntegrityError(f"{where}: virtual, external or chunked storage is refused")
-        dtype = _dtype_from_name(entry.dtype)
+        dtype = dtype_from_name(entry.dtype)
         raw_name = dataset.attrs.get(_RAW_DTYPE_ATTR)
         if raw_name is not None:
             raw_name = raw_name.decode() if isinstance(raw_name, bytes) else str(raw_name)

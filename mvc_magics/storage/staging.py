@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..hashing import HashesAhead, dtype_name
-from ..progress import progress_bar
+from ..core.hashing import HashesAhead, dtype_name
+from ..core.progress import progress_bar
 from .atomic import publish, temporary_path
 from .snapshot import ManifestEntry, SnapshotWriter
 

@@ -1,287 +1,140 @@
-"""The store folder: its layout, format marker, lock, and the small mutable ref files.
+"""The opened store: its folder, index and audit log, and the reads every operation shares.
 
-::
-
-    .mvc/
-      FORMAT                    "mvc-store <version>": unknown versions are refused
-      objects/<ab>/<id>.h5      immutable snapshot files
-      refs/<model>/HEAD         the version the model variable is at
-      refs/<model>/tags/<tag>   JSON {"id": ..., "protected": bool}
-      notes/<id>/<n>.json       write-once notes: metrics attached to an existing version later
-      signatures/<ab>/<id>.json write-once signatures of version ids (optional)
-      removed/<ab>/<id>         tombstones: versions removed with Repo.remove (their file may stay
-                                as a retired file holding tensors other versions still use)
-      remotes.json              configured remotes (name -> URL; never credentials)
-      index.sqlite              the index (a cache, rebuilt by reindex)
-      audit.log                 hash-chained operation log
-      lock, lock.owner          the store lock and who holds it (pid@host); lock.owner is removed
-                                on release, so finding it on acquiring means the holder died
-      tmp/                      temporaries of writes in flight
+Operations take a :class:`Store` (never ``Repo``). Every write goes through :attr:`Store.writes`
+(:mod:`.writes`), which owns the order of each write; opening a store, or taking its lock after a
+holder died, finishes what a killed process left (:mod:`.recovery`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import socket
-import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-import filelock
-
-from ..errors import LockTimeoutError, StoreError, StoreFormatError
-from ..names import validate_name
-from .atomic import atomic_write_bytes, clean_temporaries
-
-STORE_FORMAT = "mvc-store"
-STORE_VERSION = 1
-LOCK_TIMEOUT_SECONDS = 120.0
-LOCK_TIMEOUT_ENV = "MVC_LOCK_TIMEOUT"
+from ..errors import IntegrityError, StoreError, UnknownRefError
+from . import recovery
+from .audit import AuditLog
+from .index import Index
+from .layout import StoreLayout
+from .snapshot import ManifestEntry
+from .writes import StoreWrites
 
 
-def lock_timeout_from_env() -> float:
-    """Seconds to wait for the store lock: ``$MVC_LOCK_TIMEOUT`` or 120."""
-    try:
-        return float(os.environ.get(LOCK_TIMEOUT_ENV, LOCK_TIMEOUT_SECONDS))
-    except ValueError:
-        return LOCK_TIMEOUT_SECONDS
+class Store:
+    """One store folder, opened: layout, index (rebuilt when missing or damaged) and audit log.
 
+    Args:
+        path: the store folder.
+        create: create the store when it does not exist yet.
+    """
 
-class StoreLayout:
-    """Paths inside a store folder, plus its lock and ref/note files."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-        self.objects = self.root / "objects"
-        self.refs = self.root / "refs"
-        self.notes = self.root / "notes"
-        self.removed = self.root / "removed"
-        self.remotes_path = self.root / "remotes.json"
-        self.tmp = self.root / "tmp"
-        self.index_path = self.root / "index.sqlite"
-        self.audit_path = self.root / "audit.log"
-        self.format_path = self.root / "FORMAT"
-        self.signatures = self.root / "signatures"
-        self.owner_path = self.root / "lock.owner"
-        self.lock_timeout = lock_timeout_from_env()
-        # Called (holding the lock) with the dead holder's "pid@host" when the previous holder died.
-        self.on_stale_lock: Callable[[str], None] | None = None
-        self._lock = filelock.FileLock(str(self.root / "lock"), timeout=self.lock_timeout)
-        self._depth = 0
-        self.readonly = False  # set by open(): the folder cannot be written
-
-    # -- creation and format ----------------------------------------------------------------
-
-    def open(self, create: bool = True) -> None:
-        """Check the format marker, creating the store first when ``create`` and it is absent."""
-        if not self.format_path.exists():
-            if not create:
-                raise StoreError(f"no mvc store at {self.root}")
-            try:
-                for folder in (self.root, self.objects, self.refs, self.notes, self.tmp):
-                    folder.mkdir(parents=True, exist_ok=True)
-                if not self.format_path.exists():
-                    atomic_write_bytes(self.format_path, f"{STORE_FORMAT} {STORE_VERSION}\n".encode(), self.tmp)
-            except OSError as exc:
-                raise StoreError(f"cannot create a store at {self.root}: {exc.strerror or exc}") from exc
-        try:
-            text = self.format_path.read_text(encoding="utf-8").split()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise StoreFormatError(f"cannot read {self.format_path}: {exc}") from exc
-        if len(text) != 2 or text[0] != STORE_FORMAT:
-            raise StoreFormatError(f"{self.root} is not an mvc store (bad FORMAT file)")
-        if text[1] != str(STORE_VERSION):
-            raise StoreFormatError(
-                f"store {self.root} has format version {text[1]}; this mvc_magics reads version "
-                f"{STORE_VERSION} (upgrade mvc_magics)"
-            )
-        self.readonly = not os.access(self.root, os.W_OK)
-        if self.readonly:
+    def __init__(self, path: Path, create: bool = True) -> None:
+        self.path = Path(path)
+        self.layout = StoreLayout(self.path)
+        self.layout.open(create=create)
+        self.audit = AuditLog(self.layout.audit_path)
+        #: Progress bars on long reads and writes: None after about a second, True at once, False never.
+        self.progress: bool | None = None
+        self.writes = StoreWrites(self)
+        if self.layout.readonly:
+            if not self.layout.index_path.exists():
+                raise StoreError(f"the store {self.path} is read-only and has no index to read (it cannot "
+                                 "be rebuilt without write access)")
+            self.index = Index(self.layout.index_path, readonly=True)
             return
+        rebuild = not self.layout.index_path.exists()
         try:
-            for folder in (self.objects, self.refs, self.notes, self.tmp):
-                folder.mkdir(exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot open the store {self.root}: {exc.strerror or exc}") from exc
+            self.index = Index(self.layout.index_path)
+            self.index.query("SELECT count(*) FROM versions")
+        except IntegrityError:  # a damaged index is rebuilt from the snapshots
+            if getattr(self, "index", None) is not None:
+                self.index.close()
+            self._discard_index()
+            self.index = Index(self.layout.index_path)
+            rebuild = True
+        self.layout.on_stale_lock = self._recover_after_crash
+        if rebuild:
+            self.reindex()
+        else:
+            self._recover_unindexed()
+            self.layout.recover_if_stale()
 
-    # -- lock -------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the index connection."""
+        self.index.close()
 
-    @contextlib.contextmanager
-    def locked(self, timeout: float | None = None) -> Iterator[None]:
-        """Hold the store lock (an OS file lock: released by the kernel if the holder dies).
+    @property
+    def readonly(self) -> bool:
+        """True when the folder cannot be written (nothing is recorded, not even a HEAD)."""
+        return self.layout.readonly
 
-        ``lock.owner`` names the holder while it holds the lock and is removed on release, so
-        finding it on acquiring means the previous holder was killed: :attr:`on_stale_lock` then
-        repairs what it left half-done before anything else happens. A live holder is never broken:
-        waiting longer than :attr:`lock_timeout` raises :class:`LockTimeoutError` naming it.
-        """
-        if self.readonly:
-            raise StoreError(f"the store {self.root} is read-only (no write permission or a read-only "
-                             "mount); nothing was changed")
-        try:
-            self._lock.acquire(timeout=self.lock_timeout if timeout is None else timeout)
-        except filelock.Timeout as exc:
-            holder = ""
-            with contextlib.suppress(OSError, UnicodeDecodeError):
-                holder = self.owner_path.read_text().strip()
-            raise LockTimeoutError(
-                f"the store {self.root} is locked by another process ({holder or 'unknown holder'}) "
-                f"for more than {self.lock_timeout if timeout is None else timeout:g}s; it is still alive, "
-                "so its lock is not broken"
-            ) from exc
-        except OSError as exc:
-            raise StoreError(f"cannot lock the store {self.root}: {exc.strerror or exc}") from exc
-        outermost = self._depth == 0
-        self._depth += 1
-        repaired = not outermost
-        try:
-            if outermost:
-                self._take_over()
-                repaired = True
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the store lock (re-entrant); a dead holder's half-done work is finished first."""
+        with self.layout.locked():
             yield
-        finally:
-            self._depth -= 1
-            if outermost and repaired:  # a failed repair leaves the marker: the next holder retries it
-                with contextlib.suppress(OSError):
-                    self.owner_path.unlink()
-            self._lock.release()
 
-    def recover_if_stale(self) -> None:
-        """Run the stale-lock recovery now if the last holder died (a live holder is left alone)."""
-        if self.readonly or not self.owner_path.exists():
-            return
-        with contextlib.suppress(LockTimeoutError):
-            with self.locked(timeout=0):
-                pass
+    # -- reads of the index (a cache of the files) ------------------------------------------
 
-    def _take_over(self) -> None:
-        stale = None
-        with contextlib.suppress(OSError, UnicodeDecodeError):
-            stale = self.owner_path.read_text().strip() or "unknown"
-        with contextlib.suppress(OSError):
-            self.owner_path.write_text(f"{os.getpid()}@{socket.gethostname()} {time.time():.0f}\n")
-        clean_temporaries(self.tmp)
-        if stale is not None and self.on_stale_lock is not None:
-            self.on_stale_lock(stale)
+    def has_version(self, vid: str) -> bool:
+        return bool(self.index.query("SELECT 1 FROM versions WHERE id = ?", (vid,)))
 
-    # -- objects ----------------------------------------------------------------------------
+    def head_id(self, name: str) -> str | None:
+        rows = self.index.query("SELECT id FROM heads WHERE name = ?", (name,))
+        return rows[0][0] if rows else None
 
-    def snapshot_path(self, version_id: str) -> Path:
-        return self.objects / version_id[:2] / f"{version_id}.h5"
-
-    def snapshot_files(self, include_removed: bool = False) -> Iterator[tuple[str, Path]]:
-        """(id, path) of every snapshot file present (files of removed versions only if asked)."""
-        if not self.objects.is_dir():
-            return
-        for sub in sorted(self.objects.iterdir()):
-            if not sub.is_dir() or len(sub.name) != 2:
-                continue
-            for entry in sorted(sub.iterdir()):
-                if entry.suffix == ".h5" and not entry.name.startswith("."):
-                    if include_removed or not self.is_removed(entry.stem):
-                        yield entry.stem, entry
-
-    # -- removed versions (tombstones) ------------------------------------------------------
-
-    def tombstone_path(self, version_id: str) -> Path:
-        return self.removed / version_id[:2] / version_id
-
-    def is_removed(self, version_id: str) -> bool:
-        return self.tombstone_path(version_id).exists()
-
-    def write_tombstone(self, version_id: str, record: dict) -> None:
-        atomic_write_bytes(self.tombstone_path(version_id), json.dumps(record, sort_keys=True).encode(), self.tmp)
-
-    def delete_tombstone(self, version_id: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.tombstone_path(version_id).unlink()
-
-    def removed_ids(self) -> list[str]:
-        if not self.removed.is_dir():
-            return []
-        return sorted(e.name for sub in self.removed.iterdir() if sub.is_dir() for e in sub.iterdir()
-                      if not e.name.startswith("."))
-
-    def delete_head(self, name: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.head_path(name).unlink()
-
-    # -- refs -------------------------------------------------------------------------------
-
-    def head_path(self, name: str) -> Path:
-        return self.refs / validate_name(name, "model name") / "HEAD"
-
-    def tag_path(self, name: str, tag: str) -> Path:
-        return self.refs / validate_name(name, "model name") / "tags" / validate_name(tag, "tag")
-
-    def read_head(self, name: str) -> str | None:
-        """The version id in ``refs/<name>/HEAD``, if that file exists."""
+    def head_file(self, name: str) -> str | None:
+        """The id in the HEAD ref file of ``name`` (the truth the index caches), if readable."""
         try:
-            return self.head_path(name).read_text().strip() or None
+            return self.layout.head_path(name).read_text().strip() or None
         except (OSError, UnicodeDecodeError):
             return None
 
-    def write_head(self, name: str, version_id: str) -> None:
-        atomic_write_bytes(self.head_path(name), (version_id + "\n").encode(), self.tmp)
+    def tag(self, name: str, tag: str) -> tuple[str, bool] | None:
+        """(version id, protected) of tag ``tag`` of model ``name``, or None."""
+        rows = self.index.query("SELECT id, protected FROM tags WHERE name = ? AND tag = ?", (name, tag))
+        return (rows[0][0], bool(rows[0][1])) if rows else None
 
-    def write_tag(self, name: str, tag: str, version_id: str, protected: bool = False) -> None:
-        payload = json.dumps({"id": version_id, "protected": bool(protected)}) + "\n"
-        atomic_write_bytes(self.tag_path(name, tag), payload.encode(), self.tmp)
+    def stored_object(self, digest: str) -> str | None:
+        """The id of the snapshot file holding the tensor ``digest``, or None when it is not stored."""
+        return self.index.has_tensors([digest]).get(digest)
 
-    def delete_tag(self, name: str, tag: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.tag_path(name, tag).unlink()
+    def manifest(self, vid: str) -> list[ManifestEntry]:
+        """The tensor entries of a version (from the index; no tensor bytes read)."""
+        rows = self.index.query("SELECT manifest FROM versions WHERE id = ?", (vid,))
+        if not rows:
+            raise UnknownRefError(f"no version {vid[:12]} in this store")
+        return [ManifestEntry.from_json(e) for e in json.loads(rows[0][0])]
 
-    def read_refs(self) -> tuple[dict[str, str], list[tuple[str, str, str, bool]]]:
-        """(heads: model -> id, tags: [(model, tag, id, protected)]) from the ref files."""
-        heads: dict[str, str] = {}
-        tags: list[tuple[str, str, str, bool]] = []
-        if not self.refs.is_dir():
-            return heads, tags
-        for model_dir in sorted(self.refs.iterdir()):
-            if not _valid(model_dir.name) or model_dir.is_symlink():
-                continue  # names come from an untrusted folder: skip what a user could not create
-            head = model_dir / "HEAD"
-            with contextlib.suppress(OSError, UnicodeDecodeError):
-                heads[model_dir.name] = head.read_text().strip()
-            tag_dir = model_dir / "tags"
-            if tag_dir.is_dir():
-                for tag_file in sorted(tag_dir.iterdir()):
-                    if not _valid(tag_file.name) or tag_file.is_symlink():
-                        continue
-                    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                        data = json.loads(tag_file.read_text())
-                        tags.append((model_dir.name, tag_file.name, str(data["id"]), bool(data.get("protected"))))
-        return heads, tags
+    # -- the index rebuilt from the files ---------------------------------------------------
 
-    # -- notes ------------------------------------------------------------------------------
+    def reindex(self) -> int:
+        """Rebuild the index from the snapshot, ref and note files; return the versions indexed."""
+        with self.locked():
+            try:
+                return recovery.rebuild_index(self)
+            except IntegrityError:  # the index file itself is damaged: start it afresh
+                self.index.close()
+                self._discard_index()
+                self.index = Index(self.layout.index_path)
+                return recovery.rebuild_index(self)
 
-    def write_note(self, version_id: str, note: dict) -> None:
-        folder = self.notes / version_id[:2] / version_id
-        name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.json"
-        atomic_write_bytes(folder / name, json.dumps(note, sort_keys=True).encode(), self.tmp)
+    def _recover_unindexed(self) -> None:
+        """Index snapshot files a killed process renamed into place but did not index."""
+        on_disk = sum(1 for _ in self.layout.snapshot_files())
+        if on_disk != self.index.count():
+            with self.locked():
+                recovery.index_missing_snapshots(self)
 
-    def read_notes(self) -> Iterator[tuple[str, dict]]:
-        """(version id, note) of every note, oldest first per version."""
-        if not self.notes.is_dir():
-            return
-        for sub in sorted(self.notes.iterdir()):
-            if not sub.is_dir():
-                continue
-            for version_dir in sorted(sub.iterdir()):
-                for note_file in sorted(version_dir.glob("*.json")):
-                    with contextlib.suppress(OSError, ValueError):
-                        note = json.loads(note_file.read_text())
-                        if isinstance(note, dict):
-                            yield version_dir.name, note
+    def _recover_after_crash(self, dead_holder: str) -> None:
+        recovery.recover_after_crash(self, dead_holder)
 
-
-def _valid(name: str) -> bool:
-    try:
-        validate_name(name)
-    except ValueError:
-        return False
-    return True
+    def _discard_index(self) -> None:
+        for suffix in ("", "-wal", "-shm"):
+            path = Path(str(self.layout.index_path) + suffix)
+            if path.exists():
+                try:
+                    path.unlink()
+                except OSError as exc:
+                    raise IntegrityError(f"cannot remove the damaged index {path}: {exc}") from exc

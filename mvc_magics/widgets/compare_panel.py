@@ -18,9 +18,9 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from ..compare import ARROW, Comparison
+from ..core.compare import ARROW, Comparison
+from ..core.version import Version, metric_columns
 from ..errors import MVCError
-from ..version import Version, metric_columns
 
 _DIRECTIONS = [(f"lower {ARROW['min']}", "min"), (f"higher {ARROW['max']}", "max")]
 
@@ -236,7 +236,7 @@ class ComparePanel(widgets.VBox):
 
 
 def _infer(metric: str) -> str:
-    from ..refs import infer_direction
+    from ..core.refs import infer_direction
 
     return infer_direction(metric)
 
@@ -244,7 +244,7 @@ def _infer(metric: str) -> str:
 def _render_chart(comparison: Comparison) -> bytes:
     from matplotlib.figure import Figure
 
-    from ..plots import plot_metrics, plot_scores
+    from ..plots.charts import plot_metrics, plot_scores
 
     figure = Figure(figsize=(9.5, 0.35 * len(comparison.versions) + 2.4), layout="constrained")
     left, right = figure.subplots(1, 2, width_ratios=[1, 1.4])

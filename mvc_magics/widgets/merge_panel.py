@@ -15,9 +15,9 @@ from typing import Any
 import ipywidgets as widgets
 from IPython.display import display
 
+from ..core.merge_plan import METHODS
+from ..core.tables import format_number
 from ..errors import MVCError
-from ..merge import METHODS
-from ..tables import format_number
 
 _NO_EVAL = "(none)"
 

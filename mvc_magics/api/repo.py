@@ -1,0 +1,323 @@
+"""``Repo``: the plain Python API over one store, a table of contents of the operations.
+
+Each method binds one function of :mod:`mvc_magics.operations` to this store and returns its
+result; the rules live there and in the storage layer. It never imports IPython.
+
+>>> from mvc_magics import Repo
+>>> repo = Repo(".mvc")                                        # doctest: +SKIP
+>>> v = repo.commit(model, "model", message="10 epochs", metrics={"val_mse": 0.9})  # doctest: +SKIP
+>>> repo.checkout("best:val_mse", model)                       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.audit_trail import AuditTrail
+from ..core.compare import Comparison
+from ..core.diff import Diff
+from ..core.manifest import ManifestEntry
+from ..core.merge_report import MergedVersion, MergePreview
+from ..core.names import validate_name
+from ..core.reports import GcReport, StatusReport, TransferReport, VerifyReport
+from ..core.version import Version, VersionLog
+from ..errors import StoreError
+from ..operations import (
+    checkout,
+    commit,
+    compare,
+    export,
+    merge,
+    pull,
+    push,
+    remotes,
+    removal,
+    signing,
+    status,
+    tags,
+    verify,
+    versions,
+)
+from ..storage.layout import default_store_path
+from ..storage.signatures import SignatureStatus
+from ..storage.store import Store
+
+__all__ = ["Repo", "default_store_path"]
+
+
+class Repo:
+    """A model version store in one folder (by default ``.mvc`` beside the notebook).
+
+    Args:
+        path: the store folder; None means :func:`default_store_path`.
+        create: create the store when it does not exist yet.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, create: bool = True) -> None:
+        self.store = Store(Path(path).expanduser() if path is not None else default_store_path(), create)
+
+    # The store's parts, for tools and tests that look inside (the operations take ``store``).
+    path = property(lambda self: self.store.path, doc="The store folder.")
+    layout = property(lambda self: self.store.layout, doc="The folder layout, lock and ref files.")
+    index = property(lambda self: self.store.index, doc="The SQLite index (a cache of the files).")
+    audit = property(lambda self: self.store.audit, doc="The hash-chained audit log.")
+
+    @property
+    def progress(self) -> bool | None:
+        """Progress bars on long commits/checkouts: None after about a second, True at once, False never."""
+        return self.store.progress
+
+    @progress.setter
+    def progress(self, value: bool | None) -> None:
+        self.store.progress = value
+
+    def __repr__(self) -> str:
+        return f"Repo({str(self.path)!r})"
+
+    def close(self) -> None:
+        """Close the index connection."""
+        self.store.close()
+
+    def __enter__(self) -> Repo:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- versions ---------------------------------------------------------------------------
+
+    def commit(self, model: Any, name: str, message: str | None = None, metrics: Mapping[str, float] | None = None,
+               params: Mapping[str, object] | None = None, tags: Iterable[str] = (),
+               provenance: Mapping[str, object] | None = None, parents: Iterable[str] | None = None,
+               extra: Mapping[str, object] | None = None) -> Version:
+        """Store the model's current content as a version of ``name`` and return it.
+
+        Only tensors the store does not have yet are written. Committing content that is already
+        stored creates no new version: the existing one is returned, and ``metrics``/``tags`` are
+        attached to it. The fit history's last epoch is captured as metrics (explicit ones win).
+        """
+        return commit.commit(self.store, model, name, message, metrics, params, tags, provenance, parents, extra)
+
+    def checkout(self, ref: str, model: Any = None, name: str | None = None, unsafe: bool = False,
+                 require_signature: bool = False) -> Any:
+        """Load version ``ref`` into ``model`` in place, or build a new model when ``model`` is None.
+
+        In place, every shape is checked before the first assignment, so an error leaves the
+        model exactly as it was. Every tensor is re-hashed; damaged data is refused. With
+        ``require_signature`` a version without a valid signature is refused. On a read-only
+        store the HEAD is not recorded.
+        """
+        return checkout.checkout(self.store, ref, model, name, unsafe, require_signature)
+
+    def get(self, vid: str, name: str | None = None) -> Version:
+        """The :class:`Version` with full id ``vid``."""
+        return versions.get(self.store, vid, name)
+
+    def resolve(self, ref: str, name: str | None = None) -> Version:
+        """The one version ``ref`` names (see :mod:`mvc_magics.core.refs`); errors list candidates."""
+        return versions.resolve(self.store, ref, name)
+
+    def models(self) -> list[str]:
+        """Names of the models that have versions, in order of their first commit."""
+        return versions.models(self.store)
+
+    def head(self, name: str) -> Version | None:
+        """The version the model variable ``name`` is at (last commit or checkout), if any."""
+        return versions.head(self.store, name)
+
+    def log(self, name: str | None = None, limit: int | None = None) -> VersionLog:
+        """Versions of ``name`` (all models when None), newest first."""
+        return versions.log(self.store, name, limit)
+
+    def load_state(self, version: Version | str, verify: bool = True) -> dict[str, np.ndarray]:
+        """Every tensor of a version, re-hashed; :class:`IntegrityError` on any damage."""
+        return versions.load_state(self.store, version, verify)
+
+    def manifest(self, vid: str) -> list[ManifestEntry]:
+        """The tensor entries of a version (from the index; no tensor bytes read)."""
+        return self.store.manifest(vid)
+
+    def structure(self, vid: str) -> object:
+        """The stored model structure of a version (None when the model was not serializable)."""
+        return versions.structure(self.store, vid)
+
+    def tag_names(self, name: str | None = None) -> list[str]:
+        """Tags of model ``name`` (of every model when None), sorted."""
+        return versions.tag_names(self.store, name)
+
+    def ref_names(self, name: str | None = None) -> list[str]:
+        """Refs worth offering for ``name``: tags, HEAD, latest, best:METRIC and short ids."""
+        return versions.ref_names(self.store, name)
+
+    def status(self, namespace: Mapping[str, Any] | None = None) -> StatusReport:
+        """For each model with a HEAD: is the variable in ``namespace``, and did its weights change?"""
+        return status.status(self.store, namespace)
+
+    def is_modified(self, model: Any, head: Version | None) -> bool:
+        """True when ``model``'s tensors differ from those of ``head`` (hash comparison)."""
+        return status.is_modified(self.store, model, head)
+
+    # -- tags -------------------------------------------------------------------------------
+
+    def tag(self, ref: str, tag: str, name: str | None = None, force: bool = False,
+            protect: bool | None = None) -> Version:
+        """Put ``tag`` on the version ``ref`` names; moving an existing tag needs ``force``."""
+        return tags.tag(self.store, ref, tag, name, force, protect)
+
+    def untag(self, tag: str, name: str | None = None, force: bool = False) -> None:
+        """Remove ``tag`` (protected tags need ``force``)."""
+        tags.untag(self.store, tag, name, force)
+
+    # -- compare, diff and merge ------------------------------------------------------------
+
+    def compare(self, refs: Iterable[str] | str | None = None, name: str | None = None,
+                weights: Mapping[str, float] | None = None, baseline: str | None = None,
+                directions: Mapping[str, str] | None = None, limit: int | None = 20,
+                allow_mixed: bool = False) -> Comparison:
+        """Compare versions by their metrics: a :class:`~mvc_magics.core.compare.Comparison`.
+
+        ``refs`` None means every version of ``name`` (the most recent ``limit``). ``weights``
+        maps metric -> weight (default: every metric 1; when given, unnamed metrics weigh 0);
+        ``directions`` overrides the inferred ``"min"``/``"max"``; ``baseline`` (a ref, default the
+        oldest compared version) is what "D vs base" is measured against.
+        """
+        if name is not None:
+            validate_name(name, "model name")
+        refs = list(refs) if refs is not None and not isinstance(refs, str) else refs
+        return compare.compare_in(self.store, refs, name, weights, baseline, directions, limit, allow_mixed)
+
+    def diff(self, a: str, b: str, name: str | None = None, allow_mixed: bool = False) -> Diff:
+        """Parameter diff of versions ``a`` -> ``b``; tensors with equal hashes are never read."""
+        if name is not None:
+            validate_name(name, "model name")
+        return compare.diff_versions(self.store, a, b, name, allow_mixed)
+
+    def compare_panel(self, refs: Iterable[str] | None = None, name: str | None = None,
+                      weights: Mapping[str, float] | None = None, baseline: str | None = None,
+                      directions: Mapping[str, str] | None = None, namespace: dict | None = None,
+                      limit: int | None = 20):
+        """An ipywidgets :class:`~mvc_magics.widgets.ComparePanel` over this store (needs ipywidgets)."""
+        from ..widgets.compare_panel import ComparePanel  # ipywidgets is optional: imported on use
+
+        return ComparePanel(self, refs=refs, name=name, weights=weights, baseline=baseline,
+                            directions=directions, namespace=namespace, limit=limit)
+
+    def merge(self, refs: Iterable[str | Version], weights: Iterable[float] | None = None,
+              method: str = "average", eval_fn: Any = None, name: str | None = None,
+              message: str | None = None, into: Any = None, **options: Any) -> MergedVersion:
+        """Merge versions into a new version whose parents are all the inputs.
+
+        ``method``: ``"average"`` (weighted mean of the float tensors; default uniform: a soup),
+        ``"greedy"`` (greedy soup scored by ``eval_fn(model)``, higher is better, or ranked by
+        ``metric="val_accuracy"``), ``"ensemble"`` (mean of the members' outputs) or ``"vote"``.
+        ``into`` loads the result into a live model, all or nothing. Other options: ``metric``,
+        ``model``, ``result_name``, ``tags``, ``score_name``, ``provenance`` (see
+        :func:`mvc_magics.operations.merge.merge_versions`). Conflicts raise
+        :class:`~mvc_magics.errors.MergeConflictError` before anything is written.
+
+        >>> soup = repo.merge(["ft1", "ft2", "ft3"], name="model", into=model)   # doctest: +SKIP
+        """
+        refs = refs if isinstance(refs, str) else list(refs)
+        weights = weights if weights is None or isinstance(weights, str) else list(weights)
+        return merge.merge_versions(self.store, refs, weights, method, eval_fn, name, message, into, **options)
+
+    def merge_preview(self, refs: Iterable[str | Version], weights: Iterable[float] | None = None,
+                      method: str = "average", eval_fn: Any = None, name: str | None = None,
+                      **options: Any) -> MergePreview:
+        """The merge computed (and scored with ``eval_fn``) but not committed: ``.model``, ``.score``, ``.report``."""
+        refs = refs if isinstance(refs, str) else list(refs)
+        weights = weights if weights is None or isinstance(weights, str) else list(weights)
+        return merge.merge_preview(self.store, refs, weights, method, eval_fn, name, **options)
+
+    def merge_panel(self, refs: Iterable[str | Version], name: str | None = None,
+                    namespace: Mapping[str, Any] | None = None, **options: Any) -> Any:
+        """An ipywidgets panel to weigh, preview and commit a merge of ``refs``."""
+        from ..widgets.merge_panel import MergePanel  # ipywidgets is optional: imported on use
+
+        return MergePanel(self, list(refs), name=name, namespace=namespace, **options)
+
+    # -- remotes ----------------------------------------------------------------------------
+
+    def add_remote(self, name: str, url: str) -> str:
+        """Configure remote ``name`` at an fsspec ``url``; URLs with credentials are refused."""
+        return remotes.add_remote(self.store, name, url)
+
+    def remotes(self) -> dict[str, str]:
+        """Configured remotes, name -> URL."""
+        return remotes.load_remotes(self.store)
+
+    def remove_remote(self, name: str) -> None:
+        """Forget remote ``name`` (nothing on the remote is touched)."""
+        remotes.remove_remote(self.store, name)
+
+    def push(self, remote: str | None = None, refs: Iterable[str] | None = None, force: bool = False,
+             progress: bool | None = None) -> TransferReport:
+        """Send all versions (or ``refs`` and their ancestors) and their tags to ``remote``; idempotent."""
+        return push.push(self.store, remote, refs, force=force, progress=progress)
+
+    def pull(self, remote: str | None = None, refs: Iterable[str] | None = None, force: bool = False,
+             progress: bool | None = None) -> TransferReport:
+        """Fetch all versions (or ``refs`` with ancestors) and tags; every tensor is re-hashed first."""
+        return pull.pull(self.store, remote, refs, force=force, progress=progress)
+
+    @classmethod
+    def clone(cls, url: str, path: str | os.PathLike, progress: bool | None = None) -> Repo:
+        """A new store at ``path`` with remote ``origin`` = ``url`` and everything pulled from it."""
+        target = Path(path).expanduser()
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            raise StoreError(f"{target} already exists and is not empty; clone into a new folder")
+        repo = cls(target)
+        try:
+            repo.add_remote("origin", url)
+            repo.pull("origin", progress=progress)
+        except BaseException:
+            repo.close()
+            shutil.rmtree(target, ignore_errors=True)
+            raise
+        return repo
+
+    # -- lifecycle, integrity and audit -----------------------------------------------------
+
+    def export(self, ref: str, path: str | os.PathLike, format: str = "keras", name: str | None = None) -> Path:
+        """Write version ``ref`` for serving: ``keras``, ``savedmodel`` or ``weights-h5``."""
+        return export.export_version(self.store, ref, path, format, name=name)
+
+    def remove(self, ref: str, name: str | None = None, force: bool = False) -> Version:
+        """Remove version ``ref`` (protected: ``force``); HEADs on it move to its first parent."""
+        return removal.remove_version(self.store, ref, name=name, force=force)
+
+    def gc(self) -> GcReport:
+        """Reclaim the tensors no remaining version uses; ``int(report)`` is the bytes freed."""
+        return removal.collect_garbage(self.store)
+
+    def verify(self) -> VerifyReport:
+        """Re-hash every tensor of every version; report each damaged version and tensor."""
+        return verify.verify_store(self.store)
+
+    def reindex(self) -> int:
+        """Rebuild the index from the snapshot, ref and note files; return the versions indexed."""
+        return self.store.reindex()
+
+    def audit_log(self, limit: int | None = None) -> AuditTrail:
+        """The recorded operations, newest first (``limit``: only the last ``limit``)."""
+        entries = list(self.audit.entries())
+        entries.reverse()
+        return AuditTrail(entries[:limit] if limit else entries)
+
+    def sign_versions(self) -> list[str]:
+        """Sign every unsigned version with the configured key; return the ids signed."""
+        return signing.sign_versions(self.store)
+
+    def signature_status(self, ref: str, name: str | None = None) -> SignatureStatus:
+        """``valid``, ``unsigned``, ``bad`` or ``unchecked`` (no key configured) for version ``ref``."""
+        return signing.signature_status(self.store, ref, name)
+
+    def require_valid_signature(self, vid: str) -> None:
+        """Raise :class:`SignatureError` unless version ``vid`` has a valid signature."""
+        signing.require_valid_signature(self.store, vid)

@@ -1,0 +1,164 @@
+"""The ``mvc`` command: the same store from a terminal or a CI job.
+
+::
+
+    mvc log [MODEL] [-n N]          mvc show REF               mvc compare [REF ...] [--weights K=W,...]
+    mvc verify                      mvc gc                     mvc export REF PATH [--format F]
+    mvc push [REMOTE] [REF ...]     mvc pull [REMOTE] [REF ...]  mvc clone URL [PATH]
+
+``--store PATH`` picks the store (default: ``$MVC_DIR``, else ``.mvc`` in the current folder).
+Errors are one line on stderr with exit code 1. ``python -m mvc_magics.cli`` works too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from ..core.tables import Table, format_bytes, format_number
+from ..errors import CompareError, MVCError
+from ..operations.export import FORMATS
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but bad input is one line on stderr and exit code 1."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(1, f"mvc: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mvc", description="Model version control: the store of mvc_magics from a terminal.")
+    parser.add_argument("--store", default=None, metavar="PATH",
+                        help="the store folder (default: $MVC_DIR, else .mvc in the current folder)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("log", help="versions newest first, with tags (protected: tag*) and metrics")
+    p.add_argument("model", nargs="?", default=None, help="the model (default: all)")
+    p.add_argument("-n", type=int, default=20, help="how many versions (0: all)")
+
+    p = sub.add_parser("show", help="one version: id, parents, metrics, params, tags, size")
+    p.add_argument("ref", help="id prefix, tag, latest, best:METRIC...")
+    p.add_argument("--model", default=None, help="the model whose history the ref is in")
+
+    p = sub.add_parser("compare", help="rank versions by weighted metrics (Repo.compare), as text")
+    p.add_argument("refs", nargs="*", help="versions (default: the model's most recent 20)")
+    p.add_argument("--model", default=None, help="the model whose history the refs are in")
+    p.add_argument("--weights", default=None, metavar="K=W,...", help="metric weights, e.g. val_acc=2,latency=0.5")
+    p.add_argument("--baseline", default=None, metavar="REF", help="what D is measured against (default: oldest)")
+
+    sub.add_parser("verify", help="re-hash every tensor of every version; exit 1 when damaged")
+    sub.add_parser("gc", help="reclaim the space of tensors no remaining version uses")
+
+    p = sub.add_parser("export", help="write a version for serving (.keras, SavedModel, .weights.h5)")
+    p.add_argument("ref", help="the version")
+    p.add_argument("path", help="destination")
+    p.add_argument("--format", default="keras", choices=FORMATS, help="default: keras")
+    p.add_argument("--model", default=None, help="the model whose history the ref is in")
+
+    for name, text in (("push", "send versions and tags to a remote"), ("pull", "fetch versions and tags")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("remote", nargs="?", default=None, help="remote name or URL (default: origin)")
+        p.add_argument("refs", nargs="*", help="versions (default: all)")
+        p.add_argument("--force", action="store_true", help="overwrite conflicting tags")
+
+    p = sub.add_parser("clone", help="a new store with everything from a remote URL")
+    p.add_argument("url", help="fsspec URL: s3://bucket/prefix, file:///path, gs://...")
+    p.add_argument("path", nargs="?", default=None, help="the new store folder (default: --store or .mvc)")
+    return parser
+
+
+def _store_path(args) -> str:
+    if args.store:
+        return args.store
+    return os.environ.get("MVC_DIR") or ".mvc"
+
+
+def _show(repo, args) -> str:
+    v = repo.resolve(args.ref, name=args.model)
+    rows = [["id", v.id], ["model", v.name], ["message", v.message],
+            ["tags", ", ".join(t + ("*" if t in v.protected_tags else "") for t in v.tags)],
+            ["parents", ", ".join(p[:12] for p in v.parents)], ["created", v.created.isoformat()],
+            ["author", v.author], ["framework", v.framework],
+            ["size", f"{format_bytes(v.nbytes)} in {v.n_tensors} tensors"]]
+    rows += [[f"metric {k}", format_number(val)] for k, val in sorted(v.metrics.items())]
+    rows += [[f"param {k}", str(val)] for k, val in sorted(v.params.items())]
+    return Table(["field", "value"], rows, title=f"version {v.short_id}").to_text()
+
+
+def _weights(text: str | None) -> dict[str, float] | None:
+    if text is None:
+        return None
+    weights = {}
+    for piece in filter(None, text.split(",")):
+        key, sep, value = piece.partition("=")
+        try:
+            weights[key.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not key.strip():
+            raise CompareError(f"weight {piece!r} must look like METRIC=NUMBER")
+    return weights
+
+
+def _compare(repo, args) -> str:
+    comparison = repo.compare(args.refs or None, name=args.model, weights=_weights(args.weights),
+                              baseline=args.baseline)
+    return str(comparison)
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv``; return the exit code."""
+    args = build_parser().parse_args(argv)
+    from ..api.repo import Repo
+
+    if args.command == "clone":
+        repo = Repo.clone(args.url, args.path or _store_path(args))
+        print(f"cloned {args.url} into {repo.path} ({repo.index.count()} versions)")
+        repo.close()
+        return 0
+    with Repo(_store_path(args), create=False) as repo:
+        if args.command == "log":
+            if args.n < 0:
+                raise MVCError("-n must be 0 (all) or a positive count")
+            print(repo.log(args.model, limit=args.n or None))
+        elif args.command == "show":
+            print(_show(repo, args))
+        elif args.command == "compare":
+            print(_compare(repo, args))
+        elif args.command == "verify":
+            report = repo.verify()
+            print(report)
+            return 0 if report.ok else 1
+        elif args.command == "gc":
+            print(repo.gc())
+        elif args.command == "export":
+            path = repo.export(args.ref, args.path, format=args.format, name=args.model)
+            print(f"exported {args.ref} as {args.format} to {path}")
+        elif args.command in ("push", "pull"):
+            from ..core.refs import split_remote_and_refs
+
+            method = repo.push if args.command == "push" else repo.pull
+            remote, refs = split_remote_and_refs([w for w in [args.remote, *args.refs] if w], repo.remotes())
+            print(method(remote, refs, force=args.force))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point: one-line errors and exit code 1 on bad input or a failed operation."""
+    try:
+        code = run(argv)
+    except MVCError as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"mvc: error: {message}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        print("mvc: interrupted; finished steps are kept, re-run to complete", file=sys.stderr)
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

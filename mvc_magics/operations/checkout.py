@@ -1,0 +1,52 @@
+"""Checkout: a version loaded into a live model in place (all or nothing), or rebuilt as a new one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..adapters import Adapter, adapter_for, adapter_named
+from ..adapters.base import match_state
+from ..core.manifest import ManifestEntry
+from ..core.names import validate_name
+from ..storage.store import Store
+from . import versions
+from .signing import require_valid_signature
+
+
+def checkout(store: Store, ref: str, model: Any = None, name: str | None = None, unsafe: bool = False,
+             require_signature: bool = False) -> Any:
+    """Load version ``ref`` into ``model`` in place, or build a new model when ``model`` is None
+    (see :meth:`mvc_magics.Repo.checkout`); records the model's new HEAD unless the store is read-only."""
+    version = versions.resolve(store, ref, name=name)
+    target = name or version.name
+    validate_name(target, "model name")
+    if require_signature:
+        require_valid_signature(store, version.id)
+    state = versions.load_state(store, version)
+    if model is None:
+        adapter = adapter_named(version.framework)
+        result = adapter.build(versions.structure(store, version.id), state, unsafe=unsafe)
+        getattr(adapter, "restore_training_setup", lambda _m, _e: False)(result, version.extra)
+    else:
+        adapter = adapter_for(model)
+        adapter.set_state(model, state, owned=True)  # state was read for this call
+        _remember_loaded(adapter, model, state, store.manifest(version.id))
+        result = model
+    if not store.readonly:
+        store.writes.move_head(target, version.id, "checkout", {"ref": ref, "rebuilt": model is None})
+    return result
+
+
+def _remember_loaded(adapter: Adapter, model: Any, state: dict[str, np.ndarray],
+                     manifest: list[ManifestEntry]) -> None:
+    """After a checkout each variable holds exactly the verified bytes of its stored tensor (same
+    dtype: assignment is exact), so their hashes are known: the next status need not rehash."""
+    if getattr(adapter, "remember_hashes", None) is None:
+        return
+    live = adapter.get_state(model)
+    pairs = match_state({k: (tuple(a.shape), a.dtype.name) for k, a in live.items()}, state)  # as set_state
+    stored = {e.name: e.hash for e in manifest}
+    hashes = {k: stored[s] for k, s in pairs.items() if live[k].dtype == state[s].dtype and s in stored}
+    adapter.remember_hashes(model, {k: live[k] for k in hashes}, hashes)

@@ -1,0 +1,254 @@
+"""Turning refs into versions, and index rows into :class:`Version` objects."""
+
+from __future__ import annotations
+
+import bisect
+import json
+from datetime import datetime
+
+from ..core.hashing import SHORT_ID_LENGTH
+from ..core.refs import parse_ref
+from ..core.version import Version
+from ..errors import AmbiguousRefError, UnknownRefError
+from ..storage.index import Index
+
+__all__ = ["UnknownRefError", "find_tag", "load_versions", "resolve", "short_ids"]
+
+
+def short_ids(index: Index, ids: list[str]) -> dict[str, str]:
+    """Shortest unique prefix (at least 8 hex digits) of each id among all ids in the store.
+
+    An id's shortest unique prefix only depends on its neighbours in sorted order, so a long
+    list reads every id once (one query) instead of querying per id.
+    """
+    if not ids:
+        return {}
+    if len(ids) <= _PER_ID_QUERIES:
+        neighbours = {}
+        for vid in ids:
+            before = index.query("SELECT max(id) FROM versions WHERE id < ?", (vid,))[0][0]
+            after = index.query("SELECT min(id) FROM versions WHERE id > ?", (vid,))[0][0]
+            neighbours[vid] = (before, after)
+    else:
+        every = [row[0] for row in index.query("SELECT id FROM versions ORDER BY id")]
+        neighbours = {}
+        for vid in ids:
+            i = bisect.bisect_left(every, vid)
+            j = i + 1 if i < len(every) and every[i] == vid else i
+            neighbours[vid] = (every[i - 1] if i else None, every[j] if j < len(every) else None)
+    return {vid: vid[:_unique_length(vid, *neighbours[vid])] for vid in ids}
+
+
+# Up to this many ids, two indexed lookups per id beat reading every id of a large store.
+_PER_ID_QUERIES = 64
+
+
+def _common_prefix(a: str, b: str | None) -> int:
+    if not b:
+        return 0
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _unique_length(vid: str, before: str | None, after: str | None) -> int:
+    head = vid[:SHORT_ID_LENGTH]
+    if (before is None or before[:SHORT_ID_LENGTH] != head) and (after is None or after[:SHORT_ID_LENGTH] != head):
+        return SHORT_ID_LENGTH  # the common case: no neighbour shares the first 8 digits
+    shared = max(_common_prefix(vid, before), _common_prefix(vid, after))
+    return min(len(vid), max(SHORT_ID_LENGTH, shared + 1))
+
+
+def load_versions(index: Index, where: str, params: tuple, limit: int | None = None,
+                  head_name: str | None = None) -> list[Version]:
+    """Versions matching a SQL condition on ``versions v``, newest first, with tags and metrics.
+
+    A handful of queries whatever the number of versions. A version's row never changes once
+    inserted (rows are only added and deleted, and ``seq`` is never reused), so its parsed
+    metadata is kept per index connection and a repeated ``log`` reads only ids, metrics and tags.
+    """
+    selection = f"SELECT v.id FROM versions v WHERE {where} ORDER BY v.seq DESC"
+    if limit:
+        selection += f" LIMIT {int(limit)}"
+    rows = index.query(f"SELECT v.seq, v.id, v.name FROM versions v WHERE {where} ORDER BY v.seq DESC"
+                       + (f" LIMIT {int(limit)}" if limit else ""), params)
+    if not rows:
+        return []
+    parsed = _parsed_rows(index, [r[0] for r in rows])
+    ids = [r[1] for r in rows]
+    metrics: dict[str, dict[str, float]] = {vid: {} for vid in ids}
+    tags: dict[str, list[str]] = {vid: [] for vid in ids}
+    protected: dict[str, list[str]] = {vid: [] for vid in ids}
+    if limit:
+        metric_sql = f"SELECT id, key, text FROM metrics WHERE id IN ({selection})"
+        tag_sql = f"SELECT id, tag, protected FROM tags WHERE id IN ({selection}) ORDER BY tag"
+    else:  # every matching version: a join reads the index directly, no list of ids is built
+        metric_sql = f"SELECT m.id, m.key, m.text FROM metrics m JOIN versions v ON v.id = m.id WHERE {where}"
+        tag_sql = (f"SELECT t.id, t.tag, t.protected FROM tags t JOIN versions v ON v.id = t.id WHERE {where} "
+                   "ORDER BY t.tag")
+    for vid, key, text in index.query(metric_sql, params):
+        metrics[vid][key] = float(text)
+    for vid, tag, flag in index.query(tag_sql, params):
+        tags[vid].append(tag)
+        if flag:
+            protected[vid].append(tag)
+    heads = dict(index.query("SELECT name, id FROM heads"))
+    shorts = short_ids(index, ids)
+    versions = []
+    for seq, vid, name in rows:
+        parents, message, created, author, run_params, framework, libraries, provenance, extra, nbytes, count = \
+            parsed[seq]
+        owner = head_name or name
+        versions.append(Version(  # fresh top-level dicts: callers may edit a Version's fields
+            id=vid, name=name, parents=parents, message=message, created=created, author=author,
+            metrics=metrics[vid], params=dict(run_params), tags=tuple(tags[vid]),
+            protected_tags=tuple(protected[vid]), short_id=shorts[vid], framework=framework,
+            libraries=dict(libraries), provenance=dict(provenance), extra=dict(extra), nbytes=nbytes,
+            n_tensors=count, is_head=heads.get(owner) == vid,
+        ))
+    return versions
+
+
+# Parsed rows kept per index connection (a bounded cache: cleared when it grows past this).
+_PARSED_LIMIT = 50_000
+
+
+def _parsed_rows(index: Index, seqs: list[int]) -> dict[int, tuple]:
+    """seq -> the immutable fields of that version row, parsing only rows not seen before."""
+    cache: dict[int, tuple] = index.__dict__.setdefault("_parsed_versions", {})
+    missing = [seq for seq in seqs if seq not in cache]
+    if len(cache) + len(missing) > _PARSED_LIMIT:
+        cache.clear()
+        missing = list(seqs)
+    loads, fromisoformat = json.loads, datetime.fromisoformat
+    for start in range(0, len(missing), 500):
+        chunk = missing[start:start + 500]
+        marks = ",".join("?" * len(chunk))
+        # The tensor count is computed inside SQLite: long manifests are never copied into Python.
+        for seq, meta_text, nbytes, count in index.query(
+                "SELECT seq, meta, nbytes, (length(manifest) - length(replace(manifest, '\"hash\"', ''))) / 6 "
+                f"FROM versions WHERE seq IN ({marks})", chunk):
+            meta = loads(meta_text)
+            cache[seq] = (
+                tuple(meta.get("parents", ())), meta.get("message", ""), fromisoformat(meta["created"]),
+                meta.get("author", ""), meta.get("params") or {}, meta.get("framework", ""),
+                meta.get("libraries") or {}, meta.get("provenance") or {}, meta.get("extra") or {},
+                int(nbytes), int(count),
+            )
+    return {seq: cache[seq] for seq in seqs}
+
+
+def _only_model(index: Index) -> str | None:
+    names = [r[0] for r in index.query("SELECT DISTINCT name FROM versions LIMIT 2")]
+    return names[0] if len(names) == 1 else None
+
+
+def _need_model(index: Index, ref: str) -> str:
+    name = _only_model(index)
+    if name is not None:
+        return name
+    names = [r[0] for r in index.query("SELECT DISTINCT name FROM versions ORDER BY name")]
+    if not names:
+        raise UnknownRefError(f"no versions yet: nothing matches {ref!r} (commit a model first)")
+    raise UnknownRefError(
+        f"{ref!r} is ambiguous: the store holds several models ({', '.join(names[:8])}); say which",
+        names,
+    )
+
+
+def resolve(index: Index, text: str, name: str | None) -> tuple[str, str]:
+    """(version id, model name) for a ref within ``name``'s history."""
+    ref = parse_ref(text)
+    if ref.kind == "name" and ref.looks_like_id and name is None:
+        vid = _resolve_name(index, ref.value, None, text)  # an id prefix needs no model
+        model = index.query("SELECT name FROM versions WHERE id = ?", (vid,))[0][0]
+    else:
+        model = name or _need_model(index, text)
+        if ref.kind == "head":
+            rows = index.query("SELECT id FROM heads WHERE name = ?", (model,))
+            if not rows:
+                raise UnknownRefError(f"{model!r} has no HEAD yet (commit or check out a version first)")
+            vid = rows[0][0]
+        elif ref.kind == "latest":
+            rows = index.query("SELECT id FROM versions WHERE name = ? ORDER BY seq DESC LIMIT 1", (model,))
+            if not rows:
+                raise UnknownRefError(f"{model!r} has no versions yet")
+            vid = rows[0][0]
+        elif ref.kind == "best":
+            vid = _resolve_best(index, model, ref.metric, ref.direction or "max", text)
+        else:
+            vid = _resolve_name(index, ref.value, model, text)
+    for step in range(ref.ancestor):
+        rows = index.query("SELECT meta FROM versions WHERE id = ?", (vid,))
+        parents = json.loads(rows[0][0]).get("parents", []) if rows else []
+        if not parents:
+            raise UnknownRefError(f"{text!r}: history of {model!r} has only {step + 1} version(s) on that line")
+        vid = parents[0]
+    return vid, model
+
+
+def _resolve_best(index: Index, model: str, metric: str, direction: str, text: str) -> str:
+    order = "ASC" if direction == "min" else "DESC"
+    rows = index.query(
+        f"SELECT v.id FROM versions v JOIN metrics m ON m.id = v.id WHERE v.name = ? AND m.key = ? "
+        f"AND m.value IS NOT NULL ORDER BY m.value {order}, v.seq DESC LIMIT 1",
+        (model, metric),
+    )
+    if rows:
+        return rows[0][0]
+    known = [r[0] for r in index.query(
+        "SELECT DISTINCT m.key FROM metrics m JOIN versions v ON v.id = m.id WHERE v.name = ? ORDER BY 1",
+        (model,))]
+    hint = f"known metrics: {', '.join(known)}" if known else "no version of it has metrics"
+    raise UnknownRefError(f"{text!r}: no version of {model!r} has a finite {metric!r} ({hint})", known)
+
+
+def _resolve_name(index: Index, value: str, model: str | None, text: str) -> str:
+    if model is not None:
+        rows = index.query("SELECT id FROM tags WHERE name = ? AND tag = ?", (model, value))
+        if rows:
+            return rows[0][0]
+    else:
+        rows = index.query("SELECT id FROM tags WHERE tag = ?", (value,))
+        if len(rows) == 1:
+            return rows[0][0]
+    if value.lower() == value and all(c in "0123456789abcdef" for c in value) and len(value) >= 4:
+        cond, params = "id >= ? AND id < ?", [value, value + "g"]
+        if model is not None and len(value) < 64:  # a full id names one version in any history
+            cond += " AND name = ?"
+            params.append(model)
+        rows = index.query(f"SELECT id FROM versions WHERE {cond} LIMIT 20", params)
+        if len(rows) == 1:
+            return rows[0][0]
+        if len(rows) > 1:
+            ids = [r[0] for r in rows]
+            raise AmbiguousRefError(
+                f"{text!r} matches {len(ids)} versions: {', '.join(i[:12] for i in ids[:8])}; give more digits",
+                ids,
+            )
+    where = f" of {model!r}" if model else ""
+    tags = [r[0] for r in index.query(
+        "SELECT tag FROM tags" + (" WHERE name = ?" if model else "") + " ORDER BY tag",
+        (model,) if model else ())]
+    hint = f"; tags{where}: {', '.join(tags[:10])}" if tags else ""
+    raise UnknownRefError(
+        f"no version{where} matches {text!r} (not a tag, id prefix, latest, HEAD~N or best:METRIC){hint}",
+        tags,
+    )
+
+
+def find_tag(index: Index, tag: str, name: str | None) -> tuple[str, str, bool]:
+    """(model, version id, protected) of ``tag``; the model must be given if several have it."""
+    if name is not None:
+        rows = index.query("SELECT name, id, protected FROM tags WHERE name = ? AND tag = ?", (name, tag))
+    else:
+        rows = index.query("SELECT name, id, protected FROM tags WHERE tag = ?", (tag,))
+    if not rows:
+        raise UnknownRefError(f"no tag {tag!r}" + (f" on {name!r}" if name else ""))
+    if len(rows) > 1:
+        names = [r[0] for r in rows]
+        raise AmbiguousRefError(f"tag {tag!r} exists on several models ({', '.join(names)}); say which", names)
+    return rows[0][0], rows[0][1], bool(rows[0][2])

@@ -1,0 +1,166 @@
+"""Merging versions: weighted averages ("model soups"), greedy soups and output ensembles.
+
+Every merge is checked completely before a tensor is read (:mod:`mvc_magics.core.merge_plan`), so a
+conflict leaves the store and every live model as they were. Averaging lives in :mod:`.soups`,
+ensembles in :mod:`.ensemble`; the result is committed like any model, with every input as a parent.
+
+>>> soup = repo.merge(["ft-1", "ft-2", "ft-3"], name="model")                      # doctest: +SKIP
+>>> greedy = repo.merge(refs, method="greedy", eval_fn=val_accuracy, into=model)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from ..adapters import adapter_for
+from ..adapters.base import match_state
+from ..core.merge_plan import METHODS, MergePlan, align, check_distinct, check_structures, check_weights
+from ..core.merge_report import EvalFn, MergedVersion, MergePreview, MergeReport
+from ..core.version import Version
+from ..errors import MergeConflictError, MergeError
+from ..storage.store import Store
+from . import versions
+from .commit import commit
+from .ensemble import build_ensemble
+from .soups import Evaluator, average_state, greedy_soup
+
+__all__ = ["METHODS", "MergePreview", "MergeReport", "MergedVersion", "computed_merge", "merge_preview",
+           "merge_versions"]
+
+
+def plan_weight_merge(store: Store, inputs: list[Version], weights: Sequence[float] | None) -> MergePlan:
+    """Validate a weight merge (average or greedy) of ``versions``; nothing is read but metadata."""
+    check_distinct(inputs)
+    raw, normalized = check_weights(weights, len(inputs))
+    structures = [versions.structure(store, v.id) for v in inputs]
+    check_structures(inputs, structures)
+    manifests = [store.manifest(v.id) for v in inputs]
+    # Keras layer names may differ between equal structures; dict keys are the only identity.
+    tensors = align(inputs, manifests, by_position=inputs[0].framework != "numpy")
+    return MergePlan(list(inputs), normalized, raw, tensors, structures[0], inputs[0].framework)
+
+
+def _resolve(store: Store, refs: Sequence[str | Version], name: str | None) -> list[Version]:
+    if isinstance(refs, str | Version):
+        raise MergeConflictError("give a list of at least two refs to merge")
+    return [versions.get(store, r.id) if isinstance(r, Version) else versions.resolve(store, r, name=name)
+            for r in refs]
+
+
+def _score_name(eval_fn: EvalFn | None, score_name: str | None) -> str | None:
+    if eval_fn is None:
+        return None
+    if score_name:
+        return score_name
+    candidate = getattr(eval_fn, "__name__", "")
+    return candidate if candidate.isidentifier() and candidate != "<lambda>" else "score"
+
+
+@contextmanager
+def computed_merge(store: Store, refs: Sequence[str | Version], weights: Sequence[float] | None = None,
+                   method: str = "average", eval_fn: EvalFn | None = None, name: str | None = None,
+                   metric: str | None = None, template: Any = None,
+                   score_name: str | None = None) -> Iterator[MergePreview]:
+    """Check and compute a merge; yield it with a live model holding the result, uncommitted.
+
+    The live model is rebuilt from the first input's stored structure (a Keras model), is a dict
+    (dict models), or is ``template`` borrowed while the block runs (a Keras model whose
+    structure is not stored): its own weights are put back when the block ends.
+    """
+    if method not in METHODS:
+        raise MergeError(f"unknown merge method {method!r}: use one of {', '.join(METHODS)}")
+    inputs = _resolve(store, refs, name)
+    report = MergeReport(method=method, inputs=[v.id for v in inputs], score_name=_score_name(eval_fn, score_name))
+    if method in ("ensemble", "vote"):
+        yield build_ensemble(store, inputs, weights, method, eval_fn, report)
+        return
+    if method == "greedy":
+        if weights is not None:
+            raise MergeError("a greedy soup is a uniform average of the chosen ingredients: give no weights")
+        if eval_fn is None:
+            raise MergeError("a greedy soup needs eval_fn (the held-out score of each candidate soup)")
+    plan = plan_weight_merge(store, inputs, weights)
+    evaluator = Evaluator(plan, eval_fn, template=template)
+    try:
+        if method == "greedy":
+            chosen, score = greedy_soup(store, plan, evaluator, metric, report)
+            raw = [1.0 if i in chosen else 0.0 for i in range(len(inputs))]
+            report.weights = check_weights(raw, len(inputs))[1]
+            report.ingredients = [inputs[i].id for i in chosen]
+            state, averaged = average_state(store, plan, chosen, raw)
+            report.score = score
+        else:
+            report.weights = plan.weights
+            report.ingredients = [v.id for v, w in zip(inputs, plan.weights, strict=True) if w > 0]
+            state, averaged = average_state(store, plan)
+            if eval_fn is not None:
+                report.score = evaluator.score(state)
+        report.tensors_averaged, report.tensors_copied = averaged, len(state) - averaged
+        # A dict model is its state: no copy. A Keras model holds the state in its variables.
+        live = state if plan.framework == "numpy" else evaluator.model_with(state)
+        yield MergePreview(live, report, state)
+    finally:
+        evaluator.close()
+
+
+def _check_fits(into: Any, state: dict[str, np.ndarray]) -> None:
+    """Raise (before anything is committed) when the merged state does not fit ``into``."""
+    adapter = adapter_for(into)
+    live = {k: (tuple(v.shape), v.dtype.name) for k, v in adapter.get_state(into).items()}
+    match_state(live, state)
+
+
+def merge_versions(store: Store, refs: Sequence[str | Version], weights: Sequence[float] | None = None,
+                   method: str = "average", eval_fn: EvalFn | None = None, name: str | None = None,
+                   message: str | None = None, into: Any = None, metric: str | None = None,
+                   model: Any = None, result_name: str | None = None, tags: Sequence[str] = (),
+                   score_name: str | None = None, provenance: dict | None = None) -> MergedVersion:
+    """Merge versions and commit the result with every input as a parent (see :meth:`Repo.merge`).
+
+    The result is committed through :func:`~mvc_magics.operations.commit.commit` from the live
+    merged model, so a merge gets everything a commit does (deduplication, atomic writes, checks)
+    and nothing else writes to the store. ``into`` is checked before the commit and assigned after it.
+    """
+    if into is not None:
+        adapter_for(into)  # an unsupported object fails before any work
+    template = model if model is not None else into
+    with computed_merge(store, refs, weights, method, eval_fn, name, metric, template, score_name) as preview:
+        report = preview.report
+        if preview.model is None:
+            raise MergeError("the merged model could not be built")  # pragma: no cover - defensive
+        if into is not None:
+            _check_fits(into, preview.state)
+        first = versions.get(store, report.inputs[0])
+        weight_merge = method in ("average", "greedy")
+        target = result_name or (name if weight_merge and name else None) or (
+            first.name if weight_merge else f"{name or first.name}_{method}")
+        metrics = {report.score_name: report.score} if report.score is not None and report.score_name else None
+        extra = {"merge": report.to_metadata()}
+        if "compile" in first.extra and weight_merge:
+            extra["compile"] = first.extra["compile"]  # same structure: the inputs' training setup
+        version = commit(store, preview.model, target, message=message or report.default_message(),
+                              metrics=metrics or {}, tags=tags, parents=report.inputs, extra=extra,
+                              provenance=provenance)
+        state = preview.state
+    if into is not None:
+        adapter_for(into).set_state(into, state)
+    return MergedVersion.from_version(version, report)
+
+
+def merge_preview(store: Store, refs: Sequence[str | Version], weights: Sequence[float] | None = None,
+                  method: str = "average", eval_fn: EvalFn | None = None, name: str | None = None,
+                  metric: str | None = None, model: Any = None, score_name: str | None = None) -> MergePreview:
+    """The merge computed and scored, nothing committed, no live model changed.
+
+    ``.model`` is a new live model holding the result (None when it could only be held in a
+    borrowed ``model``, which has its own weights back).
+    """
+    with computed_merge(store, refs, weights, method, eval_fn, name, metric, model, score_name) as preview:
+        borrowed = model is not None and preview.model is model
+    if borrowed:
+        preview.model = None
+    return preview

@@ -1,0 +1,219 @@
+"""Pull: fetch versions (all, or refs with their ancestors), their notes and tags from a remote.
+
+Downloads go to the store's ``tmp/``; a version's file is renamed into ``objects/`` and indexed only
+after every one of its tensors was re-hashed, so a failed or killed pull never shows a half version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from ..core.hashing import version_id
+from ..core.reports import TransferReport
+from ..errors import IntegrityError, InvalidRemoteError, MVCError, RemoteError
+from ..storage.atomic import temporary_path
+from ..storage.remote_store import RemoteStore
+from ..storage.retired import held_hashes, is_retired
+from ..storage.snapshot import SnapshotContent, TensorReader, read_content
+from ..storage.store import Store
+from .remotes import conflict_error, dependencies, progress_bar, remote_errors, remote_url, topological
+
+
+def _resolve_remote_ref(ref: str, objects: dict[str, int], tags: dict) -> str:
+    matches = sorted({vid for (_, tag), (vid, _) in tags.items() if tag == ref})
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise InvalidRemoteError(f"tag {ref!r} is on several models on the remote; pull by id prefix")
+    lowered = ref.lower()
+    if len(lowered) >= 4 and all(c in "0123456789abcdef" for c in lowered):
+        ids = [vid for vid in objects if vid.startswith(lowered)]
+        if len(ids) == 1:
+            return ids[0]
+        if len(ids) > 1:
+            raise InvalidRemoteError(f"{ref!r} matches {len(ids)} versions on the remote; give more digits")
+    tag_names = sorted({t for _, t in tags})
+    raise InvalidRemoteError(f"no tag or version {ref!r} on the remote" +
+                             (f" (tags: {', '.join(tag_names[:10])})" if tag_names else ""))
+
+
+def pull(store: Store, remote: str | None = None, refs: Iterable[str] | None = None, force: bool = False,
+         progress: bool | None = None) -> TransferReport:
+    """Fetch versions (all, or ``refs`` with their ancestors) and tags from a remote, verified."""
+    label, url = remote_url(store, remote)
+    with remote_errors(url):
+        return _pull(store, label, url, refs, force, progress)
+
+
+def _pull(store: Store, label: str, url: str, refs, force: bool, progress: bool | None) -> TransferReport:
+    source = RemoteStore(url)
+    if not source.check_format():
+        raise RemoteError(f"no mvc remote at {url} (push to it first)")
+    objects = source.objects()
+    remote_tags = source.tags()
+    if refs is None:
+        start = sorted(objects)
+    else:
+        start = [_resolve_remote_ref(ref, objects, remote_tags) for ref in refs]
+    report = TransferReport("pull", label)
+    staged: dict[str, Path] = {}
+    try:
+        contents = stage(store, source, start, objects, staged, report, progress)
+        with store.locked():
+            imported = import_staged(store, contents, staged)
+            report.versions = imported
+            pull_notes(store, source, [vid for vid in contents if store.has_version(vid)])
+            wanted = set(contents) | set(start) if refs is not None else None
+            conflicts = pull_tags(store, remote_tags, wanted, force, report)
+            set_missing_heads(store, imported)
+            store.writes.record("pull", None, imported, {
+                "remote": label, "url": url, "objects": report.objects_sent, "bytes": report.bytes,
+                "tags": report.tags, "conflicts": [f"{m}/{t}" for m, t, _, _ in conflicts],
+            })
+    finally:
+        for path in staged.values():
+            with contextlib.suppress(OSError):
+                path.unlink()
+    if conflicts:
+        raise conflict_error("pull", conflicts)
+    return report
+
+
+def _local_has(store: Store, oid: str) -> bool:
+    return store.layout.snapshot_path(oid).exists()
+
+
+def stage(store: Store, source: RemoteStore, start, objects, staged, report, progress) -> dict[str, SnapshotContent]:
+    """Download every needed object into tmp/ and read it; return the full snapshots to import.
+
+    ``objects`` are the remote's snapshot files; its retired files are fetched only as the holders of
+    tensors a pulled version reads from them (a full snapshot is preferred: it holds them all).
+    """
+    retired_objects = source.objects(retired=True)
+    contents: dict[str, SnapshotContent] = {}
+    need_hashes: dict[str, set[str]] = {}
+    queue = [oid for oid in start if not _local_has(store, oid) and not store.layout.is_removed(oid)]
+    total = sum(objects.get(oid, 0) for oid in queue)
+    with progress_bar(total, f"pull {report.remote}", progress) as bar:
+        seen: set[str] = set()
+        while queue:
+            oid = queue.pop(0)
+            if oid in seen:
+                continue
+            seen.add(oid)
+            if oid not in objects and oid not in retired_objects:
+                raise RemoteError(f"object {oid[:12]} is not on the remote {source.url}")
+            tmp = temporary_path(store.layout.tmp, ".h5")
+            staged[oid] = tmp
+            source.get_object(oid, tmp, retired=oid not in objects)
+            report.objects_sent += 1
+            report.bytes += tmp.stat().st_size
+            bar.update(tmp.stat().st_size)
+            if oid not in objects or is_retired(tmp):
+                continue
+            content = _check_snapshot(tmp, oid)
+            contents[oid] = content
+            for entry in content.manifest:
+                if entry.object != oid:
+                    need_hashes.setdefault(entry.object, set()).add(entry.hash)
+            for dep in dependencies(content):
+                parent_only = dep not in need_hashes
+                if parent_only and (dep not in objects or store.layout.is_removed(dep)):
+                    continue  # a parent the remote lacks or we removed: history stops there
+                if not _local_has(store, dep) and dep not in seen:
+                    queue.append(dep)
+                    bar.total = (bar.total or 0) + objects.get(dep, retired_objects.get(dep, 0))
+        # A local retired file may lack tensors the pulled versions read from it: take the remote's.
+        for oid, hashes in need_hashes.items():
+            if oid in staged or not _local_has(store, oid):
+                continue
+            local = store.layout.snapshot_path(oid)
+            have = held_hashes(local)
+            if hashes <= have:
+                continue
+            if not store.layout.is_removed(oid):  # a live file lacking them: the remote's manifest lies
+                raise IntegrityError(f"a pulled version names tensors {oid[:12]} does not hold (refused)")
+            if oid not in objects and oid not in retired_objects:
+                raise IntegrityError(f"object {oid[:12]} lacks tensors and is not on the remote")
+            tmp = temporary_path(store.layout.tmp, ".h5")
+            staged[oid] = tmp
+            source.get_object(oid, tmp, retired=oid not in objects)
+            if not (hashes | have) <= held_hashes(tmp):
+                raise IntegrityError(f"object {oid[:12]} on the remote lacks tensors this store needs")
+    report.objects_skipped = len([oid for oid in start if _local_has(store, oid)])
+    return contents
+
+
+def _check_snapshot(path: Path, oid: str) -> SnapshotContent:
+    """Read a downloaded snapshot; its id must be the key it came from and match its content."""
+    content = read_content(path)
+    recomputed = version_id(content.structure, ((e.name, e.dtype, e.shape, e.hash) for e in content.manifest))
+    if content.version_id != oid or recomputed != oid:
+        raise IntegrityError(f"remote object {oid[:12]} does not hold the version its name says (refused)")
+    return content
+
+
+def import_staged(store: Store, contents: dict[str, SnapshotContent], staged: dict[str, Path]) -> list[str]:
+    """Verify every tensor of every pulled version, then have the store place them, deps first."""
+
+    def locate(oid: str) -> Path:
+        return staged.get(oid) or store.layout.snapshot_path(oid)
+
+    with TensorReader(locate) as reader:
+        for vid, content in contents.items():
+            for entry in content.manifest:
+                reader.read(entry, verify=True, owner=vid)  # IntegrityError before anything is visible
+
+    def deps_of(oid: str) -> list[str]:
+        content = contents.get(oid)
+        return [d for d in dependencies(content) if d in staged] if content else []
+
+    created = {oid: str(c.meta.get("created", "")) for oid, c in contents.items()}
+    order = topological(sorted(staged, key=lambda o: (created.get(o, ""), o)), deps_of)
+    return store.writes.import_snapshots(order, contents, staged)
+
+
+def pull_notes(store: Store, source: RemoteStore, vids: list[str]) -> None:
+    remote_notes = source.notes()
+    for vid in vids:
+        for filename, key in sorted(remote_notes.get(vid, {}).items()):
+            if (store.layout.notes / vid[:2] / vid / filename).exists():
+                continue
+            try:
+                note = json.loads(source.read_bytes(key))
+                metrics = {str(k): float(v) for k, v in note.get("metrics", {}).items()}
+            except (ValueError, TypeError, AttributeError, MVCError):
+                continue  # a malformed note is not imported
+            store.writes.import_note(vid, filename, note, metrics)
+
+
+def pull_tags(store: Store, remote_tags: dict, wanted: set[str] | None, force: bool, report) -> list:
+    conflicts = []
+    for (model, tag), (vid, protected) in sorted(remote_tags.items()):
+        if (wanted is not None and vid not in wanted) or not store.has_version(vid):
+            continue
+        current = store.tag(model, tag)
+        if current and current[0] == vid:
+            continue
+        if current and not force:
+            conflicts.append((model, tag, current[0], vid))
+            continue
+        store.writes.set_tag(model, tag, vid, protected)
+        report.tags.append(tag)
+    return conflicts
+
+
+def set_missing_heads(store: Store, imported: list[str]) -> None:
+    """A model that has no HEAD here yet gets its newest pulled version as HEAD."""
+    if not imported:
+        return
+    marks = ",".join("?" * len(imported))
+    rows = store.index.query(f"SELECT name, id FROM versions WHERE id IN ({marks}) ORDER BY seq", imported)
+    newest = dict(rows)
+    heads = dict(store.index.query("SELECT name, id FROM heads"))
+    for model, vid in newest.items():
+        if model not in heads:
+            store.writes.move_head(model, vid)

@@ -1,0 +1,136 @@
+"""Remotes: their configuration, and what push and pull share (see docs/remotes.md).
+
+Objects (snapshot files) are immutable and named by content id, so transfers skip what the other
+side already holds and an interrupted transfer is completed by running it again. Objects go first,
+each after the objects it depends on; notes next; tags last, with conditional writes, so a tag on
+the remote never names a version whose bytes are not all there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+
+from ..core.names import validate_name
+from ..errors import InvalidRemoteError, MVCError, RemoteConflictError, RemoteError
+from ..storage.remote_store import check_url
+from ..storage.snapshot import SnapshotContent
+from ..storage.store import Store
+
+# Transfers smaller than this show no progress bar.
+PROGRESS_MIN_BYTES = 1 << 20
+
+
+# -- remote configuration --------------------------------------------------------------------
+
+def load_remotes(store: Store) -> dict[str, str]:
+    """Configured remotes, name -> URL."""
+    return store.layout.read_remotes()
+
+
+def add_remote(store: Store, name: str, url: str) -> str:
+    """Configure remote ``name`` at ``url`` (see :meth:`mvc_magics.Repo.add_remote`)."""
+    name = validate_name(name, "remote name")
+    url = check_url(url)
+    with store.locked():
+        remotes = load_remotes(store)
+        if name in remotes and remotes[name] != url:
+            raise InvalidRemoteError(f"remote {name!r} already exists ({remotes[name]}); remove it first")
+        remotes[name] = url
+        store.writes.set_remotes(remotes, "remote-add", {"remote": name, "url": url})
+    return url
+
+
+def remove_remote(store: Store, name: str) -> None:
+    """Forget remote ``name`` (nothing on the remote is touched)."""
+    with store.locked():
+        remotes = load_remotes(store)
+        if name not in remotes:
+            raise InvalidRemoteError(f"no remote {name!r}" + (f" (remotes: {', '.join(remotes)})" if remotes else ""))
+        del remotes[name]
+        store.writes.set_remotes(remotes, "remote-remove", {"remote": name})
+
+
+def remote_url(store: Store, remote: str | None) -> tuple[str, str]:
+    """(display name, URL) of a configured remote, the only/``origin`` one when None, or a URL."""
+    remotes = load_remotes(store)
+    if remote is None:
+        if "origin" in remotes or len(remotes) == 1:
+            remote = "origin" if "origin" in remotes else next(iter(remotes))
+        else:
+            raise InvalidRemoteError("name the remote" + (f" ({', '.join(remotes)})" if remotes
+                                                          else ": none configured (%mvc_remote add NAME URL)"))
+    if remote in remotes:
+        return remote, remotes[remote]
+    if "://" in remote or remote.startswith(("/", ".", "~")):
+        url = check_url(remote)
+        return url, url
+    raise InvalidRemoteError(f"no remote {remote!r}" + (f" (remotes: {', '.join(remotes)})" if remotes else ""))
+
+
+def progress_bar(total: int, desc: str, enabled: bool | None):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # progress is a nicety: transfers work without tqdm
+        return contextlib.nullcontext(_NoBar())
+    show = total >= PROGRESS_MIN_BYTES if enabled is None else enabled
+    return tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=not show, leave=False)
+
+
+class _NoBar:
+    total = 0
+
+    def update(self, n: int) -> None:
+        pass
+
+
+def dependencies(content: SnapshotContent) -> list[str]:
+    """Objects a version needs: the files holding its tensors, then its parents."""
+    deps = [e.object for e in content.manifest if e.object != content.version_id]
+    return list(dict.fromkeys(deps + [str(p) for p in content.meta.get("parents", [])]))
+
+
+def topological(start: Iterable[str], deps_of) -> list[str]:
+    """Every object reachable from ``start``, each after the objects it depends on."""
+    order: list[str] = []
+    seen: set[str] = set()
+    for root in start:
+        stack = [(root, False)]
+        while stack:
+            node, expanded = stack.pop()
+            if expanded:
+                order.append(node)
+                continue
+            if node in seen:
+                continue
+            seen.add(node)
+            stack.append((node, True))
+            stack.extend((d, False) for d in reversed(deps_of(node)) if d not in seen)
+    return order
+
+
+_BACKEND_MODULES = ("botocore", "aiobotocore", "s3fs", "gcsfs", "google", "adlfs", "azure", "aiohttp", "fsspec")
+
+
+@contextlib.contextmanager
+def remote_errors(url: str) -> Iterator[None]:
+    """Backend failures (missing bucket, denied access, no credentials, network) as one-line RemoteError."""
+    try:
+        yield
+    except MVCError:
+        raise
+    except Exception as exc:  # only OS errors and the storage SDKs' own errors are translated
+        if not isinstance(exc, OSError) and not type(exc).__module__.startswith(_BACKEND_MODULES):
+            raise
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RemoteError(f"remote {url}: {type(exc).__name__}: {detail[:200]}") from exc
+
+
+def conflict_error(direction: str, conflicts: list[tuple[str, str, str, str]]) -> RemoteConflictError:
+    first = ", ".join(f"{t} ({m}: here {a[:8]}, remote {b[:8]})" for m, t, a, b in conflicts[:3])
+    more = f" and {len(conflicts) - 3} more" if len(conflicts) > 3 else ""
+    hint = "pull and decide, or use --force to overwrite" if direction == "push" else "use --force to take the remote's"
+    return RemoteConflictError(f"tag conflict, not overwritten: {first}{more}; everything else was "
+                               f"{'pushed' if direction == 'push' else 'pulled'} ({hint})", conflicts)
+
+

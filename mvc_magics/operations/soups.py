@@ -1,0 +1,196 @@
+"""Weight averaging ("model soups"): a weighted mean streamed one tensor at a time, and greedy soups.
+
+Averages stream from the store: memory holds the output plus one tensor of one input, however many
+inputs. A greedy soup (Wortsman et al., 2022) keeps an ingredient only if the held-out score of the
+soup does not drop; :class:`Evaluator` scores candidate soups in one reused live model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..adapters import adapter_named
+from ..core.manifest import dtype_from_name
+from ..core.merge_plan import MergePlan, short
+from ..core.merge_report import EvalFn, MergeReport, MergeStep, score_of
+from ..core.refs import infer_direction
+from ..errors import MergeConflictError, MergeError, UnsupportedModelError
+from ..storage.snapshot import TensorReader
+from ..storage.store import Store
+from . import versions
+
+
+def average_state(store: Store, plan: MergePlan, members: Sequence[int] | None = None,
+                  raw_weights: Sequence[float] | None = None) -> tuple[dict[str, np.ndarray], int]:
+    """Weighted mean of the inputs' float tensors, streamed one tensor at a time.
+
+    Returns (state, tensors averaged). A tensor whose bytes are the same in every used input
+    (equal hash) is read once and copied (the commit then reuses its stored bytes); so is a random-generator
+    state (taken from the first used input). Sums are taken in
+    float64 in input order and divided by the sum of the weights, then cast back to the dtype.
+    """
+    members = list(range(len(plan.versions))) if members is None else list(members)
+    raw = list(plan.raw_weights if raw_weights is None else raw_weights)
+    used = [(i, raw[i]) for i in members if raw[i] > 0]
+    total = math.fsum(w for _, w in used)
+    state: dict[str, np.ndarray] = {}
+    averaged = 0
+    with TensorReader(store.layout.snapshot_path) as reader:
+        for tensor in plan.tensors:
+            entries = [(tensor.entries[i], w, plan.versions[i].id) for i, w in used]
+            if tensor.take_first or len({entry.hash for entry, _, _ in entries}) == 1:
+                entry, _, owner = entries[0]
+                state[tensor.name] = reader.read(entry, owner=owner)
+                continue
+            acc = np.zeros(tensor.shape, np.float64)
+            for entry, weight, owner in entries:
+                accumulate(acc, reader.read(entry, owner=owner), weight)
+            acc /= total
+            state[tensor.name] = acc.astype(dtype_from_name(tensor.dtype))
+            del acc  # before the next tensor's accumulator exists, not after
+            averaged += 1
+    return state, averaged
+
+
+# Elements converted to float64 per step: the temporary stays at 2 MiB however large a tensor is.
+_CHUNK_ELEMENTS = 1 << 18
+
+
+def accumulate(acc: np.ndarray, tensor: np.ndarray, weight: float) -> None:
+    """``acc += weight * tensor`` in float64, in chunks, without a full-size float64 temporary."""
+    flat_acc, flat = acc.reshape(-1), tensor.reshape(-1)
+    for start in range(0, flat.size, _CHUNK_ELEMENTS):
+        part = flat[start:start + _CHUNK_ELEMENTS].astype(np.float64)
+        if weight != 1.0:
+            part *= weight
+        flat_acc[start:start + _CHUNK_ELEMENTS] += part
+
+
+class Evaluator:
+    """Scores merged states with ``eval_fn`` in one live model, rebuilt once and reused.
+
+    Keras versions are rebuilt from the first input's stored structure. When there is none (a
+    subclassed model), ``template`` (a live model of the same structure) is used and its
+    weights are put back afterwards. Dict models are passed as fresh dicts.
+    """
+
+    def __init__(self, plan: MergePlan, eval_fn: EvalFn | None, template: Any = None) -> None:
+        self.plan, self.eval_fn, self.template = plan, eval_fn, template
+        self.adapter = adapter_named(plan.framework)
+        self._model: Any = None
+        self._saved: dict[str, np.ndarray] | None = None
+        self._history: Any = None
+
+    def model_with(self, state: dict[str, np.ndarray]) -> Any:
+        """A live model holding ``state`` (the same object on every call for Keras)."""
+        if self.plan.framework == "numpy":
+            return self.adapter.build(None, state)
+        if self._model is None:
+            problem = "has no stored structure to rebuild it from"
+            if self.plan.structure is not None:
+                try:
+                    self._model = self.adapter.build(self.plan.structure, state)
+                    return self._model
+                except UnsupportedModelError as exc:  # e.g. a subclassed model: code outside Keras
+                    problem = f"cannot be rebuilt ({str(exc).split(';')[0]})"
+            if self.template is None:
+                raise MergeError(f"{short(self.plan.versions[0])} {problem}: pass model= (a live model of the "
+                                 "same structure) to hold the merged weights")
+            self._saved = self.adapter.get_state(self.template)
+            # Its fit history belongs to another run: hidden while borrowed, so the merge's
+            # commit does not record it as the merged version's metrics.
+            self._history = getattr(self.template, "history", None)
+            if self._history is not None:
+                self.template.history = None
+            self._model = self.template
+        self.adapter.set_state(self._model, state)
+        return self._model
+
+    def score(self, state: dict[str, np.ndarray]) -> float:
+        """``eval_fn`` of a model holding ``state``; NaN when it returns something not finite."""
+        if self.eval_fn is None:
+            raise MergeError("no evaluation function given")
+        return score_of(self.eval_fn, self.model_with(state))
+
+    def close(self) -> None:
+        """Put the template's own weights back if it was borrowed."""
+        if self._saved is not None:
+            self.adapter.set_state(self.template, self._saved)
+            self._saved = None
+            if self._history is not None:
+                self.template.history = self._history
+
+
+def _rank_key(score: float) -> float:
+    return score if math.isfinite(score) else -math.inf
+
+
+def greedy_soup(store: Store, plan: MergePlan, evaluator: Evaluator, metric: str | None,
+                report: MergeReport) -> tuple[list[int], float]:
+    """Wortsman et al. (2022): rank the ingredients, then add each if the soup's score does not drop.
+
+    Returns (chosen input positions, score of the final soup). The running float64 sum of the
+    chosen ingredients is kept, so each candidate is read once and each step's trial soup equals
+    exactly what :func:`average_state` computes for the same ingredients.
+    """
+    keys, own_scores = _rank(store, plan, evaluator, metric, report)
+    order = sorted(range(len(plan.versions)), key=lambda i: -_rank_key(keys[i]))
+    report.ranking = [(plan.versions[i].id, own_scores[i]) for i in order]
+    averaged = [t for t in plan.tensors if not t.identical and not t.take_first]
+    best = order[0]
+    with TensorReader(store.layout.snapshot_path) as reader:
+
+        def read(tensor, position: int) -> np.ndarray:
+            return reader.read(tensor.entries[position], owner=plan.versions[position].id)
+
+        sums = {t.name: read(t, best).astype(np.float64) for t in averaged}
+        constant = {t.name: read(t, best) for t in plan.tensors if t.identical or t.take_first}
+        chosen = [best]
+        # The best ingredient alone, scored by eval_fn like every later soup (ranking may have
+        # used a stored metric instead).
+        best_score = own_scores[best] if metric is None else evaluator.score(_soup(plan, sums, constant, 1))
+        report.steps.append(MergeStep(plan.versions[best].id, best_score, True, 1))
+        for candidate in order[1:]:
+            trial_sums = {t.name: sums[t.name] + read(t, candidate) for t in averaged}
+            trial_score = evaluator.score(_soup(plan, trial_sums, constant, len(chosen) + 1))
+            accepted = _rank_key(trial_score) >= _rank_key(best_score)
+            report.steps.append(MergeStep(plan.versions[candidate].id, trial_score, accepted, len(chosen) + 1))
+            if accepted:
+                chosen.append(candidate)
+                sums, best_score = trial_sums, trial_score
+            del trial_sums
+    return chosen, best_score
+
+
+def _soup(plan: MergePlan, sums: dict[str, np.ndarray], constant: dict[str, np.ndarray], count: int) -> dict:
+    state = {}
+    for tensor in plan.tensors:
+        if tensor.name in constant:
+            state[tensor.name] = constant[tensor.name]
+        else:
+            state[tensor.name] = (sums[tensor.name] / count).astype(dtype_from_name(tensor.dtype))
+    return state
+
+
+def _rank(store: Store, plan: MergePlan, evaluator: Evaluator, metric: str | None,
+          report: MergeReport) -> tuple[list[float], list[float]]:
+    """(sort keys, higher is better; own scores) of each ingredient: a stored metric or ``eval_fn``."""
+    if metric:
+        key, _, direction = metric.partition(":")
+        direction = direction or infer_direction(key)
+        if direction not in ("min", "max"):
+            raise MergeError(f"metric direction must be min or max, not {direction!r}")
+        missing = [short(v) for v in plan.versions if key not in v.metrics]
+        if missing:
+            raise MergeConflictError(f"no stored metric {key!r} on {', '.join(missing)}: cannot rank by it")
+        report.ranked_by = f"{key}:{direction}"
+        sign = -1.0 if direction == "min" else 1.0
+        values = [v.metrics[key] for v in plan.versions]
+        return [sign * value for value in values], values
+    report.ranked_by = report.score_name or "eval_fn"
+    scores = [evaluator.score(versions.load_state(store, v)) for v in plan.versions]
+    return scores, scores

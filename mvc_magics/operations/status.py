@@ -1,0 +1,56 @@
+"""Status: for each tracked model, is its variable here, and did its weights change since HEAD?"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from ..adapters import adapter_for
+from ..adapters.base import known_hashes, remember_hashes
+from ..core.hashing import hashes_ahead
+from ..core.reports import StatusEntry, StatusReport
+from ..core.version import Version
+from ..errors import UnsupportedModelError
+from ..storage.store import Store
+from . import versions
+
+
+def status(store: Store, namespace: Mapping[str, Any] | None = None) -> StatusReport:
+    """One entry per model with a HEAD: present in ``namespace``, and modified since HEAD?"""
+    namespace = namespace or {}
+    report = StatusReport()
+    for name in versions.models(store):
+        head = versions.head(store, name)
+        obj = namespace.get(name)
+        if obj is None:
+            report.append(StatusEntry(name, head, None, present=False))
+            continue
+        report.append(StatusEntry(name, head, is_modified(store, obj, head)))
+    return report
+
+
+def is_modified(store: Store, model: Any, head: Version | None) -> bool:
+    """True when ``model``'s tensors differ from those of ``head`` (hash comparison)."""
+    if head is None:
+        return True
+    try:
+        adapter = adapter_for(model)
+        state = adapter.get_state(model)
+    except UnsupportedModelError:
+        return True
+    rows = store.index.query("SELECT manifest FROM versions WHERE id = ?", (head.id,))
+    if not rows:
+        return True
+    stored = {e.get("name"): e.get("hash") for e in json.loads(rows[0][0])}  # only compared
+    if len(state) != len(stored):
+        return True
+    # Names that differ (a re-run cell renumbered the layers) are matched by position.
+    expected = stored if set(state) == set(stored) else dict(zip(state, stored.values(), strict=True))
+    computed = {}
+    for key, digest in hashes_ahead(state, known_hashes(adapter, model, state)):
+        if digest != expected[key]:
+            return True  # stops hashing at the first difference
+        computed[key] = digest
+    remember_hashes(adapter, model, state, computed)
+    return False

@@ -1,0 +1,84 @@
+"""Reading versions: by id or ref, the log, the models and their HEADs, and a version's tensors."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..core.names import validate_name
+from ..core.version import Version, VersionLog
+from ..errors import UnknownRefError
+from ..storage.snapshot import TensorReader, read_content
+from ..storage.store import Store
+from . import lookup
+
+
+def get(store: Store, vid: str, name: str | None = None) -> Version:
+    """The :class:`Version` with full id ``vid`` (``name``: whose HEAD marks ``is_head``)."""
+    versions = lookup.load_versions(store.index, "v.id = ?", (vid,), head_name=name)
+    if not versions:
+        raise UnknownRefError(f"no version {vid[:12]} in this store")
+    return versions[0]
+
+
+def resolve(store: Store, ref: str, name: str | None = None) -> Version:
+    """The one version ``ref`` names within ``name``'s history (see :mod:`mvc_magics.core.refs`)."""
+    if name is not None:
+        validate_name(name, "model name")
+    vid, model = lookup.resolve(store.index, ref, name)
+    return get(store, vid, name=model)
+
+
+def models(store: Store) -> list[str]:
+    """Names of the models that have versions, in order of their first commit (then HEAD-only ones)."""
+    rows = store.index.query("SELECT name, min(seq) FROM versions GROUP BY name ORDER BY 2")
+    heads = {r[0] for r in store.index.query("SELECT name FROM heads")}
+    names = [r[0] for r in rows]
+    return names + sorted(heads - set(names))
+
+
+def head(store: Store, name: str) -> Version | None:
+    """The version the model variable ``name`` is at (last commit or checkout), if any."""
+    vid = store.head_id(validate_name(name, "model name"))
+    return get(store, vid, name=name) if vid and store.has_version(vid) else None
+
+
+def log(store: Store, name: str | None = None, limit: int | None = None) -> VersionLog:
+    """Versions of ``name`` (all models when None), newest first."""
+    if name is None:
+        return VersionLog(lookup.load_versions(store.index, "1 = 1", (), limit=limit))
+    validate_name(name, "model name")
+    return VersionLog(lookup.load_versions(store.index, "v.name = ?", (name,), limit=limit, head_name=name))
+
+
+def load_state(store: Store, version: Version | str, verify: bool = True) -> dict[str, np.ndarray]:
+    """Every tensor of a version, re-hashed; :class:`IntegrityError` on any damage."""
+    vid = version.id if isinstance(version, Version) else version
+    manifest = store.manifest(vid)
+    with TensorReader(store.layout.snapshot_path) as reader:
+        return reader.read_all(manifest, verify=verify, owner=vid, progress=store.progress)
+
+
+def structure(store: Store, vid: str) -> object:
+    """The stored model structure of a version (None when the model was not serializable)."""
+    return read_content(store.layout.snapshot_path(vid)).structure
+
+
+def tag_names(store: Store, name: str | None = None) -> list[str]:
+    """Tags of model ``name`` (of every model when None), sorted."""
+    where, params = ("WHERE name = ?", (name,)) if name else ("", ())
+    return [r[0] for r in store.index.query(f"SELECT DISTINCT tag FROM tags {where} ORDER BY tag", params)]
+
+
+def ref_names(store: Store, name: str | None = None) -> list[str]:
+    """Refs worth offering for ``name`` (all models when None): tags, HEAD, latest, best:METRIC, ids."""
+    where, params = ("WHERE name = ?", (name,)) if name else ("", ())
+    tags = tag_names(store, name)
+    count = store.index.query(f"SELECT count(*) FROM versions {where}", params)[0][0]
+    if not count:
+        return tags
+    special = ["HEAD", "latest"] + (["HEAD~1", "latest~1"] if count > 1 else [])
+    metric_sql = ("SELECT DISTINCT m.key FROM metrics m JOIN versions v ON v.id = m.id "
+                  + ("WHERE v.name = ? " if name else "") + "ORDER BY 1")
+    best = [f"best:{r[0]}" for r in store.index.query(metric_sql, params)]
+    ids = [v.short_id for v in log(store, name, limit=50)]
+    return list(dict.fromkeys(tags + special + best + ids))

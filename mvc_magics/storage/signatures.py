@@ -1,0 +1,171 @@
+"""Optional signatures of version ids: tamper evidence for stores that are copied and shared.
+
+Turn it on with one of:
+
+- ``MVC_SIGNING_KEY``: a secret; versions are signed with HMAC-SHA256 (anyone with the secret can
+  sign and check).
+- ``MVC_SIGNING_KEY_FILE``: the path of an Ed25519 key in PEM. A private key signs and checks; a
+  public key only checks (give readers the public key, keep the private one with the trainer).
+
+Each signature is a write-once file ``signatures/<ab>/<id>.json``. The signed message is
+``mvc-version-signature-v1:<full version id>``: since the id is a hash of the structure and every
+tensor, a valid signature vouches for the weights themselves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import SignatureError, StoreError
+from .atomic import fsync_path, temporary_path
+
+KEY_ENV = "MVC_SIGNING_KEY"
+KEY_FILE_ENV = "MVC_SIGNING_KEY_FILE"
+_PREFIX = b"mvc-version-signature-v1:"
+
+
+@dataclass(frozen=True)
+class SignatureStatus:
+    """The signature state of one version: ``valid``, ``unsigned``, ``bad`` or ``unchecked``."""
+
+    version: str
+    state: str
+    detail: str = ""
+
+
+class Signer:
+    """Signs and checks version ids with one key (HMAC-SHA256 secret or Ed25519 key)."""
+
+    def __init__(self, algorithm: str, key_id: str, secret: bytes | None = None,
+                 private_key: object = None, public_key: object = None) -> None:
+        self.algorithm = algorithm
+        self.key_id = key_id
+        self._secret = secret
+        self._private = private_key
+        self._public = public_key
+
+    @classmethod
+    def hmac_sha256(cls, secret: bytes) -> Signer:
+        if not secret:
+            raise StoreError(f"{KEY_ENV} is empty: give a secret, or unset it to turn signing off")
+        key_id = hashlib.sha256(b"mvc-key-id:" + secret).hexdigest()[:16]
+        return cls("hmac-sha256", key_id, secret=secret)
+
+    @classmethod
+    def ed25519_from_pem(cls, pem: bytes) -> Signer:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+
+        private = public = None
+        try:
+            private = serialization.load_pem_private_key(pem, password=None)
+            public = private.public_key()
+        except (ValueError, TypeError):
+            try:
+                public = serialization.load_pem_public_key(pem)
+            except (ValueError, TypeError) as exc:
+                raise StoreError(f"{KEY_FILE_ENV} does not hold a PEM Ed25519 key: {exc}") from exc
+        if not isinstance(public, ed25519.Ed25519PublicKey):
+            raise StoreError(f"{KEY_FILE_ENV} holds a {type(public).__name__}; only Ed25519 keys are supported")
+        raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return cls("ed25519", hashlib.sha256(raw).hexdigest()[:16], private_key=private, public_key=public)
+
+    @property
+    def can_sign(self) -> bool:
+        return self._secret is not None or self._private is not None
+
+    def sign(self, version_id: str) -> str:
+        message = _PREFIX + version_id.encode()
+        if self._secret is not None:
+            return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
+        if self._private is None:
+            raise SignatureError("the signing key is a public key: it can check signatures but not sign")
+        return self._private.sign(message).hex()
+
+    def valid(self, version_id: str, signature: str) -> bool:
+        message = _PREFIX + version_id.encode()
+        if self._secret is not None:
+            return hmac.compare_digest(hmac.new(self._secret, message, hashlib.sha256).hexdigest(), signature)
+        from cryptography.exceptions import InvalidSignature
+
+        try:
+            self._public.verify(bytes.fromhex(signature), message)
+        except (InvalidSignature, ValueError):
+            return False
+        return True
+
+
+def signer_from_env(environ: dict | None = None) -> Signer | None:
+    """The signer configured in the environment, or None when signing is off."""
+    environ = os.environ if environ is None else environ
+    secret, key_file = environ.get(KEY_ENV), environ.get(KEY_FILE_ENV)
+    if secret and key_file:
+        raise StoreError(f"set only one of {KEY_ENV} and {KEY_FILE_ENV}")
+    if secret:
+        return Signer.hmac_sha256(secret.encode())
+    if key_file:
+        try:
+            pem = Path(key_file).expanduser().read_bytes()
+        except OSError as exc:
+            raise StoreError(f"cannot read the signing key {key_file}: {exc.strerror or exc}") from exc
+        return Signer.ed25519_from_pem(pem)
+    return None
+
+
+def signature_path(root: Path, version_id: str) -> Path:
+    return root / version_id[:2] / f"{version_id}.json"
+
+
+def write_signature(root: Path, tmp: Path, signer: Signer, version_id: str) -> bool:
+    """Sign ``version_id`` into a write-once file; False when a signature file already exists."""
+    final = signature_path(root, version_id)
+    if final.exists():
+        return False
+    payload = {"version": version_id, "algorithm": signer.algorithm, "key": signer.key_id,
+               "signature": signer.sign(version_id)}
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp.mkdir(parents=True, exist_ok=True)
+    staging = temporary_path(tmp, ".json")
+    try:
+        with open(staging, "wb") as handle:
+            handle.write(json.dumps(payload, sort_keys=True).encode())
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(staging, final)  # unlike rename, link never replaces: the first signature stays
+        except FileExistsError:
+            return False
+    finally:
+        with contextlib.suppress(OSError):
+            staging.unlink()
+    fsync_path(final.parent)
+    return True
+
+
+def check_signature(root: Path, signer: Signer | None, version_id: str) -> SignatureStatus:
+    """The signature state of ``version_id`` (``unchecked`` when no key is configured)."""
+    path = signature_path(root, version_id)
+    if path.is_symlink():
+        return SignatureStatus(version_id, "bad", "the signature file is a symbolic link")
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return SignatureStatus(version_id, "unsigned", "not signed")
+    except (OSError, ValueError) as exc:
+        return SignatureStatus(version_id, "bad", f"unreadable signature file ({exc})")
+    if not isinstance(data, dict) or data.get("version") != version_id or not isinstance(data.get("signature"), str):
+        return SignatureStatus(version_id, "bad", "malformed signature file")
+    if signer is None:
+        return SignatureStatus(version_id, "unchecked", "signed, but no key is configured to check it")
+    if data.get("algorithm") != signer.algorithm or data.get("key") != signer.key_id:
+        return SignatureStatus(version_id, "bad", f"signed with another key ({data.get('algorithm')} "
+                                                  f"{str(data.get('key'))[:16]}), not {signer.key_id}")
+    if not signer.valid(version_id, data["signature"]):
+        return SignatureStatus(version_id, "bad", "the signature does not match (forged or altered)")
+    return SignatureStatus(version_id, "valid")
