@@ -12,7 +12,6 @@ result; the rules live there and in the storage layer. It never imports IPython.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,8 @@ from ..core.compare import Comparison
 from ..core.diff import Diff
 from ..core.manifest import ManifestEntry
 from ..core.merge_report import MergedVersion, MergePreview
-from ..core.names import validate_name
 from ..core.reports import GcReport, StatusReport, TransferReport, VerifyReport
 from ..core.version import Version, VersionLog
-from ..errors import StoreError
 from ..operations import (
     checkout,
     commit,
@@ -68,14 +65,9 @@ class Repo:
     index = property(lambda self: self.store.index, doc="The SQLite index (a cache of the files).")
     audit = property(lambda self: self.store.audit, doc="The hash-chained audit log.")
 
-    @property
-    def progress(self) -> bool | None:
-        """Progress bars on long commits/checkouts: None after about a second, True at once, False never."""
-        return self.store.progress
-
-    @progress.setter
-    def progress(self, value: bool | None) -> None:
-        self.store.progress = value
+    progress = property(lambda self: self.store.progress, lambda self, value: setattr(self.store, "progress", value),
+                        doc="Progress bars on long commits/checkouts: None after about a second, True at once, "
+                            "False never.")
 
     def __repr__(self) -> str:
         return f"Repo({str(self.path)!r})"
@@ -108,10 +100,8 @@ class Repo:
                  require_signature: bool = False) -> Any:
         """Load version ``ref`` into ``model`` in place, or build a new model when ``model`` is None.
 
-        In place, every shape is checked before the first assignment, so an error leaves the
-        model exactly as it was. Every tensor is re-hashed; damaged data is refused. With
-        ``require_signature`` a version without a valid signature is refused. On a read-only
-        store the HEAD is not recorded.
+        All or nothing: every shape is checked before the first assignment, every tensor is
+        re-hashed. ``require_signature`` refuses a version without a valid signature.
         """
         return checkout.checkout(self.store, ref, model, name, unsafe, require_signature)
 
@@ -187,15 +177,10 @@ class Repo:
         ``directions`` overrides the inferred ``"min"``/``"max"``; ``baseline`` (a ref, default the
         oldest compared version) is what "D vs base" is measured against.
         """
-        if name is not None:
-            validate_name(name, "model name")
-        refs = list(refs) if refs is not None and not isinstance(refs, str) else refs
         return compare.compare_in(self.store, refs, name, weights, baseline, directions, limit, allow_mixed)
 
     def diff(self, a: str, b: str, name: str | None = None, allow_mixed: bool = False) -> Diff:
         """Parameter diff of versions ``a`` -> ``b``; tensors with equal hashes are never read."""
-        if name is not None:
-            validate_name(name, "model name")
         return compare.diff_versions(self.store, a, b, name, allow_mixed)
 
     def compare_panel(self, refs: Iterable[str] | None = None, name: str | None = None,
@@ -223,16 +208,12 @@ class Repo:
 
         >>> soup = repo.merge(["ft1", "ft2", "ft3"], name="model", into=model)   # doctest: +SKIP
         """
-        refs = refs if isinstance(refs, str) else list(refs)
-        weights = weights if weights is None or isinstance(weights, str) else list(weights)
         return merge.merge_versions(self.store, refs, weights, method, eval_fn, name, message, into, **options)
 
     def merge_preview(self, refs: Iterable[str | Version], weights: Iterable[float] | None = None,
                       method: str = "average", eval_fn: Any = None, name: str | None = None,
                       **options: Any) -> MergePreview:
         """The merge computed (and scored with ``eval_fn``) but not committed: ``.model``, ``.score``, ``.report``."""
-        refs = refs if isinstance(refs, str) else list(refs)
-        weights = weights if weights is None or isinstance(weights, str) else list(weights)
         return merge.merge_preview(self.store, refs, weights, method, eval_fn, name, **options)
 
     def merge_panel(self, refs: Iterable[str | Version], name: str | None = None,
@@ -269,17 +250,8 @@ class Repo:
     @classmethod
     def clone(cls, url: str, path: str | os.PathLike, progress: bool | None = None) -> Repo:
         """A new store at ``path`` with remote ``origin`` = ``url`` and everything pulled from it."""
-        target = Path(path).expanduser()
-        if target.exists() and (not target.is_dir() or any(target.iterdir())):
-            raise StoreError(f"{target} already exists and is not empty; clone into a new folder")
-        repo = cls(target)
-        try:
-            repo.add_remote("origin", url)
-            repo.pull("origin", progress=progress)
-        except BaseException:
-            repo.close()
-            shutil.rmtree(target, ignore_errors=True)
-            raise
+        repo = cls.__new__(cls)
+        repo.store = pull.clone(url, Path(path).expanduser(), progress)
         return repo
 
     # -- lifecycle, integrity and audit -----------------------------------------------------

@@ -17,6 +17,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from ..api.repo import Repo
+from ..core.refs import split_remote_and_refs
 from ..core.tables import Table, format_bytes, format_number
 from ..errors import CompareError, MVCError
 from ..operations.export import FORMATS
@@ -112,8 +114,6 @@ def _compare(repo, args) -> str:
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv``; return the exit code."""
     args = build_parser().parse_args(argv)
-    from ..api.repo import Repo
-
     if args.command == "clone":
         repo = Repo.clone(args.url, args.path or _store_path(args))
         print(f"cloned {args.url} into {repo.path} ({repo.index.count()} versions)")
@@ -138,8 +138,6 @@ def run(argv: Sequence[str] | None = None) -> int:
             path = repo.export(args.ref, args.path, format=args.format, name=args.model)
             print(f"exported {args.ref} as {args.format} to {path}")
         elif args.command in ("push", "pull"):
-            from ..core.refs import split_remote_and_refs
-
             method = repo.push if args.command == "push" else repo.pull
             remote, refs = split_remote_and_refs([w for w in [args.remote, *args.refs] if w], repo.remotes())
             print(method(remote, refs, force=args.force))

@@ -13,6 +13,9 @@ import os
 import sys
 from pathlib import Path
 
+from ..api import Repo
+from .notebook_runner import run_notebook
+
 NOTEBOOK = "01-quickstart.ipynb"
 STORE = ".mvc-quickstart"  # the store the quickstart opens with %mvc_init, beside the notebook
 
@@ -33,9 +36,6 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(args[0] if args else "demo-output").resolve()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from nbclient.exceptions import CellExecutionError
-
-    from ..api import Repo
-    from .notebook_runner import run_notebook
 
     source = find_notebook()
     print(f"running {source} with a Jupyter kernel in {folder} ...", flush=True)

@@ -16,8 +16,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import mvc_magics
-
 
 @dataclass
 class NotebookRun:
@@ -37,7 +35,7 @@ def kernel_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]
     notebook uses its own store, and ``MPLBACKEND`` so figures render inline.
     """
     env = dict(os.environ)
-    tree = str(Path(mvc_magics.__file__).resolve().parents[1])
+    tree = str(Path(__file__).resolve().parents[2])  # the folder holding this mvc_magics package
     paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != tree]
     env["PYTHONPATH"] = os.pathsep.join([tree, *paths])
     env.pop("MVC_DIR", None)

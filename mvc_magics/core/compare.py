@@ -28,6 +28,7 @@ import numpy as np
 
 from ..errors import CompareError
 from .refs import Direction, infer_direction
+from .scoring import score_versions
 from .tables import Table, format_number
 from .version import Version, metric_columns
 
@@ -375,62 +376,6 @@ def compare_versions(
 
 def _compute(versions: list[Version], metrics: list[str], weights: dict[str, float],
              directions: dict[str, Direction], baseline: Version) -> Comparison:
-    n, notes = len(versions), []
-    values = np.array([[v.metrics.get(m, math.nan) for m in metrics] for v in versions], dtype=float).reshape(n, -1)
-    finite = np.isfinite(values)
-    ranges: dict[str, tuple[float, float]] = {}
-    goodness = np.full(values.shape, math.nan)
-    for j, metric in enumerate(metrics):
-        column = values[finite[:, j], j]
-        if column.size == 0:
-            if weights[metric]:
-                notes.append(f"{metric} has no finite value among the compared versions: left out")
-            continue
-        lo, hi = float(column.min()), float(column.max())
-        ranges[metric] = (lo, hi)
-        span = hi - lo
-        for i in np.flatnonzero(finite[:, j]):
-            x = float(values[i, j])
-            if span <= 0:
-                goodness[i, j] = 1.0  # every compared version is equally good on this metric
-            else:
-                goodness[i, j] = (x - lo) / span if directions[metric] == "max" else (hi - x) / span
-    usable = [j for j, m in enumerate(metrics) if weights[m] > 0 and m in ranges]
-    total_weight = sum(weights[metrics[j]] for j in usable)
-    scores, coverage = np.full(n, math.nan), np.zeros(n)
-    unranked: dict[int, str] = {}
-    for i, v in enumerate(versions):
-        bad = [metrics[j] for j in usable if metrics[j] in v.metrics and not finite[i, j]]
-        have = [j for j in usable if finite[i, j]]
-        missing = [metrics[j] for j in usable if metrics[j] not in v.metrics]
-        if bad:
-            unranked[i] = f"{', '.join(bad)} is {format_number(v.metrics[bad[0]])}"
-            notes.append(f"{v.short_id} is not ranked: {unranked[i]}")
-            continue
-        if not have:
-            unranked[i] = "has none of the weighted metrics"
-            notes.append(f"{v.short_id} is not ranked: it has none of the weighted metrics")
-            continue
-        if missing:
-            notes.append(f"{v.short_id} has no {', '.join(missing)}: left out of its D and score "
-                         "(ranked after versions that have every weighted metric)")
-        weight = sum(weights[metrics[j]] for j in have)
-        scores[i] = sum(weights[metrics[j]] * goodness[i, j] for j in have) / weight
-        coverage[i] = weight / total_weight
-    order = sorted((i for i in range(n) if i not in unranked),
-                   key=lambda i: (-round(coverage[i], 12), -scores[i], -versions[i].created.timestamp()))
-    if len(order) > 1 and coverage[order[0]] == coverage[order[1]] and scores[order[0]] == scores[order[1]]:
-        notes.append(f"{versions[order[0]].short_id} and {versions[order[1]].short_id} tie on score: "
-                     "the newer ranks first")
-    if metrics and not usable:
-        notes.append("no weighted metric has a value: nothing to rank")
-    elif not metrics:
-        notes.append("none of the versions has metrics: nothing to rank (commit with --metric K=V)")
-    weighted = {metrics[j]: weights[metrics[j]] for j in usable}
-    scale = {m: ranges[m][1] - ranges[m][0] for m in weighted}
-    zero = [m for m in metrics if weights[m] == 0]
-    if zero:
-        notes.append(f"weight 0 (shown, not counted): {', '.join(zero)}")
-    return Comparison(versions, metrics, directions, weights, baseline, weighted, scale, goodness,
-                      scores, coverage, order, unranked, ranges, notes)
-
+    s = score_versions(versions, metrics, weights, directions)
+    return Comparison(versions, metrics, directions, weights, baseline, s.weighted, s.scale, s.goodness,
+                      s.scores, s.coverage, s.ranked, s.unranked, s.ranges, s.notes)

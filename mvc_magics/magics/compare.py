@@ -10,6 +10,8 @@ from IPython.display import display
 from ..core.compare import Comparison
 from ..errors import CompareError
 from ..operations.compare import DEFAULT_LIMIT
+from ..plots.charts import FigureImage, plot_diff, plot_metrics, plot_scores
+from ..widgets import widgets_available
 from .core import parse_pairs
 from .session import MVCSession, parse_line, user_errors
 
@@ -74,8 +76,6 @@ class CompareMagics(Magics):
                    "directions": parse_directions(args.direction)}
         comparison = repo.compare(args.refs or None, limit=args.n or None, allow_mixed=args.mixed, **options)
         if args.widget:
-            from ..widgets import widgets_available
-
             if widgets_available(self.shell):
                 return repo.compare_panel(args.refs or None, namespace=self.session.namespace,
                                           limit=args.n or None, **options)
@@ -97,8 +97,6 @@ class CompareMagics(Magics):
 
     def _plot(self, comparison: Comparison, diff) -> None:
         from matplotlib.figure import Figure
-
-        from ..plots.charts import FigureImage, plot_diff, plot_metrics, plot_scores
 
         figure = Figure(figsize=(10, 0.35 * len(comparison.versions) + 2.6), layout="constrained")
         left, right = figure.subplots(1, 2, width_ratios=[1, 1.4])

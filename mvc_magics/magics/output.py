@@ -11,6 +11,9 @@ from __future__ import annotations
 import importlib.util
 from typing import Any, Literal
 
+from ..plots.charts import FigureImage
+from ..plots.graph import plot_graph, text_graph
+
 OutputMode = Literal["widget", "html", "text"]
 OUTPUT_CHOICES = ("auto", "widget", "html", "text")
 
@@ -50,15 +53,11 @@ def is_rich(shell: Any) -> bool:
 
 def show_graph(shell: Any, versions: Any) -> None:
     """Show the version graph: a PNG figure when rich output is possible, else text."""
-    from ..plots.graph import plot_graph, text_graph
-
     if not is_rich(shell):
         print(text_graph(versions))
         return
     from IPython.display import display
     from matplotlib.figure import Figure
-
-    from ..plots.charts import FigureImage
 
     # A bare Figure (no pyplot: no global state, nothing shown twice) rendered to PNG, so the
     # graph appears whatever matplotlib backend the kernel uses.

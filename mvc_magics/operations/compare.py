@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 
 from ..core.compare import Comparison, compare_versions
 from ..core.diff import Diff, TensorChange, match_tensors, tensor_statistics
+from ..core.names import validate_name
 from ..core.version import Version
 from ..errors import CompareError
 from ..storage.snapshot import TensorReader
@@ -72,6 +73,9 @@ def compare_in(store: Store, refs: Sequence[str] | str | None = None, name: str 
                directions: Mapping[str, str] | None = None, limit: int | None = DEFAULT_LIMIT,
                allow_mixed: bool = False) -> Comparison:
     """:meth:`Repo.compare`: resolve the refs and the baseline, then :func:`compare_versions`."""
+    if name is not None:
+        validate_name(name, "model name")
+    refs = list(refs) if refs is not None and not isinstance(refs, str) else refs
     versions, notes = select_versions(store, refs, name, limit, allow_mixed)
     base = None
     if baseline is not None:
@@ -87,6 +91,8 @@ def compare_in(store: Store, refs: Sequence[str] | str | None = None, name: str 
 
 def diff_versions(store: Store, ref_a: str, ref_b: str, name: str | None = None, allow_mixed: bool = False) -> Diff:
     """:meth:`Repo.diff`: resolve both refs, compare manifests, read only the changed tensors."""
+    if name is not None:
+        validate_name(name, "model name")
     a = stored.resolve(store, ref_a, name=name)
     b = stored.resolve(store, ref_b, name=name)
     if a.id == b.id:

@@ -71,6 +71,8 @@ def computed_merge(store: Store, refs: Sequence[str | Version], weights: Sequenc
     (dict models), or is ``template`` borrowed while the block runs (a Keras model whose
     structure is not stored): its own weights are put back when the block ends.
     """
+    refs = refs if isinstance(refs, str) else list(refs)
+    weights = weights if weights is None or isinstance(weights, str) else list(weights)
     if method not in METHODS:
         raise MergeError(f"unknown merge method {method!r}: use one of {', '.join(METHODS)}")
     inputs = _resolve(store, refs, name)

@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
 from ..core.hashing import version_id
 from ..core.reports import TransferReport
-from ..errors import IntegrityError, InvalidRemoteError, MVCError, RemoteError
+from ..errors import IntegrityError, InvalidRemoteError, MVCError, RemoteError, StoreError
 from ..storage.atomic import temporary_path
 from ..storage.remote_store import RemoteStore
 from ..storage.retired import held_hashes, is_retired
 from ..storage.snapshot import SnapshotContent, TensorReader, read_content
 from ..storage.store import Store
-from .remotes import conflict_error, dependencies, progress_bar, remote_errors, remote_url, topological
+from .remotes import add_remote, conflict_error, dependencies, progress_bar, remote_errors, remote_url, topological
 
 
 def _resolve_remote_ref(ref: str, objects: dict[str, int], tags: dict) -> str:
@@ -217,3 +218,21 @@ def set_missing_heads(store: Store, imported: list[str]) -> None:
     for model, vid in newest.items():
         if model not in heads:
             store.writes.move_head(model, vid)
+
+
+def clone(url: str, path: Path, progress: bool | None = None) -> Store:
+    """A new store at ``path`` with remote ``origin`` = ``url`` and everything pulled from it.
+
+    ``path`` must not exist or be an empty folder; on any failure it is removed again.
+    """
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise StoreError(f"{path} already exists and is not empty; clone into a new folder")
+    store = Store(path)
+    try:
+        add_remote(store, "origin", url)
+        pull(store, "origin", progress=progress)
+    except BaseException:
+        store.close()
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+    return store

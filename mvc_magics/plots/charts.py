@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 
 from ..core.compare import ARROW, Comparison
 from ..core.diff import Diff
+from ..core.refs import infer_direction
 from ..core.version import Version
 from ..errors import CompareError
 
@@ -92,8 +93,6 @@ def plot_metric_history(versions: Iterable[Version] | Comparison, metric: str, a
 
     ``versions`` is a list of :class:`Version` (``repo.log(name)``) or a :class:`Comparison`.
     """
-    from ..core.refs import infer_direction
-
     direction = infer_direction(metric)
     if isinstance(versions, Comparison):
         direction = versions.directions.get(metric, direction)

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..core.hashing import THREADED_HASH_BYTES, canonical_array, hash_pool, tensor_hash
 from ..core.manifest import ManifestEntry, SnapshotContent, dtype_from_name, is_hash
+from ..core.progress import progress_bar
 from ..errors import IntegrityError, StoreFormatError
 
 FORMAT_NAME = "mvc-snapshot"
@@ -280,8 +281,6 @@ class TensorReader:
         """Every tensor of ``entries`` by name, re-hashing each one in a worker thread while the
         next is read (BLAKE3 releases the GIL); :class:`IntegrityError` names the first damaged one.
         """
-        from ..core.progress import progress_bar
-
         arrays: dict[str, np.ndarray] = {}
         checks: list[tuple[ManifestEntry, object]] = []
         total = sum(e.nbytes for e in entries)

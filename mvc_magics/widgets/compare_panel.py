@@ -19,8 +19,10 @@ from typing import Any
 import ipywidgets as widgets
 
 from ..core.compare import ARROW, Comparison
+from ..core.refs import infer_direction
 from ..core.version import Version, metric_columns
 from ..errors import MVCError
+from ..plots.charts import plot_metrics, plot_scores
 
 _DIRECTIONS = [(f"lower {ARROW['min']}", "min"), (f"higher {ARROW['max']}", "max")]
 
@@ -236,15 +238,11 @@ class ComparePanel(widgets.VBox):
 
 
 def _infer(metric: str) -> str:
-    from ..core.refs import infer_direction
-
     return infer_direction(metric)
 
 
 def _render_chart(comparison: Comparison) -> bytes:
     from matplotlib.figure import Figure
-
-    from ..plots.charts import plot_metrics, plot_scores
 
     figure = Figure(figsize=(9.5, 0.35 * len(comparison.versions) + 2.4), layout="constrained")
     left, right = figure.subplots(1, 2, width_ratios=[1, 1.4])
