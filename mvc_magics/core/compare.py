@@ -22,13 +22,13 @@ import html
 import math
 import numbers
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import CompareError
 from .refs import Direction, infer_direction
-from .scoring import score_versions
+from .scoring import Scoring, score_versions
 from .tables import Table, format_number
 from .version import Version, metric_columns
 
@@ -101,12 +101,14 @@ def weighted_difference(a: Mapping[str, float], b: Mapping[str, float], weights:
 
 
 @dataclass
-class Comparison:
+class Comparison(Scoring):
     """The result of ``repo.compare()``: metrics table, directions, weights, D, scores and ranking.
 
     ``versions`` keep the order they were given in; ``ranking`` is best first. Use ``D(a, b)``
     for the raw weighted difference of two versions, ``D(a, b, normalized=True)`` for the
-    range-scaled one, ``score(v)``, ``to_pandas()`` and ``to_dict()``.
+    range-scaled one, ``score(v)``, ``to_pandas()`` and ``to_dict()``. The scoring fields
+    (``weighted``, ``scale``, ``goodness``, ``scores``, ``coverage``, ``ranked``...) come from
+    :class:`~mvc_magics.core.scoring.Scoring`.
     """
 
     versions: list[Version]
@@ -114,15 +116,6 @@ class Comparison:
     directions: dict[str, Direction]
     weights: dict[str, float]
     baseline: Version
-    weighted: dict[str, float]  # the metrics that count in D, with their weights
-    scale: dict[str, float]  # each weighted metric's range among the compared versions
-    goodness: np.ndarray
-    scores: np.ndarray
-    coverage: np.ndarray
-    ranked: list[int]
-    unranked: dict[int, str]
-    ranges: dict[str, tuple[float, float]]
-    notes: list[str] = field(default_factory=list)
 
     # -- lookups ----------------------------------------------------------------------------
 
@@ -376,6 +369,6 @@ def compare_versions(
 
 def _compute(versions: list[Version], metrics: list[str], weights: dict[str, float],
              directions: dict[str, Direction], baseline: Version) -> Comparison:
-    s = score_versions(versions, metrics, weights, directions)
-    return Comparison(versions, metrics, directions, weights, baseline, s.weighted, s.scale, s.goodness,
-                      s.scores, s.coverage, s.ranked, s.unranked, s.ranges, s.notes)
+    scoring = score_versions(versions, metrics, weights, directions)
+    return Comparison(**vars(scoring), versions=versions, metrics=metrics, directions=directions, weights=weights,
+                      baseline=baseline)
