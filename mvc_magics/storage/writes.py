@@ -32,7 +32,11 @@ if TYPE_CHECKING:
 
 
 class StoreWrites:
-    """The writes of one :class:`~mvc_magics.storage.store.Store`; each takes the store lock."""
+    """The writes of one :class:`~mvc_magics.storage.store.Store`.
+
+    Each takes the store lock (it is re-entrant). A commit and a pull also hold it around their
+    whole operation, so what they checked before writing still holds when they write.
+    """
 
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -62,10 +66,15 @@ class StoreWrites:
                         manifest: list[ManifestEntry]) -> None:
         """Make a staged version visible: snapshot, signature, tags, HEAD, index rows, audit entry.
 
-        Call it holding the store lock, with the lock held since the tensors were staged. Anything
-        failing after the snapshot is placed is taken back (:meth:`_undo_publish`); the error is
-        raised as a one-line :class:`StoreError` when the environment caused it.
+        The caller holds the store lock since the tensors were staged. Anything failing after the
+        snapshot is placed is taken back (:meth:`_undo_publish`); the error is raised as a one-line
+        :class:`StoreError` when the environment caused it.
         """
+        with self._store.locked():
+            self._publish(staged, vid, meta, structure, manifest)
+
+    def _publish(self, staged: StagedCommit, vid: str, meta: dict, structure: object,
+                 manifest: list[ManifestEntry]) -> None:
         layout, index = self._layout, self._store.index
         name, tags = meta["name"], list(meta.get("tags", []))
         final = layout.snapshot_path(vid)
@@ -223,6 +232,10 @@ class StoreWrites:
         A file in ``staged`` without ``contents`` is a retired file (tensors only): it gets a
         tombstone first, so it never shows as a version. Returns the ids of the versions indexed.
         """
+        with self._store.locked():
+            return self._place(order, contents, staged)
+
+    def _place(self, order: list[str], contents: dict[str, SnapshotContent], staged: dict[str, Path]) -> list[str]:
         layout, store = self._layout, self._store
         imported = []
         for oid in order:
@@ -243,11 +256,12 @@ class StoreWrites:
     def import_note(self, vid: str, filename: str, note: dict, metrics: dict[str, float]) -> None:
         """A note pulled from a remote, under its remote file name (so it is imported once)."""
         local = self._layout.notes / vid[:2] / vid / filename
-        if local.exists():
-            return
-        atomic_write_bytes(local, json.dumps(note, sort_keys=True).encode(), self._layout.tmp)
-        with self._store.index.transaction() as conn:
-            Index.set_metrics(conn, vid, metrics)
+        with self._store.locked():
+            if local.exists():
+                return
+            atomic_write_bytes(local, json.dumps(note, sort_keys=True).encode(), self._layout.tmp)
+            with self._store.index.transaction() as conn:
+                Index.set_metrics(conn, vid, metrics)
 
     # -- gc ---------------------------------------------------------------------------------
 
