@@ -48,10 +48,7 @@ class Store:
             self.index = Index(self.layout.index_path)
             self.index.query("SELECT count(*) FROM versions")
         except IntegrityError:  # a damaged index is rebuilt from the snapshots
-            if getattr(self, "index", None) is not None:
-                self.index.close()
-            self._discard_index()
-            self.index = Index(self.layout.index_path)
+            self._fresh_index()
             rebuild = True
         self.layout.on_stale_lock = self._recover_after_crash
         if rebuild:
@@ -115,9 +112,7 @@ class Store:
             try:
                 return recovery.rebuild_index(self)
             except IntegrityError:  # the index file itself is damaged: start it afresh
-                self.index.close()
-                self._discard_index()
-                self.index = Index(self.layout.index_path)
+                self._fresh_index()
                 return recovery.rebuild_index(self)
 
     def _recover_unindexed(self) -> None:
@@ -130,7 +125,10 @@ class Store:
     def _recover_after_crash(self, dead_holder: str) -> None:
         recovery.recover_after_crash(self, dead_holder)
 
-    def _discard_index(self) -> None:
+    def _fresh_index(self) -> None:
+        """Close and delete a damaged index (with its WAL files) and open an empty one."""
+        if getattr(self, "index", None) is not None:
+            self.index.close()
         for suffix in ("", "-wal", "-shm"):
             path = Path(str(self.layout.index_path) + suffix)
             if path.exists():
@@ -138,3 +136,4 @@ class Store:
                     path.unlink()
                 except OSError as exc:
                     raise IntegrityError(f"cannot remove the damaged index {path}: {exc}") from exc
+        self.index = Index(self.layout.index_path)

@@ -80,7 +80,7 @@ class ComparePanel(widgets.VBox):
             description=m, continuous_update=False, style={"description_width": "initial"},
             layout=widgets.Layout(width="340px")) for m in metrics}
         self._toggles = {m: widgets.ToggleButtons(
-            options=_DIRECTIONS, value=initial.directions.get(m, _infer(m)), tooltips=["lower is better",
+            options=_DIRECTIONS, value=initial.directions.get(m, infer_direction(m)), tooltips=["lower is better",
                                                                                        "higher is better"],
             style={"button_width": "80px"}) for m in metrics}
         self._versions = widgets.SelectMultiple(
@@ -235,10 +235,6 @@ class ComparePanel(widgets.VBox):
                 self._status.value = f"<pre style='color:#b71c1c'>{html.escape(self.error)}</pre>"
 
         return run
-
-
-def _infer(metric: str) -> str:
-    return infer_direction(metric)
 
 
 def _render_chart(comparison: Comparison) -> bytes:
