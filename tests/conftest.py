@@ -79,3 +79,6 @@ def store_state(path):
             rows[table] = sorted(map(repr, conn.execute(f"SELECT * FROM {table}").fetchall()))
         conn.close()
     return files, rows
+
+
+from s3_servers import moto_backend, s3, seaweed, seaweed_backend  # noqa: E402, F401 - S3 servers for remote tests

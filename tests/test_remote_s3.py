@@ -1,9 +1,9 @@
-"""Remotes on a real S3 API: moto in server mode on 127.0.0.1, reached through s3fs like AWS."""
+"""Remotes on real S3 APIs on 127.0.0.1, reached through s3fs like AWS: every test runs against moto
+(an S3 emulation) and SeaweedFS (a distributed object store: master, two replicated volume servers,
+filer, S3 gateway), see s3_servers.py."""
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -14,47 +14,17 @@ from mvc_magics import Repo
 from mvc_magics.errors import RemoteConflictError
 from mvc_magics.storage.remote_store import RemoteStore
 
-SECRET = "mvc-test-secret-" + uuid.uuid4().hex
-KEY_ID = "MVCTESTKEY" + uuid.uuid4().hex[:10].upper()
-
-
-@pytest.fixture(scope="module")
-def s3_server():
-    """A moto S3 server on 127.0.0.1 (free port), with credentials only in the environment."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {"AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield env
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        server.stop()
-
 
 @pytest.fixture
-def s3_url(s3_server):
-    import boto3
-
-    bucket = "mvc-" + uuid.uuid4().hex[:12]
-    boto3.client("s3", endpoint_url=s3_server["AWS_ENDPOINT_URL"]).create_bucket(Bucket=bucket)
-    return f"s3://{bucket}/team/models"
+def s3_url(s3):
+    return s3.new_url()
 
 
 def all_bytes(folder: Path) -> bytes:
     return b"".join(p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file())
 
 
-def test_s3_push_clone_pull_and_credentials_never_stored(tmp_path, s3_url):
+def test_s3_push_clone_pull_and_credentials_never_stored(tmp_path, s3_url, s3):
     a = Repo(tmp_path / "a" / ".mvc")
     w = make_weights(1)
     v1 = a.commit(w, "m", metrics={"loss": 0.5}, tags=["staging"])
@@ -73,8 +43,9 @@ def test_s3_push_clone_pull_and_credentials_never_stored(tmp_path, s3_url):
     for repo in (a, b):
         repo.close()
         stored = all_bytes(repo.path)
-        assert SECRET.encode() not in stored and KEY_ID.encode() not in stored
-    assert "team/models" in (tmp_path / "a" / ".mvc" / "audit.log").read_text()  # the URL is recorded
+        key, secret = s3.keys["admin"]
+        assert secret.encode() not in stored and key.encode() not in stored
+    assert s3_url.split("/")[3] in (tmp_path / "a" / ".mvc" / "audit.log").read_text()  # the URL is recorded
 
 
 def test_s3_two_users_and_a_conflicting_tag_move(tmp_path, s3_url):
@@ -111,15 +82,14 @@ def test_s3_conditional_writes_are_enforced_by_the_server(s3_url):
     assert store.tags()[("m", "production")] == (two, True)
 
 
-def test_s3_interrupted_push_is_invisible_and_repush_completes(tmp_path, s3_url, s3_server):
-    interrupted_push_then_repush(tmp_path, s3_url, env=s3_server)
+def test_s3_interrupted_push_is_invisible_and_repush_completes(tmp_path, s3_url, s3):
+    interrupted_push_then_repush(tmp_path, s3_url, env=s3.env())
 
 
-@pytest.mark.parametrize("backend", ["s3", "file"])
-def test_concurrent_pushes_of_one_tag_exactly_one_wins(tmp_path, backend, request):
+def test_concurrent_pushes_of_one_tag_exactly_one_wins(tmp_path, s3_url):
     import threading
 
-    url = request.getfixturevalue("s3_url") if backend == "s3" else (tmp_path / "remote").as_uri()
+    url = s3_url
     repos = [Repo(tmp_path / name / ".mvc") for name in ("a", "b")]
     ids = [repo.commit(make_weights(seed), "m", tags=["production"]).id for seed, repo in enumerate(repos)]
     for repo in repos:
@@ -149,7 +119,7 @@ def test_concurrent_pushes_of_one_tag_exactly_one_wins(tmp_path, backend, reques
         repo.close()
 
 
-def test_s3_missing_bucket_is_a_one_line_remote_error(tmp_path, s3_server):
+def test_s3_missing_bucket_is_a_one_line_remote_error(tmp_path, s3):
     from mvc_magics.errors import RemoteError
 
     with Repo(tmp_path / ".mvc") as repo:
