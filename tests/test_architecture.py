@@ -23,7 +23,8 @@ MAX_MODULE_LINES = 400
 MAX_REPO_LINES = 250
 # Third-party packages that are optional or slow to import: the only reason a module may import
 # one of the package's own modules inside a function (never to dodge an import cycle).
-HEAVY = {"ipywidgets", "keras", "tensorflow", "IPython", "nbclient", "nbformat", "matplotlib"}
+HEAVY = {"ipywidgets", "keras", "tensorflow", "IPython", "nbclient", "nbformat", "matplotlib", "torch", "sklearn",
+         "skops", "jax", "flax", "lightning", "lightgbm"}
 
 
 def lint(tree: Path) -> subprocess.CompletedProcess:

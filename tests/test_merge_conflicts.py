@@ -113,7 +113,7 @@ def test_the_same_version_twice(repo, dict_versions):
 def test_different_frameworks(repo, dict_versions):
     (a, _), _ = dict_versions
     model = dense_model(0)
-    k = repo.commit(model, "model")
+    k = repo.commit(model, "keras_model")  # one history holds one framework
     assert_conflict(repo, [a.id, k.id], r"different frameworks")
 
 

@@ -67,7 +67,7 @@ def test_magic_errors_are_one_line_and_change_nothing(ip):
         (f"{ids} --weights 0,0 --into model", "all weights are zero"),
         (f"{ids} --eval nothing_here", "no variable named 'nothing_here'"),
         (f"{ids} --method greedy", "needs eval_fn"),
-        (f"{ids} --method ensemble", "ensembles are Keras models"),
+        (f"{ids} --method ensemble", "numpy models cannot be ensembled"),
     ]:
         with pytest.raises(UsageError, match=match):
             ip.run_line_magic("mvc_merge", line)

@@ -6,8 +6,11 @@ from ..errors import UnsupportedModelError
 from .base import Adapter
 from .keras import KerasAdapter
 from .numpy_dict import NumpyDictAdapter
+from .torch import TorchAdapter
 
-ADAPTERS: list[Adapter] = [KerasAdapter(), NumpyDictAdapter()]
+# Order matters only where one object could match two adapters (none today); the framework
+# itself is imported by an adapter only once it is handling such a model.
+ADAPTERS: list[Adapter] = [KerasAdapter(), TorchAdapter(), NumpyDictAdapter()]
 
 
 def adapter_for(obj: object) -> Adapter:
@@ -16,7 +19,7 @@ def adapter_for(obj: object) -> Adapter:
         if adapter.handles(obj):
             return adapter
     raise UnsupportedModelError(
-        f"cannot version a {type(obj).__name__}: supported are Keras 3 models and "
+        f"cannot version a {type(obj).__name__}: supported are Keras 3 models, PyTorch modules and "
         "dict[str, numpy.ndarray]"
     )
 

@@ -102,13 +102,13 @@ class VersionLog(TableView, list):
 
     def table(self) -> Table:
         metrics = metric_columns(list(self))
-        header = ["", "id", "model", "tags", "message", *metrics, "created"]
+        header = ["", "id", "model", "framework", "tags", "message", *metrics, "created"]
         rows, highlight = [], set()
         for index, version in enumerate(self):
             if version.is_head:
                 highlight.add(index)
             rows.append([
-                "HEAD" if version.is_head else "", version.short_id, version.name,
+                "HEAD" if version.is_head else "", version.short_id, version.name, version.framework,
                 tag_list(version), version.message[:50],
                 *[version.metrics.get(m) for m in metrics],
                 version.created.strftime("%Y-%m-%d %H:%M:%S"),

@@ -10,6 +10,7 @@ from ..adapters import Adapter, adapter_for, adapter_named
 from ..adapters.base import match_state
 from ..core.manifest import ManifestEntry
 from ..core.names import validate_name
+from ..errors import UnsupportedModelError
 from ..storage.store import Store
 from . import versions
 from .signing import require_valid_signature
@@ -31,6 +32,9 @@ def checkout(store: Store, ref: str, model: Any = None, name: str | None = None,
         getattr(adapter, "restore_training_setup", lambda _m, _e: False)(result, version.extra)
     else:
         adapter = adapter_for(model)
+        if version.framework and adapter.framework != version.framework:
+            raise UnsupportedModelError(f"{version.short_id} is a {version.framework} model; it cannot be "
+                                        f"checked out into a {adapter.framework} model")
         adapter.set_state(model, state, owned=True)  # state was read for this call
         _remember_loaded(adapter, model, state, store.manifest(version.id))
         result = model

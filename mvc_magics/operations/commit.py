@@ -43,6 +43,7 @@ def commit(
     name = validate_name(name, "model name")
     tags = [validate_name(t, "tag") for t in tags]
     adapter = adapter_for(model)
+    check_same_framework(store, name, adapter.framework)
     explicit = validate_metrics(metrics)
     params = validate_params(params)
     state = adapter.get_state(model)
@@ -85,6 +86,17 @@ def commit(
     version = versions.get(store, vid, name=name)
     version.stats = stats
     return version
+
+
+def check_same_framework(store: Store, name: str, framework: str) -> None:
+    """Refuse a model of another framework in ``name``'s history: its versions could never be
+    checked out into each other, merged or compared tensor by tensor."""
+    latest = versions.log(store, name, limit=1)
+    if latest and latest[0].framework and latest[0].framework != framework:
+        raise UnsupportedModelError(
+            f"{name!r} is a history of {latest[0].framework} models; a {framework} model cannot be committed "
+            f"to it (commit it under another name)"
+        )
 
 
 def _publish(store: Store, vid: str, name: str, adapter: Adapter, staged: StagedCommit, structure: object,

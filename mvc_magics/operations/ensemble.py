@@ -33,6 +33,21 @@ def _member(store: Store, version: Version, position: int) -> Any:
     return adapter_named("keras").build(stored, load_state(store, version))
 
 
+def _framework_ensemble(store: Store, versions: list[Version], used: list[int], normalized: list[float],
+                        method: str, eval_fn: EvalFn | None, report: MergeReport) -> MergePreview:
+    """An ensemble built by the members' own adapter (a PyTorch module, a scikit-learn voter)."""
+    adapter = adapter_named(versions[0].framework)
+    if not hasattr(adapter, "ensemble"):
+        raise MergeConflictError(f"{versions[0].framework} models cannot be ensembled (dict models have no outputs)")
+    members = [adapter.build(structure(store, versions[i].id), load_state(store, versions[i])) for i in used]
+    model = adapter.ensemble(members, [normalized[i] for i in used], method)
+    report.weights = normalized
+    report.ingredients = [versions[i].id for i in used]
+    if eval_fn is not None:
+        report.score = score_of(eval_fn, model)
+    return MergePreview(model, report, adapter.get_state(model))
+
+
 def _signature(tensors) -> list[tuple[tuple, str]]:
     return [(tuple(t.shape[1:]), str(t.dtype)) for t in tensors]
 
@@ -42,12 +57,15 @@ def build_ensemble(store: Store, versions: list[Version], weights: Sequence[floa
     """The ensemble (``method="ensemble"``) or vote (``"vote"``) model of ``versions``, uncommitted."""
     check_distinct(versions)
     _raw, normalized = check_weights(weights, len(versions))
-    others = [f"{short(v)}: {v.framework}" for v in versions if v.framework != "keras"]
-    if others:
-        raise MergeConflictError(f"ensembles are Keras models; not Keras: {', '.join(others)}")
+    frameworks = sorted({v.framework for v in versions})
+    if len(frameworks) > 1:
+        listing = ", ".join(f"{short(v)}: {v.framework}" for v in versions)
+        raise MergeConflictError(f"an ensemble's members must be of one framework ({listing})")
     used = [i for i, w in enumerate(normalized) if w > 0]
     if len(used) < 2:
         raise MergeConflictError("an ensemble needs at least two members with a positive weight")
+    if frameworks[0] != "keras":
+        return _framework_ensemble(store, versions, used, normalized, method, eval_fn, report)
     import keras
 
     members = {i: _member(store, versions[i], i) for i in used}

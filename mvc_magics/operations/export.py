@@ -19,8 +19,9 @@ from ..errors import ExportError
 from ..storage.store import Store
 from .versions import load_state, resolve, structure
 
-FORMATS = ("keras", "savedmodel", "weights-h5")
-_SUFFIX = {"keras": ".keras", "weights-h5": ".weights.h5"}
+FORMATS = ("keras", "savedmodel", "weights-h5", "safetensors", "torchscript", "skops")
+_SUFFIX = {"keras": ".keras", "weights-h5": ".weights.h5", "safetensors": ".safetensors", "torchscript": ".pt",
+           "skops": ".skops"}
 
 
 def check_destination(path: Path, fmt: str) -> Path:
@@ -43,14 +44,22 @@ def export_version(store: Store, ref: str, path: str | os.PathLike, fmt: str = "
     """Write version ``ref`` to ``path`` in format ``fmt``; return the path written."""
     path = check_destination(Path(path), fmt)
     version = resolve(store, ref, name=name)
-    if version.framework != "keras":
-        raise ExportError(f"{version.short_id} is a {version.framework or 'non-Keras'} model; "
-                          "export needs a Keras model (read its tensors with repo.load_state instead)")
+    adapter = adapter_named(version.framework) if version.framework != "numpy" else None
+    formats = ("keras", "savedmodel", "weights-h5") if version.framework == "keras" else \
+        getattr(adapter, "export_formats", ())
+    if not formats:
+        raise ExportError(f"{version.short_id} is a {version.framework or 'framework-free'} model; export needs a "
+                          "Keras, PyTorch or scikit-learn model (read its tensors with repo.load_state instead)")
+    if fmt not in formats:
+        raise ExportError(f"{version.short_id} is a {version.framework} model: its export formats are "
+                          f"{', '.join(formats)}")
     # Rebuilt like a checkout into a new variable, but without moving anyone's HEAD.
-    model = adapter_named("keras").build(structure(store, version.id), load_state(store, version))
+    model = _keras_model(store, version) if version.framework == "keras" else None
     tmp = path.parent / f".tmp-export-{os.getpid()}-{uuid.uuid4().hex}{_SUFFIX.get(fmt, '')}"
     try:
-        if fmt == "keras":
+        if model is None:  # the framework's own format, written by its adapter
+            adapter.export(structure(store, version.id), load_state(store, version), str(tmp), fmt)
+        elif fmt == "keras":
             model.save(str(tmp))
         elif fmt == "weights-h5":
             model.save_weights(str(tmp))
@@ -70,6 +79,10 @@ def export_version(store: Store, ref: str, path: str | os.PathLike, fmt: str = "
                 tmp.unlink()
     store.writes.record("export", version.name, [version.id], {"format": fmt, "path": str(path)})
     return path
+
+
+def _keras_model(store: Store, version):
+    return adapter_named("keras").build(structure(store, version.id), load_state(store, version))
 
 
 def _export_savedmodel(model, tmp: Path) -> None:
