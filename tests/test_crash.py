@@ -34,7 +34,7 @@ import numpy as np
 from mvc_magics import Repo
 import mvc_magics.storage.staging as staging
 from mvc_magics.storage.audit import AuditLog
-from mvc_magics.storage.snapshot import SnapshotWriter
+from mvc_magics.storage.snapshot_writer import SnapshotWriter
 from mvc_magics.storage.layout import StoreLayout
 
 store, point = sys.argv[1], sys.argv[2]

@@ -60,7 +60,12 @@ def commit(
         hashes.cancel()
         raise
     with store.locked():
-        staged = store.writes.stage()
+        if parents is None:
+            head = store.head_id(name)
+            parents = [head] if head and store.has_version(head) else []
+        parents = list(parents)
+        # New tensors are coded as deltas against the parents' (the first parent that has them).
+        staged = store.writes.stage(parents)
         try:
             staged.stage(arrays, description=f"commit {name}", hashes=hashes)
             vid = version_id(structure, staged.entries())
@@ -100,14 +105,11 @@ def check_same_framework(store: Store, name: str, framework: str) -> None:
 
 
 def _publish(store: Store, vid: str, name: str, adapter: Adapter, staged: StagedCommit, structure: object,
-             model: Any, tags: list[str], parents: Iterable[str] | None, given: dict) -> CommitStats:
+             model: Any, tags: list[str], parents: list[str], given: dict) -> CommitStats:
     """The metadata of a new version, then the store publishes it."""
     # Bytes in this version's own path may belong to a retired file that the new file replaces.
     staged.claim_own(vid)
     manifest = staged.manifest(vid)
-    if parents is None:
-        head = store.head_id(name)
-        parents = [head] if head and store.has_version(head) else []
     extra_meta = adapter.extra_metadata(model)
     meta = {
         "name": name, "message": given["message"] or "", "parents": list(parents),

@@ -16,6 +16,7 @@ from ..core.hashing import version_id
 from ..core.reports import TransferReport
 from ..errors import IntegrityError, InvalidRemoteError, MVCError, RemoteError, StoreError
 from ..storage.atomic import temporary_path
+from ..storage.deltas import base_references
 from ..storage.remote_store import RemoteStore
 from ..storage.retired import held_hashes, is_retired
 from ..storage.snapshot import SnapshotContent, TensorReader, read_content
@@ -113,6 +114,11 @@ def stage(store: Store, source: RemoteStore, start, objects, staged, report, pro
             report.objects_sent += 1
             report.bytes += tmp.stat().st_size
             bar.update(tmp.stat().st_size)
+            for base_object, base_hash in base_references(tmp).values():  # delta bases come along
+                if base_object != oid:
+                    need_hashes.setdefault(base_object, set()).add(base_hash)
+                    if not _local_has(store, base_object) and base_object not in seen:
+                        queue.append(base_object)
             if oid not in objects or is_retired(tmp):
                 continue
             content = _check_snapshot(tmp, oid)
@@ -168,9 +174,12 @@ def import_staged(store: Store, contents: dict[str, SnapshotContent], staged: di
             for entry in content.manifest:
                 reader.read(entry, verify=True, owner=vid)  # IntegrityError before anything is visible
 
+    bases = {oid: {b for b, _ in base_references(path).values() if b != oid} for oid, path in staged.items()}
+
     def deps_of(oid: str) -> list[str]:
         content = contents.get(oid)
-        return [d for d in dependencies(content) if d in staged] if content else []
+        found = list(dependencies(content)) if content else []
+        return [d for d in dict.fromkeys(found + sorted(bases[oid])) if d in staged]
 
     created = {oid: str(c.meta.get("created", "")) for oid, c in contents.items()}
     order = topological(sorted(staged, key=lambda o: (created.get(o, ""), o)), deps_of)

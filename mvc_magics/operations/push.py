@@ -14,6 +14,7 @@ from pathlib import Path
 from ..core.reports import TransferReport
 from ..errors import IntegrityError, InvalidNameError, RefError
 from ..storage.atomic import temporary_path
+from ..storage.deltas import base_references
 from ..storage.remote_store import RemoteStore
 from ..storage.retired import held_hashes, is_retired, write_retired
 from ..storage.store import Store
@@ -42,11 +43,14 @@ def _push(store: Store, label: str, url: str, refs, force: bool, progress: bool 
         # From the index: no file is opened. A removed version's file travels only as a holder of tensors.
         rows = store.index.query("SELECT manifest, meta FROM versions WHERE id = ?", (oid,))
         live[oid] = bool(rows)
+        # Delta-coded tensors travel with their bases (read from the file's dataset attributes).
+        path = store.layout.snapshot_path(oid)
+        bases = sorted({b for b, _ in base_references(path).values() if b != oid}) if path.exists() else []
         if not rows:
-            return []
+            return bases
         tensor_files = [e["object"] for e in json.loads(rows[0][0]) if e["object"] != oid]
         parents = [str(p) for p in json.loads(rows[0][1]).get("parents", []) if store.has_version(str(p))]
-        return list(dict.fromkeys(tensor_files + parents))
+        return list(dict.fromkeys(tensor_files + bases + parents))
 
     order = topological(start, deps_of)
     target.clean_stale_uploads()

@@ -36,7 +36,8 @@ def write_retired(final: Path, version_id: str, source: Path, keep: set[str], tm
     def write(tmp: Path) -> None:
         with h5py.File(source, "r") as src, h5py.File(tmp, "w", libver=("earliest", "v110")) as dst:
             dst.attrs["mvc_format"] = FORMAT_NAME
-            dst.attrs["mvc_format_version"] = FORMAT_VERSION
+            # Coded datasets are copied as they are: the file keeps its source's format version.
+            dst.attrs["mvc_format_version"] = int(src.attrs.get("mvc_format_version", FORMAT_VERSION))
             dst.attrs["version_id"] = version_id
             dst.attrs[RETIRED_ATTR] = True
             tensors = dst.create_group("tensors")

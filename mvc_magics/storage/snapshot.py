@@ -2,7 +2,7 @@
 
 Layout (documented for plain h5py readers in docs/FORMAT.md)::
 
-    /                       attrs: mvc_format="mvc-snapshot", mvc_format_version=1, version_id
+    /                       attrs: mvc_format="mvc-snapshot", mvc_format_version=2 (1: no coded tensors), version_id
     /meta                   scalar UTF-8 string: JSON metadata (name, message, parents, metrics...)
     /structure              scalar UTF-8 string: JSON model structure (absent when not serializable)
     /manifest               scalar UTF-8 string: JSON list of tensor entries
@@ -19,107 +19,41 @@ from __future__ import annotations
 import json
 import mmap
 import os
-from collections.abc import Mapping
 from pathlib import Path
 
 import blake3
 import h5py
 import numpy as np
 
-from ..core.hashing import THREADED_HASH_BYTES, canonical_array, hash_pool, tensor_hash
+from ..core.hashing import THREADED_HASH_BYTES, hash_pool, tensor_hash
 from ..core.manifest import ManifestEntry, SnapshotContent, dtype_from_name, is_hash
 from ..core.progress import progress_bar
 from ..errors import IntegrityError, StoreFormatError
+from . import coding
 
 FORMAT_NAME = "mvc-snapshot"
-FORMAT_VERSION = 1
+# Version 2 adds coded tensors (byte planes + zstd, XOR deltas); version 1 files stay readable.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = frozenset({1, 2})
+# A delta's base may itself be a delta; a chain longer than this is refused as damaged (a cycle).
+MAX_CHAIN = 64
 # dtypes h5py stores natively; anything else (bfloat16, float8...) is stored as raw bytes.
-_NATIVE_KINDS = frozenset("biuf")
-_RAW_DTYPE_ATTR = "mvc_dtype"
+NATIVE_KINDS = frozenset("biuf")
+RAW_DTYPE_ATTR = "mvc_dtype"
 # The HDF5 user block (ignored by HDF5 readers) holds a BLAKE3 checksum of every byte after it, so
 # verify detects a flipped byte anywhere in the file, not only inside a tensor.
 USERBLOCK_SIZE = 512
-_CHECKSUM_MAGIC = b"mvc-checksum blake3 "
-_CHECKSUM_LINE = len(_CHECKSUM_MAGIC) + 64 + 1  # magic, hex digest, newline: every byte after it is covered
+CHECKSUM_MAGIC = b"mvc-checksum blake3 "
+_CHECKSUM_LINE = len(CHECKSUM_MAGIC) + 64 + 1  # magic, hex digest, newline: every byte after it is covered
 
 
-def _string_dataset(group: h5py.Group, name: str, text: str) -> None:
-    group.create_dataset(name, data=text, dtype=h5py.string_dtype("utf-8"))
+CODING_ATTR = "mvc_coding"
+PLANES_ATTR = "mvc_planes"
+BASE_ATTR = "mvc_base"
+DEPTH_ATTR = "mvc_depth"
 
 
-def write_snapshot(
-    path: Path,
-    version_id: str,
-    meta: Mapping,
-    structure: object,
-    manifest: list[ManifestEntry],
-    new_tensors: Mapping[str, np.ndarray],
-) -> None:
-    """Write a complete snapshot file at ``path`` (a temporary name; the caller renames it)."""
-    writer = SnapshotWriter(path)
-    try:
-        for digest, array in new_tensors.items():
-            writer.add_tensor(digest, array)
-        writer.finish(version_id, meta, structure, manifest)
-    except BaseException:
-        writer.close()
-        raise
-
-
-class SnapshotWriter:
-    """Writes one snapshot file at a temporary ``path``: tensors first, as they are hashed, then
-    the metadata once the version id is known (a commit overlaps hashing with writing this way).
-
-    The file is created on the first :meth:`add_tensor` or at :meth:`finish`; the caller fsyncs
-    and renames it into place (see :func:`mvc_magics.storage.atomic.publish`).
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._file: h5py.File | None = None
-        self._tensors: h5py.Group | None = None
-
-    def _group(self) -> h5py.Group:
-        if self._file is None:
-            self._file = h5py.File(self.path, "w", libver=("earliest", "v110"), userblock_size=USERBLOCK_SIZE)
-            self._tensors = self._file.create_group("tensors")
-        assert self._tensors is not None
-        return self._tensors
-
-    def add_tensor(self, digest: str, array: np.ndarray) -> None:
-        """Store ``array`` under ``/tensors/<digest>`` (contiguous, unfiltered)."""
-        tensors = self._group()
-        array = canonical_array(array)
-        if array.dtype.kind in _NATIVE_KINDS and array.dtype.name in _NATIVE_NAMES:
-            tensors.create_dataset(digest, data=array)
-        else:
-            raw = array.reshape(-1).view(np.uint8)
-            dataset = tensors.create_dataset(digest, data=raw)
-            dataset.attrs[_RAW_DTYPE_ATTR] = array.dtype.name
-
-    def finish(self, version_id: str, meta: Mapping, structure: object, manifest: list[ManifestEntry]) -> None:
-        """Write the root attributes, meta, structure and manifest, and close the file."""
-        self._group()
-        f = self._file
-        assert f is not None
-        f.attrs["mvc_format"] = FORMAT_NAME
-        f.attrs["mvc_format_version"] = FORMAT_VERSION
-        f.attrs["version_id"] = version_id
-        _string_dataset(f, "meta", json.dumps(meta, sort_keys=True))
-        if structure is not None:
-            _string_dataset(f, "structure", json.dumps(structure, sort_keys=True))
-        _string_dataset(f, "manifest", json.dumps([e.to_json() for e in manifest]))
-        self.close()
-        _stamp_checksum(self.path)
-
-    def close(self) -> None:
-        """Close the file (idempotent); an unfinished file is left for the caller to remove."""
-        if self._file is not None:
-            handle, self._file, self._tensors = self._file, None, None
-            handle.close()
-
-
-def _body_digest(handle, size: int) -> str:
+def body_digest(handle, size: int) -> str:
     # Hashing a memory map reads the file once, without copying it into Python memory.
     hasher = blake3.blake3(max_threads=blake3.blake3.AUTO if size >= 1 << 22 else 1)
     if size <= _CHECKSUM_LINE:
@@ -135,27 +69,18 @@ def _body_digest(handle, size: int) -> str:
     return hasher.hexdigest()
 
 
-def _stamp_checksum(path: Path) -> None:
-    """Write the checksum of everything after the checksum line into the user block (before the rename)."""
-    with open(path, "r+b") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        digest = _body_digest(handle, size)
-        handle.seek(0)
-        handle.write(_CHECKSUM_MAGIC + digest.encode() + b"\n")
-
-
 def check_file_checksum(path: Path) -> bool | None:
     """True when the file's bytes match the checksum in its user block, False when they do not,
     None when the file has no checksum (written without one)."""
     with open(path, "rb") as handle:
         head = handle.read(USERBLOCK_SIZE)
-        if not head.startswith(_CHECKSUM_MAGIC):
+        if not head.startswith(CHECKSUM_MAGIC):
             return None if head[:8] == b"\x89HDF\r\n\x1a\n" else False
-        stored = head[len(_CHECKSUM_MAGIC):len(_CHECKSUM_MAGIC) + 64].decode("ascii", "replace")
-        return _body_digest(handle, os.fstat(handle.fileno()).st_size) == stored
+        stored = head[len(CHECKSUM_MAGIC):len(CHECKSUM_MAGIC) + 64].decode("ascii", "replace")
+        return body_digest(handle, os.fstat(handle.fileno()).st_size) == stored
 
 
-_NATIVE_NAMES = frozenset(
+NATIVE_NAMES = frozenset(
     {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
      "float16", "float32", "float64"}
 )
@@ -197,7 +122,7 @@ def read_content(path: Path) -> SnapshotContent:
             if fmt != FORMAT_NAME:
                 raise StoreFormatError(f"{path.name} is not an mvc snapshot file")
             fmt_version = int(f.attrs.get("mvc_format_version", -1))
-            if fmt_version != FORMAT_VERSION:
+            if fmt_version not in READABLE_VERSIONS:
                 raise StoreFormatError(
                     f"{path.name} has snapshot format version {fmt_version}; this mvc_magics "
                     f"reads version {FORMAT_VERSION} (upgrade mvc_magics)"
@@ -236,9 +161,14 @@ class TensorReader:
     declared shape) and re-hashed after reading.
     """
 
-    def __init__(self, locate: callable) -> None:
+    def __init__(self, locate: callable, base_cache_bytes: int = 0) -> None:
         self._locate = locate  # object id -> Path of its snapshot file
         self._files: dict[str, h5py.File] = {}
+        # Decoded delta bases by hash (verified), so reading a chain's versions one after the other
+        # (verify, a log walk) decodes each base once; bounded in bytes, off for one checkout.
+        self._cache_limit = base_cache_bytes
+        self._bases: dict[str, np.ndarray] = {}
+        self._bases_bytes = 0
 
     def __enter__(self) -> TensorReader:
         return self
@@ -263,11 +193,22 @@ class TensorReader:
                 raise IntegrityError(f"snapshot file of {object_id[:12]} is missing") from exc
         return self._files[object_id]
 
-    def read(self, entry: ManifestEntry, verify: bool = True, owner: str = "") -> np.ndarray:
-        """Return the tensor of ``entry``; raise :class:`IntegrityError` when it is damaged."""
+    def chain_depth(self, entry: ManifestEntry) -> int:
+        """How many deltas deep the stored tensor of ``entry`` is (0: stored whole)."""
+        dataset = self._file(entry.object)["tensors"][entry.hash]
+        if CODING_ATTR not in dataset.attrs or BASE_ATTR not in dataset.attrs:
+            return 0
+        return int(dataset.attrs.get(DEPTH_ATTR, 1))
+
+    def read(self, entry: ManifestEntry, verify: bool = True, owner: str = "", chain: int = 0) -> np.ndarray:
+        """Return the tensor of ``entry``; raise :class:`IntegrityError` when it is damaged.
+
+        A delta-coded tensor reads its base first (``chain`` counts how deep, against cycles);
+        the base is checked against its own hash, so a damaged base fails every tensor built on it.
+        """
         where = f"version {owner[:12]} tensor {entry.name!r}" if owner else f"tensor {entry.name!r}"
         try:
-            array = self._read_checked(entry, where)
+            array = self._read_checked(entry, where, chain)
         except IntegrityError:
             raise
         except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
@@ -308,7 +249,53 @@ class TensorReader:
             where = f"version {owner[:12]} tensor {entry.name!r}" if owner else f"tensor {entry.name!r}"
             raise IntegrityError(f"{where}: content does not match its hash (data is damaged)")
 
-    def _read_checked(self, entry: ManifestEntry, where: str) -> np.ndarray:
+    def _base(self, entry: ManifestEntry, reference: str, where: str, chain: int) -> np.ndarray:
+        """The decoded, verified base ``<object>/<hash>`` of a delta-coded tensor."""
+        object_id, _, digest = reference.partition("/")
+        if not is_hash(object_id) or not is_hash(digest):
+            raise IntegrityError(f"{where}: malformed delta base reference")
+        if chain >= MAX_CHAIN:
+            raise IntegrityError(f"{where}: delta chain longer than {MAX_CHAIN} (a cycle?), refused")
+        if digest in self._bases:
+            return self._bases[digest]
+        base_entry = ManifestEntry(entry.name, entry.dtype, entry.shape, digest, object_id, entry.nbytes)
+        try:
+            base = self.read(base_entry, verify=True, chain=chain + 1)
+        except IntegrityError as exc:
+            raise IntegrityError(f"{where}: its delta base {object_id[:12]}/{digest[:12]} is damaged "
+                                 f"({str(exc).split(': ', 1)[-1]})") from exc
+        if base.nbytes <= self._cache_limit:
+            while self._bases and self._bases_bytes + base.nbytes > self._cache_limit:
+                self._bases_bytes -= self._bases.pop(next(iter(self._bases))).nbytes
+            self._bases[digest] = base
+            self._bases_bytes += base.nbytes
+        return base
+
+    def _read_coded(self, entry: ManifestEntry, dataset: h5py.Dataset, where: str, chain: int) -> np.ndarray:
+        name = dataset.attrs[CODING_ATTR]
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        if name not in coding.CODINGS:
+            raise IntegrityError(f"{where}: unknown coding {name[:40]!r} (written by a newer mvc_magics?)")
+        if dataset.dtype != np.uint8 or dataset.ndim != 1:
+            raise IntegrityError(f"{where}: coded bytes are not a 1-D uint8 dataset")
+        stored = int(dataset.shape[0])
+        if dataset.id.get_storage_size() != stored:
+            raise IntegrityError(f"{where}: stored bytes do not match the coded length")
+        dtype = dtype_from_name(entry.dtype)
+        table = coding.check_table(dataset.attrs[PLANES_ATTR], dtype.itemsize, stored, entry.nbytes)
+        base = None
+        if name == coding.CODING_DELTA:
+            reference = dataset.attrs.get(BASE_ATTR)
+            reference = reference.decode() if isinstance(reference, bytes) else str(reference)
+            base = coding.raw_bytes(self._base(entry, reference, where, chain))
+        data = np.empty(stored, dtype=np.uint8)
+        if stored:
+            dataset.read_direct(data)
+        out = aligned_empty((entry.nbytes,), np.dtype(np.uint8))
+        coding.decode_into(out, data, table, base)
+        return out.view(dtype).reshape(entry.shape)
+
+    def _read_checked(self, entry: ManifestEntry, where: str, chain: int = 0) -> np.ndarray:
         f = self._file(entry.object)
         group_link = f.get("tensors", getlink=True)
         if not isinstance(group_link, h5py.HardLink):
@@ -323,8 +310,10 @@ class TensorReader:
             raise IntegrityError(f"{where}: not a dataset")
         if dataset.is_virtual or dataset.external or dataset.chunks is not None:
             raise IntegrityError(f"{where}: virtual, external or chunked storage is refused")
+        if CODING_ATTR in dataset.attrs:
+            return self._read_coded(entry, dataset, where, chain)
         dtype = dtype_from_name(entry.dtype)
-        raw_name = dataset.attrs.get(_RAW_DTYPE_ATTR)
+        raw_name = dataset.attrs.get(RAW_DTYPE_ATTR)
         if raw_name is not None:
             raw_name = raw_name.decode() if isinstance(raw_name, bytes) else str(raw_name)
             if raw_name != entry.dtype or dataset.dtype != np.uint8 or dataset.shape != (entry.nbytes,):

@@ -19,7 +19,8 @@ import numpy as np
 from ..core.hashing import HashesAhead, dtype_name
 from ..core.progress import progress_bar
 from .atomic import publish, temporary_path
-from .snapshot import ManifestEntry, SnapshotWriter
+from .snapshot import FORMAT_VERSION, ManifestEntry
+from .snapshot_writer import DeltaBase, SnapshotWriter
 
 
 class StagedCommit:
@@ -32,16 +33,22 @@ class StagedCommit:
     """
 
     def __init__(self, tmp_folder: Path, stored_object: Callable[[str], str | None],
-                 progress: bool | None = None, check_space: Callable[[int], None] | None = None) -> None:
+                 progress: bool | None = None, check_space: Callable[[int], None] | None = None,
+                 bases: Callable[[str, np.ndarray, str], DeltaBase | None] | None = None,
+                 code: bool = True) -> None:
         self._stored_object = stored_object
+        # name, array, hash -> the stored tensor to code a delta against (see storage.deltas).
+        self._bases = bases or (lambda name, array, digest: None)
+        self._code = code
         # Called with a tensor's size before it is written: HDF5 must never meet a full disk.
         self._check_space = check_space or (lambda nbytes: None)
         self._progress = progress
-        self._writer = SnapshotWriter(temporary_path(tmp_folder, ".h5"))
+        self._writer = SnapshotWriter(temporary_path(tmp_folder, ".h5"), FORMAT_VERSION if code else 1)
         self.arrays: dict[str, np.ndarray] = {}
         self.hashes: dict[str, str] = {}
         self.located: dict[str, str | None] = {}  # hash -> object id holding it (None: new here)
-        self.bytes_written = 0
+        self.bytes_written = 0  # logical bytes of the tensors written
+        self.bytes_stored = 0  # what they took in the file (coded)
         self.tensors_written = 0
 
     def stage(self, arrays: Mapping[str, np.ndarray], description: str = "commit",
@@ -57,11 +64,15 @@ class StagedCommit:
                 if digest not in self.located:
                     self.located[digest] = self._stored_object(digest)
                     if self.located[digest] is None:
-                        self._check_space(int(array.nbytes))
-                        self._writer.add_tensor(digest, array)
-                        self.bytes_written += int(array.nbytes)
-                        self.tensors_written += 1
+                        self._write(key, digest, array)
                 bar.update(int(array.nbytes))
+
+    def _write(self, key: str, digest: str, array: np.ndarray, delta: bool = True) -> None:
+        self._check_space(int(array.nbytes))
+        base = self._bases(key, array, digest) if self._code and delta else None
+        self.bytes_stored += self._writer.add_tensor(digest, array, base=base, code=self._code)
+        self.bytes_written += int(array.nbytes)
+        self.tensors_written += 1
 
     def claim_own(self, version_id: str) -> None:
         """Write the tensors the index places in ``version_id``'s own file: that file is being
@@ -71,10 +82,9 @@ class StagedCommit:
             digest = self.hashes[key]
             if self.located.get(digest) == version_id:
                 self.located[digest] = None
-                self._check_space(int(array.nbytes))
-                self._writer.add_tensor(digest, array)
-                self.bytes_written += int(array.nbytes)
-                self.tensors_written += 1
+                # Whole, never a delta: other stored tensors may be deltas against these very bytes,
+                # and a base of a base must never come back to the file being rewritten (a cycle).
+                self._write(key, digest, array, delta=False)
 
     def entries(self) -> list[tuple[str, str, tuple[int, ...], str]]:
         """(name, dtype, shape, hash) of every tensor: the input of :func:`hashing.version_id`."""
@@ -91,6 +101,7 @@ class StagedCommit:
     def publish(self, final: Path, version_id: str, meta: Mapping, structure: object,
                 manifest: list[ManifestEntry]) -> None:
         """Complete the snapshot file and move it to ``final`` (fsync, rename, fsync folder)."""
+        self._close_bases()
         try:
             self._writer.finish(version_id, meta, structure, manifest)
         except BaseException:
@@ -98,8 +109,14 @@ class StagedCommit:
             raise
         publish(self._writer.path, final)
 
+    def _close_bases(self) -> None:
+        close = getattr(self._bases, "close", None)
+        if close is not None:
+            close()
+
     def discard(self) -> None:
         """Drop the temporary file (the store already holds the version, or an error happened)."""
+        self._close_bases()
         with contextlib.suppress(OSError, RuntimeError):  # closing after a failed write must not hide it
             self._writer.close()
         with contextlib.suppress(OSError):

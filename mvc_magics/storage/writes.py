@@ -19,6 +19,7 @@ from ..core.metadata import author
 from ..core.reports import GcReport
 from ..errors import IntegrityError, StoreError
 from .atomic import atomic_write_bytes, fsync_path
+from .deltas import ParentBases, coding_enabled, needed_with_bases
 from .faults import ensure_space, write_failure
 from .index import Index
 from .recovery import index_content
@@ -56,11 +57,15 @@ class StoreWrites:
 
     # -- a new version ----------------------------------------------------------------------
 
-    def stage(self) -> StagedCommit:
-        """A staged commit writing new tensors into this store's tmp/ (call under the lock)."""
-        layout = self._layout
-        return StagedCommit(layout.tmp, self._store.stored_object, self._store.progress,
-                            check_space=lambda nbytes: ensure_space(layout.tmp, nbytes, 1, self._store.path))
+    def stage(self, parents: Sequence[str] = ()) -> StagedCommit:
+        """A staged commit writing new tensors into this store's tmp/ (call under the lock), coded
+        (and as deltas against the ``parents``' tensors where that is smaller) unless coding is off."""
+        layout, store = self._layout, self._store
+        code = coding_enabled()
+        manifests = [store.manifest(p) for p in parents if code and store.has_version(p)]
+        return StagedCommit(layout.tmp, store.stored_object, store.progress,
+                            check_space=lambda nbytes: ensure_space(layout.tmp, nbytes, 1, store.path),
+                            bases=ParentBases(layout.snapshot_path, manifests) if manifests else None, code=code)
 
     def publish_version(self, staged: StagedCommit, vid: str, meta: dict, structure: object,
                         manifest: list[ManifestEntry]) -> None:
@@ -280,6 +285,8 @@ class StoreWrites:
             for manifest in manifests:
                 for entry in manifest:
                     used.setdefault(entry["object"], set()).add(entry["hash"])
+            # A delta-coded tensor needs its base (and the base's base...) wherever it is stored.
+            used = needed_with_bases(used, layout.snapshot_path)
             for rid in layout.removed_ids():
                 path = layout.snapshot_path(rid)
                 if not path.exists():

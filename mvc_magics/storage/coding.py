@@ -1,0 +1,171 @@
+"""Lossless tensor coding: byte planes + zstd, optionally as an XOR delta against a base tensor.
+
+Coding works on a tensor's raw little-endian bytes, whatever its logical dtype (float32, bfloat16
+stored as raw bits, int4...): ``itemsize`` is the number of planes. Plane ``i`` holds byte ``i``
+of every element (plane 0 = the least significant byte; for floats the last plane holds the sign
+and the high exponent bits, which is where the redundancy is). Each plane is one zstd frame, or
+stored raw when zstd would not save on it (the low mantissa bytes of trained floats are noise).
+A delta codes ``raw XOR base_raw`` the same way; decoding XORs the base back.
+
+The layout of the coded bytes (documented in docs/FORMAT.md for plain h5py + zstandard readers) is
+the planes in order, each ``length`` bytes long, described by a ``(itemsize, 2)`` table of
+``[method, length]`` with method 0 = raw, 1 = zstd frame. Decoding treats every table and frame
+as untrusted: sizes are checked before anything is allocated.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import zstandard
+
+from ..errors import IntegrityError
+
+CODING_PLANES = "planes+zstd"
+CODING_DELTA = "xor+planes+zstd"
+CODINGS = frozenset({CODING_PLANES, CODING_DELTA})
+RAW, ZSTD = 0, 1
+# Below this a tensor is stored as it is: the attributes of a coded dataset cost more than it saves.
+MIN_CODED_BYTES = 4096
+# A plane whose sample compresses to more than this fraction of itself is stored raw (zstd's time
+# would buy under ~3%); a tensor whose coded form is not below this fraction of raw stays raw.
+PLANE_KEEP_RATIO = 0.97
+TENSOR_KEEP_RATIO = 0.97
+_SAMPLE = 1 << 16
+ZSTD_LEVEL = 1
+# Decoding runs over several threads for tensors at least this large (zstd releases the GIL).
+_PARALLEL_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Coded:
+    """The coded bytes of one tensor and their plane table."""
+
+    data: np.ndarray  # 1-D uint8
+    planes: np.ndarray  # (itemsize, 2) int64: [method, length] per plane
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.data.nbytes)
+
+
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid():
+        workers = max(2, min(4, os.cpu_count() or 1))
+        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mvc-code"))
+    return _POOL[1]
+
+
+def raw_bytes(array: np.ndarray) -> np.ndarray:
+    """The tensor's bytes as a flat uint8 view (``array`` must be C-contiguous, little-endian)."""
+    return array.reshape(-1).view(np.uint8)
+
+
+def xor_bytes(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``a XOR b`` of two equal-length uint8 buffers, 8 bytes at a time where the length allows."""
+    out = np.empty_like(a) if out is None else out
+    wide = (a.nbytes // 8) * 8
+    np.bitwise_xor(a[:wide].view(np.uint64), b[:wide].view(np.uint64), out=out[:wide].view(np.uint64))
+    np.bitwise_xor(a[wide:], b[wide:], out=out[wide:])
+    return out
+
+
+def _code_plane(plane: np.ndarray) -> tuple[int, bytes | np.ndarray]:
+    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
+    if plane.nbytes > 4 * _SAMPLE:  # a sample decides for big planes: noise costs no full zstd pass
+        middle = plane.nbytes // 2
+        sample = compressor.compress(plane[middle:middle + _SAMPLE])
+        if len(sample) > PLANE_KEEP_RATIO * _SAMPLE:
+            return RAW, plane
+    frame = compressor.compress(plane)
+    return (ZSTD, frame) if len(frame) < PLANE_KEEP_RATIO * plane.nbytes else (RAW, plane)
+
+
+def encode(raw: np.ndarray, itemsize: int, base: np.ndarray | None = None) -> Coded | None:
+    """Code ``raw`` (flat uint8, ``itemsize`` bytes per element), as ``raw XOR base`` when ``base``
+    is given; None when coding would not save (the tensor is then stored raw)."""
+    nbytes = raw.nbytes
+    if nbytes < MIN_CODED_BYTES or itemsize < 1 or nbytes % itemsize:
+        return None
+    source = xor_bytes(raw, base) if base is not None else raw
+    rows = source.reshape(-1, itemsize)
+    planes = [np.ascontiguousarray(rows[:, i]) for i in range(itemsize)] if itemsize > 1 else [source]
+    if nbytes >= _PARALLEL_BYTES and itemsize > 1:
+        coded = list(_pool().map(_code_plane, planes))
+    else:
+        coded = [_code_plane(p) for p in planes]
+    table = np.array([[method, len(body) if method == ZSTD else body.nbytes] for method, body in coded],
+                     dtype=np.int64)
+    total = int(table[:, 1].sum())
+    if base is None and (total >= TENSOR_KEEP_RATIO * nbytes or all(m == RAW for m, _ in coded)):
+        return None
+    data = np.empty(total, dtype=np.uint8)
+    offset = 0
+    for (method, body), length in zip(coded, table[:, 1]):
+        data[offset:offset + length] = np.frombuffer(body, dtype=np.uint8) if method == ZSTD else body
+        offset += int(length)
+    return Coded(data, table)
+
+
+def check_table(planes: np.ndarray, itemsize: int, stored: int, nbytes: int) -> np.ndarray:
+    """The plane table, validated against the stored and the decoded sizes (untrusted input)."""
+    table = np.asarray(planes)
+    if table.shape != (itemsize, 2) or table.dtype.kind not in "iu":
+        raise IntegrityError("coded tensor: malformed plane table")
+    table = table.astype(np.int64)
+    if itemsize < 1 or nbytes % itemsize or (table[:, 1] < 0).any() or int(table[:, 1].sum()) != stored:
+        raise IntegrityError("coded tensor: plane table does not match the stored bytes")
+    plane_len = nbytes // itemsize
+    for method, length in table:
+        if method not in (RAW, ZSTD) or (method == RAW and length != plane_len):
+            raise IntegrityError("coded tensor: plane table does not match the tensor's size")
+    return table
+
+
+def _decode_plane(body: np.ndarray, method: int, plane_len: int) -> np.ndarray | bytes:
+    if method == RAW:
+        return body
+    frame = body.tobytes()
+    try:
+        size = zstandard.frame_content_size(frame)
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"coded tensor: damaged zstd frame ({exc})") from exc
+    if size != plane_len:  # checked before decompressing: a frame never allocates beyond the tensor
+        raise IntegrityError("coded tensor: a zstd frame's size does not match the tensor")
+    try:
+        plain = zstandard.ZstdDecompressor().decompress(frame)
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"coded tensor: damaged zstd frame ({exc})") from exc
+    if len(plain) != plane_len:
+        raise IntegrityError("coded tensor: a zstd frame decoded to the wrong size")
+    return plain
+
+
+def decode_into(out: np.ndarray, data: np.ndarray, table: np.ndarray, base: np.ndarray | None = None) -> None:
+    """Decode ``data`` (validated ``table``) into ``out`` (flat uint8 of the decoded size), XORing
+    ``base`` (flat uint8, same size) back for a delta."""
+    itemsize = table.shape[0]
+    plane_len = out.nbytes // itemsize
+    bodies, offset = [], 0
+    for method, length in table:
+        bodies.append((data[offset:offset + int(length)], int(method)))
+        offset += int(length)
+    if out.nbytes >= _PARALLEL_BYTES and itemsize > 1:
+        plains = list(_pool().map(lambda item: _decode_plane(item[0], item[1], plane_len), bodies))
+    else:
+        plains = [_decode_plane(body, method, plane_len) for body, method in bodies]
+    if itemsize == 1:
+        out[:] = np.frombuffer(plains[0], dtype=np.uint8)
+    else:
+        rows = out.reshape(-1, itemsize)
+        for i, plain in enumerate(plains):
+            rows[:, i] = np.frombuffer(plain, dtype=np.uint8)
+    if base is not None:
+        xor_bytes(out, base, out=out)

@@ -1,0 +1,121 @@
+"""Delta bases: which stored tensor a new tensor may be coded against, and what a delta depends on.
+
+A new tensor is coded as an XOR delta against the tensor of the same name, dtype and shape in a
+related version: the parent for a commit, the first input that has it for a merge. Chains are
+bounded like git bounds delta depth: a base already ``max_depth`` deltas deep is not used, so the
+tensor is stored whole (a keyframe) and reading any version decodes at most ``max_depth + 1``
+tensors per name. ``MVC_DELTA_DEPTH`` sets the bound (0 turns deltas off); ``MVC_CODING=off``
+turns all coding off (tensors stored raw, as in format version 1).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..core.manifest import ManifestEntry
+from ..errors import IntegrityError
+from .snapshot import BASE_ATTR, CODING_ATTR, DEPTH_ATTR, TensorReader
+from .snapshot_writer import DeltaBase
+
+DEPTH_ENV = "MVC_DELTA_DEPTH"
+CODING_ENV = "MVC_CODING"
+DEFAULT_MAX_DEPTH = 4
+
+
+def coding_enabled() -> bool:
+    """False when ``MVC_CODING=off``: tensors are stored raw."""
+    return os.environ.get(CODING_ENV, "on").strip().lower() not in ("off", "0", "no", "false")
+
+
+def max_depth() -> int:
+    """The longest delta chain a new tensor may extend (``MVC_DELTA_DEPTH``, default 4)."""
+    try:
+        return max(0, int(os.environ.get(DEPTH_ENV, DEFAULT_MAX_DEPTH)))
+    except ValueError:
+        return DEFAULT_MAX_DEPTH
+
+
+def stored_coding(f: h5py.File, digest: str) -> tuple[str | None, int]:
+    """(``<object>/<hash>`` of the base or None, chain depth) of the tensor ``digest`` in ``f``."""
+    dataset = f["tensors"][digest]
+    if CODING_ATTR not in dataset.attrs or BASE_ATTR not in dataset.attrs:
+        return None, 0
+    reference = dataset.attrs[BASE_ATTR]
+    reference = reference.decode() if isinstance(reference, bytes) else str(reference)
+    return reference, int(dataset.attrs.get(DEPTH_ATTR, 1))
+
+
+def base_references(path: Path) -> dict[str, tuple[str, str]]:
+    """hash -> (base object id, base hash) of every delta-coded tensor a snapshot file holds."""
+    found: dict[str, tuple[str, str]] = {}
+    with h5py.File(path, "r") as f:
+        group = f.get("tensors")
+        if not isinstance(group, h5py.Group):
+            return found
+        for digest in group:
+            reference, _ = stored_coding(f, digest)
+            if reference is not None:
+                base_object, _, base_hash = reference.partition("/")
+                found[digest] = (base_object, base_hash)
+    return found
+
+
+def needed_with_bases(used: dict[str, set[str]], locate: Callable[[str], Path]) -> dict[str, set[str]]:
+    """``used`` (object id -> hashes read from it) grown with every delta base those tensors need,
+    transitively: what gc must keep and push/pull must move."""
+    needed = {oid: set(hashes) for oid, hashes in used.items()}
+    todo = list(needed)
+    scanned: dict[str, dict[str, tuple[str, str]]] = {}
+    while todo:
+        oid = todo.pop()
+        if oid not in scanned:
+            path = locate(oid)
+            scanned[oid] = base_references(path) if path.exists() else {}
+        for digest in list(needed[oid]):
+            if digest in scanned[oid]:
+                base_object, base_hash = scanned[oid][digest]
+                if base_hash not in needed.setdefault(base_object, set()):
+                    needed[base_object].add(base_hash)
+                    todo.append(base_object)
+    return needed
+
+
+class ParentBases:
+    """Finds, for each new tensor of a commit, its base in the parents' stored tensors.
+
+    Reading a base decodes and verifies it (a damaged parent simply gives no base: the tensor is
+    stored whole). Call :meth:`close` when done.
+    """
+
+    def __init__(self, locate: Callable[[str], Path], parents: Iterable[list[ManifestEntry]],
+                 depth_limit: int | None = None) -> None:
+        self._limit = max_depth() if depth_limit is None else depth_limit
+        self._candidates: dict[str, list[ManifestEntry]] = {}
+        for manifest in parents:
+            for entry in manifest:
+                self._candidates.setdefault(entry.name, []).append(entry)
+        self._reader = TensorReader(locate)
+
+    def __call__(self, name: str, array: np.ndarray, digest: str) -> DeltaBase | None:
+        if self._limit <= 0:
+            return None
+        for entry in self._candidates.get(name, ()):
+            if entry.dtype != array.dtype.name or entry.shape != tuple(array.shape) or entry.hash == digest:
+                continue
+            try:
+                depth = self._reader.chain_depth(entry)
+                if depth >= self._limit:
+                    return None  # a keyframe: the chain ends here
+                base = self._reader.read(entry, verify=True)
+            except (IntegrityError, OSError, KeyError, ValueError, RuntimeError):
+                continue
+            return DeltaBase(entry.object, entry.hash, base, depth)
+        return None
+
+    def close(self) -> None:
+        self._reader.close()

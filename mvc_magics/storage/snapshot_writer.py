@@ -1,0 +1,160 @@
+"""Writing snapshot files: tensors (coded when that saves) as they are hashed, then the metadata.
+
+The layout is described in :mod:`.snapshot` and docs/FORMAT.md; the coding in :mod:`.coding`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..core.hashing import canonical_array
+from ..core.manifest import ManifestEntry
+from . import coding
+from .snapshot import (
+    BASE_ATTR,
+    CHECKSUM_MAGIC,
+    CODING_ATTR,
+    DEPTH_ATTR,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    NATIVE_KINDS,
+    NATIVE_NAMES,
+    PLANES_ATTR,
+    RAW_DTYPE_ATTR,
+    USERBLOCK_SIZE,
+    body_digest,
+)
+
+
+@dataclass(frozen=True)
+class DeltaBase:
+    """A tensor a new tensor may be stored against: where it is stored, its bytes, its chain depth
+    (0 for a tensor stored whole)."""
+
+    object: str
+    hash: str
+    array: np.ndarray
+    depth: int
+
+
+def _code(array: np.ndarray, base: DeltaBase | None) -> tuple[coding.Coded | None, DeltaBase | None]:
+    """The smaller of the delta against ``base`` and the plain coding (None: store raw)."""
+    raw = coding.raw_bytes(array) if array.size else np.empty(0, np.uint8)
+    itemsize = array.dtype.itemsize
+    if base is not None and base.array.dtype == array.dtype and base.array.shape == array.shape:
+        delta = coding.encode(raw, itemsize, coding.raw_bytes(canonical_array(base.array)))
+        # A delta that is clearly small is kept without also trying the plain coding (half the time).
+        if delta is not None and delta.nbytes < 0.6 * array.nbytes:
+            return delta, base
+        plain = coding.encode(raw, itemsize)
+        if delta is not None and (plain is None or delta.nbytes < plain.nbytes) and delta.nbytes < array.nbytes:
+            return delta, base
+        return plain, None
+    return coding.encode(raw, itemsize), None
+
+
+def _string_dataset(group: h5py.Group, name: str, text: str) -> None:
+    group.create_dataset(name, data=text, dtype=h5py.string_dtype("utf-8"))
+
+
+def write_snapshot(
+    path: Path,
+    version_id: str,
+    meta: Mapping,
+    structure: object,
+    manifest: list[ManifestEntry],
+    new_tensors: Mapping[str, np.ndarray],
+) -> None:
+    """Write a complete snapshot file at ``path`` (a temporary name; the caller renames it)."""
+    writer = SnapshotWriter(path)
+    try:
+        for digest, array in new_tensors.items():
+            writer.add_tensor(digest, array)
+        writer.finish(version_id, meta, structure, manifest)
+    except BaseException:
+        writer.close()
+        raise
+
+
+class SnapshotWriter:
+    """Writes one snapshot file at a temporary ``path``: tensors first, as they are hashed, then
+    the metadata once the version id is known (a commit overlaps hashing with writing this way).
+
+    The file is created on the first :meth:`add_tensor` or at :meth:`finish`; the caller fsyncs
+    and renames it into place (see :func:`mvc_magics.storage.atomic.publish`).
+    """
+
+    def __init__(self, path: Path, format_version: int = FORMAT_VERSION) -> None:
+        self.path = path
+        # 1 with coding off: such a file is exactly what an older mvc_magics writes and reads.
+        self.format_version = format_version
+        self._file: h5py.File | None = None
+        self._tensors: h5py.Group | None = None
+
+    def _group(self) -> h5py.Group:
+        if self._file is None:
+            self._file = h5py.File(self.path, "w", libver=("earliest", "v110"), userblock_size=USERBLOCK_SIZE)
+            self._tensors = self._file.create_group("tensors")
+        assert self._tensors is not None
+        return self._tensors
+
+    def add_tensor(self, digest: str, array: np.ndarray, base: DeltaBase | None = None,
+                   code: bool = True) -> int:
+        """Store ``array`` under ``/tensors/<digest>`` (one contiguous, unfiltered dataset):
+        coded (byte planes + zstd, an XOR delta against ``base`` when that is smaller) when coding
+        saves, as it is otherwise. Returns the bytes stored."""
+        tensors = self._group()
+        array = canonical_array(array)
+        coded, used = _code(array, base) if code and self.format_version >= 2 else (None, None)
+        if coded is not None:
+            dataset = tensors.create_dataset(digest, data=coded.data)
+            dataset.attrs[CODING_ATTR] = coding.CODING_DELTA if used is not None else coding.CODING_PLANES
+            dataset.attrs[PLANES_ATTR] = coded.planes
+            if used is not None:
+                dataset.attrs[BASE_ATTR] = f"{used.object}/{used.hash}"
+                dataset.attrs[DEPTH_ATTR] = used.depth + 1
+            return coded.nbytes
+        if array.dtype.kind in NATIVE_KINDS and array.dtype.name in NATIVE_NAMES:
+            tensors.create_dataset(digest, data=array)
+        else:
+            raw = array.reshape(-1).view(np.uint8)
+            dataset = tensors.create_dataset(digest, data=raw)
+            dataset.attrs[RAW_DTYPE_ATTR] = array.dtype.name
+        return int(array.nbytes)
+
+    def finish(self, version_id: str, meta: Mapping, structure: object, manifest: list[ManifestEntry]) -> None:
+        """Write the root attributes, meta, structure and manifest, and close the file."""
+        self._group()
+        f = self._file
+        assert f is not None
+        f.attrs["mvc_format"] = FORMAT_NAME
+        f.attrs["mvc_format_version"] = self.format_version
+        f.attrs["version_id"] = version_id
+        _string_dataset(f, "meta", json.dumps(meta, sort_keys=True))
+        if structure is not None:
+            _string_dataset(f, "structure", json.dumps(structure, sort_keys=True))
+        _string_dataset(f, "manifest", json.dumps([e.to_json() for e in manifest]))
+        self.close()
+        _stamp_checksum(self.path)
+
+    def close(self) -> None:
+        """Close the file (idempotent); an unfinished file is left for the caller to remove."""
+        if self._file is not None:
+            handle, self._file, self._tensors = self._file, None, None
+            handle.close()
+
+
+def _stamp_checksum(path: Path) -> None:
+    """Write the checksum of everything after the checksum line into the user block (before the rename)."""
+    with open(path, "r+b") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        digest = body_digest(handle, size)
+        handle.seek(0)
+        handle.write(CHECKSUM_MAGIC + digest.encode() + b"\n")

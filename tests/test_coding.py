@@ -1,0 +1,168 @@
+"""Tensor coding in snapshot files: byte planes + zstd, XOR deltas against the parent, bounded
+chains; bit-exact round trips, damage detection, gc keeping bases alive, push/pull of coded files."""
+
+from __future__ import annotations
+
+import h5py
+import ml_dtypes
+import numpy as np
+import pytest
+
+from mvc_magics import Repo
+from mvc_magics.core.hashing import tensor_hash
+from mvc_magics.errors import IntegrityError, StoreFormatError
+from mvc_magics.storage import coding, snapshot
+
+
+def training_run(repo, steps=4, seed=0, name="net"):
+    """Versions of a model changing a little every step, as epoch checkpoints do."""
+    rng = np.random.default_rng(seed)
+    weights = {"dense/kernel": (rng.standard_normal((128, 96)) * 0.05).astype(np.float32),
+               "dense/bias": np.zeros(96, np.float32), "step": np.array(0, np.int64)}
+    versions = []
+    for step in range(steps):
+        versions.append((repo.commit(weights, name), {k: v.copy() for k, v in weights.items()}))
+        weights["dense/kernel"] = weights["dense/kernel"] - (rng.standard_normal((128, 96)) * 1e-4).astype(np.float32)
+        weights["step"] = np.array(step + 1, np.int64)
+    return versions
+
+
+def stored(repo, vid, digest):
+    with h5py.File(repo.path / "objects" / vid[:2] / f"{vid}.h5", "r") as f:
+        return dict(f["tensors"][digest].attrs)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64", "int64", "int8", "bool",
+                                   "bfloat16", "float8_e4m3fn", "int4"])
+def test_coding_round_trips_the_raw_bytes_of_every_dtype(dtype):
+    rng = np.random.default_rng(1)
+    values = rng.standard_normal(20000) * 0.1
+    dtype = np.dtype(getattr(ml_dtypes, dtype)) if not hasattr(np, dtype) else np.dtype(dtype)
+    array = (values > 0) if dtype == np.bool_ else values.astype(dtype) if dtype.kind == "f" or dtype.kind == "V" \
+        else (values * 7).astype(dtype)
+    raw = coding.raw_bytes(np.ascontiguousarray(array))
+    base = coding.raw_bytes(np.ascontiguousarray(np.roll(array, 1)))
+    for reference in (None, base):
+        coded = coding.encode(raw, dtype.itemsize, reference)
+        assert coded is not None and coded.nbytes < raw.nbytes  # these all compress
+        out = np.empty_like(raw)
+        coding.decode_into(out, coded.data, coding.check_table(coded.planes, dtype.itemsize, coded.nbytes,
+                                                               raw.nbytes), reference)
+        assert out.tobytes() == raw.tobytes()
+
+
+def test_noise_stays_raw_and_small_tensors_are_not_coded():
+    noise = np.random.default_rng(2).integers(0, 256, 1 << 16, dtype=np.uint8)
+    assert coding.encode(noise, 1) is None
+    assert coding.encode(np.zeros(100, np.uint8), 1) is None
+
+
+def test_commits_are_coded_then_chained_as_deltas_with_keyframes(repo, monkeypatch):
+    monkeypatch.setenv("MVC_DELTA_DEPTH", "2")
+    versions = training_run(repo, steps=5)
+    kinds = []
+    for version, expected in versions:
+        attrs = stored(repo, version.id, tensor_hash(expected["dense/kernel"]))
+        kinds.append((attrs["mvc_coding"], int(attrs.get("mvc_depth", 0))))
+        state = repo.load_state(version)
+        assert all(state[k].tobytes() == v.tobytes() for k, v in expected.items())
+    assert kinds == [("planes+zstd", 0), ("xor+planes+zstd", 1), ("xor+planes+zstd", 2), ("planes+zstd", 0),
+                     ("xor+planes+zstd", 1)]
+    sizes = [(repo.path / "objects" / v.id[:2] / f"{v.id}.h5").stat().st_size for v, _ in versions]
+    assert sizes[1] < 0.75 * sizes[0]  # a delta of a small update is far smaller than the coded tensor
+
+
+def test_coding_off_writes_format_version_1_that_a_coding_store_still_reads(repo, monkeypatch):
+    monkeypatch.setenv("MVC_CODING", "off")
+    old, old_weights = training_run(repo, steps=1)[0]
+    with h5py.File(repo.path / "objects" / old.id[:2] / f"{old.id}.h5", "r") as f:
+        assert int(f.attrs["mvc_format_version"]) == 1
+        assert not any("mvc_coding" in d.attrs for d in f["tensors"].values())
+    monkeypatch.delenv("MVC_CODING")
+    old_weights["dense/kernel"] = old_weights["dense/kernel"] + np.float32(1e-3)
+    new = repo.commit(old_weights, "net")
+    assert stored(repo, new.id, tensor_hash(old_weights["dense/kernel"]))["mvc_coding"] == "xor+planes+zstd"
+    assert repo.load_state(new)["dense/kernel"].tobytes() == old_weights["dense/kernel"].tobytes()
+    assert repo.verify().ok
+
+
+def test_a_reader_of_version_1_refuses_a_coded_file_with_a_clear_message(repo, monkeypatch):
+    version, _ = training_run(repo, steps=1)[0]
+    monkeypatch.setattr(snapshot, "READABLE_VERSIONS", frozenset({1}))
+    with pytest.raises(StoreFormatError, match=r"snapshot format version 2.*upgrade mvc_magics"):
+        snapshot.read_content(repo.path / "objects" / version.id[:2] / f"{version.id}.h5")
+
+
+def _flip_inside(path, digest, at=0.5):
+    with h5py.File(path, "r") as f:
+        offset = f["tensors"][digest].id.get_offset() + int(f["tensors"][digest].shape[0] * at)
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        byte = handle.read(1)
+        handle.seek(offset)
+        handle.write(bytes([byte[0] ^ 0x40]))
+
+
+def test_a_damaged_base_fails_and_is_named_for_every_version_built_on_it(repo):
+    versions = training_run(repo, steps=4)
+    (first, first_weights) = versions[0]
+    _flip_inside(repo.path / "objects" / first.id[:2] / f"{first.id}.h5", tensor_hash(first_weights["dense/kernel"]))
+    for version, _ in versions:
+        with pytest.raises(IntegrityError):
+            repo.load_state(version)
+    report = repo.verify()
+    damaged = {p.version for p in report.problems if p.tensor == "dense/kernel"}
+    assert damaged == {v.id for v, _ in versions}
+    assert any("delta base" in p.message for p in report.problems if p.version == versions[3][0].id)
+
+
+def test_hostile_plane_tables_and_base_cycles_are_refused(repo):
+    (version, weights), = training_run(repo, steps=1)
+    path = repo.path / "objects" / version.id[:2] / f"{version.id}.h5"
+    digest = tensor_hash(weights["dense/kernel"])
+    with h5py.File(path, "r+") as f:  # claim a zstd plane is raw and as long as the whole tensor
+        table = f["tensors"][digest].attrs["mvc_planes"]
+        table[-1] = [0, table[-1][1] + 1]
+        f["tensors"][digest].attrs["mvc_planes"] = table
+    with pytest.raises(IntegrityError, match="plane table"):
+        repo.load_state(version, verify=False)
+    with h5py.File(path, "r+") as f:  # a delta whose base is itself: a cycle
+        dataset = f["tensors"][digest]
+        dataset.attrs["mvc_planes"] = np.array([[0, 128 * 96]] * 4, np.int64)[:, :] * [1, 1]
+        dataset.attrs["mvc_coding"] = "xor+planes+zstd"
+        dataset.attrs["mvc_base"] = f"{version.id}/{digest}"
+    with pytest.raises(IntegrityError):
+        repo.load_state(version, verify=False)
+
+
+def test_gc_keeps_every_base_a_remaining_version_needs(repo):
+    versions = training_run(repo, steps=4)
+    for version, _ in versions[:3]:
+        repo.remove(version.id, force=True)
+    report = repo.gc()
+    last, expected = versions[3]
+    assert report.files_rewritten >= 1
+    state = repo.load_state(last)
+    assert all(state[k].tobytes() == v.tobytes() for k, v in expected.items())
+    assert repo.verify().ok
+    repo.remove(last.id, force=True)
+    repo.gc()
+    assert not any((repo.path / "objects").rglob("*.h5"))  # nothing needs the bases any more
+
+
+def test_push_and_clone_move_coded_files_as_they_are_and_verify_them(tmp_path, monkeypatch):
+    with Repo(tmp_path / "a" / ".mvc") as a:
+        versions = training_run(a, steps=3)
+        a.remove(versions[1][0].id, force=True)  # the middle base now lives in a removed version's file
+        a.add_remote("origin", (tmp_path / "remote").as_uri())
+        a.push()
+        local = {p.name: p.read_bytes() for p in (a.path / "objects").rglob("*.h5")}
+    with Repo(tmp_path / "b" / ".mvc") as b:
+        b.add_remote("origin", (tmp_path / "remote").as_uri())
+        b.pull()
+        last, expected = versions[2]
+        state = b.load_state(last.id)
+        assert all(state[k].tobytes() == v.tobytes() for k, v in expected.items())
+        assert b.verify().ok
+        pulled = {p.name: p.read_bytes() for p in (b.path / "objects").rglob("*.h5")}
+    assert pulled[f"{last.id}.h5"] == local[f"{last.id}.h5"]  # not re-coded on the way
