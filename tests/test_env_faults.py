@@ -131,7 +131,7 @@ repo = Repo(store)
 repo.commit({"w": np.arange(1000, dtype=np.float32)}, "model")
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
-attempt(repo, {"w": np.random.default_rng(0).random(1_000_000, dtype=np.float32)}, 1)  # noise: coding cannot shrink it under the limit
+attempt(repo, {"w": np.random.default_rng(0).random(1_000_000, dtype=np.float32)}, 1)  # noise: no coding fits it
 attempt(repo, {"w": np.ones(1000, np.float32)}, 2)
 """
 
