@@ -6,11 +6,12 @@ from ..errors import UnsupportedModelError
 from .base import Adapter
 from .keras import KerasAdapter
 from .numpy_dict import NumpyDictAdapter
+from .sklearn import SklearnAdapter
 from .torch import TorchAdapter
 
 # Order matters only where one object could match two adapters (none today); the framework
 # itself is imported by an adapter only once it is handling such a model.
-ADAPTERS: list[Adapter] = [KerasAdapter(), TorchAdapter(), NumpyDictAdapter()]
+ADAPTERS: list[Adapter] = [KerasAdapter(), TorchAdapter(), SklearnAdapter(), NumpyDictAdapter()]
 
 
 def adapter_for(obj: object) -> Adapter:
@@ -19,8 +20,8 @@ def adapter_for(obj: object) -> Adapter:
         if adapter.handles(obj):
             return adapter
     raise UnsupportedModelError(
-        f"cannot version a {type(obj).__name__}: supported are Keras 3 models, PyTorch modules and "
-        "dict[str, numpy.ndarray]"
+        f"cannot version a {type(obj).__name__}: supported are Keras 3 models, PyTorch modules, "
+        "scikit-learn estimators and dict[str, numpy.ndarray]"
     )
 
 

@@ -97,3 +97,14 @@ def remember_hashes(adapter: Any, model: Any, state: Mapping[str, np.ndarray], h
     remember = getattr(adapter, "remember_hashes", None)
     if remember is not None:
         remember(model, state, hashes)
+
+
+def load_version(adapter: Any, model: Any, structure: object, state: Mapping[str, np.ndarray]) -> None:
+    """Make ``model`` hold a stored version. Adapters whose models carry more than tensors (a
+    scikit-learn estimator's hyper-parameters) use the version's structure too (``load_version``);
+    the others assign the tensors (``set_state``, with arrays the caller will not use again)."""
+    load = getattr(adapter, "load_version", None)
+    if load is not None:
+        load(model, structure, state)
+    else:
+        adapter.set_state(model, state, owned=True)

@@ -62,10 +62,12 @@ class MergePlan:
 def is_rng_state(name: str) -> bool:
     """Keras seed-generator states (Dropout...) change with every training step; they are not weights.
 
-    PyTorch BatchNorm's ``num_batches_tracked`` is a step counter too: an average of counters means
-    nothing, so, like a generator state, it is taken from the first input (documented in the README).
+    PyTorch BatchNorm's ``num_batches_tracked`` and scikit-learn's ``n_iter_`` are step counters too:
+    an average of counters means nothing, so, like a generator state, they are taken from the first
+    input (documented in the README).
     """
-    return name.rsplit("/", 1)[-1] == "seed_generator_state" or name.rsplit(".", 1)[-1] == "num_batches_tracked"
+    return (name.rsplit("/", 1)[-1] in ("seed_generator_state", "n_iter_")
+            or name.rsplit(".", 1)[-1] == "num_batches_tracked")
 
 
 def is_float_dtype(name: str) -> bool:

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..adapters import Adapter, adapter_for, adapter_named
-from ..adapters.base import match_state
+from ..adapters.base import load_version, match_state
 from ..core.manifest import ManifestEntry
 from ..core.names import validate_name
 from ..errors import UnsupportedModelError
@@ -35,7 +35,7 @@ def checkout(store: Store, ref: str, model: Any = None, name: str | None = None,
         if version.framework and adapter.framework != version.framework:
             raise UnsupportedModelError(f"{version.short_id} is a {version.framework} model; it cannot be "
                                         f"checked out into a {adapter.framework} model")
-        adapter.set_state(model, state, owned=True)  # state was read for this call
+        load_version(adapter, model, versions.structure(store, version.id), state)  # state was read for this call
         _remember_loaded(adapter, model, state, store.manifest(version.id))
         result = model
     if not store.readonly:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..adapters import adapter_for
+from ..adapters import adapter_for, adapter_named
 from ..adapters.base import match_state
 from ..core.merge_plan import METHODS, MergePlan, align, check_distinct, check_structures, check_weights
 from ..core.merge_report import EvalFn, MergedVersion, MergePreview, MergeReport
@@ -37,6 +37,10 @@ def plan_weight_merge(store: Store, inputs: list[Version], weights: Sequence[flo
     check_distinct(inputs)
     raw, normalized = check_weights(weights, len(inputs))
     structures = [versions.structure(store, v.id) for v in inputs]
+    if len({v.framework for v in inputs}) == 1:  # before the structures: the reason, not a symptom
+        refusal = getattr(adapter_named(inputs[0].framework), "average_refusal", lambda _s: None)(structures[0])
+        if refusal:
+            raise MergeConflictError(refusal)
     check_structures(inputs, structures)
     manifests = [store.manifest(v.id) for v in inputs]
     # Keras layer names may differ between equal structures; dict keys are the only identity.
