@@ -7,6 +7,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..core.names import pair_names
 from ..errors import ShapeMismatchError
 
 
@@ -50,15 +51,14 @@ def match_state(
     """Map each live variable name to the stored tensor name it receives, checking every shape.
 
     Names are matched exactly; when they differ (a notebook re-ran the cell that built the model,
-    so Keras numbered the layers anew) and the counts agree, they are matched by position, and
-    every shape must still agree. Raises :class:`ShapeMismatchError` naming the first problems, before any assignment.
+    so Keras numbered the layers anew) the rest are paired by :func:`~mvc_magics.core.names.pair_names`
+    (same kind of name, in the order of their numbers: never by the order of a manifest, and never
+    a name that exists on both sides), and every shape must still agree. Raises
+    :class:`ShapeMismatchError` naming the first problems, before any assignment.
     """
     live_names, stored_names = list(live), list(stored)
-    if set(live_names) == set(stored_names):
-        pairs = {name: name for name in live_names}
-    elif len(live_names) == len(stored_names):
-        pairs = dict(zip(live_names, stored_names))
-    else:
+    pairs = pair_names(live_names, stored_names)
+    if pairs is None:
         missing = [n for n in stored_names if n not in live]
         extra = [n for n in live_names if n not in stored]
         detail = []

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .manifest import ManifestEntry
+from .names import pair_names
 from .tables import Table, format_bytes
 from .version import Version
 
@@ -225,13 +226,15 @@ def tensor_statistics(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
 
 
 def match_tensors(first: list[ManifestEntry], second: list[ManifestEntry]) -> tuple[list, str | None]:
-    """Pairs (name, entry A or None, entry B or None): by name, or by position when only names differ."""
+    """Pairs (name, entry A or None, entry B or None): by name, or by :func:`pair_names` when only names differ."""
     names_a, names_b = [e.name for e in first], [e.name for e in second]
-    if set(names_a) != set(names_b) and len(first) == len(second) and all(
-        (x.shape, x.dtype) == (y.shape, y.dtype) for x, y in zip(first, second, strict=True)
-    ):
-        return [(y.name, x, y) for x, y in zip(first, second, strict=True)], (
-            "tensor names differ (layers renumbered?): matched by position, shown with B's names")
+    paired = pair_names(names_a, names_b) if set(names_a) != set(names_b) else None
+    if paired is not None:
+        by_b = {e.name: e for e in second}
+        matched = [(by_b[paired[x.name]], x) for x in first]
+        if all((x.shape, x.dtype) == (y.shape, y.dtype) for y, x in matched):
+            return [(y.name, x, y) for y, x in matched], (
+                "tensor names differ (layers renumbered?): matched by position (layer numbers), shown with B's names")
     by_name = {e.name: e for e in second}
     pairs = [(e.name, e, by_name.get(e.name)) for e in first]
     known = set(names_a)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from ..errors import MergeConflictError
 from .manifest import ManifestEntry
+from .names import pair_names
 from .version import Version
 
 #: Every merge method: weight merges ("average", "greedy") and output ensembles ("ensemble", "vote").
@@ -209,9 +210,9 @@ def align(versions: Sequence[Version], manifests: Sequence[Sequence[ManifestEntr
         if set(by_name) == set(names):
             for column, name in zip(columns, names, strict=True):
                 column.append(by_name[name])
-        elif by_position and len(manifest) == len(first):
-            for column, entry in zip(columns, manifest, strict=True):
-                column.append(entry)
+        elif by_position and (paired := pair_names(names, list(by_name))) is not None:
+            for column, name in zip(columns, names, strict=True):
+                column.append(by_name[paired[name]])
         else:
             missing = [n for n in names if n not in by_name]
             extra = [n for n in by_name if n not in set(names)]

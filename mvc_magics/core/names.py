@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
 
 from ..errors import InvalidNameError
 
@@ -56,3 +57,89 @@ def is_valid_name(name: object) -> bool:
     except InvalidNameError:
         return False
     return True
+
+
+# -- tags must not pass for ids or refs -------------------------------------------------------
+
+# Latin look-alikes from other scripts (Cyrillic, Greek): a tag spelled with them next to an
+# existing Latin one reads the same on screen but names another version.
+_CONFUSABLES = str.maketrans({
+    "а": "a", "в": "b", "е": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p", "с": "c", "т": "t",
+    "у": "y", "х": "x", "і": "i", "ј": "j", "ѕ": "s", "ԁ": "d", "һ": "h", "ӏ": "l", "ԛ": "q", "ԝ": "w",
+    "ɡ": "g", "ѵ": "v", "ү": "y", "ց": "g", "օ": "o", "ս": "u",
+    "А": "A", "В": "B", "Е": "E", "К": "K", "М": "M", "Н": "H", "О": "O", "Р": "P", "С": "C", "Т": "T",
+    "Х": "X", "У": "Y", "І": "I", "Ј": "J", "Ѕ": "S", "Ԁ": "D", "Һ": "H", "Ӏ": "I", "Ԛ": "Q", "Ԝ": "W",
+    "α": "a", "ο": "o", "ρ": "p", "ν": "v", "ι": "i", "κ": "k", "τ": "t", "υ": "u", "χ": "x", "ε": "e",
+    "Α": "A", "Β": "B", "Ε": "E", "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K", "Μ": "M", "Ν": "N", "Ο": "O",
+    "Ρ": "P", "Τ": "T", "Υ": "Y", "Χ": "X",
+})
+_HEXLIKE = re.compile(r"^[0-9a-fA-F]{4,64}$")
+# The words of the ref grammar: a tag may not read like one (best:METRIC needs a colon, refused anyway).
+_REF_WORDS = frozenset({"head", "latest"})
+
+
+def confusable_skeleton(name: str) -> str:
+    """What ``name`` looks like on screen: NFKC-folded, other scripts' Latin look-alikes mapped to Latin."""
+    return unicodedata.normalize("NFKC", name).translate(_CONFUSABLES)
+
+
+def validate_tag(tag: object, existing: Iterable[str] = ()) -> str:
+    """Return ``tag`` if it is a safe, unambiguous tag name, else raise :class:`InvalidNameError`.
+
+    Besides :func:`validate_name`: a tag must not look like a version id or id prefix (4 to 64 hex
+    digits: ids win over tags, such a tag could never be reached and would read as an id), nor like
+    a ref word (``HEAD``, ``latest``) in any case, width or script, nor like one of the
+    ``existing`` tags it is not (``prоduction`` with a Cyrillic ``о`` next to ``production``).
+    """
+    tag = validate_name(tag, "tag")
+    skeleton = confusable_skeleton(tag)
+    if _HEXLIKE.match(tag) or _HEXLIKE.match(skeleton):
+        raise InvalidNameError(f"tag {tag!r} looks like a version id (4-64 hex digits); ids win over tags")
+    if skeleton.casefold() in _REF_WORDS or tag.casefold() in _REF_WORDS:
+        raise InvalidNameError(f"tag {tag!r} looks like the ref {skeleton!r}; choose another name")
+    for other in existing:
+        if other != tag and confusable_skeleton(other) == skeleton:
+            raise InvalidNameError(f"tag {tag!r} looks like the existing tag {other!r} but is spelled "
+                                   "differently; choose another name")
+    return tag
+
+
+# -- pairing variables whose names changed ----------------------------------------------------
+
+_NUMBERED = re.compile(r"_\d+$")
+_DIGITS = re.compile(r"(\d+)")
+
+
+def _skeleton(name: str) -> str:
+    """The name without the numbers a framework appends (``dense_3/kernel`` -> ``dense/kernel``)."""
+    return "/".join(_NUMBERED.sub("", part.split("#")[0]) for part in name.split("/"))
+
+
+def _natural_key(name: str) -> list:
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in _DIGITS.split(name)]
+
+
+def pair_names(left: Iterable[str], right: Iterable[str]) -> dict[str, str] | None:
+    """Pair each name of ``left`` with one of ``right``; None when they cannot be paired safely.
+
+    Equal names pair with each other. The rest (a re-run notebook cell numbered the layers anew:
+    ``dense_3/kernel`` vs ``dense_7/kernel``) pair only with a name of the same kind (equal once
+    the numbers are dropped), in the order of their numbers. The pairing depends only on the
+    names (which the version id covers), never on the order a manifest lists them in, and a name
+    that exists on both sides is never paired with another.
+    """
+    left, right = list(left), list(right)
+    if len(left) != len(right):
+        return None
+    shared = set(left) & set(right)
+    pairs = {name: name for name in left if name in shared}
+    groups: dict[str, tuple[list[str], list[str]]] = {}
+    for side, names in ((0, left), (1, right)):
+        for name in names:
+            if name not in shared:
+                groups.setdefault(_skeleton(name), ([], []))[side].append(name)
+    for mine, theirs in groups.values():
+        if len(mine) != len(theirs):
+            return None
+        pairs.update(zip(sorted(mine, key=_natural_key), sorted(theirs, key=_natural_key), strict=True))
+    return pairs

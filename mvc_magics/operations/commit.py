@@ -16,7 +16,7 @@ from ..adapters import Adapter, adapter_for
 from ..adapters.base import known_hashes, remember_hashes
 from ..core.hashing import HashesAhead, canonical_array, version_id
 from ..core.metadata import author, base_library_versions, validate_metrics, validate_params
-from ..core.names import validate_name
+from ..core.names import validate_name, validate_tag
 from ..core.provenance import complete_provenance
 from ..core.version import CommitStats, Version
 from ..errors import StoreError, UnsupportedModelError
@@ -41,7 +41,7 @@ def commit(
 ) -> Version:
     """Store ``model``'s content as a version of ``name`` (see :meth:`mvc_magics.Repo.commit`)."""
     name = validate_name(name, "model name")
-    tags = [validate_name(t, "tag") for t in tags]
+    tags = [validate_tag(t, versions.tag_names(store)) for t in tags]
     adapter = adapter_for(model)
     check_same_framework(store, name, adapter.framework)
     explicit = validate_metrics(metrics)

@@ -64,9 +64,15 @@ def _unique_length(vid: str, before: str | None, after: str | None) -> int:
 
 def load_versions(index: Index, where: str, params: tuple, limit: int | None = None,
                   head_name: str | None = None) -> list[Version]:
-    """Versions matching a SQL condition on ``versions v``, newest first, with tags and metrics.
+    """Versions matching a SQL condition on ``versions v``, newest first, with tags and metrics,
+    all read in one read transaction (one consistent snapshot while another process commits)."""
+    with index.reading():
+        return _load_versions(index, where, params, limit, head_name)
 
-    A handful of queries whatever the number of versions. A version's row never changes once
+
+def _load_versions(index: Index, where: str, params: tuple, limit: int | None,
+                   head_name: str | None) -> list[Version]:
+    """A handful of queries whatever the number of versions. A version's row never changes once
     inserted (rows are only added and deleted, and ``seq`` is never reused), so its parsed
     metadata is kept per index connection and a repeated ``log`` reads only ids, metrics and tags.
     """
@@ -160,7 +166,12 @@ def _need_model(index: Index, ref: str) -> str:
 
 
 def resolve(index: Index, text: str, name: str | None) -> tuple[str, str]:
-    """(version id, model name) for a ref within ``name``'s history."""
+    """(version id, model name) for a ref within ``name``'s history (one consistent read)."""
+    with index.reading():
+        return _resolve(index, text, name)
+
+
+def _resolve(index: Index, text: str, name: str | None) -> tuple[str, str]:
     ref = parse_ref(text)
     if ref.kind == "name" and ref.looks_like_id and name is None:
         vid = _resolve_name(index, ref.value, None, text)  # an id prefix needs no model
@@ -207,14 +218,8 @@ def _resolve_best(index: Index, model: str, metric: str, direction: str, text: s
 
 
 def _resolve_name(index: Index, value: str, model: str | None, text: str) -> str:
-    if model is not None:
-        rows = index.query("SELECT id FROM tags WHERE name = ? AND tag = ?", (model, value))
-        if rows:
-            return rows[0][0]
-    else:
-        rows = index.query("SELECT id FROM tags WHERE tag = ?", (value,))
-        if len(rows) == 1:
-            return rows[0][0]
+    # Ids win over tags: a tag named like an id (refused today, but pulled or written before that
+    # rule) must never make an id, or a unique id prefix, load another version.
     if value.lower() == value and all(c in "0123456789abcdef" for c in value) and len(value) >= 4:
         cond, params = "id >= ? AND id < ?", [value, value + "g"]
         if model is not None and len(value) < 64:  # a full id names one version in any history
@@ -229,6 +234,14 @@ def _resolve_name(index: Index, value: str, model: str | None, text: str) -> str
                 f"{text!r} matches {len(ids)} versions: {', '.join(i[:12] for i in ids[:8])}; give more digits",
                 ids,
             )
+    if model is not None:
+        rows = index.query("SELECT id FROM tags WHERE name = ? AND tag = ?", (model, value))
+        if rows:
+            return rows[0][0]
+    else:
+        rows = index.query("SELECT id FROM tags WHERE tag = ?", (value,))
+        if len(rows) == 1:
+            return rows[0][0]
     where = f" of {model!r}" if model else ""
     tags = [r[0] for r in index.query(
         "SELECT tag FROM tags" + (" WHERE name = ?" if model else "") + " ORDER BY tag",

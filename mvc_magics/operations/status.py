@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
 from ..adapters import adapter_for
 from ..adapters.base import known_hashes, remember_hashes
 from ..core.hashing import hashes_ahead
+from ..core.names import pair_names
 from ..core.reports import StatusEntry, StatusReport
 from ..core.version import Version
-from ..errors import UnsupportedModelError
+from ..errors import IntegrityError, UnknownRefError, UnsupportedModelError
 from ..storage.store import Store
 from . import versions
 
@@ -39,14 +39,15 @@ def is_modified(store: Store, model: Any, head: Version | None) -> bool:
         state = adapter.get_state(model)
     except UnsupportedModelError:
         return True
-    rows = store.index.query("SELECT manifest FROM versions WHERE id = ?", (head.id,))
-    if not rows:
+    try:
+        stored = {e.name: e.hash for e in store.manifest(head.id)}  # checked against the id
+    except (IntegrityError, UnknownRefError):
         return True
-    stored = {e.get("name"): e.get("hash") for e in json.loads(rows[0][0])}  # only compared
-    if len(state) != len(stored):
+    # Names that differ (a re-run cell renumbered the layers) are paired as a checkout pairs them.
+    paired = pair_names(state, stored)
+    if paired is None:
         return True
-    # Names that differ (a re-run cell renumbered the layers) are matched by position.
-    expected = stored if set(state) == set(stored) else dict(zip(state, stored.values(), strict=True))
+    expected = {key: stored[paired[key]] for key in state}
     computed = {}
     for key, digest in hashes_ahead(state, known_hashes(adapter, model, state)):
         if digest != expected[key]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..core.names import validate_name
+from ..core.names import validate_name, validate_tag
 from ..core.version import Version
 from ..errors import ProtectedRefError, TagExistsError
 from ..storage.store import Store
@@ -23,7 +23,7 @@ def check_tag_free(store: Store, name: str, tag: str, vid: str, force: bool) -> 
 def tag(store: Store, ref: str, tag: str, name: str | None = None, force: bool = False,
         protect: bool | None = None) -> Version:
     """Put ``tag`` on the version ``ref`` names; moving an existing tag needs ``force``."""
-    tag = validate_name(tag, "tag")
+    tag = validate_tag(tag, versions.tag_names(store))
     version = versions.resolve(store, ref, name=name)
     with store.locked():
         check_tag_free(store, version.name, tag, version.id, force)

@@ -6,6 +6,7 @@ from ..core.hashing import version_id
 from ..core.names import is_valid_name
 from ..core.reports import Problem, VerifyReport
 from ..errors import IntegrityError, MVCError
+from ..storage.index_check import index_differences
 from ..storage.signatures import check_signature, signer_from_env
 from ..storage.snapshot import SnapshotContent, TensorReader, check_file_checksum, read_content
 from ..storage.store import Store
@@ -15,8 +16,8 @@ def verify_store(store: Store) -> VerifyReport:
     """Check every snapshot file and tensor; a damaged tensor is reported for every version using it.
 
     Also checks each file's checksum (any flipped byte), that structure and manifest still hash to
-    the version id, the index file, the audit chain (and that every version is recorded in it) and,
-    when a signing key is configured, every version's signature.
+    the version id, the index file and every index row against the files, the audit chain (and
+    that every version is recorded in it) and, when a signing key is configured, every signature.
     """
     report = VerifyReport()
     contents: dict[str, SnapshotContent] = {}
@@ -50,6 +51,11 @@ def verify_store(store: Store) -> VerifyReport:
         indexed = set(contents)
     for vid in sorted(indexed - set(contents) - report.damaged_versions):
         report.problems.append(Problem(vid, None, "indexed but its snapshot file is missing"))
+    try:  # the index is a cache: every row must say what the files say (damage reported above aside)
+        for subject, difference in index_differences(store, {p.version for p in report.problems}):
+            report.problems.append(Problem(subject, None, f"{difference} (run reindex)"))
+    except IntegrityError as exc:
+        report.problems.append(Problem("index", None, str(exc)))
     unindexed = set(contents) - indexed
     if unindexed:
         report.notes.append(f"{len(unindexed)} snapshot(s) not in the index (run reindex)")

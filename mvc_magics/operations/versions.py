@@ -7,7 +7,7 @@ import numpy as np
 from ..core.names import validate_name
 from ..core.version import Version, VersionLog
 from ..errors import UnknownRefError
-from ..storage.snapshot import TensorReader, read_content
+from ..storage.snapshot import TensorReader
 from ..storage.store import Store
 from . import lookup
 
@@ -59,8 +59,8 @@ def load_state(store: Store, version: Version | str, verify: bool = True) -> dic
 
 
 def structure(store: Store, vid: str) -> object:
-    """The stored model structure of a version (None when the model was not serializable)."""
-    return read_content(store.layout.snapshot_path(vid)).structure
+    """The stored model structure of a version, checked against its id (None when not serializable)."""
+    return store.structure(vid)
 
 
 def tag_names(store: Store, name: str | None = None) -> list[str]:

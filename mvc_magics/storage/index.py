@@ -18,7 +18,7 @@ from ..errors import IntegrityError, StoreError
 
 SCHEMA_VERSION = 1
 
-_SCHEMA = """
+SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS info(key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS versions(
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -72,7 +72,7 @@ class Index:
             try:
                 self._conn.execute("PRAGMA journal_mode=WAL")
                 self._conn.execute("PRAGMA synchronous=FULL")
-                self._conn.executescript(_SCHEMA)
+                self._conn.executescript(SCHEMA_SQL)
                 self._conn.execute(
                     "INSERT OR IGNORE INTO info(key, value) VALUES('schema_version', ?)", (str(SCHEMA_VERSION),)
                 )
@@ -96,14 +96,35 @@ class Index:
                 raise
             self._conn.execute("COMMIT")
 
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """One read transaction: every query inside sees the same snapshot of the index, whatever
+        another process commits meanwhile (WAL readers never block writers). Re-entrant; inside a
+        write transaction it is that transaction."""
+        if self._conn.in_transaction:
+            yield
+            return
+        with _index_errors(self.path):
+            self._conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            if self._conn.in_transaction:
+                with _index_errors(self.path):
+                    self._conn.execute("COMMIT")
+
     def query(self, sql: str, params: Iterable = ()) -> list[tuple]:
         with _index_errors(self.path):
             return self._conn.execute(sql, tuple(params)).fetchall()
 
     def integrity_problems(self) -> list[str]:
-        """What SQLite's own ``PRAGMA quick_check`` finds wrong (empty when the file is sound)."""
+        """What SQLite's own ``PRAGMA integrity_check`` finds wrong (empty when the file is sound).
+
+        The full check, not ``quick_check``: it also compares every SQL index with its table, and a
+        damaged index entry (``metrics_key``) could otherwise change which version ``best:`` picks.
+        """
         try:
-            rows = self._conn.execute("PRAGMA quick_check").fetchall()
+            rows = self._conn.execute("PRAGMA integrity_check").fetchall()
         except sqlite3.DatabaseError as exc:
             return [str(exc)]
         return [str(r[0]) for r in rows if r[0] != "ok"]

@@ -14,7 +14,7 @@ from ..core.metadata import author
 from ..core.names import is_valid_name
 from ..errors import MVCError
 from .index import Index
-from .snapshot import SnapshotContent, read_content
+from .snapshot import SnapshotContent, read_verified
 
 if TYPE_CHECKING:
     from .store import Store
@@ -35,38 +35,49 @@ def _indexable(content: SnapshotContent) -> bool:
 def index_content(conn, content: SnapshotContent) -> None:
     meta = content.meta
     manifest = [e.to_json() for e in content.manifest]
-    written = sum(e.nbytes for e in content.manifest if e.object == content.version_id)
+    written = sum({e.hash: e.nbytes for e in content.manifest if e.object == content.version_id}.values())
     Index.insert_version(conn, content.version_id, str(meta.get("name", "")), str(meta.get("created", "")),
                          meta, manifest, written)
     metrics = meta.get("metrics")
     Index.set_metrics(conn, content.version_id, _float_metrics(metrics) if isinstance(metrics, dict) else {})
 
 
-def rebuild_index(store: Store) -> int:
-    """Drop and rebuild the index from snapshot, ref and note files (caller holds the lock)."""
+def indexable_contents(store: Store) -> list[SnapshotContent]:
+    """Every live snapshot whose structure and manifest hash to its id, oldest first."""
     contents = []
     for vid, path in store.layout.snapshot_files():
         try:
-            content = read_content(path)
+            content = read_verified(path, vid)
         except (MVCError, OSError):
-            continue  # verify reports unreadable snapshots; the index holds what can be read
-        if content.version_id == vid and _indexable(content):
+            continue  # verify reports unreadable or altered snapshots; the index holds what the ids name
+        if _indexable(content):
             contents.append(content)
     contents.sort(key=lambda c: (str(c.meta.get("created", "")), c.version_id))
+    return contents
+
+
+def fill_index(store: Store, conn, contents: list[SnapshotContent]) -> None:
+    """Write into ``conn`` (an empty index, or one inside a transaction) the rows the files give."""
     heads, tags = store.layout.read_refs()
     known = {c.version_id for c in contents}
+    for table in ("versions", "metrics", "tags", "heads", "tensors"):
+        conn.execute(f"DELETE FROM {table}")
+    for content in contents:
+        index_content(conn, content)
+    for vid, note in store.layout.read_notes():
+        if vid in known and isinstance(note.get("metrics"), dict):
+            Index.set_metrics(conn, vid, _float_metrics(note["metrics"]))
+    conn.executemany("INSERT OR REPLACE INTO tags(name, tag, id, protected) VALUES(?, ?, ?, ?)",
+                     [(m, t, vid, int(p)) for m, t, vid, p in tags if vid in known])
+    conn.executemany("INSERT OR REPLACE INTO heads(name, id) VALUES(?, ?)",
+                     [(m, vid) for m, vid in heads.items() if vid in known])
+
+
+def rebuild_index(store: Store) -> int:
+    """Drop and rebuild the index from snapshot, ref and note files (caller holds the lock)."""
+    contents = indexable_contents(store)
     with store.index.transaction() as conn:
-        for table in ("versions", "metrics", "tags", "heads", "tensors"):
-            conn.execute(f"DELETE FROM {table}")
-        for content in contents:
-            index_content(conn, content)
-        for vid, note in store.layout.read_notes():
-            if vid in known and isinstance(note.get("metrics"), dict):
-                Index.set_metrics(conn, vid, _float_metrics(note["metrics"]))
-        conn.executemany("INSERT OR REPLACE INTO tags(name, tag, id, protected) VALUES(?, ?, ?, ?)",
-                         [(m, t, vid, int(p)) for m, t, vid, p in tags if vid in known])
-        conn.executemany("INSERT OR REPLACE INTO heads(name, id) VALUES(?, ?)",
-                         [(m, vid) for m, vid in heads.items() if vid in known])
+        fill_index(store, conn, contents)
     return len(contents)
 
 
@@ -91,10 +102,10 @@ def index_missing_snapshots(store: Store, complete: bool = False) -> list[str]:
         if vid in indexed:
             continue
         try:
-            content = read_content(path)
+            content = read_verified(path, vid)
         except (MVCError, OSError):
             continue
-        if content.version_id == vid and _indexable(content):
+        if _indexable(content):
             missing.append(content)
     missing.sort(key=lambda c: (str(c.meta.get("created", "")), c.version_id))
     if complete:

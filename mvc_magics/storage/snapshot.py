@@ -26,6 +26,7 @@ import h5py
 import numpy as np
 
 from ..core.hashing import THREADED_HASH_BYTES, hash_pool, tensor_hash
+from ..core.hashing import version_id as compute_version_id
 from ..core.manifest import ManifestEntry, SnapshotContent, dtype_from_name, is_hash
 from ..core.progress import progress_bar
 from ..errors import IntegrityError, StoreFormatError
@@ -139,6 +140,23 @@ def read_content(path: Path) -> SnapshotContent:
         raise IntegrityError(f"snapshot {path.name} has malformed metadata")
     manifest = tuple(ManifestEntry.from_json(item) for item in raw_manifest)
     return SnapshotContent(version_id, meta, structure, manifest)
+
+
+def read_verified(path: Path, vid: str) -> SnapshotContent:
+    """:func:`read_content` of version ``vid``'s file, with its structure and manifest checked
+    against the id (recomputed: the id covers them, so nothing that decides what is loaded is
+    taken on trust). :class:`IntegrityError` when they do not hash to ``vid``."""
+    try:
+        content = read_content(path)
+    except FileNotFoundError as exc:
+        raise IntegrityError(f"the snapshot file of version {vid[:12]} is missing") from exc
+    entries = ((e.name, e.dtype, e.shape, e.hash) for e in content.manifest)
+    names = {e.name for e in content.manifest}
+    if (content.version_id != vid or len(names) != len(content.manifest)
+            or compute_version_id(content.structure, entries) != vid):
+        raise IntegrityError(f"version {vid[:12]}: its snapshot's structure or manifest does not hash to "
+                             "the version id (the file was changed); run verify")
+    return content
 
 
 ALIGNMENT = 64

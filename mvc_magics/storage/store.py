@@ -7,7 +7,6 @@ holder died, finishes what a killed process left (:mod:`.recovery`).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,8 +16,11 @@ from . import recovery
 from .audit import AuditLog
 from .index import Index
 from .layout import StoreLayout
-from .snapshot import ManifestEntry
+from .snapshot import ManifestEntry, SnapshotContent, read_verified
 from .writes import StoreWrites
+
+# Verified snapshot contents kept per store (structures can be large: a bounded cache).
+_CONTENTS_KEPT = 256
 
 
 class Store:
@@ -36,6 +38,7 @@ class Store:
         self.audit = AuditLog(self.layout.audit_path)
         #: Progress bars on long reads and writes: None after about a second, True at once, False never.
         self.progress: bool | None = None
+        self._contents: dict[str, tuple[tuple, SnapshotContent]] = {}
         self.writes = StoreWrites(self)
         if self.layout.readonly:
             if not self.layout.index_path.exists():
@@ -97,12 +100,36 @@ class Store:
         """The id of the snapshot file holding the tensor ``digest``, or None when it is not stored."""
         return self.index.has_tensors([digest]).get(digest)
 
-    def manifest(self, vid: str) -> list[ManifestEntry]:
-        """The tensor entries of a version (from the index; no tensor bytes read)."""
-        rows = self.index.query("SELECT manifest FROM versions WHERE id = ?", (vid,))
-        if not rows:
+    def content(self, vid: str) -> SnapshotContent:
+        """What version ``vid`` is made of (structure, manifest, metadata), read from its snapshot
+        file and checked against the id: the index row is never what decides what is loaded.
+
+        Kept per file (by inode, size and change time), so repeated reads cost one ``stat``.
+        """
+        if not self.has_version(vid):
             raise UnknownRefError(f"no version {vid[:12]} in this store")
-        return [ManifestEntry.from_json(e) for e in json.loads(rows[0][0])]
+        path = self.layout.snapshot_path(vid)
+        try:
+            info = path.stat()
+        except OSError as exc:
+            raise IntegrityError(f"the snapshot file of version {vid[:12]} is missing or unreadable") from exc
+        key = (vid, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        cached = self._contents.get(vid)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        content = read_verified(path, vid)
+        if len(self._contents) >= _CONTENTS_KEPT:
+            self._contents.clear()
+        self._contents[vid] = (key, content)
+        return content
+
+    def manifest(self, vid: str) -> list[ManifestEntry]:
+        """The tensor entries of a version, checked against its id (no tensor bytes read)."""
+        return list(self.content(vid).manifest)
+
+    def structure(self, vid: str) -> object:
+        """The model structure of a version, checked against its id (None when not serializable)."""
+        return self.content(vid).structure
 
     # -- the index rebuilt from the files ---------------------------------------------------
 

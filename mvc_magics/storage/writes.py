@@ -281,7 +281,9 @@ class StoreWrites:
                   "tensors_kept": 0}
         with store.locked():
             used: dict[str, set[str]] = {}  # object id -> hashes live versions read from it
-            manifests = [json.loads(row[0]) for row in store.index.query("SELECT manifest FROM versions")]
+            # From the snapshot files, checked against their ids: an edited index row must not
+            # keep foreign bytes alive, nor let gc drop bytes a version needs.
+            manifests = [[e.to_json() for e in store.manifest(vid)] for vid in store.index.version_ids()]
             for manifest in manifests:
                 for entry in manifest:
                     used.setdefault(entry["object"], set()).add(entry["hash"])

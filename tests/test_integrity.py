@@ -1,0 +1,218 @@
+"""What checkout loads is what the version id names: the index is a cache, never the authority."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import h5py
+import numpy as np
+import pytest
+
+from mvc_magics.adapters.base import match_state
+from mvc_magics.errors import IntegrityError, InvalidNameError
+from mvc_magics.storage.snapshot import _stamp_checksum
+
+
+@pytest.fixture
+def hmac_key(monkeypatch):
+    monkeypatch.delenv("MVC_SIGNING_KEY_FILE", raising=False)
+    monkeypatch.setenv("MVC_SIGNING_KEY", "correct horse battery staple")
+
+
+def _two_versions(repo):
+    rng = np.random.default_rng(1)
+    first = {"dense/kernel": rng.standard_normal((8, 4)).astype(np.float32),
+             "dense/bias": rng.standard_normal(4).astype(np.float32)}
+    second = {k: v + 1 for k, v in first.items()}
+    v1 = repo.commit(first, "model", tags=["old"])
+    v2 = repo.commit(second, "model", tags=["production"])
+    return v1, v2, first, second
+
+
+def _edit_index(repo, sql, params=()):
+    conn = sqlite3.connect(repo.layout.index_path)
+    with conn:
+        conn.execute(sql, params)
+    conn.close()
+
+
+def _rewrite_file(path, old: bytes, new: bytes) -> None:
+    """Replace bytes inside a snapshot file and restamp its checksum (what an attacker with write
+    access can do: the checksum only catches accidents)."""
+    assert len(old) == len(new)
+    data = path.read_bytes()
+    assert data.count(old) == 1, data.count(old)
+    path.write_bytes(data.replace(old, new))
+    _stamp_checksum(path)
+
+
+def test_edited_manifest_row_does_not_change_what_checkout_loads(repo, hmac_key):
+    v1, v2, first, second = _two_versions(repo)
+    row = repo.index.query("SELECT manifest FROM versions WHERE id = ?", (v1.id,))[0][0]
+    _edit_index(repo, "UPDATE versions SET manifest = ? WHERE id = ?", (row, v2.id))
+    loaded = repo.checkout("production", name="model", require_signature=True)
+    assert {k: v.tolist() for k, v in loaded.items()} == {k: v.tolist() for k, v in second.items()}
+    live = {k: np.zeros_like(v) for k, v in first.items()}
+    repo.checkout("production", live, name="model", require_signature=True)
+    assert all(np.array_equal(live[k], second[k]) for k in second)
+    problems = [(p.version, p.message) for p in repo.verify().problems]
+    assert (f"index versions {v2.id[:16]}", "manifest differ(s) from the files (run reindex)") \
+        in problems, problems
+
+
+def test_gc_does_not_trust_an_edited_manifest_row(repo):
+    v1, v2, _, _ = _two_versions(repo)
+    row = repo.index.query("SELECT manifest FROM versions WHERE id = ?", (v1.id,))[0][0]
+    _edit_index(repo, "UPDATE versions SET manifest = ? WHERE id = ?", (row, v2.id))
+    repo.remove(v1.id)
+    repo.gc()
+    assert not repo.layout.snapshot_path(v1.id).exists()  # nothing that v2 really uses was in it
+
+
+def test_edited_snapshot_manifest_is_refused_on_checkout(repo):
+    v1, v2, _first, _ = _two_versions(repo)
+    path = repo.layout.snapshot_path(v2.id)
+    # Point v2's first tensor at v1's bytes (same dtype and shape), restamp the checksum.
+    old_entry, new_entry = repo.manifest(v2.id)[0], repo.manifest(v1.id)[0]
+    old = json.dumps(old_entry.hash).encode()
+    _rewrite_file(path, old, json.dumps(new_entry.hash).encode())
+    with pytest.raises(IntegrityError, match="does not hash to the version id"):
+        repo.checkout("production", name="model")
+
+
+def test_flipped_structure_bit_is_caught_on_rebuild(repo):
+    from keras_models import dense_model
+
+    model = dense_model()
+    version = repo.commit(model, "m")
+    path = repo.layout.snapshot_path(version.id)
+    _rewrite_file(path, b'"activation": "relu"', b'"activation": "selu"')
+    with pytest.raises(IntegrityError, match="does not hash to the version id"):
+        repo.checkout(version.id, name="m2")
+
+
+def test_manifest_order_does_not_decide_which_variable_gets_which_tensor(repo):
+    a, b = np.full((3, 3), 1.0, np.float32), np.full((3, 3), 2.0, np.float32)
+    version = repo.commit({"dense_1/kernel": a, "dense_2/kernel": b}, "model")
+    path = repo.layout.snapshot_path(version.id)
+    with h5py.File(path, "r") as f:
+        text = f["manifest"][()].decode()
+    entries = json.loads(text)
+    swapped = json.dumps(list(reversed(entries)))
+    assert len(swapped) == len(text) and swapped != text
+    _rewrite_file(path, text.encode(), swapped.encode())  # same id: the id covers the sorted list
+    _edit_index(repo, "UPDATE versions SET manifest = ? WHERE id = ?", (swapped, version.id))
+    renumbered = {"dense_3/kernel": np.zeros((3, 3), np.float32), "dense_4/kernel": np.zeros((3, 3), np.float32)}
+    repo.checkout(version.id, renumbered, name="model")
+    assert renumbered["dense_3/kernel"][0, 0] == 1.0 and renumbered["dense_4/kernel"][0, 0] == 2.0
+
+
+def test_positional_matching_never_pairs_names_present_on_both_sides():
+    shape = ((2,), "float32")
+    live = {"dense_3/kernel": shape, "a": shape}
+    stored = {"a": np.zeros(2, np.float32), "dense_1/kernel": np.ones(2, np.float32)}
+    assert match_state(live, stored) == {"a": "a", "dense_3/kernel": "dense_1/kernel"}
+    # A name of another kind is never paired, whatever the order.
+    with pytest.raises(Exception, match="does not fit"):
+        match_state({"dense_3/bias": shape, "a": shape}, stored)
+
+
+# -- ids win over tags; tags must not look like ids, refs or other tags ---------------------------
+
+def test_ids_win_over_a_tag_named_like_an_id(repo):
+    v1, v2, _, _ = _two_versions(repo)
+    # A tag written before the rule existed (or by an older version): it must not shadow v2's id.
+    repo.layout.write_tag("model", v2.id[:8], v1.id)
+    repo.reindex()
+    assert repo.resolve(v2.id[:8], name="model").id == v2.id
+    assert repo.resolve(v2.id, name="model").id == v2.id
+
+
+@pytest.mark.parametrize("tag", ["21c6bc78", "a" * 64, "CAFE1234", "ＨＥＡＤ", "latest", "Latest", "НЕАD", "head"])
+def test_tags_that_look_like_ids_or_refs_are_refused(repo, tag):
+    _two_versions(repo)
+    with pytest.raises(InvalidNameError) as info:
+        repo.tag("latest", tag, name="model")
+    assert "\n" not in str(info.value)
+
+
+def test_confusable_look_alike_of_an_existing_tag_is_refused(repo):
+    v1, _v2, _, _ = _two_versions(repo)
+    with pytest.raises(InvalidNameError, match="looks like the existing tag 'production'"):
+        repo.tag(v1.id, "prоduction", name="model")  # Cyrillic о
+    with pytest.raises(InvalidNameError, match="looks like a version id"):
+        repo.commit({"x": np.zeros(2, np.float32)}, "model", tags=["deadbeef"])
+    repo.tag(v1.id, "staging", name="model")
+
+
+# -- verify compares every index row with the files ----------------------------------------------
+
+_DAMAGE = {
+    "versions name": ("UPDATE versions SET name = 'other' WHERE id = :v2", "versions", "name differ"),
+    "versions created": ("UPDATE versions SET created = '1999-01-01T00:00:00+00:00' WHERE id = :v2",
+                         "versions", "created differ"),
+    "versions meta": ("UPDATE versions SET meta = replace(meta, :v1, :v2) WHERE id = :v2", "versions",
+                      "meta differ"),
+    "versions row missing": ("DELETE FROM versions WHERE id = :v1", "versions", "missing from the index"),
+    "versions row added": ("INSERT INTO versions(id, name, created, meta, manifest, nbytes) "
+                           "SELECT :fake, name, created, meta, manifest, nbytes FROM versions WHERE id = :v1",
+                           "f" * 64, "indexed but its snapshot file is missing"),
+    "metric value": ("UPDATE metrics SET value = 0.0001, text = '0.0001' WHERE key = 'loss'", "metrics",
+                     "value, text differ"),
+    "metric added": ("INSERT INTO metrics VALUES(:v1, 'acc', 1.0, '1.0')", "metrics", "not backed"),
+    "tag moved": ("UPDATE tags SET id = :v1 WHERE tag = 'production'", "tags", "id differ"),
+    "tag protected": ("UPDATE tags SET protected = 1 WHERE tag = 'old'", "tags", "protected differ"),
+    "tag missing": ("DELETE FROM tags WHERE tag = 'old'", "tags", "missing from the index"),
+    "head moved": ("UPDATE heads SET id = :v1", "heads", "id differ"),
+    "tensor location": ("UPDATE tensors SET object = :v2 WHERE object = :v1", "tensors", "is not one"),
+    "tensor missing": ("DELETE FROM tensors WHERE object = :v1", "tensors", "missing from the index"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_DAMAGE))
+def test_verify_names_each_kind_of_index_damage(repo, kind):
+    v1, v2, _, _ = _two_versions(repo)
+    repo.commit({"dense/kernel": np.zeros((8, 4), np.float32), "dense/bias": np.zeros(4, np.float32)},
+                "model", metrics={"loss": 0.5})  # v3 and HEAD: the damage below is elsewhere
+    repo.checkout(v2.id, name="model")
+    sql, table, words = _DAMAGE[kind]
+    assert repo.verify().ok, repo.verify().problems
+    _edit_index(repo, sql, {"v1": v1.id, "v2": v2.id, "fake": "f" * 64})
+    report = repo.verify()
+    found = [f"{p.version}: {p.message}" for p in report.problems]
+    subject = table if table.startswith("f") else f"index {table}"
+    assert any(p.startswith(subject) and words in p for p in found), found
+    repo.reindex()
+    assert repo.verify().ok
+
+
+# -- readers see one consistent snapshot while another process commits ----------------------------
+
+_WRITER = """
+import sys, numpy as np
+from mvc_magics import Repo
+with Repo(sys.argv[1]) as repo:
+    for i in range(int(sys.argv[2])):
+        repo.commit({"w": np.full(3, i, np.float32)}, "model", metrics={"loss": 1.0 / (i + 1)}, tags=[f"t{i}"])
+"""
+
+
+def test_log_is_one_consistent_snapshot_while_another_process_commits(repo, store_path):
+    import subprocess
+    import sys
+
+    repo.commit({"w": np.full(3, -1, np.float32)}, "model", metrics={"loss": 2.0})
+    writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(store_path), "40"])
+    reads = 0
+    try:
+        while writer.poll() is None or reads < 5:
+            for limit in (None, 3):
+                log = list(repo.log("model", limit=limit))
+                assert log and all("loss" in v.metrics for v in log)  # a version and its rows, together
+                assert all(v.tags == (f"t{round(1 / v.metrics['loss']) - 1}",) for v in log[:-1] if v.tags)
+                reads += 1
+    finally:
+        writer.wait(timeout=120)
+    assert writer.returncode == 0
+    assert len(repo.log("model")) == 41
