@@ -11,7 +11,7 @@ import pytest
 
 from mvc_magics.adapters.base import match_state
 from mvc_magics.errors import IntegrityError, InvalidNameError
-from mvc_magics.storage.snapshot import _stamp_checksum
+from mvc_magics.storage.snapshot_writer import _stamp_checksum
 
 
 @pytest.fixture
