@@ -67,19 +67,35 @@ def test_s3_two_users_and_a_conflicting_tag_move(tmp_path, s3_url):
 
 
 def test_s3_conditional_writes_are_enforced_by_the_server(s3_url):
-    """The primitives tag writes rely on: If-None-Match create and If-Match on the ETag."""
+    """The primitive the log relies on: create-if-absent (If-None-Match: *) refused by the server."""
     store = RemoteStore(s3_url)
     store.check_format(create=True)
-    one, two = "1" * 64, "2" * 64
-    assert store.write_tag("m", "production", one, True, expected=None)
-    assert not store.write_tag("m", "production", two, True, expected=None)  # exists: refused
-    assert not store.write_tag("m", "production", two, True, expected=two)  # stale expectation
-    key = store.tag_key("m", "production")
-    stale = store.fs.info(key, refresh=True)["ETag"]
-    assert store.write_tag("m", "production", two, True, expected=one)
+    key = store.key("log", "0000000000.json")
+    assert store.create_exclusive(key, b'{"tags": []}')
+    assert not store.create_exclusive(key, b'{"objects": {}}')  # exists: refused, content kept
+    assert store.read_bytes(key) == b'{"tags": []}'
     with pytest.raises(OSError):
-        store.fs.pipe_file(key, b"{}", IfMatch=stale)  # a writer holding the old ETag loses
-    assert store.tags()[("m", "production")] == (two, True)
+        store.fs.pipe_file(key, b"{}", mode="create")  # the raw request fails too: the server enforces it
+
+
+def test_log_appends_race_each_writer_sees_the_other(s3_url):
+    """Two writers holding the same state: the second to append catches up and builds on the first."""
+    from mvc_magics.storage.remote_log import RemoteLog
+
+    RemoteStore(s3_url).check_format(create=True)
+    one, two = RemoteLog(RemoteStore(s3_url)), RemoteLog(RemoteStore(s3_url))
+    stale = two.read()
+    tag = {"model": "m", "tag": "production", "protected": True}
+    one.append(lambda st: {"tags": [{**tag, "id": "1" * 64}]} if ("m", "production") not in st.tags else None)
+    seen = []
+
+    def build(state):
+        seen.append(state.seq)
+        return None if ("m", "production") in state.tags else {"tags": [{**tag, "id": "2" * 64}]}
+
+    two.append(build, stale)
+    assert seen == [0, 1]  # built on the empty state, lost the race, rebuilt on one's segment
+    assert RemoteStore(s3_url).tags() == {("m", "production"): ("1" * 64, True)}
 
 
 def test_s3_interrupted_push_is_invisible_and_repush_completes(tmp_path, s3_url, s3):

@@ -127,6 +127,7 @@ class TransferReport:
     objects_skipped: int = 0
     bytes: int = 0
     tags: list[str] = field(default_factory=list)
+    requests: int = 0  # HTTP requests sent to the remote (S3), for the scale benchmarks and tests
 
     def __str__(self) -> str:
         verb = "pushed to" if self.direction == "push" else "pulled from"

@@ -17,11 +17,21 @@ from ..core.reports import TransferReport
 from ..errors import IntegrityError, InvalidRemoteError, MVCError, RemoteError, StoreError
 from ..storage.atomic import temporary_path
 from ..storage.deltas import base_references
+from ..storage.remote_log import RemoteState
 from ..storage.remote_store import RemoteStore
 from ..storage.retired import held_hashes, is_retired
 from ..storage.snapshot import SnapshotContent, TensorReader, read_content
 from ..storage.store import Store
-from .remotes import add_remote, conflict_error, dependencies, progress_bar, remote_errors, remote_url, topological
+from .remotes import (
+    add_remote,
+    conflict_error,
+    dependencies,
+    progress_bar,
+    remote_errors,
+    remote_url,
+    state_cache,
+    topological,
+)
 
 
 def _resolve_remote_ref(ref: str, objects: dict[str, int], tags: dict) -> str:
@@ -54,8 +64,8 @@ def _pull(store: Store, label: str, url: str, refs, force: bool, progress: bool 
     source = RemoteStore(url)
     if not source.check_format():
         raise RemoteError(f"no mvc remote at {url} (push to it first)")
-    objects = source.objects()
-    remote_tags = source.tags()
+    state = source.state(state_cache(store, url))
+    objects, remote_tags = state.objects, state.tags
     if refs is None:
         start = sorted(objects)
     else:
@@ -63,11 +73,11 @@ def _pull(store: Store, label: str, url: str, refs, force: bool, progress: bool 
     report = TransferReport("pull", label)
     staged: dict[str, Path] = {}
     try:
-        contents = stage(store, source, start, objects, staged, report, progress)
+        contents = stage(store, source, start, state, staged, report, progress)
         with store.locked():
             imported = import_staged(store, contents, staged)
             report.versions = imported
-            pull_notes(store, source, [vid for vid in contents if store.has_version(vid)])
+            pull_notes(store, source, state.notes, [vid for vid in contents if store.has_version(vid)])
             wanted = set(contents) | set(start) if refs is not None else None
             conflicts = pull_tags(store, remote_tags, wanted, force, report)
             set_missing_heads(store, imported)
@@ -79,6 +89,7 @@ def _pull(store: Store, label: str, url: str, refs, force: bool, progress: bool 
         for path in staged.values():
             with contextlib.suppress(OSError):
                 path.unlink()
+    report.requests = source.requests
     if conflicts:
         raise conflict_error("pull", conflicts)
     return report
@@ -88,13 +99,14 @@ def _local_has(store: Store, oid: str) -> bool:
     return store.layout.snapshot_path(oid).exists()
 
 
-def stage(store: Store, source: RemoteStore, start, objects, staged, report, progress) -> dict[str, SnapshotContent]:
+def stage(store: Store, source: RemoteStore, start, state: RemoteState, staged, report,
+          progress) -> dict[str, SnapshotContent]:
     """Download every needed object into tmp/ and read it; return the full snapshots to import.
 
-    ``objects`` are the remote's snapshot files; its retired files are fetched only as the holders of
-    tensors a pulled version reads from them (a full snapshot is preferred: it holds them all).
+    The state's ``objects`` are the remote's snapshot files; its retired files are fetched only as the
+    holders of tensors a pulled version reads from them (a full snapshot is preferred: it holds them all).
     """
-    retired_objects = source.objects(retired=True)
+    objects, retired_objects = state.objects, state.retired
     contents: dict[str, SnapshotContent] = {}
     need_hashes: dict[str, set[str]] = {}
     queue = [oid for oid in start if not _local_has(store, oid) and not store.layout.is_removed(oid)]
@@ -186,14 +198,13 @@ def import_staged(store: Store, contents: dict[str, SnapshotContent], staged: di
     return store.writes.import_snapshots(order, contents, staged)
 
 
-def pull_notes(store: Store, source: RemoteStore, vids: list[str]) -> None:
-    remote_notes = source.notes()
+def pull_notes(store: Store, source: RemoteStore, remote_notes: dict[str, list[str]], vids: list[str]) -> None:
     for vid in vids:
-        for filename, key in sorted(remote_notes.get(vid, {}).items()):
+        for filename in sorted(remote_notes.get(vid, [])):
             if (store.layout.notes / vid[:2] / vid / filename).exists():
                 continue
             try:
-                note = json.loads(source.read_bytes(key))
+                note = json.loads(source.read_bytes(source.note_key(vid, filename)))
                 metrics = {str(k): float(v) for k, v in note.get("metrics", {}).items()}
             except (ValueError, TypeError, AttributeError, MVCError):
                 continue  # a malformed note is not imported

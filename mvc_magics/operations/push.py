@@ -15,11 +15,12 @@ from ..core.reports import TransferReport
 from ..errors import IntegrityError, InvalidNameError, RefError
 from ..storage.atomic import temporary_path
 from ..storage.deltas import base_references
+from ..storage.remote_log import RemoteLog, RemoteState
 from ..storage.remote_store import RemoteStore
 from ..storage.retired import held_hashes, is_retired, write_retired
 from ..storage.store import Store
 from . import lookup, versions
-from .remotes import conflict_error, progress_bar, remote_errors, remote_url, topological
+from .remotes import conflict_error, progress_bar, remote_errors, remote_url, state_cache, topological
 
 
 def push(store: Store, remote: str | None = None, refs: Iterable[str] | None = None, force: bool = False,
@@ -33,6 +34,8 @@ def push(store: Store, remote: str | None = None, refs: Iterable[str] | None = N
 def _push(store: Store, label: str, url: str, refs, force: bool, progress: bool | None) -> TransferReport:
     target = RemoteStore(url)
     target.check_format(create=True)
+    log = RemoteLog(target, state_cache(store, url))
+    state = _log_state(target, log)
     if refs is None:
         start = [row[0] for row in store.index.query("SELECT id FROM versions ORDER BY seq")]
     else:
@@ -43,6 +46,8 @@ def _push(store: Store, label: str, url: str, refs, force: bool, progress: bool 
         # From the index: no file is opened. A removed version's file travels only as a holder of tensors.
         rows = store.index.query("SELECT manifest, meta FROM versions WHERE id = ?", (oid,))
         live[oid] = bool(rows)
+        if rows and oid in state.objects:
+            return []  # the log names only complete versions: its dependencies are there too
         # Delta-coded tensors travel with their bases (read from the file's dataset attributes).
         path = store.layout.snapshot_path(oid)
         bases = sorted({b for b, _ in base_references(path).values() if b != oid}) if path.exists() else []
@@ -55,60 +60,89 @@ def _push(store: Store, label: str, url: str, refs, force: bool, progress: bool 
     order = topological(start, deps_of)
     target.clean_stale_uploads()
     for oid in order:
-        if not store.layout.snapshot_path(oid).exists():
+        if oid not in state.objects and not store.layout.snapshot_path(oid).exists():
             raise IntegrityError(f"object {oid[:12]} is missing from the local store (run verify)")
-    present, present_retired = target.objects(), target.objects(retired=True)
-
-    def as_retired(oid: str) -> bool:
-        return not live[oid]
 
     # A full snapshot on the remote also serves as the holder of its tensors.
     report = TransferReport("push", label)
     todo = [oid for oid in order
-            if oid not in present and not (as_retired(oid) and oid in present_retired)]
-    report.objects_skipped = len(order) - len(todo)
-    total = sum(store.layout.snapshot_path(oid).stat().st_size for oid in todo)
+            if oid not in state.objects and not (not live[oid] and oid in state.retired)]
+    unlogged = _already_uploaded(target, todo, live)  # by a push killed before it wrote the log
+    report.objects_skipped = len(order) - len(todo) + len(unlogged)
+    sizes = {oid: store.layout.snapshot_path(oid).stat().st_size for oid in todo}
+    total = sum(size for oid, size in sizes.items() if oid not in unlogged)
     with progress_bar(total, f"push {label}", progress) as bar:
         for oid in todo:
+            if oid in unlogged:
+                continue
             path = store.layout.snapshot_path(oid)
-            size = path.stat().st_size
             with _as_uploaded(store, oid, path) as upload:
-                target.put_object(upload, oid, retired=as_retired(oid))
-            bar.update(size)
+                sizes[oid] = upload.stat().st_size
+                target.put_object(upload, oid, retired=not live[oid])
+            bar.update(sizes[oid])
             report.objects_sent += 1
-            report.bytes += size
-            if live[oid]:
-                report.versions.append(oid)
-    remote_notes = target.notes()
+            report.bytes += sizes[oid]
+    report.versions = [oid for oid in todo if live[oid] and oid not in unlogged]
+    notes: dict[str, list[str]] = {}
     for oid in order:
         folder = store.layout.notes / oid[:2] / oid
         for note in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-            if note.name not in remote_notes.get(oid, {}):
+            if note.name not in state.notes.get(oid, []):
                 target.put_note(oid, note.name, note.read_bytes())
+                notes.setdefault(oid, []).append(note.name)
     pushed = set(order)
-    remote_tags = target.tags()
-    conflicts = []
-    for model, tag, vid, protected in store.index.query("SELECT name, tag, id, protected FROM tags ORDER BY name, tag"):
-        if vid not in pushed:
-            continue
-        current = remote_tags.get((model, tag))
-        if current is not None and current[0] == vid:
-            continue
-        if current is not None and not force:
-            conflicts.append((model, tag, vid, current[0]))
-            continue
-        if target.write_tag(model, tag, vid, bool(protected), expected=current[0] if current else None):
+    local_tags = [row for row in store.index.query("SELECT name, tag, id, protected FROM tags ORDER BY name, tag")
+                  if row[2] in pushed]
+    conflicts: list[tuple[str, str, str, str]] = []
+
+    def segment(current: RemoteState) -> dict | None:
+        conflicts.clear()
+        report.tags = []
+        tags = []
+        for model, tag, vid, protected in local_tags:
+            remote = current.tags.get((model, tag))
+            if remote is not None and remote[0] == vid:
+                continue
+            if remote is not None and not force:
+                conflicts.append((model, tag, vid, remote[0]))
+                continue
+            tags.append({"model": model, "tag": tag, "id": vid, "protected": bool(protected)})
             report.tags.append(tag)
-        else:
-            latest = target.tags().get((model, tag), ("?", False))[0]
-            conflicts.append((model, tag, vid, latest))
+        objects = {oid: sizes[oid] for oid in todo if live[oid] and oid not in current.objects}
+        retired = {oid: sizes[oid] for oid in todo if not live[oid] and oid not in current.retired}
+        new_notes = {oid: [n for n in names if n not in current.notes.get(oid, [])] for oid, names in notes.items()}
+        new_notes = {oid: names for oid, names in new_notes.items() if names}
+        if not (objects or retired or new_notes or tags):
+            return None
+        return {"objects": objects, "retired": retired, "notes": new_notes, "tags": tags}
+
+    log.append(segment, state)
     store.writes.record("push", None, report.versions, {
         "remote": label, "url": url, "objects": report.objects_sent, "bytes": report.bytes,
         "tags": report.tags, "conflicts": [f"{m}/{t}" for m, t, _, _ in conflicts],
     })
+    report.requests = target.requests
     if conflicts:
         raise conflict_error("push", conflicts)
     return report
+
+
+def _log_state(target: RemoteStore, log: RemoteLog) -> RemoteState:
+    """The remote's state from its log; a version 1 remote (no log) gets its listing as segment 0."""
+    if target.format_version() >= 2 or log.exists():
+        return log.read()
+    listed = target.listed_state()
+    state = log.append(lambda current: listed.to_json() if current.seq == 0 else None)
+    target.upgrade_format()
+    return state
+
+
+def _already_uploaded(target: RemoteStore, todo: list[str], live: dict[str, bool]) -> set[str]:
+    """Objects of ``todo`` already under their final key (complete: keys are only ever whole objects)."""
+    if len(todo) > 64:  # one listing is cheaper than a request per object
+        listed, listed_retired = target.list_objects(), target.list_objects(retired=True)
+        return {oid for oid in todo if oid in (listed if live[oid] else listed_retired)}
+    return {oid for oid in todo if target.exists(target.object_key(oid, retired=not live[oid]))}
 
 
 @contextlib.contextmanager

@@ -9,7 +9,9 @@ the remote never names a version whose bytes are not all there.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 from ..core.names import validate_name
 from ..errors import InvalidRemoteError, MVCError, RemoteConflictError, RemoteError
@@ -66,6 +68,11 @@ def remote_url(store: Store, remote: str | None) -> tuple[str, str]:
         url = check_url(remote)
         return url, url
     raise InvalidRemoteError(f"no remote {remote!r}" + (f" (remotes: {', '.join(remotes)})" if remotes else ""))
+
+
+def state_cache(store: Store, url: str) -> Path:
+    """Where this store keeps what it last read of the remote at ``url`` (a cache: deleting it is safe)."""
+    return store.layout.root / "remote-state" / f"{hashlib.sha256(url.encode()).hexdigest()[:24]}.json"
 
 
 def progress_bar(total: int, desc: str, enabled: bool | None):

@@ -3,12 +3,13 @@
 ::
 
     <url>/
-      FORMAT                         "mvc-remote 1"
+      FORMAT                         "mvc-remote 2" (version 1 remotes, without log/, are read by
+                                     listing and upgraded by the first push)
+      log/                           what the remote holds and its tags (storage/remote_log.py)
       objects/<ab>/<id>.h5           snapshot files, byte-identical to the local store's: the versions
       objects/<ab>/<id>.retired.h5   retired files: tensors of a version removed somewhere that other
                                      versions still use (never shown as a version)
       notes/<ab>/<id>/<n>.json       write-once notes (metrics attached later)
-      refs/<model>/tags/<tag>        JSON {"id": ..., "protected": bool}
       tmp/                           uploads in flight (only on backends without atomic PUT)
 
 Object keys are content ids, so an object present under its final key is the complete, immutable
@@ -36,9 +37,14 @@ from ..core.names import validate_name
 from ..errors import InvalidRemoteError, RemoteError, StoreFormatError
 
 REMOTE_FORMAT = "mvc-remote"
-REMOTE_VERSION = 1
+REMOTE_VERSION = 2
+READABLE_VERSIONS = ("1", "2")
 # Backends where a PUT is atomic: the object appears under its key only once fully uploaded.
 ATOMIC_PUT_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "memory"})
+# Backends that can create a file only if it is absent, atomically (what appending to the log needs).
+EXCLUSIVE_CREATE_PROTOCOLS = frozenset({"s3", "s3a", "file", "local", "memory"})
+# Seconds to wait for an S3 server to connect / answer one request (env MVC_REMOTE_TIMEOUT).
+DEFAULT_TIMEOUT = 60.0
 # An upload temporary older than this belongs to a push that was killed.
 STALE_UPLOAD_SECONDS = 3600.0
 _ID_FILE = re.compile(rf"^([0-9a-f]{{{HASH_HEX_LENGTH}}})(\.retired)?\.h5$")
@@ -67,11 +73,14 @@ class RemoteStore:
 
     def __init__(self, url: str) -> None:
         self.url = check_url(url)
+        self.requests = 0  # HTTP requests sent (S3 only): pushes and pulls report them
+        self.version: int | None = None  # the remote's format version, once read
         try:
             import fsspec
 
             # A fresh instance: a cached one could hold credentials or listings from before.
-            self.fs, self.root = fsspec.url_to_fs(self.url, skip_instance_cache=True)
+            self.fs, self.root = fsspec.url_to_fs(self.url, skip_instance_cache=True,
+                                                  **_storage_options(urlsplit(self.url).scheme))
         except (ImportError, ValueError) as exc:
             raise RemoteError(f"cannot use remote {self.url}: {exc} (pip install \"mvc_magics[remote]\" "
                               "for S3; other stores need their fsspec package, e.g. gcsfs)") from exc
@@ -80,9 +89,21 @@ class RemoteStore:
         self.protocol = protocol
         self.atomic_put = protocol in ATOMIC_PUT_PROTOCOLS
         self.local = protocol in ("file", "local")
+        if protocol in ("s3", "s3a"):
+            self._count_requests()
 
-    def _key(self, *parts: str) -> str:
+    def _count_requests(self) -> None:
+        def count(**_kwargs) -> None:
+            self.requests += 1
+
+        with contextlib.suppress(Exception):  # counting is a report, never a reason to fail
+            self.fs.connect()
+            self.fs.s3.meta.events.register("before-send.s3", count)
+
+    def key(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
+
+    _key = key
 
     def object_key(self, version_id: str, retired: bool = False) -> str:
         return self._key("objects", version_id[:2], f"{version_id}{'.retired' if retired else ''}.h5")
@@ -97,22 +118,35 @@ class RemoteStore:
 
     # -- format -----------------------------------------------------------------------------
 
+    def format_version(self) -> int:
+        """The remote's format version (read by :meth:`check_format`)."""
+        if self.version is None:
+            self.check_format()
+        return self.version or REMOTE_VERSION
+
+    def upgrade_format(self) -> None:
+        """Mark a version 1 remote as version 2 (done once its listing was written to the log)."""
+        self.write_plain(self._key("FORMAT"), f"{REMOTE_FORMAT} {REMOTE_VERSION}\n".encode())
+        self.version = REMOTE_VERSION
+
     def check_format(self, create: bool = False) -> bool:
         """True when the remote holds an mvc remote; create the marker when ``create``."""
         key = self._key("FORMAT")
         try:
-            text = self._call("read FORMAT", self.fs.cat_file, key).decode("utf-8", "replace").split()
+            text = self.read_bytes(key).decode("utf-8", "replace").split()
         except FileNotFoundError:
             if not create:
                 return False
             self._call("create the remote", self._makedirs, self.root)
             self._write_exclusive(key, f"{REMOTE_FORMAT} {REMOTE_VERSION}\n".encode())
+            self.version = REMOTE_VERSION
             return True
         if len(text) != 2 or text[0] != REMOTE_FORMAT:
             raise StoreFormatError(f"{self.url} is not an mvc remote (bad FORMAT file)")
-        if text[1] != str(REMOTE_VERSION):
+        if text[1] not in READABLE_VERSIONS:
             raise StoreFormatError(f"remote {self.url} has format version {text[1]}; this mvc_magics "
                                    f"reads version {REMOTE_VERSION} (upgrade mvc_magics)")
+        self.version = int(text[1])
         return True
 
     def _makedirs(self, path: str) -> None:
@@ -121,7 +155,44 @@ class RemoteStore:
 
     # -- objects ----------------------------------------------------------------------------
 
+    def state(self, cache: Path | None = None):
+        """What the remote holds (:class:`RemoteState`): from its log, or by listing a version 1 remote."""
+        from .remote_log import RemoteLog
+
+        log = RemoteLog(self, cache)
+        if self.format_version() >= 2 or log.exists():
+            return log.read()
+        return self.listed_state()
+
+    def listed_state(self):
+        """The state of a remote without a log (format version 1), by listing every file: slow."""
+        from .remote_log import RemoteState
+
+        state = RemoteState(objects=self.list_objects(), retired=self.list_objects(retired=True),
+                            tags=self.list_tags())
+        state.notes = {vid: sorted(names) for vid, names in self.list_notes().items()}
+        return state
+
     def objects(self, retired: bool = False) -> dict[str, int]:
+        """Id -> size of every version object (or, with ``retired``, retired object) the remote holds."""
+        state = self.state()
+        return dict(state.retired if retired else state.objects)
+
+    def tags(self) -> dict[tuple[str, str], tuple[str, bool]]:
+        """(model, tag) -> (version id, protected) of every tag on the remote."""
+        return dict(self.state().tags)
+
+    def exists(self, key: str) -> bool:
+        if self.protocol in ("s3", "s3a"):  # one HEAD (s3fs's exists also lists the prefix on a miss)
+            try:
+                self._call(f"look up {key}", self.fs.call_s3, "head_object", **dict(zip(
+                    ("Bucket", "Key"), self.fs.split_path(key)[:2], strict=True)))
+            except FileNotFoundError:
+                return False
+            return True
+        return bool(self._call(f"look up {key}", self.fs.exists, key))
+
+    def list_objects(self, retired: bool = False) -> dict[str, int]:
         """Id -> size in bytes of every snapshot file (or, with ``retired``, retired file) on the remote."""
         try:
             found = self._call("list objects", self.fs.find, self._key("objects"), detail=True)
@@ -180,7 +251,10 @@ class RemoteStore:
 
     # -- notes ------------------------------------------------------------------------------
 
-    def notes(self) -> dict[str, dict[str, str]]:
+    def note_key(self, version_id: str, filename: str) -> str:
+        return self._key("notes", version_id[:2], version_id, filename)
+
+    def list_notes(self) -> dict[str, dict[str, str]]:
         """Version id -> {note file name: key} of every note on the remote."""
         try:
             paths = self._call("list notes", self.fs.find, self._key("notes"))
@@ -199,12 +273,25 @@ class RemoteStore:
         self._write_exclusive(key, data)
 
     def read_bytes(self, key: str) -> bytes:
+        if self.protocol in ("s3", "s3a"):
+            return self._call(f"read {key}", self._s3_get, key)
         return self._call(f"read {key}", self.fs.cat_file, key)
 
-    # -- tags -------------------------------------------------------------------------------
+    def _s3_get(self, key: str) -> bytes:
+        """One GET (s3fs's cat_file sends a HEAD first, and lists the prefix when the key is missing)."""
+        from fsspec.asyn import sync
 
-    def tags(self) -> dict[tuple[str, str], tuple[str, bool]]:
-        """(model, tag) -> (version id, protected) of every well-formed tag on the remote."""
+        bucket, path, _ = self.fs.split_path(key)
+
+        async def get() -> bytes:
+            resp = await self.fs._call_s3("get_object", Bucket=bucket, Key=path)
+            async with resp["Body"] as body:
+                return await body.read()
+
+        return sync(self.fs.loop, get)
+
+    def list_tags(self) -> dict[tuple[str, str], tuple[str, bool]]:
+        """(model, tag) -> (version id, protected) of the tag files of a version 1 remote."""
         try:
             paths = self._call("list tags", self.fs.find, self._key("refs"))
         except FileNotFoundError:
@@ -222,54 +309,6 @@ class RemoteStore:
                     found[(model, tag)] = (vid, bool(data.get("protected")))
         return found
 
-    def tag_key(self, model: str, tag: str) -> str:
-        return self._key("refs", validate_name(model, "model name"), "tags", validate_name(tag, "tag"))
-
-    def write_tag(self, model: str, tag: str, version_id: str, protected: bool, expected: str | None) -> bool:
-        """Set a tag only if it still points at ``expected`` (None: only if absent).
-
-        Returns False when the remote tag changed meanwhile (someone else moved or created it).
-        S3 uses conditional PUTs (If-None-Match / If-Match on the ETag); local folders hold a lock
-        file around compare-and-swap; other backends re-read just before writing (best effort).
-        """
-        key = self.tag_key(model, tag)
-        data = (json.dumps({"id": version_id, "protected": bool(protected)}) + "\n").encode()
-        if self.local:
-            import filelock
-
-            self._makedirs(key.rsplit("/", 1)[0])
-            with filelock.FileLock(self._key("refs.lock"), timeout=60):
-                if self._current_tag_id(key) != expected:
-                    return False
-                self._write_local(key, data)
-            return True
-        if expected is None:
-            return self._write_exclusive(key, data, raise_on_exists=False)
-        if self.protocol in ("s3", "s3a"):
-            try:
-                etag = self.fs.info(key, refresh=True).get("ETag")
-            except FileNotFoundError:
-                return False
-            if self._current_tag_id(key) != expected:
-                return False
-            try:
-                self.fs.pipe_file(key, data, IfMatch=etag)
-            except OSError:
-                return False  # 412 Precondition Failed: moved since we read it
-            return True
-        if self._current_tag_id(key) != expected:
-            return False
-        self._call(f"write tag {tag}", self.fs.pipe_file, key, data)
-        return True
-
-    def _current_tag_id(self, key: str) -> str | None:
-        try:
-            return str(json.loads(self.fs.cat_file(key))["id"])
-        except FileNotFoundError:
-            return None
-        except (ValueError, KeyError, TypeError):
-            return "<unreadable>"
-
     # -- write primitives -------------------------------------------------------------------
 
     def _write_local(self, key: str, data: bytes) -> None:
@@ -279,6 +318,24 @@ class RemoteStore:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, key)
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        """Create ``key`` only if absent, atomically; False when it exists. Backends that cannot do that
+        are refused: two writers could both believe they created it (a lost tag move)."""
+        if self.protocol not in EXCLUSIVE_CREATE_PROTOCOLS:
+            raise RemoteError(
+                f"remote {self.url}: {self.protocol}:// cannot create a file only if it is absent (atomically), "
+                "which writing versions and tags to a shared remote relies on; use S3, a folder, or a store "
+                "with conditional writes (docs/remotes.md)")
+        return self._call(f"write {key.rsplit('/', 1)[-1]}", self._write_exclusive, key, data)
+
+    def write_plain(self, key: str, data: bytes) -> None:
+        """Overwrite ``key`` (only for hints and markers that readers check)."""
+        if self.local:
+            self._makedirs(key.rsplit("/", 1)[0])
+            self._write_local(key, data)
+            return
+        self._call(f"write {key.rsplit('/', 1)[-1]}", self.fs.pipe_file, key, data)
 
     def _write_exclusive(self, key: str, data: bytes, raise_on_exists: bool = False) -> bool:
         """Create ``key`` only if absent; False (or an error) when it already exists."""
@@ -298,8 +355,12 @@ class RemoteStore:
             return True
         if self.protocol in ("s3", "s3a"):
             try:
-                self.fs.pipe_file(key, data, mode="create")
-            except OSError:
+                self.fs.pipe_file(key, data, mode="create")  # If-None-Match: *
+            except FileExistsError:
+                return False
+            except OSError as exc:
+                if "PreconditionFailed" in str(exc) or "412" in str(exc):
+                    return False
                 if self.fs.exists(key):
                     return False
                 raise
@@ -308,3 +369,15 @@ class RemoteStore:
             return False
         self._call(f"write {key}", self.fs.pipe_file, key, data)
         return True
+
+
+def _storage_options(scheme: str) -> dict:
+    """Bounded waits for S3: a server that accepts and never answers fails after the timeout."""
+    if scheme not in ("s3", "s3a"):
+        return {}
+    try:
+        timeout = float(os.environ.get("MVC_REMOTE_TIMEOUT", DEFAULT_TIMEOUT))
+    except ValueError:
+        timeout = DEFAULT_TIMEOUT
+    return {"config_kwargs": {"connect_timeout": timeout, "read_timeout": timeout,
+                              "retries": {"max_attempts": 3, "mode": "standard"}}}
