@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 from ..core.hashing import HASH_HEX_LENGTH
 from ..core.names import validate_name
 from ..errors import InvalidRemoteError, RemoteError, StoreFormatError
+from .remote_log import RemoteLog, RemoteState
 
 REMOTE_FORMAT = "mvc-remote"
 REMOTE_VERSION = 2
@@ -155,19 +156,15 @@ class RemoteStore:
 
     # -- objects ----------------------------------------------------------------------------
 
-    def state(self, cache: Path | None = None):
+    def state(self, cache: Path | None = None) -> RemoteState:
         """What the remote holds (:class:`RemoteState`): from its log, or by listing a version 1 remote."""
-        from .remote_log import RemoteLog
-
         log = RemoteLog(self, cache)
         if self.format_version() >= 2 or log.exists():
             return log.read()
         return self.listed_state()
 
-    def listed_state(self):
+    def listed_state(self) -> RemoteState:
         """The state of a remote without a log (format version 1), by listing every file: slow."""
-        from .remote_log import RemoteState
-
         state = RemoteState(objects=self.list_objects(), retired=self.list_objects(retired=True),
                             tags=self.list_tags())
         state.notes = {vid: sorted(names) for vid, names in self.list_notes().items()}
