@@ -247,7 +247,7 @@ def test_structure_naming_foreign_code_is_refused(repo, monkeypatch):
     monkeypatch.setattr(KerasAdapter, "structure", poisoned)
     repo.commit(model, "model")
     monkeypatch.undo()
-    with pytest.raises(UnsupportedModelError, match="code outside Keras"):
+    with pytest.raises(UnsupportedModelError, match="runs that class's code"):
         repo.checkout("latest", name="model")
 
 

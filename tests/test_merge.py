@@ -245,15 +245,16 @@ def test_only_the_package_vote_layer_is_trusted_on_rebuild():
     """The adapter trusts exactly MajorityVote of mvc_magics.keras_layers, nothing else in the package."""
     import keras  # noqa: F401 - the adapter handles Keras structures only once Keras is loaded
 
-    from mvc_magics.adapters.keras import KerasAdapter, _foreign_modules
+    from mvc_magics.adapters.keras import KerasAdapter
+    from mvc_magics.adapters.keras_structure import foreign_modules
     from mvc_magics.errors import UnsupportedModelError
 
     own = {"module": "mvc_magics.keras_layers", "class_name": "MajorityVote", "config": {}}
-    assert _foreign_modules(own) == set()
+    assert foreign_modules(own) == set()
     for hostile in ({"module": "mvc_magics.keras_layers", "class_name": "keras", "config": {}},
                     {"module": "mvc_magics.merge", "class_name": "MergeReport", "config": {}},
                     {"module": "os", "class_name": "system", "config": {}}):
-        with pytest.raises(UnsupportedModelError, match="outside Keras"):
+        with pytest.raises(UnsupportedModelError, match="runs that class's code"):
             KerasAdapter().build(hostile, {})
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 import numpy as np
@@ -32,8 +32,15 @@ class Adapter(Protocol):
     def structure(self, model: Any) -> object | None:
         """A JSON-able description to rebuild the model from, or None when not serializable."""
 
-    def build(self, structure: object, state: Mapping[str, np.ndarray], unsafe: bool = False) -> Any:
-        """A new model from ``structure`` holding ``state``."""
+    def build(self, structure: object, state: Mapping[str, np.ndarray], unsafe: bool = False,
+              classes: Iterable[type] | Mapping[str, type] | None = None) -> Any:
+        """A new model from ``structure`` holding ``state``.
+
+        A structure naming user code (a class defined in the notebook or the user's package) is
+        rebuilt only with the caller's opt-in: ``classes`` (the classes, or names -> classes) it
+        trusts, ``unsafe`` looks them up by module and name (see :mod:`.trust`); otherwise
+        :class:`UnsupportedModelError` says how to opt in.
+        """
 
     def extra_metadata(self, model: Any) -> dict:
         """Metadata outside the identity (compile configuration...)."""

@@ -17,8 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UnsupportedModelError
+from ..errors import ExportError, UnsupportedModelError
 from .base import match_state
+from .keras_structure import foreign_modules, rebuild, serialize
+from .trust import Classes
 
 _KERAS_BASES = {"Layer", "Model", "Sequential", "Functional"}
 # Models up to this size keep their hashed buffers pinned for cheap change detection.
@@ -27,9 +29,6 @@ PIN_LIMIT_BYTES = 512 * 2**20
 _PINNED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 # Eigen's largest alignment (AVX-512): TensorFlow only adopts numpy buffers aligned to it.
 TENSOR_ALIGNMENT = 64
-# Layers mvc_magics itself defines (the vote of an ensemble): package code, trusted on rebuild.
-# Only these exact classes are allowed, so a structure cannot name anything else in the package.
-_OWN_LAYERS = {"mvc_magics.keras_layers": frozenset({"MajorityVote"})}
 
 
 def _quiet_tensorflow() -> None:
@@ -97,12 +96,14 @@ class KerasAdapter:
 
     def get_state(self, model: Any) -> dict[str, np.ndarray]:
         keras = _keras()
-        if not model.built:
+        named = self.named_variables(model)
+        if not named:
             raise UnsupportedModelError(
-                "the Keras model is not built yet (no variables): call it on data or build() it first"
+                f"The Keras model {getattr(model, 'name', '')!r} is not built yet and has no variables: "
+                "call it on data or build() it first, then commit."
             )
         to_numpy = _zero_copy_reader(keras)
-        return {name: to_numpy(variable) for name, variable in self.named_variables(model).items()}
+        return {name: to_numpy(variable) for name, variable in named.items()}
 
     def set_state(self, model: Any, state: Mapping[str, np.ndarray], owned: bool = False) -> None:
         """Assign ``state`` (all shapes checked first). ``owned``: the arrays belong to this call
@@ -177,44 +178,35 @@ class KerasAdapter:
     # -- structure ------------------------------------------------------------------------
 
     def structure(self, model: Any) -> object | None:
-        keras = _keras()
-        try:
-            config = keras.saving.serialize_keras_object(model)
-            config = json.loads(json.dumps(config))
-        except (NotImplementedError, TypeError, ValueError, AttributeError):
-            return None
-        if isinstance(config, dict):
-            config.pop("compile_config", None)  # training setup is metadata, not identity
-        return config
+        return serialize(_keras(), model)
 
-    def build(self, structure: object, state: Mapping[str, np.ndarray], unsafe: bool = False) -> Any:
+    def build(self, structure: object, state: Mapping[str, np.ndarray], unsafe: bool = False,
+              classes: Classes | None = None) -> Any:
+        """A new model from ``structure`` holding ``state``; classes outside Keras need the opt-in
+        (``classes=`` or ``unsafe=True``, see :mod:`mvc_magics.adapters.trust`)."""
         keras = _keras()
-        if structure is None:
-            raise UnsupportedModelError(
-                "this version has no stored structure (the model was not serializable); "
-                "check it out into an existing model instead"
-            )
-        if not unsafe:
-            foreign = _foreign_modules(structure)
-            if foreign:
-                raise UnsupportedModelError(
-                    f"the structure refers to code outside Keras ({', '.join(sorted(foreign)[:3])}); "
-                    "check out into an existing model, or pass unsafe=True if you trust this store"
-                )
         from .. import keras_layers  # noqa: F401 - registers the package's own layers
 
-        try:
-            model = keras.saving.deserialize_keras_object(structure, safe_mode=not unsafe)
-        except Exception as exc:
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UnsupportedModelError(
-                f"cannot rebuild the model from its stored structure: {first_line[:200]}; "
-                "check it out into an existing model instead"
-            ) from exc
-        if not model.built:
-            raise UnsupportedModelError("the rebuilt model has no variables; check out into an existing model")
+        model = rebuild(keras, structure, unsafe, classes)
+        if not self.named_variables(model):
+            raise UnsupportedModelError("The rebuilt model has no variables; check the version out into an "
+                                        "existing model instead (%mvc_checkout REF model).")
         self.set_state(model, state)
         return model
+
+    export_formats = ("keras", "savedmodel", "weights-h5")
+
+    def export_model(self, model: Any, path: str, fmt: str) -> None:
+        """Write ``model`` as a ``.keras`` file, ``.weights.h5`` or a TensorFlow SavedModel folder."""
+        if fmt == "keras":
+            model.save(path)
+        elif fmt == "weights-h5":
+            model.save_weights(path)
+        elif _keras().backend.backend() != "tensorflow":
+            raise ExportError("A SavedModel export needs the TensorFlow backend: set KERAS_BACKEND=tensorflow "
+                              "before importing Keras.")
+        else:
+            model.export(path, format="tf_saved_model", verbose=False)
 
     def restore_training_setup(self, model: Any, extra: Mapping) -> bool:
         """Compile a rebuilt model as the committed one was (optimizer, loss, metrics), if recorded.
@@ -223,7 +215,7 @@ class KerasAdapter:
         uncompiled rather than importing foreign code. Returns whether the model was compiled.
         """
         config = extra.get("compile") if isinstance(extra, Mapping) else None
-        if not isinstance(config, dict) or _foreign_modules(config) or not hasattr(model, "compile_from_config"):
+        if not isinstance(config, dict) or foreign_modules(config) or not hasattr(model, "compile_from_config"):
             return False
         try:
             model.compile_from_config(config)
@@ -325,20 +317,3 @@ def _adopter(keras: Any):
             return array
 
     return adopt
-
-
-def _foreign_modules(structure: object) -> set[str]:
-    """Modules named in a Keras config that are not Keras itself (code that would be imported)."""
-    found: set[str] = set()
-    stack = [structure]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            module = item.get("module")
-            own = item.get("class_name") in _OWN_LAYERS.get(module, ())
-            if isinstance(module, str) and module.split(".")[0] != "keras" and not own:
-                found.add(module)
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return found

@@ -38,7 +38,8 @@ class NumpyDictAdapter:
     def structure(self, model: dict) -> object | None:
         return None
 
-    def build(self, structure: object, state: Mapping[str, np.ndarray], unsafe: bool = False) -> dict:
+    def build(self, structure: object, state: Mapping[str, np.ndarray], unsafe: bool = False,
+              classes: Mapping[str, type] | None = None) -> dict:
         return {name: np.array(array, copy=True) for name, array in state.items()}
 
     def extra_metadata(self, model: dict) -> dict:

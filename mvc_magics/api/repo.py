@@ -97,13 +97,14 @@ class Repo:
         return commit.commit(self.store, model, name, message, metrics, params, tags, provenance, parents, extra)
 
     def checkout(self, ref: str, model: Any = None, name: str | None = None, unsafe: bool = False,
-                 require_signature: bool = False) -> Any:
+                 require_signature: bool = False, classes: Mapping[str, type] | None = None) -> Any:
         """Load version ``ref`` into ``model`` in place, or build a new model when ``model`` is None.
 
-        All or nothing: every shape is checked before the first assignment, every tensor is
-        re-hashed. ``require_signature`` refuses a version without a valid signature.
+        All or nothing: every shape is checked before the first assignment, every tensor is re-hashed.
+        ``require_signature`` refuses an unsigned version. A user class (notebook or package) is rebuilt
+        only with ``classes={"Net": Net}`` (the classes you trust) or ``unsafe=True`` (found by name).
         """
-        return checkout.checkout(self.store, ref, model, name, unsafe, require_signature)
+        return checkout.checkout(self.store, ref, model, name, unsafe, require_signature, classes)
 
     def get(self, vid: str, name: str | None = None) -> Version:
         """The :class:`Version` with full id ``vid``."""
@@ -201,8 +202,8 @@ class Repo:
         ``method``: ``"average"`` (weighted mean of the float tensors; default uniform: a soup),
         ``"greedy"`` (greedy soup scored by ``eval_fn(model)``, higher is better, or ranked by
         ``metric="val_accuracy"``), ``"ensemble"`` (mean of the members' outputs) or ``"vote"``.
-        ``into`` loads the result into a live model, all or nothing. Other options: ``metric``,
-        ``model``, ``result_name``, ``tags``, ``score_name``, ``provenance`` (see
+        ``into`` loads the result into a live model, all or nothing. Other options: ``metric``, ``model``,
+        ``result_name``, ``tags``, ``score_name``, ``provenance``, ``unsafe``/``classes`` (see
         :func:`mvc_magics.operations.merge.merge_versions`). Conflicts raise
         :class:`~mvc_magics.errors.MergeConflictError` before anything is written.
 
@@ -256,9 +257,11 @@ class Repo:
 
     # -- lifecycle, integrity and audit -----------------------------------------------------
 
-    def export(self, ref: str, path: str | os.PathLike, format: str = "keras", name: str | None = None) -> Path:
-        """Write version ``ref`` for serving: ``keras``, ``savedmodel`` or ``weights-h5``."""
-        return export.export_version(self.store, ref, path, format, name=name)
+    def export(self, ref: str, path: str | os.PathLike, format: str = "keras", name: str | None = None,
+               model: Any = None, unsafe: bool = False, classes: Mapping[str, type] | None = None) -> Path:
+        """Write version ``ref`` for serving: ``keras``, ``savedmodel`` or ``weights-h5``; ``model``: this live
+        model (holding exactly the version), else a rebuild (``classes``/``unsafe`` as in :meth:`checkout`)."""
+        return export.export_version(self.store, ref, path, format, name, model, unsafe, classes)
 
     def remove(self, ref: str, name: str | None = None, force: bool = False) -> Version:
         """Remove version ``ref`` (protected: ``force``); HEADs on it move to its first parent."""

@@ -107,7 +107,8 @@ class MVCMagics(Magics):
     @argument("--as", dest="as_var", default=None, metavar="VAR", help="build a new model into VAR")
     @argument("--model", dest="history", default=None, metavar="NAME",
               help="the model history REF is in (default: MODEL's own, or the only model)")
-    @argument("--unsafe", action="store_true", help="allow rebuilding structures that run custom code")
+    @argument("--unsafe", action="store_true",
+              help="allow rebuilding models whose classes are your code (defined in the notebook or imported)")
     @argument("--require-signature", action="store_true",
               help="refuse a version without a valid signature (MVC_SIGNING_KEY / MVC_SIGNING_KEY_FILE)")
     @user_errors
@@ -127,13 +128,15 @@ class MVCMagics(Magics):
         if args.as_var:
             if not args.as_var.isidentifier():
                 raise UsageError(f"{args.as_var!r} is not a variable name")
-            self.session.namespace[args.as_var] = repo.checkout(version.id, name=None, unsafe=args.unsafe, **signed)
+            self.session.namespace[args.as_var] = repo.checkout(version.id, name=None, **signed,
+                                                                **self.session.trust(args.unsafe))
             print(f"built {version.short_id} ({version.name}) into {args.as_var}")
             return
         target = args.model or version.name
         live = self.session.namespace.get(target)
         if live is None:
-            self.session.namespace[target] = repo.checkout(version.id, None, name=target, unsafe=args.unsafe, **signed)
+            self.session.namespace[target] = repo.checkout(version.id, None, name=target, **signed,
+                                                           **self.session.trust(args.unsafe))
             print(f"built {version.short_id} into new variable {target}")
         else:
             repo.checkout(version.id, live, name=target, **signed)

@@ -24,11 +24,25 @@ class LifecycleMagics(Magics):
     @argument("path", help="destination: model.keras, a SavedModel folder, or model.weights.h5")
     @argument("--format", default="keras", choices=FORMATS, help="keras (default), savedmodel or weights-h5")
     @argument("--model", default=None, help="the model whose history the ref is in")
+    @argument("--from-live", dest="live", nargs="?", const="", default=None, metavar="VAR",
+              help="write the live model VAR (default: the model's own variable), which must hold the version")
+    @argument("--unsafe", action="store_true",
+              help="allow rebuilding a model whose class is your code (defined in the notebook or imported)")
     @user_errors
     def mvc_export(self, line: str):
-        """Write a version for serving: a .keras file, a TensorFlow SavedModel, or a .weights.h5 file."""
+        """Write a version for serving: a .keras file, a TensorFlow SavedModel, or a .weights.h5 file.
+
+        The model is rebuilt from the stored version, or with ``--from-live`` the notebook's variable
+        is written as it is (it must hold exactly that version: check it out first).
+        """
         args = parse_line(self.mvc_export, line)
-        path = self.session.repo.export(args.ref, args.path, format=args.format, name=args.model)
+        repo = self.session.repo
+        name, live = args.model, None
+        if args.live is not None:
+            version = repo.resolve(args.ref, name=args.model or self.session.model_for_ref())
+            name, live = version.name, self.session.variable(args.live or version.name)
+        path = repo.export(args.ref, args.path, format=args.format, name=name, model=live,
+                           **self.session.trust(args.unsafe))
         print(f"exported {args.ref} as {args.format} to {path}")
 
     @line_magic

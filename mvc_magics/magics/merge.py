@@ -66,6 +66,8 @@ class MergeMagics(Magics):
     @argument("-m", "--message", default=None, help="commit message (default: what the merge was)")
     @argument("--tag", nargs="+", action="append", metavar="TAG", help="tags to put on the merged version")
     @argument("--widget", action="store_true", help="open the merge panel (weights, preview, commit)")
+    @argument("--unsafe", action="store_true",
+              help="allow rebuilding models whose classes are your code (defined in the notebook or imported)")
     @user_errors
     def mvc_merge(self, line: str):
         """Merge versions into a new version whose parents are all of them.
@@ -104,9 +106,11 @@ class MergeMagics(Magics):
         version = repo.merge(args.refs, weights=weights, method=args.method, eval_fn=eval_fn, name=name,
                              message=args.message, into=into, metric=args.metric, result_name=args.name,
                              tags=tags, score_name=args.eval_fn, model=self._template(name),
-                             provenance=build_provenance(self.session.notebook_path(), source="%mvc_merge"))
+                             provenance=build_provenance(self.session.notebook_path(), source="%mvc_merge"),
+                             **self.session.trust(args.unsafe))
         if build_into:
-            self.session.namespace[build_into] = repo.checkout(version.id, name=version.name)
+            self.session.namespace[build_into] = repo.checkout(version.id, name=version.name,
+                                                               **self.session.trust(args.unsafe))
         print(merge_line(version, into=args.into))
         return version
 

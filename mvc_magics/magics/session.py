@@ -48,6 +48,12 @@ class MVCSession:
     def namespace(self) -> dict:
         return self.shell.user_ns
 
+    def trust(self, unsafe: bool) -> dict:
+        """``--unsafe``: rebuild user classes, those of the notebook first (``unsafe``/``classes`` of the API)."""
+        if not unsafe:
+            return {}
+        return {"unsafe": True, "classes": {k: v for k, v in self.namespace.items() if isinstance(v, type)}}
+
     def notebook_path(self) -> str | None:
         """The notebook's path, from ``__session__`` (Jupyter/VS Code) or ``JPY_SESSION_NAME``."""
         session = self.namespace.get("__session__")

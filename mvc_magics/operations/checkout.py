@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -17,9 +18,12 @@ from .signing import require_valid_signature
 
 
 def checkout(store: Store, ref: str, model: Any = None, name: str | None = None, unsafe: bool = False,
-             require_signature: bool = False) -> Any:
+             require_signature: bool = False, classes: Mapping[str, type] | None = None) -> Any:
     """Load version ``ref`` into ``model`` in place, or build a new model when ``model`` is None
-    (see :meth:`mvc_magics.Repo.checkout`); records the model's new HEAD unless the store is read-only."""
+    (see :meth:`mvc_magics.Repo.checkout`); records the model's new HEAD unless the store is read-only.
+
+    Building a model whose class is user code needs ``classes`` or ``unsafe`` (see
+    :mod:`mvc_magics.adapters.trust`)."""
     version = versions.resolve(store, ref, name=name)
     target = name or version.name
     validate_name(target, "model name")
@@ -28,7 +32,7 @@ def checkout(store: Store, ref: str, model: Any = None, name: str | None = None,
     state = versions.load_state(store, version)
     if model is None:
         adapter = adapter_named(version.framework)
-        result = adapter.build(versions.structure(store, version.id), state, unsafe=unsafe)
+        result = adapter.build(versions.structure(store, version.id), state, unsafe=unsafe, classes=classes)
         getattr(adapter, "restore_training_setup", lambda _m, _e: False)(result, version.extra)
     else:
         adapter = adapter_for(model)

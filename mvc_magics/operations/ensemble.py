@@ -10,7 +10,7 @@ structure without running any code from the store.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..adapters import adapter_named
@@ -22,7 +22,8 @@ from ..storage.store import Store
 from .versions import load_state, structure
 
 
-def _member(store: Store, version: Version, position: int) -> Any:
+def _member(store: Store, version: Version, position: int, unsafe: bool = False,
+            classes: Mapping[str, type] | None = None) -> Any:
     stored = structure(store, version.id)
     if stored is None:
         raise MergeError(f"{short(version)} has no stored structure: an ensemble rebuilds its members from it")
@@ -30,7 +31,7 @@ def _member(store: Store, version: Version, position: int) -> Any:
     if isinstance(stored, dict) and isinstance(stored.get("config"), dict):
         # Members are layers of one model, so their names must differ.
         stored["config"]["name"] = f"member_{position}"
-    return adapter_named("keras").build(stored, load_state(store, version))
+    return adapter_named("keras").build(stored, load_state(store, version), unsafe=unsafe, classes=classes)
 
 
 def _framework_ensemble(store: Store, versions: list[Version], used: list[int], normalized: list[float],
@@ -53,8 +54,11 @@ def _signature(tensors) -> list[tuple[tuple, str]]:
 
 
 def build_ensemble(store: Store, versions: list[Version], weights: Sequence[float] | None, method: str,
-                   eval_fn: EvalFn | None, report: MergeReport) -> MergePreview:
-    """The ensemble (``method="ensemble"``) or vote (``"vote"``) model of ``versions``, uncommitted."""
+                   eval_fn: EvalFn | None, report: MergeReport, unsafe: bool = False,
+                   classes: Mapping[str, type] | None = None) -> MergePreview:
+    """The ensemble (``method="ensemble"``) or vote (``"vote"``) model of ``versions``, uncommitted.
+
+    Members whose class is user code are rebuilt only with ``classes`` or ``unsafe``."""
     check_distinct(versions)
     _raw, normalized = check_weights(weights, len(versions))
     frameworks = sorted({v.framework for v in versions})
@@ -68,7 +72,7 @@ def build_ensemble(store: Store, versions: list[Version], weights: Sequence[floa
         return _framework_ensemble(store, versions, used, normalized, method, eval_fn, report)
     import keras
 
-    members = {i: _member(store, versions[i], i) for i in used}
+    members = {i: _member(store, versions[i], i, unsafe, classes) for i in used}
     first = members[used[0]]
     for i in used[1:]:
         member = members[i]

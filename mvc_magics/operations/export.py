@@ -12,11 +12,15 @@ import contextlib
 import os
 import shutil
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from ..adapters import adapter_named
+from ..core.messages import first_sentence
 from ..errors import ExportError
 from ..storage.store import Store
+from .status import is_modified
 from .versions import load_state, resolve, structure
 
 FORMATS = ("keras", "savedmodel", "weights-h5", "safetensors", "torchscript", "skops")
@@ -40,54 +44,50 @@ def check_destination(path: Path, fmt: str) -> Path:
 
 
 def export_version(store: Store, ref: str, path: str | os.PathLike, fmt: str = "keras",
-                   name: str | None = None) -> Path:
-    """Write version ``ref`` to ``path`` in format ``fmt``; return the path written."""
+                   name: str | None = None, model: Any = None, unsafe: bool = False,
+                   classes: Mapping[str, type] | None = None) -> Path:
+    """Write version ``ref`` to ``path`` in format ``fmt``; return the path written.
+
+    The model is rebuilt from the stored structure (user classes need ``classes`` or ``unsafe``),
+    or, with ``model`` (``--from-live``), the live model is written as it is, after checking that it
+    holds exactly the version's tensors.
+    """
     path = check_destination(Path(path), fmt)
     version = resolve(store, ref, name=name)
     adapter = adapter_named(version.framework) if version.framework != "numpy" else None
-    formats = ("keras", "savedmodel", "weights-h5") if version.framework == "keras" else \
-        getattr(adapter, "export_formats", ())
+    formats = getattr(adapter, "export_formats", ())
     if not formats:
-        raise ExportError(f"{version.short_id} is a {version.framework or 'framework-free'} model; export needs a "
-                          "Keras, PyTorch or scikit-learn model (read its tensors with repo.load_state instead)")
+        raise ExportError(f"{version.short_id} is a {version.framework or 'framework-free'} model, which cannot be "
+                          "exported as a file (Keras, TensorFlow, PyTorch and scikit-learn models can); read its "
+                          "tensors with repo.load_state instead.")
     if fmt not in formats:
-        raise ExportError(f"{version.short_id} is a {version.framework} model: its export formats are "
-                          f"{', '.join(formats)}")
-    # Rebuilt like a checkout into a new variable, but without moving anyone's HEAD.
-    model = _keras_model(store, version) if version.framework == "keras" else None
+        raise ExportError(f"{version.short_id} is a {version.framework} model: export it as "
+                          f"{' or '.join(formats)}.")
+    live = model is not None
+    if live and is_modified(store, model, version):
+        raise ExportError(f"The live model does not hold version {version.short_id}; check it out first "
+                          f"(%mvc_checkout {version.short_id} VAR), then export it from the live model.")
     tmp = path.parent / f".tmp-export-{os.getpid()}-{uuid.uuid4().hex}{_SUFFIX.get(fmt, '')}"
     try:
-        if model is None:  # the framework's own format, written by its adapter
-            adapter.export(structure(store, version.id), load_state(store, version), str(tmp), fmt)
-        elif fmt == "keras":
-            model.save(str(tmp))
-        elif fmt == "weights-h5":
-            model.save_weights(str(tmp))
-        else:
-            _export_savedmodel(model, tmp)
+        write_model = getattr(adapter, "export_model", None)
+        if write_model is not None:  # Keras and TensorFlow write a live model: the given one or a rebuild
+            if model is None:  # rebuilt like a checkout into a new variable, without moving anyone's HEAD
+                model = adapter.build(structure(store, version.id), load_state(store, version),
+                                      unsafe=unsafe, classes=classes)
+            write_model(model, str(tmp), fmt)
+        else:  # the framework's own format, written by its adapter from the tensors
+            state = adapter.get_state(model) if model is not None else load_state(store, version)
+            adapter.export(structure(store, version.id), state, str(tmp), fmt)
         os.replace(tmp, path)
     except ExportError:
         raise
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"cannot export {version.short_id} as {fmt}: {first[:200]}") from exc
+        raise ExportError(f"Cannot export {version.short_id} as {fmt}: {first_sentence(exc)}.") from exc
     finally:
         with contextlib.suppress(OSError):
             if tmp.is_dir():
                 shutil.rmtree(tmp)
             elif tmp.exists():
                 tmp.unlink()
-    store.writes.record("export", version.name, [version.id], {"format": fmt, "path": str(path)})
+    store.writes.record("export", version.name, [version.id], {"format": fmt, "path": str(path), "from_live": live})
     return path
-
-
-def _keras_model(store: Store, version):
-    return adapter_named("keras").build(structure(store, version.id), load_state(store, version))
-
-
-def _export_savedmodel(model, tmp: Path) -> None:
-    import keras
-
-    if keras.backend.backend() != "tensorflow":
-        raise ExportError("a SavedModel export needs the TensorFlow backend (KERAS_BACKEND=tensorflow)")
-    model.export(str(tmp), format="tf_saved_model", verbose=False)

@@ -10,7 +10,7 @@ ensembles in :mod:`.ensemble`; the result is committed like any model, with ever
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -68,12 +68,14 @@ def _score_name(eval_fn: EvalFn | None, score_name: str | None) -> str | None:
 def computed_merge(store: Store, refs: Sequence[str | Version], weights: Sequence[float] | None = None,
                    method: str = "average", eval_fn: EvalFn | None = None, name: str | None = None,
                    metric: str | None = None, template: Any = None,
-                   score_name: str | None = None) -> Iterator[MergePreview]:
+                   score_name: str | None = None, unsafe: bool = False,
+                   classes: Mapping[str, type] | None = None) -> Iterator[MergePreview]:
     """Check and compute a merge; yield it with a live model holding the result, uncommitted.
 
     The live model is rebuilt from the first input's stored structure (a Keras model), is a dict
     (dict models), or is ``template`` borrowed while the block runs (a Keras model whose
-    structure is not stored): its own weights are put back when the block ends.
+    structure is not stored): its own weights are put back when the block ends. A structure naming
+    user classes is rebuilt only with ``classes`` or ``unsafe`` (see :mod:`mvc_magics.adapters.trust`).
     """
     refs = refs if isinstance(refs, str) else list(refs)
     weights = weights if weights is None or isinstance(weights, str) else list(weights)
@@ -82,7 +84,7 @@ def computed_merge(store: Store, refs: Sequence[str | Version], weights: Sequenc
     inputs = _resolve(store, refs, name)
     report = MergeReport(method=method, inputs=[v.id for v in inputs], score_name=_score_name(eval_fn, score_name))
     if method in ("ensemble", "vote"):
-        yield build_ensemble(store, inputs, weights, method, eval_fn, report)
+        yield build_ensemble(store, inputs, weights, method, eval_fn, report, unsafe, classes)
         return
     if method == "greedy":
         if weights is not None:
@@ -90,7 +92,7 @@ def computed_merge(store: Store, refs: Sequence[str | Version], weights: Sequenc
         if eval_fn is None:
             raise MergeError("a greedy soup needs eval_fn (the held-out score of each candidate soup)")
     plan = plan_weight_merge(store, inputs, weights)
-    evaluator = Evaluator(plan, eval_fn, template=template)
+    evaluator = Evaluator(plan, eval_fn, template=template, trusted={"unsafe": unsafe, "classes": classes})
     try:
         if method == "greedy":
             chosen, score = greedy_soup(store, plan, evaluator, metric, report)
@@ -124,7 +126,8 @@ def merge_versions(store: Store, refs: Sequence[str | Version], weights: Sequenc
                    method: str = "average", eval_fn: EvalFn | None = None, name: str | None = None,
                    message: str | None = None, into: Any = None, metric: str | None = None,
                    model: Any = None, result_name: str | None = None, tags: Sequence[str] = (),
-                   score_name: str | None = None, provenance: dict | None = None) -> MergedVersion:
+                   score_name: str | None = None, provenance: dict | None = None, unsafe: bool = False,
+                   classes: Mapping[str, type] | None = None) -> MergedVersion:
     """Merge versions and commit the result with every input as a parent (see :meth:`Repo.merge`).
 
     The result is committed through :func:`~mvc_magics.operations.commit.commit` from the live
@@ -134,7 +137,8 @@ def merge_versions(store: Store, refs: Sequence[str | Version], weights: Sequenc
     if into is not None:
         adapter_for(into)  # an unsupported object fails before any work
     template = model if model is not None else into
-    with computed_merge(store, refs, weights, method, eval_fn, name, metric, template, score_name) as preview:
+    with computed_merge(store, refs, weights, method, eval_fn, name, metric, template, score_name,
+                        unsafe, classes) as preview:
         report = preview.report
         if preview.model is None:
             raise MergeError("the merged model could not be built")  # pragma: no cover - defensive
@@ -159,13 +163,15 @@ def merge_versions(store: Store, refs: Sequence[str | Version], weights: Sequenc
 
 def merge_preview(store: Store, refs: Sequence[str | Version], weights: Sequence[float] | None = None,
                   method: str = "average", eval_fn: EvalFn | None = None, name: str | None = None,
-                  metric: str | None = None, model: Any = None, score_name: str | None = None) -> MergePreview:
+                  metric: str | None = None, model: Any = None, score_name: str | None = None,
+                  unsafe: bool = False, classes: Mapping[str, type] | None = None) -> MergePreview:
     """The merge computed and scored, nothing committed, no live model changed.
 
     ``.model`` is a new live model holding the result (None when it could only be held in a
     borrowed ``model``, which has its own weights back).
     """
-    with computed_merge(store, refs, weights, method, eval_fn, name, metric, model, score_name) as preview:
+    with computed_merge(store, refs, weights, method, eval_fn, name, metric, model, score_name,
+                        unsafe, classes) as preview:
         borrowed = model is not None and preview.model is model
     if borrowed:
         preview.model = None

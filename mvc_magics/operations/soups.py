@@ -8,7 +8,7 @@ soup does not drop; :class:`Evaluator` scores candidate soups in one reused live
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -78,8 +78,10 @@ class Evaluator:
     weights are put back afterwards. Dict models are passed as fresh dicts.
     """
 
-    def __init__(self, plan: MergePlan, eval_fn: EvalFn | None, template: Any = None) -> None:
+    def __init__(self, plan: MergePlan, eval_fn: EvalFn | None, template: Any = None,
+                 trusted: Mapping[str, Any] | None = None) -> None:
         self.plan, self.eval_fn, self.template = plan, eval_fn, template
+        self.trusted = dict(trusted or {})  # unsafe= / classes= for rebuilding user classes
         self.adapter = adapter_named(plan.framework)
         self._model: Any = None
         self._saved: dict[str, np.ndarray] | None = None
@@ -93,13 +95,13 @@ class Evaluator:
             problem = "has no stored structure to rebuild it from"
             if self.plan.structure is not None:
                 try:
-                    self._model = self.adapter.build(self.plan.structure, state)
+                    self._model = self.adapter.build(self.plan.structure, state, **self.trusted)
                     return self._model
                 except UnsupportedModelError as exc:  # e.g. a subclassed model: code outside Keras
-                    problem = f"cannot be rebuilt ({str(exc).split(';')[0]})"
+                    problem = f"cannot be rebuilt: {str(exc).rstrip('.')}"
             if self.template is None:
-                raise MergeError(f"{short(self.plan.versions[0])} {problem}: pass model= (a live model of the "
-                                 "same structure) to hold the merged weights")
+                raise MergeError(f"{short(self.plan.versions[0])} {problem}. To merge without a rebuild, pass "
+                                 "model= or into= (a live model of the same structure) to hold the merged weights.")
             self._saved = self.adapter.get_state(self.template)
             # Its fit history belongs to another run: hidden while borrowed, so the merge's
             # commit does not record it as the merged version's metrics.
