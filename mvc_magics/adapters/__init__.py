@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..errors import UnsupportedModelError
 from .base import Adapter
+from .jax import JaxAdapter
 from .keras import KerasAdapter
 from .numpy_dict import NumpyDictAdapter
 from .sklearn import SklearnAdapter
@@ -11,7 +12,8 @@ from .torch import TorchAdapter
 
 # Order matters only where one object could match two adapters (none today); the framework
 # itself is imported by an adapter only once it is handling such a model.
-ADAPTERS: list[Adapter] = [KerasAdapter(), TorchAdapter(), SklearnAdapter(), NumpyDictAdapter()]
+# A flat dict of numpy arrays stays a numpy model; nested or JAX-array pytrees are JAX models.
+ADAPTERS: list[Adapter] = [KerasAdapter(), TorchAdapter(), SklearnAdapter(), NumpyDictAdapter(), JaxAdapter()]
 
 
 def adapter_for(obj: object) -> Adapter:
@@ -21,7 +23,7 @@ def adapter_for(obj: object) -> Adapter:
             return adapter
     raise UnsupportedModelError(
         f"cannot version a {type(obj).__name__}: supported are Keras 3 models, PyTorch modules, "
-        "scikit-learn estimators and dict[str, numpy.ndarray]"
+        "scikit-learn estimators, JAX pytrees/Flax NNX modules and dict[str, numpy.ndarray]"
     )
 
 

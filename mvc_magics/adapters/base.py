@@ -106,12 +106,17 @@ def remember_hashes(adapter: Any, model: Any, state: Mapping[str, np.ndarray], h
         remember(model, state, hashes)
 
 
-def load_version(adapter: Any, model: Any, structure: object, state: Mapping[str, np.ndarray]) -> None:
-    """Make ``model`` hold a stored version. Adapters whose models carry more than tensors (a
-    scikit-learn estimator's hyper-parameters) use the version's structure too (``load_version``);
-    the others assign the tensors (``set_state``, with arrays the caller will not use again)."""
+def load_version(adapter: Any, model: Any, structure: object, state: Mapping[str, np.ndarray]) -> Any:
+    """Make ``model`` hold a stored version and return the model holding it.
+
+    Adapters whose models carry more than tensors (a scikit-learn estimator's hyper-parameters) use
+    the version's structure too, and adapters of immutable models (a JAX pytree) return a new one
+    (``load_version``); the others assign the tensors in place (``set_state``, with arrays the
+    caller will not use again) and the model itself is returned.
+    """
     load = getattr(adapter, "load_version", None)
     if load is not None:
-        load(model, structure, state)
-    else:
-        adapter.set_state(model, state, owned=True)
+        result = load(model, structure, state)
+        return model if result is None else result
+    adapter.set_state(model, state, owned=True)
+    return model

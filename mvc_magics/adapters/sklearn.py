@@ -187,7 +187,7 @@ class SklearnAdapter:
         match_state({k: (a.shape, a.dtype.name) for k, a in tensors.items()}, state)
         self.load_version(model, structure, state)
 
-    def load_version(self, model: Any, structure: object, state: Mapping[str, np.ndarray]) -> None:
+    def load_version(self, model: Any, structure: object, state: Mapping[str, np.ndarray]) -> Any:
         """Make ``model`` the stored version: rebuilt completely first, then swapped in (all or nothing).
 
         An estimator's fitted state is its ``__dict__``; nested estimators (pipeline steps) become
@@ -199,6 +199,7 @@ class SklearnAdapter:
                                      f"{type(model).__name__}: model left unchanged")
         model.__dict__.clear()
         model.__dict__.update(rebuilt.__dict__)
+        return model
 
     # -- merge, ensembles, export ------------------------------------------------------------------
 

@@ -139,7 +139,9 @@ class MVCMagics(Magics):
                                                            **self.session.trust(args.unsafe))
             print(f"built {version.short_id} into new variable {target}")
         else:
-            repo.checkout(version.id, live, name=target, **signed)
+            result = repo.checkout(version.id, live, name=target, **signed)
+            if result is not live:  # a JAX pytree is immutable: the variable now names the new one
+                self.session.namespace[target] = result
             print(f"checked out {version.summary()} into {target}")
         self.session.recorder.committed(target)  # the next version's provenance starts here
 

@@ -39,9 +39,9 @@ def checkout(store: Store, ref: str, model: Any = None, name: str | None = None,
         if version.framework and adapter.framework != version.framework:
             raise UnsupportedModelError(f"{version.short_id} is a {version.framework} model; it cannot be "
                                         f"checked out into a {adapter.framework} model")
-        load_version(adapter, model, versions.structure(store, version.id), state)  # state was read for this call
-        _remember_loaded(adapter, model, state, store.manifest(version.id))
-        result = model
+        # state was read for this call; a JAX pytree comes back as a new pytree (arrays are immutable)
+        result = load_version(adapter, model, versions.structure(store, version.id), state)
+        _remember_loaded(adapter, result, state, store.manifest(version.id))
     if not store.readonly:
         store.writes.move_head(target, version.id, "checkout", {"ref": ref, "rebuilt": model is None})
     return result
