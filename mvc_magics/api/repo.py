@@ -103,8 +103,7 @@ class Repo:
         All or nothing: every shape is checked before the first assignment, every tensor is re-hashed.
         ``require_signature`` refuses an unsigned version. A user class (notebook or package) is rebuilt
         only with ``classes={"Net": Net}`` (the classes you trust) or ``unsafe=True`` (found by name).
-        Returns the model holding the version: ``model`` itself, except a JAX pytree (immutable
-        arrays), which comes back as a new pytree of ``model``'s structure.
+        Returns ``model``; a JAX pytree (immutable arrays) comes back as a new pytree of its structure.
         """
         return checkout.checkout(self.store, ref, model, name, unsafe, require_signature, classes)
 

@@ -35,12 +35,15 @@ def _member(store: Store, version: Version, position: int, unsafe: bool = False,
 
 
 def _framework_ensemble(store: Store, versions: list[Version], used: list[int], normalized: list[float],
-                        method: str, eval_fn: EvalFn | None, report: MergeReport) -> MergePreview:
+                        method: str, eval_fn: EvalFn | None, report: MergeReport, unsafe: bool = False,
+                        classes: Mapping[str, type] | None = None) -> MergePreview:
     """An ensemble built by the members' own adapter (a PyTorch module, a scikit-learn voter)."""
     adapter = adapter_named(versions[0].framework)
     if not hasattr(adapter, "ensemble"):
-        raise MergeConflictError(f"{versions[0].framework} models cannot be ensembled (dict models have no outputs)")
-    members = [adapter.build(structure(store, versions[i].id), load_state(store, versions[i])) for i in used]
+        raise MergeConflictError(f"{versions[0].framework} models cannot be ensembled (they have no forward "
+                                 "function of their own): average them, or ensemble their outputs in your code")
+    members = [adapter.build(structure(store, versions[i].id), load_state(store, versions[i]), unsafe=unsafe,
+                             classes=classes) for i in used]
     model = adapter.ensemble(members, [normalized[i] for i in used], method)
     report.weights = normalized
     report.ingredients = [versions[i].id for i in used]
@@ -69,7 +72,7 @@ def build_ensemble(store: Store, versions: list[Version], weights: Sequence[floa
     if len(used) < 2:
         raise MergeConflictError("an ensemble needs at least two members with a positive weight")
     if frameworks[0] != "keras":
-        return _framework_ensemble(store, versions, used, normalized, method, eval_fn, report)
+        return _framework_ensemble(store, versions, used, normalized, method, eval_fn, report, unsafe, classes)
     import keras
 
     members = {i: _member(store, versions[i], i, unsafe, classes) for i in used}
