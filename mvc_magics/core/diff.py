@@ -214,12 +214,13 @@ class Diff:
 
 def tensor_statistics(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """Relative L2 change, max |delta| and cosine similarity of ``x`` -> ``y`` (in float64)."""
-    a = np.asarray(x, dtype=np.float64).ravel()
-    b = np.asarray(y, dtype=np.float64).ravel()
+    wide = np.complex128 if "complex" in np.asarray(x).dtype.name else np.float64
+    a = np.asarray(x).astype(wide).ravel()
+    b = np.asarray(y).astype(wide).ravel()
     delta = b - a
     delta_norm, norm_a, norm_b = (float(np.linalg.norm(v)) for v in (delta, a, b))
     relative = delta_norm / norm_a if norm_a > 0 else (0.0 if delta_norm == 0 else math.inf)
-    cosine = float(np.dot(a, b) / (norm_a * norm_b)) if norm_a > 0 and norm_b > 0 else math.nan
+    cosine = float(np.vdot(a, b).real / (norm_a * norm_b)) if norm_a > 0 and norm_b > 0 else math.nan
     max_abs = float(np.max(np.abs(delta))) if delta.size else 0.0
     return {"relative_l2": relative, "max_abs": max_abs, "cosine": cosine,
             "delta_norm": delta_norm, "norm_a": norm_a}

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import IntegrityError
+from ..errors import IntegrityError, UnsupportedModelError
 from .hashing import HASH_HEX_LENGTH
 
 
@@ -69,18 +69,49 @@ def is_hash(text: str) -> bool:
     return _HASH_TEXT.fullmatch(text) is not None
 
 
+# The logical dtypes a tensor may have (docs/FORMAT.md, "Dtypes"): numpy's bool, integers, floats and
+# complex numbers, plus the ml_dtypes types frameworks use for low precision (bfloat16, float8/6/4,
+# int4/int2...). numpy's extended precision (float96/float128) is left out: its size and padding
+# bytes differ between machines, so its bytes have no portable meaning.
+NUMPY_TENSOR_DTYPES = frozenset(
+    {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+     "float16", "float32", "float64", "complex64", "complex128"}
+)
+
+
 def dtype_from_name(name: str) -> np.dtype:
+    """The numpy dtype of a stored tensor's dtype name; :class:`IntegrityError` for any other name.
+
+    A name is either one of :data:`NUMPY_TENSOR_DTYPES` or an ``ml_dtypes`` type (imported only
+    when such a tensor is read).
+    """
+    if name in NUMPY_TENSOR_DTYPES:
+        return np.dtype(name)
     try:
-        dtype = np.dtype(name)
-    except (TypeError, ValueError):  # numpy raises either for a name it does not know
-        try:
-            import ml_dtypes  # bfloat16, float8: only needed when such tensors exist
-        except ImportError as exc:
-            raise IntegrityError(f"unknown dtype {name!r}") from exc
-        try:
-            dtype = np.dtype(getattr(ml_dtypes, name))
-        except (AttributeError, TypeError, ValueError) as exc:
-            raise IntegrityError(f"unknown dtype {name!r}") from exc
-    if dtype.kind in "OSUVMm":  # objects, strings, records, dates: never a tensor, never read
-        raise IntegrityError(f"dtype {name!r} is not a tensor dtype")
+        import ml_dtypes  # bfloat16, float8, int4: only needed when such tensors exist
+    except ImportError as exc:
+        raise IntegrityError(f"dtype {name!r} needs the ml_dtypes package (pip install ml_dtypes)") from exc
+    found = getattr(ml_dtypes, name, None) if isinstance(name, str) and not name.startswith("_") else None
+    try:
+        dtype = np.dtype(found) if isinstance(found, type) else None
+    except TypeError:  # finfo, iinfo: classes of ml_dtypes that are not dtypes
+        dtype = None
+    if dtype is None or dtype.name != name or dtype.kind in "OSUMm":
+        raise IntegrityError(f"dtype {str(name)[:40]!r} is not a tensor dtype")
     return dtype
+
+
+def storable_dtype_name(dtype: np.dtype, tensor: str) -> str:
+    """The name a tensor of ``dtype`` is stored under, or :class:`UnsupportedModelError` (at commit,
+    before anything is written) when the store could not read such a tensor back."""
+    name = np.dtype(dtype).name
+    try:
+        if dtype_from_name(name) == dtype.newbyteorder("=") or dtype_from_name(name) == dtype:
+            return name
+    except IntegrityError:
+        pass
+    raise UnsupportedModelError(
+        f"Tensor {tensor!r} has dtype {name}, which mvc_magics does not store (it keeps bool, integers, "
+        "floats, complex numbers and the ml_dtypes types such as bfloat16, float8 and int4). Convert "
+        "the variable to one of those (for example float64 or int32) and commit again."
+    )

@@ -12,6 +12,8 @@ import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..errors import MergeConflictError
 from .manifest import ManifestEntry
 from .names import pair_names
@@ -72,8 +74,13 @@ def is_rng_state(name: str) -> bool:
 
 
 def is_float_dtype(name: str) -> bool:
-    """Floating-point dtypes are averaged (float16/32/64, bfloat16, float8 variants)."""
-    return name.startswith("float") or name.startswith("bfloat")
+    """Floating-point and complex dtypes are averaged (float16/32/64, bfloat16, float8/6/4, complex)."""
+    return name.startswith(("float", "bfloat", "complex", "bcomplex"))
+
+
+def accumulator_dtype(name: str) -> np.dtype:
+    """Averages are summed in float64 (complex128 for complex tensors), then cast back to ``name``."""
+    return np.dtype(np.complex128 if "complex" in name else np.float64)
 
 
 def short(version: Version) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 from ..adapters import Adapter, adapter_for
 from ..adapters.base import known_hashes, remember_hashes
 from ..core.hashing import HashesAhead, canonical_array, version_id
+from ..core.manifest import storable_dtype_name
 from ..core.metadata import author, base_library_versions, validate_metrics, validate_params
 from ..core.names import validate_name, validate_tag
 from ..core.provenance import complete_provenance
@@ -51,6 +52,8 @@ def commit(
         raise UnsupportedModelError(f"{name!r} has no variables to version")
     all_metrics = {**validate_metrics(adapter.fit_metrics(model)), **explicit}
     arrays = {key: canonical_array(value) for key, value in state.items()}
+    for key, array in arrays.items():  # refused before any write: what the store could not read back
+        storable_dtype_name(array.dtype, key)
     # Hashing runs in worker threads from here on, overlapping the structure serialization
     # below and the writes of new tensors (see storage.staging); unchanged buffers are skipped.
     hashes = HashesAhead(arrays, known_hashes(adapter, model, arrays))

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..adapters import adapter_named
 from ..core.manifest import dtype_from_name
-from ..core.merge_plan import MergePlan, short
+from ..core.merge_plan import MergePlan, accumulator_dtype, short
 from ..core.merge_report import EvalFn, MergeReport, MergeStep, score_of
 from ..core.refs import infer_direction
 from ..errors import MergeConflictError, MergeError, UnsupportedModelError
@@ -46,7 +46,7 @@ def average_state(store: Store, plan: MergePlan, members: Sequence[int] | None =
                 entry, _, owner = entries[0]
                 state[tensor.name] = reader.read(entry, owner=owner)
                 continue
-            acc = np.zeros(tensor.shape, np.float64)
+            acc = np.zeros(tensor.shape, accumulator_dtype(tensor.dtype))
             for entry, weight, owner in entries:
                 accumulate(acc, reader.read(entry, owner=owner), weight)
             acc /= total
@@ -64,7 +64,7 @@ def accumulate(acc: np.ndarray, tensor: np.ndarray, weight: float) -> None:
     """``acc += weight * tensor`` in float64, in chunks, without a full-size float64 temporary."""
     flat_acc, flat = acc.reshape(-1), tensor.reshape(-1)
     for start in range(0, flat.size, _CHUNK_ELEMENTS):
-        part = flat[start:start + _CHUNK_ELEMENTS].astype(np.float64)
+        part = flat[start:start + _CHUNK_ELEMENTS].astype(acc.dtype)
         if weight != 1.0:
             part *= weight
         flat_acc[start:start + _CHUNK_ELEMENTS] += part
@@ -149,7 +149,7 @@ def greedy_soup(store: Store, plan: MergePlan, evaluator: Evaluator, metric: str
         def read(tensor, position: int) -> np.ndarray:
             return reader.read(tensor.entries[position], owner=plan.versions[position].id)
 
-        sums = {t.name: read(t, best).astype(np.float64) for t in averaged}
+        sums = {t.name: read(t, best).astype(accumulator_dtype(t.dtype)) for t in averaged}
         constant = {t.name: read(t, best) for t in plan.tensors if t.identical or t.take_first}
         chosen = [best]
         # The best ingredient alone, scored by eval_fn like every later soup (ranking may have
