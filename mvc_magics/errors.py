@@ -91,6 +91,10 @@ class InvalidRemoteError(RemoteError, ValueError):
     """A remote name or URL is not acceptable (unknown name, credentials in the URL...)."""
 
 
+class RemotePermissionError(RemoteError):
+    """The remote (its store, or its allowed signers for protected tags) refused this user an action."""
+
+
 class RemoteConflictError(RemoteError):
     """A tag points at different versions here and on the remote; nothing was overwritten.
 

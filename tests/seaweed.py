@@ -28,6 +28,9 @@ ROLES = {
     "release": ("MVCRELEASEKEY0000000", "mvc-release-secret-0000000000000000000000"),
 }
 BUCKET = "mvc"
+# The prefix the role identities may write to (SeaweedFS wildcards are trailing only, so rights are
+# granted per folder of one remote): s3://mvc/team.
+TEAM_PREFIX = "team"
 START_TIMEOUT = 60.0
 
 
@@ -49,11 +52,15 @@ def s3_config(bucket: str = BUCKET) -> dict:
         key, secret = ROLES[name]
         return {"name": name, "credentials": [{"accessKey": key, "secretKey": secret}], "actions": actions}
 
+    team = f"{bucket}/{TEAM_PREFIX}"
+    # Members write objects, notes and log segments; not FORMAT nor allowed_signers.json (admin only).
+    writer = [f"Read:{bucket}", f"List:{bucket}", f"Write:{team}/objects/*", f"Write:{team}/notes/*",
+              f"Write:{team}/log/*"]
     return {"identities": [
         ident("admin", ["Admin", "Read", "List", "Write", "Tagging"]),
         ident("reader", [f"Read:{bucket}", f"List:{bucket}"]),
-        ident("member", [f"Read:{bucket}", f"List:{bucket}", f"Write:{bucket}"]),
-        ident("release", [f"Read:{bucket}", f"List:{bucket}", f"Write:{bucket}"]),
+        ident("member", writer),
+        ident("release", writer),  # the same store rights: protected tags need its signing key instead
     ]}
 
 

@@ -14,11 +14,12 @@ from pathlib import Path
 
 from ..core.hashing import version_id
 from ..core.reports import TransferReport
-from ..errors import IntegrityError, InvalidRemoteError, MVCError, RemoteError, StoreError
+from ..errors import IntegrityError, InvalidRemoteError, MVCError, RemoteError, SignatureError, StoreError
 from ..storage.atomic import temporary_path
 from ..storage.deltas import base_references
 from ..storage.remote_log import RemoteState
 from ..storage.remote_store import RemoteStore
+from ..storage.remote_trust import is_protected, read_allowed_signers
 from ..storage.retired import held_hashes, is_retired
 from ..storage.snapshot import SnapshotContent, TensorReader, read_content
 from ..storage.store import Store
@@ -79,7 +80,9 @@ def _pull(store: Store, label: str, url: str, refs, force: bool, progress: bool 
             report.versions = imported
             pull_notes(store, source, state.notes, [vid for vid in contents if store.has_version(vid)])
             wanted = set(contents) | set(start) if refs is not None else None
-            conflicts = pull_tags(store, remote_tags, wanted, force, report)
+            refused: list[str] = []
+            conflicts = pull_tags(store, remote_tags, wanted, force, report,
+                                  _trusted(source, state, refused))
             set_missing_heads(store, imported)
             store.writes.record("pull", None, imported, {
                 "remote": label, "url": url, "objects": report.objects_sent, "bytes": report.bytes,
@@ -90,6 +93,9 @@ def _pull(store: Store, label: str, url: str, refs, force: bool, progress: bool 
             with contextlib.suppress(OSError):
                 path.unlink()
     report.requests = source.requests
+    if refused:
+        raise SignatureError(f"protected tag(s) {', '.join(refused)} on remote {url} not signed by an allowed "
+                             "signer: not pulled (everything else was)")
     if conflicts:
         raise conflict_error("pull", conflicts)
     return report
@@ -211,13 +217,33 @@ def pull_notes(store: Store, source: RemoteStore, remote_notes: dict[str, list[s
             store.writes.import_note(vid, filename, note, metrics)
 
 
-def pull_tags(store: Store, remote_tags: dict, wanted: set[str] | None, force: bool, report) -> list:
+def _trusted(source: RemoteStore, state: RemoteState, refused: list[str]):
+    """A check that a remote tag may be taken: protected ones need an allowed signer's signature."""
+    signers: list = []
+
+    def check(model: str, tag: str, vid: str, protected: bool) -> bool:
+        if not is_protected(tag, protected):
+            return True
+        if not signers:
+            signers.append(read_allowed_signers(source))
+        if signers[0] is None or signers[0].signer_of(model, tag, vid, state.tag_signatures.get((model, tag))):
+            return True
+        refused.append(f"{tag} ({model})")
+        return False
+
+    return check
+
+
+def pull_tags(store: Store, remote_tags: dict, wanted: set[str] | None, force: bool, report,
+              trusted=None) -> list:
     conflicts = []
     for (model, tag), (vid, protected) in sorted(remote_tags.items()):
         if (wanted is not None and vid not in wanted) or not store.has_version(vid):
             continue
         current = store.tag(model, tag)
         if current and current[0] == vid:
+            continue
+        if trusted is not None and not trusted(model, tag, vid, protected):
             continue
         if current and not force:
             conflicts.append((model, tag, current[0], vid))

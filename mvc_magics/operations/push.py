@@ -12,12 +12,14 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ..core.reports import TransferReport
-from ..errors import IntegrityError, InvalidNameError, RefError
+from ..errors import IntegrityError, InvalidNameError, RefError, RemotePermissionError
 from ..storage.atomic import temporary_path
 from ..storage.deltas import base_references
 from ..storage.remote_log import RemoteLog, RemoteState
 from ..storage.remote_store import RemoteStore
+from ..storage.remote_trust import AllowedSigners, is_protected, read_allowed_signers, sign_tag
 from ..storage.retired import held_hashes, is_retired, write_retired
+from ..storage.signatures import signer_from_env
 from ..storage.store import Store
 from . import lookup, versions
 from .remotes import conflict_error, progress_bar, remote_errors, remote_url, state_cache, topological
@@ -33,6 +35,7 @@ def push(store: Store, remote: str | None = None, refs: Iterable[str] | None = N
 
 def _push(store: Store, label: str, url: str, refs, force: bool, progress: bool | None) -> TransferReport:
     target = RemoteStore(url)
+    target.require_exclusive_create()
     target.check_format(create=True)
     log = RemoteLog(target, state_cache(store, url))
     state = _log_state(target, log)
@@ -94,6 +97,7 @@ def _push(store: Store, label: str, url: str, refs, force: bool, progress: bool 
     local_tags = [row for row in store.index.query("SELECT name, tag, id, protected FROM tags ORDER BY name, tag")
                   if row[2] in pushed]
     conflicts: list[tuple[str, str, str, str]] = []
+    trust = _TagTrust(target)
 
     def segment(current: RemoteState) -> dict | None:
         conflicts.clear()
@@ -106,8 +110,10 @@ def _push(store: Store, label: str, url: str, refs, force: bool, progress: bool 
             if remote is not None and not force:
                 conflicts.append((model, tag, vid, remote[0]))
                 continue
-            tags.append({"model": model, "tag": tag, "id": vid, "protected": bool(protected)})
-            report.tags.append(tag)
+            entry = trust.entry(model, tag, vid, bool(protected))
+            if entry is not None:
+                tags.append(entry)
+                report.tags.append(tag)
         objects = {oid: sizes[oid] for oid in todo if live[oid] and oid not in current.objects}
         retired = {oid: sizes[oid] for oid in todo if not live[oid] and oid not in current.retired}
         new_notes = {oid: [n for n in names if n not in current.notes.get(oid, [])] for oid, names in notes.items()}
@@ -122,9 +128,37 @@ def _push(store: Store, label: str, url: str, refs, force: bool, progress: bool 
         "tags": report.tags, "conflicts": [f"{m}/{t}" for m, t, _, _ in conflicts],
     })
     report.requests = target.requests
+    if trust.denied:
+        raise RemotePermissionError(
+            f"permission denied: remote {url} lets only its allowed signers move protected tags "
+            f"({', '.join(sorted(set(trust.denied)))} not pushed; everything else was); sign with an allowed key "
+            "(MVC_SIGNING_KEY_FILE)")
     if conflicts:
         raise conflict_error("push", conflicts)
     return report
+
+
+class _TagTrust:
+    """Signs protected tag entries, and holds back those the remote's allowed signers would refuse."""
+
+    def __init__(self, target: RemoteStore) -> None:
+        self.target = target
+        self.denied: list[str] = []
+        self._signers: AllowedSigners | bool | None = False  # read on the first protected tag only
+
+    def entry(self, model: str, tag: str, vid: str, protected: bool) -> dict | None:
+        entry = {"model": model, "tag": tag, "id": vid, "protected": protected}
+        if not is_protected(tag, protected):
+            return entry
+        if self._signers is False:
+            self._signers = read_allowed_signers(self.target)
+        signer = signer_from_env()
+        if signer is not None and signer.can_sign:
+            entry["signature"] = sign_tag(signer, model, tag, vid)
+        if self._signers is not None and not self._signers.allows(signer):
+            self.denied.append(tag)
+            return None
+        return entry
 
 
 def _log_state(target: RemoteStore, log: RemoteLog) -> RemoteState:

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 
 from ..core.hashing import HASH_HEX_LENGTH
 from ..core.names import validate_name
-from ..errors import InvalidRemoteError, RemoteError, StoreFormatError
+from ..errors import InvalidRemoteError, RemoteError, RemotePermissionError, StoreFormatError
 from .remote_log import RemoteLog, RemoteState
 
 REMOTE_FORMAT = "mvc-remote"
@@ -114,7 +114,10 @@ class RemoteStore:
             return func(*args, **kwargs)
         except FileNotFoundError:
             raise
-        except (OSError, ValueError, PermissionError) as exc:
+        except PermissionError as exc:
+            raise RemotePermissionError(f"permission denied: remote {self.url} does not let these credentials "
+                                        f"{what}") from exc
+        except (OSError, ValueError) as exc:
             raise RemoteError(f"remote {self.url}: cannot {what}: {exc}") from exc
 
     # -- format -----------------------------------------------------------------------------
@@ -267,7 +270,7 @@ class RemoteStore:
     def put_note(self, version_id: str, filename: str, data: bytes) -> None:
         key = self._key("notes", version_id[:2], version_id, filename)
         self._call("create folders", self._makedirs, key.rsplit("/", 1)[0])
-        self._write_exclusive(key, data)
+        self._call(f"write a note of {version_id[:12]}", self._write_exclusive, key, data)
 
     def read_bytes(self, key: str) -> bytes:
         if self.protocol in ("s3", "s3a"):
@@ -319,12 +322,16 @@ class RemoteStore:
     def create_exclusive(self, key: str, data: bytes) -> bool:
         """Create ``key`` only if absent, atomically; False when it exists. Backends that cannot do that
         are refused: two writers could both believe they created it (a lost tag move)."""
+        self.require_exclusive_create()
+        return self._call(f"write {key.rsplit('/', 1)[-1]}", self._write_exclusive, key, data)
+
+    def require_exclusive_create(self) -> None:
+        """Refuse (one line) a backend that cannot create a file only if absent: pushes need it."""
         if self.protocol not in EXCLUSIVE_CREATE_PROTOCOLS:
             raise RemoteError(
                 f"remote {self.url}: {self.protocol}:// cannot create a file only if it is absent (atomically), "
                 "which writing versions and tags to a shared remote relies on; use S3, a folder, or a store "
                 "with conditional writes (docs/remotes.md)")
-        return self._call(f"write {key.rsplit('/', 1)[-1]}", self._write_exclusive, key, data)
 
     def write_plain(self, key: str, data: bytes) -> None:
         """Overwrite ``key`` (only for hints and markers that readers check)."""

@@ -1,0 +1,97 @@
+"""Roles enforced by the store, not by politeness: SeaweedFS identities (its -s3.config, see
+tests/seaweed.py and docs/remotes.md) for reader, member and release on a real cluster, and the
+remote's allowed signers for protected tags, which bucket/prefix rights cannot express."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from s3_servers import use_role
+from seaweed import BUCKET, TEAM_PREFIX
+
+from mvc_magics import Repo
+from mvc_magics.errors import RemotePermissionError, SignatureError
+from mvc_magics.storage.remote_store import RemoteStore
+from mvc_magics.storage.remote_trust import ALLOWED_SIGNERS, allowed_signers_file
+
+
+def key_pair(folder, name):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    private = ed25519.Ed25519PrivateKey.generate()
+    path = folder / f"{name}.pem"
+    path.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    public = private.public_key().public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+    return path, public
+
+
+def weights(i):
+    return {"w": np.full(4, i, np.float32), "b": np.arange(3, dtype=np.float32) * i}
+
+
+def test_reader_member_release_roles_on_seaweedfs(tmp_path, seaweed, monkeypatch):
+    url = f"s3://{BUCKET}/{TEAM_PREFIX}"
+    release_key, release_public = key_pair(tmp_path, "release")
+    member_key, _ = key_pair(tmp_path, "member")
+    # The administrator creates the remote and says who may move protected tags.
+    RemoteStore(url).check_format(create=True)
+    seaweed.client("admin").put_object(Bucket=BUCKET, Key=f"{TEAM_PREFIX}/{ALLOWED_SIGNERS}",
+                                       Body=allowed_signers_file([("release-ci", release_public)]))
+
+    # member: versions and ordinary tags go; a protected tag does not, even signed by the member's key.
+    use_role(monkeypatch, seaweed, "member")
+    monkeypatch.setenv("MVC_SIGNING_KEY_FILE", str(member_key))
+    member = Repo(tmp_path / "member" / ".mvc")
+    v1 = member.commit(weights(1), "m", tags=["candidate"])
+    member.add_remote("origin", url)
+    assert member.push().versions == [v1.id]
+    member.tag(v1.id, "production")
+    with pytest.raises(RemotePermissionError, match=rf"^permission denied: remote {url} .*production") as exc:
+        member.push()
+    assert "\n" not in str(exc.value)
+    assert ("m", "production") not in RemoteStore(url).tags()
+    from botocore.exceptions import ClientError
+
+    with pytest.raises(ClientError, match="AccessDenied"):  # nor can it allow itself: the store refuses
+        seaweed.client("member").put_object(Bucket=BUCKET, Key=f"{TEAM_PREFIX}/{ALLOWED_SIGNERS}", Body=b"{}")
+
+    # release: moves production, signed by an allowed key.
+    use_role(monkeypatch, seaweed, "release")
+    monkeypatch.setenv("MVC_SIGNING_KEY_FILE", str(release_key))
+    release = Repo.clone(url, tmp_path / "release" / ".mvc")
+    v2 = release.commit(weights(2), "m")
+    release.tag(v2.id, "production")
+    release.push()
+    assert RemoteStore(url).tags()[("m", "production")][0] == v2.id
+
+    # reader: clones and pulls; every push is refused by the store with one line naming the remote.
+    use_role(monkeypatch, seaweed, "reader")
+    monkeypatch.delenv("MVC_SIGNING_KEY_FILE")
+    reader = Repo.clone(url, tmp_path / "reader" / ".mvc")
+    assert reader.resolve("production", name="m").id == v2.id and reader.verify().ok
+    v3 = reader.commit(weights(3), "m")
+    with pytest.raises(RemotePermissionError, match=rf"^permission denied: remote {url} ") as exc:
+        reader.push()
+    assert "\n" not in str(exc.value)
+    assert v3.id not in RemoteStore(url).objects()
+
+    # A member who writes a protected tag into the log by hand (the store cannot stop that) is caught:
+    # pull refuses the tag and verify reports it.
+    use_role(monkeypatch, seaweed, "member")
+    forged = {"tags": [{"model": "m", "tag": "production", "id": v1.id, "protected": True}]}
+    seq = RemoteStore(url).state().seq
+    seaweed.client("member").put_object(Bucket=BUCKET, Key=f"{TEAM_PREFIX}/log/{seq:010d}.json",
+                                        Body=json.dumps(forged).encode(), IfNoneMatch="*")
+    use_role(monkeypatch, seaweed, "reader")
+    with pytest.raises(SignatureError, match="production"):
+        reader.pull()
+    assert reader.resolve("production", name="m").id == v2.id  # not moved here
+    problems = reader.verify_remote()
+    assert len(problems) == 1 and "production" in problems[0] and "allowed signer" in problems[0]
+    for repo in (member, release, reader):
+        repo.close()
