@@ -13,6 +13,7 @@ from seaweed import BUCKET, TEAM_PREFIX
 
 from mvc_magics import Repo
 from mvc_magics.errors import RemotePermissionError, SignatureError
+from mvc_magics.operations.remote_check import verify_remote
 from mvc_magics.storage.remote_store import RemoteStore
 from mvc_magics.storage.remote_trust import ALLOWED_SIGNERS, allowed_signers_file
 
@@ -91,7 +92,7 @@ def test_reader_member_release_roles_on_seaweedfs(tmp_path, seaweed, monkeypatch
     with pytest.raises(SignatureError, match="production"):
         reader.pull()
     assert reader.resolve("production", name="m").id == v2.id  # not moved here
-    problems = reader.verify_remote()
+    problems = verify_remote(reader.store)
     assert len(problems) == 1 and "production" in problems[0] and "allowed signer" in problems[0]
     for repo in (member, release, reader):
         repo.close()

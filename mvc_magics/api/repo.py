@@ -33,7 +33,6 @@ from ..operations import (
     merge,
     pull,
     push,
-    remote_check,
     remotes,
     removal,
     signing,
@@ -276,10 +275,6 @@ class Repo:
     def verify(self) -> VerifyReport:
         """Re-hash every tensor of every version; report each damaged version and tensor."""
         return verify.verify_store(self.store)
-
-    def verify_remote(self, remote: str | None = None) -> list[str]:
-        """Check a remote's tags: each names a version it holds, protected ones are signed by an allowed signer."""
-        return remote_check.verify_remote(self.store, remote)
 
     def reindex(self) -> int:
         """Rebuild the index from the snapshot, ref and note files; return the versions indexed."""
