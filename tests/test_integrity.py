@@ -216,3 +216,15 @@ def test_log_is_one_consistent_snapshot_while_another_process_commits(repo, stor
         writer.wait(timeout=120)
     assert writer.returncode == 0
     assert len(repo.log("model")) == 41
+
+
+# -- a flipped bit in the index is detected, or changes nothing a ref names -----------------------
+
+def test_sampled_index_bit_flips_are_detected_or_harmless(tmp_path):
+    from reliability_helpers import load_script
+
+    soak = load_script("index_bitflip_soak")
+    outcomes = soak.run(tmp_path, flips=300, seed=13)
+    failures = [o for o in outcomes if o.split()[0] in {"RAW", "SILENT"}]
+    assert not failures, failures
+    assert outcomes["detected"] + outcomes["refused"] > 10  # the sample did hit rows that matter

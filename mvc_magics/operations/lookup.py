@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import bisect
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 
 from ..core.hashing import SHORT_ID_LENGTH
 from ..core.refs import parse_ref
 from ..core.version import Version
-from ..errors import AmbiguousRefError, UnknownRefError
+from ..errors import AmbiguousRefError, IntegrityError, MVCError, UnknownRefError
 from ..storage.index import Index
 
 __all__ = ["UnknownRefError", "find_tag", "load_versions", "resolve", "short_ids"]
@@ -66,7 +68,7 @@ def load_versions(index: Index, where: str, params: tuple, limit: int | None = N
                   head_name: str | None = None) -> list[Version]:
     """Versions matching a SQL condition on ``versions v``, newest first, with tags and metrics,
     all read in one read transaction (one consistent snapshot while another process commits)."""
-    with index.reading():
+    with index.reading(), _damaged_rows(index):
         return _load_versions(index, where, params, limit, head_name)
 
 
@@ -167,8 +169,22 @@ def _need_model(index: Index, ref: str) -> str:
 
 def resolve(index: Index, text: str, name: str | None) -> tuple[str, str]:
     """(version id, model name) for a ref within ``name``'s history (one consistent read)."""
-    with index.reading():
+    with index.reading(), _damaged_rows(index):
         return _resolve(index, text, name)
+
+
+@contextmanager
+def _damaged_rows(index: Index) -> Iterator[None]:
+    """A row the index cannot have written (unparsable metadata, a missing key: a damaged file)
+    is an :class:`IntegrityError` naming the cure, never a raw ``JSONDecodeError``/``KeyError``."""
+    try:
+        yield
+    except MVCError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        index.__dict__.pop("_parsed_versions", None)  # nothing parsed from a damaged row is kept
+        raise IntegrityError(f"the index {index.path.name} holds a damaged row ({type(exc).__name__}: "
+                             f"{str(exc)[:80]}); run verify, then reindex") from exc
 
 
 def _resolve(index: Index, text: str, name: str | None) -> tuple[str, str]:
