@@ -112,3 +112,7 @@ class ExportError(MVCError):
 
 class CompareError(MVCError, ValueError):
     """The versions, weights or directions given to compare or diff cannot be compared as asked."""
+
+
+class UnsafeFileError(StoreError):
+    """A store file is a symlink, FIFO, device or larger than its format allows; it was not opened."""

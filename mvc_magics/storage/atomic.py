@@ -52,15 +52,19 @@ def atomic_file(final: Path, tmp_folder: Path | None = None) -> Iterator[Path]:
     publish(tmp, final)
 
 
-def publish(tmp: Path, final: Path) -> None:
+def publish(tmp: Path, final: Path, place: Callable[[Path, Path], None] | None = None) -> None:
     """Move the complete file ``tmp`` to ``final``: fsync it, rename it, fsync the folder.
 
     For writers that only learn the final name after writing (a commit knows its version id once
-    every tensor is hashed). On error ``tmp`` is removed and ``final`` is untouched.
+    every tensor is hashed). On error ``tmp`` is removed and ``final`` is untouched. ``place``
+    does the rename and folder fsync instead (the store's, which never follows a symlinked folder).
     """
-    final.parent.mkdir(parents=True, exist_ok=True)
     try:
         fsync_path(tmp)
+        if place is not None:
+            place(tmp, final)
+            return
+        final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -88,7 +92,7 @@ def clean_temporaries(folder: Path, older_than: float = STALE_TMP_SECONDS) -> li
     A temporary of a live process on this host is kept whatever its age.
     """
     removed: list[Path] = []
-    if not folder.is_dir():
+    if folder.is_symlink() or not folder.is_dir():  # a planted link would make us delete elsewhere
         return removed
     now = time.time()
     for entry in folder.iterdir():

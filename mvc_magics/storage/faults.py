@@ -31,8 +31,11 @@ _SPACE = (errno.ENOSPC, errno.EDQUOT)
 _DENIED = (errno.EACCES, errno.EPERM)
 
 
-def write_failure(exc: BaseException, store: Path) -> str:
-    """One line saying why a write into ``store`` failed and that nothing was committed."""
+_NOTHING = "nothing was committed, earlier versions are intact"
+
+
+def write_failure(exc: BaseException, store: Path, outcome: str = _NOTHING) -> str:
+    """One line saying why a write into ``store`` failed and what that left (``outcome``)."""
     code = getattr(exc, "errno", None)
     text = str(exc)
     if code == errno.EFBIG or "File too large" in text:
@@ -52,4 +55,6 @@ def write_failure(exc: BaseException, store: Path) -> str:
     else:
         first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
         reason = getattr(exc, "strerror", None) or first
-    return f"cannot write to the store {store}: {reason}; nothing was committed, earlier versions are intact"
+    if isinstance(exc, StoreError) and str(exc).startswith("cannot write to the store"):
+        return str(exc).split(";")[0] + f"; {outcome}"
+    return f"cannot write to the store {store}: {reason}; {outcome}"

@@ -6,9 +6,13 @@ The index is a cache. Snapshot files, ref files and note files are the truth, an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import shutil
 import sqlite3
+import tempfile
 import urllib.parse
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -58,15 +62,16 @@ class Index:
     def __init__(self, path: Path, readonly: bool = False) -> None:
         self.path = path
         self.readonly = readonly
+        self._private: str | None = None  # a reader's private copy of a WAL-mode index (see _open_readonly)
         with _index_errors(path):
-            if readonly:  # a store on a read-only mount or without write permission: no locks, no writes
-                wal = Path(str(path) + "-wal")
-                # immutable ignores a WAL journal, so it is only safe when everything was checkpointed
-                mode = "mode=ro" if wal.exists() and wal.stat().st_size else "immutable=1"
-                uri = "file:" + urllib.parse.quote(str(Path(path).resolve())) + "?" + mode
-                self._conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-                self._conn.execute("SELECT count(*) FROM versions")
+            if readonly:
+                self._open_readonly(Path(path))
                 return
+            if not path.exists():
+                # Created here with 0666 & ~umask (SQLite would use 0644): in a group-writable shared
+                # folder the team can then write the index, and SQLite gives -wal/-shm the same mode.
+                with contextlib.suppress(FileExistsError):
+                    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666))
             self._conn = sqlite3.connect(str(path), timeout=60.0, isolation_level=None,
                                          check_same_thread=False)
             try:
@@ -80,12 +85,47 @@ class Index:
                 self._conn.close()
                 raise
 
+    def _open_readonly(self, path: Path) -> None:
+        """Open for reading without creating or changing any file in the store folder.
+
+        A process that may not write the index (a teammate with read access, a read-only mount) must
+        not let SQLite create ``-wal``/``-shm`` files others then cannot open. With no pending WAL the
+        file is opened ``immutable`` (no locks, no side files); with one, the index and its WAL are
+        copied to a private temporary folder and read there (SQLite replays the WAL into the copy).
+        """
+        wal = Path(f"{path}-wal")
+        if wal.exists() and wal.stat().st_size:
+            self._private = tempfile.mkdtemp(prefix="mvc-index-")
+            copy = Path(self._private) / "index.sqlite"
+            shutil.copyfile(path, copy)
+            shutil.copyfile(wal, f"{copy}-wal")
+            self._conn = sqlite3.connect(str(copy), isolation_level=None, check_same_thread=False)
+        else:
+            uri = "file:" + urllib.parse.quote(str(Path(path).resolve())) + "?immutable=1"
+            self._conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        self._conn.execute("SELECT count(*) FROM versions")
+
     def close(self) -> None:
         self._conn.close()
+        if self._private is not None:
+            shutil.rmtree(self._private, ignore_errors=True)
+            self._private = None
+
+    def get_info(self, key: str) -> str | None:
+        rows = self.query("SELECT value FROM info WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    def set_info(self, key: str, value: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("INSERT OR REPLACE INTO info(key, value) VALUES(?, ?)", (key, value))
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """An IMMEDIATE transaction: all writes inside it commit together or not at all."""
+        """An IMMEDIATE transaction: all writes inside it commit together or not at all (a nested
+        call joins the outer transaction)."""
+        if self._conn.in_transaction:
+            yield self._conn
+            return
         with _index_errors(self.path):
             self._conn.execute("BEGIN IMMEDIATE")
             try:

@@ -16,25 +16,41 @@
       audit.log                 hash-chained operation log
       lock, lock.owner          the store lock and who holds it (pid@host); lock.owner is removed
                                 on release, so finding it on acquiring means the holder died
+      journal.json              the ref change or gc in flight (see :mod:`.journal`)
       tmp/                      temporaries of writes in flight
+
+Every fixed-name file is opened through :class:`.safe_files.SafeFiles` (no symlinks, regular files
+only, bounded reads).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import filelock
-
 from ..core.names import is_valid_name, validate_name
-from ..errors import LockTimeoutError, RemoteError, StoreError, StoreFormatError
-from .atomic import atomic_write_bytes, clean_temporaries
+from ..errors import LockTimeoutError, RemoteError, StoreError, StoreFormatError, UnsafeFileError
+from .atomic import clean_temporaries
+from .safe_files import (
+    CAP_FORMAT,
+    CAP_NOTE,
+    CAP_OWNER,
+    CAP_REF,
+    CAP_REMOTES,
+    CAP_TOMBSTONE,
+    ExclusiveFileLock,
+    SafeFiles,
+)
+
+_log = logging.getLogger(__name__)
 
 STORE_FORMAT = "mvc-store"
 STORE_VERSION = 1
@@ -82,29 +98,33 @@ class StoreLayout:
         self.format_path = self.root / "FORMAT"
         self.signatures = self.root / "signatures"
         self.owner_path = self.root / "lock.owner"
+        self.lock_path = self.root / "lock"
+        self.journal_path = self.root / "journal.json"
+        self.files = SafeFiles(self.root)
         self.lock_timeout = lock_timeout_from_env()
         # Called (holding the lock) with the dead holder's "pid@host" when the previous holder died.
         self.on_stale_lock: Callable[[str], None] | None = None
-        self._lock = filelock.FileLock(str(self.root / "lock"), timeout=self.lock_timeout)
+        self._flock = ExclusiveFileLock(self.files, self.lock_path)
+        self._thread_lock = threading.RLock()  # threads of one process take turns; the flock is per process
         self._depth = 0
-        self.readonly = False  # set by open(): the folder cannot be written
+        self.readonly = False  # set by open(): this process may not write the store (see writable())
+        self.readonly_reason = ""
 
     # -- creation and format ----------------------------------------------------------------
 
     def open(self, create: bool = True) -> None:
         """Check the format marker, creating the store first when ``create`` and it is absent."""
-        if not self.format_path.exists():
+        if not self.files.exists(self.format_path):
             if not create:
                 raise StoreError(f"no mvc store at {self.root}")
             try:
                 for folder in (self.root, self.objects, self.refs, self.notes, self.tmp):
                     folder.mkdir(parents=True, exist_ok=True)
-                if not self.format_path.exists():
-                    atomic_write_bytes(self.format_path, f"{STORE_FORMAT} {STORE_VERSION}\n".encode(), self.tmp)
+                self.files.write(self.format_path, f"{STORE_FORMAT} {STORE_VERSION}\n".encode(), exclusive=True)
             except OSError as exc:
                 raise StoreError(f"cannot create a store at {self.root}: {exc.strerror or exc}") from exc
         try:
-            text = self.format_path.read_text(encoding="utf-8").split()
+            text = (self.files.read_text(self.format_path, CAP_FORMAT) or "").split()
         except (OSError, UnicodeDecodeError) as exc:
             raise StoreFormatError(f"cannot read {self.format_path}: {exc}") from exc
         if len(text) != 2 or text[0] != STORE_FORMAT:
@@ -114,16 +134,35 @@ class StoreLayout:
                 f"store {self.root} has format version {text[1]}; this mvc_magics reads version "
                 f"{STORE_VERSION} (upgrade mvc_magics)"
             )
-        self.readonly = not os.access(self.root, os.W_OK)
+        self.readonly = not self.writable()
         if self.readonly:
             return
+        clean_temporaries(self.tmp)  # of dead processes only (a killed pull, a holder killed mid-write)
         try:
             for folder in (self.objects, self.refs, self.notes, self.tmp):
                 folder.mkdir(exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot open the store {self.root}: {exc.strerror or exc}") from exc
 
+    def writable(self) -> bool:
+        """True when this process may write every file a write touches (checked per file: in a
+        shared folder the folder can be group-writable while the index or audit log is not)."""
+        self.readonly_reason = ""
+        for path in (self.root, self.index_path, Path(f"{self.index_path}-wal"), Path(f"{self.index_path}-shm"),
+                     self.audit_path, self.lock_path, self.objects, self.refs, self.notes, self.tmp):
+            if os.path.lexists(path) and not os.access(path, os.W_OK, follow_symlinks=False):
+                self.readonly_reason = f"no write permission on {path}, or a read-only mount"
+                return False
+        return True
+
     # -- lock -------------------------------------------------------------------------------
+
+    def lock_holder(self) -> str | None:
+        """Who holds (or last held, if it died) the lock: the ``lock.owner`` text, or None."""
+        with contextlib.suppress(OSError, UnicodeDecodeError, UnsafeFileError):
+            text = self.files.read_text(self.owner_path, CAP_OWNER)
+            return None if text is None else (text.strip() or "unknown")
+        return None
 
     @contextlib.contextmanager
     def locked(self, timeout: float | None = None) -> Iterator[None]:
@@ -135,22 +174,31 @@ class StoreLayout:
         waiting longer than :attr:`lock_timeout` raises :class:`LockTimeoutError` naming it.
         """
         if self.readonly:
-            raise StoreError(f"the store {self.root} is read-only (no write permission or a read-only "
-                             "mount); nothing was changed")
+            raise StoreError(f"the store {self.root} is read-only for this process ({self.readonly_reason}); "
+                             "nothing was changed")
+        wait = self.lock_timeout if timeout is None else timeout
+        started = time.monotonic()
+        if not self._thread_lock.acquire(timeout=max(wait, 0.0) if wait >= 0 else -1):
+            raise LockTimeoutError(f"the store {self.root} is locked by another thread of this process for "
+                                   f"more than {wait:g}s")
+        outermost = self._depth == 0
         try:
-            self._lock.acquire(timeout=self.lock_timeout if timeout is None else timeout)
-        except filelock.Timeout as exc:
-            holder = ""
-            with contextlib.suppress(OSError, UnicodeDecodeError):
-                holder = self.owner_path.read_text().strip()
+            if outermost:
+                self._flock.acquire(max(0.0, wait - (time.monotonic() - started)))
+        except TimeoutError as exc:
+            self._thread_lock.release()
+            holder = self.lock_holder()
             raise LockTimeoutError(
                 f"the store {self.root} is locked by another process ({holder or 'unknown holder'}) "
                 f"for more than {self.lock_timeout if timeout is None else timeout:g}s; it is still alive, "
                 "so its lock is not broken"
             ) from exc
         except OSError as exc:
+            self._thread_lock.release()
             raise StoreError(f"cannot lock the store {self.root}: {exc.strerror or exc}") from exc
-        outermost = self._depth == 0
+        except BaseException:
+            self._thread_lock.release()
+            raise
         self._depth += 1
         repaired = not outermost
         try:
@@ -161,13 +209,15 @@ class StoreLayout:
         finally:
             self._depth -= 1
             if outermost and repaired:  # a failed repair leaves the marker: the next holder retries it
-                with contextlib.suppress(OSError):
-                    self.owner_path.unlink()
-            self._lock.release()
+                with contextlib.suppress(OSError, UnsafeFileError):
+                    self.files.unlink(self.owner_path)
+            if outermost:
+                self._flock.release()
+            self._thread_lock.release()
 
     def recover_if_stale(self) -> None:
         """Run the stale-lock recovery now if the last holder died (a live holder is left alone)."""
-        if self.readonly or not self.owner_path.exists():
+        if self.readonly or not self.files.exists(self.owner_path):
             return
         with contextlib.suppress(LockTimeoutError):
             with self.locked(timeout=0):
@@ -175,10 +225,13 @@ class StoreLayout:
 
     def _take_over(self) -> None:
         stale = None
-        with contextlib.suppress(OSError, UnicodeDecodeError):
-            stale = self.owner_path.read_text().strip() or "unknown"
-        with contextlib.suppress(OSError):
-            self.owner_path.write_text(f"{os.getpid()}@{socket.gethostname()} {time.time():.0f}\n")
+        if self.files.exists(self.owner_path):
+            # Only our own format is repeated into the audit log: a planted file's content never is.
+            text = self.lock_holder() or ""
+            stale = text if _looks_like_owner(text) else "unknown (lock.owner unreadable or not a holder record)"
+        # Renamed over whatever is there: a planted symlink or FIFO is replaced, never followed.
+        with contextlib.suppress(OSError):  # a full disk must not stop the operation that frees space
+            self.files.write(self.owner_path, f"{os.getpid()}@{socket.gethostname()} {time.time():.0f}\n".encode())
         clean_temporaries(self.tmp)
         if stale is not None and self.on_stale_lock is not None:
             self.on_stale_lock(stale)
@@ -190,15 +243,14 @@ class StoreLayout:
 
     def snapshot_files(self, include_removed: bool = False) -> Iterator[tuple[str, Path]]:
         """(id, path) of every snapshot file present (files of removed versions only if asked)."""
-        if not self.objects.is_dir():
-            return
-        for sub in sorted(self.objects.iterdir()):
-            if not sub.is_dir() or len(sub.name) != 2:
+        for sub in self.files.list(self.objects):
+            if len(sub) != 2:
                 continue
-            for entry in sorted(sub.iterdir()):
-                if entry.suffix == ".h5" and not entry.name.startswith("."):
-                    if include_removed or not self.is_removed(entry.stem):
-                        yield entry.stem, entry
+            for name in self.files.list(self.objects / sub):
+                if name.endswith(".h5") and not name.startswith("."):
+                    vid = name[:-3]
+                    if include_removed or not self.is_removed(vid):
+                        yield vid, self.objects / sub / name
 
     # -- removed versions (tombstones) ------------------------------------------------------
 
@@ -206,24 +258,24 @@ class StoreLayout:
         return self.removed / version_id[:2] / version_id
 
     def is_removed(self, version_id: str) -> bool:
-        return self.tombstone_path(version_id).exists()
+        return self.files.exists(self.tombstone_path(version_id))
+
+    def read_tombstone(self, version_id: str) -> dict | None:
+        data = self.files.read(self.tombstone_path(version_id), CAP_TOMBSTONE)
+        return None if data is None else json.loads(data)
 
     def write_tombstone(self, version_id: str, record: dict) -> None:
-        atomic_write_bytes(self.tombstone_path(version_id), json.dumps(record, sort_keys=True).encode(), self.tmp)
+        self.files.write(self.tombstone_path(version_id), json.dumps(record, sort_keys=True).encode())
 
     def delete_tombstone(self, version_id: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.tombstone_path(version_id).unlink()
+        self.files.unlink(self.tombstone_path(version_id))
 
     def removed_ids(self) -> list[str]:
-        if not self.removed.is_dir():
-            return []
-        return sorted(e.name for sub in self.removed.iterdir() if sub.is_dir() for e in sub.iterdir()
-                      if not e.name.startswith("."))
+        return sorted(vid for sub in self.files.list(self.removed) for vid in self.files.list(self.removed / sub)
+                      if not vid.startswith("."))
 
     def delete_head(self, name: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.head_path(name).unlink()
+        self.files.unlink(self.head_path(name))
 
     # -- refs -------------------------------------------------------------------------------
 
@@ -236,76 +288,99 @@ class StoreLayout:
     def read_head(self, name: str) -> str | None:
         """The version id in ``refs/<name>/HEAD``, if that file exists."""
         try:
-            return self.head_path(name).read_text().strip() or None
+            return (self.files.read_text(self.head_path(name), CAP_REF) or "").strip() or None
         except (OSError, UnicodeDecodeError):
             return None
 
     def write_head(self, name: str, version_id: str) -> None:
-        atomic_write_bytes(self.head_path(name), (version_id + "\n").encode(), self.tmp)
+        self.files.write(self.head_path(name), (version_id + "\n").encode())
+
+    def read_tag(self, name: str, tag: str) -> tuple[str, bool] | None:
+        """(id, protected) in the tag file, None when absent or malformed."""
+        try:
+            data = json.loads(self.files.read(self.tag_path(name, tag), CAP_REF) or b"null")
+            return (str(data["id"]), bool(data.get("protected"))) if data is not None else None
+        except (ValueError, KeyError, TypeError):
+            return None
 
     def write_tag(self, name: str, tag: str, version_id: str, protected: bool = False) -> None:
         payload = json.dumps({"id": version_id, "protected": bool(protected)}) + "\n"
-        atomic_write_bytes(self.tag_path(name, tag), payload.encode(), self.tmp)
+        self.files.write(self.tag_path(name, tag), payload.encode())
 
     def delete_tag(self, name: str, tag: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.tag_path(name, tag).unlink()
+        self.files.unlink(self.tag_path(name, tag))
 
     def read_refs(self) -> tuple[dict[str, str], list[tuple[str, str, str, bool]]]:
         """(heads: model -> id, tags: [(model, tag, id, protected)]) from the ref files."""
         heads: dict[str, str] = {}
         tags: list[tuple[str, str, str, bool]] = []
-        if not self.refs.is_dir():
-            return heads, tags
-        for model_dir in sorted(self.refs.iterdir()):
-            if not is_valid_name(model_dir.name) or model_dir.is_symlink():
+        for model in self.files.list(self.refs):
+            if not is_valid_name(model):
                 continue  # names come from an untrusted folder: skip what a user could not create
-            head = model_dir / "HEAD"
-            with contextlib.suppress(OSError, UnicodeDecodeError):
-                heads[model_dir.name] = head.read_text().strip()
-            tag_dir = model_dir / "tags"
-            if tag_dir.is_dir():
-                for tag_file in sorted(tag_dir.iterdir()):
-                    if not is_valid_name(tag_file.name) or tag_file.is_symlink():
-                        continue
-                    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                        data = json.loads(tag_file.read_text())
-                        tags.append((model_dir.name, tag_file.name, str(data["id"]), bool(data.get("protected"))))
+            with _skipping(self.refs / model / "HEAD"):
+                head = self.files.read_text(self.refs / model / "HEAD", CAP_REF)
+                if head is not None:
+                    heads[model] = head.strip()
+            for tag in self.files.list(self.refs / model / "tags"):
+                if not is_valid_name(tag):
+                    continue
+                with _skipping(self.refs / model / "tags" / tag):
+                    data = json.loads(self.files.read(self.refs / model / "tags" / tag, CAP_REF) or b"null")
+                    if data is not None:
+                        tags.append((model, tag, str(data["id"]), bool(data.get("protected"))))
         return heads, tags
 
     # -- remotes ----------------------------------------------------------------------------
 
     def read_remotes(self) -> dict[str, str]:
         """Configured remotes from ``remotes.json``, name -> URL."""
-        if not self.remotes_path.exists():
-            return {}
         try:
-            data = json.loads(self.remotes_path.read_text(encoding="utf-8"))
+            raw = self.files.read(self.remotes_path, CAP_REMOTES)
+            if raw is None:
+                return {}
+            data = json.loads(raw.decode("utf-8"))
             return {str(k): str(v["url"]) for k, v in data.get("remotes", {}).items()}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, UnsafeFileError) as exc:
             raise RemoteError(f"cannot read {self.remotes_path}: {exc}") from exc
 
     def write_remotes(self, remotes: dict[str, str]) -> None:
         payload = {"remotes": {name: {"url": url} for name, url in sorted(remotes.items())}}
-        atomic_write_bytes(self.remotes_path, (json.dumps(payload, indent=2) + "\n").encode(), self.tmp)
+        self.files.write(self.remotes_path, (json.dumps(payload, indent=2) + "\n").encode())
 
     # -- notes ------------------------------------------------------------------------------
 
     def write_note(self, version_id: str, note: dict) -> None:
         folder = self.notes / version_id[:2] / version_id
         name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.json"
-        atomic_write_bytes(folder / name, json.dumps(note, sort_keys=True).encode(), self.tmp)
+        self.files.write(folder / name, json.dumps(note, sort_keys=True).encode())
 
     def read_notes(self) -> Iterator[tuple[str, dict]]:
         """(version id, note) of every note, oldest first per version."""
-        if not self.notes.is_dir():
-            return
-        for sub in sorted(self.notes.iterdir()):
-            if not sub.is_dir():
-                continue
-            for version_dir in sorted(sub.iterdir()):
-                for note_file in sorted(version_dir.glob("*.json")):
-                    with contextlib.suppress(OSError, ValueError):
-                        note = json.loads(note_file.read_text())
-                        if isinstance(note, dict):
-                            yield version_dir.name, note
+        for sub in self.files.list(self.notes):
+            for vid in self.files.list(self.notes / sub):
+                for name in self.files.list(self.notes / sub / vid):
+                    if not name.endswith(".json") or name.startswith("."):
+                        continue
+                    note = None
+                    with _skipping(self.notes / sub / vid / name):
+                        note = json.loads(self.files.read(self.notes / sub / vid / name, CAP_NOTE) or b"null")
+                    if isinstance(note, dict):
+                        yield vid, note
+
+
+def _looks_like_owner(text: str) -> bool:
+    """True for a "pid@host time" record as :meth:`StoreLayout._take_over` writes it."""
+    parts = text.split()
+    return (len(text) < 300 and len(parts) == 2 and parts[0].split("@", 1)[0].isdigit()
+            and parts[1].isdigit() and "@" in parts[0])
+
+
+@contextlib.contextmanager
+def _skipping(path: Path) -> Iterator[None]:
+    """Scans (reindex, recovery) skip a malformed or hostile ref/note file instead of failing on it."""
+    try:
+        yield
+    except UnsafeFileError as exc:
+        _log.warning("%s", exc)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass

@@ -160,11 +160,15 @@ def sync_refs_and_notes(store: Store) -> None:
 def recover_after_crash(store: Store, dead_holder: str) -> None:
     """Repair what a lock holder killed mid-operation left (the caller now holds the lock).
 
-    Index its renamed-but-unindexed snapshots and finish their ref updates, bring the index's refs
+    Index its renamed-but-unindexed snapshots and finish their ref updates, resolve its journaled
+    ref change or gc (:mod:`.journal`), bring the index's refs
     and metrics in line with the ref and note files, and record the recovery in the audit log,
     naming any version the dead process indexed without recording it.
     """
     indexed = index_missing_snapshots(store, complete=True)
+    pending = store.journal.pending()
+    if pending is not None:  # a ref change or gc in flight: audit it or drop it, finish gc
+        store.writes.resolve(pending)
     sync_refs_and_notes(store)
     recorded = store.audit.check().ids
     unrecorded = [vid for vid in store.index.version_ids() if vid not in recorded and vid not in indexed]

@@ -14,7 +14,6 @@ tensor, a valid signature vouches for the weights themselves.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import json
@@ -22,8 +21,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import SignatureError, StoreError
-from .atomic import fsync_path, temporary_path
+from ..errors import SignatureError, StoreError, UnsafeFileError
+from .safe_files import CAP_SIGNATURE, SafeFiles
 
 KEY_ENV = "MVC_SIGNING_KEY"
 KEY_FILE_ENV = "MVC_SIGNING_KEY_FILE"
@@ -125,38 +124,25 @@ def signature_path(root: Path, version_id: str) -> Path:
 def write_signature(root: Path, tmp: Path, signer: Signer, version_id: str) -> bool:
     """Sign ``version_id`` into a write-once file; False when a signature file already exists."""
     final = signature_path(root, version_id)
-    if final.exists():
+    files = SafeFiles(Path(root).parent)
+    if files.exists(final):
         return False
     payload = {"version": version_id, "algorithm": signer.algorithm, "key": signer.key_id,
                "signature": signer.sign(version_id)}
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp.mkdir(parents=True, exist_ok=True)
-    staging = temporary_path(tmp, ".json")
-    try:
-        with open(staging, "wb") as handle:
-            handle.write(json.dumps(payload, sort_keys=True).encode())
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            os.link(staging, final)  # unlike rename, link never replaces: the first signature stays
-        except FileExistsError:
-            return False
-    finally:
-        with contextlib.suppress(OSError):
-            staging.unlink()
-    fsync_path(final.parent)
-    return True
+    # Linked, not renamed, into place: a link never replaces, so the first signature stays.
+    return files.write(final, json.dumps(payload, sort_keys=True).encode(), exclusive=True)
 
 
 def check_signature(root: Path, signer: Signer | None, version_id: str) -> SignatureStatus:
     """The signature state of ``version_id`` (``unchecked`` when no key is configured)."""
     path = signature_path(root, version_id)
-    if path.is_symlink():
-        return SignatureStatus(version_id, "bad", "the signature file is a symbolic link")
     try:
-        data = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        return SignatureStatus(version_id, "unsigned", "not signed")
+        raw = SafeFiles(Path(root).parent).read(path, CAP_SIGNATURE)
+        if raw is None:
+            return SignatureStatus(version_id, "unsigned", "not signed")
+        data = json.loads(raw)
+    except UnsafeFileError as exc:
+        return SignatureStatus(version_id, "bad", str(exc))
     except (OSError, ValueError) as exc:
         return SignatureStatus(version_id, "bad", f"unreadable signature file ({exc})")
     if not isinstance(data, dict) or data.get("version") != version_id or not isinstance(data.get("signature"), str):

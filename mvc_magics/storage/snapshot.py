@@ -46,6 +46,8 @@ RAW_DTYPE_ATTR = "mvc_dtype"
 USERBLOCK_SIZE = 512
 CHECKSUM_MAGIC = b"mvc-checksum blake3 "
 _CHECKSUM_LINE = len(CHECKSUM_MAGIC) + 64 + 1  # magic, hex digest, newline: every byte after it is covered
+# The longest /meta, /structure or /manifest string read (a manifest entry is ~200 bytes).
+MAX_STRING_BYTES = 512 * 1024 * 1024
 
 
 CODING_ATTR = "mvc_coding"
@@ -78,6 +80,8 @@ def check_file_checksum(path: Path) -> bool | None:
         if not head.startswith(CHECKSUM_MAGIC):
             return None if head[:8] == b"\x89HDF\r\n\x1a\n" else False
         stored = head[len(CHECKSUM_MAGIC):len(CHECKSUM_MAGIC) + 64].decode("ascii", "replace")
+        if head[_CHECKSUM_LINE - 1:_CHECKSUM_LINE] != b"\n":  # the line's own last byte is fixed: check it too
+            return False
         return body_digest(handle, os.fstat(handle.fileno()).st_size) == stored
 
 
@@ -98,6 +102,13 @@ def _read_string(f: h5py.File, name: str, required: bool = True) -> str | None:
     dataset = f[name]
     if not isinstance(dataset, h5py.Dataset) or dataset.shape != ():
         raise IntegrityError(f"snapshot {f.filename}: /{name} is not a scalar string")
+    # A fixed-length string is allocated at its declared size before a byte is read: bound it by
+    # the file itself (an 11 KB file must not make us allocate the 1 GiB its header claims).
+    declared = max(int(dataset.dtype.itemsize), int(dataset.id.get_storage_size()))
+    limit = min(MAX_STRING_BYTES, os.path.getsize(f.filename))
+    if declared > limit:
+        raise IntegrityError(f"snapshot {f.filename}: /{name} declares {declared} bytes, more than the "
+                             f"{limit} the file can hold")
     value = dataset[()]
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 

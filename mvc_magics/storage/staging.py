@@ -35,11 +35,12 @@ class StagedCommit:
     def __init__(self, tmp_folder: Path, stored_object: Callable[[str], str | None],
                  progress: bool | None = None, check_space: Callable[[int], None] | None = None,
                  bases: Callable[[str, np.ndarray, str], DeltaBase | None] | None = None,
-                 code: bool = True) -> None:
+                 code: bool = True, place: Callable[[Path, Path], None] | None = None) -> None:
         self._stored_object = stored_object
         # name, array, hash -> the stored tensor to code a delta against (see storage.deltas).
         self._bases = bases or (lambda name, array, digest: None)
         self._code = code
+        self._place = place  # renames the complete file into the store without following symlinks
         # Called with a tensor's size before it is written: HDF5 must never meet a full disk.
         self._check_space = check_space or (lambda nbytes: None)
         self._progress = progress
@@ -107,7 +108,7 @@ class StagedCommit:
         except BaseException:
             self.discard()
             raise
-        publish(self._writer.path, final)
+        publish(self._writer.path, final, self._place)
 
     def _close_bases(self) -> None:
         close = getattr(self._bases, "close", None)

@@ -11,11 +11,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import IntegrityError, StoreError, UnknownRefError
+from ..errors import IntegrityError, MVCError, StoreError, UnknownRefError
 from . import recovery
 from .audit import AuditLog
 from .index import Index
+from .journal import Journal
 from .layout import StoreLayout
+from .retired import held_hashes
 from .snapshot import ManifestEntry, SnapshotContent, read_verified
 from .writes import StoreWrites
 
@@ -35,7 +37,10 @@ class Store:
         self.path = Path(path)
         self.layout = StoreLayout(self.path)
         self.layout.open(create=create)
-        self.audit = AuditLog(self.layout.audit_path)
+        self.audit = AuditLog(self.layout.audit_path, self.layout.files)
+        self.audit.anchor = self._audit_anchor
+        self.audit.on_write = self._record_audit_head
+        self.journal = Journal(self.layout)
         #: Progress bars on long reads and writes: None after about a second, True at once, False never.
         self.progress: bool | None = None
         self._contents: dict[str, tuple[tuple, SnapshotContent]] = {}
@@ -86,10 +91,7 @@ class Store:
 
     def head_file(self, name: str) -> str | None:
         """The id in the HEAD ref file of ``name`` (the truth the index caches), if readable."""
-        try:
-            return self.layout.head_path(name).read_text().strip() or None
-        except (OSError, UnicodeDecodeError):
-            return None
+        return self.layout.read_head(name)
 
     def tag(self, name: str, tag: str) -> tuple[str, bool] | None:
         """(version id, protected) of tag ``tag`` of model ``name``, or None."""
@@ -97,8 +99,23 @@ class Store:
         return (rows[0][0], bool(rows[0][1])) if rows else None
 
     def stored_object(self, digest: str) -> str | None:
-        """The id of the snapshot file holding the tensor ``digest``, or None when it is not stored."""
-        return self.index.has_tensors([digest]).get(digest)
+        """The id of the snapshot file holding the tensor ``digest``, or None when it is not stored.
+
+        The index is a cache: a commit reuses bytes only after seeing that the file is there (and,
+        for a removed version's file, which gc may have rewritten, that it still holds them).
+        """
+        obj = self.index.has_tensors([digest]).get(digest)
+        if obj is None:
+            return None
+        path = self.layout.snapshot_path(obj)
+        if not path.is_file() or path.is_symlink():
+            return None
+        if self.layout.is_removed(obj):
+            try:
+                return obj if digest in held_hashes(path) else None
+            except (OSError, MVCError):
+                return None
+        return obj
 
     def content(self, vid: str) -> SnapshotContent:
         """What version ``vid`` is made of (structure, manifest, metadata), read from its snapshot
@@ -141,6 +158,17 @@ class Store:
             except IntegrityError:  # the index file itself is damaged: start it afresh
                 self._fresh_index()
                 return recovery.rebuild_index(self)
+
+    def _audit_anchor(self) -> tuple[int, str] | None:
+        """The audit chain head the index recorded (see :mod:`.audit`), or None."""
+        try:
+            seq, digest = (self.index.get_info("audit_head") or "").split()
+            return int(seq), digest
+        except (ValueError, MVCError):
+            return None
+
+    def _record_audit_head(self, entry: dict) -> None:
+        self.index.set_info("audit_head", f"{int(entry['seq'])} {entry['hash']}")
 
     def _recover_unindexed(self) -> None:
         """Index snapshot files a killed process renamed into place but did not index."""

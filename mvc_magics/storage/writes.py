@@ -1,28 +1,30 @@
 """Every write to a store, each in the one order that crash recovery counts on.
 
 A new version: snapshot file (the point of no return) -> signature -> tag and HEAD ref files ->
-index rows -> audit entry. A ref change: ref file -> index -> audit entry. A removal: tombstone ->
-refs -> index -> audit entry. The files come first because they are the truth the index caches: a
+index rows -> audit entry. A ref change: journal (with its prepared audit entry) -> ref file ->
+index -> audit entry -> journal deleted. A removal: journal -> tombstone -> refs -> index -> audit
+entry. gc: journal -> index tensor locations (only live ones) -> file deletions and rewrites ->
+audit entry (see :mod:`.journal`). The files come first because they are the truth the index caches: a
 process killed after them leaves work that :mod:`.recovery` completes; one killed before them
 changed nothing. Operations call these methods and never write store files themselves.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..core.metadata import author
 from ..core.reports import GcReport
 from ..errors import IntegrityError, StoreError
-from .atomic import atomic_write_bytes, fsync_path
+from . import journal
 from .deltas import ParentBases, coding_enabled, needed_with_bases
 from .faults import ensure_space, write_failure
 from .index import Index
-from .recovery import index_content
+from .recovery import index_content, sync_refs_and_notes
 from .retired import held_hashes, is_retired, write_retired
 from .signatures import Signer, signature_path, signer_from_env, write_signature
 from .snapshot import ManifestEntry, SnapshotContent
@@ -65,7 +67,8 @@ class StoreWrites:
         manifests = [store.manifest(p) for p in parents if code and store.has_version(p)]
         return StagedCommit(layout.tmp, store.stored_object, store.progress,
                             check_space=lambda nbytes: ensure_space(layout.tmp, nbytes, 1, store.path),
-                            bases=ParentBases(layout.snapshot_path, manifests) if manifests else None, code=code)
+                            bases=ParentBases(layout.snapshot_path, manifests) if manifests else None, code=code,
+                            place=layout.files.place)
 
     def publish_version(self, staged: StagedCommit, vid: str, meta: dict, structure: object,
                         manifest: list[ManifestEntry]) -> None:
@@ -119,10 +122,11 @@ class StoreWrites:
         layout = self._layout
         # The snapshot first: without it, leftover refs point at nothing and are ignored on reindex.
         # A file that replaced a removed version's retired file stays: other versions use its tensors.
-        steps: list[Callable[[], object]] = [] if keep_file else [layout.snapshot_path(vid).unlink]
-        steps.append(signature_path(layout.signatures, vid).unlink)
+        unlink = layout.files.unlink
+        steps: list[Callable[[], object]] = [] if keep_file else [lambda: unlink(layout.snapshot_path(vid))]
+        steps.append(lambda: unlink(signature_path(layout.signatures, vid)))
         steps += [lambda tag=tag: layout.delete_tag(name, tag) for tag in tags]
-        steps.append((lambda: layout.write_head(name, old_head)) if old_head else layout.head_path(name).unlink)
+        steps.append((lambda: layout.write_head(name, old_head)) if old_head else lambda: layout.delete_head(name))
         for step in steps:
             try:
                 step()
@@ -155,31 +159,74 @@ class StoreWrites:
 
     # -- refs -------------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _ref_change(self, op: str, name: str | None, ids: Sequence[str], detail: Mapping | None,
+                    changes: list[dict], tombstone: str | None = None) -> Iterator[None]:
+        """Journal a ref change with its prepared audit entry, make it, then record the entry."""
+        entry = self._store.audit.prepare(author(), op, name, list(ids), dict(detail or {}))
+        record = {"op": op, "audit": entry, "changes": changes, "tombstone": tombstone}
+        self._store.journal.begin(record)
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(Exception):  # audit what was made; the original error is raised
+                self.resolve(record)
+            raise
+        self._store.audit.write(entry)
+        self._store.journal.end()
+
+    def resolve(self, record: Mapping) -> None:
+        """Finish a journaled operation found pending (see :mod:`.journal`); call holding the lock."""
+        store = self._store
+        if record.get("op") == "gc":
+            self._gc(recovered=True)
+        elif isinstance(record.get("audit"), dict) and journal.made(self._layout, dict(record)):
+            entry = record["audit"]
+            if not store.audit.contains(str(entry.get("hash"))):
+                if store.audit.last_hash() != entry.get("prev"):  # the log moved on: chain it anew
+                    entry = store.audit.prepare(str(entry["who"]), str(entry["op"]), entry.get("name"),
+                                                list(entry.get("ids", [])),
+                                                {**dict(entry.get("detail", {})), "recovered": True})
+                store.audit.write(dict(entry))
+            sync_refs_and_notes(store)
+        store.journal.end()
+
     def move_head(self, name: str, vid: str, op: str | None = None, detail: Mapping | None = None) -> None:
         """Point ``name``'s HEAD at ``vid`` (audited as ``op`` when given)."""
         with self._store.locked():
-            self._layout.write_head(name, vid)
-            with self._store.index.transaction() as conn:
-                conn.execute("INSERT OR REPLACE INTO heads(name, id) VALUES(?, ?)", (name, vid))
-            if op:
-                self._audit(op, name, [vid], detail)
+            if not op:
+                self._head(name, vid)
+                return
+            with self._ref_change(op, name, [vid], detail, [{"kind": "head", "name": name, "id": vid}]):
+                self._head(name, vid)
+
+    def _head(self, name: str, vid: str) -> None:
+        self._layout.write_head(name, vid)
+        with self._store.index.transaction() as conn:
+            conn.execute("INSERT OR REPLACE INTO heads(name, id) VALUES(?, ?)", (name, vid))
 
     def set_tag(self, name: str, tag: str, vid: str, protected: bool, detail: Mapping | None = None) -> None:
         """Put ``tag`` of model ``name`` on ``vid`` (audited as ``tag`` with ``detail`` when given)."""
         with self._store.locked():
-            self._layout.write_tag(name, tag, vid, protected)
-            with self._store.index.transaction() as conn:
-                conn.execute("INSERT OR REPLACE INTO tags(name, tag, id, protected) VALUES(?, ?, ?, ?)",
-                             (name, tag, vid, int(protected)))
-            if detail is not None:
-                self._audit("tag", name, [vid], detail)
+            if detail is None:
+                self._tag(name, tag, vid, protected)
+                return
+            change = {"kind": "tag", "name": name, "tag": tag, "id": vid, "protected": bool(protected)}
+            with self._ref_change("tag", name, [vid], detail, [change]):
+                self._tag(name, tag, vid, protected)
+
+    def _tag(self, name: str, tag: str, vid: str, protected: bool) -> None:
+        self._layout.write_tag(name, tag, vid, protected)
+        with self._store.index.transaction() as conn:
+            conn.execute("INSERT OR REPLACE INTO tags(name, tag, id, protected) VALUES(?, ?, ?, ?)",
+                         (name, tag, vid, int(protected)))
 
     def delete_tag(self, name: str, tag: str, vid: str) -> None:
-        with self._store.locked():
+        with self._store.locked(), self._ref_change("untag", name, [vid], {"tag": tag},
+                                                    [{"kind": "untag", "name": name, "tag": tag}]):
             self._layout.delete_tag(name, tag)
             with self._store.index.transaction() as conn:
                 conn.execute("DELETE FROM tags WHERE name = ? AND tag = ?", (name, tag))
-            self._audit("untag", name, [vid], {"tag": tag})
 
     def set_remotes(self, remotes: dict[str, str], op: str, detail: Mapping) -> None:
         """Replace the configured remotes (``remotes.json``), audited as ``op``."""
@@ -210,15 +257,13 @@ class StoreWrites:
                        new_head: str | None, detail: Mapping) -> None:
         """Tombstone, then its tags go and HEADs on it move to ``new_head`` (or are cleared)."""
         layout = self._layout
-        with self._store.locked():
+        changes = [{"kind": "untag", "name": model, "tag": tag} for model, tag in tags]
+        changes += [{"kind": "head", "name": model, "id": new_head} if new_head else {"kind": "unhead", "name": model}
+                    for model in heads]
+        with self._store.locked(), self._ref_change("remove", name, [vid], detail["audit"], changes, tombstone=vid):
             layout.write_tombstone(vid, {"id": vid, "name": name, "by": author(), **detail["tombstone"]})
-            for model, tag in tags:
-                layout.delete_tag(model, tag)
-            for model in heads:
-                if new_head:
-                    layout.write_head(model, new_head)
-                else:
-                    layout.delete_head(model)
+            for change in changes:
+                journal.apply_change(layout, change)
             with self._store.index.transaction() as conn:
                 for table in ("versions", "metrics", "tags"):
                     conn.execute(f"DELETE FROM {table} WHERE id = ?", (vid,))
@@ -226,7 +271,6 @@ class StoreWrites:
                 if new_head:
                     conn.executemany("INSERT OR REPLACE INTO heads(name, id) VALUES(?, ?)",
                                      [(model, new_head) for model in heads])
-            self._audit("remove", name, [vid], detail["audit"])
 
     # -- versions pulled from a remote ------------------------------------------------------
 
@@ -247,10 +291,7 @@ class StoreWrites:
             final = layout.snapshot_path(oid)
             if oid not in contents and (not final.exists() or layout.is_removed(oid)):
                 layout.write_tombstone(oid, {"id": oid, "retired": True, "pulled": True})
-            final.parent.mkdir(parents=True, exist_ok=True)
-            fsync_path(staged[oid])
-            os.replace(staged[oid], final)
-            fsync_path(final.parent)
+            layout.files.place(staged[oid], final)  # fsynced when downloaded
             del staged[oid]
             if oid in contents and not layout.is_removed(oid) and not store.has_version(oid):
                 with store.index.transaction() as conn:
@@ -262,9 +303,8 @@ class StoreWrites:
         """A note pulled from a remote, under its remote file name (so it is imported once)."""
         local = self._layout.notes / vid[:2] / vid / filename
         with self._store.locked():
-            if local.exists():
+            if not self._layout.files.write(local, json.dumps(note, sort_keys=True).encode(), exclusive=True):
                 return
-            atomic_write_bytes(local, json.dumps(note, sort_keys=True).encode(), self._layout.tmp)
             with self._store.index.transaction() as conn:
                 Index.set_metrics(conn, vid, metrics)
 
@@ -273,51 +313,65 @@ class StoreWrites:
     def collect_garbage(self) -> GcReport:
         """Delete or shrink the files of removed versions; never drop a tensor a version still uses.
 
-        Files first (each deletion or rewrite is atomic), then the index's tensor locations are
-        rebuilt from the live manifests, then the audit entry.
+        Crash-safe: the journal says gc is under way (the next lock holder runs it again to the
+        end), and the index's tensor locations are narrowed to what live versions use *before* any
+        byte is deleted, so no commit can count on bytes gc is about to remove.
         """
+        with self._store.locked():
+            self._store.journal.begin({"op": "gc"})
+            try:
+                return self._gc()
+            finally:  # stopped by an error (not a kill): safe to leave, the index was narrowed first
+                self._store.journal.end()
+
+    def _gc(self, recovered: bool = False) -> GcReport:
         layout, store = self._layout, self._store
         counts = {"bytes_freed": 0, "files_deleted": 0, "files_rewritten": 0, "tensors_dropped": 0,
                   "tensors_kept": 0}
-        with store.locked():
-            used: dict[str, set[str]] = {}  # object id -> hashes live versions read from it
-            # From the snapshot files, checked against their ids: an edited index row must not
-            # keep foreign bytes alive, nor let gc drop bytes a version needs.
-            manifests = [[e.to_json() for e in store.manifest(vid)] for vid in store.index.version_ids()]
-            for manifest in manifests:
-                for entry in manifest:
-                    used.setdefault(entry["object"], set()).add(entry["hash"])
-            # A delta-coded tensor needs its base (and the base's base...) wherever it is stored.
-            used = needed_with_bases(used, layout.snapshot_path)
-            for rid in layout.removed_ids():
-                path = layout.snapshot_path(rid)
-                if not path.exists():
-                    continue
-                before = path.stat().st_size
-                needed = used.get(rid, set())
-                held = held_hashes(path)
-                if not needed:
-                    path.unlink()
-                    counts["files_deleted"] += 1
-                    counts["tensors_dropped"] += len(held)
-                    counts["bytes_freed"] += before
-                    continue
-                missing = needed - held
-                if missing:
-                    raise IntegrityError(f"removed version {rid[:12]} lacks {len(missing)} tensor(s) other "
-                                         "versions use; run verify (nothing was deleted from it)")
-                if held == needed and is_retired(path):
-                    counts["tensors_kept"] += len(needed)
-                    continue
-                write_retired(path, rid, path, needed, layout.tmp)
-                counts["files_rewritten"] += 1
-                counts["tensors_dropped"] += len(held - needed)
+        used: dict[str, set[str]] = {}  # object id -> hashes live versions read from it
+        # From the snapshot files, checked against their ids: an edited index row must not
+        # keep foreign bytes alive, nor let gc drop bytes a version needs.
+        manifests = [[e.to_json() for e in store.manifest(vid)] for vid in store.index.version_ids()]
+        for manifest in manifests:
+            for entry in manifest:
+                used.setdefault(entry["object"], set()).add(entry["hash"])
+        # A delta-coded tensor needs its base (and the base's base...) wherever it is stored.
+        used = needed_with_bases(used, layout.snapshot_path)
+        # Narrowed before any byte is deleted: a commit never reuses bytes gc is about to remove.
+        with store.index.transaction() as conn:
+            conn.execute("DELETE FROM tensors")
+            conn.executemany("INSERT OR IGNORE INTO tensors(hash, object, nbytes) VALUES(?, ?, ?)",
+                             [(e["hash"], e["object"], int(e["nbytes"])) for m in manifests for e in m])
+        for rid in layout.removed_ids():
+            path = layout.snapshot_path(rid)
+            if not path.is_file() or path.is_symlink():
+                continue
+            before = path.stat().st_size
+            needed = used.get(rid, set())
+            held = held_hashes(path)
+            if not needed:
+                layout.files.unlink(path)
+                counts["files_deleted"] += 1
+                counts["tensors_dropped"] += len(held)
+                counts["bytes_freed"] += before
+                continue
+            missing = needed - held
+            if missing:
+                raise IntegrityError(f"removed version {rid[:12]} lacks {len(missing)} tensor(s) other "
+                                     "versions use; run verify (nothing was deleted from it)")
+            if held == needed and is_retired(path):
                 counts["tensors_kept"] += len(needed)
-                counts["bytes_freed"] += max(0, before - path.stat().st_size)
-            with store.index.transaction() as conn:
-                # Tensor locations must only name files that still hold the bytes: rebuild from live manifests.
-                conn.execute("DELETE FROM tensors")
-                conn.executemany("INSERT OR IGNORE INTO tensors(hash, object, nbytes) VALUES(?, ?, ?)",
-                                 [(e["hash"], e["object"], int(e["nbytes"])) for m in manifests for e in m])
-            self._audit("gc", None, [], dict(counts))
+                continue
+            try:
+                ensure_space(layout.tmp, before, len(needed), store.path)
+                write_retired(path, rid, path, needed, layout.tmp)
+            except (OSError, RuntimeError, StoreError) as exc:
+                raise StoreError(write_failure(exc, store.path, outcome="gc stopped before rewriting "
+                                               f"{rid[:12]}; no version lost, run gc again when there is room")
+                                 ) from exc
+            counts["files_rewritten"] += 1
+            counts["tensors_dropped"] += len(held - needed)
+            counts["tensors_kept"] += len(needed)
+            counts["bytes_freed"] += max(0, before - path.stat().st_size)
+        self._audit("gc", None, [], {**counts, "recovered": True} if recovered else dict(counts))
         return GcReport(**counts)
