@@ -10,8 +10,10 @@ from ._version import __version__
 from .api import Repo
 from .core.version import Version
 from .errors import MVCError
+from .integrations.loops import commit_every
 
-__all__ = ["MVCError", "Repo", "Version", "__version__", "load_ipython_extension", "unload_ipython_extension"]
+__all__ = ["MVCError", "Repo", "Version", "__version__", "commit_every", "load_ipython_extension",
+           "unload_ipython_extension"]
 
 
 def load_ipython_extension(ipython) -> None:
