@@ -228,3 +228,34 @@ def test_sampled_index_bit_flips_are_detected_or_harmless(tmp_path):
     failures = [o for o in outcomes if o.split()[0] in {"RAW", "SILENT"}]
     assert not failures, failures
     assert outcomes["detected"] + outcomes["refused"] > 10  # the sample did hit rows that matter
+
+
+# -- signatures travel with push, pull and clone -----------------------------------------------------
+
+def test_signatures_travel_with_push_pull_and_clone(tmp_path, hmac_key, monkeypatch):
+    from mvc_magics import Repo
+    from mvc_magics.storage.signatures import signature_path
+
+    url = (tmp_path / "remote").as_uri()
+    with Repo(tmp_path / "trainer") as trainer:
+        signed = trainer.commit({"w": np.ones(3, np.float32)}, "model", tags=["approved"])
+        trainer.add_remote("origin", url)
+        trainer.push("origin")
+    monkeypatch.delenv("MVC_SIGNING_KEY")  # the teammate pulls before configuring the key
+    with Repo(tmp_path / "teammate") as mate:
+        mate.add_remote("origin", url)
+        mate.commit({"w": np.zeros(3, np.float32)}, "model")  # their own, unsigned
+        mate.pull("origin")
+        monkeypatch.setenv("MVC_SIGNING_KEY", "correct horse battery staple")
+        loaded = mate.checkout("approved", name="model", require_signature=True)
+        assert loaded["w"].tolist() == [1, 1, 1]
+        with pytest.raises(IntegrityError, match="not signed"):
+            mate.checkout(mate.log("model")[-1].id, name="model", require_signature=True)
+    with Repo.clone(url, tmp_path / "clone") as clone:
+        assert clone.checkout(signed.id, name="model", require_signature=True)["w"].tolist() == [1, 1, 1]
+    # A remote's signature the configured key finds invalid is not kept (it would block a valid one).
+    with Repo(tmp_path / "other") as other:
+        monkeypatch.setenv("MVC_SIGNING_KEY", "another secret")
+        other.add_remote("origin", url)
+        other.pull("origin")
+        assert not signature_path(other.layout.signatures, signed.id).exists()

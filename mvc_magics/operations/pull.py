@@ -21,6 +21,7 @@ from ..storage.remote_log import RemoteState
 from ..storage.remote_store import RemoteStore
 from ..storage.remote_trust import is_protected, read_allowed_signers
 from ..storage.retired import held_hashes, is_retired
+from ..storage.signatures import import_signature, signer_from_env
 from ..storage.snapshot import SnapshotContent, TensorReader, read_content
 from ..storage.store import Store
 from .remotes import (
@@ -84,6 +85,7 @@ def _pull(store: Store, label: str, url: str, refs, force: bool, progress: bool 
             conflicts = pull_tags(store, remote_tags, wanted, force, report,
                                   _trusted(source, state, refused))
             set_missing_heads(store, imported)
+            pull_signatures(store, state.signatures)
             store.writes.record("pull", None, imported, {
                 "remote": label, "url": url, "objects": report.objects_sent, "bytes": report.bytes,
                 "tags": report.tags, "conflicts": [f"{m}/{t}" for m, t, _, _ in conflicts],
@@ -251,6 +253,19 @@ def pull_tags(store: Store, remote_tags: dict, wanted: set[str] | None, force: b
         store.writes.set_tag(model, tag, vid, protected)
         report.tags.append(tag)
     return conflicts
+
+
+def pull_signatures(store: Store, remote_signatures: dict[str, dict]) -> int:
+    """Keep the remote's signatures of versions this store has and has no signature for."""
+    try:
+        signer = signer_from_env()
+    except MVCError:  # a broken key configuration: keep none rather than unchecked ones (say so on sign)
+        return 0
+    kept = 0
+    for vid, record in sorted(remote_signatures.items()):
+        if store.has_version(vid):
+            kept += import_signature(store.layout.signatures, store.layout.tmp, vid, record, signer)
+    return kept
 
 
 def set_missing_heads(store: Store, imported: list[str]) -> None:

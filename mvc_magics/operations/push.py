@@ -19,7 +19,7 @@ from ..storage.remote_log import RemoteLog, RemoteState
 from ..storage.remote_store import RemoteStore
 from ..storage.remote_trust import AllowedSigners, is_protected, read_allowed_signers, sign_tag
 from ..storage.retired import held_hashes, is_retired, write_retired
-from ..storage.signatures import signer_from_env
+from ..storage.signatures import read_signature, signer_from_env
 from ..storage.store import Store
 from . import lookup, versions
 from .remotes import conflict_error, progress_bar, remote_errors, remote_url, state_cache, topological
@@ -98,6 +98,9 @@ def _push(store: Store, label: str, url: str, refs, force: bool, progress: bool 
                   if row[2] in pushed]
     conflicts: list[tuple[str, str, str, str]] = []
     trust = _TagTrust(target)
+    # Version signatures travel with the versions (the remote keeps the first one it is given).
+    local_signatures = {oid: record for oid in order if live.get(oid) and oid not in state.signatures
+                        and (record := read_signature(store.layout.signatures, oid)) is not None}
 
     def segment(current: RemoteState) -> dict | None:
         conflicts.clear()
@@ -118,9 +121,11 @@ def _push(store: Store, label: str, url: str, refs, force: bool, progress: bool 
         retired = {oid: sizes[oid] for oid in todo if not live[oid] and oid not in current.retired}
         new_notes = {oid: [n for n in names if n not in current.notes.get(oid, [])] for oid, names in notes.items()}
         new_notes = {oid: names for oid, names in new_notes.items() if names}
-        if not (objects or retired or new_notes or tags):
+        signatures = {oid: record for oid, record in local_signatures.items() if oid not in current.signatures}
+        if not (objects or retired or new_notes or tags or signatures):
             return None
-        return {"objects": objects, "retired": retired, "notes": new_notes, "tags": tags}
+        return {"objects": objects, "retired": retired, "notes": new_notes, "tags": tags,
+                **({"signatures": signatures} if signatures else {})}
 
     log.append(segment, state)
     store.writes.record("push", None, report.versions, {

@@ -8,7 +8,8 @@ costs a handful of requests however long the history is (no listing of the bucke
     <url>/log/checkpoint-<c>.json        the whole state after segments 0 .. c-1
 
 The state of a remote is its segments applied in order: the version objects (id -> size), retired
-objects, note file names per version, and tags ((model, tag) -> id, protected, signature). Segment
+objects, note file names per version, tags ((model, tag) -> id, protected, signature) and version
+signatures (id -> the record of ``signatures/<ab>/<id>.json``). Segment
 ``n`` is created only if absent (S3 ``If-None-Match: *``, an exclusive hard link on folders), so
 whoever creates it read segments ``0 .. n-1`` first: appending is a compare-and-swap on the whole
 remote, and a tag moved in segment ``n`` was checked against the state every other writer left.
@@ -36,6 +37,7 @@ from ..core.hashing import HASH_HEX_LENGTH
 from ..core.names import validate_name
 from ..errors import MVCError, RemoteError
 from .atomic import atomic_write_bytes
+from .signatures import well_formed
 
 if TYPE_CHECKING:
     from .remote_store import RemoteStore
@@ -63,6 +65,8 @@ class RemoteState:
     tags: dict[tuple[str, str], tuple[str, bool]] = field(default_factory=dict)
     tag_signatures: dict[tuple[str, str], str] = field(default_factory=dict)
     removed: set[str] = field(default_factory=set)
+    # version id -> its signature record (see storage.signatures); the first one named stays.
+    signatures: dict[str, dict] = field(default_factory=dict)
 
     def apply(self, segment: dict) -> None:
         """Add one segment; malformed entries (untrusted input) are skipped, never half-applied."""
@@ -91,6 +95,10 @@ class RemoteState:
                     self.tag_signatures[key] = signature
                 else:
                     self.tag_signatures.pop(key, None)
+        for vid, payload in _items(segment.get("signatures")):
+            with contextlib.suppress(ValueError, TypeError):
+                if well_formed(payload, _valid_id(vid)):
+                    self.signatures.setdefault(vid, payload)
         for vid in segment.get("removed") if isinstance(segment.get("removed"), list) else []:
             with contextlib.suppress(ValueError, TypeError):
                 self.objects.pop(_valid_id(vid), None)
@@ -103,7 +111,7 @@ class RemoteState:
                 "tags": [{"model": m, "tag": t, "id": vid, "protected": p,
                           **({"signature": self.tag_signatures[(m, t)]} if (m, t) in self.tag_signatures else {})}
                          for (m, t), (vid, p) in sorted(self.tags.items())],
-                "removed": sorted(self.removed)}
+                "removed": sorted(self.removed), "signatures": self.signatures}
 
     @classmethod
     def from_json(cls, data: object) -> RemoteState:

@@ -123,14 +123,60 @@ def signature_path(root: Path, version_id: str) -> Path:
 
 def write_signature(root: Path, tmp: Path, signer: Signer, version_id: str) -> bool:
     """Sign ``version_id`` into a write-once file; False when a signature file already exists."""
-    final = signature_path(root, version_id)
-    files = SafeFiles(Path(root).parent)
-    if files.exists(final):
+    if SafeFiles(Path(root).parent).exists(signature_path(root, version_id)):
         return False
     payload = {"version": version_id, "algorithm": signer.algorithm, "key": signer.key_id,
                "signature": signer.sign(version_id)}
+    return _place(root, version_id, payload)
+
+
+def read_signature(root: Path, version_id: str) -> dict | None:
+    """The well-formed signature record of ``version_id`` (to send to a remote), or None."""
+    try:
+        raw = SafeFiles(Path(root).parent).read(signature_path(root, version_id), CAP_SIGNATURE)
+        payload = json.loads(raw) if raw is not None else None
+    except (UnsafeFileError, OSError, ValueError):
+        return None
+    return payload if well_formed(payload, version_id) else None
+
+
+def well_formed(payload: object, version_id: str) -> bool:
+    """True when ``payload`` is a signature record of ``version_id`` in the documented shape (it
+    comes from a remote: untrusted, and small by construction)."""
+    if not isinstance(payload, dict) or set(payload) != {"version", "algorithm", "key", "signature"}:
+        return False
+    key, signature = payload.get("key"), payload.get("signature")
+    return (payload.get("version") == version_id and payload.get("algorithm") in ALGORITHMS
+            and isinstance(key, str) and len(key) == 16 and _is_hex(key)
+            and isinstance(signature, str) and 0 < len(signature) <= 256 and _is_hex(signature))
+
+
+def import_signature(root: Path, tmp: Path, version_id: str, payload: object, signer: Signer | None) -> bool:
+    """Keep a signature that came with a pulled version (write-once, like one made here).
+
+    With a key configured, only a signature that key finds valid is kept: a bogus one must not take
+    the place (files are write-once) of the valid signature a later pull or ``sign`` would bring.
+    Without a key it is kept when well formed (``verify`` then reports it unchecked).
+    """
+    if not well_formed(payload, version_id) or SafeFiles(Path(root).parent).exists(signature_path(root, version_id)):
+        return False
+    if signer is not None and (payload["algorithm"] != signer.algorithm or payload["key"] != signer.key_id
+                               or not signer.valid(version_id, payload["signature"])):
+        return False
+    return _place(root, version_id, dict(payload))
+
+
+ALGORITHMS = frozenset({"hmac-sha256", "ed25519"})
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
+
+
+def _place(root: Path, version_id: str, payload: dict) -> bool:
     # Linked, not renamed, into place: a link never replaces, so the first signature stays.
-    return files.write(final, json.dumps(payload, sort_keys=True).encode(), exclusive=True)
+    return SafeFiles(Path(root).parent).write(signature_path(root, version_id),
+                                              json.dumps(payload, sort_keys=True).encode(), exclusive=True)
 
 
 def check_signature(root: Path, signer: Signer | None, version_id: str) -> SignatureStatus:
