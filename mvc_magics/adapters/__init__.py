@@ -9,11 +9,13 @@ from .keras import KerasAdapter
 from .numpy_dict import NumpyDictAdapter
 from .sklearn import SklearnAdapter
 from .torch import TorchAdapter
+from .torch_optim import TorchOptimizerAdapter
 
 # Order matters only where one object could match two adapters (none today); the framework
 # itself is imported by an adapter only once it is handling such a model.
 # A flat dict of numpy arrays stays a numpy model; nested or JAX-array pytrees are JAX models.
-ADAPTERS: list[Adapter] = [KerasAdapter(), TorchAdapter(), SklearnAdapter(), NumpyDictAdapter(), JaxAdapter()]
+ADAPTERS: list[Adapter] = [KerasAdapter(), TorchAdapter(), TorchOptimizerAdapter(), SklearnAdapter(),
+                           NumpyDictAdapter(), JaxAdapter()]
 
 
 def adapter_for(obj: object) -> Adapter:

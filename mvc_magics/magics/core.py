@@ -7,6 +7,7 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Enum, Unicode
 
+from ..api.optimizer import commit_optimizer, restore_optimizer
 from ..core.metadata import parse_metric_value, parse_param_value
 from ..core.tables import format_bytes
 from .capture import commit_from_notebook
@@ -75,6 +76,8 @@ class MVCMagics(Magics):
     @argument("--tag", nargs="+", action="append", metavar="TAG", help="tags to put on the version")
     @argument("--data", nargs="+", action="append", metavar="VAR",
               help="data variables to fingerprint in the provenance (hash, shape, dtype)")
+    @argument("--optimizer", default=None, metavar="VAR",
+              help="also keep this optimizer's state with the version (PyTorch), restored by checkout --optimizer")
     @user_errors
     def mvc_commit(self, line: str):
         """Commit the model variable MODEL as a new version (fit history metrics are captured).
@@ -96,6 +99,9 @@ class MVCMagics(Magics):
             tags=tags,
         )
         print(commit_line(version, name))
+        if args.optimizer:
+            kept = commit_optimizer(self.session.repo, self.session.variable(args.optimizer), version)
+            print(f"optimizer {args.optimizer} kept with {version.short_id} ({kept.short_id})")
         return version
 
     # -- %mvc_checkout ----------------------------------------------------------------------
@@ -111,6 +117,8 @@ class MVCMagics(Magics):
               help="allow rebuilding models whose classes are your code (defined in the notebook or imported)")
     @argument("--require-signature", action="store_true",
               help="refuse a version without a valid signature (MVC_SIGNING_KEY / MVC_SIGNING_KEY_FILE)")
+    @argument("--optimizer", default=None, metavar="VAR",
+              help="also restore this optimizer's state as committed with the version (commit --optimizer)")
     @user_errors
     def mvc_checkout(self, line: str):
         """Load a version into the model variable in place, or build it into a new variable (--as).
@@ -143,6 +151,9 @@ class MVCMagics(Magics):
             if result is not live:  # a JAX pytree is immutable: the variable now names the new one
                 self.session.namespace[target] = result
             print(f"checked out {version.summary()} into {target}")
+        if args.optimizer:
+            restore_optimizer(repo, self.session.variable(args.optimizer), version)
+            print(f"restored optimizer {args.optimizer} as committed with {version.short_id}")
         self.session.recorder.committed(target)  # the next version's provenance starts here
 
     # -- %mvc_log ---------------------------------------------------------------------------
