@@ -116,3 +116,7 @@ class CompareError(MVCError, ValueError):
 
 class UnsafeFileError(StoreError):
     """A store file is a symlink, FIFO, device or larger than its format allows; it was not opened."""
+
+
+class InvalidPolicyError(MVCError, ValueError):
+    """A retention policy (``--keep``) that cannot be parsed."""

@@ -23,7 +23,8 @@ from ..core.compare import Comparison
 from ..core.diff import Diff
 from ..core.manifest import ManifestEntry
 from ..core.merge_report import MergedVersion, MergePreview
-from ..core.reports import GcReport, StatusReport, TransferReport, VerifyReport
+from ..core.reports import GcReport, RepackReport, StatusReport, TransferReport, VerifyReport
+from ..core.retention import RetentionReport
 from ..core.version import Version, VersionLog
 from ..operations import (
     checkout,
@@ -35,6 +36,7 @@ from ..operations import (
     push,
     remotes,
     removal,
+    retention,
     signing,
     status,
     tags,
@@ -268,9 +270,12 @@ class Repo:
         """Remove version ``ref`` (protected: ``force``); HEADs on it move to its first parent."""
         return removal.remove_version(self.store, ref, name=name, force=force)
 
-    def gc(self) -> GcReport:
-        """Reclaim the tensors no remaining version uses; ``int(report)`` is the bytes freed."""
-        return removal.collect_garbage(self.store)
+    def gc(self, keep: Iterable[str] | str | None = None, name: str | None = None, dry_run: bool = False,
+           repack: bool = False) -> GcReport | RetentionReport | RepackReport | tuple:
+        """Reclaim unused tensors (``int(report)``: bytes freed), after removing what the policy ``keep``
+        (``["best:val_loss:5", "last:3"]``, never tagged versions) drops (``dry_run``: only list), and/or
+        re-coding the versions as deltas (``repack``); see operations.retention.gc."""
+        return retention.gc(self.store, keep, name, dry_run, repack)
 
     def verify(self) -> VerifyReport:
         """Re-hash every tensor of every version; report each damaged version and tensor."""

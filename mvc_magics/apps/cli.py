@@ -3,7 +3,7 @@
 ::
 
     mvc log [MODEL] [-n N]          mvc show REF               mvc compare [REF ...] [--weights K=W,...]
-    mvc verify                      mvc gc                     mvc export REF PATH [--format F]
+    mvc verify                      mvc gc [--keep RULE...] [--dry-run] [--repack]   mvc export REF PATH
     mvc push [REMOTE] [REF ...]     mvc pull [REMOTE] [REF ...]  mvc clone URL [PATH]
 
 ``--store PATH`` picks the store (default: ``$MVC_DIR``, else ``.mvc`` in the current folder).
@@ -52,7 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", default=None, metavar="REF", help="what D is measured against (default: oldest)")
 
     sub.add_parser("verify", help="re-hash every tensor of every version; exit 1 when damaged")
-    sub.add_parser("gc", help="reclaim the space of tensors no remaining version uses")
+    p = sub.add_parser("gc", help="reclaim the space of tensors no remaining version uses")
+    p.add_argument("--keep", action="append", default=None, metavar="RULE",
+                   help="retention rule: best:METRIC:N[:min|max], last:N or tagged (repeatable)")
+    p.add_argument("--model", default=None, help="apply the policy to this model only")
+    p.add_argument("--dry-run", action="store_true", help="list what --keep would remove, remove nothing")
+    p.add_argument("--repack", action="store_true", help="re-code stored versions as deltas against their parents")
 
     p = sub.add_parser("export", help="write a version for serving (.keras, SavedModel, .weights.h5)")
     p.add_argument("ref", help="the version")
@@ -133,7 +138,8 @@ def run(argv: Sequence[str] | None = None) -> int:
             print(report)
             return 0 if report.ok else 1
         elif args.command == "gc":
-            print(repo.gc())
+            result = repo.gc(keep=args.keep, name=args.model, dry_run=args.dry_run, repack=args.repack)
+            print(*(result if isinstance(result, tuple) else (result,)), sep="\n")
         elif args.command == "export":
             path = repo.export(args.ref, args.path, format=args.format, name=args.model)
             print(f"exported {args.ref} as {args.format} to {path}")

@@ -137,3 +137,24 @@ class TransferReport:
 
     def _repr_pretty_(self, printer, cycle: bool) -> None:
         printer.text(str(self))
+
+
+@dataclass
+class RepackReport:
+    """What ``gc --repack`` did: versions re-coded, and the snapshot bytes before and after."""
+
+    versions_recoded: int = 0
+    versions_skipped: int = 0
+    bytes_before: int = 0
+    bytes_after: int = 0
+
+    @property
+    def bytes_freed(self) -> int:
+        return self.bytes_before - self.bytes_after
+
+    def __str__(self) -> str:
+        return (f"repack: {self.versions_recoded} version(s) re-coded ({self.versions_skipped} left as they were), "
+                f"{format_bytes(self.bytes_before)} -> {format_bytes(self.bytes_after)} "
+                f"(freed {format_bytes(self.bytes_freed)})")
+
+    __repr__ = __str__

@@ -20,6 +20,7 @@ from ..api.repo import Repo
 from ..core.metadata import validate_metrics
 from ..core.provenance import build_provenance, current_context
 from ..core.refs import infer_direction
+from ..core.retention import RetentionPolicy
 
 __all__ = ["CommitCallback", "CommitPolicy"]  # noqa: F822 - CommitCallback is built by __getattr__
 
@@ -83,6 +84,8 @@ def _build_class() -> type:
             mode: ``min``, ``max`` or ``auto`` (inferred from the metric name).
             save_best_only: commit only epochs that improve ``monitor``.
             every_n_epochs: consider every n-th epoch only.
+            keep: a retention policy (``["best:val_loss:5", "last:3"]``) applied to the model's history
+                after each commit (``Repo.gc(keep=...)``), so a long run keeps a bounded number of versions.
 
         ``versions`` lists what this callback committed. In a notebook with the extension loaded
         the first commit's provenance lists the cells run since the model's last commit.
@@ -90,9 +93,12 @@ def _build_class() -> type:
 
         def __init__(self, repo: Repo | str | os.PathLike | None = None, name: str | None = None,
                      monitor: str = "val_loss", mode: str = "auto", save_best_only: bool = False,
-                     every_n_epochs: int = 1, message: str | None = None) -> None:
+                     every_n_epochs: int = 1, message: str | None = None,
+                     keep: list[str] | str | None = None) -> None:
             super().__init__()
             self.policy = CommitPolicy(monitor, mode, save_best_only, every_n_epochs)
+            # A retention policy applied after each commit keeps a long run's history bounded.
+            self.keep = RetentionPolicy.parse(keep) if keep else None
             self._repo = repo if isinstance(repo, Repo) else None
             self._repo_path = None if isinstance(repo, Repo) else repo
             self.name = name
@@ -120,6 +126,8 @@ def _build_class() -> type:
             version = self.repo.commit(self.model, name, message=message, metrics=validate_metrics(logs),
                                        params={"epoch": epoch + 1}, provenance=provenance)
             self.versions.append(version)
+            if self.keep is not None:
+                self.repo.gc(keep=self.keep, name=name)
             if context:
                 context.recorder.committed(name)
 

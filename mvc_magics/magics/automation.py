@@ -15,6 +15,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from ..adapters import adapter_for
 from ..core.details import VersionDetails
 from ..core.provenance import fingerprint_all
+from ..core.retention import RetentionPolicy
 from ..core.tables import Table
 from ..errors import UnsupportedModelError
 from .capture import commit_from_notebook
@@ -50,6 +51,7 @@ class AutomationMagics(Magics):
         super().__init__(shell)
         self.session = session
         self.autocommit: dict[str, list[str]] = {}  # model name -> data variables to fingerprint
+        self.keep: dict[str, RetentionPolicy] = {}  # model name -> retention applied after each autocommit
         self._warned: set[str] = set()
         # The execution number the next stored cell gets. IPython 9.18 increments the counter
         # before pre_run_cell, older releases after post_run_cell; both agree on its value between
@@ -59,6 +61,7 @@ class AutomationMagics(Magics):
     def close(self) -> None:
         """Called by unload: a hook already queued for the running cell must do nothing more."""
         self.autocommit.clear()
+        self.keep.clear()
 
     def event_hooks(self) -> list[tuple[str, Any]]:
         """(event, callback) pairs for ``load`` to register and ``unload`` to remove."""
@@ -96,6 +99,7 @@ class AutomationMagics(Magics):
                 error = result.error_in_exec or result.error_before_exec
                 message += f" [cell failed: {type(error).__name__}]"
             version = commit_from_notebook(self.session, model, name, data, message=message, source="autocommit")
+            retained = repo.gc(keep=self.keep[name], name=name) if name in self.keep else None
         except UnsupportedModelError:
             return  # not (or not yet) a model: e.g. an unbuilt Keras model
         except Exception as exc:  # a hook must never break the user's cell
@@ -106,6 +110,9 @@ class AutomationMagics(Magics):
             return
         self._warned.discard(name)
         print(f"autocommit: {commit_line(version)}")
+        if retained is not None and retained.removed:
+            print(f"autocommit: {retained.policy} removed {len(retained.removed)} version(s), "
+                  f"freed {retained.bytes_freed} bytes")
 
     # -- %mvc_autocommit ----------------------------------------------------------------------
 
@@ -115,6 +122,8 @@ class AutomationMagics(Magics):
     @argument("state", nargs="?", default="on", choices=["on", "off"], help="on (default) or off")
     @argument("--data", nargs="+", action="append", metavar="VAR",
               help="data variables to fingerprint in each commit's provenance")
+    @argument("--keep", action="append", default=None, metavar="RULE",
+              help="retention policy applied after each autocommit: best:METRIC:N, last:N, tagged (repeatable)")
     @user_errors
     def mvc_autocommit(self, line: str):
         """Commit MODEL automatically after every cell that changes its weights.
@@ -130,6 +139,7 @@ class AutomationMagics(Magics):
         name = args.model
         if args.state == "off":
             self.autocommit.pop(name, None)
+            self.keep.pop(name, None)
             print(f"autocommit off for {name}")
             return None
         model = self.session.variable(name)
@@ -139,6 +149,10 @@ class AutomationMagics(Magics):
         repo = self.session.repo
         head = repo.head(name)
         self.autocommit[name] = data
+        if args.keep:
+            self.keep[name] = RetentionPolicy.parse(args.keep)
+        else:
+            self.keep.pop(name, None)
         if repo.is_modified(model, head):
             version = commit_from_notebook(self.session, model, name, data, message="autocommit started",
                                            source="autocommit")

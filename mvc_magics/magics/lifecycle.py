@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
@@ -58,10 +57,21 @@ class LifecycleMagics(Magics):
         print(f"removed {version.short_id} ({version.name}); run %mvc_gc to reclaim its space")
 
     @line_magic
+    @magic_arguments()
+    @argument("--keep", action="append", default=None, metavar="RULE",
+              help="retention rule: best:METRIC:N[:min|max], last:N or tagged (repeatable); versions no rule "
+                   "keeps are removed (never tagged/protected ones or HEADs)")
+    @argument("--model", default=None, help="apply the policy to this model only (default: every model)")
+    @argument("--dry-run", action="store_true", help="list what --keep would remove, remove nothing")
+    @argument("--repack", action="store_true", help="re-code stored versions as deltas against their parents")
     @user_errors
     def mvc_gc(self, line: str):
-        """Reclaim the space of tensors no remaining version uses; prints the bytes freed."""
-        if line.strip():
-            raise UsageError("%mvc_gc takes no arguments")
-        report = self.session.repo.gc()
-        print(report)
+        """Reclaim the space of tensors no remaining version uses; prints the bytes freed.
+
+        With --keep, first removes the versions a retention policy does not keep, e.g.
+        ``%mvc_gc --keep best:val_loss:5 --keep last:3 --keep tagged --dry-run``.
+        """
+        args = parse_line(self.mvc_gc, line)
+        result = self.session.repo.gc(keep=args.keep, name=args.model, dry_run=args.dry_run, repack=args.repack)
+        for part in result if isinstance(result, tuple) else (result,):
+            print(part)

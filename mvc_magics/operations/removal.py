@@ -44,3 +44,4 @@ def remove_version(store: Store, ref: str, name: str | None = None, force: bool 
 def collect_garbage(store: Store) -> GcReport:
     """Reclaim the tensors no remaining version uses (see :meth:`mvc_magics.Repo.gc`)."""
     return store.writes.collect_garbage()
+

@@ -61,7 +61,7 @@ def verify_store(store: Store) -> VerifyReport:
         report.notes.append(f"{len(unindexed)} snapshot(s) not in the index (run reindex)")
     damaged: dict[str, str] = {}  # tensor hash -> what is wrong with it
     checked: set[str] = set()
-    with TensorReader(store.layout.snapshot_path, base_cache_bytes=256 << 20) as reader:
+    with TensorReader(store.layout.snapshot_path) as reader:
         for vid, content in sorted(contents.items()):
             report.versions_checked += 1
             for entry in content.manifest:

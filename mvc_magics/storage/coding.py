@@ -169,3 +169,38 @@ def decode_into(out: np.ndarray, data: np.ndarray, table: np.ndarray, base: np.n
             rows[:, i] = np.frombuffer(plain, dtype=np.uint8)
     if base is not None:
         xor_bytes(out, base, out=out)
+
+
+def _plane_of(data: np.ndarray, table: np.ndarray | None, i: int, plane_len: int) -> np.ndarray:
+    """Plane ``i`` of one level of a chain: coded (``table``) or a tensor stored whole (``table`` None)."""
+    if table is None:
+        return data.reshape(-1, data.nbytes // plane_len)[:, i]
+    offset = int(table[:i, 1].sum())
+    body = data[offset:offset + int(table[i, 1])]
+    plain = _decode_plane(body, int(table[i, 0]), plane_len)
+    return np.frombuffer(plain, dtype=np.uint8) if isinstance(plain, bytes) else plain
+
+
+def decode_chain(out: np.ndarray, levels: list[tuple[np.ndarray, np.ndarray | None]], itemsize: int) -> None:
+    """Decode a delta chain into ``out`` (flat uint8): ``levels`` from the tensor down to the tensor
+    stored whole, each ``(data, table)`` (``table`` None: raw bytes). XOR commutes with the plane
+    split, so each plane is XORed across the levels and the planes are interleaved once, at the end."""
+    plane_len = out.nbytes // itemsize
+    planes = np.empty((itemsize, plane_len), dtype=np.uint8)
+
+    def one_plane(i: int) -> None:
+        np.copyto(planes[i], _plane_of(*levels[0], i, plane_len))
+        for data, table in levels[1:]:
+            np.bitwise_xor(planes[i], _plane_of(data, table, i, plane_len), out=planes[i])
+
+    if out.nbytes >= _PARALLEL_BYTES and itemsize > 1:
+        list(_pool().map(one_plane, range(itemsize)))
+    else:
+        for i in range(itemsize):
+            one_plane(i)
+    if itemsize == 1:
+        out[:] = planes[0]
+    else:
+        rows = out.reshape(-1, itemsize)
+        for i in range(itemsize):
+            rows[:, i] = planes[i]

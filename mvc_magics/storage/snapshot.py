@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import threading
 from pathlib import Path
 
 import blake3
@@ -190,14 +191,10 @@ class TensorReader:
     declared shape) and re-hashed after reading.
     """
 
-    def __init__(self, locate: callable, base_cache_bytes: int = 0) -> None:
+    def __init__(self, locate: callable) -> None:
         self._locate = locate  # object id -> Path of its snapshot file
         self._files: dict[str, h5py.File] = {}
-        # Decoded delta bases by hash (verified), so reading a chain's versions one after the other
-        # (verify, a log walk) decodes each base once; bounded in bytes, off for one checkout.
-        self._cache_limit = base_cache_bytes
-        self._bases: dict[str, np.ndarray] = {}
-        self._bases_bytes = 0
+        self._lock = threading.Lock()
 
     def __enter__(self) -> TensorReader:
         return self
@@ -214,6 +211,10 @@ class TensorReader:
         self._files.clear()
 
     def _file(self, object_id: str) -> h5py.File:
+        with self._lock:  # read_all reads from worker threads
+            return self._open_file(object_id)
+
+    def _open_file(self, object_id: str) -> h5py.File:
         if object_id not in self._files:
             path = self._locate(object_id)
             try:
@@ -229,21 +230,22 @@ class TensorReader:
             return 0
         return int(dataset.attrs.get(DEPTH_ATTR, 1))
 
-    def read(self, entry: ManifestEntry, verify: bool = True, owner: str = "", chain: int = 0) -> np.ndarray:
+    def read(self, entry: ManifestEntry, verify: bool = True, owner: str = "") -> np.ndarray:
         """Return the tensor of ``entry``; raise :class:`IntegrityError` when it is damaged.
 
-        A delta-coded tensor reads its base first (``chain`` counts how deep, against cycles);
-        the base is checked against its own hash, so a damaged base fails every tensor built on it.
+        A delta-coded tensor is decoded with its whole chain of bases. Its hash covers the decoded
+        bytes, so checking it checks every base too; only when it fails is each base checked on its
+        own, to name the damaged one.
         """
         where = f"version {owner[:12]} tensor {entry.name!r}" if owner else f"tensor {entry.name!r}"
         try:
-            array = self._read_checked(entry, where, chain)
+            array = self._read_checked(entry, where)
         except IntegrityError:
             raise
         except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
             raise IntegrityError(f"{where}: unreadable ({exc})") from exc
-        if verify and tensor_hash(array) != entry.hash:
-            raise IntegrityError(f"{where}: content does not match its hash (data is damaged)")
+        if verify:
+            self._check(entry, tensor_hash(array), owner)
         return array
 
     def read_all(self, entries: list[ManifestEntry] | tuple[ManifestEntry, ...], verify: bool = True,
@@ -252,55 +254,62 @@ class TensorReader:
         next is read (BLAKE3 releases the GIL); :class:`IntegrityError` names the first damaged one.
         """
         arrays: dict[str, np.ndarray] = {}
-        checks: list[tuple[ManifestEntry, object]] = []
         total = sum(e.nbytes for e in entries)
         pool = hash_pool() if total >= THREADED_HASH_BYTES else None  # small: threads cost more
         with progress_bar(total, f"checkout {owner[:8]}".strip(), progress) as bar:
-            try:
+            if pool is None:
                 for entry in entries:
-                    arrays[entry.name] = self.read(entry, verify=False, owner=owner)
-                    if verify and pool is None:
-                        self._check(entry, tensor_hash(arrays[entry.name]), owner)
-                    elif verify:
-                        checks.append((entry, pool.submit(tensor_hash, arrays[entry.name])))
+                    arrays[entry.name] = self.read(entry, verify=verify, owner=owner)
                     bar.update(entry.nbytes)
-                for entry, future in checks:
-                    self._check(entry, future.result(), owner)
+                return arrays
+            # Tensors are read and decoded (zstd and numpy release the GIL) and hashed in worker
+            # threads, several at a time: many small tensors (ResNet's 320) cost no more than a few big ones.
+            futures = [pool.submit(self._read_hashed, entry, owner, verify) for entry in entries]
+            try:
+                for entry, future in zip(entries, futures):
+                    array, digest = future.result()
+                    if verify:
+                        self._check(entry, digest, owner)
+                    arrays[entry.name] = array
+                    bar.update(entry.nbytes)
             except BaseException:
-                for _, future in checks:
+                for future in futures:
                     future.cancel()
                 raise
         return arrays
 
-    @staticmethod
-    def _check(entry: ManifestEntry, digest: str, owner: str) -> None:
+    def _read_hashed(self, entry: ManifestEntry, owner: str, verify: bool) -> tuple[np.ndarray, str | None]:
+        array = self.read(entry, verify=False, owner=owner)
+        return array, tensor_hash(array) if verify else None
+
+    def _check(self, entry: ManifestEntry, digest: str, owner: str) -> None:
         if digest != entry.hash:
             where = f"version {owner[:12]} tensor {entry.name!r}" if owner else f"tensor {entry.name!r}"
-            raise IntegrityError(f"{where}: content does not match its hash (data is damaged)")
+            raise IntegrityError(f"{where}: {self._damage(entry)}")
 
-    def _base(self, entry: ManifestEntry, reference: str, where: str, chain: int) -> np.ndarray:
-        """The decoded, verified base ``<object>/<hash>`` of a delta-coded tensor."""
-        object_id, _, digest = reference.partition("/")
-        if not is_hash(object_id) or not is_hash(digest):
-            raise IntegrityError(f"{where}: malformed delta base reference")
-        if chain >= MAX_CHAIN:
-            raise IntegrityError(f"{where}: delta chain longer than {MAX_CHAIN} (a cycle?), refused")
-        if digest in self._bases:
-            return self._bases[digest]
-        base_entry = ManifestEntry(entry.name, entry.dtype, entry.shape, digest, object_id, entry.nbytes)
+    def _damage(self, entry: ManifestEntry, chain: int = 0) -> str:
+        """What is wrong with a tensor whose decoded bytes do not match its hash: its own bytes, or
+        (checked one by one, down the chain) the delta base that is damaged."""
         try:
-            base = self.read(base_entry, verify=True, chain=chain + 1)
-        except IntegrityError as exc:
-            raise IntegrityError(f"{where}: its delta base {object_id[:12]}/{digest[:12]} is damaged "
-                                 f"({str(exc).split(': ', 1)[-1]})") from exc
-        if base.nbytes <= self._cache_limit:
-            while self._bases and self._bases_bytes + base.nbytes > self._cache_limit:
-                self._bases_bytes -= self._bases.pop(next(iter(self._bases))).nbytes
-            self._bases[digest] = base
-            self._bases_bytes += base.nbytes
-        return base
+            reference = self._file(entry.object)["tensors"][entry.hash].attrs.get(BASE_ATTR)
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError, IntegrityError):
+            reference = None
+        if reference is not None and chain < MAX_CHAIN:
+            reference = reference.decode() if isinstance(reference, bytes) else str(reference)
+            object_id, _, digest = reference.partition("/")
+            if is_hash(object_id) and is_hash(digest):
+                base = ManifestEntry(entry.name, entry.dtype, entry.shape, digest, object_id, entry.nbytes)
+                try:
+                    damaged = tensor_hash(self._read_checked(base, "base")) != digest
+                except (IntegrityError, OSError, KeyError, ValueError, TypeError, RuntimeError):
+                    damaged = True
+                if damaged:
+                    return f"its delta base {object_id[:12]}/{digest[:12]} is damaged ({self._damage(base, chain + 1)})"
+        return "content does not match its hash (data is damaged)"
 
-    def _read_coded(self, entry: ManifestEntry, dataset: h5py.Dataset, where: str, chain: int) -> np.ndarray:
+    def _coded_level(self, entry: ManifestEntry, dataset: h5py.Dataset, where: str
+                     ) -> tuple[str, np.ndarray, np.ndarray]:
+        """(coding, coded bytes, validated plane table) of one coded dataset (untrusted)."""
         name = dataset.attrs[CODING_ATTR]
         name = name.decode() if isinstance(name, bytes) else str(name)
         if name not in coding.CODINGS:
@@ -310,21 +319,48 @@ class TensorReader:
         stored = int(dataset.shape[0])
         if dataset.id.get_storage_size() != stored:
             raise IntegrityError(f"{where}: stored bytes do not match the coded length")
-        dtype = dtype_from_name(entry.dtype)
-        table = coding.check_table(dataset.attrs[PLANES_ATTR], dtype.itemsize, stored, entry.nbytes)
-        base = None
-        if name == coding.CODING_DELTA:
-            reference = dataset.attrs.get(BASE_ATTR)
-            reference = reference.decode() if isinstance(reference, bytes) else str(reference)
-            base = coding.raw_bytes(self._base(entry, reference, where, chain))
+        itemsize = dtype_from_name(entry.dtype).itemsize
+        table = coding.check_table(dataset.attrs[PLANES_ATTR], itemsize, stored, entry.nbytes)
         data = np.empty(stored, dtype=np.uint8)
         if stored:
             dataset.read_direct(data)
+        return name, data, table
+
+    def _read_coded(self, entry: ManifestEntry, dataset: h5py.Dataset, where: str) -> np.ndarray:
+        """Decode a coded tensor, a delta with every base down to the tensor stored whole."""
+        levels: list[tuple[np.ndarray, np.ndarray | None]] = []
+        current = entry
+        while True:
+            if CODING_ATTR not in dataset.attrs:  # the chain ends on a tensor stored as it is
+                levels.append((self._read_whole(current, dataset, where).reshape(-1).view(np.uint8), None))
+                break
+            name, data, table = self._coded_level(current, dataset, where)
+            levels.append((data, table))
+            if name == coding.CODING_PLANES:
+                break
+            if len(levels) > MAX_CHAIN:
+                raise IntegrityError(f"{where}: delta chain longer than {MAX_CHAIN} (a cycle?), refused")
+            reference = dataset.attrs.get(BASE_ATTR)
+            reference = reference.decode() if isinstance(reference, bytes) else str(reference)
+            object_id, _, digest = reference.partition("/")
+            if not is_hash(object_id) or not is_hash(digest):
+                raise IntegrityError(f"{where}: malformed delta base reference")
+            current = ManifestEntry(entry.name, entry.dtype, entry.shape, digest, object_id, entry.nbytes)
+            try:
+                dataset = self._dataset(current, where)
+            except IntegrityError as exc:
+                raise IntegrityError(f"{where}: its delta base {object_id[:12]}/{digest[:12]} is damaged "
+                                     f"({str(exc).split(': ', 1)[-1]})") from exc
+        dtype = dtype_from_name(entry.dtype)
         out = aligned_empty((entry.nbytes,), np.dtype(np.uint8))
-        coding.decode_into(out, data, table, base)
+        if len(levels) == 1:
+            coding.decode_into(out, levels[0][0], levels[0][1])
+        else:
+            coding.decode_chain(out, levels, dtype.itemsize)
         return out.view(dtype).reshape(entry.shape)
 
-    def _read_checked(self, entry: ManifestEntry, where: str, chain: int = 0) -> np.ndarray:
+    def _dataset(self, entry: ManifestEntry, where: str) -> h5py.Dataset:
+        """The dataset of ``entry``: a hard link to contiguous, non-virtual, non-external storage."""
         f = self._file(entry.object)
         group_link = f.get("tensors", getlink=True)
         if not isinstance(group_link, h5py.HardLink):
@@ -339,8 +375,15 @@ class TensorReader:
             raise IntegrityError(f"{where}: not a dataset")
         if dataset.is_virtual or dataset.external or dataset.chunks is not None:
             raise IntegrityError(f"{where}: virtual, external or chunked storage is refused")
+        return dataset
+
+    def _read_checked(self, entry: ManifestEntry, where: str) -> np.ndarray:
+        dataset = self._dataset(entry, where)
         if CODING_ATTR in dataset.attrs:
-            return self._read_coded(entry, dataset, where, chain)
+            return self._read_coded(entry, dataset, where)
+        return self._read_whole(entry, dataset, where)
+
+    def _read_whole(self, entry: ManifestEntry, dataset: h5py.Dataset, where: str) -> np.ndarray:
         dtype = dtype_from_name(entry.dtype)
         raw_name = dataset.attrs.get(RAW_DTYPE_ATTR)
         if raw_name is not None:

@@ -129,6 +129,11 @@ class SnapshotWriter:
             dataset.attrs[RAW_DTYPE_ATTR] = array.dtype.name
         return int(array.nbytes)
 
+    def copy_dataset(self, dataset: h5py.Dataset, digest: str) -> None:
+        """Copy a stored tensor's dataset (coded bytes and attributes) as it is under ``digest``."""
+        tensors = self._group()
+        dataset.file.copy(dataset, tensors, name=digest)
+
     def finish(self, version_id: str, meta: Mapping, structure: object, manifest: list[ManifestEntry]) -> None:
         """Write the root attributes, meta, structure and manifest, and close the file."""
         self._group()

@@ -25,6 +25,7 @@ from .deltas import ParentBases, coding_enabled, needed_with_bases
 from .faults import ensure_space, write_failure
 from .index import Index
 from .recovery import index_content, sync_refs_and_notes
+from .repacking import recode_snapshot
 from .retired import held_hashes, is_retired, write_retired
 from .signatures import Signer, signature_path, signer_from_env, write_signature
 from .snapshot import ManifestEntry, SnapshotContent
@@ -307,6 +308,16 @@ class StoreWrites:
                 return
             with self._store.index.transaction() as conn:
                 Index.set_metrics(conn, vid, metrics)
+
+    # -- repack -----------------------------------------------------------------------------
+
+    def recode_version(self, vid: str, base_for: Callable) -> tuple[int, int]:
+        """Re-code version ``vid``'s snapshot file in place (same content, see :mod:`.repacking`);
+        return its size before and after. Only the file changes: its id, manifest and index rows
+        stay, so nothing else needs writing and a kill leaves the old or the new file, both whole."""
+        layout = self._layout
+        with self._store.locked():
+            return recode_snapshot(layout.snapshot_path(vid), vid, layout.snapshot_path, layout.tmp, base_for)
 
     # -- gc ---------------------------------------------------------------------------------
 
