@@ -147,7 +147,7 @@ def test_rm_and_gc_magics(ip):
     ip.run_line_magic("mvc_tag", f"{v1.short_id} production --protect")
     with pytest.raises(UsageError, match="protected"):
         ip.run_line_magic("mvc_rm", v1.short_id)
-    with pytest.raises(UsageError, match="no arguments"):
+    with pytest.raises(UsageError, match="unrecognized arguments"):
         ip.run_line_magic("mvc_gc", "now")
     ip.run_line_magic("mvc_rm", f"{v1.short_id} --force")
     from mvc_magics.magics import session_of
