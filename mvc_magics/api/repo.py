@@ -50,6 +50,11 @@ from ..storage.store import Store
 __all__ = ["Repo", "default_store_path"]
 
 
+# What gc takes and returns: a retention policy's rules; a plain, retention and/or repack report.
+KeepPolicy = Iterable[str] | str | None
+GcResult = GcReport | RetentionReport | RepackReport | tuple
+
+
 class Repo:
     """A model version store in one folder (by default ``.mvc`` beside the notebook).
 
@@ -270,11 +275,8 @@ class Repo:
         """Remove version ``ref`` (protected: ``force``); HEADs on it move to its first parent."""
         return removal.remove_version(self.store, ref, name=name, force=force)
 
-    def gc(self, keep: Iterable[str] | str | None = None, name: str | None = None, dry_run: bool = False,
-           repack: bool = False) -> GcReport | RetentionReport | RepackReport | tuple:
-        """Reclaim unused tensors (``int(report)``: bytes freed), after removing what the policy ``keep``
-        (``["best:val_loss:5", "last:3"]``, never tagged versions) drops (``dry_run``: only list), and/or
-        re-coding the versions as deltas (``repack``); see operations.retention.gc."""
+    def gc(self, keep: KeepPolicy = None, name: str | None = None, dry_run: bool = False, repack=False) -> GcResult:
+        """Reclaim unused tensors, after the retention policy ``keep`` / a ``repack`` (operations.retention.gc)."""
         return retention.gc(self.store, keep, name, dry_run, repack)
 
     def verify(self) -> VerifyReport:
