@@ -40,6 +40,19 @@ ZSTD_LEVEL = 1
 _PARALLEL_BYTES = 1 << 20
 
 
+ALIGNMENT = 64
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts on a 64-byte boundary, so a
+    framework (TensorFlow through DLPack) can adopt it without copying it again to align it.
+    """
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    buffer = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
+    offset = (-buffer.ctypes.data) % ALIGNMENT
+    return buffer[offset:offset + nbytes].view(dtype).reshape(shape)
+
+
 @dataclass(frozen=True)
 class Coded:
     """The coded bytes of one tensor and their plane table."""

@@ -32,6 +32,7 @@ from ..core.manifest import ManifestEntry, SnapshotContent, dtype_from_name, is_
 from ..core.progress import progress_bar
 from ..errors import IntegrityError, StoreFormatError
 from . import coding
+from .coding import aligned_empty
 
 FORMAT_NAME = "mvc-snapshot"
 # Version 2 adds coded tensors (byte planes + zstd, XOR deltas); version 1 files stay readable.
@@ -169,19 +170,6 @@ def read_verified(path: Path, vid: str) -> SnapshotContent:
         raise IntegrityError(f"version {vid[:12]}: its snapshot's structure or manifest does not hash to "
                              "the version id (the file was changed); run verify")
     return content
-
-
-ALIGNMENT = 64
-
-
-def aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """An uninitialised C-contiguous array whose data starts on a 64-byte boundary, so a
-    framework (TensorFlow through DLPack) can adopt it without copying it again to align it.
-    """
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    buffer = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
-    offset = (-buffer.ctypes.data) % ALIGNMENT
-    return buffer[offset:offset + nbytes].view(dtype).reshape(shape)
 
 
 class TensorReader:
