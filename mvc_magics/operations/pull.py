@@ -130,7 +130,8 @@ def stage(store: Store, source: RemoteStore, start, state: RemoteState, staged, 
                 raise RemoteError(f"object {oid[:12]} is not on the remote {source.url}")
             tmp = temporary_path(store.layout.tmp, ".h5")
             staged[oid] = tmp
-            source.get_object(oid, tmp, retired=oid not in objects)
+            source.get_object(oid, tmp, retired=oid not in objects,
+                              size=objects.get(oid) or retired_objects.get(oid) or None)
             report.objects_sent += 1
             report.bytes += tmp.stat().st_size
             bar.update(tmp.stat().st_size)
@@ -167,7 +168,8 @@ def stage(store: Store, source: RemoteStore, start, state: RemoteState, staged, 
                 raise IntegrityError(f"object {oid[:12]} lacks tensors and is not on the remote")
             tmp = temporary_path(store.layout.tmp, ".h5")
             staged[oid] = tmp
-            source.get_object(oid, tmp, retired=oid not in objects)
+            source.get_object(oid, tmp, retired=oid not in objects,
+                              size=objects.get(oid) or retired_objects.get(oid) or None)
             if not (hashes | have) <= held_hashes(tmp):
                 raise IntegrityError(f"object {oid[:12]} on the remote lacks tensors this store needs")
     report.objects_skipped = len([oid for oid in start if _local_has(store, oid)])

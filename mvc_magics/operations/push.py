@@ -19,6 +19,7 @@ from ..storage.remote_log import RemoteLog, RemoteState
 from ..storage.remote_store import RemoteStore
 from ..storage.remote_trust import AllowedSigners, is_protected, read_allowed_signers, sign_tag
 from ..storage.retired import held_hashes, is_retired, write_retired
+from ..storage.safe_files import CAP_NOTE
 from ..storage.signatures import read_signature, signer_from_env
 from ..storage.store import Store
 from . import lookup, versions
@@ -89,10 +90,10 @@ def _push(store: Store, label: str, url: str, refs, force: bool, progress: bool 
     notes: dict[str, list[str]] = {}
     for oid in order:
         folder = store.layout.notes / oid[:2] / oid
-        for note in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-            if note.name not in state.notes.get(oid, []):
-                target.put_note(oid, note.name, note.read_bytes())
-                notes.setdefault(oid, []).append(note.name)
+        for name in store.layout.files.list(folder):  # regular files only, never through a symlink
+            if name.endswith(".json") and name not in state.notes.get(oid, []):
+                target.put_note(oid, name, store.layout.files.read(folder / name, CAP_NOTE) or b"")
+                notes.setdefault(oid, []).append(name)
     pushed = set(order)
     local_tags = [row for row in store.index.query("SELECT name, tag, id, protected FROM tags ORDER BY name, tag")
                   if row[2] in pushed]
@@ -188,6 +189,8 @@ def _already_uploaded(target: RemoteStore, todo: list[str], live: dict[str, bool
 def _as_uploaded(store: Store, oid: str, path: Path) -> Iterator[Path]:
     """The file to upload for ``oid``: a removed version not yet gc'd goes as a retired copy, so it never
     shows as a version on the remote."""
+    if path.is_symlink() or not path.is_file():  # a planted link would upload whatever it points at
+        raise IntegrityError(f"the snapshot file of {oid[:12]} is not a regular file in the store; refused")
     if not store.layout.is_removed(oid) or is_retired(path):
         yield path
         return

@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 from ..core.hashing import HASH_HEX_LENGTH
 from ..core.names import validate_name
 from ..errors import InvalidRemoteError, RemoteError, RemotePermissionError, StoreFormatError
+from . import remote_guard as guard
 from .remote_log import RemoteLog, RemoteState
 
 REMOTE_FORMAT = "mvc-remote"
@@ -155,6 +156,7 @@ class RemoteStore:
 
     def _makedirs(self, path: str) -> None:
         if self.local:
+            guard.confine(self.root, path.rstrip("/") + "/x")  # the folder must resolve inside the root
             self.fs.makedirs(path, exist_ok=True)
 
     # -- objects ----------------------------------------------------------------------------
@@ -217,6 +219,7 @@ class RemoteStore:
         try:
             self._call(f"upload {version_id[:12]}", self.fs.put_file, str(local), tmp)
             if self.local:
+                guard.confine(self.root, final)
                 with open(tmp, "rb+") as handle:
                     os.fsync(handle.fileno())
                 os.replace(tmp, final)  # atomic on one file system
@@ -245,9 +248,17 @@ class RemoteStore:
                     removed += 1
         return removed
 
-    def get_object(self, version_id: str, local: Path, retired: bool = False) -> None:
-        self._call(f"download {version_id[:12]}", self.fs.get_file, self.object_key(version_id, retired),
-                   str(local))
+    def get_object(self, version_id: str, local: Path, retired: bool = False, size: int | None = None) -> None:
+        """Download one object to ``local``: never more than its listed ``size`` or the free space."""
+        key, what = self.object_key(version_id, retired), f"remote object {version_id[:12]}"
+        limit = guard.object_limit(Path(local).parent, size)
+        if self.protocol in ("s3", "s3a"):
+            self._call(f"download {version_id[:12]}", guard.s3_download, self.fs, key, Path(local), limit, what)
+            return
+        opener = (lambda: guard.open_local(self.root, key)) if self.local else (lambda: self.fs.open(key, "rb"))
+        with self._call(f"download {version_id[:12]}", opener) as source:
+            guard.check_size(getattr(source, "size", None), limit, what)
+            self._call(f"download {version_id[:12]}", guard.copy_bounded, source, Path(local), limit, what)
 
     # -- notes ------------------------------------------------------------------------------
 
@@ -272,23 +283,15 @@ class RemoteStore:
         self._call("create folders", self._makedirs, key.rsplit("/", 1)[0])
         self._call(f"write a note of {version_id[:12]}", self._write_exclusive, key, data)
 
-    def read_bytes(self, key: str) -> bytes:
+    def read_bytes(self, key: str, cap: int = guard.CAP_REMOTE_FILE) -> bytes:
+        """A small file (FORMAT, tag, note, log segment), refused past ``cap`` bytes or, in a folder
+        remote, when it is not a regular file inside the root (a FIFO, ``/dev/zero``)."""
+        if self.local:
+            return self._call(f"read {key}", guard.read_local, self.root, key, cap)
         if self.protocol in ("s3", "s3a"):
-            return self._call(f"read {key}", self._s3_get, key)
+            return self._call(f"read {key}", guard.s3_get, self.fs, key, cap)
+        guard.check_size(self._call(f"read {key}", self.fs.size, key), cap, key)
         return self._call(f"read {key}", self.fs.cat_file, key)
-
-    def _s3_get(self, key: str) -> bytes:
-        """One GET (s3fs's cat_file sends a HEAD first, and lists the prefix when the key is missing)."""
-        from fsspec.asyn import sync
-
-        bucket, path, _ = self.fs.split_path(key)
-
-        async def get() -> bytes:
-            resp = await self.fs._call_s3("get_object", Bucket=bucket, Key=path)
-            async with resp["Body"] as body:
-                return await body.read()
-
-        return sync(self.fs.loop, get)
 
     def list_tags(self) -> dict[tuple[str, str], tuple[str, bool]]:
         """(model, tag) -> (version id, protected) of the tag files of a version 1 remote."""
@@ -312,7 +315,7 @@ class RemoteStore:
     # -- write primitives -------------------------------------------------------------------
 
     def _write_local(self, key: str, data: bytes) -> None:
-        tmp = f"{key}.tmp-{uuid.uuid4().hex}"
+        tmp = f"{guard.confine(self.root, key)}.tmp-{uuid.uuid4().hex}"
         with open(tmp, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -345,7 +348,7 @@ class RemoteStore:
         """Create ``key`` only if absent; False (or an error) when it already exists."""
         if self.local:
             self._makedirs(key.rsplit("/", 1)[0])
-            tmp = f"{key}.tmp-{uuid.uuid4().hex}"
+            tmp = f"{guard.confine(self.root, key)}.tmp-{uuid.uuid4().hex}"
             with open(tmp, "wb") as handle:
                 handle.write(data)
                 handle.flush()
