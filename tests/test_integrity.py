@@ -259,3 +259,31 @@ def test_signatures_travel_with_push_pull_and_clone(tmp_path, hmac_key, monkeypa
         other.add_remote("origin", url)
         other.pull("origin")
         assert not signature_path(other.layout.signatures, signed.id).exists()
+
+
+# -- the Keras structure guard looks at the registered name too ---------------------------------------
+
+def test_registered_name_under_keras_module_is_not_instantiated_without_unsafe(repo):
+    import keras
+    from keras_models import dense_model
+
+    made = []
+
+    @keras.saving.register_keras_serializable(package="thirdparty")
+    class Planted(keras.layers.Dense):
+        def __init__(self, *args, **kwargs):
+            made.append(self)
+            super().__init__(*args, **kwargs)
+
+    version = repo.commit(dense_model(), "m")
+    structure = repo.store.structure(version.id)
+    layer = next(la for la in structure["config"]["layers"] if la["class_name"] == "Dense")
+    assert layer["module"].startswith("keras") and layer["registered_name"] in (None, "Dense")
+    layer["registered_name"] = "thirdparty>Planted"
+    from mvc_magics.adapters.keras_structure import rebuild
+
+    with pytest.raises(Exception, match="thirdparty>Planted"):
+        rebuild(keras, structure, unsafe=False, classes=None)
+    assert not made
+    rebuild(keras, structure, unsafe=True, classes=None)  # the opt-in still works
+    assert made

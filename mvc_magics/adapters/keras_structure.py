@@ -55,10 +55,14 @@ def _foreign_entries(structure: object) -> list[tuple[str | None, str, str]]:
             own = name in _OWN_LAYERS.get(module, ())
             # "__keras_tensor__", "__lambda__"...: Keras's own markers (safe_mode guards the lambda)
             is_class = isinstance(name, str) and "config" in item and not name.startswith("__")
+            registered = item.get("registered_name")
             if is_class and not own and (module is None or not isinstance(module, str)
                                          or module.split(".")[0] not in _KERAS_PACKAGES):
-                registered = item.get("registered_name") or name
-                found.append((module if isinstance(module, str) else None, name, str(registered)))
+                found.append((module if isinstance(module, str) else None, name, str(registered or name)))
+            elif is_class and not own and registered not in (None, name):
+                # Keras looks a registered name up before the module: "thirdparty>X" under
+                # keras.layers would make any class registered in the process, so it is foreign too.
+                found.append((module, name, str(registered)))
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
@@ -79,6 +83,14 @@ def custom_objects(keras: Any, structure: object, unsafe: bool, classes: Classes
                 raise UnsupportedModelError(
                     f"The structure calls the function {registered} from {module}; pass unsafe=True "
                     "(--unsafe) if you trust this store, or check the version out into an existing model.")
+            continue
+        if module and module.split(".")[0] in _KERAS_PACKAGES:  # Keras's module, someone else's class
+            if not unsafe:
+                raise UnsupportedModelError(
+                    f"The structure names {name} from {module} but asks Keras for the registered class "
+                    f"{registered!r}, which is not Keras's; pass unsafe=True (--unsafe) if you trust this "
+                    "store, or check the version out into an existing model.")
+            found[registered] = keras.saving.get_registered_object(registered)
             continue
         registered_cls = keras.saving.get_registered_object(registered) if unsafe else None
         found[registered] = registered_cls or import_class(f"{module or '__main__'}.{name}", policy)
