@@ -48,7 +48,8 @@ def test_uniform_average_of_dict_models_equals_the_manual_mean(repo, weights):
     assert meta["weights"] == pytest.approx([1 / 3] * 3)
     assert meta["ingredients"] == [v.id for v in versions]
     assert merged.message == "uniform soup of 3 versions"
-    assert merged.name == "model" and repo.head("model").id == merged.id
+    # No ``into``: the live model does not hold the result, so its HEAD stays (issue 13 §3).
+    assert merged.name == "model" and repo.head("model").id == versions[-1].id
     assert "average merge of 3 versions" in merged._repr_html_()  # the notebook shows the report
     assert str(merged.report).splitlines()[0] == "average merge of 3 versions"
 

@@ -9,6 +9,7 @@ is rebuilt from its config).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import weakref
@@ -206,7 +207,15 @@ class KerasAdapter:
             raise ExportError("A SavedModel export needs the TensorFlow backend: set KERAS_BACKEND=tensorflow "
                               "before importing Keras.")
         else:
-            model.export(path, format="tf_saved_model", verbose=False)
+            # TensorFlow logs "Assets written to: <path>" at INFO (shown wherever logging is at INFO, as
+            # in a Jupyter kernel); the path is the export's temporary name: silence it here.
+            logger = logging.getLogger("tensorflow")
+            level = logger.level
+            logger.setLevel(max(level, logging.WARNING))
+            try:
+                model.export(path, format="tf_saved_model", verbose=False)
+            finally:
+                logger.setLevel(level)
 
     def restore_training_setup(self, model: Any, extra: Mapping) -> bool:
         """Compile a rebuilt model as the committed one was (optimizer, loss, metrics), if recorded.

@@ -6,7 +6,8 @@
     mvc verify                      mvc gc [--keep RULE...] [--dry-run] [--repack]   mvc export REF PATH
     mvc push [REMOTE] [REF ...]     mvc pull [REMOTE] [REF ...]  mvc clone URL [PATH]
 
-``--store PATH`` picks the store (default: ``$MVC_DIR``, else ``.mvc`` in the current folder).
+``--store PATH`` (before or after the subcommand) picks the store (default: ``$MVC_DIR``, else
+``.mvc`` in the current folder).
 Errors are one line on stderr with exit code 1. ``python -m mvc_magics.cli`` works too.
 """
 
@@ -74,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("clone", help="a new store with everything from a remote URL")
     p.add_argument("url", help="fsspec URL: s3://bucket/prefix, file:///path, gs://...")
     p.add_argument("path", nargs="?", default=None, help="the new store folder (default: --store or .mvc)")
+    # ``mvc log --store PATH`` as well as ``mvc --store PATH log``: every subcommand takes it too
+    # (SUPPRESS: given before the subcommand, it is not reset to None by the subcommand's default).
+    for command in sub.choices.values():
+        command.add_argument("--store", default=argparse.SUPPRESS, metavar="PATH", help="the store folder")
     return parser
 
 

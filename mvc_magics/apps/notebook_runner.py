@@ -16,6 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# What the kernel process itself printed (not cell outputs), kept in the output folder.
+KERNEL_LOG = "kernel.log"
+
 
 @dataclass
 class NotebookRun:
@@ -55,7 +58,8 @@ def run_notebook(
     """Execute ``source`` in ``out_dir`` (the kernel's working directory) and save the result there.
 
     Saved outputs in ``source`` are ignored: every cell runs again. The executed notebook is written
-    to ``out_dir/<name>.ipynb`` (also when a cell fails, to show where) and each PNG figure to
+    to ``out_dir/<name>.ipynb`` (also when a cell fails, to show where), what the kernel process
+    printed outside cells to ``out_dir/kernel.log``, and each PNG figure to
     ``out_dir/figures/<name>-cell<N>-<K>.png``. A failing cell raises
     ``nbclient.exceptions.CellExecutionError`` with the cell's source and traceback.
     """
@@ -74,10 +78,13 @@ def run_notebook(
     )
     executed = out_dir / source.name
     start = time.perf_counter()
-    try:
-        client.execute(env=kernel_environment(env))
-    finally:
-        nbformat.write(notebook, executed)
+    # The kernel's own stderr (TensorFlow's C++ start-up lines, IPython's warnings) goes to a log
+    # file beside the executed notebook, not into the terminal of whoever runs the demo.
+    with open(out_dir / KERNEL_LOG, "wb") as kernel_log:
+        try:
+            client.execute(env=kernel_environment(env), stdout=kernel_log, stderr=kernel_log)
+        finally:
+            nbformat.write(notebook, executed)
     seconds = time.perf_counter() - start
     figures = save_figures(notebook, out_dir / "figures", source.stem)
     return NotebookRun(source=source, executed=executed, figures=figures, seconds=seconds)

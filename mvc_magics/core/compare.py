@@ -207,7 +207,7 @@ class Comparison(Scoring):
 
     def metric_header(self, metric: str) -> str:
         weight = self.weights.get(metric, 0.0)
-        return f"{metric} {ARROW[self.directions[metric]]} w={weight:g}"
+        return f"{metric_column(metric)} {ARROW[self.directions[metric]]} w={weight:g}"
 
     def table(self) -> Table:
         """The comparison as a :class:`Table` (ranked best first, best highlighted)."""
@@ -297,7 +297,8 @@ class Comparison(Scoring):
         for i in self.display_order():
             v = self.versions[i]
             rows.append({"id": v.short_id, "rank": self.rank(v), "tags": ", ".join(v.tags), "message": v.message,
-                         **{m: v.metrics.get(m, math.nan) for m in self.metrics}, "score": float(self.scores[i]),
+                         **{metric_column(m): v.metrics.get(m, math.nan) for m in self.metrics},
+                         "score": float(self.scores[i]),
                          "D_vs_baseline": float(raw[i]),
                          "D_normalized_vs_baseline": float(normalized[i])})
         return pd.DataFrame(rows).set_index("id")
@@ -308,6 +309,16 @@ class Comparison(Scoring):
 
         ids = [v.short_id for v in self.versions]
         return pd.DataFrame(self.normalized if normalized else self.raw, index=ids, columns=ids)
+
+
+# The comparison's own columns (text table and ``to_pandas``); a metric may be named like one of them.
+OWN_COLUMNS = frozenset({"id", "rank", "tags", "message", "score", "D vs base", "Dn vs base", "D_vs_baseline",
+                         "D_normalized_vs_baseline"})
+
+
+def metric_column(metric: str) -> str:
+    """The column of a user metric: its name, or ``metric NAME`` when the table has a column of that name."""
+    return f"metric {metric}" if metric in OWN_COLUMNS else metric
 
 
 def _pairwise(versions: list[Version], weights: Mapping[str, float],
@@ -324,7 +335,8 @@ def _pairwise(versions: list[Version], weights: Mapping[str, float],
         terms += both
         divisor = scale.get(metric, 1.0) if scale is not None else 1.0
         if divisor > 0:
-            delta = np.abs(column[:, None] - column[None, :]) * (weight / divisor)
+            finite = np.where(ok, column, 0.0)  # inf - inf would warn; those pairs are masked anyway
+            delta = np.abs(finite[:, None] - finite[None, :]) * (weight / divisor)
             total += np.where(both, delta, 0.0)
     return np.where(terms > 0, total, math.nan)
 
@@ -361,10 +373,23 @@ def compare_versions(
             f" (only {versions[0].short_id})" if versions else ""))
     metrics = metric_columns(versions, limit=10_000)
     weights_ = validate_weights(weights, metrics)
-    directions_ = validate_directions(directions, metrics)
+    directions_ = validate_directions({**stated_directions(versions, metrics), **(directions or {})}, metrics)
     if baseline is None:
         baseline = min(versions, key=lambda v: v.created)
     return _compute(versions, metrics, weights_, directions_, baseline)
+
+
+def stated_directions(versions: Iterable[Version], metrics: Sequence[str]) -> dict[str, str]:
+    """Directions the versions state for their metrics (``extra["metric_directions"]``: a merge states
+    that its score is higher-is-better); they win over the direction inferred from a metric's name."""
+    stated: dict[str, str] = {}
+    for version in versions:
+        given = version.extra.get("metric_directions")
+        if isinstance(given, dict):
+            for metric, direction in given.items():
+                if metric in metrics and direction in ("min", "max"):
+                    stated.setdefault(metric, direction)
+    return stated
 
 
 def _compute(versions: list[Version], metrics: list[str], weights: dict[str, float],

@@ -168,12 +168,19 @@ class Diff:
         return (f"diff {self.a.short_id} -> {self.b.short_id} ({models}): {counts or 'no tensors'}; "
                 f"read {self.tensors_read} tensors ({format_bytes(self.bytes_read)})")
 
-    def layer_table(self) -> Table:
+    def layer_table(self, include_unchanged: bool = False) -> Table:
+        """One row per changed layer (every layer with ``include_unchanged``); the rest are counted,
+        so a one-layer fine-tune of a 100-layer model reads as one row."""
+        layers = self.layers()
+        shown = [s for s in layers if include_unchanged or s.status != "unchanged"]
         rows = [[s.layer, s.status, f"{s.tensors - s.unchanged}/{s.tensors}", f"{s.params_changed}/{s.params}",
-                 s.relative_l2, s.max_abs] for s in self.layers()]
-        highlight = {i for i, s in enumerate(self.layers()) if s.status != "unchanged"}
+                 s.relative_l2, s.max_abs] for s in shown]
+        highlight = {i for i, s in enumerate(shown) if s.status != "unchanged"}
+        hidden = len(layers) - len(shown)
+        notes = [f"{hidden} unchanged layer{'s' if hidden != 1 else ''} not shown"] if hidden else []
         return Table(["layer", "status", "tensors changed", "params changed", "rel L2", "max |Δ|"], rows,
-                     title=self.headline(), highlight=highlight, notes=[f"note: {n}" for n in self.notes])
+                     title=self.headline(), highlight=highlight,
+                     notes=notes + [f"note: {n}" for n in self.notes])
 
     def tensor_table(self, include_unchanged: bool = False) -> Table:
         rows = [[t.name, t.status, t.shape_text(), t.relative_l2, t.max_abs, t.cosine]

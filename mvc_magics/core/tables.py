@@ -7,6 +7,7 @@ here decides what to show.
 from __future__ import annotations
 
 import html
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -23,13 +24,13 @@ class Table:
 
     def to_text(self) -> str:
         cells = [[str(c) for c in self.header]] + [[_text(c) for c in row] for row in self.rows]
-        widths = [max(len(row[i]) for row in cells) for i in range(len(self.header))]
+        widths = [max(display_width(row[i]) for row in cells) for i in range(len(self.header))]
         lines = [self.title] if self.title else []
-        lines.append(("  " + "  ".join(h.ljust(w) for h, w in zip(cells[0], widths))).rstrip())
+        lines.append(("  " + "  ".join(pad(h, w) for h, w in zip(cells[0], widths))).rstrip())
         lines.append("  " + "  ".join("-" * w for w in widths))
         for index, row in enumerate(cells[1:]):
             mark = "*" if index in self.highlight else " "
-            lines.append((mark + " " + "  ".join(c.ljust(w) for c, w in zip(row, widths))).rstrip())
+            lines.append((mark + " " + "  ".join(pad(c, w) for c, w in zip(row, widths))).rstrip())
         if not self.rows:
             lines.append("  (nothing to show)")
         lines.extend(self.notes)
@@ -71,6 +72,22 @@ class TableView:
 
     def _repr_html_(self) -> str:
         return self.table().to_html()
+
+
+def display_width(text: str) -> int:
+    """Columns ``text`` takes in a terminal: wide (CJK, fullwidth) characters take two, combining
+    marks and zero-width characters none (what ``wcwidth`` computes, for the characters tables show)."""
+    width = 0
+    for ch in text:
+        if unicodedata.combining(ch) or unicodedata.category(ch) in ("Mn", "Me", "Cf"):
+            continue
+        width += 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+    return width
+
+
+def pad(text: str, width: int) -> str:
+    """``text`` left-aligned in ``width`` terminal columns (``str.ljust`` counts characters, not columns)."""
+    return text + " " * max(0, width - display_width(text))
 
 
 def _text(value: object) -> str:

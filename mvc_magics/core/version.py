@@ -11,12 +11,16 @@ from .tables import Table, TableView, format_bytes, format_number
 
 @dataclass(frozen=True)
 class CommitStats:
-    """What a commit wrote: tensors written vs reused and the bytes written."""
+    """What a commit wrote: tensors written vs reused and the bytes written.
+
+    ``notes``: what a commit of content already stored did not record, and why (one line each).
+    """
 
     new_version: bool
     tensors_written: int
     tensors_reused: int
     bytes_written: int
+    notes: tuple[str, ...] = ()
 
 
 @dataclass

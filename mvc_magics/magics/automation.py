@@ -184,7 +184,7 @@ class AutomationMagics(Magics):
         """Show a version: metadata, metrics, and provenance (notebook, code, data, training set-up,
         libraries). HTML in Jupyter, text in a terminal; returns a ``VersionDetails``."""
         args = parse_line(self.mvc_show, line)
-        version = self.session.repo.resolve(args.ref, name=self.session.model_for_ref(args.model))
+        version = self.session.repo.resolve(args.ref, name=self.session.model_for_ref(args.model, args.ref))
         return VersionDetails(version, code=args.code, rich=is_rich(self.shell))
 
 

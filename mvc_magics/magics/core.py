@@ -78,6 +78,8 @@ class MVCMagics(Magics):
               help="data variables to fingerprint in the provenance (hash, shape, dtype)")
     @argument("--optimizer", default=None, metavar="VAR",
               help="also keep this optimizer's state with the version (PyTorch), restored by checkout --optimizer")
+    @argument("--model", dest="history", default=None, metavar="NAME",
+              help="commit into the history of model NAME (default: the variable's own name)")
     @user_errors
     def mvc_commit(self, line: str):
         """Commit the model variable MODEL as a new version (fit history metrics are captured).
@@ -88,8 +90,9 @@ class MVCMagics(Magics):
         Returns the Version, so ``v = %mvc_commit model`` works.
         """
         args = parse_line(self.mvc_commit, line)
-        name = args.model or self.session.default_model()
-        model = self.session.variable(name)
+        variable = args.model or self.session.default_model()
+        model = self.session.variable(variable)
+        name = args.history or variable
         metrics = {k: parse_metric_value(k, v) for k, v in parse_pairs(args.metric, "metric")}
         params = {k: parse_param_value(v) for k, v in parse_pairs(args.param, "param")}
         tags = [t for group in args.tag or [] for t in group]
@@ -132,7 +135,11 @@ class MVCMagics(Magics):
         history = args.history
         if history is None and args.model and args.model in repo.models():
             history = args.model
-        version = repo.resolve(args.ref, name=history or self.session.model_for_ref())
+        version = repo.resolve(args.ref, name=self.session.model_for_ref(history, args.ref))
+        if args.model and not args.as_var and args.model not in self.session.namespace:
+            # A typo must not build a stray model: in place means into an existing variable.
+            raise UsageError(f"no variable named {args.model!r} in the notebook to load into; to build the "
+                             f"version into a new variable: %mvc_checkout {args.ref} --as {args.model}")
         if args.as_var:
             if not args.as_var.isidentifier():
                 raise UsageError(f"{args.as_var!r} is not a variable name")
@@ -170,7 +177,7 @@ class MVCMagics(Magics):
         args = parse_line(self.mvc_log, line)
         if args.n < 0:
             raise UsageError("-n must be 0 (all) or a positive count")
-        log = self.session.repo.log(args.model, limit=args.n or None)
+        log = self.session.repo.log(args.model or self.session.configured_model() or None, limit=args.n or None)
         if args.graph:
             show_graph(self.shell, log)
             return None
@@ -193,13 +200,13 @@ class MVCMagics(Magics):
         if args.delete:
             if len(args.names) not in (1, 2):
                 raise UsageError("usage: %mvc_tag [REF] TAG --delete")
-            repo.untag(args.names[-1], name=args.model, force=args.force)
+            repo.untag(args.names[-1], name=args.model or self.session.configured_model() or None, force=args.force)
             print(f"deleted tag {args.names[-1]}")
             return
         if len(args.names) != 2:
             raise UsageError("usage: %mvc_tag REF TAG [--force] [--protect]")
         ref, tag = args.names
-        version = repo.tag(ref, tag, name=args.model or self.session.model_for_ref(), force=args.force,
+        version = repo.tag(ref, tag, name=self.session.model_for_ref(args.model, ref), force=args.force,
                            protect=True if args.protect else None)
         print(f"tagged {version.short_id} ({version.name}) as {tag}")
 
@@ -219,15 +226,28 @@ class MVCMagics(Magics):
 
 
 def commit_line(version, name: str | None = None) -> str:
-    """The one line %mvc_commit prints: id, message, tensors written vs reused, bytes written."""
+    """What %mvc_commit prints: id, message, tensors written vs reused, bytes written; for content
+    already stored, what was attached and (one line each) what was not."""
     stats = version.stats
-    message = f" {version.message!r}" if version.message else ""
+    message = f" {short_message(version.message)!r}" if version.message else ""
     if stats is not None and not stats.new_version:
         owner = f" as a version of {version.name!r}" if name and name != version.name else ""
-        return (f"unchanged: {version.short_id}{message} already stored{owner} "
-                "(metrics and tags attached)")
+        notes = "".join(f"\n  note: {note}" for note in stats.notes)
+        return f"unchanged: {version.short_id}{message} already stored{owner}{notes}"
     written = stats.tensors_written if stats else 0
     reused = stats.tensors_reused if stats else 0
     nbytes = stats.bytes_written if stats else 0
     return (f"committed {version.short_id} {version.name}{message}: {written} tensors written, "
             f"{reused} reused, {format_bytes(nbytes)}")
+
+
+# A commit echoes the message on one line; the whole message stays in the version (%mvc_show).
+MESSAGE_ECHO_LIMIT = 72
+
+
+def short_message(message: str) -> str:
+    """The first line of ``message``, cut to :data:`MESSAGE_ECHO_LIMIT` characters with a count of the rest."""
+    first = message.splitlines()[0] if message else ""
+    if len(first) <= MESSAGE_ECHO_LIMIT and first == message:
+        return message
+    return f"{first[:MESSAGE_ECHO_LIMIT]}… ({len(message)} characters)"

@@ -36,13 +36,11 @@ class LifecycleMagics(Magics):
         """
         args = parse_line(self.mvc_export, line)
         repo = self.session.repo
-        name, live = args.model, None
-        if args.live is not None:
-            version = repo.resolve(args.ref, name=args.model or self.session.model_for_ref())
-            name, live = version.name, self.session.variable(args.live or version.name)
-        path = repo.export(args.ref, args.path, format=args.format, name=name, model=live,
+        version = repo.resolve(args.ref, name=self.session.model_for_ref(args.model, args.ref))
+        live = self.session.variable(args.live or version.name) if args.live is not None else None
+        path = repo.export(version.id, args.path, format=args.format, name=version.name, model=live,
                            **self.session.trust(args.unsafe))
-        print(f"exported {args.ref} as {args.format} to {path}")
+        print(f"exported {version.short_id} ({version.name}, {args.ref}) as {args.format} to {path}")
 
     @line_magic
     @magic_arguments()
@@ -53,7 +51,8 @@ class LifecycleMagics(Magics):
     def mvc_rm(self, line: str):
         """Remove a version (its tags go; a HEAD on it moves to its parent). %mvc_gc reclaims the space."""
         args = parse_line(self.mvc_rm, line)
-        version = self.session.repo.remove(args.ref, name=args.model, force=args.force)
+        version = self.session.repo.remove(args.ref, name=self.session.model_for_ref(args.model, args.ref),
+                                           force=args.force)
         print(f"removed {version.short_id} ({version.name}); run %mvc_gc to reclaim its space")
 
     @line_magic

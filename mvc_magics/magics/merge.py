@@ -79,7 +79,7 @@ class MergeMagics(Magics):
         """
         args = parse_line(self.mvc_merge, line)
         repo = self.session.repo
-        name = self.session.model_for_ref(args.model)
+        name = self.session.model_for_ref(args.model, *args.refs[:1])
         eval_fn = self._callable(args.eval_fn, "--eval")
         weights = parse_weights(args.weights)
         tags = [t for group in args.tag or [] for t in group]

@@ -12,9 +12,11 @@ from typing import Any, TypeVar
 
 from IPython.core.error import UsageError
 
+from ..adapters import adapter_for
 from ..api.repo import Repo, default_store_path
 from ..core.provenance import CellRecorder
-from ..errors import MVCError
+from ..core.refs import parse_ref
+from ..errors import MVCError, UnsupportedModelError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -71,10 +73,15 @@ class MVCSession:
         return self._repo
 
     def init(self, path: str | os.PathLike | None) -> Repo:
-        """Use (and create) the store at ``path``; None goes back to the default."""
+        """Use (and create) the store at ``path``; None goes back to the default.
+
+        The new store is opened first: when that fails, the session keeps the store it had.
+        """
+        store_path = Path(path).expanduser() if path else None
+        repo = Repo(store_path or default_store_path(self.notebook_path()))
         self.close()
-        self.store_path = Path(path).expanduser() if path else None
-        return self.repo
+        self.store_path, self._repo = store_path, repo
+        return repo
 
     def close(self) -> None:
         if self._repo is not None:
@@ -95,17 +102,21 @@ class MVCSession:
         core = manager.registry.get("MVCMagics") if manager is not None else None
         return str(getattr(core, "default_model", "") or "")
 
-    def model_for_ref(self, given: str | None = None) -> str | None:
-        """The model history a ref is resolved in when a magic names none.
+    def model_for_ref(self, given: str | None = None, ref: str | None = None) -> str | None:
+        """The model history a ref is resolved in: the one rule every magic follows.
 
-        The given name, else the configured default model, else the only model in the store, else
-        the only tracked model present in the notebook; None lets the resolver list the models.
+        The given name (``--model``), else the configured default model, else (for a tag or id
+        prefix, which name their version in any history) None: the resolver searches every model.
+        Else the only model in the store, else the only tracked model present in the notebook;
+        None lets the resolver list the models.
         """
         if given:
             return given
         configured = self.configured_model()
         if configured:
             return configured
+        if ref is not None and _names_a_version(ref):
+            return None
         models = self.repo.models()
         if len(models) <= 1:
             return models[0] if models else None
@@ -113,16 +124,44 @@ class MVCSession:
         return present[0] if len(present) == 1 else None
 
     def default_model(self) -> str:
-        """The model variable meant when none is named: the configured one, else the only tracked one present."""
+        """The model variable meant when none is named: the configured one, else the only tracked one
+        present, else (nothing committed from here yet) the only model variable in the notebook."""
         configured = self.configured_model()
         if configured:
             return configured
         present = [n for n in self.repo.models() if n in self.namespace]
         if len(present) == 1:
             return present[0]
-        if not present:
-            raise UsageError("name the model variable (no tracked model is in the notebook yet)")
-        raise UsageError(f"name the model: several tracked models are present ({', '.join(present)})")
+        if present:
+            raise UsageError(f"name the model: several tracked models are present ({', '.join(present)})")
+        candidates = self.model_variables()
+        if len(candidates) == 1:
+            return candidates[0]
+        if not candidates:
+            raise UsageError("name the model variable (no model is in the notebook yet)")
+        raise UsageError(f"name the model: the notebook holds several ({', '.join(candidates[:8])})")
+
+    def model_variables(self) -> list[str]:
+        """User variables that hold a model some adapter can version (hidden and ``_`` names skipped)."""
+        hidden = getattr(self.shell, "user_ns_hidden", {})
+        found = []
+        for key, value in list(self.namespace.items()):
+            if key.startswith("_") or key in hidden or not key.isidentifier() or value == {}:
+                continue
+            try:
+                adapter_for(value)
+            except (UnsupportedModelError, TypeError, ValueError):
+                continue
+            found.append(key)
+        return found
+
+
+def _names_a_version(ref: str) -> bool:
+    """A tag or an id prefix (not HEAD, latest or best:, which need a model's history)."""
+    try:
+        return parse_ref(ref).kind == "name"
+    except MVCError:
+        return False
 
 
 # "$name" as a whole argument or a value (K=$name, a,$b): IPython did not expand it.
@@ -145,4 +184,8 @@ def parse_line(magic: Callable[..., Any], line: str) -> Any:
         # IPython skips all $-expansion in a line it cannot format (e.g. one with {x:.0%}).
         raise UsageError(f"{leftover} was not expanded by IPython; put the value in a variable "
                          "first, or remove {{...}} format specs from the line")
-    return magic.parser.parse_args(argv)
+    try:
+        # Options may stand between positionals: ``%mvc_merge A --model X B``.
+        return magic.parser.parse_intermixed_args(argv)
+    except TypeError:  # a parser argparse cannot intermix (e.g. nargs=REMAINDER)
+        return magic.parser.parse_args(argv)

@@ -41,6 +41,8 @@ def checkout(store: Store, ref: str, model: Any = None, name: str | None = None,
                                         f"checked out into a {adapter.framework} model")
         # state was read for this call; a JAX pytree comes back as a new pytree (arrays are immutable)
         result = load_version(adapter, model, versions.structure(store, version.id), state)
+        # The last fit's metrics describe the weights the fit left, which are gone now.
+        getattr(adapter, "mark_committed", lambda _model: None)(result)
         _remember_loaded(adapter, result, state, store.manifest(version.id))
     if not store.readonly:
         store.writes.move_head(target, version.id, "checkout", {"ref": ref, "rebuilt": model is None})

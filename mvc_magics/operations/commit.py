@@ -19,12 +19,13 @@ from ..core.manifest import storable_dtype_name
 from ..core.metadata import author, base_library_versions, validate_metrics, validate_params
 from ..core.names import validate_name, validate_tag
 from ..core.provenance import complete_provenance
+from ..core.tables import format_number
 from ..core.version import CommitStats, Version
 from ..errors import StoreError, UnsupportedModelError
 from ..storage.faults import write_failure
 from ..storage.staging import StagedCommit
 from ..storage.store import Store
-from . import versions
+from . import lookup, versions
 from .tags import check_tag_free
 
 
@@ -39,8 +40,15 @@ def commit(
     provenance: Mapping[str, object] | None = None,
     parents: Iterable[str] | None = None,
     extra: Mapping[str, object] | None = None,
+    move_head: bool = True,
+    attach: bool = True,
 ) -> Version:
-    """Store ``model``'s content as a version of ``name`` (see :meth:`mvc_magics.Repo.commit`)."""
+    """Store ``model``'s content as a version of ``name`` (see :meth:`mvc_magics.Repo.commit`).
+
+    ``move_head`` False leaves ``name``'s HEAD where it is (a merge without ``into``); ``attach``
+    False records nothing on a version that already holds this content (a merge never changes its
+    inputs: a result equal to one of them gets neither its score nor its tags).
+    """
     name = validate_name(name, "model name")
     tags = [validate_tag(t, versions.tag_names(store)) for t in tags]
     adapter = adapter_for(model)
@@ -50,7 +58,8 @@ def commit(
     state = adapter.get_state(model)
     if not state:
         raise UnsupportedModelError(f"{name!r} has no variables to version")
-    all_metrics = {**validate_metrics(adapter.fit_metrics(model)), **explicit}
+    fit = validate_metrics(adapter.fit_metrics(model))
+    all_metrics = {**fit, **explicit}
     arrays = {key: canonical_array(value) for key, value in state.items()}
     for key, array in arrays.items():  # refused before any write: what the store could not read back
         storable_dtype_name(array.dtype, key)
@@ -80,15 +89,15 @@ def commit(
             if isinstance(exc, OSError | RuntimeError):  # HDF5 could not write the staged tensors
                 raise StoreError(write_failure(exc, store.path)) from exc
             raise
+        given = {"message": message, "metrics": all_metrics, "params": params, "provenance": provenance,
+                 "extra": extra}
         if existing:
             staged.discard()
-            store.writes.attach(vid, name, all_metrics if metrics is None else explicit, tags, explicit)
-            stats = CommitStats(False, 0, len(arrays), 0)
+            notes = _attach_existing(store, vid, name, fit if metrics is None else {}, explicit,
+                                     tags if attach else [], given, move_head, attach)
+            stats = CommitStats(False, 0, len(arrays), 0, notes)
         else:
-            stats = _publish(store, vid, name, adapter, staged, structure, model, tags, parents, {
-                "message": message, "metrics": all_metrics, "params": params, "provenance": provenance,
-                "extra": extra,
-            })
+            stats = _publish(store, vid, name, adapter, staged, structure, model, tags, parents, given, move_head)
     remember_hashes(adapter, model, arrays, staged.hashes)
     getattr(adapter, "mark_committed", lambda _model: None)(model)
     version = versions.get(store, vid, name=name)
@@ -99,7 +108,7 @@ def commit(
 def check_same_framework(store: Store, name: str, framework: str) -> None:
     """Refuse a model of another framework in ``name``'s history: its versions could never be
     checked out into each other, merged or compared tensor by tensor."""
-    latest = versions.log(store, name, limit=1)
+    latest = lookup.load_versions(store.index, "v.name = ?", (name,), limit=1)  # none yet: a new history
     if latest and latest[0].framework and latest[0].framework != framework:
         raise UnsupportedModelError(
             f"{name!r} is a history of {latest[0].framework} models; a {framework} model cannot be committed "
@@ -107,8 +116,50 @@ def check_same_framework(store: Store, name: str, framework: str) -> None:
         )
 
 
+def _attach_existing(store: Store, vid: str, name: str, fit: dict[str, float], explicit: dict[str, float],
+                     tags: list[str], given: dict, move_head: bool, attach: bool) -> tuple[str, ...]:
+    """A commit of content already stored: what is attached to that version, and what is not (notes).
+
+    Metrics are facts of the version they were measured on, so an existing value is never
+    replaced: a metric the version lacks is added (a note file saying when and where it was
+    measured), a different value for one it has is refused and named. Fit metrics are never
+    attached here: weights equal to a stored version did not come from the last fit (a checkout or
+    an assignment replaced them), so that fit's history describes other weights. Message, params
+    and data fingerprints belong to the version's immutable metadata and are not recorded.
+    """
+    if not attach:
+        store.writes.attach(vid, name, {}, [], {"merge": True}, move_head=move_head)
+        return ()
+    stored = versions.get(store, vid).metrics
+    notes = []
+    new = {k: v for k, v in explicit.items() if k not in stored}
+    refused = {k: v for k, v in explicit.items() if k in stored and not _same(stored[k], v)}
+    if refused:
+        notes.append("kept the metrics measured earlier on this version, not replaced: " + ", ".join(
+            f"{k}={format_number(stored[k])} (given {format_number(v)})" for k, v in sorted(refused.items())))
+    stale = {k: v for k, v in fit.items() if k not in explicit and not (k in stored and _same(stored[k], v))}
+    if stale:
+        notes.append(f"fit metrics not attached ({', '.join(sorted(stale))}): these weights are already stored, "
+                     "so they are not what the last fit produced")
+    dropped = [what for what, present in (("message", given["message"]), ("params", given["params"]),
+                                          ("data fingerprints", (given["provenance"] or {}).get("data")))
+               if present]
+    if dropped:
+        notes.append(f"{', '.join(dropped)} not recorded: the version already exists and its metadata does not "
+                     "change (commit changed weights, or put a tag on it)")
+    measured = {"created": datetime.now(timezone.utc).isoformat(timespec="microseconds"), "author": author(),
+                "notebook": (given["provenance"] or {}).get("notebook")}
+    store.writes.attach(vid, name, new, tags, {"metrics": new, "refused": refused, "measured": measured},
+                        move_head=move_head)
+    return tuple(notes)
+
+
+def _same(a: float, b: float) -> bool:
+    return a == b or (a != a and b != b)  # NaN equals NaN here: the same measurement
+
+
 def _publish(store: Store, vid: str, name: str, adapter: Adapter, staged: StagedCommit, structure: object,
-             model: Any, tags: list[str], parents: list[str], given: dict) -> CommitStats:
+             model: Any, tags: list[str], parents: list[str], given: dict, move_head: bool = True) -> CommitStats:
     """The metadata of a new version, then the store publishes it."""
     # Bytes in this version's own path may belong to a retired file that the new file replaces.
     staged.claim_own(vid)
@@ -124,5 +175,5 @@ def _publish(store: Store, vid: str, name: str, adapter: Adapter, staged: Staged
         # The tags asked for, so crash recovery can finish a commit killed before its ref files.
         "tags": list(tags),
     }
-    store.writes.publish_version(staged, vid, meta, structure, manifest)
+    store.writes.publish_version(staged, vid, meta, structure, manifest, move_head=move_head)
     return CommitStats(True, staged.tensors_written, len(manifest) - staged.tensors_written, staged.bytes_written)

@@ -189,9 +189,10 @@ def _damaged_rows(index: Index) -> Iterator[None]:
 
 def _resolve(index: Index, text: str, name: str | None) -> tuple[str, str]:
     ref = parse_ref(text)
-    if ref.kind == "name" and ref.looks_like_id and name is None:
-        vid = _resolve_name(index, ref.value, None, text)  # an id prefix needs no model
-        model = index.query("SELECT name FROM versions WHERE id = ?", (vid,))[0][0]
+    if ref.kind == "name" and name is None:
+        # A tag or an id prefix names its version whatever the number of models: resolve it across
+        # every history, and only a tag on several models is ambiguous.
+        vid, model = _resolve_anywhere(index, ref.value, text)
     else:
         model = name or _need_model(index, text)
         if ref.kind == "head":
@@ -231,6 +232,23 @@ def _resolve_best(index: Index, model: str, metric: str, direction: str, text: s
         (model,))]
     hint = f"known metrics: {', '.join(known)}" if known else "no version of it has metrics"
     raise UnknownRefError(f"{text!r}: no version of {model!r} has a finite {metric!r} ({hint})", known)
+
+
+def _resolve_anywhere(index: Index, value: str, text: str) -> tuple[str, str]:
+    """(version id, model) of a tag or id prefix searched in every model's history."""
+    rows = index.query("SELECT name, id FROM tags WHERE tag = ? ORDER BY name", (value,))
+    if len(rows) > 1 and not _looks_like_id(value):
+        names = [r[0] for r in rows]
+        raise AmbiguousRefError(f"tag {value!r} exists on several models ({', '.join(names)}); say which "
+                                "(--model NAME)", names)
+    if len(rows) == 1 and not _looks_like_id(value):
+        return rows[0][1], rows[0][0]
+    vid = _resolve_name(index, value, None, text)
+    return vid, index.query("SELECT name FROM versions WHERE id = ?", (vid,))[0][0]
+
+
+def _looks_like_id(value: str) -> bool:
+    return len(value) >= 4 and all(c in "0123456789abcdef" for c in value)
 
 
 def _resolve_name(index: Index, value: str, model: str | None, text: str) -> str:

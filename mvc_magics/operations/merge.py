@@ -149,15 +149,21 @@ def merge_versions(store: Store, refs: Sequence[str | Version], weights: Sequenc
         target = result_name or (name if weight_merge and name else None) or (
             first.name if weight_merge else f"{name or first.name}_{method}")
         metrics = {report.score_name: report.score} if report.score is not None and report.score_name else None
-        extra = {"merge": report.to_metadata()}
+        extra: dict[str, Any] = {"merge": report.to_metadata()}
+        if metrics:
+            # Greedy soups maximize the score: its direction is the merge's, never guessed from a name
+            # (an eval function called ``neg_mse`` returns higher-is-better numbers).
+            extra["metric_directions"] = {report.score_name: "max"}
         if "compile" in first.extra and weight_merge:
             extra["compile"] = first.extra["compile"]  # same structure: the inputs' training setup
         version = commit(store, preview.model, target, message=message or report.default_message(),
                               metrics=metrics or {}, tags=tags, parents=report.inputs, extra=extra,
-                              provenance=provenance)
+                              provenance=provenance, move_head=into is not None, attach=False)
         state = preview.state
     if into is not None:
-        adapter_for(into).set_state(into, state)
+        into_adapter = adapter_for(into)
+        into_adapter.set_state(into, state)
+        getattr(into_adapter, "mark_committed", lambda _model: None)(into)  # its last fit's metrics are stale
     return MergedVersion.from_version(version, report)
 
 

@@ -47,7 +47,12 @@ def log(store: Store, name: str | None = None, limit: int | None = None) -> Vers
     if name is None:
         return VersionLog(lookup.load_versions(store.index, "1 = 1", (), limit=limit))
     validate_name(name, "model name")
-    return VersionLog(lookup.load_versions(store.index, "v.name = ?", (name,), limit=limit, head_name=name))
+    found = lookup.load_versions(store.index, "v.name = ?", (name,), limit=limit, head_name=name)
+    if not found and name not in models(store):
+        known = models(store)
+        raise UnknownRefError(f"no model {name!r} in this store" + (f"; models: {', '.join(known[:10])}" if known
+                                                                   else " (nothing committed yet)"), known)
+    return VersionLog(found)
 
 
 def load_state(store: Store, version: Version | str, verify: bool = True) -> dict[str, np.ndarray]:

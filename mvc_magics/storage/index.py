@@ -192,6 +192,14 @@ class Index:
             [(version_id, key, *metric_row(value)) for key, value in metrics.items()],
         )
 
+    @staticmethod
+    def add_metrics(conn: sqlite3.Connection, version_id: str, metrics: dict[str, float]) -> None:
+        """Metrics measured later (notes): a value the version already has is never replaced."""
+        conn.executemany(
+            "INSERT OR IGNORE INTO metrics(id, key, value, text) VALUES(?, ?, ?, ?)",
+            [(version_id, key, *metric_row(value)) for key, value in metrics.items()],
+        )
+
     # -- reads ------------------------------------------------------------------------------
 
     def has_tensors(self, hashes: Iterable[str]) -> dict[str, str]:

@@ -66,7 +66,7 @@ def fill_index(store: Store, conn, contents: list[SnapshotContent]) -> None:
         index_content(conn, content)
     for vid, note in store.layout.read_notes():
         if vid in known and isinstance(note.get("metrics"), dict):
-            Index.set_metrics(conn, vid, _float_metrics(note["metrics"]))
+            Index.add_metrics(conn, vid, _float_metrics(note["metrics"]))
     conn.executemany("INSERT OR REPLACE INTO tags(name, tag, id, protected) VALUES(?, ?, ?, ?)",
                      [(m, t, vid, int(p)) for m, t, vid, p in tags if vid in known])
     conn.executemany("INSERT OR REPLACE INTO heads(name, id) VALUES(?, ?)",
@@ -123,7 +123,7 @@ def index_missing_snapshots(store: Store, complete: bool = False) -> list[str]:
         if ids:
             for vid, note in store.layout.read_notes():
                 if vid in ids and isinstance(note.get("metrics"), dict):
-                    Index.set_metrics(conn, vid, _float_metrics(note["metrics"]))
+                    Index.add_metrics(conn, vid, _float_metrics(note["metrics"]))
     return [c.version_id for c in missing]
 
 
@@ -136,6 +136,8 @@ def _complete_refs(store: Store, content: SnapshotContent) -> None:
         if is_valid_name(tag) and tag not in existing:
             store.layout.write_tag(name, tag, vid)
     parents = meta.get("parents") if isinstance(meta.get("parents"), list) else []
+    if meta.get("moves_head") is False:  # a merge without ``into`` never moves HEAD
+        return
     if heads.get(name) is None or heads.get(name) in parents:
         store.layout.write_head(name, vid)
 
@@ -154,7 +156,7 @@ def sync_refs_and_notes(store: Store) -> None:
                          [(m, vid) for m, vid in heads.items() if vid in known])
         for vid, note in notes:
             if isinstance(note.get("metrics"), dict):
-                Index.set_metrics(conn, vid, _float_metrics(note["metrics"]))
+                Index.add_metrics(conn, vid, _float_metrics(note["metrics"]))
 
 
 def recover_after_crash(store: Store, dead_holder: str) -> None:

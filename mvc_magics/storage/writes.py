@@ -72,18 +72,20 @@ class StoreWrites:
                             place=layout.files.place)
 
     def publish_version(self, staged: StagedCommit, vid: str, meta: dict, structure: object,
-                        manifest: list[ManifestEntry]) -> None:
+                        manifest: list[ManifestEntry], move_head: bool = True) -> None:
         """Make a staged version visible: snapshot, signature, tags, HEAD, index rows, audit entry.
 
         The caller holds the store lock since the tensors were staged. Anything failing after the
         snapshot is placed is taken back (:meth:`_undo_publish`); the error is raised as a one-line
         :class:`StoreError` when the environment caused it.
         """
+        if not move_head:
+            meta["moves_head"] = False  # so crash recovery does not move it either
         with self._store.locked():
-            self._publish(staged, vid, meta, structure, manifest)
+            self._publish(staged, vid, meta, structure, manifest, move_head)
 
     def _publish(self, staged: StagedCommit, vid: str, meta: dict, structure: object,
-                 manifest: list[ManifestEntry]) -> None:
+                 manifest: list[ManifestEntry], move_head: bool) -> None:
         layout, index = self._layout, self._store.index
         name, tags = meta["name"], list(meta.get("tags", []))
         final = layout.snapshot_path(vid)
@@ -98,19 +100,21 @@ class StoreWrites:
             self._sign(vid, signer)
             for tag in tags:
                 layout.write_tag(name, tag, vid)
-            layout.write_head(name, vid)
+            if move_head:
+                layout.write_head(name, vid)
             with index.transaction() as conn:
                 Index.insert_version(conn, vid, name, meta["created"], meta, [e.to_json() for e in manifest],
                                      staged.bytes_written)
                 Index.set_metrics(conn, vid, meta["metrics"])
                 conn.executemany("INSERT OR REPLACE INTO tags(name, tag, id, protected) VALUES(?, ?, ?, 0)",
                                  [(name, tag, vid) for tag in tags])
-                conn.execute("INSERT OR REPLACE INTO heads(name, id) VALUES(?, ?)", (name, vid))
+                if move_head:
+                    conn.execute("INSERT OR REPLACE INTO heads(name, id) VALUES(?, ?)", (name, vid))
                 self._audit("commit", name, [vid], {"message": meta["message"], "tags": tags,
                                                     "bytes_written": staged.bytes_written}, who=meta["author"])
         except BaseException as exc:
             if placed:
-                self._undo_publish(vid, name, tags, old_head, keep_file=replaced)
+                self._undo_publish(vid, name, tags, old_head, keep_file=replaced, move_head=move_head)
             else:
                 staged.discard()
             if isinstance(exc, OSError | RuntimeError | StoreError):
@@ -118,7 +122,8 @@ class StoreWrites:
             raise
         layout.delete_tombstone(vid)  # content of a removed version committed again is live again
 
-    def _undo_publish(self, vid: str, name: str, tags: list[str], old_head: str | None, keep_file: bool) -> None:
+    def _undo_publish(self, vid: str, name: str, tags: list[str], old_head: str | None, keep_file: bool,
+                      move_head: bool = True) -> None:
         """Take back a version whose snapshot was placed but whose later steps failed."""
         layout = self._layout
         # The snapshot first: without it, leftover refs point at nothing and are ignored on reindex.
@@ -127,7 +132,8 @@ class StoreWrites:
         steps: list[Callable[[], object]] = [] if keep_file else [lambda: unlink(layout.snapshot_path(vid))]
         steps.append(lambda: unlink(signature_path(layout.signatures, vid)))
         steps += [lambda tag=tag: layout.delete_tag(name, tag) for tag in tags]
-        steps.append((lambda: layout.write_head(name, old_head)) if old_head else lambda: layout.delete_head(name))
+        if move_head:
+            steps.append((lambda: layout.write_head(name, old_head)) if old_head else lambda: layout.delete_head(name))
         for step in steps:
             try:
                 step()
@@ -137,26 +143,31 @@ class StoreWrites:
                 continue
 
     def attach(self, vid: str, name: str, metrics: dict[str, float], tags: list[str],
-               explicit: dict[str, float]) -> None:
-        """A commit of content already stored: attach metrics/tags and make it ``name``'s HEAD."""
+               detail: Mapping, move_head: bool = True) -> None:
+        """A commit of content already stored: add metrics it lacks (a write-once note saying when and
+        where they were measured), put tags on it, make it ``name``'s HEAD (unless ``move_head`` is False).
+
+        The caller decided which metrics are new to the version; the index never replaces a value.
+        """
         layout, store = self._layout, self._store
         with store.locked():
             if metrics:
-                layout.write_note(vid, {"metrics": metrics})
+                layout.write_note(vid, {"metrics": metrics, "measured": dict(detail.get("measured") or {})})
             self._sign(vid)
             for tag in tags:
                 layout.write_tag(name, tag, vid)
             # Re-committing an unchanged model is frequent: rewrite HEAD (two fsyncs) only if it moves.
-            head_moves = store.head_file(name) != vid or store.head_id(name) != vid
+            head_moves = move_head and (store.head_file(name) != vid or store.head_id(name) != vid)
             if head_moves:
                 layout.write_head(name, vid)
             if metrics or tags or head_moves:
                 with store.index.transaction() as conn:
-                    Index.set_metrics(conn, vid, metrics)
+                    Index.add_metrics(conn, vid, metrics)
                     conn.executemany("INSERT OR REPLACE INTO tags(name, tag, id, protected) VALUES(?, ?, ?, 0)",
                                      [(name, tag, vid) for tag in tags])
-                    conn.execute("INSERT OR REPLACE INTO heads(name, id) VALUES(?, ?)", (name, vid))
-            self._audit("commit-existing", name, [vid], {"metrics": explicit})
+                    if head_moves:
+                        conn.execute("INSERT OR REPLACE INTO heads(name, id) VALUES(?, ?)", (name, vid))
+            self._audit("commit-existing", name, [vid], dict(detail))
 
     # -- refs -------------------------------------------------------------------------------
 
@@ -307,7 +318,7 @@ class StoreWrites:
             if not self._layout.files.write(local, json.dumps(note, sort_keys=True).encode(), exclusive=True):
                 return
             with self._store.index.transaction() as conn:
-                Index.set_metrics(conn, vid, metrics)
+                Index.add_metrics(conn, vid, metrics)
 
     # -- repack -----------------------------------------------------------------------------
 
