@@ -46,3 +46,20 @@ def test_smoke_run_writes_json_and_markdown_with_every_case(tmp_path):
     assert "prose kept" in text and "more prose" in text and "\nold\n" not in text
     assert "| first commit | tiny |" in text
     assert not any(p.name.startswith("mvc-bench-") for p in tmp_path.iterdir())  # workspace removed
+
+
+def test_coding_benchmark_quick_run_reports_every_target(tmp_path):
+    out_json = tmp_path / "coding.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", "MVC_PROGRESS": "0"}
+    done = subprocess.run([sys.executable, "-m", "benchmarks.coding", "--quick", "--json", str(out_json)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out_json.read_text())
+    cases = {row["case"].split(" (")[0] for row in rows}
+    for case in ("3 Adam epoch checkpoints / 3 raw copies", "one float32 version / raw bytes",
+                 "one bfloat16 version / raw bytes", "coding throughput", "first commit / safetensors save_file+fsync",
+                 "checkout at the end of a delta chain", "merge (average) of 5 / reading the 5 inputs",
+                 "10 head-only fine-tunes / one copy"):
+        assert case in cases, sorted(cases)
+    ratios = {row["case"]: row.get("ratio") for row in rows}
+    assert 0 < ratios["one float32 version / raw bytes"] < 1  # trained floats always code smaller
