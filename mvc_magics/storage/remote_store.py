@@ -46,7 +46,11 @@ ATOMIC_PUT_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss
 # Backends that can create a file only if it is absent, atomically (what appending to the log needs).
 EXCLUSIVE_CREATE_PROTOCOLS = frozenset({"s3", "s3a", "file", "local", "memory"})
 # Seconds to wait for an S3 server to connect / answer one request (env MVC_REMOTE_TIMEOUT).
-DEFAULT_TIMEOUT = 60.0
+DEFAULT_TIMEOUT = 30.0
+# Attempts per request by s3fs, each with BOTOCORE_ATTEMPTS attempts: a server that never answers
+# fails after at most S3FS_ATTEMPTS * BOTOCORE_ATTEMPTS * timeout seconds (2 minutes by default).
+S3FS_ATTEMPTS = 2
+BOTOCORE_ATTEMPTS = 2
 # An upload temporary older than this belongs to a push that was killed.
 STALE_UPLOAD_SECONDS = 3600.0
 _ID_FILE = re.compile(rf"^([0-9a-f]{{{HASH_HEX_LENGTH}}})(\.retired)?\.h5$")
@@ -92,6 +96,7 @@ class RemoteStore:
         self.atomic_put = protocol in ATOMIC_PUT_PROTOCOLS
         self.local = protocol in ("file", "local")
         if protocol in ("s3", "s3a"):
+            self.fs.retries = S3FS_ATTEMPTS  # with botocore's own attempts: a dead server fails in bounded time
             self._count_requests()
 
     def _count_requests(self) -> None:
@@ -387,4 +392,4 @@ def _storage_options(scheme: str) -> dict:
     except ValueError:
         timeout = DEFAULT_TIMEOUT
     return {"config_kwargs": {"connect_timeout": timeout, "read_timeout": timeout,
-                              "retries": {"max_attempts": 3, "mode": "standard"}}}
+                              "retries": {"max_attempts": BOTOCORE_ATTEMPTS, "mode": "standard"}}}
