@@ -121,8 +121,9 @@ def child_env() -> dict[str, str]:
 class ChildProcess:
     """A child of this script with its stdout lines collected by a thread."""
 
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *args], env=child_env(),
+    def __init__(self, *args: str, script: Path | None = None) -> None:
+        script = script or Path(__file__).resolve()
+        self.proc = subprocess.Popen([sys.executable, str(script), *args], env=child_env(),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True)
         self.lines: list[str] = []

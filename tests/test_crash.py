@@ -27,6 +27,15 @@ def test_random_sigkills_lose_nothing(tmp_path):
     assert stats["versions_in_store"] >= stats["versions_reported"]
 
 
+@pytest.mark.parametrize("mode", ["tag", "remove", "gc", "push", "pull"])
+def test_random_sigkills_during_other_writes_lose_nothing(tmp_path, mode):
+    soak = load_script("crash_soak_ops")  # the long run: scripts/crash_soak_ops.py --kills 30
+    stats = soak.run_mode(mode, kills=3, folder=tmp_path, seed=20261130, max_delay=1.0)
+    # run_mode checks every promise after every kill (audit, stale rows, bit-identity) and raises SoakFailure.
+    assert stats["kills"] == 3
+    assert stats["verify_problems"] == stats["stale_tensor_rows"] == stats["unaudited_ref_changes"] == 0
+
+
 # A child commits v1 normally, then dies by SIGKILL at one exact step of its second commit.
 _DIE_AT = r"""
 import os, signal, sys
