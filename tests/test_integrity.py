@@ -287,3 +287,57 @@ def test_registered_name_under_keras_module_is_not_instantiated_without_unsafe(r
     assert not made
     rebuild(keras, structure, unsafe=True, classes=None)  # the opt-in still works
     assert made
+
+
+# -- metadata from files and remotes is validated before it is indexed --------------------------------
+
+def test_meta_stored_outside_the_file_is_refused(tmp_path):
+    from mvc_magics.storage.snapshot import read_content
+
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b'{"name": "SECRET"}'.ljust(64))
+    path = tmp_path / "planted.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["mvc_format"], f.attrs["mvc_format_version"], f.attrs["version_id"] = "mvc-snapshot", 2, "a" * 64
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_layout(h5py.h5d.CONTIGUOUS)
+        dcpl.set_external(str(secret).encode(), 0, 64)
+        h5py.h5d.create(f.id, b"meta", h5py.h5t.py_create(np.dtype("S64")), h5py.h5s.create(h5py.h5s.SCALAR),
+                        dcpl=dcpl)
+        f.create_dataset("manifest", data="[]", dtype=h5py.string_dtype("utf-8"))
+    with pytest.raises(IntegrityError, match="stored outside the file"):
+        read_content(path)
+
+
+def test_one_bad_object_in_a_pull_is_reported_and_the_rest_imported(tmp_path):
+    from mvc_magics import Repo
+
+    url = (tmp_path / "remote").as_uri()
+    with Repo(tmp_path / "trainer") as trainer:
+        made = [trainer.commit({f"w{i}": np.full(3, i, np.float32)}, "model") for i in range(3)]
+        trainer.add_remote("origin", url)
+        trainer.push("origin")
+    bad = made[1].id
+    remote_file = tmp_path / "remote" / "objects" / bad[:2] / f"{bad}.h5"
+    _rewrite_file(remote_file, b'"created": "20', b'"created": "XX')  # same id: meta is not in it
+    with Repo(tmp_path / "mate") as mate:
+        mate.add_remote("origin", url)
+        with pytest.raises(IntegrityError, match=rf"1 object\(s\).*{bad[:12]}: 'created' is not a date"):
+            mate.pull("origin")
+        assert [mate.store.has_version(v.id) for v in made] == [True, False, True]
+        assert mate.verify().ok
+
+
+def test_control_sequences_in_messages_are_shown_escaped(repo):
+    repo.commit({"w": np.ones(2, np.float32)}, "model", message="fine\n\x1b[2J\x1b[31mFAKE OUTPUT\x07")
+    shown = repo.log("model")[0].message
+    assert "\x1b" not in shown and "\x07" not in shown and shown.startswith("fine\n\\x1b[2J")
+    with pytest.raises(Exception, match="at most 100,000"):
+        repo.commit({"w": np.zeros(2, np.float32)}, "model", message="x" * 100_001)
+
+
+def test_snapshot_with_malformed_metadata_is_not_indexed(repo):
+    version = repo.commit({"w": np.ones(2, np.float32)}, "model")
+    _rewrite_file(repo.layout.snapshot_path(version.id), b'"created": "20', b'"created": "XX')
+    repo.reindex()
+    assert not repo.store.has_version(version.id)

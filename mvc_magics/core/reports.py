@@ -128,6 +128,7 @@ class TransferReport:
     bytes: int = 0
     tags: list[str] = field(default_factory=list)
     requests: int = 0  # HTTP requests sent to the remote (S3), for the scale benchmarks and tests
+    rejected: dict[str, str] = field(default_factory=dict)  # object id -> why a pull refused it
 
     def __str__(self) -> str:
         verb = "pushed to" if self.direction == "push" else "pulled from"

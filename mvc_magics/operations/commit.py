@@ -16,6 +16,7 @@ from ..adapters import Adapter, adapter_for
 from ..adapters.base import known_hashes, remember_hashes
 from ..core.hashing import HashesAhead, canonical_array, version_id
 from ..core.manifest import storable_dtype_name
+from ..core.meta_check import validate_message
 from ..core.metadata import author, base_library_versions, validate_metrics, validate_params
 from ..core.names import validate_name, validate_tag
 from ..core.provenance import complete_provenance
@@ -50,6 +51,7 @@ def commit(
     inputs: a result equal to one of them gets neither its score nor its tags).
     """
     name = validate_name(name, "model name")
+    message = validate_message(message)
     tags = [validate_tag(t, versions.tag_names(store)) for t in tags]
     adapter = adapter_for(model)
     check_same_framework(store, name, adapter.framework)

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from datetime import datetime
 
 from ..core.hashing import SHORT_ID_LENGTH
+from ..core.meta_check import neutralise
 from ..core.refs import parse_ref
 from ..core.version import Version
 from ..errors import AmbiguousRefError, IntegrityError, MVCError, UnknownRefError
@@ -141,8 +142,9 @@ def _parsed_rows(index: Index, seqs: list[int]) -> dict[int, tuple]:
                 f"FROM versions WHERE seq IN ({marks})", chunk):
             meta = loads(meta_text)
             cache[seq] = (
-                tuple(meta.get("parents", ())), meta.get("message", ""), fromisoformat(meta["created"]),
-                meta.get("author", ""), meta.get("params") or {}, meta.get("framework", ""),
+                # Shown by log and show: terminal control sequences are escaped, never interpreted.
+                tuple(meta.get("parents", ())), neutralise(meta.get("message", "")), fromisoformat(meta["created"]),
+                neutralise(meta.get("author", "")), meta.get("params") or {}, meta.get("framework", ""),
                 meta.get("libraries") or {}, meta.get("provenance") or {}, meta.get("extra") or {},
                 int(nbytes), int(count),
             )

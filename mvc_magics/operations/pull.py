@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..core.hashing import version_id
+from ..core.meta_check import metadata_problem
 from ..core.reports import TransferReport
 from ..errors import IntegrityError, InvalidRemoteError, MVCError, RemoteError, SignatureError, StoreError
 from ..storage.atomic import temporary_path
@@ -77,7 +78,10 @@ def _pull(store: Store, label: str, url: str, refs, force: bool, progress: bool 
     try:
         contents = stage(store, source, start, state, staged, report, progress)
         with store.locked():
-            imported = import_staged(store, contents, staged)
+            for oid in report.rejected:  # refused objects are not imported, nor read as holders of tensors
+                with contextlib.suppress(KeyError, OSError):
+                    staged.pop(oid).unlink()
+            imported = import_staged(store, contents, staged, report.rejected)
             report.versions = imported
             pull_notes(store, source, state.notes, [vid for vid in contents if store.has_version(vid)])
             wanted = set(contents) | set(start) if refs is not None else None
@@ -95,6 +99,9 @@ def _pull(store: Store, label: str, url: str, refs, force: bool, progress: bool 
             with contextlib.suppress(OSError):
                 path.unlink()
     report.requests = source.requests
+    if report.rejected:
+        raise IntegrityError(f"{len(report.rejected)} object(s) on remote {url} refused, everything else was pulled: "
+                             + "; ".join(report.rejected.values())[:400])
     if refused:
         raise SignatureError(f"protected tag(s) {', '.join(refused)} on remote {url} not signed by an allowed "
                              "signer: not pulled (everything else was)")
@@ -142,7 +149,11 @@ def stage(store: Store, source: RemoteStore, start, state: RemoteState, staged, 
                         queue.append(base_object)
             if oid not in objects or is_retired(tmp):
                 continue
-            content = _check_snapshot(tmp, oid)
+            try:
+                content = _check_snapshot(tmp, oid)
+            except IntegrityError as exc:  # one bad object is reported; the rest are still pulled
+                report.rejected[oid] = str(exc)
+                continue
             contents[oid] = content
             for entry in content.manifest:
                 if entry.object != oid:
@@ -182,19 +193,30 @@ def _check_snapshot(path: Path, oid: str) -> SnapshotContent:
     recomputed = version_id(content.structure, ((e.name, e.dtype, e.shape, e.hash) for e in content.manifest))
     if content.version_id != oid or recomputed != oid:
         raise IntegrityError(f"remote object {oid[:12]} does not hold the version its name says (refused)")
+    problem = metadata_problem(content.meta)
+    if problem:
+        raise IntegrityError(f"remote object {oid[:12]}: {problem} (refused)")
     return content
 
 
-def import_staged(store: Store, contents: dict[str, SnapshotContent], staged: dict[str, Path]) -> list[str]:
-    """Verify every tensor of every pulled version, then have the store place them, deps first."""
+def import_staged(store: Store, contents: dict[str, SnapshotContent], staged: dict[str, Path],
+                  rejected: dict[str, str] | None = None) -> list[str]:
+    """Verify every tensor of every pulled version, then have the store place the sound ones, deps
+    first; a version with a damaged tensor is left out and named in ``rejected``."""
+    rejected = {} if rejected is None else rejected
 
     def locate(oid: str) -> Path:
         return staged.get(oid) or store.layout.snapshot_path(oid)
 
     with TensorReader(locate) as reader:
-        for vid, content in contents.items():
-            for entry in content.manifest:
-                reader.read(entry, verify=True, owner=vid)  # IntegrityError before anything is visible
+        for vid, content in list(contents.items()):
+            try:
+                for entry in content.manifest:
+                    reader.read(entry, verify=True, owner=vid)  # before anything is visible
+            except IntegrityError as exc:  # this version is refused, the others still come
+                rejected[vid] = str(exc)
+                del contents[vid]
+                staged.pop(vid).unlink(missing_ok=True)
 
     bases = {oid: {b for b, _ in base_references(path).values() if b != oid} for oid, path in staged.items()}
 

@@ -7,9 +7,9 @@ next holder completes it here (see :meth:`Store.locked <mvc_magics.storage.layou
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import TYPE_CHECKING
 
+from ..core.meta_check import metadata_problem
 from ..core.metadata import author
 from ..core.names import is_valid_name
 from ..errors import MVCError
@@ -21,15 +21,8 @@ if TYPE_CHECKING:
 
 
 def _indexable(content: SnapshotContent) -> bool:
-    """Metadata sane enough to index (snapshot files are untrusted input)."""
-    meta = content.meta
-    try:
-        datetime.fromisoformat(str(meta.get("created")))
-    except ValueError:
-        return False
-    parents = meta.get("parents", [])
-    return (is_valid_name(meta.get("name")) and isinstance(parents, list)
-            and all(isinstance(p, str) for p in parents))
+    """Metadata sane enough to index (snapshot files are untrusted input; see core.meta_check)."""
+    return metadata_problem(content.meta) is None
 
 
 def index_content(conn, content: SnapshotContent) -> None:

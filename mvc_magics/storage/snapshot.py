@@ -104,6 +104,9 @@ def _read_string(f: h5py.File, name: str, required: bool = True) -> str | None:
     dataset = f[name]
     if not isinstance(dataset, h5py.Dataset) or dataset.shape != ():
         raise IntegrityError(f"snapshot {f.filename}: /{name} is not a scalar string")
+    # External or virtual storage would read another file's bytes (a local secret) into the index.
+    if dataset.external or dataset.is_virtual:
+        raise IntegrityError(f"snapshot {f.filename}: /{name} is stored outside the file, refused")
     # A fixed-length string is allocated at its declared size before a byte is read: bound it by
     # the file itself (an 11 KB file must not make us allocate the 1 GiB its header claims).
     declared = max(int(dataset.dtype.itemsize), int(dataset.id.get_storage_size()))
