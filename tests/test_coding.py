@@ -166,3 +166,20 @@ def test_push_and_clone_move_coded_files_as_they_are_and_verify_them(tmp_path, m
         assert b.verify().ok
         pulled = {p.name: p.read_bytes() for p in (b.path / "objects").rglob("*.h5")}
     assert pulled[f"{last.id}.h5"] == local[f"{last.id}.h5"]  # not re-coded on the way
+
+
+def test_a_base_remembered_from_the_last_commit_is_rechecked_so_shared_memory_cannot_corrupt(repo):
+    """A framework may hand out arrays that share memory with the live model (PyTorch's numpy()):
+    the array kept from the last commit changes as the model trains. The next commit re-hashes it
+    before coding against it, and falls back to the stored bytes."""
+    rng = np.random.default_rng(5)
+    live = (rng.standard_normal((128, 64)) * 0.05).astype(np.float32)
+    first = repo.commit({"w": live}, "net")  # `live` itself is what the commit kept in memory
+    expected_first = live.copy()
+    live -= np.float32(1e-4)  # trained in place after the commit
+    second = repo.commit({"w": live}, "net")
+    attrs = stored(repo, second.id, tensor_hash(live))
+    assert attrs["mvc_coding"] == "xor+planes+zstd" and attrs["mvc_base"].startswith(first.id)
+    assert repo.load_state(first)["w"].tobytes() == expected_first.tobytes()
+    assert repo.load_state(second)["w"].tobytes() == live.tobytes()
+    assert repo.verify().ok

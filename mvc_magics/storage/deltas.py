@@ -17,6 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..core.hashing import tensor_hash
 from ..core.manifest import ManifestEntry
 from ..errors import IntegrityError
 from .snapshot import BASE_ATTR, CODING_ATTR, DEPTH_ATTR, TensorReader
@@ -85,6 +86,35 @@ def needed_with_bases(used: dict[str, set[str]], locate: Callable[[str], Path]) 
     return needed
 
 
+# The tensors of this process's latest commit, by hash: the next commit of a training loop finds
+# its delta bases here instead of decoding the parent's chain from disk. Each is re-hashed before
+# use (an array may share memory with a live model that has trained since), so a stale entry is
+# only a miss. ``MVC_BASE_CACHE_MB`` bounds it (0: off).
+_RECENT: dict[str, np.ndarray] = {}
+CACHE_ENV = "MVC_BASE_CACHE_MB"
+
+
+def remember_committed(arrays: Iterable[tuple[str, np.ndarray]]) -> None:
+    """Keep (hash, array) of the tensors just committed as the next commit's candidate bases."""
+    try:
+        limit = int(float(os.environ.get(CACHE_ENV, 512)) * (1 << 20))
+    except ValueError:
+        limit = 512 << 20
+    _RECENT.clear()
+    total = 0
+    for digest, array in arrays:
+        if total + array.nbytes <= limit:
+            _RECENT[digest] = array
+            total += array.nbytes
+
+
+def _recent(entry: ManifestEntry) -> np.ndarray | None:
+    array = _RECENT.get(entry.hash)
+    if array is None or array.dtype.name != entry.dtype or tuple(array.shape) != entry.shape:
+        return None
+    return array if tensor_hash(array) == entry.hash else None
+
+
 class ParentBases:
     """Finds, for each new tensor of a commit, its base in the parents' stored tensors.
 
@@ -111,7 +141,9 @@ class ParentBases:
                 depth = self._reader.chain_depth(entry)
                 if depth >= self._limit:
                     return None  # a keyframe: the chain ends here
-                base = self._reader.read(entry, verify=True)
+                base = _recent(entry)
+                if base is None:
+                    base = self._reader.read(entry, verify=True)
             except (IntegrityError, OSError, KeyError, ValueError, RuntimeError):
                 continue
             return DeltaBase(entry.object, entry.hash, base, depth)

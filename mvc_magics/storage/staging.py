@@ -19,6 +19,7 @@ import numpy as np
 from ..core.hashing import HashesAhead, dtype_name
 from ..core.progress import progress_bar
 from .atomic import publish, temporary_path
+from .deltas import remember_committed
 from .snapshot import FORMAT_VERSION, ManifestEntry
 from .snapshot_writer import DeltaBase, SnapshotWriter
 
@@ -109,6 +110,7 @@ class StagedCommit:
             self.discard()
             raise
         publish(self._writer.path, final, self._place)
+        remember_committed((self.hashes[key], array) for key, array in self.arrays.items())
 
     def _close_bases(self) -> None:
         close = getattr(self._bases, "close", None)
