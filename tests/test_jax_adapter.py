@@ -77,6 +77,9 @@ def test_status_dedupe_and_merge(repo):
     assert second.stats.tensors_written == 1 and second.stats.tensors_reused == 3
     merged = repo.load_state(repo.merge([first.id, second.id], name="params"))
     np.testing.assert_array_equal(merged["head/0"], np.asarray(tree["head"][0]) + 0.5)
+    greedy = repo.merge([first.id, second.id], method="greedy", name="params",
+                        eval_fn=lambda tree: -float(np.abs(np.asarray(tree["head"][0])).sum()))
+    assert greedy.metrics["score"] == -float(np.abs(np.asarray(tree["head"][0])).sum())  # the better one alone
     with pytest.raises(MergeConflictError, match="jax models cannot be ensembled"):
         repo.merge([first.id, second.id], method="ensemble", name="params")
 

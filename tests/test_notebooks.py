@@ -164,3 +164,18 @@ def test_team_lifecycle(tmp_path):
         children = [v for v in alice.log("clf") if v.parents == (baseline.id,)]
         assert len(children) == 2, "a branch: two versions share the baseline"
         assert alice.verify().ok and bob.verify().ok
+
+
+def test_sklearn_and_pytorch_side_by_side(tmp_path):
+    """The same magics version a scikit-learn pipeline and a PyTorch CNN; each history keeps its framework."""
+    pytest.importorskip("torch", reason="PyTorch is not installed (the notebook would skip its PyTorch half)")
+    _run, executed = execute("05-sklearn-and-pytorch.ipynb", tmp_path)
+    text = outputs_text(executed)
+    assert "averaging is meaningful only for linear models" in text
+    assert "resumed exactly: True" in text
+    with Repo(tmp_path / ".mvc-frameworks", create=False) as repo:
+        assert {v.framework for v in repo.log("clf")} == {"sklearn"}
+        assert {v.framework for v in repo.log("cnn")} == {"torch"}
+        assert type(repo.checkout("latest", name="clf_vote")).__name__ == "VotingClassifier"
+        assert len(repo.log("cnn.optimizer")) == 2
+        assert repo.verify().ok
