@@ -81,7 +81,7 @@ def test_average_of_linear_models_and_refusal_elsewhere(repo):
     merged = repo.checkout(repo.merge(ids, name="lr").id)
     np.testing.assert_allclose(merged.coef_, (models[0].coef_ + models[1].coef_) / 2, rtol=0, atol=1e-12)
     greedy = repo.merge(ids, method="greedy", eval_fn=lambda m: m.score(X, Y), name="lr")
-    assert greedy.metrics["score"] >= max(m.score(X, Y) for m in models)  # a greedy soup never scores worse
+    assert greedy.report.score >= max(m.score(X, Y) for m in models)  # a greedy soup never scores worse
     forests = [RandomForestClassifier(n_estimators=2, random_state=s).fit(X, Y) for s in range(2)]
     fids = [repo.commit(f, "forest").id for f in forests]
     with pytest.raises(MergeConflictError, match=r"only for linear models.*RandomForestClassifier"):

@@ -34,7 +34,11 @@ def commit_optimizer(store: Store, optimizer: Any, model_version: Version) -> Ve
 def optimizer_version_for(store: Store, model_version: Version) -> Version:
     """The newest optimizer version committed with ``model_version``; UnknownRefError if none."""
     history = optimizer_history(model_version.name)
-    for candidate in versions.log(store, history):
+    try:
+        candidates = versions.log(store, history)
+    except UnknownRefError:  # no optimizer was ever committed for this model
+        candidates = []
+    for candidate in candidates:
         if candidate.params.get("for_version") == model_version.id:
             return candidate
     raise UnknownRefError(f"no optimizer state was committed with {model_version.short_id} "
