@@ -271,9 +271,9 @@ def test_pinned_hashes_with_sparse_updates_and_after_checkout(repo):
 
 
 def test_large_models_are_not_pinned(repo, monkeypatch):
-    from mvc_magics.adapters import keras as keras_adapter
+    from mvc_magics.adapters import tf_variables
 
-    monkeypatch.setattr(keras_adapter, "PIN_LIMIT_BYTES", 100)
+    monkeypatch.setattr(tf_variables, "PIN_LIMIT_BYTES", 100)
     model = BUILDERS["dense"]()
     repo.commit(model, "net")
     adapter = KerasAdapter()

@@ -8,13 +8,17 @@ from .jax import JaxAdapter
 from .keras import KerasAdapter
 from .numpy_dict import NumpyDictAdapter
 from .sklearn import SklearnAdapter
+from .tensorflow import TensorFlowAdapter
+from .tf_keras import TfKerasAdapter
 from .torch import TorchAdapter
 from .torch_optim import TorchOptimizerAdapter
 
 # Order matters only where one object could match two adapters (none today); the framework
 # itself is imported by an adapter only once it is handling such a model.
 # A flat dict of numpy arrays stays a numpy model; nested or JAX-array pytrees are JAX models.
-ADAPTERS: list[Adapter] = [KerasAdapter(), TorchAdapter(), TorchOptimizerAdapter(), SklearnAdapter(),
+# Keras models are tf.Modules too (tf_keras) or hold them: the Keras adapters come before tf.Module's.
+ADAPTERS: list[Adapter] = [KerasAdapter(), TfKerasAdapter(), TensorFlowAdapter(), TorchAdapter(),
+                           TorchOptimizerAdapter(), SklearnAdapter(),
                            NumpyDictAdapter(), JaxAdapter()]
 
 
@@ -24,8 +28,8 @@ def adapter_for(obj: object) -> Adapter:
         if adapter.handles(obj):
             return adapter
     raise UnsupportedModelError(
-        f"cannot version a {type(obj).__name__}: supported are Keras 3 models, PyTorch modules, "
-        "scikit-learn estimators, JAX pytrees/Flax NNX modules and dict[str, numpy.ndarray]"
+        f"cannot version a {type(obj).__name__}: supported are Keras 3 and 2 models, TensorFlow tf.Modules, "
+        "PyTorch modules, scikit-learn estimators, JAX pytrees/Flax NNX modules and dict[str, numpy.ndarray]"
     )
 
 

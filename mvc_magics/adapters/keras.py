@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -21,15 +22,10 @@ import numpy as np
 from ..errors import ExportError, UnsupportedModelError
 from .base import match_state
 from .keras_structure import foreign_modules, rebuild, serialize
+from .tf_variables import PinnedHashes, adopter, attribute_variables, numpy_dtype, read_variable
 from .trust import Classes
 
 _KERAS_BASES = {"Layer", "Model", "Sequential", "Functional"}
-# Models up to this size keep their hashed buffers pinned for cheap change detection.
-PIN_LIMIT_BYTES = 512 * 2**20
-# model -> {variable name: (pinned read-only buffer, its hash)}; entries go with their model.
-_PINNED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-# Eigen's largest alignment (AVX-512): TensorFlow only adopts numpy buffers aligned to it.
-TENSOR_ALIGNMENT = 64
 
 
 def _quiet_tensorflow() -> None:
@@ -43,7 +39,7 @@ def _keras():
     return keras
 
 
-class KerasAdapter:
+class KerasAdapter(PinnedHashes):
     """Keras 3 models: every variable (trainable and not), the JSON structure, fit history."""
 
     framework = "keras"
@@ -52,19 +48,28 @@ class KerasAdapter:
         # model -> (id of its History, epochs) last used by a commit; weak so models can be freed
         self._captured: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
+    package = "keras"
+
+    def library(self) -> Any:
+        """The Keras package of this adapter's models (imported here, on first use)."""
+        return _keras()
+
     def handles(self, obj: object) -> bool:
-        if "keras" not in sys.modules:
+        if self.package not in sys.modules:
             return False
         return any(
-            cls.__module__.split(".")[0] == "keras" and cls.__name__ in _KERAS_BASES
+            cls.__module__.split(".")[0] == self.package and cls.__name__ in _KERAS_BASES
             for cls in type(obj).__mro__
         )
+
+    def variable_name(self, variable: Any) -> str:
+        return variable.name
 
     # -- variables ------------------------------------------------------------------------
 
     def named_variables(self, model: Any) -> dict[str, Any]:
         """Stable name -> Keras variable for every variable of ``model``, deterministic order."""
-        keras = _keras()
+        keras = self.library()
         claimed: dict[int, str] = {}
         variables: dict[int, Any] = {}
 
@@ -78,14 +83,14 @@ class KerasAdapter:
                 path = f"{prefix}{sub.name}"
                 walk(sub, path + "/")  # innermost layers claim their variables first
                 for variable in sub.weights:
-                    claim(variable, f"{path}/{variable.name}")
+                    claim(variable, f"{path}/{self.variable_name(variable)}")
                 for attr, value in sorted(vars(sub).items()):
-                    if isinstance(value, keras.random.SeedGenerator):
+                    if isinstance(value, seed_generator):
                         claim(value.state, f"{path}/{attr}/{value.state.name}")
 
+        seed_generator = getattr(getattr(keras, "random", None), "SeedGenerator", ())
         walk(model, "")
-        for variable in model.weights:  # variables the model holds directly (subclassed models)
-            claim(variable, f"{model.name}/{variable.name}")
+        self.claim_own(model, claim)
         ordered: dict[str, Any] = {}
         for key, name in claimed.items():
             unique, n = name, 1
@@ -95,14 +100,23 @@ class KerasAdapter:
             ordered[unique] = variables[key]
         return ordered
 
+    def claim_own(self, model: Any, claim: Any) -> None:
+        """Name the variables the model holds itself (not through a layer)."""
+        for variable in model.weights:  # variables the model holds directly (subclassed models)
+            claim(variable, f"{model.name}/{variable.name}")
+        for path, variable in attribute_variables(model).items():  # raw tf.Variable attributes: Keras 3
+            claim(variable, path)                                   # does not track them, we do
+
     def get_state(self, model: Any) -> dict[str, np.ndarray]:
-        keras = _keras()
+        keras = self.library()
         named = self.named_variables(model)
         if not named:
             raise UnsupportedModelError(
                 f"The Keras model {getattr(model, 'name', '')!r} is not built yet and has no variables: "
                 "call it on data or build() it first, then commit."
             )
+        if self.package == "keras":
+            _warn_untracked(model, [n for n, v in named.items() if not isinstance(v, keras.Variable)])
         to_numpy = _zero_copy_reader(keras)
         return {name: to_numpy(variable) for name, variable in named.items()}
 
@@ -111,81 +125,36 @@ class KerasAdapter:
         (a checkout's freshly read tensors), so the variables may adopt their memory instead of
         copying it twice through ``tf.convert_to_tensor``.
         """
-        keras = _keras()
+        keras = self.library()
         named = self.named_variables(model)
-        live = {name: (tuple(v.shape), str(v.dtype)) for name, v in named.items()}
+        live = {name: (tuple(v.shape), numpy_dtype(v).name) for name, v in named.items()}
         pairs = match_state(live, state)  # raises before any assignment
-        adopt = _adopter(keras) if owned else None
+        adopt = adopter() if owned and keras.backend.backend() == "tensorflow" else None
         for live_name, stored_name in pairs.items():
             value = state[stored_name]
             variable = named[live_name]
-            if adopt is not None and value.dtype == np.dtype(variable.dtype):
+            if value.dtype != numpy_dtype(variable):  # a tf.Variable does not cast on assign
+                value = value.astype(numpy_dtype(variable))
+            elif adopt is not None:
                 value = adopt(value)
             variable.assign(value)
 
-    # -- cheap change detection -------------------------------------------------------------
-
-    def known_hashes(self, model: Any, state: Mapping[str, np.ndarray]) -> dict[str, str]:
-        """Hashes of the tensors in ``state`` that provably did not change since they were hashed.
-
-        TensorFlow copies a variable's buffer before updating it in place whenever another
-        tensor still references it (copy-on-write, ``PrepareToUpdateVariable``), and an assign
-        installs a new buffer. :meth:`remember_hashes` keeps a reference to each hashed buffer,
-        so while a variable still reads back the very buffer we hashed, its bytes are the ones we
-        hashed. Anything else (another backend, a copy, a new buffer) is hashed again.
-        """
-        pins = self._pins_of(model)
-        if not pins:
-            return {}
-        known = {}
-        for name, array in state.items():
-            pinned = pins.get(name)
-            if (pinned is not None and array.nbytes and pinned[0].ctypes.data == array.ctypes.data
-                    and pinned[0].shape == array.shape and pinned[0].dtype == array.dtype):
-                known[name] = pinned[1]
-        return known
-
-    def remember_hashes(self, model: Any, state: Mapping[str, np.ndarray], hashes: Mapping[str, str]) -> None:
-        """Pin the buffers of ``state`` with their hashes for :meth:`known_hashes`.
-
-        Pinning makes TensorFlow copy a variable on its next in-place update, and keeps the old
-        buffer until the next status or commit: up to one extra copy of the model in memory, so
-        only models up to :data:`PIN_LIMIT_BYTES` are pinned.
-        """
-        try:
-            cache = self._pin_cache()
-            if cache is None:
-                return
-            total = sum(int(a.nbytes) for a in state.values())
-            if total > PIN_LIMIT_BYTES or any(a.flags.writeable for a in state.values()):
-                cache.pop(model, None)  # writable arrays are not TensorFlow snapshots
-                return
-            cache[model] = {name: (array, hashes[name]) for name, array in state.items() if name in hashes}
-        except TypeError:  # a model that cannot be weakly referenced is simply not cached
-            return
-
     def _pin_cache(self) -> weakref.WeakKeyDictionary | None:
-        if "tensorflow" not in sys.modules or _keras().backend.backend() != "tensorflow":
+        # Only TensorFlow variables copy on write (see PinnedHashes.known_hashes).
+        if "tensorflow" not in sys.modules or self.library().backend.backend() != "tensorflow":
             return None
-        return _PINNED
-
-    def _pins_of(self, model: Any) -> dict[str, tuple[np.ndarray, str]]:
-        cache = self._pin_cache()
-        try:
-            return cache.get(model, {}) if cache is not None else {}
-        except TypeError:
-            return {}
+        return super()._pin_cache()
 
     # -- structure ------------------------------------------------------------------------
 
     def structure(self, model: Any) -> object | None:
-        return serialize(_keras(), model)
+        return serialize(self.library(), model)
 
     def build(self, structure: object, state: Mapping[str, np.ndarray], unsafe: bool = False,
               classes: Classes | None = None) -> Any:
         """A new model from ``structure`` holding ``state``; classes outside Keras need the opt-in
         (``classes=`` or ``unsafe=True``, see :mod:`mvc_magics.adapters.trust`)."""
-        keras = _keras()
+        keras = self.library()
         from .. import keras_layers  # noqa: F401 - registers the package's own layers
 
         model = rebuild(keras, structure, unsafe, classes)
@@ -203,7 +172,7 @@ class KerasAdapter:
             model.save(path)
         elif fmt == "weights-h5":
             model.save_weights(path)
-        elif _keras().backend.backend() != "tensorflow":
+        elif self.library().backend.backend() != "tensorflow":
             raise ExportError("A SavedModel export needs the TensorFlow backend: set KERAS_BACKEND=tensorflow "
                               "before importing Keras.")
         else:
@@ -230,14 +199,14 @@ class KerasAdapter:
             model.compile_from_config(config)
         except Exception:  # an uncompilable setup leaves a usable, uncompiled model
             return False
-        return bool(getattr(model, "compiled", False))
+        return _is_compiled(model)
 
     # -- metadata -------------------------------------------------------------------------
 
     def extra_metadata(self, model: Any) -> dict:
         compile_config = None
         try:
-            if getattr(model, "compiled", False):
+            if _is_compiled(model):
                 compile_config = json.loads(json.dumps(model.get_compile_config(), default=str))
         except Exception:
             compile_config = None
@@ -275,7 +244,7 @@ class KerasAdapter:
         return metrics
 
     def library_versions(self) -> dict[str, str]:
-        keras = _keras()
+        keras = self.library()
         versions = {"keras": keras.__version__, "backend": keras.backend.backend()}
         tf = sys.modules.get("tensorflow")
         if tf is not None:
@@ -283,46 +252,32 @@ class KerasAdapter:
         return versions
 
 
+# Models already told that Keras does not train their raw tf.Variables (weak: models can be freed).
+_WARNED: weakref.WeakSet = weakref.WeakSet()
+
+
+def _warn_untracked(model: Any, names: list[str]) -> None:
+    """Say once per model when a Keras 3 model holds raw ``tf.Variable``s: versioned here by attribute
+    name, but invisible to Keras (``trainable_variables``, ``fit``, ``save_weights``)."""
+    if not names or model in _WARNED:
+        return
+    _WARNED.add(model)
+    shown = ", ".join(names[:4]) + (" ..." if len(names) > 4 else "")
+    warnings.warn(
+        f"{type(model).__name__} holds tf.Variable attributes ({shown}) that Keras 3 does not track: "
+        "mvc_magics versions them by attribute name, but model.trainable_variables, fit() and "
+        "save_weights() do not see them. Create them with self.add_weight(...) for Keras to train them, "
+        "or pass [model.w, ...] to GradientTape and the optimizer yourself.", UserWarning, stacklevel=4)
+
+
+def _is_compiled(model: Any) -> bool:
+    """Keras 3 says ``model.compiled``; Keras 2 (tf_keras) ``model._is_compiled``."""
+    return bool(getattr(model, "compiled", False) or getattr(model, "_is_compiled", False))
+
+
 def _zero_copy_reader(keras: Any):
-    """A function variable -> numpy array, without copying the bytes where the backend allows it.
-
-    On TensorFlow, ``read_value()`` returns a tensor that shares the variable's buffer and
-    ``np.asarray`` wraps it read-only. TensorFlow copies a variable's buffer before updating it in
-    place while another tensor holds it, so the array stays a faithful snapshot of the moment it
-    was read (``tests/test_benchmarks_smoke.py`` checks this). Other backends go through
-    ``convert_to_numpy`` (a copy).
-    """
+    """A function variable -> numpy array, without copying the bytes where the backend allows it
+    (TensorFlow: :func:`.tf_variables.read_variable`; other backends: ``convert_to_numpy``, a copy)."""
     if keras.backend.backend() == "tensorflow":
-
-        def read(variable: Any) -> np.ndarray:
-            value = variable.value
-            # _read_variable_op is read_value without its identity op (a third of the cost, same
-            # buffer); read_value is the public fallback.
-            reader = getattr(value, "_read_variable_op", None) or getattr(value, "read_value", None)
-            return np.asarray(reader() if reader is not None else value)
-
-        return read
+        return read_variable
     return lambda variable: np.asarray(keras.ops.convert_to_numpy(variable))
-
-
-def _adopter(keras: Any):
-    """A function numpy array -> tensor sharing its memory (DLPack), or None on other backends.
-
-    ``tf.convert_to_tensor`` copies a numpy array (and TensorFlow may copy it again to align it);
-    importing it through DLPack hands the buffer over instead. Only for arrays nobody else holds.
-    """
-    if keras.backend.backend() != "tensorflow":
-        return None
-    import tensorflow as tf
-
-    def adopt(array: np.ndarray) -> Any:
-        # TensorFlow kernels abort on buffers not aligned for Eigen (64 bytes): copy those.
-        if (not (array.flags.c_contiguous and array.flags.writeable) or array.dtype.kind not in "biuf"
-                or array.ctypes.data % TENSOR_ALIGNMENT):
-            return array
-        try:
-            return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
-        except (BufferError, TypeError, ValueError, AttributeError, tf.errors.OpError):
-            return array
-
-    return adopt
