@@ -29,6 +29,7 @@ from .remotes import (
     add_remote,
     conflict_error,
     dependencies,
+    in_parallel,
     progress_bar,
     remote_errors,
     remote_url,
@@ -126,19 +127,26 @@ def stage(store: Store, source: RemoteStore, start, state: RemoteState, staged, 
     need_hashes: dict[str, set[str]] = {}
     queue = [oid for oid in start if not _local_has(store, oid) and not store.layout.is_removed(oid)]
     total = sum(objects.get(oid, 0) for oid in queue)
+
+    def fetch(oid: str) -> Path:
+        if oid not in objects and oid not in retired_objects:
+            raise RemoteError(f"object {oid[:12]} is not on the remote {source.url}")
+        tmp = temporary_path(store.layout.tmp, ".h5")
+        staged[oid] = tmp  # before the download: a failed one is removed with the others
+        source.get_object(oid, tmp, retired=oid not in objects,
+                          size=objects.get(oid) or retired_objects.get(oid) or None)
+        return tmp
+
     with progress_bar(total, f"pull {report.remote}", progress) as bar:
+        # What is known up front downloads in parallel; dependencies found in the files follow one by one.
+        prefetched = dict(in_parallel(dict.fromkeys(queue), fetch))
         seen: set[str] = set()
         while queue:
             oid = queue.pop(0)
             if oid in seen:
                 continue
             seen.add(oid)
-            if oid not in objects and oid not in retired_objects:
-                raise RemoteError(f"object {oid[:12]} is not on the remote {source.url}")
-            tmp = temporary_path(store.layout.tmp, ".h5")
-            staged[oid] = tmp
-            source.get_object(oid, tmp, retired=oid not in objects,
-                              size=objects.get(oid) or retired_objects.get(oid) or None)
+            tmp = prefetched.get(oid) or fetch(oid)
             report.objects_sent += 1
             report.bytes += tmp.stat().st_size
             bar.update(tmp.stat().st_size)

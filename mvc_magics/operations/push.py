@@ -23,7 +23,7 @@ from ..storage.safe_files import CAP_NOTE
 from ..storage.signatures import read_signature, signer_from_env
 from ..storage.store import Store
 from . import lookup, versions
-from .remotes import conflict_error, progress_bar, remote_errors, remote_url, state_cache, topological
+from .remotes import conflict_error, in_parallel, progress_bar, remote_errors, remote_url, state_cache, topological
 
 
 def push(store: Store, remote: str | None = None, refs: Iterable[str] | None = None, force: bool = False,
@@ -75,17 +75,19 @@ def _push(store: Store, label: str, url: str, refs, force: bool, progress: bool 
     report.objects_skipped = len(order) - len(todo) + len(unlogged)
     sizes = {oid: store.layout.snapshot_path(oid).stat().st_size for oid in todo}
     total = sum(size for oid, size in sizes.items() if oid not in unlogged)
+
+    def upload(oid: str) -> int:
+        with _as_uploaded(store, oid, store.layout.snapshot_path(oid)) as path:
+            size = path.stat().st_size
+            target.put_object(path, oid, retired=not live[oid])
+        return size
+
     with progress_bar(total, f"push {label}", progress) as bar:
-        for oid in todo:
-            if oid in unlogged:
-                continue
-            path = store.layout.snapshot_path(oid)
-            with _as_uploaded(store, oid, path) as upload:
-                sizes[oid] = upload.stat().st_size
-                target.put_object(upload, oid, retired=not live[oid])
-            bar.update(sizes[oid])
+        for oid, size in in_parallel([oid for oid in todo if oid not in unlogged], upload):
+            sizes[oid] = size
+            bar.update(size)
             report.objects_sent += 1
-            report.bytes += sizes[oid]
+            report.bytes += size
     report.versions = [oid for oid in todo if live[oid] and oid not in unlogged]
     notes: dict[str, list[str]] = {}
     for oid in order:

@@ -19,6 +19,9 @@ from ..storage.remote_store import check_url
 from ..storage.snapshot import SnapshotContent
 from ..storage.store import Store
 
+# Objects transferred at once: objects become visible only through the log segment written after all
+# of them, so their order does not matter and several uploads/downloads keep the link busy.
+TRANSFER_THREADS = 4
 # Transfers smaller than this show no progress bar.
 PROGRESS_MIN_BYTES = 1 << 20
 
@@ -68,6 +71,26 @@ def remote_url(store: Store, remote: str | None) -> tuple[str, str]:
         url = check_url(remote)
         return url, url
     raise InvalidRemoteError(f"no remote {remote!r}" + (f" (remotes: {', '.join(remotes)})" if remotes else ""))
+
+
+def in_parallel(items: Iterable, func) -> Iterator[tuple[object, object]]:
+    """``(item, func(item))`` as each finishes, TRANSFER_THREADS at a time; the first error stops the rest."""
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+    items = list(items)
+    if len(items) <= 1:
+        yield from ((item, func(item)) for item in items)
+        return
+    pool = ThreadPoolExecutor(TRANSFER_THREADS, thread_name_prefix="mvc-transfer")
+    try:
+        pending = {pool.submit(func, item): item for item in items}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_EXCEPTION)
+            for future in done:
+                item = pending.pop(future)
+                yield item, future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def state_cache(store: Store, url: str) -> Path:
