@@ -54,7 +54,9 @@ def child(mode: str, store: str, seed: int, remote: str) -> None:
     repo = Repo(store)
     print("READY", flush=True)
     if mode == "pull":
+        print("BEGIN pull", flush=True)
         repo.pull(remote)
+        print("END pull", flush=True)
         print("PULLED", flush=True)
         sys.stdin.readline()  # wait for the kill (a child that ends by itself is a soak failure)
         return
@@ -68,19 +70,26 @@ def child(mode: str, store: str, seed: int, remote: str) -> None:
         if mode == "tag":
             for _ in range(3):
                 vid = rng.choice(mine)
+                print("BEGIN tag", flush=True)
                 repo.tag(vid, "production", name=MODEL, force=True, protect=rng.random() < 0.5)
                 print(f"TAGGED {vid}", flush=True)
-        elif mode in ("remove", "gc") and len(mine) > 2 and rng.random() < 0.7:
+                print("END tag", flush=True)
+        elif mode in ("remove", "gc") and len(mine) > 2:
             vid = mine.pop(rng.randrange(len(mine) - 1))
             print(f"REMOVING {vid}", flush=True)
+            print("BEGIN remove", flush=True)
             repo.remove(vid, name=MODEL, force=True)
             print(f"REMOVED {vid}", flush=True)
+            print("END remove", flush=True)
             if mode == "gc":
+                print("BEGIN gc", flush=True)
                 repo.gc()
-                print("GC", flush=True)
+                print("END gc", flush=True)
         elif mode == "push":
+            print("BEGIN push", flush=True)
             repo.push(remote)
             print(f"PUSHED {' '.join(mine)}", flush=True)
+            print("END push", flush=True)
 
 
 # -- the parent ------------------------------------------------------------------------------------
@@ -189,7 +198,7 @@ def run_mode(mode: str, kills: int, folder: Path, seed: int = 0, max_delay: floa
     in_flight: set[str] = set()
     stats = {"mode": mode, "kills": 0, "versions_reported": 0, "removals_reported": 0, "tag_moves_reported": 0,
              "verify_problems": 0, "stale_tensor_rows": 0, "unaudited_ref_changes": 0,
-             "versions_checked_identical": 0, "kills_before_done": 0}
+             "versions_checked_identical": 0, "kills_before_done": 0, "kills_inside_op": 0}
     if mode == "pull":
         remote, source_versions = _pull_source(folder)
     started = time.time()
@@ -219,6 +228,10 @@ def run_mode(mode: str, kills: int, folder: Path, seed: int = 0, max_delay: floa
             elif parts[0] == "PUSHED":
                 pushed.update(parts[1:])
         stats["versions_reported"] += len(new)
+        begun = [line.split(" ", 1)[1] for line in proc.lines if line.startswith("BEGIN ")]
+        ended = [line.split(" ", 1)[1] for line in proc.lines if line.startswith("END ")]
+        if len(begun) > len(ended) and begun[-1] == mode:  # killed inside the operation this mode soaks
+            stats["kills_inside_op"] += 1
         stats["kills_before_done"] += "PULLED" not in proc.lines if mode == "pull" else 0
         if mode == "pull":
             check(store, mode, source_versions, set(), _present(store), stats, remote, set())

@@ -191,3 +191,27 @@ def test_gc_never_follows_a_symlinked_object(repo, weights, tmp_path, secret):
     path.symlink_to(secret)
     repo.gc()
     assert secret.read_bytes() == SECRET
+
+
+def test_a_symlinked_store_folder_is_refused_on_open(tmp_path):
+    store, outside = tmp_path / ".mvc", tmp_path / "elsewhere"
+    Repo(store).close()
+    outside.mkdir()
+    (store / "tmp").rmdir()
+    (store / "tmp").symlink_to(outside, target_is_directory=True)  # HDF5 temporaries would land there
+    with pytest.raises(UnsafeFileError, match="tmp: it is a symbolic link"):
+        Repo(store)
+
+
+def test_the_remote_state_cache_is_a_store_file_too(tmp_path):
+    remote = (tmp_path / "remote").as_uri()
+    with Repo(tmp_path / "a" / ".mvc") as a:
+        a.commit({"w": np.ones(3, np.float32)}, "m")
+        a.push(remote)
+    with Repo(tmp_path / "b" / ".mvc") as b:
+        b.pull(remote)
+        (cache,) = (b.layout.root / "remote-state").iterdir()
+        cache.unlink()
+        cache.symlink_to("/dev/zero")  # read whole, this would never end
+        a_version = b.log()[0].id
+        assert b.pull(remote).versions == [] and b.log()[0].id == a_version

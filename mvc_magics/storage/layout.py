@@ -141,6 +141,9 @@ class StoreLayout:
         try:
             for folder in (self.objects, self.refs, self.notes, self.tmp):
                 folder.mkdir(exist_ok=True)
+                if folder.is_symlink():  # files written there (HDF5 temporaries) would land elsewhere
+                    raise UnsafeFileError(f"refusing {folder}: it is a symbolic link (store folders must be "
+                                          "real folders inside the store)")
         except OSError as exc:
             raise StoreError(f"cannot open the store {self.root}: {exc.strerror or exc}") from exc
 

@@ -35,8 +35,9 @@ from typing import TYPE_CHECKING
 
 from ..core.hashing import HASH_HEX_LENGTH
 from ..core.names import validate_name
-from ..errors import MVCError, RemoteError
-from .atomic import atomic_write_bytes
+from ..errors import MVCError, RemoteError, UnsafeFileError
+from .remote_guard import CAP_REMOTE_FILE
+from .safe_files import SafeFiles
 from .signatures import well_formed
 
 if TYPE_CHECKING:
@@ -226,9 +227,9 @@ class RemoteLog:
     def _load_cache(self) -> RemoteState:
         if self.cache is None:
             return RemoteState()
-        try:
-            data = json.loads(self.cache.read_bytes())
-        except (OSError, ValueError):
+        try:  # a file of the local store: no symlink, no FIFO, bounded (see safe_files)
+            data = json.loads(SafeFiles(self.cache.parent.parent).read(self.cache, CAP_REMOTE_FILE) or b"null")
+        except (OSError, ValueError, UnsafeFileError):
             return RemoteState()
         if not isinstance(data, dict) or data.get("url") != self.remote.url:
             return RemoteState()
@@ -247,7 +248,6 @@ class RemoteLog:
     def _save_cache(self, state: RemoteState) -> None:
         if self.cache is None:
             return
-        with contextlib.suppress(OSError):
-            self.cache.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(self.cache, json.dumps({"url": self.remote.url, "last": self._last,
-                                                       "state": state.to_json()}).encode())
+        with contextlib.suppress(OSError, UnsafeFileError):
+            SafeFiles(self.cache.parent.parent).write(self.cache, json.dumps(
+                {"url": self.remote.url, "last": self._last, "state": state.to_json()}).encode())

@@ -366,7 +366,7 @@ class StoreWrites:
                              [(e["hash"], e["object"], int(e["nbytes"])) for m in manifests for e in m])
         for rid in layout.removed_ids():
             path = layout.snapshot_path(rid)
-            if not path.is_file() or path.is_symlink():
+            if not path.is_file() or path.is_symlink() or path.parent.is_symlink():
                 continue
             before = path.stat().st_size
             needed = used.get(rid, set())
