@@ -94,7 +94,7 @@ def test_model_is_needed_when_several_are_tracked(shell):
     ("--direction latency=sideways", "'min' or 'max'"),
     ("--baseline nosuchtag", "nosuchtag"),
     ("-n -1", "-n must be"),
-    ("--model nobody", "no model 'nobody' in this store; models: model"),
+    ("--model nobody", "'nobody' has no versions to compare \\(models in this store: model\\)"),
 ])
 def test_bad_input_is_a_one_line_usage_error(shell, tmp_path, line, message):
     before = store_files(tmp_path / ".mvc")

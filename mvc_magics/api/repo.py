@@ -61,10 +61,11 @@ class Repo:
     Args:
         path: the store folder; None means :func:`default_store_path`.
         create: create the store when it does not exist yet.
+        workspace: the notebook whose HEADs this object moves (the magics pass it); None: the shared HEAD.
     """
 
-    def __init__(self, path: str | os.PathLike | None = None, create: bool = True) -> None:
-        self.store = Store(Path(path).expanduser() if path is not None else default_store_path(), create)
+    def __init__(self, path: str | os.PathLike | None = None, create: bool = True, workspace: str | None = None):
+        self.store = Store(Path(path).expanduser() if path is not None else default_store_path(), create, workspace)
 
     # The store's parts, for tools and tests that look inside (the operations take ``store``).
     path = property(lambda self: self.store.path, doc="The store folder.")
@@ -73,8 +74,7 @@ class Repo:
     audit = property(lambda self: self.store.audit, doc="The hash-chained audit log.")
 
     progress = property(lambda self: self.store.progress, lambda self, value: setattr(self.store, "progress", value),
-                        doc="Progress bars on long commits/checkouts: None after about a second, True at once, "
-                            "False never.")
+                        doc="Progress bars on long commits/checkouts: None after ~1 s, True at once, False never.")
 
     def __repr__(self) -> str:
         return f"Repo({str(self.path)!r})"
@@ -97,9 +97,9 @@ class Repo:
                extra: Mapping[str, object] | None = None) -> Version:
         """Store the model's current content as a version of ``name`` and return it.
 
-        Only tensors the store does not have yet are written. Committing content that is already
-        stored creates no new version: the existing one is returned, and ``metrics``/``tags`` are
-        attached to it. The fit history's last epoch is captured as metrics (explicit ones win).
+        Only new tensors are written. Content already stored is that version: tags and metrics it lacks are
+        added, a value it has is never replaced (``stats.notes`` says what was not recorded). The last fit's
+        final epoch gives metrics (explicit ones win), never to content already stored.
         """
         return commit.commit(self.store, model, name, message, metrics, params, tags, provenance, parents, extra)
 

@@ -133,7 +133,11 @@ def run(argv: Sequence[str] | None = None) -> int:
         if args.command == "log":
             if args.n < 0:
                 raise MVCError("-n must be 0 (all) or a positive count")
-            print(repo.log(args.model, limit=args.n or None))
+            log = repo.log(args.model, limit=args.n or None)
+            if args.model and not log and args.model not in repo.models():
+                known = ", ".join(repo.models()) or "none yet"
+                raise MVCError(f"no model {args.model!r} in this store; models: {known}")
+            print(log)
         elif args.command == "show":
             print(_show(repo, args))
         elif args.command == "compare":

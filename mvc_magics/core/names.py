@@ -143,3 +143,29 @@ def pair_names(left: Iterable[str], right: Iterable[str]) -> dict[str, str] | No
             return None
         pairs.update(zip(sorted(mine, key=_natural_key), sorted(theirs, key=_natural_key), strict=True))
     return pairs
+
+
+# The HEAD of a model in one notebook is the ref "<model>:<notebook>" (":" is never part of a
+# name, so keys cannot collide); the plain model name is the shared HEAD of the API and the CLI.
+HEAD_SEPARATOR = ":"
+DEFAULT_WORKSPACE = "default"
+
+
+def head_key(model: str, workspace: str | None) -> str:
+    """The key of ``model``'s HEAD in ``workspace`` (a notebook), or the shared HEAD when None."""
+    return f"{model}{HEAD_SEPARATOR}{workspace}" if workspace else model
+
+
+def head_owner(key: str) -> tuple[str, str | None]:
+    """(model, workspace or None) of a HEAD key."""
+    model, _, workspace = key.partition(HEAD_SEPARATOR)
+    return model, workspace or None
+
+
+def workspace_name(notebook: str | None) -> str | None:
+    """The workspace of a notebook: its file name made a safe name (``train.ipynb``), None without one."""
+    if not notebook:
+        return None
+    base = re.sub(r"[^\w.\-+@=]", "_", str(notebook).replace("\\", "/").rsplit("/", 1)[-1]).lstrip("._-+@=")
+    base = base[:_MAX_LENGTH]
+    return base if is_valid_name(base) else None

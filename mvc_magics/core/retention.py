@@ -79,7 +79,7 @@ class RetentionPolicy:
 
     def keep(self, history: Sequence[Version]) -> set[str]:
         """The ids of ``history`` (one model's versions, newest first) this policy keeps."""
-        kept = {v.id for v in history if v.tags or v.protected_tags or v.is_head}
+        kept = {v.id for v in history if v.tags or v.protected_tags or v.is_head or v.heads}  # any notebook's HEAD
         for rule in self.rules:
             if rule.kind == "last":
                 kept.update(v.id for v in history[:rule.n])

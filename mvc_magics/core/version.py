@@ -49,6 +49,7 @@ class Version:
     is_head: bool = False
     stats: CommitStats | None = None
     protected_tags: tuple[str, ...] = ()  # the tags among ``tags`` that are protected
+    heads: tuple[str, ...] = ()  # other notebooks whose HEAD of this model is here ("default": API/CLI)
 
     def __post_init__(self) -> None:
         if not self.short_id:
@@ -101,18 +102,23 @@ def tag_list(version: Version) -> str:
     return ", ".join(t + PROTECTED_MARK if t in version.protected_tags else t for t in version.tags)
 
 
+def head_marks(version: Version) -> str:
+    """Whose HEAD is on ``version``: ``HEAD`` (this notebook's), then ``@name`` for other notebooks'."""
+    return ", ".join((["HEAD"] if version.is_head else []) + [f"@{h}" for h in version.heads])
+
+
 class VersionLog(TableView, list):
     """The result of ``repo.log()``: a list of :class:`Version`, newest first, shown as a table."""
 
     def table(self) -> Table:
         metrics = metric_columns(list(self))
-        header = ["", "id", "model", "framework", "tags", "message", *metrics, "created"]
+        header = ["HEAD", "id", "model", "framework", "tags", "message", *metrics, "created"]
         rows, highlight = [], set()
         for index, version in enumerate(self):
             if version.is_head:
                 highlight.add(index)
             rows.append([
-                "HEAD" if version.is_head else "", version.short_id, version.name, version.framework,
+                head_marks(version), version.short_id, version.name, version.framework,
                 tag_list(version), version.message[:50],
                 *[version.metrics.get(m) for m in metrics],
                 version.created.strftime("%Y-%m-%d %H:%M:%S"),

@@ -177,7 +177,12 @@ class MVCMagics(Magics):
         args = parse_line(self.mvc_log, line)
         if args.n < 0:
             raise UsageError("-n must be 0 (all) or a positive count")
-        log = self.session.repo.log(args.model or self.session.configured_model() or None, limit=args.n or None)
+        name = args.model or self.session.configured_model() or None
+        log = self.session.repo.log(name, limit=args.n or None)
+        if name and not log:
+            known = self.session.repo.models()
+            if name not in known:  # a typo must not look like an empty history
+                raise UsageError(f"no model {name!r} in this store; models: {', '.join(known[:10]) or 'none yet'}")
         if args.graph:
             show_graph(self.shell, log)
             return None

@@ -14,6 +14,7 @@ from IPython.core.error import UsageError
 
 from ..adapters import adapter_for
 from ..api.repo import Repo, default_store_path
+from ..core.names import workspace_name
 from ..core.provenance import CellRecorder
 from ..core.refs import parse_ref
 from ..errors import MVCError, UnsupportedModelError
@@ -70,7 +71,13 @@ class MVCSession:
         if self._repo is None or self._repo.path != Path(path):
             self.close()
             self._repo = Repo(path)
+        # HEAD is per notebook: this notebook's own ref (the history is shared by everyone).
+        self._repo.store.workspace = self.workspace()
         return self._repo
+
+    def workspace(self) -> str | None:
+        """The notebook whose HEADs the magics read and move (None outside a notebook: the shared HEAD)."""
+        return workspace_name(self.notebook_path())
 
     def init(self, path: str | os.PathLike | None) -> Repo:
         """Use (and create) the store at ``path``; None goes back to the default.
@@ -78,7 +85,7 @@ class MVCSession:
         The new store is opened first: when that fails, the session keeps the store it had.
         """
         store_path = Path(path).expanduser() if path else None
-        repo = Repo(store_path or default_store_path(self.notebook_path()))
+        repo = Repo(store_path or default_store_path(self.notebook_path()), workspace=self.workspace())
         self.close()
         self.store_path, self._repo = store_path, repo
         return repo

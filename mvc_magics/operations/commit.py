@@ -177,5 +177,7 @@ def _publish(store: Store, vid: str, name: str, adapter: Adapter, staged: Staged
         # The tags asked for, so crash recovery can finish a commit killed before its ref files.
         "tags": list(tags),
     }
+    if store.workspace:  # whose HEAD the commit moves, for the same recovery
+        meta["workspace"] = store.workspace
     store.writes.publish_version(staged, vid, meta, structure, manifest, move_head=move_head)
     return CommitStats(True, staged.tensors_written, len(manifest) - staged.tensors_written, staged.bytes_written)

@@ -10,6 +10,7 @@ from datetime import datetime
 
 from ..core.hashing import SHORT_ID_LENGTH
 from ..core.meta_check import neutralise
+from ..core.names import DEFAULT_WORKSPACE, head_key, head_owner
 from ..core.refs import parse_ref
 from ..core.version import Version
 from ..errors import AmbiguousRefError, IntegrityError, MVCError, UnknownRefError
@@ -66,15 +67,16 @@ def _unique_length(vid: str, before: str | None, after: str | None) -> int:
 
 
 def load_versions(index: Index, where: str, params: tuple, limit: int | None = None,
-                  head_name: str | None = None) -> list[Version]:
+                  head_name: str | None = None, workspace: str | None = None) -> list[Version]:
     """Versions matching a SQL condition on ``versions v``, newest first, with tags and metrics,
-    all read in one read transaction (one consistent snapshot while another process commits)."""
+    all read in one read transaction (one consistent snapshot while another process commits).
+    ``is_head``: the HEAD of ``head_name`` (default: the version's model) in notebook ``workspace``."""
     with index.reading(), _damaged_rows(index):
-        return _load_versions(index, where, params, limit, head_name)
+        return _load_versions(index, where, params, limit, head_name, workspace)
 
 
 def _load_versions(index: Index, where: str, params: tuple, limit: int | None,
-                   head_name: str | None) -> list[Version]:
+                   head_name: str | None, workspace: str | None = None) -> list[Version]:
     """A handful of queries whatever the number of versions. A version's row never changes once
     inserted (rows are only added and deleted, and ``seq`` is never reused), so its parsed
     metadata is kept per index connection and a repeated ``log`` reads only ids, metrics and tags.
@@ -104,7 +106,9 @@ def _load_versions(index: Index, where: str, params: tuple, limit: int | None,
         tags[vid].append(tag)
         if flag:
             protected[vid].append(tag)
-    heads = dict(index.query("SELECT name, id FROM heads"))
+    heads: dict[str, list[tuple[str, str | None]]] = {}  # version id -> (model, notebook) of HEADs on it
+    for key, head_id in index.query("SELECT name, id FROM heads"):
+        heads.setdefault(head_id, []).append(head_owner(key))
     shorts = short_ids(index, ids)
     versions = []
     for seq, vid, name in rows:
@@ -116,7 +120,9 @@ def _load_versions(index: Index, where: str, params: tuple, limit: int | None,
             metrics=metrics[vid], params=dict(run_params), tags=tuple(tags[vid]),
             protected_tags=tuple(protected[vid]), short_id=shorts[vid], framework=framework,
             libraries=dict(libraries), provenance=dict(provenance), extra=dict(extra), nbytes=nbytes,
-            n_tensors=count, is_head=heads.get(owner) == vid,
+            n_tensors=count, is_head=(owner, workspace) in heads.get(vid, ()),
+            heads=tuple(sorted(ws or DEFAULT_WORKSPACE for m, ws in heads.get(vid, ())
+                               if m == name and (m, ws) != (owner, workspace))),
         ))
     return versions
 
@@ -169,10 +175,11 @@ def _need_model(index: Index, ref: str) -> str:
     )
 
 
-def resolve(index: Index, text: str, name: str | None) -> tuple[str, str]:
-    """(version id, model name) for a ref within ``name``'s history (one consistent read)."""
+def resolve(index: Index, text: str, name: str | None, workspace: str | None = None) -> tuple[str, str]:
+    """(version id, model name) for a ref within ``name``'s history (one consistent read); ``HEAD``
+    is the model's HEAD in notebook ``workspace`` (None: the shared HEAD of the API and CLI)."""
     with index.reading(), _damaged_rows(index):
-        return _resolve(index, text, name)
+        return _resolve(index, text, name, workspace)
 
 
 @contextmanager
@@ -189,7 +196,7 @@ def _damaged_rows(index: Index) -> Iterator[None]:
                              f"{str(exc)[:80]}); run verify, then reindex") from exc
 
 
-def _resolve(index: Index, text: str, name: str | None) -> tuple[str, str]:
+def _resolve(index: Index, text: str, name: str | None, workspace: str | None = None) -> tuple[str, str]:
     ref = parse_ref(text)
     if ref.kind == "name" and name is None:
         # A tag or an id prefix names its version whatever the number of models: resolve it across
@@ -198,7 +205,7 @@ def _resolve(index: Index, text: str, name: str | None) -> tuple[str, str]:
     else:
         model = name or _need_model(index, text)
         if ref.kind == "head":
-            rows = index.query("SELECT id FROM heads WHERE name = ?", (model,))
+            rows = index.query("SELECT id FROM heads WHERE name = ?", (head_key(model, workspace),))
             if not rows:
                 raise UnknownRefError(f"{model!r} has no HEAD yet (commit or check out a version first)")
             vid = rows[0][0]

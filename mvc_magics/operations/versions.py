@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..core.names import validate_name
+from ..core.names import head_owner, validate_name
 from ..core.version import Version, VersionLog
 from ..errors import UnknownRefError
 from ..storage.snapshot import TensorReader
@@ -14,7 +14,7 @@ from . import lookup
 
 def get(store: Store, vid: str, name: str | None = None) -> Version:
     """The :class:`Version` with full id ``vid`` (``name``: whose HEAD marks ``is_head``)."""
-    versions = lookup.load_versions(store.index, "v.id = ?", (vid,), head_name=name)
+    versions = lookup.load_versions(store.index, "v.id = ?", (vid,), head_name=name, workspace=store.workspace)
     if not versions:
         raise UnknownRefError(f"no version {vid[:12]} in this store")
     return versions[0]
@@ -24,14 +24,14 @@ def resolve(store: Store, ref: str, name: str | None = None) -> Version:
     """The one version ``ref`` names within ``name``'s history (see :mod:`mvc_magics.core.refs`)."""
     if name is not None:
         validate_name(name, "model name")
-    vid, model = lookup.resolve(store.index, ref, name)
+    vid, model = lookup.resolve(store.index, ref, name, store.workspace)
     return get(store, vid, name=model)
 
 
 def models(store: Store) -> list[str]:
     """Names of the models that have versions, in order of their first commit (then HEAD-only ones)."""
     rows = store.index.query("SELECT name, min(seq) FROM versions GROUP BY name ORDER BY 2")
-    heads = {r[0] for r in store.index.query("SELECT name FROM heads")}
+    heads = {head_owner(r[0])[0] for r in store.index.query("SELECT name FROM heads")}
     names = [r[0] for r in rows]
     return names + sorted(heads - set(names))
 
@@ -45,14 +45,10 @@ def head(store: Store, name: str) -> Version | None:
 def log(store: Store, name: str | None = None, limit: int | None = None) -> VersionLog:
     """Versions of ``name`` (all models when None), newest first."""
     if name is None:
-        return VersionLog(lookup.load_versions(store.index, "1 = 1", (), limit=limit))
+        return VersionLog(lookup.load_versions(store.index, "1 = 1", (), limit=limit, workspace=store.workspace))
     validate_name(name, "model name")
-    found = lookup.load_versions(store.index, "v.name = ?", (name,), limit=limit, head_name=name)
-    if not found and name not in models(store):
-        known = models(store)
-        raise UnknownRefError(f"no model {name!r} in this store" + (f"; models: {', '.join(known[:10])}" if known
-                                                                   else " (nothing committed yet)"), known)
-    return VersionLog(found)
+    return VersionLog(lookup.load_versions(store.index, "v.name = ?", (name,), limit=limit, head_name=name,
+                                           workspace=store.workspace))
 
 
 def load_state(store: Store, version: Version | str, verify: bool = True) -> dict[str, np.ndarray]:

@@ -36,7 +36,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from ..core.names import is_valid_name, validate_name
+from ..core.names import head_key, head_owner, is_valid_name, validate_name
 from ..errors import LockTimeoutError, RemoteError, StoreError, StoreFormatError, UnsafeFileError
 from .atomic import clean_temporaries
 from .safe_files import (
@@ -283,7 +283,10 @@ class StoreLayout:
     # -- refs -------------------------------------------------------------------------------
 
     def head_path(self, name: str) -> Path:
-        return self.refs / validate_name(name, "model name") / "HEAD"
+        """``refs/<model>/HEAD`` (shared), or ``refs/<model>/heads/<notebook>`` for a key ``model:notebook``."""
+        model, workspace = head_owner(name)
+        folder = self.refs / validate_name(model, "model name")
+        return folder / "heads" / validate_name(workspace, "notebook") if workspace else folder / "HEAD"
 
     def tag_path(self, name: str, tag: str) -> Path:
         return self.refs / validate_name(name, "model name") / "tags" / validate_name(tag, "tag")
@@ -324,6 +327,11 @@ class StoreLayout:
                 head = self.files.read_text(self.refs / model / "HEAD", CAP_REF)
                 if head is not None:
                     heads[model] = head.strip()
+            for workspace in self.files.list(self.refs / model / "heads"):  # one HEAD per notebook
+                with _skipping(self.refs / model / "heads" / workspace):
+                    head = self.files.read_text(self.refs / model / "heads" / workspace, CAP_REF)
+                    if head is not None and is_valid_name(workspace):
+                        heads[head_key(model, workspace)] = head.strip()
             for tag in self.files.list(self.refs / model / "tags"):
                 if not is_valid_name(tag):
                     continue

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from ..core.meta_check import metadata_problem
 from ..core.metadata import author
-from ..core.names import is_valid_name
+from ..core.names import head_key, is_valid_name
 from ..errors import MVCError
 from .index import Index
 from .snapshot import SnapshotContent, read_verified
@@ -131,8 +131,9 @@ def _complete_refs(store: Store, content: SnapshotContent) -> None:
     parents = meta.get("parents") if isinstance(meta.get("parents"), list) else []
     if meta.get("moves_head") is False:  # a merge without ``into`` never moves HEAD
         return
-    if heads.get(name) is None or heads.get(name) in parents:
-        store.layout.write_head(name, vid)
+    key = head_key(name, meta["workspace"] if is_valid_name(meta.get("workspace")) else None)  # whose HEAD moved
+    if heads.get(key) is None or heads.get(key) in parents:
+        store.layout.write_head(key, vid)
 
 
 def sync_refs_and_notes(store: Store) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..core.names import head_key
 from ..errors import IntegrityError, MVCError, StoreError, UnknownRefError
 from . import recovery
 from .audit import AuditLog
@@ -31,9 +32,10 @@ class Store:
     Args:
         path: the store folder.
         create: create the store when it does not exist yet.
+        workspace: the notebook whose HEADs this store object reads and moves (None: the shared HEAD).
     """
 
-    def __init__(self, path: Path, create: bool = True) -> None:
+    def __init__(self, path: Path, create: bool = True, workspace: str | None = None) -> None:
         self.path = Path(path)
         self.layout = StoreLayout(self.path)
         self.layout.open(create=create)
@@ -43,6 +45,8 @@ class Store:
         self.journal = Journal(self.layout)
         #: Progress bars on long reads and writes: None after about a second, True at once, False never.
         self.progress: bool | None = None
+        #: The notebook whose HEADs this store object reads and moves (None: the shared HEAD of the API/CLI).
+        self.workspace = workspace
         self._contents: dict[str, tuple[tuple, SnapshotContent]] = {}
         self.writes = StoreWrites(self)
         if self.layout.readonly:
@@ -85,13 +89,17 @@ class Store:
     def has_version(self, vid: str) -> bool:
         return bool(self.index.query("SELECT 1 FROM versions WHERE id = ?", (vid,)))
 
+    def head_key(self, name: str) -> str:
+        """The key of model ``name``'s HEAD here: its own in this store object's notebook (:attr:`workspace`)."""
+        return head_key(name, self.workspace)
+
     def head_id(self, name: str) -> str | None:
-        rows = self.index.query("SELECT id FROM heads WHERE name = ?", (name,))
+        rows = self.index.query("SELECT id FROM heads WHERE name = ?", (self.head_key(name),))
         return rows[0][0] if rows else None
 
     def head_file(self, name: str) -> str | None:
         """The id in the HEAD ref file of ``name`` (the truth the index caches), if readable."""
-        return self.layout.read_head(name)
+        return self.layout.read_head(self.head_key(name))
 
     def tag(self, name: str, tag: str) -> tuple[str, bool] | None:
         """(version id, protected) of tag ``tag`` of model ``name``, or None."""

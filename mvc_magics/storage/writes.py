@@ -87,9 +87,9 @@ class StoreWrites:
     def _publish(self, staged: StagedCommit, vid: str, meta: dict, structure: object,
                  manifest: list[ManifestEntry], move_head: bool) -> None:
         layout, index = self._layout, self._store.index
-        name, tags = meta["name"], list(meta.get("tags", []))
+        name, tags, head = meta["name"], list(meta.get("tags", [])), self._store.head_key(meta["name"])
         final = layout.snapshot_path(vid)
-        old_head = layout.read_head(name)
+        old_head = layout.read_head(head)
         placed, replaced = False, final.exists()  # a removed version's retired file it replaces
         try:
             signer = signer_from_env()  # a bad key configuration fails before the snapshot is placed
@@ -101,7 +101,7 @@ class StoreWrites:
             for tag in tags:
                 layout.write_tag(name, tag, vid)
             if move_head:
-                layout.write_head(name, vid)
+                layout.write_head(head, vid)
             with index.transaction() as conn:
                 Index.insert_version(conn, vid, name, meta["created"], meta, [e.to_json() for e in manifest],
                                      staged.bytes_written)
@@ -109,12 +109,12 @@ class StoreWrites:
                 conn.executemany("INSERT OR REPLACE INTO tags(name, tag, id, protected) VALUES(?, ?, ?, 0)",
                                  [(name, tag, vid) for tag in tags])
                 if move_head:
-                    conn.execute("INSERT OR REPLACE INTO heads(name, id) VALUES(?, ?)", (name, vid))
+                    conn.execute("INSERT OR REPLACE INTO heads(name, id) VALUES(?, ?)", (head, vid))
                 self._audit("commit", name, [vid], {"message": meta["message"], "tags": tags,
                                                     "bytes_written": staged.bytes_written}, who=meta["author"])
         except BaseException as exc:
             if placed:
-                self._undo_publish(vid, name, tags, old_head, keep_file=replaced, move_head=move_head)
+                self._undo_publish(vid, name, tags, old_head, keep_file=replaced, head=head if move_head else None)
             else:
                 staged.discard()
             if isinstance(exc, OSError | RuntimeError | StoreError):
@@ -123,7 +123,7 @@ class StoreWrites:
         layout.delete_tombstone(vid)  # content of a removed version committed again is live again
 
     def _undo_publish(self, vid: str, name: str, tags: list[str], old_head: str | None, keep_file: bool,
-                      move_head: bool = True) -> None:
+                      head: str | None) -> None:
         """Take back a version whose snapshot was placed but whose later steps failed."""
         layout = self._layout
         # The snapshot first: without it, leftover refs point at nothing and are ignored on reindex.
@@ -132,8 +132,8 @@ class StoreWrites:
         steps: list[Callable[[], object]] = [] if keep_file else [lambda: unlink(layout.snapshot_path(vid))]
         steps.append(lambda: unlink(signature_path(layout.signatures, vid)))
         steps += [lambda tag=tag: layout.delete_tag(name, tag) for tag in tags]
-        if move_head:
-            steps.append((lambda: layout.write_head(name, old_head)) if old_head else lambda: layout.delete_head(name))
+        if head:
+            steps.append((lambda: layout.write_head(head, old_head)) if old_head else lambda: layout.delete_head(head))
         for step in steps:
             try:
                 step()
@@ -149,7 +149,7 @@ class StoreWrites:
 
         The caller decided which metrics are new to the version; the index never replaces a value.
         """
-        layout, store = self._layout, self._store
+        layout, store, head = self._layout, self._store, self._store.head_key(name)
         with store.locked():
             if metrics:
                 layout.write_note(vid, {"metrics": metrics, "measured": dict(detail.get("measured") or {})})
@@ -159,14 +159,14 @@ class StoreWrites:
             # Re-committing an unchanged model is frequent: rewrite HEAD (two fsyncs) only if it moves.
             head_moves = move_head and (store.head_file(name) != vid or store.head_id(name) != vid)
             if head_moves:
-                layout.write_head(name, vid)
+                layout.write_head(head, vid)
             if metrics or tags or head_moves:
                 with store.index.transaction() as conn:
                     Index.add_metrics(conn, vid, metrics)
                     conn.executemany("INSERT OR REPLACE INTO tags(name, tag, id, protected) VALUES(?, ?, ?, 0)",
                                      [(name, tag, vid) for tag in tags])
                     if head_moves:
-                        conn.execute("INSERT OR REPLACE INTO heads(name, id) VALUES(?, ?)", (name, vid))
+                        conn.execute("INSERT OR REPLACE INTO heads(name, id) VALUES(?, ?)", (head, vid))
             self._audit("commit-existing", name, [vid], dict(detail))
 
     # -- refs -------------------------------------------------------------------------------
@@ -204,13 +204,14 @@ class StoreWrites:
         store.journal.end()
 
     def move_head(self, name: str, vid: str, op: str | None = None, detail: Mapping | None = None) -> None:
-        """Point ``name``'s HEAD at ``vid`` (audited as ``op`` when given)."""
+        """Point ``name``'s HEAD (in this store object's notebook) at ``vid`` (audited as ``op`` when given)."""
+        key = self._store.head_key(name)
         with self._store.locked():
             if not op:
-                self._head(name, vid)
+                self._head(key, vid)
                 return
-            with self._ref_change(op, name, [vid], detail, [{"kind": "head", "name": name, "id": vid}]):
-                self._head(name, vid)
+            with self._ref_change(op, name, [vid], detail, [{"kind": "head", "name": key, "id": vid}]):
+                self._head(key, vid)
 
     def _head(self, name: str, vid: str) -> None:
         self._layout.write_head(name, vid)
