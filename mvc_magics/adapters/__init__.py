@@ -6,6 +6,7 @@ from ..errors import UnsupportedModelError
 from .base import Adapter
 from .jax import JaxAdapter
 from .keras import KerasAdapter
+from .lightgbm import LightGBMAdapter
 from .numpy_dict import NumpyDictAdapter
 from .sklearn import SklearnAdapter
 from .tensorflow import TensorFlowAdapter
@@ -18,7 +19,7 @@ from .torch_optim import TorchOptimizerAdapter
 # A flat dict of numpy arrays stays a numpy model; nested or JAX-array pytrees are JAX models.
 # Keras models are tf.Modules too (tf_keras) or hold them: the Keras adapters come before tf.Module's.
 ADAPTERS: list[Adapter] = [KerasAdapter(), TfKerasAdapter(), TensorFlowAdapter(), TorchAdapter(),
-                           TorchOptimizerAdapter(), SklearnAdapter(),
+                           TorchOptimizerAdapter(), SklearnAdapter(), LightGBMAdapter(),
                            NumpyDictAdapter(), JaxAdapter()]
 
 
@@ -29,7 +30,8 @@ def adapter_for(obj: object) -> Adapter:
             return adapter
     raise UnsupportedModelError(
         f"cannot version a {type(obj).__name__}: supported are Keras 3 and 2 models, TensorFlow tf.Modules, "
-        "PyTorch modules, scikit-learn estimators, JAX pytrees/Flax NNX modules and dict[str, numpy.ndarray]"
+        "PyTorch modules, scikit-learn estimators, LightGBM boosters, JAX pytrees/Flax NNX modules and "
+        "dict[str, numpy.ndarray]"
     )
 
 

@@ -23,9 +23,9 @@ from ..storage.store import Store
 from .status import is_modified
 from .versions import load_state, resolve, structure
 
-FORMATS = ("keras", "savedmodel", "weights-h5", "safetensors", "torchscript", "skops")
+FORMATS = ("keras", "savedmodel", "weights-h5", "safetensors", "torchscript", "skops", "lightgbm")
 _SUFFIX = {"keras": ".keras", "weights-h5": ".weights.h5", "safetensors": ".safetensors", "torchscript": ".pt",
-           "skops": ".skops"}
+           "skops": ".skops", "lightgbm": ".txt"}
 
 
 def check_destination(path: Path, fmt: str) -> Path:
