@@ -341,3 +341,20 @@ def test_snapshot_with_malformed_metadata_is_not_indexed(repo):
     _rewrite_file(repo.layout.snapshot_path(version.id), b'"created": "20', b'"created": "XX')
     repo.reindex()
     assert not repo.store.has_version(version.id)
+
+
+def test_index_schema_text_that_is_not_utf8_is_a_damaged_index(repo, store_path):
+    from mvc_magics import Repo
+
+    version = repo.commit({"w": np.ones(2, np.float32)}, "model")
+    repo.close()
+    conn = sqlite3.connect(store_path / "index.sqlite")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    path = store_path / "index.sqlite"
+    data = bytearray(path.read_bytes())
+    at = data.index(b"CREATE TABLE versions") + 8
+    data[at] |= 0x80  # the stored schema is no longer UTF-8 (SQLite's error message is not either)
+    path.write_bytes(bytes(data))
+    with Repo(store_path) as again:  # a damaged index is rebuilt from the files
+        assert again.resolve("latest", name="model").id == version.id

@@ -232,3 +232,6 @@ def _index_errors(path: Path) -> Iterator[None]:
         raise StoreError(f"cannot update the index {path}: {text}") from exc
     except sqlite3.DatabaseError as exc:  # "file is not a database", "database disk image is malformed"
         raise IntegrityError(f"the index {path.name} is damaged ({exc}); run reindex to rebuild it") from exc
+    except UnicodeDecodeError as exc:  # a damaged schema or row: SQLite's text is not even UTF-8
+        raise IntegrityError(f"the index {path.name} is damaged (text that is not UTF-8); run reindex to "
+                             "rebuild it") from exc
