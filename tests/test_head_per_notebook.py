@@ -75,3 +75,23 @@ def test_workspace_names_come_from_the_notebook_file(notebook, expected):
     from mvc_magics.core.names import workspace_name
 
     assert workspace_name(notebook) == expected
+
+
+def test_a_tag_deleted_here_does_not_come_back_on_the_next_pull(tmp_path):
+    remote = (tmp_path / "remote").as_uri()
+    with Repo(tmp_path / "a" / ".mvc") as a:
+        v1 = a.commit(weights(1.0), "model", tags=["candidate"])
+        v2 = a.commit(weights(2.0), "model")
+        a.add_remote("origin", remote)
+        a.push()
+    with Repo.clone(remote, tmp_path / "b" / ".mvc") as b:
+        assert b.resolve("candidate", name="model").id == v1.id
+        b.untag("candidate", name="model")
+        report = b.pull()
+        assert "candidate" not in b.tag_names("model") and report.kept_deleted == ["candidate"]
+        assert "deleted here: candidate" in str(report)
+        with Repo(tmp_path / "a" / ".mvc") as a:  # the remote moves the tag: that is news, and is pulled
+            a.tag(v2.id, "candidate", name="model", force=True)
+            a.push(force=True)
+        b.pull()
+        assert b.resolve("candidate", name="model").id == v2.id

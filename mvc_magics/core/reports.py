@@ -129,10 +129,13 @@ class TransferReport:
     tags: list[str] = field(default_factory=list)
     requests: int = 0  # HTTP requests sent to the remote (S3), for the scale benchmarks and tests
     rejected: dict[str, str] = field(default_factory=dict)  # object id -> why a pull refused it
+    kept_deleted: list[str] = field(default_factory=list)  # tags deleted here that a pull did not bring back
 
     def __str__(self) -> str:
         verb = "pushed to" if self.direction == "push" else "pulled from"
         tags = f", tags {', '.join(self.tags)}" if self.tags else ""
+        if self.kept_deleted:
+            tags += f" (not restored, deleted here: {', '.join(self.kept_deleted)}; pull --force restores)"
         return (f"{verb} {self.remote}: {len(self.versions)} new version(s), {self.objects_sent} object(s) "
                 f"({format_bytes(self.bytes)}) transferred, {self.objects_skipped} already there{tags}")
 

@@ -151,7 +151,7 @@ def _attach_existing(store: Store, vid: str, name: str, fit: dict[str, float], e
                      "change (commit changed weights, or put a tag on it)")
     measured = {"created": datetime.now(timezone.utc).isoformat(timespec="microseconds"), "author": author(),
                 "notebook": (given["provenance"] or {}).get("notebook")}
-    store.writes.attach(vid, name, new, tags, {"metrics": new, "refused": refused, "measured": measured},
+    store.writes.attach(vid, name, new, tags, {"metrics": new, "refused": refused, "measured": measured, "tags": tags},
                         move_head=move_head)
     return tuple(notes)
 

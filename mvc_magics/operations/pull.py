@@ -36,6 +36,7 @@ from .remotes import (
     state_cache,
     topological,
 )
+from .tags import tags_deleted_here
 
 
 def _resolve_remote_ref(ref: str, objects: dict[str, int], tags: dict) -> str:
@@ -271,11 +272,15 @@ def _trusted(source: RemoteStore, state: RemoteState, refused: list[str]):
 def pull_tags(store: Store, remote_tags: dict, wanted: set[str] | None, force: bool, report,
               trusted=None) -> list:
     conflicts = []
+    deleted = tags_deleted_here(store)
     for (model, tag), (vid, protected) in sorted(remote_tags.items()):
         if (wanted is not None and vid not in wanted) or not store.has_version(vid):
             continue
         current = store.tag(model, tag)
         if current and current[0] == vid:
+            continue
+        if current is None and not force and deleted.get((model, tag)) == vid:
+            report.kept_deleted.append(tag)  # deleted here on purpose: not brought back (force restores it)
             continue
         if trusted is not None and not trusted(model, tag, vid, protected):
             continue

@@ -42,3 +42,22 @@ def untag(store: Store, tag: str, name: str | None = None, force: bool = False) 
     if protected and not force:
         raise ProtectedRefError(f"tag {tag!r} is protected; use --force to delete it")
     store.writes.delete_tag(model, tag, vid)
+
+
+def tags_deleted_here(store: Store) -> dict[tuple[str, str], str]:
+    """(model, tag) -> the version id of every tag deleted in this store and not set again since.
+
+    Read from the audit log (the record of every ref change): a pull does not bring such a tag
+    back while the remote still has it on the version it was deleted from.
+    """
+    deleted: dict[tuple[str, str], str] = {}
+    for entry in store.audit.entries():
+        detail = entry.detail if isinstance(entry.detail, dict) else {}
+        if entry.op == "untag" and entry.ids and isinstance(detail.get("tag"), str):
+            deleted[(str(entry.name), detail["tag"])] = entry.ids[0]
+        elif entry.op == "tag" and isinstance(detail.get("tag"), str):
+            deleted.pop((str(entry.name), detail["tag"]), None)
+        elif entry.op in ("commit", "commit-existing") and isinstance(detail.get("tags"), list):
+            for tag in detail["tags"]:
+                deleted.pop((str(entry.name), str(tag)), None)
+    return deleted
