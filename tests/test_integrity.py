@@ -358,3 +358,23 @@ def test_index_schema_text_that_is_not_utf8_is_a_damaged_index(repo, store_path)
     path.write_bytes(bytes(data))
     with Repo(store_path) as again:  # a damaged index is rebuilt from the files
         assert again.resolve("latest", name="model").id == version.id
+
+
+def test_pulled_tag_that_looks_like_an_existing_one_is_refused(tmp_path):
+    from mvc_magics import Repo
+
+    url = (tmp_path / "remote").as_uri()
+    with Repo(tmp_path / "trainer") as trainer:
+        trainer.commit({"w": np.ones(2, np.float32)}, "model", tags=["production"])
+        trainer.add_remote("origin", url)
+        trainer.push("origin")
+    with Repo(tmp_path / "intruder") as intruder:  # a store without "production" may name this tag
+        intruder.commit({"w": np.zeros(2, np.float32)}, "model", tags=["prоduction"])  # Cyrillic о
+        intruder.add_remote("origin", url)
+        intruder.push("origin")
+    with Repo(tmp_path / "mate") as mate:
+        mate.add_remote("origin", url)
+        with pytest.raises(IntegrityError, match="looks like the existing tag 'production'"):
+            mate.pull("origin")
+        assert mate.tag_names("model") == ["production"]
+        assert len(mate.log("model")) == 2  # the versions themselves came

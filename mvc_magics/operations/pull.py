@@ -14,8 +14,17 @@ from pathlib import Path
 
 from ..core.hashing import version_id
 from ..core.meta_check import metadata_problem
+from ..core.names import validate_tag
 from ..core.reports import TransferReport
-from ..errors import IntegrityError, InvalidRemoteError, MVCError, RemoteError, SignatureError, StoreError
+from ..errors import (
+    IntegrityError,
+    InvalidNameError,
+    InvalidRemoteError,
+    MVCError,
+    RemoteError,
+    SignatureError,
+    StoreError,
+)
 from ..storage.atomic import temporary_path
 from ..storage.deltas import base_references
 from ..storage.remote_log import RemoteState
@@ -25,6 +34,7 @@ from ..storage.retired import held_hashes, is_retired
 from ..storage.signatures import import_signature, signer_from_env
 from ..storage.snapshot import SnapshotContent, TensorReader, read_content
 from ..storage.store import Store
+from . import versions
 from .remotes import (
     add_remote,
     conflict_error,
@@ -287,6 +297,12 @@ def pull_tags(store: Store, remote_tags: dict, wanted: set[str] | None, force: b
         if current and not force:
             conflicts.append((model, tag, current[0], vid))
             continue
+        if current is None:  # a new name here: the rules for tags made here hold for pulled ones too
+            try:
+                validate_tag(tag, versions.tag_names(store))
+            except InvalidNameError as exc:
+                report.rejected[f"tag {model}/{tag}"] = str(exc)
+                continue
         store.writes.set_tag(model, tag, vid, protected)
         report.tags.append(tag)
     return conflicts
