@@ -1,7 +1,8 @@
 """Crash soak of the other writes: children SIGKILLed while they tag, remove, gc, push and pull.
 
-    python scripts/crash_soak_ops.py --kills 30                 # every mode, 30 kills each
-    python scripts/crash_soak_ops.py --mode gc --kills 5        # one mode (tests/test_crash.py runs 3 each)
+    python scripts/crash_soak_ops.py --kills 30            # every mode, until 30 kills landed inside it
+    python scripts/crash_soak_ops.py --mode gc --kills 5   # one mode (tests/test_crash.py runs 3 each)
+    python scripts/crash_soak_ops.py --random --kills 30   # kills at random moments of the loop
 
 Each child loops over one kind of write on dict-of-numpy models (see ``crash_soak.model_for``) and
 prints what it finished. After every kill the parent opens the store (which finishes or undoes what
@@ -187,8 +188,24 @@ def _pull_source(folder: Path) -> tuple[str, dict[str, tuple[int, int, int]]]:
     return remote, reported
 
 
-def run_mode(mode: str, kills: int, folder: Path, seed: int = 0, max_delay: float = 0.6, log=None) -> dict:
-    """``kills`` children of one mode, each killed at a random moment; the figures."""
+# How long after "BEGIN <op>" a targeted kill may come (about the operation's duration here).
+WINDOW = {"tag": 0.03, "remove": 0.05, "gc": 0.15, "push": 0.6, "pull": 2.0}
+
+
+def _wait_for(proc: ChildProcess, text: str, count: int, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.proc.poll() is None:
+        if sum(line == text for line in list(proc.lines)) >= count:
+            return True
+        time.sleep(0.002)
+    return False
+
+
+def run_mode(mode: str, kills: int, folder: Path, seed: int = 0, max_delay: float = 0.6, log=None,
+             targeted: bool = False) -> dict:
+    """Children of one mode, each killed at a random moment, until ``kills`` kills (``targeted``:
+    until ``kills`` of them landed inside the operation, each killed 0..WINDOW s after it began,
+    giving up after three times as many children); the figures."""
     rng = random.Random(f"{mode}-{seed}")
     folder.mkdir(parents=True, exist_ok=True)
     store, remote = folder / ".mvc", (folder / "remote").as_uri()
@@ -202,13 +219,19 @@ def run_mode(mode: str, kills: int, folder: Path, seed: int = 0, max_delay: floa
     if mode == "pull":
         remote, source_versions = _pull_source(folder)
     started = time.time()
-    for k in range(kills):
+    k = -1
+    while (stats["kills_inside_op"] < kills and k < 3 * kills - 1) if targeted else k < kills - 1:
+        k += 1
         if mode == "pull":
             store = folder / f"pull-{k}" / ".mvc"
         proc = ChildProcess("--child", mode, str(store), str(rng.randrange(1, 2**31)), remote,
                             script=Path(__file__).resolve())
         proc.wait_ready(120)
-        time.sleep(rng.uniform(0.0, max_delay * (4 if mode == "pull" else 1)))  # a pull takes seconds
+        if targeted:
+            _wait_for(proc, f"BEGIN {mode}", rng.randint(1, 3 if mode in ("tag", "remove") else 1))
+            time.sleep(rng.uniform(0.0, WINDOW[mode]))
+        else:
+            time.sleep(rng.uniform(0.0, max_delay * (4 if mode == "pull" else 1)))  # a pull takes seconds
         proc.kill()
         stats["kills"] += 1
         new = []
@@ -237,11 +260,13 @@ def run_mode(mode: str, kills: int, folder: Path, seed: int = 0, max_delay: floa
             check(store, mode, source_versions, set(), _present(store), stats, remote, set())
             stats["versions_present_after_kill"] = stats.get("versions_present_after_kill", 0) + len(_present(store))
         else:
-            full = k == kills - 1 or (k + 1) % 10 == 0
+            full = (k + 1) % 10 == 0
             check(store, mode, reported, removed, list(reported) if full else new + sorted(removed & set(new)),
                   stats, remote, pushed if full else set(), frozenset(in_flight))
         if log:
-            log(f"{mode} kill {k + 1}/{kills}: {len(new)} reported")
+            log(f"{mode} kill {k + 1}: {len(new)} reported, {stats['kills_inside_op']} inside {mode} so far")
+    if mode != "pull":  # the last word: every reported version, re-read bit for bit
+        check(store, mode, reported, removed, list(reported), stats, remote, pushed, frozenset(in_flight))
     stats["seconds"] = round(time.time() - started, 1)
     return stats
 
@@ -259,6 +284,8 @@ def main() -> None:
     parser.add_argument("--mode", choices=MODES, action="append")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-delay", type=float, default=0.6)
+    parser.add_argument("--random", action="store_true",
+                        help="kill at a random moment of the loop instead of inside the operation")
     parser.add_argument("--child", nargs=4, metavar=("MODE", "STORE", "SEED", "REMOTE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -268,7 +295,7 @@ def main() -> None:
     for mode in args.mode or MODES:
         folder = Path(tempfile.mkdtemp(prefix=f"mvc-crash-soak-{mode}-"))
         results.append(run_mode(mode, args.kills, folder, args.seed, args.max_delay,
-                                log=lambda text: print(text, file=sys.stderr, flush=True)))
+                                log=lambda text: print(text, file=sys.stderr, flush=True), targeted=not args.random))
         shutil.rmtree(folder, ignore_errors=True)
     print(json.dumps(results, indent=2))
 

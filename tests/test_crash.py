@@ -30,9 +30,9 @@ def test_random_sigkills_lose_nothing(tmp_path):
 @pytest.mark.parametrize("mode", ["tag", "remove", "gc", "push", "pull"])
 def test_random_sigkills_during_other_writes_lose_nothing(tmp_path, mode):
     soak = load_script("crash_soak_ops")  # the long run: scripts/crash_soak_ops.py --kills 30
-    stats = soak.run_mode(mode, kills=3, folder=tmp_path, seed=20261130, max_delay=1.0)
+    stats = soak.run_mode(mode, kills=2, folder=tmp_path, seed=20261130, targeted=True)
     # run_mode checks every promise after every kill (audit, stale rows, bit-identity) and raises SoakFailure.
-    assert stats["kills"] == 3
+    assert stats["kills"] >= 2 and stats["kills_inside_op"] <= stats["kills"]
     assert stats["verify_problems"] == stats["stale_tensor_rows"] == stats["unaudited_ref_changes"] == 0
 
 

@@ -7,7 +7,7 @@ holder died, finishes what a killed process left (:mod:`.recovery`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -112,18 +112,33 @@ class Store:
         The index is a cache: a commit reuses bytes only after seeing that the file is there (and,
         for a removed version's file, which gc may have rewritten, that it still holds them).
         """
-        obj = self.index.has_tensors([digest]).get(digest)
-        if obj is None:
-            return None
+        return self.tensor_locator()(digest)
+
+    def tensor_locator(self) -> Callable[[str], str | None]:
+        """:meth:`stored_object` for one commit (under the lock): each file is checked once."""
+        files: dict[str, set[str] | bool] = {}  # object id -> usable (True), held hashes (removed), or False
+
+        def locate(digest: str) -> str | None:
+            obj = self.index.has_tensors([digest]).get(digest)
+            if obj is None:
+                return None
+            if obj not in files:
+                files[obj] = self._usable_file(obj)
+            usable = files[obj]
+            return obj if usable is True or (isinstance(usable, set) and digest in usable) else None
+
+        return locate
+
+    def _usable_file(self, obj: str) -> set[str] | bool:
         path = self.layout.snapshot_path(obj)
         if not path.is_file() or path.is_symlink():
-            return None
-        if self.layout.is_removed(obj):
-            try:
-                return obj if digest in held_hashes(path) else None
-            except (OSError, MVCError):
-                return None
-        return obj
+            return False
+        if not self.layout.is_removed(obj):
+            return True
+        try:
+            return held_hashes(path)
+        except (OSError, MVCError):
+            return False
 
     def content(self, vid: str) -> SnapshotContent:
         """What version ``vid`` is made of (structure, manifest, metadata), read from its snapshot

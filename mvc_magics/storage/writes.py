@@ -66,7 +66,7 @@ class StoreWrites:
         layout, store = self._layout, self._store
         code = coding_enabled()
         manifests = [store.manifest(p) for p in parents if code and store.has_version(p)]
-        return StagedCommit(layout.tmp, store.stored_object, store.progress,
+        return StagedCommit(layout.tmp, store.tensor_locator(), store.progress,
                             check_space=lambda nbytes: ensure_space(layout.tmp, nbytes, 1, store.path),
                             bases=ParentBases(layout.snapshot_path, manifests) if manifests else None, code=code,
                             place=layout.files.place)
