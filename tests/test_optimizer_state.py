@@ -76,3 +76,24 @@ def test_magics_optimizer_flag(ip, capsys):
     ip.user_ns["thing"] = 3
     with pytest.raises(UsageError, match="cannot version a int"):
         ip.run_line_magic("mvc_commit", "net --optimizer thing")
+
+
+def test_keras_optimizer_state_resumes_exactly(ip):
+    keras = pytest.importorskip("keras", reason="Keras is not installed")
+    import numpy as np
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+    x, y = np.random.default_rng(0).standard_normal((32, 4)), np.zeros((32, 1))
+    ip.user_ns.update(model=model, opt=model.optimizer)
+    model.fit(x, y, epochs=2, batch_size=32, shuffle=False, verbose=0)
+    first = ip.run_line_magic("mvc_commit", "model --optimizer opt")
+    model.fit(x, y, epochs=2, batch_size=32, shuffle=False, verbose=0)
+    expected = [w.copy() for w in model.get_weights()]
+    model.fit(x, y, epochs=3, batch_size=32, shuffle=False, verbose=0)
+    ip.run_line_magic("mvc_checkout", f"{first.short_id} model --optimizer opt")
+    assert int(model.optimizer.iterations.numpy()) == 2
+    model.fit(x, y, epochs=2, batch_size=32, shuffle=False, verbose=0)
+    for got, want in zip(model.get_weights(), expected, strict=True):
+        np.testing.assert_array_equal(got, want)

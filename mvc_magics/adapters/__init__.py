@@ -6,6 +6,7 @@ from ..errors import UnsupportedModelError
 from .base import Adapter
 from .jax import JaxAdapter
 from .keras import KerasAdapter
+from .keras_optim import KerasOptimizerAdapter
 from .lightgbm import LightGBMAdapter
 from .numpy_dict import NumpyDictAdapter
 from .sklearn import SklearnAdapter
@@ -18,8 +19,8 @@ from .torch_optim import TorchOptimizerAdapter
 # itself is imported by an adapter only once it is handling such a model.
 # A flat dict of numpy arrays stays a numpy model; nested or JAX-array pytrees are JAX models.
 # Keras models are tf.Modules too (tf_keras) or hold them: the Keras adapters come before tf.Module's.
-ADAPTERS: list[Adapter] = [KerasAdapter(), TfKerasAdapter(), TensorFlowAdapter(), TorchAdapter(),
-                           TorchOptimizerAdapter(), SklearnAdapter(), LightGBMAdapter(),
+ADAPTERS: list[Adapter] = [KerasAdapter(), KerasOptimizerAdapter(), TfKerasAdapter(), TensorFlowAdapter(),
+                           TorchAdapter(), TorchOptimizerAdapter(), SklearnAdapter(), LightGBMAdapter(),
                            NumpyDictAdapter(), JaxAdapter()]
 
 

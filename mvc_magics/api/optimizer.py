@@ -20,7 +20,7 @@ __all__ = ["commit_optimizer", "restore_optimizer"]
 
 
 def commit_optimizer(repo: Repo, optimizer: Any, version: Version | str) -> Version:
-    """Commit ``optimizer``'s state (a ``torch.optim`` optimizer) as belonging to model ``version``."""
+    """Commit ``optimizer``'s state (``torch.optim`` or Keras 3) as belonging to model ``version``."""
     model_version = version if isinstance(version, Version) else versions.resolve(repo.store, version)
     return optimizer_state.commit_optimizer(repo.store, optimizer, model_version)
 

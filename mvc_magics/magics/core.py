@@ -77,7 +77,7 @@ class MVCMagics(Magics):
     @argument("--data", nargs="+", action="append", metavar="VAR",
               help="data variables to fingerprint in the provenance (hash, shape, dtype)")
     @argument("--optimizer", default=None, metavar="VAR",
-              help="also keep this optimizer's state with the version (PyTorch), restored by checkout --optimizer")
+              help="keep this optimizer's state (PyTorch, Keras) with the version; checkout --optimizer restores it")
     @argument("--model", dest="history", default=None, metavar="NAME",
               help="commit into the history of model NAME (default: the variable's own name)")
     @user_errors
