@@ -210,3 +210,26 @@ def test_magics_commit_status_checkout_log_and_errors(ip, capsys):
     with pytest.raises(UsageError, match="does not fit this model"):
         ip.run_line_magic("mvc_checkout", f"{first.short_id} wide --model net")
     assert_same(wide, before)
+
+
+def test_the_mvc_command_logs_and_exports_torch_versions(repo, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    net = make_net()
+    repo.commit(net, "net", metrics={"loss": 0.5})
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("MVC_DIR", None)
+
+    def mvc(*args):
+        return subprocess.run([sys.executable, "-m", "mvc_magics.cli", "--store", str(repo.path), *args],
+                              capture_output=True, text=True, env=env, timeout=300, check=True).stdout
+
+    assert "torch" in mvc("log")
+    mvc("export", "latest", str(tmp_path / "net.safetensors"), "--format", "safetensors", "--model", "net")
+    loaded = load_file(str(tmp_path / "net.safetensors"))
+    assert all(torch.equal(loaded[k], v) for k, v in net.state_dict().items())

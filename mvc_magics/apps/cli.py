@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="list what --keep would remove, remove nothing")
     p.add_argument("--repack", action="store_true", help="re-code stored versions as deltas against their parents")
 
-    p = sub.add_parser("export", help="write a version for serving (.keras, SavedModel, .weights.h5)")
+    p = sub.add_parser("export", help="write a version for serving (.keras, SavedModel, .safetensors, .skops...)")
     p.add_argument("ref", help="the version")
     p.add_argument("path", help="destination")
     p.add_argument("--format", default="keras", choices=FORMATS, help="default: keras")
