@@ -40,18 +40,20 @@ def _push(store: Store, label: str, url: str, refs, force: bool, progress: bool 
     target.check_format(create=True)
     log = RemoteLog(target, state_cache(store, url))
     state = _log_state(target, log)
+    versions_here = [row[0] for row in store.index.query("SELECT id FROM versions ORDER BY seq")]
     if refs is None:
-        start = [row[0] for row in store.index.query("SELECT id FROM versions ORDER BY seq")]
+        start = versions_here
     else:
         start = [_resolve_local(store, ref) for ref in refs]
     live: dict[str, bool] = {}  # object id -> is a version here (else only a holder of tensors)
 
     def deps_of(oid: str) -> list[str]:
         # From the index: no file is opened. A removed version's file travels only as a holder of tensors.
+        if oid in state.objects and oid in versions_here:
+            live[oid] = True
+            return []  # the log names only complete versions: its dependencies are there too
         rows = store.index.query("SELECT manifest, meta FROM versions WHERE id = ?", (oid,))
         live[oid] = bool(rows)
-        if rows and oid in state.objects:
-            return []  # the log names only complete versions: its dependencies are there too
         # Delta-coded tensors travel with their bases (read from the file's dataset attributes).
         path = store.layout.snapshot_path(oid)
         bases = sorted({b for b, _ in base_references(path).values() if b != oid}) if path.exists() else []
@@ -61,6 +63,7 @@ def _push(store: Store, label: str, url: str, refs, force: bool, progress: bool 
         parents = [str(p) for p in json.loads(rows[0][1]).get("parents", []) if store.has_version(str(p))]
         return list(dict.fromkeys(tensor_files + bases + parents))
 
+    versions_here = set(versions_here)
     order = topological(start, deps_of)
     target.clean_stale_uploads()
     for oid in order:
@@ -90,7 +93,10 @@ def _push(store: Store, label: str, url: str, refs, force: bool, progress: bool 
             report.bytes += size
     report.versions = [oid for oid in todo if live[oid] and oid not in unlogged]
     notes: dict[str, list[str]] = {}
-    for oid in order:
+    # Which versions have notes at all: two folder listings levels, not one look-up per version.
+    with_notes = {vid for prefix in store.layout.files.list(store.layout.notes)
+                  for vid in store.layout.files.list(store.layout.notes / prefix)}
+    for oid in (oid for oid in order if oid in with_notes):
         folder = store.layout.notes / oid[:2] / oid
         for name in store.layout.files.list(folder):  # regular files only, never through a symlink
             if name.endswith(".json") and name not in state.notes.get(oid, []):

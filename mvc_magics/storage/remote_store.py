@@ -51,6 +51,8 @@ DEFAULT_TIMEOUT = 30.0
 # fails after at most S3FS_ATTEMPTS * BOTOCORE_ATTEMPTS * timeout seconds (2 minutes by default).
 S3FS_ATTEMPTS = 2
 BOTOCORE_ATTEMPTS = 2
+# Part size of multipart uploads to S3 (5 MiB is S3's minimum).
+UPLOAD_PART_BYTES = 8 << 20
 # An upload temporary older than this belongs to a push that was killed.
 STALE_UPLOAD_SECONDS = 3600.0
 _ID_FILE = re.compile(rf"^([0-9a-f]{{{HASH_HEX_LENGTH}}})(\.retired)?\.h5$")
@@ -216,7 +218,11 @@ class RemoteStore:
         """Upload a snapshot (or retired) file so that its final key only ever holds the complete file."""
         final = self.object_key(version_id, retired)
         if self.atomic_put:
-            self._call(f"upload {version_id[:12]}", self.fs.put_file, str(local), final)
+            # Multipart in UPLOAD_PART_BYTES parts, one at a time per object (push runs several objects at
+            # once): memory stays a few parts per upload, not the object (s3fs reads up to 100 MB whole).
+            self._call(f"upload {version_id[:12]}", self.fs.put_file, str(local), final,
+                       **({"chunksize": UPLOAD_PART_BYTES, "max_concurrency": 1} if self.protocol in ("s3", "s3a")
+                          else {}))
             return
         tmp = self._key("tmp", f"{version_id}-{uuid.uuid4().hex}.h5")
         self._call("create folders", self._makedirs, self._key("tmp"))
