@@ -218,8 +218,7 @@ class RemoteStore:
         """Upload a snapshot (or retired) file so that its final key only ever holds the complete file."""
         final = self.object_key(version_id, retired)
         if self.atomic_put:
-            # Multipart in UPLOAD_PART_BYTES parts, one at a time per object (push runs several objects at
-            # once): memory stays a few parts per upload, not the object (s3fs reads up to 100 MB whole).
+            # Parts one at a time per object (push runs objects in parallel): memory stays a part per upload.
             self._call(f"upload {version_id[:12]}", self.fs.put_file, str(local), final,
                        **({"chunksize": UPLOAD_PART_BYTES, "max_concurrency": 1} if self.protocol in ("s3", "s3a")
                           else {}))
