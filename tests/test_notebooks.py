@@ -44,7 +44,8 @@ def outputs_text(notebook) -> str:
 
 def test_there_are_teaching_notebooks():
     names = [p.name for p in NOTEBOOKS]
-    expected_notebooks = ("01-quickstart", "02-compare-with-widgets", "03-model-soups", "04-team-lifecycle")
+    expected_notebooks = ("00-origin-document", "01-quickstart", "02-compare-with-widgets", "03-model-soups",
+                          "04-team-lifecycle")
     for expected in (f"{stem}.ipynb" for stem in expected_notebooks):
         assert expected in names
 
@@ -179,3 +180,27 @@ def test_sklearn_and_pytorch_side_by_side(tmp_path):
         assert type(repo.checkout("latest", name="clf_vote")).__name__ == "VotingClassifier"
         assert len(repo.log("cnn.optimizer")) == 2
         assert repo.verify().ok
+
+
+def test_origin_document_step_by_step(tmp_path):
+    """The origin document's section 4 with its own code: versions, best by MSE, D, merge, deploy."""
+    pytest.importorskip("tf_keras", reason="tf_keras is not installed (the document's Keras 2)")
+    _run, executed = execute("00-origin-document.ipynb", tmp_path)
+    text = outputs_text(executed)
+    assert "rebuilding it runs that class's code" in text  # --as without --unsafe is refused, politely
+    import numpy as np
+
+    with Repo(tmp_path / ".mvc-origin", create=False) as repo:
+        log = repo.log("model")
+        assert [v.message for v in log][-3:] == ["500 epochs", "100 epochs, SGD lr=0.01", "untrained"]
+        assert {v.framework for v in log} == {"tf_keras"}
+        assert [e.name for e in repo.manifest(log[-1].id)] == ["b", "w"]
+        best = repo.resolve("best:val_mse", name="model")
+        assert repo.resolve("production", name="model").id == best.id and best.message == "500 epochs"
+        merged = log[0]
+        assert len(merged.parents) == 2 and merged.extra["merge"]["weights"] == [0.25, 0.75]
+        a, b = (repo.load_state(p) for p in merged.parents)
+        mean = ((a["w"].astype(np.float64) + 3 * b["w"]) / 4).astype(np.float32)
+        assert repo.load_state(merged)["w"].tobytes() == mean.tobytes()
+        assert repo.verify().ok
+    assert (tmp_path / "origin-production" / "saved_model.pb").exists()

@@ -222,3 +222,76 @@ def test_keras2_models_round_trip_and_rebuild(repo, kind):
     np.testing.assert_array_equal(rebuilt.predict(x, verbose=0), expected)
     if kind != "subclassed":
         assert getattr(rebuilt, "compiled_loss", None) is not None  # training setup restored
+    if kind == "sequential":
+        folder = repo.path.parent
+        loaded = tf_keras.models.load_model(repo.export(version.id, folder / "m.keras"))
+        np.testing.assert_array_equal(loaded.predict(x, verbose=0), expected)
+        assert repo.export(version.id, folder / "m.weights.h5", format="weights-h5").stat().st_size > 0
+        served = tf.saved_model.load(str(repo.export(version.id, folder / "served", format="savedmodel",
+                                                     model=model)))
+        np.testing.assert_allclose(served(x, training=False), expected, rtol=1e-6)
+
+
+def test_document_class_exports_as_savedmodel_and_refuses_what_would_lose_its_variables(repo, tmp_path):
+    from mvc_magics.errors import ExportError, MergeConflictError
+
+    model = LinearRegression()
+    model(tf.constant([1.0]))
+    first = repo.commit(model, "model")
+    model.w.assign(2.0)
+    second = repo.commit(model, "model")
+    with pytest.raises(ExportError, match=r"raw tf.Variables \(b, w\) would be missing.*--format savedmodel"):
+        repo.export(second.id, tmp_path / "m.keras", model=model)
+    path = repo.export(second.id, tmp_path / "served", format="savedmodel", classes=[LinearRegression])
+    served = tf.saved_model.load(str(path))  # kept: the function needs its variables alive
+    np.testing.assert_allclose(served.serve(tf.constant([1.0, 2.0])), [2.0, 4.0])
+    with pytest.raises(MergeConflictError, match="declare no inputs"):
+        repo.merge([first.id, second.id], method="ensemble", classes=[LinearRegression])
+    module = LinearModule()
+    module.w.assign(5.0)
+    version = repo.commit(module, "module")
+    saved = tf.saved_model.load(str(repo.export(version.id, tmp_path / "module", format="savedmodel",
+                                                model=module)))
+    assert float(saved.w.numpy()) == 5.0
+
+
+def test_magics_and_autocommit_on_a_notebook_tf_module(ip):
+    ip.run_cell("import tensorflow as tf\n"
+                "class Twin(tf.Module):\n"
+                "    def __init__(self):\n"
+                "        super().__init__()\n"
+                "        self.w = tf.Variable(0.0)\n"
+                "        self.b = tf.Variable(0.0)\n"
+                "model = Twin()").raise_error()
+    ip.run_line_magic("mvc_commit", "model --metric val_mse=9")
+    ip.run_line_magic("mvc_autocommit", "model on")
+    ip.run_cell("model.w.assign(2.0)").raise_error()
+    ip.run_cell("x = 1  # the model did not change: no commit").raise_error()
+    from mvc_magics import Repo
+
+    repo = Repo(".mvc")  # the shell's default store (the fixture runs in a fresh folder)
+    log = repo.log("model")
+    assert len(log) == 2 and log[0].framework == "tensorflow"
+    assert float(repo.load_state(log[0])["w"]) == 2.0
+    ip.run_line_magic("mvc_autocommit", "model off")
+    ip.run_line_magic("mvc_checkout", f"{log[1].short_id} model")
+    assert float(ip.user_ns["model"].w.numpy()) == 0.0
+    ip.run_line_magic("mvc_checkout", "best:val_mse --as copy --unsafe")
+    assert type(ip.user_ns["copy"]).__name__ == "Twin" and ip.user_ns["copy"] is not ip.user_ns["model"]
+
+
+def test_commit_every_in_the_documents_gradient_tape_loop(repo):
+    from mvc_magics import commit_every
+
+    model = LinearModule()
+    hook = commit_every(model, 50, "model", repo=repo)
+    optimizer = tf.keras.optimizers.SGD(learning_rate=0.01)
+    x, y = tf.constant(X_TRAIN, tf.float32), tf.constant(Y_TRAIN, tf.float32)
+    for _ in range(100):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean((model(x) - y) ** 2)
+        optimizer.apply_gradients(zip(tape.gradient(loss, [model.w, model.b]), [model.w, model.b], strict=True))
+        hook.step()
+    log = repo.log("model")
+    assert [v.message for v in log] == ["step 100", "step 50"]
+    assert repo.load_state(log[0])["w"].tobytes() == model.w.numpy().tobytes()

@@ -168,6 +168,13 @@ class KerasAdapter(PinnedHashes):
 
     def export_model(self, model: Any, path: str, fmt: str) -> None:
         """Write ``model`` as a ``.keras`` file, ``.weights.h5`` or a TensorFlow SavedModel folder."""
+        keras = self.library()
+        raw = [n for n, v in self.named_variables(model).items()
+               if self.package == "keras" and not isinstance(v, keras.Variable)]
+        if raw and fmt != "savedmodel":
+            raise ExportError(f"A {fmt} file holds only the variables Keras tracks, and {type(model).__name__}'s raw "
+                              f"tf.Variables ({', '.join(raw[:4])}) would be missing; export it as a SavedModel "
+                              "(--format savedmodel), which keeps them.")
         if fmt == "keras":
             model.save(path)
         elif fmt == "weights-h5":

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
+
 from ..core.messages import first_sentence
 from ..errors import UnsupportedModelError
 from .trust import Classes, TrustPolicy, describe_class, import_class
@@ -121,6 +123,12 @@ def rebuild(keras: Any, structure: object, unsafe: bool, classes: Classes | None
     if isinstance(build_config, dict) and not getattr(model, "built", False):
         try:
             model.build_from_config(build_config)
+            shape = build_config.get("input_shape")
+            known = isinstance(shape, list) and all(isinstance(d, int) for d in shape)
+            if known and not getattr(model, "built", False):
+                # A model whose variables are raw attributes has no build(): one call on zeros of the
+                # recorded input shape marks it built (SavedModel export needs that), as the notebook did.
+                model(np.zeros(shape, "float32"))
         except Exception as exc:
             raise UnsupportedModelError(
                 f"{type(model).__name__} was made but could not be built from its recorded input shape "

@@ -52,6 +52,13 @@ def _framework_ensemble(store: Store, versions: list[Version], used: list[int], 
     return MergePreview(model, report, adapter.get_state(model))
 
 
+def _has_inputs(model: Any) -> bool:
+    try:
+        return bool(model.inputs)
+    except (AttributeError, ValueError):  # Keras raises for a model that was never called functionally
+        return False
+
+
 def _signature(tensors) -> list[tuple[tuple, str]]:
     return [(tuple(t.shape[1:]), str(t.dtype)) for t in tensors]
 
@@ -77,6 +84,11 @@ def build_ensemble(store: Store, versions: list[Version], weights: Sequence[floa
 
     members = {i: _member(store, versions[i], i, unsafe, classes) for i in used}
     first = members[used[0]]
+    unwired = [short(versions[i]) for i in used if not _has_inputs(members[i])]
+    if unwired:  # a subclassed model declares no inputs for a functional ensemble to feed
+        raise MergeConflictError(f"{', '.join(unwired)} declare no inputs (subclassed models), so their outputs "
+                                 "cannot be wired into one ensemble model; average their weights instead, or "
+                                 "ensemble their outputs in your own code.")
     for i in used[1:]:
         member = members[i]
         if _signature(member.inputs) != _signature(first.inputs):
