@@ -12,7 +12,7 @@ from s3_servers import use_role
 from seaweed import BUCKET, TEAM_PREFIX
 
 from mvc_magics import Repo
-from mvc_magics.errors import RemotePermissionError, SignatureError
+from mvc_magics.errors import MVCError, RemotePermissionError, SignatureError
 from mvc_magics.operations.remote_check import verify_remote
 from mvc_magics.storage.remote_store import RemoteStore
 from mvc_magics.storage.remote_trust import ALLOWED_SIGNERS, allowed_signers_file
@@ -96,3 +96,28 @@ def test_reader_member_release_roles_on_seaweedfs(tmp_path, seaweed, monkeypatch
     assert len(problems) == 1 and "production" in problems[0] and "allowed signer" in problems[0]
     for repo in (member, release, reader):
         repo.close()
+
+
+def test_cli_rm_tag_and_remote_subcommands(tmp_path, capsys):
+    from mvc_magics.apps.cli import run
+
+    store = tmp_path / ".mvc"
+    with Repo(store) as repo:
+        v1 = repo.commit(weights(1), "m")
+        v2 = repo.commit(weights(2), "m")
+    remote = (tmp_path / "remote").as_uri()
+    base = ["--store", str(store)]
+    assert run([*base, "remote", "add", "origin", remote]) == 0
+    assert run([*base, "remote"]) == 0 and f"origin\t{remote}" in capsys.readouterr().out
+    assert run([*base, "tag", v1.id[:10], "production", "--protect"]) == 0
+    assert run([*base, "push"]) == 0
+    assert run([*base, "remote", "verify"]) == 0 and "remote ok" in capsys.readouterr().out
+    with pytest.raises(MVCError, match="protected"):
+        run([*base, "rm", v1.id[:10]])
+    assert run([*base, "rm", v2.id[:10]]) == 0
+    assert run([*base, "tag", "--delete", "production", "--force"]) == 0
+    assert run([*base, "remote", "remove", "origin"]) == 0
+    with Repo(store) as repo:
+        assert [v.id for v in repo.log("m")] == [v1.id] and repo.tag_names() == [] and repo.remotes() == {}
+    with pytest.raises(MVCError, match="usage: mvc remote add NAME URL"):
+        run([*base, "remote", "add", "x"])

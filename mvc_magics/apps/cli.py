@@ -5,6 +5,7 @@
     mvc log [MODEL] [-n N]          mvc show REF               mvc compare [REF ...] [--weights K=W,...]
     mvc verify                      mvc gc [--keep RULE...] [--dry-run] [--repack]   mvc export REF PATH
     mvc push [REMOTE] [REF ...]     mvc pull [REMOTE] [REF ...]  mvc clone URL [PATH]
+    mvc rm REF    mvc tag REF NAME | --delete NAME    mvc remote [list|add NAME URL|remove NAME|verify [NAME]]
 
 ``--store PATH`` (before or after the subcommand) picks the store (default: ``$MVC_DIR``, else
 ``.mvc`` in the current folder).
@@ -23,6 +24,7 @@ from ..core.refs import split_remote_and_refs
 from ..core.tables import Table, format_bytes, format_number
 from ..errors import CompareError, MVCError
 from ..operations.export import FORMATS
+from . import cli_manage
 
 
 class _Parser(argparse.ArgumentParser):
@@ -75,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("clone", help="a new store with everything from a remote URL")
     p.add_argument("url", help="fsspec URL: s3://bucket/prefix, file:///path, gs://...")
     p.add_argument("path", nargs="?", default=None, help="the new store folder (default: --store or .mvc)")
+    cli_manage.add_parsers(sub)
     # ``mvc log --store PATH`` as well as ``mvc --store PATH log``: every subcommand takes it too
     # (SUPPRESS: given before the subcommand, it is not reset to None by the subcommand's default).
     for command in sub.choices.values():
@@ -152,6 +155,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         elif args.command == "export":
             path = repo.export(args.ref, args.path, format=args.format, name=args.model)
             print(f"exported {args.ref} as {args.format} to {path}")
+        elif args.command in cli_manage.COMMANDS:
+            return cli_manage.run(repo, args)
         elif args.command in ("push", "pull"):
             method = repo.push if args.command == "push" else repo.pull
             remote, refs = split_remote_and_refs([w for w in [args.remote, *args.refs] if w], repo.remotes())
