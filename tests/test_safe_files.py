@@ -215,3 +215,14 @@ def test_the_remote_state_cache_is_a_store_file_too(tmp_path):
         cache.symlink_to("/dev/zero")  # read whole, this would never end
         a_version = b.log()[0].id
         assert b.pull(remote).versions == [] and b.log()[0].id == a_version
+
+
+@pytest.mark.parametrize("name", ["index.sqlite-wal", "index.sqlite-shm"])
+def test_sqlite_side_files_linked_elsewhere_are_refused(tmp_path, secret, name):
+    store = tmp_path / ".mvc"
+    Repo(store).close()
+    (store / name).unlink(missing_ok=True)
+    (store / name).symlink_to(secret)
+    with pytest.raises(UnsafeFileError, match=name):
+        Repo(store)
+    assert secret.read_bytes() == SECRET

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import IntegrityError, StoreError
+from ..errors import IntegrityError, StoreError, UnsafeFileError
 
 SCHEMA_VERSION = 1
 
@@ -63,6 +63,11 @@ class Index:
         self.path = path
         self.readonly = readonly
         self._private: str | None = None  # a reader's private copy of a WAL-mode index (see _open_readonly)
+        for name in (Path(path), Path(f"{path}-wal"), Path(f"{path}-shm")):
+            # SQLite follows symlinks: a planted index.sqlite-wal -> a file of yours would be written.
+            if name.is_symlink() or (name.exists() and not name.is_file()):
+                raise UnsafeFileError(f"refusing {name}: it is a symbolic link or not a regular file "
+                                      "(store files must be regular files inside the store)")
         with _index_errors(path):
             if readonly:
                 self._open_readonly(Path(path))
