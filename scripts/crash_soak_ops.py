@@ -126,7 +126,9 @@ def check(store: Path, mode: str, reported: dict[str, tuple[int, int, int]], rem
             raise SoakFailure(f"{mode}: left after the next open: tmp {left}, lock.owner/journal present")
         report = repo.verify()
         stats["verify_problems"] += len(report.problems)
-        stats["stale_tensor_rows"] += stale_tensor_rows(repo)
+        stale = stale_tensor_rows(repo)
+        stats["stale_tensor_rows"] += stale
+        stats["kills_leaving_stale_rows"] = stats.get("kills_leaving_stale_rows", 0) + (stale > 0)
         if not report.ok or stats["stale_tensor_rows"]:
             raise SoakFailure(f"{mode}: after the kill:\n{report}\nstale tensor rows: {stats['stale_tensor_rows']}")
         present = set(repo.index.version_ids())
