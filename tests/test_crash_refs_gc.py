@@ -85,6 +85,20 @@ def test_killed_tag_move_is_audited_or_not_made(tmp_path, point):
             assert repo.resolve("production", name="m").id == v2
 
 
+def test_a_journal_without_lock_owner_is_still_resolved(tmp_path):
+    # lock.owner is not fsynced (it only names the holder): after a power cut it may be gone while
+    # the fsynced journal is there. The journal alone must trigger the repair.
+    store = tmp_path / ".mvc"
+    result = run_python(_TAG, str(store), "after-tag-file")
+    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+    _v1, v2 = result.stdout.split()
+    (store / "lock.owner").unlink()
+    with Repo(store) as repo:
+        assert not repo.layout.files.exists(repo.layout.journal_path)
+        assert [e.ids for e in repo.audit.entries() if e.op == "tag"][-1] == [v2]
+        assert repo.verify().ok
+
+
 _GC = _SETUP + r"""
 rng = np.random.default_rng(1)
 shared = np.zeros(4, np.float32)                              # a zero bias many versions share

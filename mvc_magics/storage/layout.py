@@ -220,7 +220,7 @@ class StoreLayout:
 
     def recover_if_stale(self) -> None:
         """Run the stale-lock recovery now if the last holder died (a live holder is left alone)."""
-        if self.readonly or not self.files.exists(self.owner_path):
+        if self.readonly or not (self.files.exists(self.owner_path) or self.files.exists(self.journal_path)):
             return
         with contextlib.suppress(LockTimeoutError):
             with self.locked(timeout=0):
@@ -232,9 +232,12 @@ class StoreLayout:
             # Only our own format is repeated into the audit log: a planted file's content never is.
             text = self.lock_holder() or ""
             stale = text if _looks_like_owner(text) else "unknown (lock.owner unreadable or not a holder record)"
+        elif self.files.exists(self.journal_path):  # a holder died (its lock.owner lost with a power cut)
+            stale = "unknown (a journal was left and lock.owner is missing)"
         # Renamed over whatever is there: a planted symlink or FIFO is replaced, never followed.
         with contextlib.suppress(OSError):  # a full disk must not stop the operation that frees space
-            self.files.write(self.owner_path, f"{os.getpid()}@{socket.gethostname()} {time.time():.0f}\n".encode())
+            self.files.write(self.owner_path, f"{os.getpid()}@{socket.gethostname()} {time.time():.0f}\n".encode(),
+                             durable=False)  # the lock itself is what excludes; this only names the holder
         clean_temporaries(self.tmp)
         if stale is not None and self.on_stale_lock is not None:
             self.on_stale_lock(stale)

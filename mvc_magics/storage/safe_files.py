@@ -156,11 +156,12 @@ class SafeFiles:
 
     # -- writes -----------------------------------------------------------------------------
 
-    def write(self, path: Path, data: bytes, exclusive: bool = False) -> bool:
+    def write(self, path: Path, data: bytes, exclusive: bool = False, durable: bool = True) -> bool:
         """Write ``path`` atomically: a new temporary in ``tmp/``, fsync, rename over ``path``
         (a rename replaces a planted symlink itself, never its target), fsync the folder.
 
         With ``exclusive`` an existing ``path`` is kept and False returned (link, not rename).
+        Without ``durable`` nothing is fsynced (a marker only a kill, not a power cut, must find).
         """
         path = Path(path)
         with self.folder(self.tmp, create=True) as tfd, self.folder(path.parent, create=True) as dfd:
@@ -171,7 +172,8 @@ class SafeFiles:
                     view = memoryview(data)
                     while view:
                         view = view[os.write(fd, view):]
-                    os.fsync(fd)
+                    if durable:
+                        os.fsync(fd)
                 finally:
                     os.close(fd)
                 if exclusive:
@@ -184,7 +186,8 @@ class SafeFiles:
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp_name, dir_fd=tfd)
-            os.fsync(dfd)
+            if durable:
+                os.fsync(dfd)
         return True
 
     def place(self, tmp: Path, final: Path) -> None:

@@ -179,12 +179,13 @@ class StoreWrites:
         record = {"op": op, "audit": entry, "changes": changes, "tombstone": tombstone}
         self._store.journal.begin(record)
         try:
-            yield
+            with self._store.index.transaction():  # the change's rows and the chain head: one commit
+                yield
+                self._store.audit.write(entry)
         except BaseException:
             with contextlib.suppress(Exception):  # audit what was made; the original error is raised
                 self.resolve(record)
             raise
-        self._store.audit.write(entry)
         self._store.journal.end()
 
     def resolve(self, record: Mapping) -> None:
