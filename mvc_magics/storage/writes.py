@@ -1,12 +1,11 @@
 """Every write to a store, each in the one order that crash recovery counts on.
 
-A new version: snapshot file (the point of no return) -> signature -> tag and HEAD ref files ->
-index rows -> audit entry. A ref change: journal (with its prepared audit entry) -> ref file ->
-index -> audit entry -> journal deleted. A removal: journal -> tombstone -> refs -> index -> audit
-entry. gc: journal -> index tensor locations (only live ones) -> file deletions and rewrites ->
-audit entry (see :mod:`.journal`). The files come first because they are the truth the index caches: a
-process killed after them leaves work that :mod:`.recovery` completes; one killed before them
-changed nothing. Operations call these methods and never write store files themselves.
+A new version: snapshot file (the point of no return) -> signature -> tag and HEAD files -> index
+rows -> audit entry. A ref change: journal (with its prepared audit entry) -> ref file -> index ->
+audit entry -> journal deleted; a removal: the same with a tombstone first; gc: journal -> index
+tensor locations (only live ones) -> file deletions and rewrites -> audit entry (:mod:`.journal`).
+Files come first: they are the truth the index caches. A process killed after them leaves work that
+:mod:`.recovery` completes. Operations call these methods and never write store files themselves.
 """
 
 from __future__ import annotations
