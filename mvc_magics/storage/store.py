@@ -7,6 +7,7 @@ holder died, finishes what a killed process left (:mod:`.recovery`).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -168,8 +169,12 @@ class Store:
         return list(self.content(vid).manifest)
 
     def structure(self, vid: str) -> object:
-        """The model structure of a version, checked against its id (None when not serializable)."""
-        return self.content(vid).structure
+        """The model structure of a version, checked against its id (None when not serializable).
+
+        A copy: the verified content is cached, and rebuilding consumes its config (Keras pops keys
+        while deserializing), so a second checkout of the same version would see a gutted structure.
+        """
+        return copy.deepcopy(self.content(vid).structure)
 
     # -- the index rebuilt from the files ---------------------------------------------------
 
