@@ -108,7 +108,10 @@ def rebuild(keras: Any, structure: object, unsafe: bool, classes: Classes | None
         )
     objects = custom_objects(keras, structure, unsafe, classes)
     try:
-        return keras.saving.deserialize_keras_object(structure, custom_objects=objects, safe_mode=not unsafe)
+        # Keras pops keys out of the config it deserializes: give it a copy, so the structure the store
+        # keeps (Store.content caches it per file) is never emptied by a rebuild.
+        return keras.saving.deserialize_keras_object(json.loads(json.dumps(structure)), custom_objects=objects,
+                                                     safe_mode=not unsafe)
     except Exception as exc:
         top = structure.get("registered_name") or structure.get("class_name") if isinstance(structure, dict) else None
         cls = objects.get(top) if isinstance(top, str) else None
