@@ -295,3 +295,16 @@ def test_commit_every_in_the_documents_gradient_tape_loop(repo):
     log = repo.log("model")
     assert [v.message for v in log] == ["step 100", "step 50"]
     assert repo.load_state(log[0])["w"].tobytes() == model.w.numpy().tobytes()
+
+
+def test_commit_callback_in_a_keras2_fit(repo):
+    from mvc_magics.keras import CommitCallback
+
+    model = keras2_models()["sequential"]
+    model.compile(optimizer="sgd", loss="mse")
+    x = np.random.default_rng(1).standard_normal((8, 3)).astype(np.float32)
+    callback = CommitCallback(repo=repo, name="seq", monitor="loss")
+    model.fit(x, x[:, :1], epochs=2, verbose=0, callbacks=[callback])
+    assert [v.message.split(" loss=")[0] for v in repo.log("seq")] == ["epoch 2/2", "epoch 1/2"]
+    assert [v.id for v in callback.versions] == [v.id for v in reversed(repo.log("seq"))]
+    assert {v.framework for v in repo.log("seq")} == {"tf_keras"}

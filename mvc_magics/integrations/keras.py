@@ -105,6 +105,12 @@ def _build_class() -> type:
             self.message = message
             self.versions: list = []
 
+        # Keras 2 (tf_keras) fit also takes this callback: it asks which batch hooks a callback has.
+        def _implements_train_batch_hooks(self) -> bool:
+            return False
+
+        _implements_test_batch_hooks = _implements_predict_batch_hooks = _implements_train_batch_hooks
+
         @property
         def repo(self) -> Repo:
             if self._repo is None:
