@@ -129,7 +129,7 @@ def test_nested_module_names_every_variable_by_attribute_path(repo):
     model = Nested()
     version = repo.commit(model, "nested")
     names = [e.name for e in repo.manifest(version.id)]
-    assert names == ["encoder/dense/calls", "encoder/dense/kernel", "encoder/norm/beta", "encoder/norm/gamma",
+    assert names == ["encoder/dense/calls", "encoder/dense/kernel", "encoder/norm/gamma", "encoder/norm/beta",
                      "half", "heads/0/calls", "heads/0/kernel", "heads/1/calls", "heads/1/kernel",
                      "table/scale", "table/shift"]
     assert [e.name for e in repo.manifest(repo.commit(Nested(), "again").id)] == names  # deterministic

@@ -40,22 +40,51 @@ _MAX_DEPTH = 64
 
 def is_variable(obj: object) -> bool:
     """A ``tf.Variable`` or a Keras 3 variable (never imports either framework)."""
-    tf = sys.modules.get("tensorflow")
-    if tf is not None and isinstance(obj, tf.Variable):
-        return True
-    keras = sys.modules.get("keras")
-    variable = getattr(keras, "Variable", None) if keras is not None else None
-    return isinstance(variable, type) and isinstance(obj, variable)
+    return isinstance(obj, _Kinds.current().variables)
 
 
-def _is_module(obj: object) -> bool:
-    """Objects whose attributes may hold variables: ``tf.Module``s and Keras layers."""
-    tf = sys.modules.get("tensorflow")
-    if tf is not None and isinstance(obj, tf.Module):
-        return True
-    keras = sys.modules.get("keras")
-    layer = getattr(getattr(keras, "layers", None), "Layer", None) if keras is not None else None
-    return isinstance(layer, type) and isinstance(obj, layer)
+class _Kinds:
+    """The classes a walk tests against, looked up once per walk (the frameworks loaded now)."""
+
+    def __init__(self) -> None:
+        tf, keras = sys.modules.get("tensorflow"), sys.modules.get("keras")
+        variables, modules = [], []
+        if tf is not None:
+            variables.append(tf.Variable)
+            modules.append(tf.Module)
+        keras_variable = getattr(keras, "Variable", None) if keras is not None else None
+        keras_layer = getattr(getattr(keras, "layers", None), "Layer", None) if keras is not None else None
+        if isinstance(keras_variable, type):
+            variables.append(keras_variable)
+        if isinstance(keras_layer, type):
+            modules.append(keras_layer)
+        self.variables, self.modules = tuple(variables), tuple(modules)
+
+    @classmethod
+    def current(cls) -> _Kinds:
+        return cls()
+
+
+def _framework_class(obj: object) -> bool:
+    """Keras's and tf_keras's own layers (Dense, Sequential...): their attributes are Keras's own
+    (their variables are Keras-tracked, named by the Keras adapters); a walk enters only the layers
+    they hold (``_layers``), where user layers with raw variables may sit."""
+    return type(obj).__module__.startswith(("keras.", "tf_keras."))
+
+
+def _own_variables(layer: object) -> list[Any]:
+    """The variables a Keras 3 or tf_keras layer created itself (not its sublayers')."""
+    found = []
+    for attr in ("_trainable_variables", "_non_trainable_variables", "_trainable_weights", "_non_trainable_weights"):
+        value = vars(layer).get(attr)
+        if isinstance(value, list | tuple):
+            found.extend(value)
+    return found
+
+
+def _short_name(variable: Any) -> str:
+    """``kernel`` from Keras 3's ``kernel`` or Keras 2's ``dense_1/kernel:0``."""
+    return str(getattr(variable, "name", "variable")).rsplit("/", 1)[-1].split(":", 1)[0]
 
 
 def _training_machinery(obj: object) -> bool:
@@ -71,22 +100,28 @@ def _attributes(obj: object) -> list[tuple[str, Any]]:
     return sorted(items, key=lambda kv: (kv[0].startswith("_"), kv[0]))
 
 
+_SCALARS = (str, bytes, int, float, bool, type(None), np.ndarray, np.generic)
+
+
 def attribute_variables(root: Any) -> dict[str, Any]:
     """Every variable reachable from ``root``'s attributes, by attribute path, in a stable order.
 
     A variable reachable along several paths keeps the first (public names first, then sorted).
     """
+    kinds = _Kinds.current()
     found: dict[str, Any] = {}
     claimed: set[int] = set()
     entered: set[int] = set()
 
     def visit(obj: Any, path: str, depth: int) -> None:
-        if is_variable(obj):
+        if isinstance(obj, _SCALARS):
+            return
+        if isinstance(obj, kinds.variables):
             if id(obj) not in claimed:
                 claimed.add(id(obj))
                 found[path] = obj
             return
-        if depth > _MAX_DEPTH or id(obj) in entered or isinstance(obj, str | bytes | np.ndarray):
+        if depth > _MAX_DEPTH or id(obj) in entered:
             return
         if isinstance(obj, Mapping):
             entered.add(id(obj))
@@ -96,8 +131,13 @@ def attribute_variables(root: Any) -> dict[str, Any]:
             entered.add(id(obj))
             for index, item in enumerate(obj):
                 visit(item, f"{path}/{index}" if path else str(index), depth + 1)
-        elif (depth == 0 or _is_module(obj)) and not _training_machinery(obj):
+        elif (depth == 0 or isinstance(obj, kinds.modules)) and not _training_machinery(obj):
             entered.add(id(obj))
+            if depth and _framework_class(obj):  # Keras's own layer: its variables, and the layers it holds
+                for variable in _own_variables(obj):
+                    visit(variable, f"{path}/{_short_name(variable)}", depth + 1)
+                visit(getattr(obj, "_layers", None), f"{path}/layers", depth + 1)
+                return
             for name, value in _attributes(obj):
                 visit(value, f"{path}/{name}" if path else name, depth + 1)
 
