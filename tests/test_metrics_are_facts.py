@@ -110,6 +110,8 @@ def test_the_merge_score_is_higher_is_better_whatever_the_eval_function_is_calle
     comparison = repo.compare([first.id, second.id], name="model")
     assert comparison.directions["neg_mse"] == "max"
     assert comparison.best.id == max((first, second), key=lambda v: v.metrics["neg_mse"]).id
+    assert repo.resolve("best:neg_mse", name="model").id == comparison.best.id  # the ref grammar agrees
+    assert repo.resolve("best:neg_mse:min", name="model").id != comparison.best.id  # explicit still wins
 
 
 def test_an_inf_metric_compares_without_a_runtime_warning(repo, weights):

@@ -215,7 +215,9 @@ def _resolve(index: Index, text: str, name: str | None, workspace: str | None = 
                 raise UnknownRefError(f"{model!r} has no versions yet")
             vid = rows[0][0]
         elif ref.kind == "best":
-            vid = _resolve_best(index, model, ref.metric, ref.direction or "max", text)
+            explicit = text.split("~")[0].count(":") >= 2  # best:METRIC:min|max
+            direction = (None if explicit else _stated_direction(index, model, ref.metric)) or ref.direction
+            vid = _resolve_best(index, model, ref.metric, direction or "max", text)
         else:
             vid = _resolve_name(index, ref.value, model, text)
     for step in range(ref.ancestor):
@@ -225,6 +227,17 @@ def _resolve(index: Index, text: str, name: str | None, workspace: str | None = 
             raise UnknownRefError(f"{text!r}: history of {model!r} has only {step + 1} version(s) on that line")
         vid = parents[0]
     return vid, model
+
+
+def _stated_direction(index: Index, model: str, metric: str) -> str | None:
+    """The direction a version of ``model`` states for ``metric`` (a merge's score is higher-is-better),
+    which wins over the guess from the metric's name."""
+    for (meta,) in index.query("SELECT meta FROM versions WHERE name = ? AND meta LIKE '%metric_directions%'",
+                               (model,)):
+        stated = (json.loads(meta).get("extra") or {}).get("metric_directions") or {}
+        if stated.get(metric) in ("min", "max"):
+            return stated[metric]
+    return None
 
 
 def _resolve_best(index: Index, model: str, metric: str, direction: str, text: str) -> str:
