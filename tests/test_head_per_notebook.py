@@ -95,3 +95,18 @@ def test_a_tag_deleted_here_does_not_come_back_on_the_next_pull(tmp_path):
             a.push(force=True)
         b.pull()
         assert b.resolve("candidate", name="model").id == v2.id
+
+
+def test_a_training_callback_in_a_notebook_moves_that_notebooks_head(ip, tmp_path):
+    pytest.importorskip("keras", reason="the Keras callback needs Keras")
+    from mvc_magics.keras import CommitCallback
+    from tests.keras_models import REFERENCE_X, REFERENCE_Y, linear_regression
+
+    ip.user_ns["__session__"] = str(tmp_path / "A.ipynb")
+    model = linear_regression()
+    callback = CommitCallback(name="model")
+    model.fit(REFERENCE_X, REFERENCE_Y, epochs=2, verbose=0, callbacks=[callback])
+    with Repo(tmp_path / ".mvc", workspace="A.ipynb") as a, Repo(tmp_path / ".mvc") as shared:
+        assert a.head("model").id == a.log("model")[0].id
+        assert shared.head("model") is None  # the callback moved the notebook's HEAD, not the shared one
+    ip.user_ns.pop("__session__")

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import UnsupportedDataError
 from .hashing import canonical_json, dtype_name, tensor_hash
+from .names import workspace_name
 
 # How much cell source one version keeps: enough for a training session, bounded so that the
 # metadata (also stored in the index, read by every log) stays small.
@@ -337,3 +338,9 @@ def register_context(context: CommitContext) -> Callable[[], None]:
 def current_context() -> CommitContext | None:
     """The most recently registered notebook context, if the extension is loaded."""
     return _contexts[-1] if _contexts else None
+
+
+def current_workspace() -> str | None:
+    """The notebook whose HEADs a commit made outside the magics (a training callback) moves."""
+    context = current_context()
+    return workspace_name(context.notebook()) if context else None

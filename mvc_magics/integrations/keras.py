@@ -18,7 +18,7 @@ from typing import Any
 
 from ..api.repo import Repo
 from ..core.metadata import validate_metrics
-from ..core.provenance import build_provenance, current_context
+from ..core.provenance import build_provenance, current_context, current_workspace
 from ..core.refs import infer_direction
 from ..core.retention import RetentionPolicy
 
@@ -114,7 +114,7 @@ def _build_class() -> type:
         @property
         def repo(self) -> Repo:
             if self._repo is None:
-                self._repo = Repo(self._repo_path)
+                self._repo = Repo(self._repo_path, workspace=current_workspace())  # the notebook's HEAD
             return self._repo
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:

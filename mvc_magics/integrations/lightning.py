@@ -17,7 +17,7 @@ import os
 from typing import Any
 
 from ..api.repo import Repo
-from ..core.provenance import build_provenance, current_context
+from ..core.provenance import build_provenance, current_context, current_workspace
 from .keras import CommitPolicy
 
 __all__ = ["CommitCheckpoint"]  # noqa: F822 - built by __getattr__
@@ -62,7 +62,7 @@ def _build_class() -> type:
         @property
         def repo(self) -> Repo:
             if self._repo is None:
-                self._repo = Repo(self._repo_arg)
+                self._repo = Repo(self._repo_arg, workspace=current_workspace())  # the notebook's HEAD
             return self._repo
 
         def on_validation_end(self, trainer: Any, pl_module: Any) -> None:

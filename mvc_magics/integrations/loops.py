@@ -20,7 +20,7 @@ import os
 from typing import Any
 
 from ..api.repo import Repo
-from ..core.provenance import build_provenance, current_context
+from ..core.provenance import build_provenance, current_context, current_workspace
 from ..core.version import Version
 
 __all__ = ["CommitEvery", "commit_every"]
@@ -34,7 +34,7 @@ class CommitEvery:
         if int(n_steps) < 1:
             raise ValueError(f"n_steps must be at least 1, not {n_steps!r}")
         self.model, self.n_steps, self.name, self.message = model, int(n_steps), name, message
-        self.repo = repo if isinstance(repo, Repo) else Repo(repo)
+        self.repo = repo if isinstance(repo, Repo) else Repo(repo, workspace=current_workspace())
         self.steps = 0
         self.versions: list[Version] = []
         self._metrics: dict[str, float] = {}
