@@ -265,7 +265,7 @@ def test_signatures_travel_with_push_pull_and_clone(tmp_path, hmac_key, monkeypa
 
 def test_registered_name_under_keras_module_is_not_instantiated_without_unsafe(repo):
     import keras
-    from keras_models import dense_model
+    from keras.src.saving import object_registration
 
     made = []
 
@@ -274,6 +274,16 @@ def test_registered_name_under_keras_module_is_not_instantiated_without_unsafe(r
         def __init__(self, *args, **kwargs):
             made.append(self)
             super().__init__(*args, **kwargs)
+
+    try:
+        _planted_registered_name_is_refused(repo, keras, made)
+    finally:  # the registry is process-wide: leave it as other tests expect it
+        object_registration.GLOBAL_CUSTOM_OBJECTS.pop("thirdparty>Planted", None)
+        object_registration.GLOBAL_CUSTOM_NAMES.pop(Planted, None)
+
+
+def _planted_registered_name_is_refused(repo, keras, made):
+    from keras_models import dense_model
 
     version = repo.commit(dense_model(), "m")
     structure = repo.store.structure(version.id)
