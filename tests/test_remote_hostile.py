@@ -80,3 +80,20 @@ def test_a_symlinked_log_folder_is_refused(tmp_path, pushed):
         with pytest.raises(RemoteError, match="outside the remote"):
             a.push(pushed.as_uri())
     assert sorted(p.name for p in outside.iterdir()) == ["0000000000.json", "HEAD"]
+
+
+def test_an_s3_object_larger_than_listed_is_refused_before_it_fills_the_disk(tmp_path, s3):
+    url = s3.new_url()
+    with Repo(tmp_path / "a" / ".mvc") as a:
+        version = a.commit({"w": np.ones(4, np.float32)}, "m")
+        a.push(url)
+        listed = a.layout.snapshot_path(version.id).stat().st_size
+    bucket, prefix = url[len("s3://"):].split("/", 1)
+    key = f"{prefix}/objects/{version.id[:2]}/{version.id}.h5"
+    client = s3.client()
+    body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    client.put_object(Bucket=bucket, Key=key, Body=body + b"\0" * (4 << 20))  # 4 MB more than the log lists
+    with Repo(tmp_path / "b" / ".mvc") as b:
+        with pytest.raises(RemoteError, match=f"more than the {listed} this pull accepts"):
+            b.pull(url)
+        assert b.index.count() == 0 and list(b.layout.tmp.iterdir()) == []
