@@ -22,6 +22,10 @@ import numpy as np
 from mvc_magics import Repo
 from mvc_magics.storage import coding
 
+# Delta chains made at commit time: the same files `gc --repack` writes for a history committed
+# with the default settings (commits code each tensor alone; see storage/deltas.commit_depth).
+os.environ.setdefault("MVC_DELTA_DEPTH", "4")
+
 from .harness import REPO_ROOT, Workspace, settle
 from .measure import dir_bytes, peak_rss_growth
 from .models import BenchModel, dense_stack

@@ -27,6 +27,26 @@ def training_run(repo, steps=4, seed=0, name="net"):
     return versions
 
 
+@pytest.fixture(autouse=True)
+def deltas_at_commit(monkeypatch):
+    """These tests make delta chains at commit time, which MVC_DELTA_DEPTH turns on (by default a
+    commit codes each tensor alone and `gc --repack` makes the deltas)."""
+    monkeypatch.setenv("MVC_DELTA_DEPTH", "4")
+
+
+def test_by_default_a_commit_codes_alone_and_repack_makes_the_deltas(repo, monkeypatch):
+    monkeypatch.delenv("MVC_DELTA_DEPTH")
+    versions = training_run(repo, steps=3)
+    kinds = [stored(repo, v.id, tensor_hash(w["dense/kernel"]))["mvc_coding"] for v, w in versions]
+    assert kinds == ["planes+zstd"] * 3  # checkout decodes one tensor, not a chain
+    report = repo.gc(repack=True)
+    kinds = [stored(repo, v.id, tensor_hash(w["dense/kernel"]))["mvc_coding"] for v, w in versions]
+    assert report.versions_recoded >= 2 and kinds == ["planes+zstd", "xor+planes+zstd", "xor+planes+zstd"]
+    for version, expected in versions:
+        state = repo.load_state(version)
+        assert all(state[k].tobytes() == v.tobytes() for k, v in expected.items())
+
+
 def stored(repo, vid, digest):
     with h5py.File(repo.path / "objects" / vid[:2] / f"{vid}.h5", "r") as f:
         return dict(f["tensors"][digest].attrs)

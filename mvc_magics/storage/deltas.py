@@ -4,8 +4,9 @@ A new tensor is coded as an XOR delta against the tensor of the same name, dtype
 related version: the parent for a commit, the first input that has it for a merge. Chains are
 bounded like git bounds delta depth: a base already ``max_depth`` deltas deep is not used, so the
 tensor is stored whole (a keyframe) and reading any version decodes at most ``max_depth + 1``
-tensors per name. ``MVC_DELTA_DEPTH`` sets the bound (0 turns deltas off); ``MVC_CODING=off``
-turns all coding off (tensors stored raw, as in format version 1).
+tensors per name. Deltas are made by ``gc --repack``; a commit makes them only when
+``MVC_DELTA_DEPTH`` is set (it sets the bound; 0 turns deltas off). ``MVC_CODING=off`` turns all
+coding off (tensors stored raw, as in format version 1).
 """
 
 from __future__ import annotations
@@ -34,11 +35,22 @@ def coding_enabled() -> bool:
 
 
 def max_depth() -> int:
-    """The longest delta chain a new tensor may extend (``MVC_DELTA_DEPTH``, default 4)."""
+    """The longest delta chain a repacked tensor may extend (``MVC_DELTA_DEPTH``, default 4)."""
     try:
         return max(0, int(os.environ.get(DEPTH_ENV, DEFAULT_MAX_DEPTH)))
     except ValueError:
         return DEFAULT_MAX_DEPTH
+
+
+def commit_depth() -> int:
+    """The longest delta chain a *commit* may extend: 0 (no deltas) unless ``MVC_DELTA_DEPTH`` is set.
+
+    Like git, which writes loose objects and makes deltas when it packs: a delta at commit time
+    decodes the parent's tensors (a 100 MB commit went from 0.26 s to 0.43 s) and every checkout
+    then decodes the chain (0.16 s to 0.82 s, 9.5x safetensors), where a version coded alone
+    checks out at 1.3x. Deltas are made by ``gc --repack`` (depth 4), or at commit when asked.
+    """
+    return max_depth() if os.environ.get(DEPTH_ENV) else 0
 
 
 def stored_coding(f: h5py.File, digest: str) -> tuple[str | None, int]:

@@ -20,7 +20,7 @@ from ..core.metadata import author
 from ..core.reports import GcReport
 from ..errors import IntegrityError, StoreError
 from . import journal
-from .deltas import ParentBases, coding_enabled, needed_with_bases
+from .deltas import ParentBases, coding_enabled, commit_depth, needed_with_bases
 from .faults import ensure_space, write_failure
 from .index import Index
 from .recovery import index_content, sync_refs_and_notes
@@ -60,14 +60,14 @@ class StoreWrites:
     # -- a new version ----------------------------------------------------------------------
 
     def stage(self, parents: Sequence[str] = ()) -> StagedCommit:
-        """A staged commit writing new tensors into this store's tmp/ (call under the lock), coded
-        (and as deltas against the ``parents``' tensors where that is smaller) unless coding is off."""
+        """A staged commit writing new tensors into tmp/ (under the lock), coded unless coding is off."""
         layout, store = self._layout, self._store
         code = coding_enabled()
-        manifests = [store.manifest(p) for p in parents if code and store.has_version(p)]
+        depth = commit_depth()  # deltas against the parents only when asked (deltas.commit_depth)
+        manifests = [store.manifest(p) for p in parents if code and depth and store.has_version(p)]
         return StagedCommit(layout.tmp, store.tensor_locator(), store.progress,
                             check_space=lambda nbytes: ensure_space(layout.tmp, nbytes, 1, store.path),
-                            bases=ParentBases(layout.snapshot_path, manifests) if manifests else None, code=code,
+                            bases=ParentBases(layout.snapshot_path, manifests, depth) if manifests else None, code=code,
                             place=layout.files.place)
 
     def publish_version(self, staged: StagedCommit, vid: str, meta: dict, structure: object,
