@@ -5,7 +5,8 @@
     mvc log [MODEL] [-n N]          mvc show REF               mvc compare [REF ...] [--weights K=W,...]
     mvc verify                      mvc gc [--keep RULE...] [--dry-run] [--repack]   mvc export REF PATH
     mvc push [REMOTE] [REF ...]     mvc pull [REMOTE] [REF ...]  mvc clone URL [PATH]
-    mvc rm REF    mvc tag REF NAME | --delete NAME    mvc remote [list|add NAME URL|remove NAME|verify [NAME]]
+    mvc rm [--remote NAME] REF  mvc tag REF NAME | --delete NAME
+    mvc remote [list|add NAME URL|remove NAME|verify [NAME]]
 
 ``--store PATH`` (before or after the subcommand) picks the store (default: ``$MVC_DIR``, else
 ``.mvc`` in the current folder).

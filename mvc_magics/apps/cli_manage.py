@@ -3,6 +3,7 @@
 ::
 
     mvc rm REF [--model M] [--force]                 remove a version (protected tags: --force)
+    mvc rm --remote NAME REF [--force]               remove a version on a remote (its tags: --force)
     mvc tag REF NAME [--model M] [--force] [--protect] mvc tag --delete NAME [--model M] [--force]
     mvc remote [list]                                mvc remote add NAME URL
     mvc remote remove NAME                           mvc remote verify [NAME]
@@ -15,6 +16,7 @@ import argparse
 from ..api.repo import Repo
 from ..errors import MVCError
 from ..operations.remote_check import verify_remote
+from ..operations.remote_removal import remove_remote_versions
 
 COMMANDS = ("rm", "tag", "remote")
 
@@ -24,7 +26,9 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("rm", help="remove a version (its tensors stay while other versions use them)")
     p.add_argument("ref", help="the version")
     p.add_argument("--model", default=None, help="the model whose history the ref is in")
-    p.add_argument("--force", action="store_true", help="also when a protected tag is on it")
+    p.add_argument("--force", action="store_true", help="also when a protected tag is on it (with --remote: "
+                   "delete its unprotected tags there; a protected one always blocks)")
+    p.add_argument("--remote", default=None, metavar="NAME", help="remove the version on this remote instead")
 
     p = sub.add_parser("tag", help="put a tag on a version, or --delete one")
     p.add_argument("words", nargs="+", metavar="REF NAME | NAME", help="REF NAME to tag; NAME with --delete")
@@ -40,7 +44,11 @@ def add_parsers(sub) -> None:
 
 def run(repo: Repo, args: argparse.Namespace) -> int:
     """Run one of :data:`COMMANDS`; return the exit code."""
-    if args.command == "rm":
+    if args.command == "rm" and args.remote is not None:
+        ids = remove_remote_versions(repo.store, args.remote, [args.ref], force=args.force)
+        print(f"removed {', '.join(i[:12] for i in ids)} on remote {args.remote}; pulls and clones no longer "
+              "bring it (its file stays there while other versions read tensors from it)")
+    elif args.command == "rm":
         version = repo.remove(args.ref, name=args.model, force=args.force)
         print(f"removed {version.short_id} ({version.name}); mvc gc reclaims its space")
     elif args.command == "tag":

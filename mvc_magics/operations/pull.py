@@ -144,11 +144,12 @@ def stage(store: Store, source: RemoteStore, start, state: RemoteState, staged, 
     total = sum(objects.get(oid, 0) for oid in queue)
 
     def fetch(oid: str) -> Path:
-        if oid not in objects and oid not in retired_objects:
+        # A version removed on the remote keeps its file there, fetched only as a holder of tensors.
+        if oid not in objects and oid not in retired_objects and oid not in state.removed:
             raise RemoteError(f"object {oid[:12]} is not on the remote {source.url}")
         tmp = temporary_path(store.layout.tmp, ".h5")
         staged[oid] = tmp  # before the download: a failed one is removed with the others
-        source.get_object(oid, tmp, retired=oid not in objects,
+        source.get_object(oid, tmp, retired=oid not in objects and oid not in state.removed,
                           size=objects.get(oid) or retired_objects.get(oid) or None)
         return tmp
 
@@ -198,11 +199,11 @@ def stage(store: Store, source: RemoteStore, start, state: RemoteState, staged, 
                 continue
             if not store.layout.is_removed(oid):  # a live file lacking them: the remote's manifest lies
                 raise IntegrityError(f"a pulled version names tensors {oid[:12]} does not hold (refused)")
-            if oid not in objects and oid not in retired_objects:
+            if oid not in objects and oid not in retired_objects and oid not in state.removed:
                 raise IntegrityError(f"object {oid[:12]} lacks tensors and is not on the remote")
             tmp = temporary_path(store.layout.tmp, ".h5")
             staged[oid] = tmp
-            source.get_object(oid, tmp, retired=oid not in objects,
+            source.get_object(oid, tmp, retired=oid not in objects and oid not in state.removed,
                               size=objects.get(oid) or retired_objects.get(oid) or None)
             if not (hashes | have) <= held_hashes(tmp):
                 raise IntegrityError(f"object {oid[:12]} on the remote lacks tensors this store needs")

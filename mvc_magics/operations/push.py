@@ -116,6 +116,8 @@ def _push(store: Store, label: str, url: str, refs, force: bool, progress: bool 
         report.tags = []
         tags = []
         for model, tag, vid, protected in local_tags:
+            if vid in current.removed:
+                continue  # removed on the remote: a tag must not name it there again
             remote = current.tags.get((model, tag))
             if remote is not None and remote[0] == vid:
                 continue
@@ -126,7 +128,9 @@ def _push(store: Store, label: str, url: str, refs, force: bool, progress: bool 
             if entry is not None:
                 tags.append(entry)
                 report.tags.append(tag)
-        objects = {oid: sizes[oid] for oid in todo if live[oid] and oid not in current.objects}
+        # A version removed on the remote stays removed: its file is there, only as a holder of tensors.
+        objects = {oid: sizes[oid] for oid in todo
+                   if live[oid] and oid not in current.objects and oid not in current.removed}
         retired = {oid: sizes[oid] for oid in todo if not live[oid] and oid not in current.retired}
         new_notes = {oid: [n for n in names if n not in current.notes.get(oid, [])] for oid, names in notes.items()}
         new_notes = {oid: names for oid, names in new_notes.items() if names}
