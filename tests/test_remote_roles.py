@@ -14,6 +14,7 @@ from seaweed import BUCKET, TEAM_PREFIX
 from mvc_magics import Repo
 from mvc_magics.errors import MVCError, RemotePermissionError, SignatureError
 from mvc_magics.operations.remote_check import verify_remote
+from mvc_magics.operations.remote_removal import remove_remote_versions
 from mvc_magics.storage.remote_store import RemoteStore
 from mvc_magics.storage.remote_trust import ALLOWED_SIGNERS, allowed_signers_file
 
@@ -80,6 +81,9 @@ def test_reader_member_release_roles_on_seaweedfs(tmp_path, seaweed, monkeypatch
         reader.push()
     assert "\n" not in str(exc.value)
     assert v3.id not in RemoteStore(url).objects()
+    with pytest.raises(RemotePermissionError, match=rf"^permission denied: remote {url} "):  # nor removes
+        remove_remote_versions(reader.store, "origin", ["candidate"], force=True)
+    assert v1.id in RemoteStore(url).objects()
 
     # A member who writes a protected tag into the log by hand (the store cannot stop that) is caught:
     # pull refuses the tag and verify reports it.
