@@ -8,11 +8,11 @@ is known, the store publishes the version in its crash-safe order
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from ..adapters import Adapter, adapter_for
+from ..adapters import Adapter, adapter_for, adapter_named
 from ..adapters.base import known_hashes, remember_hashes
 from ..core.hashing import HashesAhead, canonical_array, version_id
 from ..core.manifest import storable_dtype_name
@@ -73,6 +73,55 @@ def commit(
     except BaseException:
         hashes.cancel()
         raise
+    given = {"message": message, "metrics": all_metrics, "params": params, "provenance": provenance,
+             "extra": extra, "fit": fit if metrics is None else {}, "explicit": explicit}
+    vid, stats, staged_hashes = _store_arrays(store, name, adapter, arrays, hashes, structure,
+                                              lambda: adapter.extra_metadata(model), tags, parents, given,
+                                              move_head, attach)
+    remember_hashes(adapter, model, arrays, staged_hashes)
+    getattr(adapter, "mark_committed", lambda _model: None)(model)
+    version = versions.get(store, vid, name=name)
+    version.stats = stats
+    return version
+
+
+def commit_state(store: Store, framework: str, structure: object, state: Mapping[str, Any], name: str,
+                 message: str | None = None, metrics: Mapping[str, float] | None = None, tags: Iterable[str] = (),
+                 provenance: Mapping[str, object] | None = None, parents: Iterable[str] | None = None,
+                 extra: Mapping[str, object] | None = None, move_head: bool = True,
+                 attach: bool = True) -> Version:
+    """Store ``state`` with a stored ``structure`` as a version of ``name``, no live model involved.
+
+    The version id is the one :func:`commit` gives a model of that structure holding ``state``
+    (both hash the structure and the manifest). Used by merges, so a soup is not rebuilt into a
+    model only to be read back: the model has no fit history and no compile setup of its own.
+    """
+    name = validate_name(name, "model name")
+    message = validate_message(message)
+    tags = [validate_tag(t, versions.tag_names(store)) for t in tags]
+    adapter = adapter_named(framework)
+    check_same_framework(store, name, adapter.framework)
+    explicit = validate_metrics(metrics)
+    if not state:
+        raise UnsupportedModelError(f"{name!r} has no variables to version")
+    arrays = {key: canonical_array(value) for key, value in state.items()}
+    for key, array in arrays.items():
+        storable_dtype_name(array.dtype, key)
+    hashes = HashesAhead(arrays, None)
+    given = {"message": message, "metrics": explicit, "params": validate_params(None), "provenance": provenance,
+             "extra": extra, "fit": {}, "explicit": explicit}
+    vid, stats, _ = _store_arrays(store, name, adapter, arrays, hashes, structure, dict, tags, parents, given,
+                                  move_head, attach)
+    version = versions.get(store, vid, name=name)
+    version.stats = stats
+    return version
+
+
+def _store_arrays(store: Store, name: str, adapter: Adapter, arrays: dict, hashes: HashesAhead, structure: object,
+                  extra_metadata: Callable[[], dict], tags: list[str], parents: Iterable[str] | None, given: dict,
+                  move_head: bool, attach: bool) -> tuple[str, CommitStats, Any]:
+    """Stage ``arrays``, compute the version id, then publish a new version or attach to the existing one."""
+    fit, explicit = given["fit"], given["explicit"]
     with store.locked():
         if parents is None:
             head = store.head_id(name)
@@ -91,20 +140,15 @@ def commit(
             if isinstance(exc, OSError | RuntimeError):  # HDF5 could not write the staged tensors
                 raise StoreError(write_failure(exc, store.path)) from exc
             raise
-        given = {"message": message, "metrics": all_metrics, "params": params, "provenance": provenance,
-                 "extra": extra}
         if existing:
             staged.discard()
-            notes = _attach_existing(store, vid, name, fit if metrics is None else {}, explicit,
+            notes = _attach_existing(store, vid, name, fit, explicit,
                                      tags if attach else [], given, move_head, attach)
             stats = CommitStats(False, 0, len(arrays), 0, notes)
         else:
-            stats = _publish(store, vid, name, adapter, staged, structure, model, tags, parents, given, move_head)
-    remember_hashes(adapter, model, arrays, staged.hashes)
-    getattr(adapter, "mark_committed", lambda _model: None)(model)
-    version = versions.get(store, vid, name=name)
-    version.stats = stats
-    return version
+            stats = _publish(store, vid, name, adapter, staged, structure, extra_metadata, tags, parents, given,
+                             move_head)
+    return vid, stats, staged.hashes
 
 
 def check_same_framework(store: Store, name: str, framework: str) -> None:
@@ -161,12 +205,13 @@ def _same(a: float, b: float) -> bool:
 
 
 def _publish(store: Store, vid: str, name: str, adapter: Adapter, staged: StagedCommit, structure: object,
-             model: Any, tags: list[str], parents: list[str], given: dict, move_head: bool = True) -> CommitStats:
+             extra_metadata: Callable[[], dict], tags: list[str], parents: list[str], given: dict,
+             move_head: bool = True) -> CommitStats:
     """The metadata of a new version, then the store publishes it."""
     # Bytes in this version's own path may belong to a retired file that the new file replaces.
     staged.claim_own(vid)
     manifest = staged.manifest(vid)
-    extra_meta = adapter.extra_metadata(model)
+    extra_meta = extra_metadata()
     meta = {
         "name": name, "message": given["message"] or "", "parents": list(parents),
         "created": datetime.now(timezone.utc).isoformat(timespec="microseconds"),

@@ -24,7 +24,7 @@ from ..core.version import Version
 from ..errors import MergeConflictError, MergeError
 from ..storage.store import Store
 from . import versions
-from .commit import commit
+from .commit import commit, commit_state
 from .ensemble import build_ensemble
 from .soups import Evaluator, average_state, greedy_soup
 
@@ -69,8 +69,11 @@ def computed_merge(store: Store, refs: Sequence[str | Version], weights: Sequenc
                    method: str = "average", eval_fn: EvalFn | None = None, name: str | None = None,
                    metric: str | None = None, template: Any = None,
                    score_name: str | None = None, unsafe: bool = False,
-                   classes: Mapping[str, type] | None = None) -> Iterator[MergePreview]:
+                   classes: Mapping[str, type] | None = None, live: bool = True) -> Iterator[MergePreview]:
     """Check and compute a merge; yield it with a live model holding the result, uncommitted.
+
+    ``live`` False yields no model (``.model`` None) for a Keras weight merge that no eval function
+    scored: the caller commits ``.state`` with the stored structure (see :func:`direct_commit`).
 
     The live model is rebuilt from the first input's stored structure (a Keras model), is a dict
     (dict models), or is ``template`` borrowed while the block runs (a Keras model whose
@@ -109,10 +112,23 @@ def computed_merge(store: Store, refs: Sequence[str | Version], weights: Sequenc
                 report.score = evaluator.score(state)
         report.tensors_averaged, report.tensors_copied = averaged, len(state) - averaged
         # A dict model is its state: no copy. A Keras model holds the state in its variables.
-        live = state if plan.framework == "numpy" else evaluator.model_with(state)
-        yield MergePreview(live, report, state)
+        if plan.framework == "numpy":
+            held = state
+        elif not live and direct_commit(plan, eval_fn, template):
+            held = None
+        else:
+            held = evaluator.model_with(state)
+        yield MergePreview(held, report, state)
     finally:
         evaluator.close()
+
+
+def direct_commit(plan: MergePlan, eval_fn: EvalFn | None, template: Any) -> bool:
+    """Whether the merged state can be committed without a live model: a Keras soup of a stored
+    structure that no eval function (and no borrowed model) needs in a model. Its version id is
+    the one the rebuilt model would get (structure and manifest are hashed, not the model)."""
+    return (plan.framework in ("keras", "tf_keras") and plan.structure is not None and eval_fn is None
+            and template is None)
 
 
 def _check_fits(into: Any, state: dict[str, np.ndarray]) -> None:
@@ -138,10 +154,8 @@ def merge_versions(store: Store, refs: Sequence[str | Version], weights: Sequenc
         adapter_for(into)  # an unsupported object fails before any work
     template = model if model is not None else into
     with computed_merge(store, refs, weights, method, eval_fn, name, metric, template, score_name,
-                        unsafe, classes) as preview:
+                        unsafe, classes, live=into is not None) as preview:
         report = preview.report
-        if preview.model is None:
-            raise MergeError("the merged model could not be built")  # pragma: no cover - defensive
         if into is not None:
             _check_fits(into, preview.state)
         first = versions.get(store, report.inputs[0])
@@ -156,9 +170,14 @@ def merge_versions(store: Store, refs: Sequence[str | Version], weights: Sequenc
             extra["metric_directions"] = {report.score_name: "max"}
         if "compile" in first.extra and weight_merge:
             extra["compile"] = first.extra["compile"]  # same structure: the inputs' training setup
-        version = commit(store, preview.model, target, message=message or report.default_message(),
-                              metrics=metrics or {}, tags=tags, parents=report.inputs, extra=extra,
-                              provenance=provenance, move_head=into is not None, attach=False)
+        options = {"message": message or report.default_message(), "metrics": metrics or {}, "tags": tags,
+                   "parents": report.inputs, "extra": extra, "provenance": provenance,
+                   "move_head": into is not None, "attach": False}
+        if preview.model is None:  # a soup no model needed: committed from the stored structure
+            version = commit_state(store, first.framework, versions.structure(store, first.id), preview.state,
+                                   target, **options)
+        else:
+            version = commit(store, preview.model, target, **options)
         state = preview.state
     if into is not None:
         into_adapter = adapter_for(into)
