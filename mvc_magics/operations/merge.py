@@ -18,6 +18,7 @@ import numpy as np
 
 from ..adapters import adapter_for, adapter_named
 from ..adapters.base import match_state
+from ..adapters.keras_structure import foreign_modules
 from ..core.merge_plan import METHODS, MergePlan, align, check_distinct, check_structures, check_weights
 from ..core.merge_report import EvalFn, MergedVersion, MergePreview, MergeReport
 from ..core.version import Version
@@ -114,7 +115,7 @@ def computed_merge(store: Store, refs: Sequence[str | Version], weights: Sequenc
         # A dict model is its state: no copy. A Keras model holds the state in its variables.
         if plan.framework == "numpy":
             held = state
-        elif not live and direct_commit(plan, eval_fn, template):
+        elif not live and direct_commit(plan, eval_fn):
             held = None
         else:
             held = evaluator.model_with(state)
@@ -123,12 +124,13 @@ def computed_merge(store: Store, refs: Sequence[str | Version], weights: Sequenc
         evaluator.close()
 
 
-def direct_commit(plan: MergePlan, eval_fn: EvalFn | None, template: Any) -> bool:
-    """Whether the merged state can be committed without a live model: a Keras soup of a stored
-    structure that no eval function (and no borrowed model) needs in a model. Its version id is
-    the one the rebuilt model would get (structure and manifest are hashed, not the model)."""
+def direct_commit(plan: MergePlan, eval_fn: EvalFn | None) -> bool:
+    """Whether the merged state is committed without a live model: a Keras soup that no eval
+    function scores, whose stored structure names only Keras code (so a rebuild would succeed and a
+    lent ``model=`` would not be used). Its version id is the one the rebuilt model would get: an id
+    hashes the structure and the manifest, not the model."""
     return (plan.framework in ("keras", "tf_keras") and plan.structure is not None and eval_fn is None
-            and template is None)
+            and not foreign_modules(plan.structure))
 
 
 def _check_fits(into: Any, state: dict[str, np.ndarray]) -> None:
