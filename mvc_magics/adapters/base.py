@@ -8,7 +8,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..core.names import pair_names
-from ..errors import ShapeMismatchError
+from ..errors import ShapeMismatchError, UnsupportedModelError
 
 
 class Adapter(Protocol):
@@ -120,3 +120,19 @@ def load_version(adapter: Any, model: Any, structure: object, state: Mapping[str
         return model if result is None else result
     adapter.set_state(model, state, owned=True)
     return model
+
+
+class OptimizerAdapter:
+    """What every optimizer-state adapter shares: an optimizer is never rebuilt on its own, and it
+    carries no metadata or fit metrics of its own (see ``keras_optim`` and ``torch_optim``)."""
+
+    def build(self, structure: object, state: Mapping[str, np.ndarray], unsafe: bool = False,
+              classes: Iterable[type] = ()) -> Any:
+        raise UnsupportedModelError("an optimizer is restored into the optimizer of a live model "
+                                    "(%mvc_checkout REF model --optimizer opt), never rebuilt on its own")
+
+    def extra_metadata(self, optimizer: Any) -> dict:
+        return {}
+
+    def fit_metrics(self, optimizer: Any) -> dict[str, float]:
+        return {}

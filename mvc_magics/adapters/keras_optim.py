@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from ..errors import ShapeMismatchError, UnsupportedModelError
-from .base import match_state
+from ..errors import ShapeMismatchError
+from .base import OptimizerAdapter, match_state
 
 STRUCTURE_FORMAT = "keras.optimizer/1"
 
 
-class KerasOptimizerAdapter:
+class KerasOptimizerAdapter(OptimizerAdapter):
     """Keras 3 optimizer variables; restored in place, all shapes checked first."""
 
     framework = "keras-optimizer"
@@ -69,17 +69,6 @@ class KerasOptimizerAdapter:
                                      f"{type(optimizer).__name__}: optimizer left unchanged")
         self.set_state(optimizer, state)
         return optimizer
-
-    def build(self, structure: object, state: Mapping[str, np.ndarray], unsafe: bool = False,
-              classes: Iterable[type] = ()) -> Any:
-        raise UnsupportedModelError("an optimizer is restored into the optimizer of a live model "
-                                    "(%mvc_checkout REF model --optimizer opt), never rebuilt on its own")
-
-    def extra_metadata(self, optimizer: Any) -> dict:
-        return {}
-
-    def fit_metrics(self, optimizer: Any) -> dict[str, float]:
-        return {}
 
     def library_versions(self) -> dict[str, str]:
         return {"keras": sys.modules["keras"].__version__}

@@ -11,19 +11,19 @@ to a live model, so it is only ever restored into an existing optimizer.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from ..errors import ShapeMismatchError, UnsupportedModelError
-from .base import match_state
+from .base import OptimizerAdapter, match_state
 from .torch import _plain, from_numpy, to_numpy
 
 STRUCTURE_FORMAT = "torch.optim/1"
 
 
-class TorchOptimizerAdapter:
+class TorchOptimizerAdapter(OptimizerAdapter):
     """``torch.optim.Optimizer`` state: tensors per parameter, hyper-parameters as structure."""
 
     framework = "torch-optimizer"
@@ -88,17 +88,6 @@ class TorchOptimizerAdapter:
         except (ValueError, KeyError, RuntimeError) as exc:
             raise ShapeMismatchError(f"the optimizer state does not fit this optimizer: {str(exc)[:200]}") from exc
         return optimizer
-
-    def build(self, structure: object, state: Mapping[str, np.ndarray], unsafe: bool = False,
-              classes: Iterable[type] = ()) -> Any:
-        raise UnsupportedModelError("an optimizer is restored into the optimizer of a live model "
-                                    "(%mvc_checkout REF model --optimizer opt), never rebuilt on its own")
-
-    def extra_metadata(self, optimizer: Any) -> dict:
-        return {}
-
-    def fit_metrics(self, optimizer: Any) -> dict[str, float]:
-        return {}
 
     def library_versions(self) -> dict[str, str]:
         return {"torch": sys.modules["torch"].__version__}
