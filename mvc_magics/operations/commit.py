@@ -50,12 +50,8 @@ def commit(
     False records nothing on a version that already holds this content (a merge never changes its
     inputs: a result equal to one of them gets neither its score nor its tags).
     """
-    name = validate_name(name, "model name")
-    message = validate_message(message)
-    tags = [validate_tag(t, versions.tag_names(store)) for t in tags]
     adapter = adapter_for(model)
-    check_same_framework(store, name, adapter.framework)
-    explicit = validate_metrics(metrics)
+    name, message, tags, explicit = _checked_inputs(store, name, adapter, message, tags, metrics)
     params = validate_params(params)
     state = adapter.get_state(model)
     if not state:
@@ -96,12 +92,8 @@ def commit_state(store: Store, framework: str, structure: object, state: Mapping
     (both hash the structure and the manifest). Used by merges, so a soup is not rebuilt into a
     model only to be read back: the model has no fit history and no compile setup of its own.
     """
-    name = validate_name(name, "model name")
-    message = validate_message(message)
-    tags = [validate_tag(t, versions.tag_names(store)) for t in tags]
     adapter = adapter_named(framework)
-    check_same_framework(store, name, adapter.framework)
-    explicit = validate_metrics(metrics)
+    name, message, tags, explicit = _checked_inputs(store, name, adapter, message, tags, metrics)
     if not state:
         raise UnsupportedModelError(f"{name!r} has no variables to version")
     arrays = {key: canonical_array(value) for key, value in state.items()}
@@ -149,6 +141,17 @@ def _store_arrays(store: Store, name: str, adapter: Adapter, arrays: dict, hashe
             stats = _publish(store, vid, name, adapter, staged, structure, extra_metadata, tags, parents, given,
                              move_head)
     return vid, stats, staged.hashes
+
+
+def _checked_inputs(store: Store, name: str, adapter: Adapter, message: str | None, tags: Iterable[str],
+                    metrics: Mapping[str, float] | None) -> tuple[str, str, list[str], dict[str, float]]:
+    """The name, message, tags and metrics of a commit, each validated, and the framework checked
+    against the history's (one place for :func:`commit` and :func:`commit_state`)."""
+    name = validate_name(name, "model name")
+    message = validate_message(message)
+    tags = [validate_tag(t, versions.tag_names(store)) for t in tags]
+    check_same_framework(store, name, adapter.framework)
+    return name, message, tags, validate_metrics(metrics)
 
 
 def check_same_framework(store: Store, name: str, framework: str) -> None:
