@@ -19,7 +19,6 @@ from ..core.reports import TransferReport
 from ..errors import (
     IntegrityError,
     InvalidNameError,
-    InvalidRemoteError,
     MVCError,
     RemoteError,
     SignatureError,
@@ -43,28 +42,11 @@ from .remotes import (
     progress_bar,
     remote_errors,
     remote_url,
+    resolve_remote_ref,
     state_cache,
     topological,
 )
 from .tags import tags_deleted_here
-
-
-def _resolve_remote_ref(ref: str, objects: dict[str, int], tags: dict) -> str:
-    matches = sorted({vid for (_, tag), (vid, _) in tags.items() if tag == ref})
-    if len(matches) == 1:
-        return matches[0]
-    if len(matches) > 1:
-        raise InvalidRemoteError(f"tag {ref!r} is on several models on the remote; pull by id prefix")
-    lowered = ref.lower()
-    if len(lowered) >= 4 and all(c in "0123456789abcdef" for c in lowered):
-        ids = [vid for vid in objects if vid.startswith(lowered)]
-        if len(ids) == 1:
-            return ids[0]
-        if len(ids) > 1:
-            raise InvalidRemoteError(f"{ref!r} matches {len(ids)} versions on the remote; give more digits")
-    tag_names = sorted({t for _, t in tags})
-    raise InvalidRemoteError(f"no tag or version {ref!r} on the remote" +
-                             (f" (tags: {', '.join(tag_names[:10])})" if tag_names else ""))
 
 
 def pull(store: Store, remote: str | None = None, refs: Iterable[str] | None = None, force: bool = False,
@@ -84,7 +66,7 @@ def _pull(store: Store, label: str, url: str, refs, force: bool, progress: bool 
     if refs is None:
         start = sorted(objects)
     else:
-        start = [_resolve_remote_ref(ref, objects, remote_tags) for ref in refs]
+        start = [resolve_remote_ref(ref, objects, remote_tags) for ref in refs]
     report = TransferReport("pull", label)
     staged: dict[str, Path] = {}
     try:

@@ -15,8 +15,7 @@ from ..storage.remote_log import RemoteLog, RemoteState
 from ..storage.remote_store import RemoteStore
 from ..storage.remote_trust import is_protected
 from ..storage.store import Store
-from .pull import _resolve_remote_ref
-from .remotes import remote_errors, remote_url, state_cache
+from .remotes import remote_errors, remote_url, resolve_remote_ref, state_cache
 
 
 def remove_remote_versions(store: Store, remote: str | None, refs: Iterable[str], force: bool = False) -> list[str]:
@@ -33,7 +32,7 @@ def remove_remote_versions(store: Store, remote: str | None, refs: Iterable[str]
         target.require_exclusive_create()
         log = RemoteLog(target, state_cache(store, url))
         state = log.read()
-        ids = list(dict.fromkeys(_resolve_remote_ref(ref, state.objects, state.tags) for ref in refs))
+        ids = list(dict.fromkeys(resolve_remote_ref(ref, state.objects, state.tags) for ref in refs))
         deleted_tags: list[str] = []
 
         def segment(current: RemoteState) -> dict | None:

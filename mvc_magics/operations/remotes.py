@@ -164,3 +164,20 @@ def conflict_error(direction: str, conflicts: list[tuple[str, str, str, str]]) -
                                f"{'pushed' if direction == 'push' else 'pulled'} ({hint})", conflicts)
 
 
+def resolve_remote_ref(ref: str, objects: dict[str, int], tags: dict) -> str:
+    """The version id a tag or id prefix names on a remote (from its listed objects and tags)."""
+    matches = sorted({vid for (_, tag), (vid, _) in tags.items() if tag == ref})
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise InvalidRemoteError(f"tag {ref!r} is on several models on the remote; pull by id prefix")
+    lowered = ref.lower()
+    if len(lowered) >= 4 and all(c in "0123456789abcdef" for c in lowered):
+        ids = [vid for vid in objects if vid.startswith(lowered)]
+        if len(ids) == 1:
+            return ids[0]
+        if len(ids) > 1:
+            raise InvalidRemoteError(f"{ref!r} matches {len(ids)} versions on the remote; give more digits")
+    tag_names = sorted({t for _, t in tags})
+    raise InvalidRemoteError(f"no tag or version {ref!r} on the remote" +
+                             (f" (tags: {', '.join(tag_names[:10])})" if tag_names else ""))
