@@ -151,14 +151,16 @@ class RepackReport:
     versions_skipped: int = 0
     bytes_before: int = 0
     bytes_after: int = 0
+    damaged: dict[str, str] = field(default_factory=dict)  # object id -> why it was left out
 
     @property
     def bytes_freed(self) -> int:
         return self.bytes_before - self.bytes_after
 
     def __str__(self) -> str:
+        damaged = f"; {len(self.damaged)} damaged file(s) left as they were (run verify)" if self.damaged else ""
         return (f"repack: {self.versions_recoded} version(s) re-coded ({self.versions_skipped} left as they were), "
                 f"{format_bytes(self.bytes_before)} -> {format_bytes(self.bytes_after)} "
-                f"(freed {format_bytes(self.bytes_freed)})")
+                f"(freed {format_bytes(self.bytes_freed)}){damaged}")
 
     __repr__ = __str__

@@ -148,7 +148,12 @@ def stage(store: Store, source: RemoteStore, start, state: RemoteState, staged, 
             report.objects_sent += 1
             report.bytes += tmp.stat().st_size
             bar.update(tmp.stat().st_size)
-            for base_object, base_hash in base_references(tmp).values():  # delta bases come along
+            try:
+                references = base_references(tmp)
+            except IntegrityError as exc:  # not a snapshot at all: named, and the rest still comes
+                report.rejected[oid] = f"remote object {oid[:12]}: {exc}"
+                continue
+            for base_object, base_hash in references.values():  # delta bases come along
                 if base_object != oid:
                     need_hashes.setdefault(base_object, set()).add(base_hash)
                     if not _local_has(store, base_object) and base_object not in seen:

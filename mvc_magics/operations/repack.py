@@ -10,10 +10,12 @@ and no chain can loop; tensors that already are deltas are copied as they are. I
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 from ..core.manifest import ManifestEntry
 from ..core.reports import RepackReport
+from ..errors import IntegrityError
 from ..storage.deltas import ParentBases, base_references
 from ..storage.store import Store
 
@@ -25,13 +27,22 @@ def repack(store: Store, name: str | None = None) -> RepackReport:
     with store.locked():
         rows = store.index.query("SELECT id, name, meta FROM versions ORDER BY seq")
         referenced: set[tuple[str, str]] = set()  # (object, hash) some delta uses as its base
-        for _, path in layout.snapshot_files(include_removed=True):
-            referenced.update(base_references(path).values())
+        for oid, path in layout.snapshot_files(include_removed=True):
+            try:
+                referenced.update(base_references(path).values())
+            except IntegrityError as exc:  # named in the report; every other file is still repacked
+                report.damaged[oid] = str(exc)
         for vid, model, meta in rows:
             if name is not None and model != name:
                 continue
-            parents = [p for p in json.loads(meta).get("parents", []) if store.has_version(p)]
-            bases = ParentBases(layout.snapshot_path, [store.manifest(p) for p in parents])
+            if vid in report.damaged:
+                continue
+            manifests = []
+            for parent in json.loads(meta).get("parents", []):
+                with contextlib.suppress(IntegrityError):  # a damaged parent offers no bases
+                    if store.has_version(parent) and parent not in report.damaged:
+                        manifests.append(store.manifest(parent))
+            bases = ParentBases(layout.snapshot_path, manifests)
 
             def base_for(entry: ManifestEntry, array, vid=vid, bases=bases):
                 if (vid, entry.hash) in referenced:
@@ -40,6 +51,9 @@ def repack(store: Store, name: str | None = None) -> RepackReport:
 
             try:
                 before, after = store.writes.recode_version(vid, base_for)
+            except IntegrityError as exc:  # this version's file is damaged: named, the rest go on
+                report.damaged[vid] = str(exc)
+                continue
             finally:
                 bases.close()
             referenced.update(base_references(layout.snapshot_path(vid)).values())
@@ -51,5 +65,6 @@ def repack(store: Store, name: str | None = None) -> RepackReport:
                 report.versions_skipped += 1
         store.writes.record("repack", name, [], {"versions": report.versions_recoded,
                                                  "bytes_before": report.bytes_before,
-                                                 "bytes_after": report.bytes_after})
+                                                 "bytes_after": report.bytes_after,
+                                                 "damaged": sorted(report.damaged)})
     return report

@@ -64,7 +64,21 @@ def stored_coding(f: h5py.File, digest: str) -> tuple[str | None, int]:
 
 
 def base_references(path: Path) -> dict[str, tuple[str, str]]:
-    """hash -> (base object id, base hash) of every delta-coded tensor a snapshot file holds."""
+    """hash -> (base object id, base hash) of every delta-coded tensor a snapshot file holds.
+
+    :class:`IntegrityError` (one line, naming the file) when the file is not a readable snapshot:
+    callers (pull, gc, repack) handle such a file on its own instead of stopping at a raw ``OSError``.
+    """
+    try:
+        return _base_references(path)
+    except FileNotFoundError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise IntegrityError(f"snapshot {path.name} is not a readable HDF5 file ({reason})") from exc
+
+
+def _base_references(path: Path) -> dict[str, tuple[str, str]]:
     found: dict[str, tuple[str, str]] = {}
     with h5py.File(path, "r") as f:
         group = f.get("tensors")
@@ -88,7 +102,11 @@ def needed_with_bases(used: dict[str, set[str]], locate: Callable[[str], Path]) 
         oid = todo.pop()
         if oid not in scanned:
             path = locate(oid)
-            scanned[oid] = base_references(path) if path.exists() else {}
+            try:
+                scanned[oid] = base_references(path) if path.exists() else {}
+            except IntegrityError as exc:  # its bases are unknown: deleting anything could lose them
+                raise IntegrityError(f"{exc}; versions still read from it, so gc deleted nothing "
+                                     "(run verify)") from exc
         for digest in list(needed[oid]):
             if digest in scanned[oid]:
                 base_object, base_hash = scanned[oid][digest]

@@ -30,6 +30,15 @@ def held_hashes(path: Path) -> set[str]:
         return set(group.keys()) if isinstance(group, h5py.Group) else set()
 
 
+def garbage_hashes(path: Path) -> set[str]:
+    """:func:`held_hashes` of a file gc deletes as garbage: empty when it is not even HDF5 (a
+    damaged file no version needs is deleted all the same, not a reason to stop gc)."""
+    try:
+        return held_hashes(path)
+    except OSError:
+        return set()
+
+
 def write_retired(final: Path, version_id: str, source: Path, keep: set[str], tmp_folder: Path) -> None:
     """Atomically replace ``final`` by a retired file holding only the tensors ``keep`` from ``source``."""
 

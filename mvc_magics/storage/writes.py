@@ -25,7 +25,7 @@ from .faults import ensure_space, write_failure
 from .index import Index
 from .recovery import index_content, sync_refs_and_notes
 from .repacking import recode_snapshot
-from .retired import held_hashes, is_retired, write_retired
+from .retired import garbage_hashes, held_hashes, is_retired, write_retired
 from .signatures import Signer, signature_path, signer_from_env, write_signature
 from .snapshot import ManifestEntry, SnapshotContent
 from .staging import StagedCommit
@@ -371,7 +371,7 @@ class StoreWrites:
                 continue
             before = path.stat().st_size
             needed = used.get(rid, set())
-            held = held_hashes(path)
+            held = held_hashes(path) if needed else garbage_hashes(path)
             if not needed:
                 layout.files.unlink(path)
                 counts["files_deleted"] += 1
