@@ -19,7 +19,7 @@ _SETUP = r"""
 import os, signal, sys
 import numpy as np
 from mvc_magics import Repo
-from mvc_magics.storage import audit, journal, layout, retired, safe_files, writes
+from mvc_magics.storage import audit, collection, journal, layout, retired, safe_files, writes
 
 store, point = sys.argv[1], sys.argv[2]
 repo = Repo(store)
@@ -110,11 +110,11 @@ repo.remove(v3.id)          # nothing else uses it: gc deletes it
 print(v1.id, v2.id, v3.id, flush=True)
 is_object = lambda files, path, *a, **k: "objects" in str(path)
 if point == "after-index":
-    before(writes, "held_hashes")
+    before(collection, "held_hashes")
 elif point == "after-delete":
     after(safe_files.SafeFiles, "unlink", when=is_object)
 elif point == "after-rewrite":
-    after(writes, "write_retired")
+    after(collection, "write_retired")
 elif point == "before-audit":
     original = writes.StoreWrites._audit
     def audit_gc(self, op, *args, **kwargs):

@@ -129,7 +129,7 @@ CRASH = RUN + r"""
 import os, signal, sys
 from mvc_magics import Repo
 import mvc_magics.storage.repacking as repacking
-import mvc_magics.storage.writes as writes
+import mvc_magics.storage.collection as collection
 from mvc_magics.operations import removal
 
 store, point = sys.argv[1], sys.argv[2]
@@ -155,7 +155,7 @@ elif point == "repack-file-written-not-renamed":
 elif point == "retention-after-2-removals":
     die_after(removal, "remove_version", 2)
 elif point == "retention-in-gc":
-    die_after(writes, "write_retired", 1)
+    die_after(collection, "write_retired", 1)
 print("ready", flush=True)
 if point.startswith("repack"):
     repo.gc(repack=True)

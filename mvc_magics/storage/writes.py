@@ -3,7 +3,7 @@
 A new version: snapshot file (the point of no return) -> signature -> tag and HEAD files -> index
 rows -> audit entry. A ref change: journal (with its prepared audit entry) -> ref file -> index ->
 audit entry -> journal deleted; a removal: the same with a tombstone first; gc: journal -> index
-tensor locations (only live ones) -> file deletions and rewrites -> audit entry (:mod:`.journal`).
+tensor locations (only live ones) -> file deletions and rewrites -> audit entry (:mod:`.journal`, :mod:`.collection`).
 Files come first: they are the truth the index caches. A process killed after them leaves work that
 :mod:`.recovery` completes. Operations call these methods and never write store files themselves.
 """
@@ -18,14 +18,12 @@ from typing import TYPE_CHECKING
 
 from ..core.metadata import author
 from ..core.reports import GcReport
-from ..errors import IntegrityError, StoreError
-from . import journal
-from .deltas import ParentBases, coding_enabled, commit_depth, needed_with_bases
+from ..errors import StoreError
+from . import collection, journal
+from .deltas import ParentBases, coding_enabled, commit_depth
 from .faults import ensure_space, write_failure
 from .index import Index
 from .recovery import index_content, sync_refs_and_notes
-from .repacking import recode_snapshot
-from .retired import garbage_hashes, held_hashes, is_retired, write_retired
 from .signatures import Signer, signature_path, signer_from_env, write_signature
 from .snapshot import ManifestEntry, SnapshotContent
 from .staging import StagedCommit
@@ -321,25 +319,16 @@ class StoreWrites:
             with self._store.index.transaction() as conn:
                 Index.add_metrics(conn, vid, metrics)
 
-    # -- repack -----------------------------------------------------------------------------
+    # -- repack and gc (their steps live in :mod:`.collection`) -----------------------------
 
     def recode_version(self, vid: str, base_for: Callable) -> tuple[int, int]:
-        """Re-code version ``vid``'s snapshot file in place (same content, see :mod:`.repacking`);
-        return its size before and after. Only the file changes: its id, manifest and index rows
-        stay, so nothing else needs writing and a kill leaves the old or the new file, both whole."""
-        layout = self._layout
+        """Re-code version ``vid``'s snapshot file in place (see :func:`.collection.recode_version`)."""
         with self._store.locked():
-            return recode_snapshot(layout.snapshot_path(vid), vid, layout.snapshot_path, layout.tmp, base_for)
-
-    # -- gc ---------------------------------------------------------------------------------
+            return collection.recode_version(self._store, vid, base_for)
 
     def collect_garbage(self) -> GcReport:
-        """Delete or shrink the files of removed versions; never drop a tensor a version still uses.
-
-        Crash-safe: the journal says gc is under way (the next lock holder runs it again to the
-        end), and the index's tensor locations are narrowed to what live versions use *before* any
-        byte is deleted, so no commit can count on bytes gc is about to remove.
-        """
+        """Delete or shrink the files of removed versions; never drop a tensor a version still uses
+        (journaled and crash-safe: see :func:`.collection.collect_garbage`)."""
         with self._store.locked():
             self._store.journal.begin({"op": "gc"})
             try:
@@ -348,53 +337,4 @@ class StoreWrites:
                 self._store.journal.end()
 
     def _gc(self, recovered: bool = False) -> GcReport:
-        layout, store = self._layout, self._store
-        counts = {"bytes_freed": 0, "files_deleted": 0, "files_rewritten": 0, "tensors_dropped": 0,
-                  "tensors_kept": 0}
-        used: dict[str, set[str]] = {}  # object id -> hashes live versions read from it
-        # From the snapshot files, checked against their ids: an edited index row must not
-        # keep foreign bytes alive, nor let gc drop bytes a version needs.
-        manifests = [[e.to_json() for e in store.manifest(vid)] for vid in store.index.version_ids()]
-        for manifest in manifests:
-            for entry in manifest:
-                used.setdefault(entry["object"], set()).add(entry["hash"])
-        # A delta-coded tensor needs its base (and the base's base...) wherever it is stored.
-        used = needed_with_bases(used, layout.snapshot_path)
-        # Narrowed before any byte is deleted: a commit never reuses bytes gc is about to remove.
-        with store.index.transaction() as conn:
-            conn.execute("DELETE FROM tensors")
-            conn.executemany("INSERT OR IGNORE INTO tensors(hash, object, nbytes) VALUES(?, ?, ?)",
-                             [(e["hash"], e["object"], int(e["nbytes"])) for m in manifests for e in m])
-        for rid in layout.removed_ids():
-            path = layout.snapshot_path(rid)
-            if not path.is_file() or path.is_symlink() or path.parent.is_symlink():
-                continue
-            before = path.stat().st_size
-            needed = used.get(rid, set())
-            held = held_hashes(path) if needed else garbage_hashes(path)
-            if not needed:
-                layout.files.unlink(path)
-                counts["files_deleted"] += 1
-                counts["tensors_dropped"] += len(held)
-                counts["bytes_freed"] += before
-                continue
-            missing = needed - held
-            if missing:
-                raise IntegrityError(f"removed version {rid[:12]} lacks {len(missing)} tensor(s) other "
-                                     "versions use; run verify (nothing was deleted from it)")
-            if held == needed and is_retired(path):
-                counts["tensors_kept"] += len(needed)
-                continue
-            try:
-                ensure_space(layout.tmp, before, len(needed), store.path)
-                write_retired(path, rid, path, needed, layout.tmp)
-            except (OSError, RuntimeError, StoreError) as exc:
-                raise StoreError(write_failure(exc, store.path, outcome="gc stopped before rewriting "
-                                               f"{rid[:12]}; no version lost, run gc again when there is room")
-                                 ) from exc
-            counts["files_rewritten"] += 1
-            counts["tensors_dropped"] += len(held - needed)
-            counts["tensors_kept"] += len(needed)
-            counts["bytes_freed"] += max(0, before - path.stat().st_size)
-        self._audit("gc", None, [], {**counts, "recovered": True} if recovered else dict(counts))
-        return GcReport(**counts)
+        return collection.collect_garbage(self._store, self._audit, recovered)
