@@ -69,6 +69,8 @@ def test_magics_optimizer_flag(ip, capsys):
     assert "optimizer opt kept with" in capsys.readouterr().out
     train(net, optimizer, 2)
     expected = weights(net)
+    status = ip.run_line_magic("mvc_status", "")
+    assert [entry.name for entry in status] == ["net"]  # net.optimizer is the model's, not a variable
     train(net, optimizer, 4)
     ip.run_line_magic("mvc_checkout", f"{first.short_id} net --optimizer opt")
     train(net, optimizer, 2)

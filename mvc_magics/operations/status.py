@@ -14,13 +14,16 @@ from ..core.version import Version
 from ..errors import IntegrityError, UnknownRefError, UnsupportedModelError
 from ..storage.store import Store
 from . import versions
+from .optimizer_state import optimizer_history
 
 
 def status(store: Store, namespace: Mapping[str, Any] | None = None) -> StatusReport:
     """One entry per model with a HEAD: present in ``namespace``, and modified since HEAD?"""
     namespace = namespace or {}
     report = StatusReport()
-    for name in versions.models(store):
+    names = versions.models(store)
+    # An optimizer's history (``net.optimizer``) belongs to its model's entry: it is no variable.
+    for name in [n for n in names if n not in {optimizer_history(m) for m in names}]:
         head = versions.head(store, name)
         obj = namespace.get(name)
         if obj is None:
