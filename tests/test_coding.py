@@ -41,7 +41,7 @@ def test_by_default_a_commit_codes_alone_and_repack_makes_the_deltas(repo, monke
     assert kinds == ["planes+zstd"] * 3  # checkout decodes one tensor, not a chain
     report = repo.gc(repack=True)
     kinds = [stored(repo, v.id, tensor_hash(w["dense/kernel"]))["mvc_coding"] for v, w in versions]
-    assert report.versions_recoded >= 2 and kinds == ["planes+zstd", "xor+planes+zstd", "xor+planes+zstd"]
+    assert report.versions_recoded >= 2 and kinds == ["planes+zstd", "sub+planes+zstd", "sub+planes+zstd"]
     for version, expected in versions:
         state = repo.load_state(version)
         assert all(state[k].tobytes() == v.tobytes() for k, v in expected.items())
@@ -62,13 +62,38 @@ def test_coding_round_trips_the_raw_bytes_of_every_dtype(dtype):
         else (values * 7).astype(dtype)
     raw = coding.raw_bytes(np.ascontiguousarray(array))
     base = coding.raw_bytes(np.ascontiguousarray(np.roll(array, 1)))
-    for reference in (None, base):
-        coded = coding.encode(raw, dtype.itemsize, reference)
+    for reference, delta in ((None, None), (base, coding.CODING_SUB), (base, coding.CODING_DELTA)):
+        coded = coding.encode(raw, dtype.itemsize, reference, delta)
         assert coded is not None and coded.nbytes < raw.nbytes  # these all compress
+        assert coded.coding == (delta or coding.CODING_PLANES)
         out = np.empty_like(raw)
         coding.decode_into(out, coded.data, coding.check_table(coded.planes, dtype.itemsize, coded.nbytes,
-                                                               raw.nbytes), reference)
+                                                               raw.nbytes), reference, coded.coding)
         assert out.tobytes() == raw.tobytes()
+
+
+def test_integer_differences_wrap_and_keep_the_sign_in_the_low_bit():
+    a = np.array([0, 1, 0xFFFFFFFF, 0x3F800000, 5], np.uint32)
+    b = np.array([1, 0, 0, 0x3F7FFFFF, 5], np.uint32)
+    z = coding.sub_bytes(a.view(np.uint8), b.view(np.uint8), 4).view(np.uint32)
+    assert z.tolist() == [1, 2, 1, 2, 0]  # -1, +1, -1 (wrapped), +1 across a mantissa carry, 0
+    out = np.empty(a.nbytes, np.uint8)
+    coding.add_back(out, z.view(np.uint8).copy(), b.view(np.uint8), 4)
+    assert out.view(np.uint32).tolist() == a.tolist()
+
+
+def test_a_chain_mixing_xor_and_integer_difference_levels_decodes_bottom_up():
+    rng = np.random.default_rng(3)
+    v0 = (rng.standard_normal(8192) * 0.1).astype(np.float32)
+    v1 = v0 + (rng.standard_normal(8192) * 1e-4).astype(np.float32)
+    v2 = v1 - (rng.standard_normal(8192) * 1e-4).astype(np.float32)
+    raw = [coding.raw_bytes(v) for v in (v0, v1, v2)]
+    key = coding.encode(raw[0], 4)
+    mid = coding.encode(raw[1], 4, raw[0], coding.CODING_DELTA)  # as older mvc_magics wrote
+    top = coding.encode(raw[2], 4, raw[1], coding.CODING_SUB)
+    out = np.empty_like(raw[2])
+    coding.decode_chain(out, [(c.data, c.planes, c.coding) for c in (top, mid, key)], 4)
+    assert out.tobytes() == raw[2].tobytes()
 
 
 def test_noise_stays_raw_and_small_tensors_are_not_coded():
@@ -86,8 +111,8 @@ def test_commits_are_coded_then_chained_as_deltas_with_keyframes(repo, monkeypat
         kinds.append((attrs["mvc_coding"], int(attrs.get("mvc_depth", 0))))
         state = repo.load_state(version)
         assert all(state[k].tobytes() == v.tobytes() for k, v in expected.items())
-    assert kinds == [("planes+zstd", 0), ("xor+planes+zstd", 1), ("xor+planes+zstd", 2), ("planes+zstd", 0),
-                     ("xor+planes+zstd", 1)]
+    assert kinds == [("planes+zstd", 0), ("sub+planes+zstd", 1), ("sub+planes+zstd", 2), ("planes+zstd", 0),
+                     ("sub+planes+zstd", 1)]
     sizes = [(repo.path / "objects" / v.id[:2] / f"{v.id}.h5").stat().st_size for v, _ in versions]
     assert sizes[1] < 0.75 * sizes[0]  # a delta of a small update is far smaller than the coded tensor
 
@@ -101,7 +126,7 @@ def test_coding_off_writes_format_version_1_that_a_coding_store_still_reads(repo
     monkeypatch.delenv("MVC_CODING")
     old_weights["dense/kernel"] = old_weights["dense/kernel"] + np.float32(1e-3)
     new = repo.commit(old_weights, "net")
-    assert stored(repo, new.id, tensor_hash(old_weights["dense/kernel"]))["mvc_coding"] == "xor+planes+zstd"
+    assert stored(repo, new.id, tensor_hash(old_weights["dense/kernel"]))["mvc_coding"] == "sub+planes+zstd"
     assert repo.load_state(new)["dense/kernel"].tobytes() == old_weights["dense/kernel"].tobytes()
     assert repo.verify().ok
 
@@ -199,7 +224,7 @@ def test_a_base_remembered_from_the_last_commit_is_rechecked_so_shared_memory_ca
     live -= np.float32(1e-4)  # trained in place after the commit
     second = repo.commit({"w": live}, "net")
     attrs = stored(repo, second.id, tensor_hash(live))
-    assert attrs["mvc_coding"] == "xor+planes+zstd" and attrs["mvc_base"].startswith(first.id)
+    assert attrs["mvc_coding"] == "sub+planes+zstd" and attrs["mvc_base"].startswith(first.id)
     assert repo.load_state(first)["w"].tobytes() == expected_first.tobytes()
     assert repo.load_state(second)["w"].tobytes() == live.tobytes()
     assert repo.verify().ok

@@ -12,6 +12,7 @@ import numpy as np
 from keras_models import BUILDERS
 
 from mvc_magics.core.hashing import canonical_json, tensor_hash
+from mvc_magics.storage import coding
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "FORMAT.md"
 
@@ -70,7 +71,8 @@ def test_layout_ids_and_hashes_are_as_documented(repo, weights):
 
 def test_the_documented_reader_decodes_coded_tensors_and_delta_chains(repo, monkeypatch):
     """Tensors large enough to code, committed as a chain of small updates: planes+zstd for the
-    first version, XOR deltas (a chain up to MVC_DELTA_DEPTH, then a keyframe) for the next."""
+    first version, integer-difference deltas (a chain up to MVC_DELTA_DEPTH, then a keyframe) for
+    the next."""
     monkeypatch.setenv("MVC_DELTA_DEPTH", "2")
     read_version = documented_reader()
     rng = np.random.default_rng(7)
@@ -90,4 +92,28 @@ def test_the_documented_reader_decodes_coded_tensors_and_delta_chains(repo, monk
         _, tensors = read_version(repo.path, version.id)
         for name, array in expected.items():
             assert tensors[name].dtype == array.dtype and tensors[name].tobytes() == array.tobytes()
-    assert codings == [("planes+zstd", 0), ("xor+planes+zstd", 1), ("xor+planes+zstd", 2), ("planes+zstd", 0)]
+    assert codings == [("planes+zstd", 0), ("sub+planes+zstd", 1), ("sub+planes+zstd", 2), ("planes+zstd", 0)]
+
+
+def test_the_documented_reader_and_the_store_read_xor_deltas_older_versions_wrote(repo, monkeypatch):
+    """XOR deltas (what mvc_magics wrote before integer differences) stay readable, also under a
+    chain that continues with integer differences."""
+    monkeypatch.setenv("MVC_DELTA_DEPTH", "4")
+    read_version = documented_reader()
+    rng = np.random.default_rng(8)
+    weights = {"w": (rng.standard_normal((256, 64)) * 0.05).astype(np.float32)}
+    committed = []
+    for step in range(4):
+        with monkeypatch.context() as older:
+            if step < 2:
+                older.setattr(coding, "delta_coding", lambda itemsize: coding.CODING_DELTA)
+            committed.append((repo.commit(weights, "net"), weights["w"].copy()))
+        weights["w"] = weights["w"] + (rng.standard_normal(weights["w"].shape) * 1e-4).astype(np.float32)
+    codings = []
+    for version, expected in committed:
+        with h5py.File(repo.path / "objects" / version.id[:2] / f"{version.id}.h5", "r") as f:
+            codings.append(f["tensors"][tensor_hash(expected)].attrs["mvc_coding"])
+        assert read_version(repo.path, version.id)[1]["w"].tobytes() == expected.tobytes()
+        assert repo.load_state(version)["w"].tobytes() == expected.tobytes()
+    assert codings == ["planes+zstd", "xor+planes+zstd", "sub+planes+zstd", "sub+planes+zstd"]
+    assert repo.verify().ok

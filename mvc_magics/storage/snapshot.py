@@ -311,6 +311,8 @@ class TensorReader:
         if dataset.id.get_storage_size() != stored:
             raise IntegrityError(f"{where}: stored bytes do not match the coded length")
         itemsize = dtype_from_name(entry.dtype).itemsize
+        if name == coding.CODING_SUB and coding.delta_coding(itemsize) != name:
+            raise IntegrityError(f"{where}: an integer-difference delta of {itemsize}-byte elements, refused")
         table = coding.check_table(dataset.attrs[PLANES_ATTR], itemsize, stored, entry.nbytes)
         data = np.empty(stored, dtype=np.uint8)
         if stored:
@@ -319,14 +321,14 @@ class TensorReader:
 
     def _read_coded(self, entry: ManifestEntry, dataset: h5py.Dataset, where: str) -> np.ndarray:
         """Decode a coded tensor, a delta with every base down to the tensor stored whole."""
-        levels: list[tuple[np.ndarray, np.ndarray | None]] = []
+        levels: list[tuple[np.ndarray, np.ndarray | None, str | None]] = []
         current = entry
         while True:
             if CODING_ATTR not in dataset.attrs:  # the chain ends on a tensor stored as it is
-                levels.append((self._read_whole(current, dataset, where).reshape(-1).view(np.uint8), None))
+                levels.append((self._read_whole(current, dataset, where).reshape(-1).view(np.uint8), None, None))
                 break
             name, data, table = self._coded_level(current, dataset, where)
-            levels.append((data, table))
+            levels.append((data, table, name))
             if name == coding.CODING_PLANES:
                 break
             if len(levels) > MAX_CHAIN:

@@ -115,7 +115,7 @@ class SnapshotWriter:
         coded, used = _code(array, base) if code and self.format_version >= 2 else (None, None)
         if coded is not None:
             dataset = tensors.create_dataset(digest, data=coded.data)
-            dataset.attrs[CODING_ATTR] = coding.CODING_DELTA if used is not None else coding.CODING_PLANES
+            dataset.attrs[CODING_ATTR] = coded.coding
             dataset.attrs[PLANES_ATTR] = coded.planes
             if used is not None:
                 dataset.attrs[BASE_ATTR] = f"{used.object}/{used.hash}"
