@@ -8,14 +8,16 @@ is known, the store publishes the version in its crash-safe order
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from typing import Any
+
+import numpy as np
 
 from ..adapters import Adapter, adapter_for, adapter_named
 from ..adapters.base import known_hashes, remember_hashes
 from ..core.hashing import HashesAhead, canonical_array, version_id
-from ..core.manifest import storable_dtype_name
+from ..core.manifest import ManifestEntry, storable_dtype_name
 from ..core.meta_check import validate_message
 from ..core.metadata import author, base_library_versions, validate_metrics, validate_params
 from ..core.names import validate_name, validate_tag
@@ -71,7 +73,11 @@ def commit(
         raise
     given = {"message": message, "metrics": all_metrics, "params": params, "provenance": provenance,
              "extra": extra, "fit": fit if metrics is None else {}, "explicit": explicit}
-    vid, stats, staged_hashes = _store_arrays(store, name, adapter, arrays, hashes, structure,
+
+    def fill(staged: StagedCommit) -> None:
+        staged.stage(arrays, description=f"commit {name}", hashes=hashes)
+
+    vid, stats, staged_hashes = _store_arrays(store, name, adapter, fill, structure,
                                               lambda: adapter.extra_metadata(model), tags, parents, given,
                                               move_head, attach)
     remember_hashes(adapter, model, arrays, staged_hashes)
@@ -82,37 +88,62 @@ def commit(
 
 
 def commit_state(store: Store, framework: str, structure: object, state: Mapping[str, Any], name: str,
-                 message: str | None = None, metrics: Mapping[str, float] | None = None, tags: Iterable[str] = (),
-                 provenance: Mapping[str, object] | None = None, parents: Iterable[str] | None = None,
-                 extra: Mapping[str, object] | None = None, move_head: bool = True,
-                 attach: bool = True) -> Version:
-    """Store ``state`` with a stored ``structure`` as a version of ``name``, no live model involved.
+                 **options: Any) -> Version:
+    """Store ``state`` with a stored ``structure`` as a version of ``name``, no live model involved
+    (the options of :func:`commit_stream`)."""
+    if not state:
+        raise UnsupportedModelError(f"{name!r} has no variables to version")
+    return commit_stream(store, framework, structure, state.items(), name, **options)
 
-    The version id is the one :func:`commit` gives a model of that structure holding ``state``
-    (both hash the structure and the manifest). Used by merges, so a soup is not rebuilt into a
-    model only to be read back: the model has no fit history and no compile setup of its own.
+
+def commit_stream(store: Store, framework: str, structure: object,
+                  tensors: Iterable[tuple[str, np.ndarray | ManifestEntry]], name: str,
+                  message: str | None = None, metrics: Mapping[str, float] | None = None, tags: Iterable[str] = (),
+                  provenance: Mapping[str, object] | None = None, parents: Iterable[str] | None = None,
+                  extra: Mapping[str, object] | None = None, move_head: bool = True, attach: bool = True,
+                  total_bytes: int = 0) -> Version:
+    """Store the ``(name, tensor)`` pairs ``tensors`` yields, with a stored ``structure``, as a version
+    of ``name``: no live model involved, and no tensor kept once it is staged (see
+    :meth:`~mvc_magics.storage.staging.StagedCommit.stream`). A :class:`ManifestEntry` is a tensor
+    already stored, referenced without reading it.
+
+    The version id is the one :func:`commit` gives a model of that structure holding these tensors
+    (both hash the structure and the manifest). Used by merges, so a soup is neither rebuilt into a
+    model only to be read back nor held whole: the model has no fit history and no compile setup
+    of its own (``extra`` carries what the caller knows).
     """
     adapter = adapter_named(framework)
     name, message, tags, explicit = _checked_inputs(store, name, adapter, message, tags, metrics)
-    if not state:
-        raise UnsupportedModelError(f"{name!r} has no variables to version")
-    arrays = {key: canonical_array(value) for key, value in state.items()}
-    for key, array in arrays.items():
-        storable_dtype_name(array.dtype, key)
-    hashes = HashesAhead(arrays, None)
+
+    def checked() -> Iterator[tuple[str, np.ndarray | ManifestEntry]]:
+        for key, value in tensors:
+            if isinstance(value, ManifestEntry):
+                yield key, value
+                continue
+            array = canonical_array(value)
+            storable_dtype_name(array.dtype, key)  # refused before it is written
+            del value
+            yield key, array
+
     given = {"message": message, "metrics": explicit, "params": validate_params(None), "provenance": provenance,
              "extra": extra, "fit": {}, "explicit": explicit}
-    vid, stats, _ = _store_arrays(store, name, adapter, arrays, hashes, structure, dict, tags, parents, given,
-                                  move_head, attach)
+
+    def fill(staged: StagedCommit) -> None:
+        staged.stream(checked(), description=f"commit {name}", total_bytes=total_bytes)
+        if not staged.specs:
+            raise UnsupportedModelError(f"{name!r} has no variables to version")
+
+    vid, stats, _ = _store_arrays(store, name, adapter, fill, structure, dict, tags, parents, given, move_head, attach)
     version = versions.get(store, vid, name=name)
     version.stats = stats
     return version
 
 
-def _store_arrays(store: Store, name: str, adapter: Adapter, arrays: dict, hashes: HashesAhead, structure: object,
+def _store_arrays(store: Store, name: str, adapter: Adapter, fill: Callable[[StagedCommit], None], structure: object,
                   extra_metadata: Callable[[], dict], tags: list[str], parents: Iterable[str] | None, given: dict,
                   move_head: bool, attach: bool) -> tuple[str, CommitStats, Any]:
-    """Stage ``arrays``, compute the version id, then publish a new version or attach to the existing one."""
+    """Stage the tensors (``fill`` hands them to the staged commit), compute the version id, then
+    publish a new version or attach to the existing one."""
     fit, explicit = given["fit"], given["explicit"]
     with store.locked():
         if parents is None:
@@ -122,7 +153,7 @@ def _store_arrays(store: Store, name: str, adapter: Adapter, arrays: dict, hashe
         # New tensors are coded as deltas against the parents' (the first parent that has them).
         staged = store.writes.stage(parents)
         try:
-            staged.stage(arrays, description=f"commit {name}", hashes=hashes)
+            fill(staged)
             vid = version_id(structure, staged.entries())
             for tag in tags:
                 check_tag_free(store, name, tag, vid, force=False)
@@ -136,7 +167,7 @@ def _store_arrays(store: Store, name: str, adapter: Adapter, arrays: dict, hashe
             staged.discard()
             notes = _attach_existing(store, vid, name, fit, explicit,
                                      tags if attach else [], given, move_head, attach)
-            stats = CommitStats(False, 0, len(arrays), 0, notes)
+            stats = CommitStats(False, 0, len(staged.specs), 0, notes)
         else:
             stats = _publish(store, vid, name, adapter, staged, structure, extra_metadata, tags, parents, given,
                              move_head)

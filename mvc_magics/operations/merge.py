@@ -14,8 +14,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
-
 from ..adapters import adapter_for, adapter_named
 from ..adapters.base import match_state
 from ..adapters.keras_structure import foreign_modules
@@ -25,9 +23,9 @@ from ..core.version import Version
 from ..errors import MergeConflictError, MergeError
 from ..storage.store import Store
 from . import versions
-from .commit import commit, commit_state
+from .commit import commit, commit_stream
 from .ensemble import build_ensemble
-from .soups import Evaluator, average_state, greedy_soup
+from .soups import Evaluator, average_state, average_stream, averaged_count, greedy_soup
 
 __all__ = ["METHODS", "MergePreview", "MergeReport", "MergedVersion", "computed_merge", "merge_preview",
            "merge_versions"]
@@ -65,37 +63,46 @@ def _score_name(eval_fn: EvalFn | None, score_name: str | None) -> str | None:
     return candidate if candidate.isidentifier() and candidate != "<lambda>" else "score"
 
 
-@contextmanager
-def computed_merge(store: Store, refs: Sequence[str | Version], weights: Sequence[float] | None = None,
-                   method: str = "average", eval_fn: EvalFn | None = None, name: str | None = None,
-                   metric: str | None = None, template: Any = None,
-                   score_name: str | None = None, unsafe: bool = False,
-                   classes: Mapping[str, type] | None = None, live: bool = True) -> Iterator[MergePreview]:
-    """Check and compute a merge; yield it with a live model holding the result, uncommitted.
+Prepared = tuple[list[Version], MergeReport, "MergePlan | None"]
 
-    ``live`` False yields no model (``.model`` None) for a Keras weight merge that no eval function
-    scored: the caller commits ``.state`` with the stored structure (see :func:`direct_commit`).
 
-    The live model is rebuilt from the first input's stored structure (a Keras model), is a dict
-    (dict models), or is ``template`` borrowed while the block runs (a Keras model whose
-    structure is not stored): its own weights are put back when the block ends. A structure naming
-    user classes is rebuilt only with ``classes`` or ``unsafe`` (see :mod:`mvc_magics.adapters.trust`).
-    """
-    refs = refs if isinstance(refs, str) else list(refs)
-    weights = weights if weights is None or isinstance(weights, str) else list(weights)
+def _prepare(store: Store, refs: Sequence[str | Version], weights: Sequence[float] | None, method: str,
+             eval_fn: EvalFn | None, name: str | None, score_name: str | None) -> Prepared:
+    """(inputs, report, checked plan of a weight merge or None for an ensemble): nothing read but metadata."""
     if method not in METHODS:
         raise MergeError(f"unknown merge method {method!r}: use one of {', '.join(METHODS)}")
-    inputs = _resolve(store, refs, name)
+    inputs = _resolve(store, refs if isinstance(refs, str) else list(refs), name)
     report = MergeReport(method=method, inputs=[v.id for v in inputs], score_name=_score_name(eval_fn, score_name))
     if method in ("ensemble", "vote"):
-        yield build_ensemble(store, inputs, weights, method, eval_fn, report, unsafe, classes)
-        return
+        return inputs, report, None
     if method == "greedy":
         if weights is not None:
             raise MergeError("a greedy soup is a uniform average of the chosen ingredients: give no weights")
         if eval_fn is None:
             raise MergeError("a greedy soup needs eval_fn (the held-out score of each candidate soup)")
-    plan = plan_weight_merge(store, inputs, weights)
+    return inputs, report, plan_weight_merge(store, inputs, weights)
+
+
+@contextmanager
+def computed_merge(store: Store, refs: Sequence[str | Version], weights: Sequence[float] | None = None,
+                   method: str = "average", eval_fn: EvalFn | None = None, name: str | None = None,
+                   metric: str | None = None, template: Any = None,
+                   score_name: str | None = None, unsafe: bool = False,
+                   classes: Mapping[str, type] | None = None, prepared: Prepared | None = None
+                   ) -> Iterator[MergePreview]:
+    """Check and compute a merge; yield it with a live model holding the result, uncommitted.
+
+    The live model is rebuilt from the first input's stored structure (a Keras model), is a dict
+    (dict models), or is ``template`` borrowed while the block runs (a Keras model whose
+    structure is not stored): its own weights are put back when the block ends. A structure naming
+    user classes is rebuilt only with ``classes`` or ``unsafe`` (see :mod:`mvc_magics.adapters.trust`).
+    ``prepared``: what :func:`_prepare` returned for these arguments (not checked again).
+    """
+    weights = weights if weights is None or isinstance(weights, str) else list(weights)
+    inputs, report, plan = prepared or _prepare(store, refs, weights, method, eval_fn, name, score_name)
+    if plan is None:
+        yield build_ensemble(store, inputs, weights, method, eval_fn, report, unsafe, classes)
+        return
     evaluator = Evaluator(plan, eval_fn, template=template, trusted={"unsafe": unsafe, "classes": classes})
     try:
         if method == "greedy":
@@ -106,38 +113,45 @@ def computed_merge(store: Store, refs: Sequence[str | Version], weights: Sequenc
             state, averaged = average_state(store, plan, chosen, raw)
             report.score = score
         else:
-            report.weights = plan.weights
-            report.ingredients = [v.id for v, w in zip(inputs, plan.weights, strict=True) if w > 0]
+            _describe_average(report, plan)
             state, averaged = average_state(store, plan)
             if eval_fn is not None:
                 report.score = evaluator.score(state)
         report.tensors_averaged, report.tensors_copied = averaged, len(state) - averaged
         # A dict model is its state: no copy. A Keras model holds the state in its variables.
-        if plan.framework == "numpy":
-            held = state
-        elif not live and direct_commit(plan, eval_fn):
-            held = None
-        else:
-            held = evaluator.model_with(state)
+        held = state if plan.framework == "numpy" else evaluator.model_with(state)
         yield MergePreview(held, report, state)
     finally:
         evaluator.close()
 
 
-def direct_commit(plan: MergePlan, eval_fn: EvalFn | None) -> bool:
-    """Whether the merged state is committed without a live model: a Keras soup that no eval
-    function scores, whose stored structure names only Keras code (so a rebuild would succeed and a
-    lent ``model=`` would not be used). Its version id is the one the rebuilt model would get: an id
-    hashes the structure and the manifest, not the model."""
-    return (plan.framework in ("keras", "tf_keras") and plan.structure is not None and eval_fn is None
-            and not foreign_modules(plan.structure))
+def _describe_average(report: MergeReport, plan: MergePlan) -> None:
+    report.weights = plan.weights
+    report.ingredients = [v.id for v, w in zip(plan.versions, plan.weights, strict=True) if w > 0]
+    report.tensors_averaged = averaged_count(plan)
+    report.tensors_copied = len(plan.tensors) - report.tensors_averaged
 
 
-def _check_fits(into: Any, state: dict[str, np.ndarray]) -> None:
-    """Raise (before anything is committed) when the merged state does not fit ``into``."""
+def streamed(plan: MergePlan | None, method: str, eval_fn: EvalFn | None) -> bool:
+    """Whether the average is streamed into the commit tensor by tensor (no model, no whole state):
+    a plain average that no eval function scores, of dict models or of Keras models whose stored
+    structure names only Keras code (so a rebuild would succeed and a lent ``model=`` would not be
+    used). Its version id is the one a rebuilt model holding the average would get: an id hashes
+    the structure and the manifest, not the model. Other frameworks keep the rebuilt model: their
+    structure and metadata are read from the live module (PyTorch's class, device and training
+    flag; scikit-learn's taken-apart estimator; a JAX tree), which a stored structure does not vouch for.
+    """
+    return (plan is not None and method == "average" and eval_fn is None
+            and (plan.framework == "numpy" or (plan.framework in ("keras", "tf_keras")
+                                               and plan.structure is not None
+                                               and not foreign_modules(plan.structure))))
+
+
+def _check_fits(into: Any, shapes: Mapping[str, Any]) -> None:
+    """Raise (before anything is committed) when tensors of these shapes (``.shape``) do not fit ``into``."""
     adapter = adapter_for(into)
     live = {k: (tuple(v.shape), v.dtype.name) for k, v in adapter.get_state(into).items()}
-    match_state(live, state)
+    match_state(live, shapes)
 
 
 def merge_versions(store: Store, refs: Sequence[str | Version], weights: Sequence[float] | None = None,
@@ -148,22 +162,22 @@ def merge_versions(store: Store, refs: Sequence[str | Version], weights: Sequenc
                    classes: Mapping[str, type] | None = None) -> MergedVersion:
     """Merge versions and commit the result with every input as a parent (see :meth:`Repo.merge`).
 
-    The result is committed through :func:`~mvc_magics.operations.commit.commit` from the live
-    merged model, so a merge gets everything a commit does (deduplication, atomic writes, checks)
-    and nothing else writes to the store. ``into`` is checked before the commit and assigned after it.
+    The result goes through the commit's staging and publishing, so a merge gets everything a
+    commit does (deduplication, atomic writes, checks) and nothing else writes to the store. A
+    plain average (see :func:`streamed`) is streamed into the commit tensor by tensor; otherwise
+    the live merged model is committed. ``into`` is checked before the commit and assigned after it.
     """
     if into is not None:
         adapter_for(into)  # an unsupported object fails before any work
-    template = model if model is not None else into
-    with computed_merge(store, refs, weights, method, eval_fn, name, metric, template, score_name,
-                        unsafe, classes, live=into is not None) as preview:
-        report = preview.report
-        if into is not None:
-            _check_fits(into, preview.state)
-        first = versions.get(store, report.inputs[0])
-        weight_merge = method in ("average", "greedy")
-        target = result_name or (name if weight_merge and name else None) or (
-            first.name if weight_merge else f"{name or first.name}_{method}")
+    weights = weights if weights is None or isinstance(weights, str) else list(weights)
+    prepared = _prepare(store, refs, weights, method, eval_fn, name, score_name)
+    inputs, report, plan = prepared
+    first = inputs[0]
+    weight_merge = method in ("average", "greedy")
+    target = result_name or (name if weight_merge and name else None) or (
+        first.name if weight_merge else f"{name or first.name}_{method}")
+
+    def options() -> dict[str, Any]:
         metrics = {report.score_name: report.score} if report.score is not None and report.score_name else None
         extra: dict[str, Any] = {"merge": report.to_metadata()}
         if metrics:
@@ -172,15 +186,27 @@ def merge_versions(store: Store, refs: Sequence[str | Version], weights: Sequenc
             extra["metric_directions"] = {report.score_name: "max"}
         if "compile" in first.extra and weight_merge:
             extra["compile"] = first.extra["compile"]  # same structure: the inputs' training setup
-        options = {"message": message or report.default_message(), "metrics": metrics or {}, "tags": tags,
-                   "parents": report.inputs, "extra": extra, "provenance": provenance,
-                   "move_head": into is not None, "attach": False}
-        if preview.model is None:  # a soup no model needed: committed from the stored structure
-            version = commit_state(store, first.framework, versions.structure(store, first.id), preview.state,
-                                   target, **options)
-        else:
-            version = commit(store, preview.model, target, **options)
-        state = preview.state
+        return {"message": message or report.default_message(), "metrics": metrics or {}, "tags": tags,
+                "parents": report.inputs, "extra": extra, "provenance": provenance,
+                "move_head": into is not None, "attach": False}
+
+    if streamed(plan, method, eval_fn):
+        assert plan is not None
+        if into is not None:
+            _check_fits(into, {t.name: t for t in plan.tensors})
+        _describe_average(report, plan)
+        version = commit_stream(store, first.framework, versions.structure(store, first.id),
+                                average_stream(store, plan), target, **options(),
+                                total_bytes=sum(t.entries[0].nbytes for t in plan.tensors))
+        # The live model gets the committed version, read back and verified like a checkout.
+        state = versions.load_state(store, version) if into is not None else {}
+    else:
+        with computed_merge(store, refs, weights, method, eval_fn, name, metric, model if model is not None else into,
+                            score_name, unsafe, classes, prepared=prepared) as preview:
+            if into is not None:
+                _check_fits(into, preview.state)
+            version = commit(store, preview.model, target, **options())
+            state = preview.state
     if into is not None:
         into_adapter = adapter_for(into)
         into_adapter.set_state(into, state)

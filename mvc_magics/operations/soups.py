@@ -8,20 +8,51 @@ soup does not drop; :class:`Evaluator` scores candidate soups in one reused live
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from ..adapters import adapter_named
-from ..core.manifest import dtype_from_name
-from ..core.merge_plan import MergePlan, accumulator_dtype, short
+from ..core.manifest import ManifestEntry, dtype_from_name
+from ..core.merge_plan import AlignedTensor, MergePlan, accumulator_dtype, short
 from ..core.merge_report import EvalFn, MergeReport, MergeStep, score_of
 from ..core.refs import infer_direction
 from ..errors import MergeConflictError, MergeError, UnsupportedModelError
 from ..storage.snapshot import TensorReader
 from ..storage.store import Store
 from . import versions
+
+
+def _used(plan: MergePlan, members: Sequence[int] | None, raw_weights: Sequence[float] | None
+          ) -> tuple[list[tuple[int, float]], float]:
+    """(position, raw weight) of each input with a positive weight, and the sum of those weights."""
+    members = list(range(len(plan.versions))) if members is None else list(members)
+    raw = list(plan.raw_weights if raw_weights is None else raw_weights)
+    used = [(i, raw[i]) for i in members if raw[i] > 0]
+    return used, math.fsum(w for _, w in used)
+
+
+def _copied(tensor: AlignedTensor, used: list[tuple[int, float]]) -> bool:
+    """Taken from the first used input, not averaged: a generator state, or the same bytes in all."""
+    return tensor.take_first or len({tensor.entries[i].hash for i, _ in used}) == 1
+
+
+def averaged_count(plan: MergePlan, members: Sequence[int] | None = None,
+                   raw_weights: Sequence[float] | None = None) -> int:
+    """How many tensors :func:`average_state` / :func:`average_stream` average (the rest are copied)."""
+    used, _ = _used(plan, members, raw_weights)
+    return sum(not _copied(t, used) for t in plan.tensors)
+
+
+def _average_one(reader: TensorReader, plan: MergePlan, tensor: AlignedTensor, used: list[tuple[int, float]],
+                 total: float) -> np.ndarray:
+    """One tensor's weighted mean: float64 sums in input order, divided by the sum of the weights."""
+    acc = np.zeros(tensor.shape, accumulator_dtype(tensor.dtype))
+    for i, weight in used:
+        accumulate(acc, reader.read(tensor.entries[i], owner=plan.versions[i].id), weight)
+    acc /= total
+    return acc.astype(dtype_from_name(tensor.dtype))
 
 
 def average_state(store: Store, plan: MergePlan, members: Sequence[int] | None = None,
@@ -33,27 +64,32 @@ def average_state(store: Store, plan: MergePlan, members: Sequence[int] | None =
     state (taken from the first used input). Sums are taken in
     float64 in input order and divided by the sum of the weights, then cast back to the dtype.
     """
-    members = list(range(len(plan.versions))) if members is None else list(members)
-    raw = list(plan.raw_weights if raw_weights is None else raw_weights)
-    used = [(i, raw[i]) for i in members if raw[i] > 0]
-    total = math.fsum(w for _, w in used)
+    used, total = _used(plan, members, raw_weights)
     state: dict[str, np.ndarray] = {}
-    averaged = 0
     with TensorReader(store.layout.snapshot_path) as reader:
         for tensor in plan.tensors:
-            entries = [(tensor.entries[i], w, plan.versions[i].id) for i, w in used]
-            if tensor.take_first or len({entry.hash for entry, _, _ in entries}) == 1:
-                entry, _, owner = entries[0]
-                state[tensor.name] = reader.read(entry, owner=owner)
-                continue
-            acc = np.zeros(tensor.shape, accumulator_dtype(tensor.dtype))
-            for entry, weight, owner in entries:
-                accumulate(acc, reader.read(entry, owner=owner), weight)
-            acc /= total
-            state[tensor.name] = acc.astype(dtype_from_name(tensor.dtype))
-            del acc  # before the next tensor's accumulator exists, not after
-            averaged += 1
-    return state, averaged
+            if _copied(tensor, used):
+                first = used[0][0]
+                state[tensor.name] = reader.read(tensor.entries[first], owner=plan.versions[first].id)
+            else:
+                state[tensor.name] = _average_one(reader, plan, tensor, used, total)
+    return state, averaged_count(plan, members, raw_weights)
+
+
+def average_stream(store: Store, plan: MergePlan) -> Iterator[tuple[str, np.ndarray | ManifestEntry]]:
+    """The weighted mean of :func:`average_state` as ``(name, tensor)`` pairs, one tensor at a time,
+    for a streamed commit (:func:`~mvc_magics.operations.commit.commit_stream`): only the tensor in
+    flight is held, never the whole result. A copied tensor is yielded as the first used input's
+    manifest entry: its bytes are already stored, so they are referenced, not read. Each averaged
+    tensor is bit for bit the one :func:`average_state` computes (the same function sums it).
+    """
+    used, total = _used(plan, None, None)
+    with TensorReader(store.layout.snapshot_path) as reader:
+        for tensor in plan.tensors:
+            if _copied(tensor, used):
+                yield tensor.name, tensor.entries[used[0][0]]
+            else:
+                yield tensor.name, _average_one(reader, plan, tensor, used, total)
 
 
 # Elements converted to float64 per step: the temporary stays at 2 MiB however large a tensor is.

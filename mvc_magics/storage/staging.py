@@ -6,21 +6,25 @@ calling thread writes each new tensor into a temporary snapshot file. Once the i
 metadata is added and the file is fsynced and renamed into place (:func:`publish`), or discarded
 when the store already holds that version. Integrity is the same as writing in two passes: the
 file is only ever visible under its final name complete and fsynced.
+
+:meth:`StagedCommit.stream` stages tensors one at a time as they are computed and keeps none of
+them (a merge streams its average this way, so the whole result is never held in memory).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from ..core.hashing import HashesAhead, dtype_name
+from ..core.hashing import HashesAhead, dtype_name, tensor_hash
 from ..core.progress import progress_bar
 from .atomic import publish, temporary_path
 from .deltas import remember_committed
-from .snapshot import FORMAT_VERSION, ManifestEntry
+from .snapshot import FORMAT_VERSION, ManifestEntry, TensorReader
 from .snapshot_writer import DeltaBase, SnapshotWriter
 
 
@@ -36,8 +40,12 @@ class StagedCommit:
     def __init__(self, tmp_folder: Path, stored_object: Callable[[str], str | None],
                  progress: bool | None = None, check_space: Callable[[int], None] | None = None,
                  bases: Callable[[str, np.ndarray, str], DeltaBase | None] | None = None,
-                 code: bool = True, place: Callable[[Path, Path], None] | None = None) -> None:
+                 code: bool = True, place: Callable[[Path, Path], None] | None = None,
+                 locate: Callable[[str], Path] | None = None) -> None:
         self._stored_object = stored_object
+        # object id -> its snapshot path: streamed tensors are not kept, so the few a publish must
+        # write again (see claim_own) or a stored tensor found nowhere are read back from there.
+        self._locate = locate
         # name, array, hash -> the stored tensor to code a delta against (see storage.deltas).
         self._bases = bases or (lambda name, array, digest: None)
         self._code = code
@@ -46,7 +54,8 @@ class StagedCommit:
         self._check_space = check_space or (lambda nbytes: None)
         self._progress = progress
         self._writer = SnapshotWriter(temporary_path(tmp_folder, ".h5"), FORMAT_VERSION if code else 1)
-        self.arrays: dict[str, np.ndarray] = {}
+        self.arrays: dict[str, np.ndarray] = {}  # held by stage(); stream() keeps none
+        self.specs: dict[str, tuple[str, tuple[int, ...], int]] = {}  # name -> (dtype, shape, nbytes)
         self.hashes: dict[str, str] = {}
         self.located: dict[str, str | None] = {}  # hash -> object id holding it (None: new here)
         self.bytes_written = 0  # logical bytes of the tensors written
@@ -61,13 +70,56 @@ class StagedCommit:
         total = sum(int(a.nbytes) for a in self.arrays.values())
         with progress_bar(total, description, self._progress) as bar:
             for key, digest in hashes if hashes is not None else HashesAhead(self.arrays):
-                self.hashes[key] = digest
                 array = self.arrays[key]
-                if digest not in self.located:
-                    self.located[digest] = self._stored_object(digest)
-                    if self.located[digest] is None:
-                        self._write(key, digest, array)
+                self._stage_one(key, array, digest)
                 bar.update(int(array.nbytes))
+
+    def stream(self, tensors: Iterable[tuple[str, np.ndarray | ManifestEntry]], description: str = "commit",
+               total_bytes: int = 0) -> None:
+        """Stage ``(name, tensor)`` pairs one at a time, keeping none of the arrays.
+
+        Each array is hashed and written (when the store lacks it) in a worker thread while
+        ``tensors`` computes the next one; at most one waits, so memory holds two tensors, not the
+        whole version. A :class:`ManifestEntry` names a tensor already stored (its bytes are not
+        read unless the store cannot place them). The caller must not change a yielded array.
+        """
+        with ThreadPoolExecutor(1, thread_name_prefix="mvc-stage") as pool, \
+                progress_bar(total_bytes, description, self._progress) as bar:
+            pending: Future | None = None
+            for key, item in tensors:
+                if pending is not None:
+                    pending.result()  # the previous tensor is staged (and dropped) before the next goes
+                pending = pool.submit(self._stream_one, key, item)
+                bar.update(int(item.nbytes))
+                del item  # the worker holds the only reference left
+            if pending is not None:
+                pending.result()
+
+    def _stream_one(self, key: str, item: np.ndarray | ManifestEntry) -> None:
+        if isinstance(item, ManifestEntry):
+            self.specs[key] = (item.dtype, tuple(item.shape), int(item.nbytes))
+            self.hashes[key] = item.hash
+            if item.hash not in self.located:
+                self.located[item.hash] = self._stored_object(item.hash)
+                if self.located[item.hash] is None:  # listed but not placeable here: its bytes are written
+                    self._write(key, item.hash, self._read_stored(item))
+            return
+        self._stage_one(key, item, tensor_hash(item))
+
+    def _stage_one(self, key: str, array: np.ndarray, digest: str) -> None:
+        self.specs[key] = (dtype_name(array.dtype), tuple(array.shape), int(array.nbytes))
+        self.hashes[key] = digest
+        if digest not in self.located:
+            self.located[digest] = self._stored_object(digest)
+            if self.located[digest] is None:
+                self._write(key, digest, array)
+
+    def _read_stored(self, entry: ManifestEntry) -> np.ndarray:
+        """The bytes of a stored tensor, read and verified (a streamed tensor that must be written)."""
+        if self._locate is None:
+            raise ValueError(f"tensor {entry.name!r} is not held and this staged commit cannot read the store")
+        with TensorReader(self._locate) as reader:
+            return reader.read(entry)
 
     def _write(self, key: str, digest: str, array: np.ndarray, delta: bool = True) -> None:
         self._check_space(int(array.nbytes))
@@ -80,9 +132,12 @@ class StagedCommit:
         """Write the tensors the index places in ``version_id``'s own file: that file is being
         (re)written, so bytes it held before (a removed version committed again) must be in it.
         """
-        for key, array in self.arrays.items():
+        for key, (dtype, shape, nbytes) in self.specs.items():
             digest = self.hashes[key]
             if self.located.get(digest) == version_id:
+                array = self.arrays.get(key)
+                if array is None:  # streamed: the file being replaced holds the bytes, read them first
+                    array = self._read_stored(ManifestEntry(key, dtype, shape, digest, version_id, nbytes))
                 self.located[digest] = None
                 # Whole, never a delta: other stored tensors may be deltas against these very bytes,
                 # and a base of a base must never come back to the file being rewritten (a cycle).
@@ -90,14 +145,13 @@ class StagedCommit:
 
     def entries(self) -> list[tuple[str, str, tuple[int, ...], str]]:
         """(name, dtype, shape, hash) of every tensor: the input of :func:`hashing.version_id`."""
-        return [(k, dtype_name(a.dtype), tuple(a.shape), self.hashes[k]) for k, a in self.arrays.items()]
+        return [(k, dtype, shape, self.hashes[k]) for k, (dtype, shape, _) in self.specs.items()]
 
     def manifest(self, version_id: str) -> list[ManifestEntry]:
         """The manifest of the version: new tensors live in its own file, the rest where they are."""
         return [
-            ManifestEntry(k, dtype_name(a.dtype), tuple(a.shape), self.hashes[k],
-                          self.located[self.hashes[k]] or version_id, int(a.nbytes))
-            for k, a in self.arrays.items()
+            ManifestEntry(k, dtype, shape, self.hashes[k], self.located[self.hashes[k]] or version_id, nbytes)
+            for k, (dtype, shape, nbytes) in self.specs.items()
         ]
 
     def publish(self, final: Path, version_id: str, meta: Mapping, structure: object,

@@ -66,7 +66,7 @@ class StoreWrites:
         return StagedCommit(layout.tmp, store.tensor_locator(), store.progress,
                             check_space=lambda nbytes: ensure_space(layout.tmp, nbytes, 1, store.path),
                             bases=ParentBases(layout.snapshot_path, manifests, depth) if manifests else None, code=code,
-                            place=layout.files.place)
+                            place=layout.files.place, locate=layout.snapshot_path)
 
     def publish_version(self, staged: StagedCommit, vid: str, meta: dict, structure: object,
                         manifest: list[ManifestEntry], move_head: bool = True) -> None:

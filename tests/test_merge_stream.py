@@ -1,0 +1,131 @@
+"""A plain average is streamed into the commit tensor by tensor: the whole averaged state is never
+held, and the version (id and bytes) is exactly the one today's in-memory average commits."""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+import pytest
+from keras_models import conv_bn_model, dense_model, sample_input
+
+from mvc_magics.adapters import adapter_named
+from mvc_magics.core.merge_plan import accumulator_dtype
+from mvc_magics.errors import ShapeMismatchError
+from mvc_magics.operations import soups, versions
+
+
+@pytest.fixture
+def live_averages(monkeypatch):
+    """Wraps the real per-tensor average: records, at each new tensor, how many earlier averaged
+    tensors are still alive anywhere in the process (weak references; CPython frees at once)."""
+    real = soups._average_one
+    made: list[weakref.ref] = []
+    alive_at_start: list[int] = []
+
+    def counting(*args, **kwargs):
+        alive_at_start.append(sum(ref() is not None for ref in made))
+        result = real(*args, **kwargs)
+        made.append(weakref.ref(result))
+        return result
+
+    monkeypatch.setattr(soups, "_average_one", counting)
+    return alive_at_start
+
+
+def numpy_average(repo, inputs, weights):
+    """The soup by hand from load_state: float64 sums in input order over the sum of the weights;
+    integer tensors and seed-generator states from the first input."""
+    states = [repo.load_state(v) for v in inputs]
+    expected = {}
+    for index, name in enumerate(states[0]):
+        columns = [list(s.values())[index] for s in states]
+        first = columns[0]
+        if first.dtype.kind != "f" or name.endswith("seed_generator_state"):
+            expected[name] = first
+            continue
+        acc = np.zeros(first.shape, accumulator_dtype(first.dtype.name))
+        for array, weight in zip(columns, weights, strict=True):
+            acc += array.astype(np.float64) * weight
+        expected[name] = (acc / sum(weights)).astype(first.dtype)
+    return expected
+
+
+@pytest.mark.parametrize("factory, kind", [(dense_model, "dense"), (conv_bn_model, "conv_bn")])
+def test_streamed_soup_is_bit_for_bit_todays_soup(repo, live_averages, factory, kind):
+    x, y = sample_input(kind, n=16)
+    models = []
+    for seed in range(3):
+        model = factory(seed)
+        model.fit(x, y, epochs=1, verbose=0)
+        models.append(model)
+    inputs = [repo.commit(m, "net") for m in models]
+    weights = [0.5, 0.3, 0.2]
+    merged = repo.merge([v.id for v in inputs], weights=weights)
+    during_merge = list(live_averages)
+    stored = repo.load_state(merged)
+    expected = numpy_average(repo, inputs, weights)
+    assert list(stored) == list(expected)
+    for name, array in expected.items():
+        assert stored[name].dtype == array.dtype
+        assert stored[name].tobytes() == array.tobytes(), name
+    # Today's path: the in-memory average (merge_preview computes it and commits nothing) in a
+    # model rebuilt from the stored structure gives the same id.
+    preview = repo.merge_preview([v.id for v in inputs], weights=weights)
+    assert preview.report.tensors_averaged == merged.report.tensors_averaged > 0
+    again = repo.commit(preview.model, "net")
+    assert again.id == merged.id and not again.stats.new_version
+    assert merged.report.tensors_copied == preview.report.tensors_copied
+    assert merged.report.tensors_copied >= (1 if kind == "conv_bn" else 0)  # Dropout's generator state
+    assert max(during_merge) <= 1  # one averaged tensor in the writer while the next is summed
+
+
+def test_streaming_never_holds_the_whole_average(repo, live_averages):
+    rng = np.random.default_rng(0)
+    inputs = [repo.commit({f"w{i}": rng.standard_normal((64, 64)).astype(np.float32) for i in range(12)}, "d")
+              for _ in range(4)]
+    merged = repo.merge([v.id for v in inputs])
+    assert merged.report.tensors_averaged == 12 and len(live_averages) == 12
+    assert max(live_averages) <= 1  # never 11: the earlier tensors were dropped once written
+    # Today's in-memory average, committed as a dict model, is the same version.
+    preview = repo.merge_preview([v.id for v in inputs])
+    again = repo.commit(preview.model, "d")
+    assert again.id == merged.id and not again.stats.new_version
+
+
+def test_streamed_merge_into_a_live_model_commits_then_loads_it(repo, monkeypatch):
+    adapter_type = type(adapter_named("keras"))
+    builds = []
+    real_build = adapter_type.build
+    monkeypatch.setattr(adapter_type, "build", lambda self, *a, **k: builds.append(a) or real_build(self, *a, **k))
+    inputs = [repo.commit(dense_model(seed), "net") for seed in range(2)]
+    live = dense_model(7)
+    merged = repo.merge([v.id for v in inputs], weights=[0.7, 0.3], into=live)
+    assert builds == []  # streamed, then checked out into the live model: nothing rebuilt
+    assert repo.head("net").id == merged.id
+    stored = repo.load_state(merged)
+    held = adapter_named("keras").get_state(live)
+    assert [a.tobytes() for a in held.values()] == [a.tobytes() for a in stored.values()]
+    # A live model that does not fit is refused before anything is committed.
+    count = len(repo.log("net"))
+    with pytest.raises(ShapeMismatchError):
+        repo.merge([v.id for v in inputs], weights=[0.2, 0.8], into=conv_bn_model(0))
+    assert len(repo.log("net")) == count
+
+
+def test_a_removed_soup_merged_again_rewrites_the_bytes_another_version_uses(repo):
+    rng = np.random.default_rng(1)
+    inputs = [repo.commit({"a": rng.standard_normal(300).astype(np.float32),
+                           "b": rng.standard_normal(200).astype(np.float32)}, "d") for _ in range(2)]
+    soup = repo.merge([v.id for v in inputs])
+    # Another history reuses the soup's averaged bytes: they stay in the soup's file after its removal.
+    other = repo.commit({**repo.load_state(soup), "c": np.zeros(3, np.float32)}, "other")
+    assert {e.object for e in repo.store.manifest(other.id) if e.name != "c"} == {soup.id}
+    repo.remove(soup.id, name="d", force=True)
+    repo.gc()
+    again = repo.merge([v.id for v in inputs])
+    assert again.id == soup.id
+    assert repo.verify().ok
+    assert {k: v.tobytes() for k, v in repo.load_state(again).items()} == {
+        k: v.tobytes() for k, v in repo.load_state(other).items() if k != "c"}
+    assert versions.load_state(repo.store, other.id)["a"].shape == (300,)
