@@ -65,14 +65,15 @@ def test_gc_deletes_a_garbage_file_no_version_needs_and_refuses_one_versions_nee
     report = repo.gc()  # nothing needs the removed, unreadable file: it is garbage all the same
     assert report.files_deleted == 1 and not _file(repo, old.id).exists()
 
-    repo.gc(repack=True)  # the later versions become deltas against the first
-    repo.remove(chain[0][0].id, force=True)
-    repo.gc()  # the removed first version's file stays: it holds the bases
-    holder = _file(repo, chain[0][0].id)
+    repo.gc(repack=True)  # the older versions become deltas against the newest, kept whole
+    newest = chain[-1][0].id
+    repo.remove(newest, force=True)
+    repo.gc()  # the removed newest version's file stays: it holds the bases
+    holder = _file(repo, newest)
     assert holder.exists()
     _plant_garbage(holder)
     files_before = sorted(p.name for p in (repo.path / "objects").rglob("*.h5"))
-    with pytest.raises(IntegrityError, match=f"{chain[0][0].id}.h5 is not a readable HDF5 file.*gc deleted nothing"):
+    with pytest.raises(IntegrityError, match=f"{newest}.h5 is not a readable HDF5 file.*gc deleted nothing"):
         repo.gc()
     assert sorted(p.name for p in (repo.path / "objects").rglob("*.h5")) == files_before
 

@@ -1,70 +1,134 @@
-"""Repack: re-code stored versions as deltas against their parents, as ``git gc`` packs objects.
+"""Repack: re-code stored versions as reverse deltas, as ``git gc`` packs objects.
 
-For stores written before coding existed or with coding off: oldest version first, each version's
-own tensors are re-coded (XOR delta against the first parent's tensor when smaller, byte planes +
-zstd otherwise), one file at a time, each replaced atomically. A tensor that other tensors already
-use as a delta base is never turned into a delta itself, so no chain grows past its recorded depth
-and no chain can loop; tensors that already are deltas are copied as they are. Interrupting it
-(Ctrl-C, a kill) leaves every file old or new and whole; running it again continues.
+Like git, the newest version of a line is kept whole and older ones become deltas against their
+child, so the versions users check out most decode at plain speed and only old ones pay a chain.
+Along each line (first parents) versions fall in groups of ``MVC_DELTA_DEPTH + 1`` counted from
+the root: the newest member of a group is stored whole (a keyframe), each older member is a delta
+against the same tensor of its child in the group, so no chain is longer than ``MVC_DELTA_DEPTH``
+and a new commit changes only its own group (its parent becomes a delta, the older members' depth
+attributes grow by one: copied, not re-coded).
+
+Versions are processed newest first, and a delta only ever points at a tensor whose file was
+already written by this run (whose own deltas point at files written before it), so no chain can
+loop, even halfway through a run. A file whose tensors are already stored as planned is left as it
+is. Interrupting it (Ctrl-C, a kill) leaves every file old or new and whole; running it again
+continues. A damaged file is named in the report and left as it is.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
+
+import numpy as np
 
 from ..core.manifest import ManifestEntry
 from ..core.reports import RepackReport
 from ..errors import IntegrityError
-from ..storage.deltas import ParentBases, base_references
+from ..storage.coding import MIN_CODED_BYTES
+from ..storage.deltas import max_depth
+from ..storage.repacking import StoredCoding, TensorPlan, stored_codings
+from ..storage.snapshot import TensorReader
+from ..storage.snapshot_writer import DeltaBase
 from ..storage.store import Store
 
 
 def repack(store: Store, name: str | None = None) -> RepackReport:
-    """Re-code the versions of ``name`` (all when None) as deltas; see the module docstring."""
+    """Re-code the versions of ``name`` (all when None) as reverse deltas; see the module docstring."""
     report = RepackReport()
-    layout = store.layout
+    limit = max_depth()
     with store.locked():
         rows = store.index.query("SELECT id, name, meta FROM versions ORDER BY seq")
-        referenced: set[tuple[str, str]] = set()  # (object, hash) some delta uses as its base
-        for oid, path in layout.snapshot_files(include_removed=True):
-            try:
-                referenced.update(base_references(path).values())
-            except IntegrityError as exc:  # named in the report; every other file is still repacked
-                report.damaged[oid] = str(exc)
-        for vid, model, meta in rows:
+        child = _group_children(rows, limit)
+        done: dict[str, dict[str, StoredCoding]] = {}  # files written (or found as planned) by this run
+        recent: dict[str, np.ndarray] = {}  # tensors decoded for the previous version: bases of the next
+        for vid, model, _ in reversed(rows):
             if name is not None and model != name:
                 continue
-            if vid in report.damaged:
-                continue
-            manifests = []
-            for parent in json.loads(meta).get("parents", []):
-                with contextlib.suppress(IntegrityError):  # a damaged parent offers no bases
-                    if store.has_version(parent) and parent not in report.damaged:
-                        manifests.append(store.manifest(parent))
-            bases = ParentBases(layout.snapshot_path, manifests)
-
-            def base_for(entry: ManifestEntry, array, vid=vid, bases=bases):
-                if (vid, entry.hash) in referenced:
-                    return None  # a base of others stays whole: their chains keep their depth
-                return bases(entry.name, array, entry.hash)
-
+            plan = None
             try:
-                before, after = store.writes.recode_version(vid, base_for)
+                plan = _Plan(store, vid, child.get(vid), done, recent, limit)
+                if plan.changes:
+                    before, after = store.writes.recode_version(vid, plan)
+                    report.bytes_before += before
+                    report.bytes_after += after
+                    report.versions_recoded += 1
+                else:
+                    size = store.layout.snapshot_path(vid).stat().st_size
+                    report.bytes_before += size
+                    report.bytes_after += size
+                    report.versions_skipped += 1
+                recent.clear()
+                recent.update(plan.arrays)
+                done[vid] = stored_codings(store.layout.snapshot_path(vid))[1]
             except IntegrityError as exc:  # this version's file is damaged: named, the rest go on
                 report.damaged[vid] = str(exc)
-                continue
             finally:
-                bases.close()
-            referenced.update(base_references(layout.snapshot_path(vid)).values())
-            report.bytes_before += before
-            report.bytes_after += after
-            if after < before:
-                report.versions_recoded += 1
-            else:
-                report.versions_skipped += 1
+                if plan is not None:
+                    plan.close()
         store.writes.record("repack", name, [], {"versions": report.versions_recoded,
                                                  "bytes_before": report.bytes_before,
                                                  "bytes_after": report.bytes_after,
                                                  "damaged": sorted(report.damaged)})
     return report
+
+
+def _group_children(rows: list[tuple[str, str, str]], limit: int) -> dict[str, str]:
+    """version -> the child it is stored against: the newest version whose first parent it is, when
+    both are in the same group of ``limit + 1`` along the line (the newest member has none)."""
+    position: dict[str, int] = {}
+    child: dict[str, str] = {}
+    for vid, _, meta in rows:  # parents come before their children in seq order
+        parents = [str(p) for p in json.loads(meta).get("parents", []) if str(p) in position]
+        first = parents[0] if parents else None
+        position[vid] = position[first] + 1 if first is not None else 0
+        if first is not None and position[first] % (limit + 1) != limit:
+            child[first] = vid  # later rows overwrite: the newest child wins
+    return child
+
+
+class _Plan:
+    """The plan for one version's own tensors (see :class:`~mvc_magics.storage.repacking.TensorPlan`)."""
+
+    def __init__(self, store: Store, vid: str, child: str | None, done: dict[str, dict[str, StoredCoding]],
+                 recent: dict[str, np.ndarray], limit: int) -> None:
+        self.arrays: dict[str, np.ndarray] = {}
+        self._recent = recent
+        self._reader = TensorReader(store.layout.snapshot_path)
+        fmt, stored = stored_codings(store.layout.snapshot_path(vid))
+        own = [e for e in store.manifest(vid) if e.object == vid]
+        bases = {e.name: e for e in store.manifest(child)} if child in done else {}
+        self._plans: dict[str, TensorPlan] = {}
+        for entry in own:
+            current = stored.get(entry.hash, StoredCoding(None, None, 0))
+            base = bases.get(entry.name)
+            target = None
+            if (base is not None and base.hash != entry.hash and base.object in done and entry.nbytes >= MIN_CODED_BYTES
+                    and base.dtype == entry.dtype and base.shape == entry.shape and base.hash in done[base.object]):
+                depth = done[base.object][base.hash].depth
+                target = (base, depth) if depth < limit else None
+            self._plans[entry.hash] = self._plan(entry, current, fmt, target)
+        self.changes = any(not p.keep or p.depth is not None for p in self._plans.values())
+
+    def _plan(self, entry: ManifestEntry, current: StoredCoding, fmt: int,
+              target: tuple[ManifestEntry, int] | None) -> TensorPlan:
+        if target is None:  # stored whole: as it is when it already is (coded, or raw in a coding file)
+            return TensorPlan(keep=True) if current.base is None and (current.coding or fmt >= 2) else TensorPlan()
+        base, depth = target
+        if current.base == f"{base.object}/{base.hash}":
+            return TensorPlan(keep=True, depth=depth + 1 if current.depth != depth + 1 else None)
+        return TensorPlan(base=lambda: self._base(base, depth))
+
+    def _base(self, base: ManifestEntry, depth: int) -> DeltaBase | None:
+        array = self._recent.get(base.hash)
+        if array is None:
+            array = self._reader.read(base, verify=True)
+        return DeltaBase(base.object, base.hash, array, depth)
+
+    def __call__(self, entry: ManifestEntry) -> TensorPlan:
+        return self._plans[entry.hash]
+
+    def decoded(self, digest: str, array: np.ndarray) -> None:
+        self.arrays[digest] = array
+
+    def close(self) -> None:
+        self._reader.close()

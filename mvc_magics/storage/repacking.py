@@ -1,18 +1,20 @@
 """Re-coding a snapshot file in place: the same version, the same tensors, smaller bytes.
 
 :func:`recode_snapshot` writes a new file holding exactly what the old one held (meta, structure,
-manifest, every tensor under the same hash), each tensor re-coded: as an XOR delta against the
-base a caller offers when that is smaller, plane-coded otherwise; tensors that already are deltas
-are copied as they are (their chains stay as they were written). The new file is fsynced and
-renamed over the old one, so a kill at any point leaves either the old file or the new one, both
-complete; a reader holding the old file open keeps reading it.
+manifest, every tensor under the same hash), each tensor as its :class:`TensorPlan` says: copied as
+it is (a delta whose chain grew gets its new depth), or decoded, verified and coded again, as a
+delta against a given base or alone. The new file is fsynced and renamed over the old one, so a
+kill at any point leaves either the old file or the new one, both complete; a reader holding the
+old file open keeps reading it.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import h5py
 import numpy as np
@@ -20,16 +22,62 @@ import numpy as np
 from ..core.manifest import ManifestEntry
 from ..errors import IntegrityError
 from .atomic import fsync_path, temporary_path
-from .snapshot import BASE_ATTR, CODING_ATTR, TensorReader, read_content
+from .snapshot import BASE_ATTR, CODING_ATTR, DEPTH_ATTR, TensorReader, read_content
 from .snapshot_writer import DeltaBase, SnapshotWriter
 
 
+@dataclass(frozen=True)
+class StoredCoding:
+    """How one tensor is stored: its coding (None: as it is), base reference and chain depth."""
+
+    coding: str | None
+    base: str | None
+    depth: int
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    """What a repack does with one tensor: ``keep`` it as stored (with ``depth`` as its new
+    depth attribute when given), or code it again against ``base()`` (None: alone)."""
+
+    keep: bool = False
+    depth: int | None = None
+    base: Callable[[], DeltaBase | None] | None = None
+
+
+class RepackPlan(Protocol):
+    def __call__(self, entry: ManifestEntry) -> TensorPlan: ...
+
+    def decoded(self, digest: str, array: np.ndarray) -> None: ...
+
+
+def stored_codings(path: Path) -> tuple[int, dict[str, StoredCoding]]:
+    """(format version, hash -> :class:`StoredCoding`) of every tensor a snapshot file holds
+    (attributes only; :class:`IntegrityError` when the file is not a readable snapshot)."""
+    try:
+        with h5py.File(path, "r") as f:
+            found = {}
+            for digest, dataset in f["tensors"].items():
+                attrs = dataset.attrs
+                coding, base = attrs.get(CODING_ATTR), attrs.get(BASE_ATTR)
+                coding = coding.decode() if isinstance(coding, bytes) else coding
+                base = base.decode() if isinstance(base, bytes) else base
+                found[digest] = StoredCoding(None if coding is None else str(coding),
+                                             None if base is None else str(base),
+                                             int(attrs.get(DEPTH_ATTR, 1 if base is not None else 0)))
+            return int(f.attrs.get("mvc_format_version", 1)), found
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise IntegrityError(f"snapshot {path.name} is not a readable HDF5 file ({reason})") from exc
+
+
 def recode_snapshot(path: Path, vid: str, locate: Callable[[str], Path], tmp_folder: Path,
-                    base_for: Callable[[ManifestEntry, np.ndarray], DeltaBase | None]) -> tuple[int, int]:
+                    plan: RepackPlan) -> tuple[int, int]:
     """Re-code the full snapshot file ``path`` of version ``vid``; return (bytes before, after).
 
-    ``base_for(entry, array)`` offers a delta base for a tensor the file holds (or None). Every
-    tensor is read and verified before it is written again; nothing changes when one is damaged.
+    ``plan(entry)`` says what to do with each tensor the file holds; ``plan.decoded(hash, array)``
+    is told each tensor decoded on the way (the next version's bases). Every tensor coded again is
+    read and verified first; nothing changes when one is damaged.
     """
     content = read_content(path)
     if content.version_id != vid:
@@ -44,12 +92,14 @@ def recode_snapshot(path: Path, vid: str, locate: Callable[[str], Path], tmp_fol
             if set(held) != set(own):
                 raise IntegrityError(f"snapshot {vid[:12]} holds other tensors than its manifest names")
             for digest, entry in own.items():
-                dataset = held[digest]
-                if CODING_ATTR in dataset.attrs and BASE_ATTR in dataset.attrs:
-                    writer.copy_dataset(dataset, digest)  # a delta stays the delta it is
+                todo = plan(entry)
+                if todo.keep:
+                    writer.copy_dataset(held[digest], digest,
+                                        {DEPTH_ATTR: todo.depth} if todo.depth is not None else None)
                     continue
                 array = reader.read(entry, verify=True, owner=vid)
-                writer.add_tensor(digest, array, base=base_for(entry, array))
+                plan.decoded(digest, array)
+                writer.add_tensor(digest, array, base=todo.base() if todo.base is not None else None)
         writer.finish(vid, content.meta, content.structure, list(content.manifest))
         fsync_path(tmp)
         os.replace(tmp, path)

@@ -129,10 +129,13 @@ class SnapshotWriter:
             dataset.attrs[RAW_DTYPE_ATTR] = array.dtype.name
         return int(array.nbytes)
 
-    def copy_dataset(self, dataset: h5py.Dataset, digest: str) -> None:
-        """Copy a stored tensor's dataset (coded bytes and attributes) as it is under ``digest``."""
+    def copy_dataset(self, dataset: h5py.Dataset, digest: str, attrs: Mapping | None = None) -> None:
+        """Copy a stored tensor's dataset (coded bytes and attributes) as it is under ``digest``,
+        with ``attrs`` set on the copy (a repack updates a delta's depth this way)."""
         tensors = self._group()
         dataset.file.copy(dataset, tensors, name=digest)
+        for key, value in (attrs or {}).items():
+            tensors[digest].attrs[key] = value
 
     def finish(self, version_id: str, meta: Mapping, structure: object, manifest: list[ManifestEntry]) -> None:
         """Write the root attributes, meta, structure and manifest, and close the file."""

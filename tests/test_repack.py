@@ -1,0 +1,121 @@
+"""gc --repack writes reverse deltas: the newest version of each group along a line stays whole,
+older ones are deltas against their child; a new commit re-codes only its parent; files already
+as planned are left alone; commit-time (forward) chains are turned around without loops; gc keeps
+bases; a damaged base is named for every version built on it."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from mvc_magics.core.hashing import tensor_hash
+from mvc_magics.errors import IntegrityError
+
+
+def _step(weights, rng):
+    weights["w"] = weights["w"] - (rng.standard_normal(weights["w"].shape) * 1e-4).astype(np.float32)
+    weights["b"] = weights["b"] + np.float32(1e-3)
+
+
+def _line(repo, n, seed=0, weights=None):
+    rng = np.random.default_rng(seed)
+    weights = weights or {"w": (rng.standard_normal((128, 64)) * 0.05).astype(np.float32),
+                          "b": np.zeros(1500, np.float32), "step": np.array(0, np.int64)}
+    out = []
+    for _ in range(n):
+        out.append((repo.commit(weights, "net"), {k: v.copy() for k, v in weights.items()}))
+        _step(weights, rng)
+    return out, weights, rng
+
+
+def _coding(repo, vid, array):
+    with h5py.File(repo.path / "objects" / vid[:2] / f"{vid}.h5", "r") as f:
+        attrs = f["tensors"][tensor_hash(array)].attrs
+        return str(attrs.get("mvc_coding", "raw")), int(attrs.get("mvc_depth", 0)), str(attrs.get("mvc_base", ""))
+
+
+def _intact(repo, versions):
+    for version, expected in versions:
+        state = repo.load_state(version.id)
+        assert all(state[k].tobytes() == v.tobytes() for k, v in expected.items())
+
+
+@pytest.fixture
+def repack(repo, monkeypatch):
+    """gc --repack with chains of at most 2 (MVC_DELTA_DEPTH is set only around it: set while
+    committing, it would make the commits write deltas too)."""
+    def run():
+        with monkeypatch.context() as bound:
+            bound.setenv("MVC_DELTA_DEPTH", "2")
+            return repo.gc(repack=True)
+    return run
+
+
+def test_groups_keep_their_newest_whole_and_a_new_commit_recodes_only_its_group(repo, repack):
+    versions, weights, rng = _line(repo, 7)
+    report = repack()
+    layout = [_coding(repo, v.id, w["w"])[:2] for v, w in versions]
+    assert layout == [("sub+planes+zstd", 2), ("sub+planes+zstd", 1), ("planes+zstd", 0),
+                      ("sub+planes+zstd", 2), ("sub+planes+zstd", 1), ("planes+zstd", 0), ("planes+zstd", 0)]
+    assert _coding(repo, versions[0][0].id, versions[0][1]["w"])[2].startswith(versions[1][0].id)
+    assert report.versions_recoded == 4 and report.versions_skipped == 3
+    assert repack().versions_recoded == 0  # nothing to change: no file rewritten
+    _intact(repo, versions)
+
+    versions.append((repo.commit(weights, "net"), {k: v.copy() for k, v in weights.items()}))
+    again = repack()
+    assert again.versions_recoded == 1  # the parent of the new commit, nothing else
+    assert _coding(repo, versions[6][0].id, versions[6][1]["w"])[:2] == ("sub+planes+zstd", 1)
+    _step(weights, rng)
+    versions.append((repo.commit(weights, "net"), {k: v.copy() for k, v in weights.items()}))
+    third = repack()
+    assert third.versions_recoded == 2  # the new parent re-coded, the group's oldest only re-labelled
+    assert [_coding(repo, v.id, w["w"])[:2] for v, w in versions[6:]] == [
+        ("sub+planes+zstd", 2), ("sub+planes+zstd", 1), ("planes+zstd", 0)]
+    _intact(repo, versions)
+    assert repo.verify().ok
+
+
+def test_forward_chains_written_at_commit_are_turned_around_without_a_loop(repo, monkeypatch):
+    monkeypatch.setenv("MVC_DELTA_DEPTH", "4")  # commits write forward deltas against their parent
+    versions, _, _ = _line(repo, 6)
+    assert _coding(repo, versions[1][0].id, versions[1][1]["w"])[2].startswith(versions[0][0].id)
+    repo.gc(repack=True)
+    for i, (version, expected) in enumerate(versions[:-1]):
+        reference = _coding(repo, version.id, expected["w"])[2]
+        assert reference == "" or reference.startswith(versions[i + 1][0].id)  # points at its child, or whole
+    assert _coding(repo, versions[-1][0].id, versions[-1][1]["w"])[:2] == ("planes+zstd", 0)
+    _intact(repo, versions)
+    assert repo.verify().ok
+
+
+def test_gc_keeps_the_whole_newest_version_its_older_versions_are_built_on(repo, repack):
+    versions, _, _ = _line(repo, 3)
+    repack()
+    newest = versions[-1][0].id
+    repo.remove(newest, force=True)
+    repo.gc()
+    _intact(repo, versions[:-1])
+    assert repo.verify().ok
+
+
+def test_a_damaged_keyframe_is_named_for_every_version_repacked_onto_it(repo, repack):
+    versions, _, _ = _line(repo, 3)
+    repack()
+    newest, newest_weights = versions[-1]
+    path = repo.path / "objects" / newest.id[:2] / f"{newest.id}.h5"
+    with h5py.File(path, "r") as f:
+        dataset = f["tensors"][tensor_hash(newest_weights["w"])]
+        offset = dataset.id.get_offset() + dataset.shape[0] // 2
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        byte = handle.read(1)
+        handle.seek(offset)
+        handle.write(bytes([byte[0] ^ 0x40]))
+    for version, _ in versions:
+        with pytest.raises(IntegrityError):
+            repo.load_state(version.id)
+    problems = {p.version: p.message for p in repo.verify().problems if p.tensor == "w"}
+    assert set(problems) == {v.id for v, _ in versions}
+    assert all("delta base" in problems[v.id] for v, _ in versions[:-1])
