@@ -68,7 +68,7 @@ def test_errors_are_shown_in_the_panel_and_recover(repo, two_metric):
     assert panel.comparison is not None and panel._status.value == ""
     panel.slider("accuracy").value = 0
     panel.slider("latency").value = 0
-    assert "all weights are 0" in panel._status.value and panel.best is None
+    assert "all weights are zero" in panel._status.value and panel.best is None
 
 
 def test_check_out_best_loads_it_into_the_model_variable(repo, two_metric):

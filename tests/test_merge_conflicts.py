@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from keras_models import dense_model
 
-from mvc_magics.errors import MergeConflictError
+from mvc_magics.core.compare import validate_weights
+from mvc_magics.core.merge_plan import check_weights
+from mvc_magics.errors import CompareError, MergeConflictError
 
 
 def snapshot_of_store(repo) -> tuple:
@@ -175,3 +177,26 @@ def test_vote_needs_class_scores(repo):
     with pytest.raises(MergeError, match="a vote needs class scores"):
         repo.merge([v.id for v in versions], method="vote")
     assert snapshot_of_store(repo) == before
+
+
+@pytest.mark.parametrize(("bad", "reason"), [
+    (-0.5, "is negative (-0.5): weights must be >= 0"),
+    (np.float32(-2), "is negative (-2): weights must be >= 0"),
+    (float("nan"), "is nan: weights must be finite"),
+    (float("inf"), "is inf: weights must be finite"),
+    ("a", "is not a number: 'a'"),
+    (True, "is not a number: True"),
+])
+def test_merge_and_compare_weights_follow_one_rule(bad, reason):
+    with pytest.raises(MergeConflictError) as merged:
+        check_weights([bad, 1.0], 2)
+    with pytest.raises(CompareError) as compared:
+        validate_weights({"acc": bad}, ["acc", "loss"])
+    assert str(merged.value) == f"weight 1 {reason}"
+    assert str(compared.value) == f"weight of 'acc' {reason}"
+    # numpy scalars and 0-d arrays are numbers on both sides
+    assert check_weights([np.float64(2.0), np.array(1)], 2)[0] == [2.0, 1.0]
+    assert validate_weights({"acc": np.float64(2.0), "loss": np.array(1)}, ["acc", "loss"]) == {"acc": 2.0, "loss": 1.0}
+    for zeros in (lambda: check_weights([0, 0.0], 2), lambda: validate_weights({"acc": 0}, ["acc"])):
+        with pytest.raises((MergeConflictError, CompareError), match=r"^all weights are zero: at least one"):
+            zeros()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import html
 import math
-import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -31,6 +30,7 @@ from .refs import Direction, infer_direction
 from .scoring import Scoring, score_versions
 from .tables import Table, format_number
 from .version import Version, metric_columns
+from .weights import check_some_positive, checked_weight
 
 ARROW = {"min": "↓", "max": "↑"}
 
@@ -38,7 +38,8 @@ ARROW = {"min": "↓", "max": "↑"}
 def validate_weights(weights: Mapping[str, object] | None, metrics: Sequence[str]) -> dict[str, float]:
     """Weights for ``metrics``: every metric 1 when None; else the named ones, the rest 0.
 
-    Raises :class:`CompareError` for unknown metrics, non-numbers, NaN/inf, negatives and all zeros.
+    Raises :class:`CompareError` for unknown metrics, and for weights that break the one rule of
+    :mod:`.weights` (non-numbers, NaN/inf, negatives, all zeros).
     """
     if weights is None:
         return {m: 1.0 for m in metrics}
@@ -49,19 +50,9 @@ def validate_weights(weights: Mapping[str, object] | None, metrics: Sequence[str
         if key not in result:
             known = ", ".join(metrics) if metrics else "none"
             raise CompareError(f"no compared version has metric {key!r} to weight (metrics: {known})")
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            item = getattr(value, "item", None)  # numpy scalars
-            value = item() if callable(item) and not isinstance(value, str) else value
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise CompareError(f"weight of {key!r} must be a number, not {value!r}")
-        number = float(value)
-        if not math.isfinite(number):
-            raise CompareError(f"weight of {key!r} must be finite, not {number}")
-        if number < 0:
-            raise CompareError(f"weight of {key!r} must not be negative ({number:g})")
-        result[key] = number
-    if metrics and not any(result.values()):
-        raise CompareError("all weights are 0: give at least one metric a positive weight")
+        result[key] = checked_weight(value, f"weight of {key!r}", CompareError)
+    if metrics:
+        check_some_positive(result.values(), CompareError, "one metric")
     return result
 
 

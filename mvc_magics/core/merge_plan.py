@@ -8,7 +8,6 @@ nothing and touched no live model.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,6 +17,7 @@ from ..errors import MergeConflictError
 from .manifest import ManifestEntry
 from .names import pair_names
 from .version import Version
+from .weights import check_some_positive, checked_weight
 
 #: Every merge method: weight merges ("average", "greedy") and output ensembles ("ensemble", "vote").
 METHODS = ("average", "greedy", "ensemble", "vote")
@@ -95,19 +95,9 @@ def check_weights(weights: Sequence[float] | None, count: int) -> tuple[list[flo
         raise MergeConflictError(f"weights must be a list of numbers, not {type(weights).__name__}")
     if len(weights) != count:
         raise MergeConflictError(f"{len(weights)} weights for {count} versions: give one weight per version")
-    raw = []
-    for position, value in enumerate(weights, 1):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise MergeConflictError(f"weight {position} is not a number: {value!r}")
-        value = float(value)
-        if not math.isfinite(value):
-            raise MergeConflictError(f"weight {position} is {value}: weights must be finite")
-        if value < 0:
-            raise MergeConflictError(f"weight {position} is negative ({value:g}): weights must be >= 0")
-        raw.append(value)
+    raw = [checked_weight(value, f"weight {position}", MergeConflictError) for position, value in enumerate(weights, 1)]
+    check_some_positive(raw, MergeConflictError, "one version")
     total = math.fsum(raw)
-    if total <= 0:
-        raise MergeConflictError("all weights are zero: at least one version must have a positive weight")
     return raw, [w / total for w in raw]
 
 

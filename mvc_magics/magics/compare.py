@@ -28,7 +28,7 @@ def parse_weights(groups: list[list[str]] | None) -> dict[str, float] | None:
         try:
             weights[key] = float(text)
         except ValueError:
-            raise CompareError(f"weight of {key!r} must be a number, not {text!r}") from None
+            raise CompareError(f"weight of {key!r} is not a number: {text!r}") from None
     return weights
 
 
