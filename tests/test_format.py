@@ -17,11 +17,28 @@ from mvc_magics.storage import coding
 DOC = Path(__file__).resolve().parents[1] / "docs" / "FORMAT.md"
 
 
-def documented_reader():
+def documented_reader(name: str = "read_version"):
     code = re.search(r"## Reading a version with plain h5py.*?```python\n(.*?)```", DOC.read_text(), re.S).group(1)
     namespace: dict = {}
     exec(code, namespace)
-    return namespace["read_version"]
+    return namespace[name]
+
+
+def test_the_documented_reader_reads_structures_stored_once_and_inline(repo, monkeypatch):
+    """Format 3 (structure stored once, referenced by later versions) and format 1 (inside the file)."""
+    read_structure = documented_reader("read_structure")
+    model = BUILDERS["conv_bn"]()
+    first = repo.commit(model, "cnn")
+    model.weights[0].assign(model.weights[0].numpy() + 1)
+    second = repo.commit(model, "cnn")
+    with h5py.File(repo.path / "objects" / second.id[:2] / f"{second.id}.h5", "r") as f:
+        assert int(f.attrs["mvc_format_version"]) == 3 and f.attrs["mvc_structure"].startswith(first.id)
+    assert read_structure(repo.path, second.id) == repo.store.structure(second.id) is not None
+    monkeypatch.setenv("MVC_CODING", "off")
+    model.weights[0].assign(model.weights[0].numpy() + 1)
+    inline = repo.commit(model, "cnn")
+    assert read_structure(repo.path, inline.id) == repo.store.structure(second.id)
+    assert read_structure(repo.path, repo.commit({"w": np.ones(2, np.float32)}, "plain").id) is None
 
 
 def test_the_documented_reader_reads_every_version(repo, weights):

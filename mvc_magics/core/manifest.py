@@ -60,6 +60,15 @@ class SnapshotContent:
     meta: dict
     structure: object
     manifest: tuple[ManifestEntry, ...]
+    # Format 3: where the structure's bytes are stored (a uint8 "tensor" in this or an older file,
+    # by hash), None when the file holds the structure itself (formats 1 and 2) or has none.
+    structure_ref: ManifestEntry | None = None
+
+    def locations(self) -> list[tuple[str, str, int]]:
+        """(hash, object, nbytes) of every stored blob this version reads: tensors and structure."""
+        rows = [(e.hash, e.object, e.nbytes) for e in self.manifest]
+        ref = self.structure_ref
+        return [*rows, (ref.hash, ref.object, ref.nbytes)] if ref is not None else rows
 
 
 _HASH_TEXT = re.compile(f"[0-9a-f]{{{HASH_HEX_LENGTH}}}")

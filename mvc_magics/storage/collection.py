@@ -43,17 +43,17 @@ def collect_garbage(store: Store, audit: Callable, recovered: bool = False) -> G
     used: dict[str, set[str]] = {}  # object id -> hashes live versions read from it
     # From the snapshot files, checked against their ids: an edited index row must not
     # keep foreign bytes alive, nor let gc drop bytes a version needs.
-    manifests = [[e.to_json() for e in store.manifest(vid)] for vid in store.index.version_ids()]
-    for manifest in manifests:
-        for entry in manifest:
-            used.setdefault(entry["object"], set()).add(entry["hash"])
+    # Tensors and (format 3) the stored structure each live version reads, wherever they are.
+    locations = [row for vid in store.index.version_ids() for row in store.content(vid).locations()]
+    for digest, obj, _ in locations:
+        used.setdefault(obj, set()).add(digest)
     # A delta-coded tensor needs its base (and the base's base...) wherever it is stored.
     used = needed_with_bases(used, layout.snapshot_path)
     # Narrowed before any byte is deleted: a commit never reuses bytes gc is about to remove.
     with store.index.transaction() as conn:
         conn.execute("DELETE FROM tensors")
         conn.executemany("INSERT OR IGNORE INTO tensors(hash, object, nbytes) VALUES(?, ?, ?)",
-                         [(e["hash"], e["object"], int(e["nbytes"])) for m in manifests for e in m])
+                         [(digest, obj, int(nbytes)) for digest, obj, nbytes in locations])
     for rid in layout.removed_ids():
         path = layout.snapshot_path(rid)
         if not path.is_file() or path.is_symlink() or path.parent.is_symlink():

@@ -21,7 +21,7 @@ import numpy as np
 from ..core.hashing import tensor_hash
 from ..core.manifest import ManifestEntry
 from ..errors import IntegrityError
-from .snapshot import BASE_ATTR, CODING_ATTR, DEPTH_ATTR, TensorReader
+from .snapshot import BASE_ATTR, CODING_ATTR, DEPTH_ATTR, STRUCTURE_ATTR, TensorReader, structure_reference
 from .snapshot_writer import DeltaBase
 
 DEPTH_ENV = "MVC_DELTA_DEPTH"
@@ -64,7 +64,8 @@ def stored_coding(f: h5py.File, digest: str) -> tuple[str | None, int]:
 
 
 def base_references(path: Path) -> dict[str, tuple[str, str]]:
-    """hash -> (base object id, base hash) of every delta-coded tensor a snapshot file holds.
+    """hash -> (base object id, base hash) of every delta-coded tensor a snapshot file holds, and
+    of its structure when another file stores it (format 3): what must travel and stay with it.
 
     :class:`IntegrityError` (one line, naming the file) when the file is not a readable snapshot:
     callers (pull, gc, repack) handle such a file on its own instead of stopping at a raw ``OSError``.
@@ -81,6 +82,12 @@ def base_references(path: Path) -> dict[str, tuple[str, str]]:
 def _base_references(path: Path) -> dict[str, tuple[str, str]]:
     found: dict[str, tuple[str, str]] = {}
     with h5py.File(path, "r") as f:
+        reference = f.attrs.get(STRUCTURE_ATTR)  # format 3: the structure stored in another file
+        if reference is not None:
+            ref = structure_reference(reference, path.name)
+            own = f.attrs.get("version_id")
+            if ref.object != (own.decode() if isinstance(own, bytes) else str(own)):
+                found[ref.hash] = (ref.object, ref.hash)
         group = f.get("tensors")
         if not isinstance(group, h5py.Group):
             return found

@@ -178,17 +178,19 @@ class Index:
 
     @staticmethod
     def insert_version(conn: sqlite3.Connection, version_id: str, name: str, created: str,
-                       meta: dict, manifest: list[dict], written: int) -> None:
+                       meta: dict, manifest: list[dict], written: int, structure_ref=None) -> None:
+        """A version's row and the locations of what it reads: its tensors and (format 3) the blob
+        of its structure, so the next commit of the same structure finds it stored, as a tensor."""
         nbytes = sum(int(e["nbytes"]) for e in manifest)
         conn.execute(
             "INSERT OR IGNORE INTO versions(id, name, created, meta, manifest, nbytes, written) "
             "VALUES(?, ?, ?, ?, ?, ?, ?)",
             (version_id, name, created, json.dumps(meta), json.dumps(manifest), nbytes, written),
         )
-        conn.executemany(
-            "INSERT OR IGNORE INTO tensors(hash, object, nbytes) VALUES(?, ?, ?)",
-            [(e["hash"], e["object"], int(e["nbytes"])) for e in manifest],
-        )
+        rows = [(e["hash"], e["object"], int(e["nbytes"])) for e in manifest]
+        if structure_ref is not None:
+            rows.append((structure_ref.hash, structure_ref.object, int(structure_ref.nbytes)))
+        conn.executemany("INSERT OR IGNORE INTO tensors(hash, object, nbytes) VALUES(?, ?, ?)", rows)
 
     @staticmethod
     def set_metrics(conn: sqlite3.Connection, version_id: str, metrics: dict[str, float]) -> None:

@@ -105,6 +105,8 @@ def _tensor_differences(store: Store, expected: sqlite3.Connection, reported: se
     for manifest_text, in expected.execute("SELECT manifest FROM versions"):
         for entry in json.loads(manifest_text):
             valid.setdefault(entry["hash"], set()).add((entry["object"], int(entry["nbytes"])))
+    for digest, obj, nbytes in expected.execute("SELECT hash, object, nbytes FROM tensors"):  # + structures
+        valid.setdefault(digest, set()).add((obj, int(nbytes)))
     found, located = [], set()
     removed: dict[str, set[str]] = {}  # a removed version's file keeps its bytes until gc: reusable
     for rid in store.layout.removed_ids():

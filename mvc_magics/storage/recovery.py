@@ -30,7 +30,7 @@ def index_content(conn, content: SnapshotContent) -> None:
     manifest = [e.to_json() for e in content.manifest]
     written = sum({e.hash: e.nbytes for e in content.manifest if e.object == content.version_id}.values())
     Index.insert_version(conn, content.version_id, str(meta.get("name", "")), str(meta.get("created", "")),
-                         meta, manifest, written)
+                         meta, manifest, written, content.structure_ref)
     metrics = meta.get("metrics")
     Index.set_metrics(conn, content.version_id, _float_metrics(metrics) if isinstance(metrics, dict) else {})
 

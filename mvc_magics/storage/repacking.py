@@ -89,8 +89,12 @@ def recode_snapshot(path: Path, vid: str, locate: Callable[[str], Path], tmp_fol
     try:
         with TensorReader(locate) as reader, h5py.File(path, "r") as source:
             held = source["tensors"]
-            if set(held) != set(own):
+            ref = content.structure_ref  # format 3: the structure's blob, kept as it is (same reference)
+            blob = {ref.hash} if ref is not None and ref.object == vid else set()
+            if set(held) != set(own) | blob:
                 raise IntegrityError(f"snapshot {vid[:12]} holds other tensors than its manifest names")
+            for digest in blob - set(own):
+                writer.copy_dataset(held[digest], digest)
             for digest, entry in own.items():
                 todo = plan(entry)
                 if todo.keep:
@@ -100,7 +104,7 @@ def recode_snapshot(path: Path, vid: str, locate: Callable[[str], Path], tmp_fol
                 array = reader.read(entry, verify=True, owner=vid)
                 plan.decoded(digest, array)
                 writer.add_tensor(digest, array, base=todo.base() if todo.base is not None else None)
-        writer.finish(vid, content.meta, content.structure, list(content.manifest))
+        writer.finish(vid, content.meta, content.structure, list(content.manifest), content.structure_ref)
         fsync_path(tmp)
         os.replace(tmp, path)
         fsync_path(path.parent)

@@ -2,9 +2,10 @@
 
 Layout (documented for plain h5py readers in docs/FORMAT.md)::
 
-    /                       attrs: mvc_format="mvc-snapshot", mvc_format_version=2 (1: no coded tensors), version_id
+    /                       attrs: mvc_format="mvc-snapshot", mvc_format_version=3, version_id,
+                            mvc_structure="<object>/<hash>/<nbytes>" (3: a blob in /tensors, :func:`read_structure`)
     /meta                   scalar UTF-8 string: JSON metadata (name, message, parents, metrics...)
-    /structure              scalar UTF-8 string: JSON model structure (absent when not serializable)
+    /structure              formats 1, 2: scalar UTF-8 string: JSON model structure (absent when not serializable)
     /manifest               scalar UTF-8 string: JSON list of tensor entries
     /tensors/<hash>         the tensors this version introduced, one contiguous dataset each
 
@@ -16,13 +17,12 @@ matches the declared shape are accepted, and every tensor is re-hashed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import mmap
 import os
 import threading
 from pathlib import Path
 
-import blake3
 import h5py
 import numpy as np
 
@@ -32,59 +32,26 @@ from ..core.manifest import ManifestEntry, SnapshotContent, dtype_from_name, is_
 from ..core.progress import progress_bar
 from ..errors import IntegrityError, StoreFormatError
 from . import coding
+from .checksum import CHECKSUM_MAGIC, USERBLOCK_SIZE, body_digest, check_file_checksum  # noqa: F401
 from .coding import aligned_empty
 
 FORMAT_NAME = "mvc-snapshot"
-# Version 2 adds coded tensors (byte planes + zstd, XOR deltas); version 1 files stay readable.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = frozenset({1, 2})
+# Version 2 adds coded tensors (byte planes + zstd, XOR deltas); version 3 stores each distinct
+# structure once, referenced by hash (``STRUCTURE_ATTR``). Versions 1 and 2 stay readable.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = frozenset({1, 2, 3})
+STRUCTURE_ATTR = "mvc_structure"
 # A delta's base may itself be a delta; a chain longer than this is refused as damaged (a cycle).
 MAX_CHAIN = 64
 # dtypes h5py stores natively; anything else (bfloat16, float8...) is stored as raw bytes.
 NATIVE_KINDS = frozenset("biuf")
 RAW_DTYPE_ATTR = "mvc_dtype"
-# The HDF5 user block (ignored by HDF5 readers) holds a BLAKE3 checksum of every byte after it, so
-# verify detects a flipped byte anywhere in the file, not only inside a tensor.
-USERBLOCK_SIZE = 512
-CHECKSUM_MAGIC = b"mvc-checksum blake3 "
-_CHECKSUM_LINE = len(CHECKSUM_MAGIC) + 64 + 1  # magic, hex digest, newline: every byte after it is covered
 # The longest /meta, /structure or /manifest string read (a manifest entry is ~200 bytes).
 MAX_STRING_BYTES = 512 * 1024 * 1024
-
-
 CODING_ATTR = "mvc_coding"
 PLANES_ATTR = "mvc_planes"
 BASE_ATTR = "mvc_base"
 DEPTH_ATTR = "mvc_depth"
-
-
-def body_digest(handle, size: int) -> str:
-    # Hashing a memory map reads the file once, without copying it into Python memory.
-    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO if size >= 1 << 22 else 1)
-    if size <= _CHECKSUM_LINE:
-        return hasher.hexdigest()
-    with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-        view = memoryview(mapped)
-        try:
-            body = view[_CHECKSUM_LINE:]
-            hasher.update(body)
-            body.release()
-        finally:
-            view.release()
-    return hasher.hexdigest()
-
-
-def check_file_checksum(path: Path) -> bool | None:
-    """True when the file's bytes match the checksum in its user block, False when they do not,
-    None when the file has no checksum (written without one)."""
-    with open(path, "rb") as handle:
-        head = handle.read(USERBLOCK_SIZE)
-        if not head.startswith(CHECKSUM_MAGIC):
-            return None if head[:8] == b"\x89HDF\r\n\x1a\n" else False
-        stored = head[len(CHECKSUM_MAGIC):len(CHECKSUM_MAGIC) + 64].decode("ascii", "replace")
-        if head[_CHECKSUM_LINE - 1:_CHECKSUM_LINE] != b"\n":  # the line's own last byte is fixed: check it too
-            return False
-        return body_digest(handle, os.fstat(handle.fileno()).st_size) == stored
 
 
 NATIVE_NAMES = frozenset(
@@ -130,8 +97,10 @@ def _open(path: Path) -> h5py.File:
         raise IntegrityError(f"snapshot {path.name} is not a readable HDF5 file: {exc}") from exc
 
 
-def read_content(path: Path) -> SnapshotContent:
-    """Read and validate everything but the tensor bytes."""
+def read_content(path: Path, locate=None, resolve: bool = True) -> SnapshotContent:
+    """Read and validate everything but the tensor bytes. A format-3 structure is read from the
+    file its reference names (``locate``: object id -> path; default: beside ``path``), unless
+    ``resolve`` is False (the content's ``structure`` is then None and ``structure_ref`` says where)."""
     with _open(path) as f:
         try:
             fmt = f.attrs.get("mvc_format")
@@ -150,20 +119,55 @@ def read_content(path: Path) -> SnapshotContent:
             structure_text = _read_string(f, "structure", required=False)
             structure = json.loads(structure_text) if structure_text is not None else None
             raw_manifest = json.loads(_read_string(f, "manifest") or "[]")
+            reference = f.attrs.get(STRUCTURE_ATTR)
         except (ValueError, KeyError, TypeError, OSError, RuntimeError) as exc:
             raise IntegrityError(f"snapshot {path.name} is damaged: {exc}") from exc
     if not isinstance(meta, dict) or not isinstance(raw_manifest, list) or not is_hash(version_id):
         raise IntegrityError(f"snapshot {path.name} has malformed metadata")
     manifest = tuple(ManifestEntry.from_json(item) for item in raw_manifest)
-    return SnapshotContent(version_id, meta, structure, manifest)
+    ref = None if reference is None else structure_reference(reference, path.name, structure_text)
+    content = SnapshotContent(version_id, meta, structure, manifest, ref)
+    return content if ref is None or not resolve else dataclasses.replace(
+        content, structure=read_structure(ref, locate or _beside(path, version_id)))
 
 
-def read_verified(path: Path, vid: str) -> SnapshotContent:
+def structure_reference(value: object, where: str, inline: str | None = None) -> ManifestEntry:
+    """The ``mvc_structure`` attribute (``<object id>/<blob hash>/<nbytes>``) as the entry of a
+    1-D uint8 blob; :class:`IntegrityError` when malformed (or beside a ``/structure`` of its own)."""
+    text = value.decode() if isinstance(value, bytes) else str(value)
+    object_id, _, rest = text.partition("/")
+    digest, _, size = rest.partition("/")
+    if inline is not None or not is_hash(object_id) or not is_hash(digest) or not size.isdigit() \
+            or int(size) > MAX_STRING_BYTES:
+        raise IntegrityError(f"snapshot {where}: malformed structure reference {text[:160]!r}")
+    return ManifestEntry("/structure", "uint8", (int(size),), digest, object_id, int(size))
+
+
+def read_structure(ref: ManifestEntry, locate) -> object:
+    """The structure a format-3 file references, read (decoded, re-hashed) from ``locate(ref.object)``;
+    one-line :class:`IntegrityError` naming that file when it is missing, not HDF5 or lacks the bytes."""
+    where = f"structure stored in {ref.object[:12]}"
+    try:
+        with TensorReader(locate) as reader:
+            blob = reader.read(ref, verify=True)
+        return json.loads(blob.tobytes().decode("utf-8"))
+    except IntegrityError as exc:
+        raise IntegrityError(f"{where}: {str(exc).removeprefix(f'tensor {ref.name!r}: ')}") from exc
+    except (OSError, ValueError) as exc:
+        raise IntegrityError(f"{where}: unreadable ({str(exc)[:200]})") from exc
+
+
+def _beside(path: Path, own_id: str):
+    # Object files beside ``path`` in objects/<ab>/; ``path`` itself for its own id (a download not yet in place).
+    return lambda oid: path if oid == own_id else path.parent.parent / oid[:2] / f"{oid}.h5"
+
+
+def read_verified(path: Path, vid: str, locate=None) -> SnapshotContent:
     """:func:`read_content` of version ``vid``'s file, with its structure and manifest checked
     against the id (recomputed: the id covers them, so nothing that decides what is loaded is
     taken on trust). :class:`IntegrityError` when they do not hash to ``vid``."""
     try:
-        content = read_content(path)
+        content = read_content(path, locate)
     except FileNotFoundError as exc:
         raise IntegrityError(f"the snapshot file of version {vid[:12]} is missing") from exc
     entries = ((e.name, e.dtype, e.shape, e.hash) for e in content.manifest)

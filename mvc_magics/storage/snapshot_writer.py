@@ -28,6 +28,7 @@ from .snapshot import (
     NATIVE_NAMES,
     PLANES_ATTR,
     RAW_DTYPE_ATTR,
+    STRUCTURE_ATTR,
     USERBLOCK_SIZE,
     body_digest,
 )
@@ -137,16 +138,24 @@ class SnapshotWriter:
         for key, value in (attrs or {}).items():
             tensors[digest].attrs[key] = value
 
-    def finish(self, version_id: str, meta: Mapping, structure: object, manifest: list[ManifestEntry]) -> None:
-        """Write the root attributes, meta, structure and manifest, and close the file."""
+    def finish(self, version_id: str, meta: Mapping, structure: object, manifest: list[ManifestEntry],
+               structure_ref: ManifestEntry | None = None) -> None:
+        """Write the root attributes, meta, structure and manifest, and close the file.
+
+        With ``structure_ref`` (format 3) the file names where the structure's blob is stored (in
+        this file, added with :meth:`add_tensor`, or in an older one) instead of holding it.
+        """
         self._group()
         f = self._file
         assert f is not None
         f.attrs["mvc_format"] = FORMAT_NAME
-        f.attrs["mvc_format_version"] = self.format_version
+        # 3 only when the file uses a structure reference: any other file stays readable by older versions.
+        f.attrs["mvc_format_version"] = FORMAT_VERSION if structure_ref is not None else min(self.format_version, 2)
         f.attrs["version_id"] = version_id
         _string_dataset(f, "meta", json.dumps(meta, sort_keys=True))
-        if structure is not None:
+        if structure_ref is not None:
+            f.attrs[STRUCTURE_ATTR] = f"{structure_ref.object}/{structure_ref.hash}/{structure_ref.nbytes}"
+        elif structure is not None:
             _string_dataset(f, "structure", json.dumps(structure, sort_keys=True))
         _string_dataset(f, "manifest", json.dumps([e.to_json() for e in manifest]))
         self.close()

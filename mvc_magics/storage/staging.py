@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.hashing import HashesAhead, dtype_name, tensor_hash
+from ..core.hashing import HashesAhead, canonical_json, dtype_name, tensor_hash
 from ..core.progress import progress_bar
 from .atomic import publish, temporary_path
 from .deltas import remember_committed
@@ -61,6 +61,8 @@ class StagedCommit:
         self.bytes_written = 0  # logical bytes of the tensors written
         self.bytes_stored = 0  # what they took in the file (coded)
         self.tensors_written = 0
+        self.structure_ref: ManifestEntry | None = None  # where publish stored the structure (format 3)
+        self._blob: tuple[object, np.ndarray] | None = None
 
     def stage(self, arrays: Mapping[str, np.ndarray], description: str = "commit",
               hashes: HashesAhead | None = None) -> None:
@@ -154,12 +156,35 @@ class StagedCommit:
             for k, (dtype, shape, nbytes) in self.specs.items()
         ]
 
+    def structure_blob(self, structure: object) -> np.ndarray:
+        """The structure as the bytes format 3 stores once per store: its canonical JSON (the text
+        the version id hashes), as a 1-D uint8 array (kept: publish stores these same bytes)."""
+        if self._blob is None or self._blob[0] is not structure:
+            self._blob = (structure, np.frombuffer(canonical_json(structure).encode(), dtype=np.uint8))
+        return self._blob[1]
+
+    def _store_structure(self, version_id: str, structure: object) -> ManifestEntry | None:
+        """Where this version's structure is stored: an older file holding the same bytes (found
+        by hash, like a tensor), else this file (the blob is added to it). None: kept inline (format 1)."""
+        if structure is None or not self._code:  # coding off writes format 1: what older versions read
+            return None
+        blob = self.structure_blob(structure)
+        digest = tensor_hash(blob)
+        holder = self.located[digest] if digest in self.located else self._stored_object(digest)
+        if holder is None or holder == version_id:  # new here, or this very file is being rewritten
+            if self.located.get(digest, "") is not None:  # not already written among the tensors
+                self._writer.add_tensor(digest, blob, code=False)  # plain: readable with h5py alone
+                self.located[digest] = None
+            holder = version_id
+        return ManifestEntry("/structure", "uint8", (blob.size,), digest, holder, int(blob.size))
+
     def publish(self, final: Path, version_id: str, meta: Mapping, structure: object,
                 manifest: list[ManifestEntry]) -> None:
         """Complete the snapshot file and move it to ``final`` (fsync, rename, fsync folder)."""
         self._close_bases()
         try:
-            self._writer.finish(version_id, meta, structure, manifest)
+            self.structure_ref = self._store_structure(version_id, structure)
+            self._writer.finish(version_id, meta, structure, manifest, self.structure_ref)
         except BaseException:
             self.discard()
             raise

@@ -90,7 +90,8 @@ class StoreWrites:
         placed, replaced = False, final.exists()  # a removed version's retired file it replaces
         try:
             signer = signer_from_env()  # a bad key configuration fails before the snapshot is placed
-            text_bytes = len(json.dumps(meta, default=str)) + len(json.dumps(structure)) + 200 * len(manifest)
+            text_bytes = (len(json.dumps(meta, default=str)) + 200 * len(manifest)
+                          + (staged.structure_blob(structure).nbytes if structure is not None else 0))
             ensure_space(layout.tmp, text_bytes, 4, self._store.path)
             staged.publish(final, vid, meta, structure, manifest)
             placed = True
@@ -101,7 +102,7 @@ class StoreWrites:
                 layout.write_head(head, vid)
             with index.transaction() as conn:
                 Index.insert_version(conn, vid, name, meta["created"], meta, [e.to_json() for e in manifest],
-                                     staged.bytes_written)
+                                     staged.bytes_written, staged.structure_ref)
                 Index.set_metrics(conn, vid, meta["metrics"])
                 conn.executemany("INSERT OR REPLACE INTO tags(name, tag, id, protected) VALUES(?, ?, ?, 0)",
                                  [(name, tag, vid) for tag in tags])
