@@ -135,17 +135,15 @@ def structure_reference(value: object, where: str, inline: str | None = None) ->
     """The ``mvc_structure`` attribute (``<object id>/<blob hash>/<nbytes>``) as the entry of a
     1-D uint8 blob; :class:`IntegrityError` when malformed (or beside a ``/structure`` of its own)."""
     text = value.decode() if isinstance(value, bytes) else str(value)
-    object_id, _, rest = text.partition("/")
-    digest, _, size = rest.partition("/")
-    if inline is not None or not is_hash(object_id) or not is_hash(digest) or not size.isdigit() \
-            or int(size) > MAX_STRING_BYTES:
+    object_id, digest, size = ([*text.split("/", 2), "", ""])[:3]
+    if inline is not None or not (is_hash(object_id) and is_hash(digest) and size.isdigit() and
+                                  int(size) <= MAX_STRING_BYTES):
         raise IntegrityError(f"snapshot {where}: malformed structure reference {text[:160]!r}")
     return ManifestEntry("/structure", "uint8", (int(size),), digest, object_id, int(size))
 
 
 def read_structure(ref: ManifestEntry, locate) -> object:
-    """The structure a format-3 file references, read (decoded, re-hashed) from ``locate(ref.object)``;
-    one-line :class:`IntegrityError` naming that file when it is missing, not HDF5 or lacks the bytes."""
+    """The structure a format-3 file references, re-hashed; one line naming its file when not readable."""
     where = f"structure stored in {ref.object[:12]}"
     try:
         with TensorReader(locate) as reader:
