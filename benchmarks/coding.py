@@ -22,10 +22,6 @@ import numpy as np
 from mvc_magics import Repo
 from mvc_magics.storage import coding
 
-# Delta chains made at commit time: the same files `gc --repack` writes for a history committed
-# with the default settings (commits code each tensor alone; see storage/deltas.commit_depth).
-os.environ.setdefault("MVC_DELTA_DEPTH", "4")
-
 from .harness import REPO_ROOT, Workspace, settle
 from .measure import dir_bytes, peak_rss_growth
 from .models import BenchModel, dense_stack
@@ -68,22 +64,35 @@ def _planes(store: Path) -> dict[str, list[float]]:
 
 
 def epochs(bm: BenchModel, ws: Workspace, n: int) -> dict:
-    """``n`` epoch checkpoints of an Adam run, each committed: store / n raw copies."""
+    """``n`` epoch checkpoints of an Adam run, each committed, then ``gc --repack``: store / n raw
+    copies (and the previous epoch's tensors, under ``_previous``, for the delta throughput)."""
+    from mvc_magics.adapters.keras import KerasAdapter
+
     _compile(bm.model)
     x, y = _train_data(bm.model)
     store = ws.fresh(f"epochs-{bm.key}") / ".mvc"
     commit_s = []
+    previous = None
     with Repo(store) as repo:
         for _ in range(n):
+            previous = {k: np.array(v) for k, v in KerasAdapter().get_state(bm.model).items()}
             bm.model.fit(x, y, epochs=1, batch_size=16, verbose=0)
             start = time.perf_counter()
             repo.commit(bm.model, "model")
             commit_s.append(time.perf_counter() - start)
+    committed = dir_bytes(store / "objects")
+    with Repo(store) as repo:  # commits code each tensor alone; repack makes the (reverse) deltas
+        start, cpu = time.perf_counter(), time.process_time()
+        repo.gc(repack=True)
+        repack_s, repack_cpu = time.perf_counter() - start, time.process_time() - cpu
     objects = dir_bytes(store / "objects")
     sizes = sorted(p.stat().st_size for p in (store / "objects").rglob("*.h5"))
-    return {"case": f"{n} Adam epoch checkpoints / {n} raw copies", "model": bm.key, "model_bytes": bm.nbytes,
-            "ratio": objects / (n * bm.nbytes), "largest file / raw": sizes[-1] / bm.nbytes,
-            "smallest file / raw": sizes[0] / bm.nbytes, "commit seconds (median)": float(np.median(commit_s)),
+    return {"case": f"{n} Adam epoch checkpoints / {n} raw copies (after gc --repack)", "model": bm.key,
+            "model_bytes": bm.nbytes, "ratio": objects / (n * bm.nbytes),
+            "as committed (each tensor coded alone) / raw copies": committed / (n * bm.nbytes),
+            "repack seconds": repack_s, "repack CPU seconds": repack_cpu, "largest file / raw": sizes[-1] / bm.nbytes,
+            "smallest file / raw": sizes[0] / bm.nbytes, "_previous": previous,
+            "commit seconds (median)": float(np.median(commit_s)),
             **_planes(store), "store": str(store)}
 
 
@@ -113,34 +122,55 @@ def single_version(bm: BenchModel, ws: Workspace) -> list[dict]:
     return out
 
 
-def throughput(bm: BenchModel) -> dict:
-    """Encode/decode MB/s of the model's tensors: plain planes+zstd, and XOR deltas."""
+def throughput(bm: BenchModel, previous: dict[str, np.ndarray] | None = None) -> dict:
+    """Encode/decode MB/s of the model's float32 tensors: plain planes+zstd, and deltas against the
+    previous epoch's tensors (``previous``; else a synthetic small update). Tensors are coded two at
+    a time, as a checkout's reader and a commit's writer do (``2 at a time``), and one at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from mvc_magics.adapters.keras import KerasAdapter
 
-    arrays = [np.ascontiguousarray(a) for a in KerasAdapter().get_state(bm.model).values() if a.dtype == np.float32]
-    rng = np.random.default_rng(1)
-    bases = [a - (rng.standard_normal(a.shape) * 1e-4 * (np.abs(a).mean() + 1e-8)).astype(np.float32) for a in arrays]
+    state = {k: a for k, a in KerasAdapter().get_state(bm.model).items() if a.dtype == np.float32}
+    arrays = [np.ascontiguousarray(a) for a in state.values()]
+    if previous is not None and all(k in previous and previous[k].shape == a.shape for k, a in state.items()):
+        bases, how = [np.ascontiguousarray(previous[k]) for k in state], "the previous epoch"
+    else:
+        rng = np.random.default_rng(1)
+        bases = [a - (rng.standard_normal(a.shape) * 1e-4 * (np.abs(a).mean() + 1e-8)).astype(np.float32)
+                 for a in arrays]
+        how = "a synthetic small update"
     total = sum(a.nbytes for a in arrays)
-    result = {"case": "coding throughput", "model": bm.key, "MB": total / 1e6}
-    for label, refs in (("plain", [None] * len(arrays)), ("delta", bases)):
-        start, cpu = time.perf_counter(), time.process_time()
-        coded = [coding.encode(coding.raw_bytes(a), 4, None if b is None else coding.raw_bytes(b))
-                 for a, b in zip(arrays, refs)]
-        enc, enc_cpu = time.perf_counter() - start, time.process_time() - cpu
-        start, cpu = time.perf_counter(), time.process_time()
-        for a, b, c in zip(arrays, refs, coded):
-            if c is not None:
-                out = np.empty(a.nbytes, np.uint8)
-                table = coding.check_table(c.planes, 4, c.nbytes, a.nbytes)
-                coding.decode_into(out, c.data, table, None if b is None else coding.raw_bytes(b))
-        dec, dec_cpu = time.perf_counter() - start, time.process_time() - cpu
-        size = sum(c.nbytes if c is not None else a.nbytes for a, c in zip(arrays, coded))
-        result[f"{label} encode MB/s"] = total / enc / 1e6
-        result[f"{label} decode MB/s"] = total / dec / 1e6
-        # Per CPU-second of this process (all its threads): what one core does, whatever the load.
-        result[f"{label} encode MB per CPU-s"] = total / enc_cpu / 1e6
-        result[f"{label} decode MB per CPU-s"] = total / dec_cpu / 1e6
-        result[f"{label} stored/raw"] = size / total
+    result = {"case": "coding throughput", "model": bm.key, "MB": total / 1e6, "delta base": how}
+
+    def enc(item):
+        a, b = item
+        return coding.encode(coding.raw_bytes(a), 4, None if b is None else coding.raw_bytes(b))
+
+    def dec(item):
+        a, b, c = item
+        if c is not None:
+            out = np.empty(a.nbytes, np.uint8)
+            table = coding.check_table(c.planes, 4, c.nbytes, a.nbytes)
+            coding.decode_into(out, c.data, table, None if b is None else coding.raw_bytes(b), c.coding)
+
+    for workers in (2, 1):
+        pool = ThreadPoolExecutor(workers)
+        suffix = "" if workers == 2 else " (1 at a time)"
+        for label, refs in (("plain", [None] * len(arrays)), ("delta", bases)):
+            start, cpu = time.perf_counter(), time.process_time()
+            coded = list(pool.map(enc, zip(arrays, refs)))
+            enc_s, enc_cpu = time.perf_counter() - start, time.process_time() - cpu
+            start, cpu = time.perf_counter(), time.process_time()
+            list(pool.map(dec, zip(arrays, refs, coded)))
+            dec_s, dec_cpu = time.perf_counter() - start, time.process_time() - cpu
+            size = sum(c.nbytes if c is not None else a.nbytes for a, c in zip(arrays, coded))
+            result[f"{label} encode MB/s{suffix}"] = total / enc_s / 1e6
+            result[f"{label} decode MB/s{suffix}"] = total / dec_s / 1e6
+            # Per CPU-second of this process (all its threads): what one core does, whatever the load.
+            result[f"{label} encode MB per CPU-s{suffix}"] = total / enc_cpu / 1e6
+            result[f"{label} decode MB per CPU-s{suffix}"] = total / dec_cpu / 1e6
+            result[f"{label} stored/raw"] = size / total
+        pool.shutdown()
     result.update(_hdf5plugin(arrays))
     return result
 
@@ -193,7 +223,7 @@ def commit_and_checkout(bm: BenchModel, ws: Workspace, store: Path, reps: int) -
         for i, variable in enumerate(bm.model.weights):
             variable.assign(state[f"{i}:{variable.path}"])
 
-    commit_ratio, checkout_ratio = [], []
+    commit_ratio = []
     for rep in range(reps):
         fresh = ws.fresh(f"first-{bm.key}-{rep}") / ".mvc"
         with Repo(fresh) as repo:
@@ -205,23 +235,35 @@ def commit_and_checkout(bm: BenchModel, ws: Workspace, store: Path, reps: int) -
         start = time.perf_counter()
         save()
         commit_ratio.append(ours / (time.perf_counter() - start))
+    rows = [{"case": "first commit / safetensors save_file+fsync", "model": bm.key,
+             "ratio": float(np.median(commit_ratio)), "all": commit_ratio}]
     with Repo(store) as repo:
-        last = repo.log("model")[0]
-        depth = _chain_depth(store, last.id)
-        for rep in range(reps):
-            bm.change_last_layer(seed=500 + rep)  # the live model differs from the version checked out
-            settle()
-            start = time.perf_counter()
-            repo.checkout(last.id, bm.model)
-            ours = time.perf_counter() - start
-            settle()
-            start = time.perf_counter()
-            load()
-            checkout_ratio.append(ours / (time.perf_counter() - start))
-    return [{"case": "first commit / safetensors save_file+fsync", "model": bm.key,
-             "ratio": float(np.median(commit_ratio)), "all": commit_ratio},
-            {"case": f"checkout at the end of a delta chain (depth {depth}) / safetensors load_file+assign",
-             "model": bm.key, "ratio": float(np.median(checkout_ratio)), "all": checkout_ratio}]
+        history = [v.id for v in repo.log("model")]
+        depths = {vid: _chain_depth(store, vid) for vid in history}
+        newest = history[0]
+        # The longest chain a repacked store has: the oldest version of the newest group.
+        deepest = next((vid for vid in history[1:] if depths[vid] >= max(depths.values())), newest)
+        for label, vid in (("the newest version (kept whole by repack)", newest),
+                           (f"the oldest of the newest group (a chain of depth {depths[deepest]})", deepest)):
+            ratios, ours_cpu, peer_cpu = [], [], []
+            for rep in range(reps):
+                bm.change_last_layer(seed=500 + rep)  # the live model differs from the version checked out
+                settle()
+                start, cpu = time.perf_counter(), time.process_time()
+                repo.checkout(vid, bm.model)
+                ours, ours_c = time.perf_counter() - start, time.process_time() - cpu
+                settle()
+                start, cpu = time.perf_counter(), time.process_time()
+                load()
+                peer, peer_c = time.perf_counter() - start, time.process_time() - cpu
+                ratios.append(ours / peer)
+                ours_cpu.append(ours_c)
+                peer_cpu.append(peer_c)
+            rows.append({"case": f"checkout of {label} / safetensors load_file+assign", "model": bm.key,
+                         "ratio": float(np.median(ratios)), "all": ratios, "depth": depths[vid],
+                         "CPU seconds, ours (median)": float(np.median(ours_cpu)),
+                         "CPU seconds, safetensors (median)": float(np.median(peer_cpu))})
+    return rows
 
 
 def _chain_depth(store: Path, vid: str) -> int:
@@ -294,9 +336,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(rows[-1], default=float))
                 continue
             run = epochs(bm, ws, n)
+            previous = run.pop("_previous")
             rows.append(run)
             rows += single_version(bm, ws)
-            rows.append(throughput(bm))
+            rows.append(throughput(bm, previous))
             rows += commit_and_checkout(bm, ws, Path(run["store"]), 3)
             rows.append(merge(bm, ws, Path(run["store"])))
             if key == "dense":

@@ -58,7 +58,7 @@ def test_coding_benchmark_quick_run_reports_every_target(tmp_path):
     cases = {row["case"].split(" (")[0] for row in rows}
     for case in ("3 Adam epoch checkpoints / 3 raw copies", "one float32 version / raw bytes",
                  "one bfloat16 version / raw bytes", "coding throughput", "first commit / safetensors save_file+fsync",
-                 "checkout at the end of a delta chain", "merge",
+                 "checkout of the newest version", "checkout of the oldest of the newest group", "merge",
                  "10 head-only fine-tunes / one copy"):
         assert case in cases, sorted(cases)
     ratios = {row["case"]: row.get("ratio") for row in rows}

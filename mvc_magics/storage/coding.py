@@ -16,6 +16,7 @@ as untrusted: sizes are checked before anything is allocated.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -136,13 +137,16 @@ def _apply_delta(out: np.ndarray, delta: np.ndarray, base: np.ndarray, coding: s
         xor_bytes(delta, base, out=out)
 
 
-def _code_plane(plane: np.ndarray) -> tuple[int, bytes | np.ndarray]:
+def _code_plane(column: np.ndarray) -> tuple[int, bytes | np.ndarray]:
+    """(method, body) of one plane, given as a (possibly strided) view: a plane that stays raw is
+    returned as that view and copied once, into the coded bytes, never gathered first."""
     compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
-    if plane.nbytes > 4 * _SAMPLE:  # a sample decides for big planes: noise costs no full zstd pass
-        middle = plane.nbytes // 2
-        sample = compressor.compress(plane[middle:middle + _SAMPLE])
+    if column.nbytes > 4 * _SAMPLE:  # a sample decides for big planes: noise costs no full zstd pass
+        middle = column.shape[0] // 2
+        sample = compressor.compress(np.ascontiguousarray(column[middle:middle + _SAMPLE]))
         if len(sample) > PLANE_KEEP_RATIO * _SAMPLE:
-            return RAW, plane
+            return RAW, column
+    plane = np.ascontiguousarray(column)
     frame = compressor.compress(plane)
     return (ZSTD, frame) if len(frame) < PLANE_KEEP_RATIO * plane.nbytes else (RAW, plane)
 
@@ -161,12 +165,12 @@ def encode(raw: np.ndarray, itemsize: int, base: np.ndarray | None = None, delta
     else:
         source = xor_bytes(raw, base) if base is not None else raw
     rows = source.reshape(-1, itemsize)
-    planes = [np.ascontiguousarray(rows[:, i]) for i in range(itemsize)] if itemsize > 1 else [source]
+    planes = [rows[:, i] for i in range(itemsize)]
     if nbytes >= _PARALLEL_BYTES and itemsize > 1:
         coded = list(_pool().map(_code_plane, planes))
     else:
         coded = [_code_plane(p) for p in planes]
-    table = np.array([[method, len(body) if method == ZSTD else body.nbytes] for method, body in coded],
+    table = np.array([[method, len(body) if method == ZSTD else body.shape[0]] for method, body in coded],
                      dtype=np.int64)
     total = int(table[:, 1].sum())
     if base is None and (total >= TENSOR_KEEP_RATIO * nbytes or all(m == RAW for m, _ in coded)):
@@ -197,7 +201,7 @@ def check_table(planes: np.ndarray, itemsize: int, stored: int, nbytes: int) -> 
 def _decode_plane(body: np.ndarray, method: int, plane_len: int) -> np.ndarray | bytes:
     if method == RAW:
         return body
-    frame = body.tobytes()
+    frame = body  # zstd reads the buffer in place (a view of the file's map): no copy
     try:
         size = zstandard.frame_content_size(frame)
     except zstandard.ZstdError as exc:
@@ -217,77 +221,72 @@ def decode_into(out: np.ndarray, data: np.ndarray, table: np.ndarray, base: np.n
                 coding: str = CODING_DELTA) -> None:
     """Decode ``data`` (validated ``table``) into ``out`` (flat uint8 of the decoded size); for a
     delta (``coding``), apply it to ``base`` (flat uint8, same size)."""
-    itemsize = table.shape[0]
-    plane_len = out.nbytes // itemsize
+    levels: list[Level] = [(data, table, CODING_PLANES if base is None else coding)]
+    if base is not None:
+        levels.append((base, None, None))
+    decode_chain(out, levels, table.shape[0])
+
+
+Level = tuple[np.ndarray, "np.ndarray | None", "str | None"]
+# Elements decoded per step: one step of every level of a chain stays in the CPU cache, so a chain
+# costs one pass over memory for the result instead of a few per level.
+_CHUNK = 1 << 15
+
+
+def _level_planes(data: np.ndarray, table: np.ndarray | None, plane_len: int,
+                  run: Callable) -> list[np.ndarray] | np.ndarray:
+    """The planes of one level (raw planes are views of ``data``; zstd frames decoded through
+    ``run``), or ``data`` itself for a tensor stored whole."""
+    if table is None:
+        return data
     bodies, offset = [], 0
     for method, length in table:
         bodies.append((data[offset:offset + int(length)], int(method)))
         offset += int(length)
-    if out.nbytes >= _PARALLEL_BYTES and itemsize > 1:
-        plains = list(_pool().map(lambda item: _decode_plane(item[0], item[1], plane_len), bodies))
+    return [np.frombuffer(p, np.uint8) if isinstance(p, bytes) else p
+            for p in run(lambda item: _decode_plane(item[0], item[1], plane_len), bodies)]
+
+
+def _fill(target: np.ndarray, planes: list[np.ndarray] | np.ndarray, start: int, stop: int, itemsize: int) -> None:
+    """Elements ``start:stop`` of one level, interleaved into ``target`` (flat uint8)."""
+    if isinstance(planes, np.ndarray):  # stored whole
+        np.copyto(target, planes[start * itemsize:stop * itemsize])
+    elif itemsize == 1:
+        np.copyto(target, planes[0][start:stop])
     else:
-        plains = [_decode_plane(body, method, plane_len) for body, method in bodies]
-    if itemsize == 1:
-        out[:] = np.frombuffer(plains[0], dtype=np.uint8)
-    else:
-        rows = out.reshape(-1, itemsize)
-        for i, plain in enumerate(plains):
-            rows[:, i] = np.frombuffer(plain, dtype=np.uint8)
-    if base is not None:
-        _apply_delta(out, out, base, coding, itemsize)
+        rows = target.reshape(-1, itemsize)
+        for i, plane in enumerate(planes):
+            rows[:, i] = plane[start:stop]
 
 
-def _plane_of(data: np.ndarray, table: np.ndarray | None, i: int, plane_len: int) -> np.ndarray:
-    """Plane ``i`` of one level of a chain: coded (``table``) or a tensor stored whole (``table`` None)."""
-    if table is None:
-        return data.reshape(-1, data.nbytes // plane_len)[:, i]
-    offset = int(table[:i, 1].sum())
-    body = data[offset:offset + int(table[i, 1])]
-    plain = _decode_plane(body, int(table[i, 0]), plane_len)
-    return np.frombuffer(plain, dtype=np.uint8) if isinstance(plain, bytes) else plain
-
-
-def decode_chain(out: np.ndarray, levels: list[tuple[np.ndarray, np.ndarray | None, str | None]],
-                 itemsize: int) -> None:
-    """Decode a delta chain into ``out`` (flat uint8): ``levels`` from the tensor down to the tensor
-    stored whole, each ``(data, table, coding)`` (``table`` None: raw bytes). An XOR chain decodes in
-    plane space (XOR commutes with the plane split: each plane is XORed across the levels and the
-    planes are interleaved once); a chain with integer differences is applied level by level."""
-    if any(kind == CODING_SUB for _, _, kind in levels[:-1]):
-        _decode_levels(out, levels, itemsize)
-        return
+def decode_chain(out: np.ndarray, levels: list[Level], itemsize: int) -> None:
+    """Decode a chain into ``out`` (flat uint8): ``levels`` from the tensor down to the tensor
+    stored whole, each ``(data, table, coding)`` (``table`` None: raw bytes). The zstd planes of
+    every level are decompressed first; then, a cache-sized step of elements at a time, the bottom
+    level is interleaved into ``out`` and each delta above it interleaved and applied in turn (XOR
+    or integer difference). Large tensors run on the coding threads (zstd and numpy release the GIL)."""
+    if levels[-1][2] in DELTA_CODINGS or any(kind not in DELTA_CODINGS for _, _, kind in levels[:-1]):
+        raise IntegrityError("coded tensor: a delta chain that does not end on a tensor stored whole")
     plane_len = out.nbytes // itemsize
-    planes = np.empty((itemsize, plane_len), dtype=np.uint8)
+    parallel = out.nbytes >= _PARALLEL_BYTES
+    run = _pool().map if parallel and itemsize > 1 else map
+    planes = [_level_planes(data, table, plane_len, run) for data, table, _ in levels]
 
-    def one_plane(i: int) -> None:
-        np.copyto(planes[i], _plane_of(*levels[0][:2], i, plane_len))
-        for data, table, _ in levels[1:]:
-            np.bitwise_xor(planes[i], _plane_of(data, table, i, plane_len), out=planes[i])
+    def span(first: int, last: int) -> None:
+        scratch = np.empty(min(_CHUNK, max(last - first, 0)) * itemsize, dtype=np.uint8)
+        for start in range(first, last, _CHUNK):
+            stop = min(start + _CHUNK, last)
+            target = out[start * itemsize:stop * itemsize]
+            _fill(target, planes[-1], start, stop, itemsize)
+            for (_, _, kind), level in zip(reversed(levels[:-1]), reversed(planes[:-1])):
+                delta = scratch[:target.nbytes]
+                _fill(delta, level, start, stop, itemsize)
+                _apply_delta(target, delta, target, kind, itemsize)
 
-    if out.nbytes >= _PARALLEL_BYTES and itemsize > 1:
-        list(_pool().map(one_plane, range(itemsize)))
-    else:
-        for i in range(itemsize):
-            one_plane(i)
-    if itemsize == 1:
-        out[:] = planes[0]
-    else:
-        rows = out.reshape(-1, itemsize)
-        for i in range(itemsize):
-            rows[:, i] = planes[i]
-
-
-def _decode_levels(out: np.ndarray, levels: list[tuple[np.ndarray, np.ndarray | None, str | None]],
-                   itemsize: int) -> None:
-    """Decode a chain bottom up: the tensor stored whole, then each delta applied in turn."""
-    data, table, _ = levels[-1]
-    if table is None:
-        np.copyto(out, data)
-    else:
-        decode_into(out, data, table)
-    scratch = np.empty_like(out)
-    for data, table, kind in reversed(levels[:-1]):
-        if table is None or kind not in DELTA_CODINGS:
-            raise IntegrityError("coded tensor: a delta chain holds a level that is not a delta")
-        decode_into(scratch, data, table)
-        _apply_delta(out, scratch, out, kind, itemsize)
+    if not parallel:
+        span(0, plane_len)
+        return
+    middle = (plane_len // 2 // _CHUNK) * _CHUNK or plane_len
+    other = _pool().submit(span, middle, plane_len)  # the second half on a coding thread, the first here
+    span(0, middle)
+    other.result()

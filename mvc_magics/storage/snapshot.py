@@ -31,9 +31,11 @@ from ..core.hashing import version_id as compute_version_id
 from ..core.manifest import ManifestEntry, SnapshotContent, dtype_from_name, is_hash
 from ..core.progress import progress_bar
 from ..errors import IntegrityError, StoreFormatError
-from . import coding
+from . import tensor_decode
 from .checksum import CHECKSUM_MAGIC, USERBLOCK_SIZE, body_digest, check_file_checksum  # noqa: F401
 from .coding import aligned_empty
+from .tensor_decode import BASE_ATTR, CODING_ATTR, MAX_CHAIN
+from .tensor_decode import PLANES_ATTR as PLANES_ATTR  # the writer's and readers' one name for it
 
 FORMAT_NAME = "mvc-snapshot"
 # Version 2 adds coded tensors (byte planes + zstd, XOR deltas); version 3 stores each distinct
@@ -41,16 +43,11 @@ FORMAT_NAME = "mvc-snapshot"
 FORMAT_VERSION = 3
 READABLE_VERSIONS = frozenset({1, 2, 3})
 STRUCTURE_ATTR = "mvc_structure"
-# A delta's base may itself be a delta; a chain longer than this is refused as damaged (a cycle).
-MAX_CHAIN = 64
 # dtypes h5py stores natively; anything else (bfloat16, float8...) is stored as raw bytes.
 NATIVE_KINDS = frozenset("biuf")
 RAW_DTYPE_ATTR = "mvc_dtype"
 # The longest /meta, /structure or /manifest string read (a manifest entry is ~200 bytes).
 MAX_STRING_BYTES = 512 * 1024 * 1024
-CODING_ATTR = "mvc_coding"
-PLANES_ATTR = "mvc_planes"
-BASE_ATTR = "mvc_base"
 DEPTH_ATTR = "mvc_depth"
 
 
@@ -187,6 +184,7 @@ class TensorReader:
     def __init__(self, locate: callable) -> None:
         self._locate = locate  # object id -> Path of its snapshot file
         self._files: dict[str, h5py.File] = {}
+        self._maps = tensor_decode.FileMaps()
         self._lock = threading.Lock()
 
     def __enter__(self) -> TensorReader:
@@ -196,6 +194,7 @@ class TensorReader:
         self.close()
 
     def close(self) -> None:
+        self._maps.close()
         for handle in self._files.values():
             try:
                 handle.close()
@@ -300,59 +299,9 @@ class TensorReader:
                     return f"its delta base {object_id[:12]}/{digest[:12]} is damaged ({self._damage(base, chain + 1)})"
         return "content does not match its hash (data is damaged)"
 
-    def _coded_level(self, entry: ManifestEntry, dataset: h5py.Dataset, where: str
-                     ) -> tuple[str, np.ndarray, np.ndarray]:
-        """(coding, coded bytes, validated plane table) of one coded dataset (untrusted)."""
-        name = dataset.attrs[CODING_ATTR]
-        name = name.decode() if isinstance(name, bytes) else str(name)
-        if name not in coding.CODINGS:
-            raise IntegrityError(f"{where}: unknown coding {name[:40]!r} (written by a newer mvc_magics?)")
-        if dataset.dtype != np.uint8 or dataset.ndim != 1:
-            raise IntegrityError(f"{where}: coded bytes are not a 1-D uint8 dataset")
-        stored = int(dataset.shape[0])
-        if dataset.id.get_storage_size() != stored:
-            raise IntegrityError(f"{where}: stored bytes do not match the coded length")
-        itemsize = dtype_from_name(entry.dtype).itemsize
-        if name == coding.CODING_SUB and coding.delta_coding(itemsize) != name:
-            raise IntegrityError(f"{where}: an integer-difference delta of {itemsize}-byte elements, refused")
-        table = coding.check_table(dataset.attrs[PLANES_ATTR], itemsize, stored, entry.nbytes)
-        data = np.empty(stored, dtype=np.uint8)
-        if stored:
-            dataset.read_direct(data)
-        return name, data, table
-
     def _read_coded(self, entry: ManifestEntry, dataset: h5py.Dataset, where: str) -> np.ndarray:
         """Decode a coded tensor, a delta with every base down to the tensor stored whole."""
-        levels: list[tuple[np.ndarray, np.ndarray | None, str | None]] = []
-        current = entry
-        while True:
-            if CODING_ATTR not in dataset.attrs:  # the chain ends on a tensor stored as it is
-                levels.append((self._read_whole(current, dataset, where).reshape(-1).view(np.uint8), None, None))
-                break
-            name, data, table = self._coded_level(current, dataset, where)
-            levels.append((data, table, name))
-            if name == coding.CODING_PLANES:
-                break
-            if len(levels) > MAX_CHAIN:
-                raise IntegrityError(f"{where}: delta chain longer than {MAX_CHAIN} (a cycle?), refused")
-            reference = dataset.attrs.get(BASE_ATTR)
-            reference = reference.decode() if isinstance(reference, bytes) else str(reference)
-            object_id, _, digest = reference.partition("/")
-            if not is_hash(object_id) or not is_hash(digest):
-                raise IntegrityError(f"{where}: malformed delta base reference")
-            current = ManifestEntry(entry.name, entry.dtype, entry.shape, digest, object_id, entry.nbytes)
-            try:
-                dataset = self._dataset(current, where)
-            except IntegrityError as exc:
-                raise IntegrityError(f"{where}: its delta base {object_id[:12]}/{digest[:12]} is damaged "
-                                     f"({str(exc).split(': ', 1)[-1]})") from exc
-        dtype = dtype_from_name(entry.dtype)
-        out = aligned_empty((entry.nbytes,), np.dtype(np.uint8))
-        if len(levels) == 1:
-            coding.decode_into(out, levels[0][0], levels[0][1])
-        else:
-            coding.decode_chain(out, levels, dtype.itemsize)
-        return out.view(dtype).reshape(entry.shape)
+        return tensor_decode.read_coded(entry, dataset, where, self._maps, self._dataset, self._read_whole)
 
     def _dataset(self, entry: ManifestEntry, where: str) -> h5py.Dataset:
         """The dataset of ``entry``: a hard link to contiguous, non-virtual, non-external storage."""

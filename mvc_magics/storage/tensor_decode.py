@@ -1,0 +1,141 @@
+"""Reading coded tensors out of open snapshot files: the chain walk and the bytes it decodes.
+
+The coded bytes of a dataset are read through a read-only memory map of the file HDF5 already has
+open (the same descriptor, so the same file even if a repack renamed a new one over it since):
+raw planes are interleaved and zstd frames decompressed straight from the page cache, without
+first copying the whole dataset into memory (one pass over the bytes instead of two). The map
+covers only what HDF5 says the contiguous dataset occupies, checked against the file's size; when
+HDF5 gives no offset (or a driver without a descriptor) the bytes are read with ``read_direct``.
+Files in a store are written once and replaced by rename, never truncated, so a mapped file keeps
+its bytes while it is read.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+from collections.abc import Callable
+
+import h5py
+import numpy as np
+
+from ..core.manifest import ManifestEntry, dtype_from_name, is_hash
+from ..errors import IntegrityError
+from . import coding
+from .coding import aligned_empty
+
+CODING_ATTR = "mvc_coding"
+PLANES_ATTR = "mvc_planes"
+BASE_ATTR = "mvc_base"
+# A delta's base may itself be a delta; a chain longer than this is refused as damaged (a cycle).
+MAX_CHAIN = 64
+# Below this, a dataset is read with read_direct: a map costs more than the copy it saves.
+_MAP_BYTES = 1 << 20
+
+Level = tuple[np.ndarray, "np.ndarray | None", "str | None"]
+
+
+class FileMaps:
+    """Read-only memory maps of open HDF5 files, one per file, closed together."""
+
+    def __init__(self) -> None:
+        self._maps: dict[int, mmap.mmap | None] = {}  # by the file descriptor HDF5 reads through
+        self._lock = threading.Lock()  # readers decode from worker threads
+
+    def stored_bytes(self, dataset: h5py.Dataset, stored: int) -> np.ndarray:
+        """The ``stored`` bytes of a contiguous uint8 dataset: a view of the file's map when it can
+        be mapped, else a copy read by HDF5."""
+        view = self._view(dataset, stored) if stored >= _MAP_BYTES else None
+        if view is not None:
+            return view
+        data = np.empty(stored, dtype=np.uint8)
+        if stored:
+            dataset.read_direct(data)
+        return data
+
+    def _view(self, dataset: h5py.Dataset, stored: int) -> np.ndarray | None:
+        try:
+            offset = dataset.id.get_offset()
+            handle = dataset.file.id.get_vfd_handle()
+        except (OSError, ValueError, RuntimeError, TypeError):
+            return None
+        if offset is None or not isinstance(handle, int):
+            return None
+        with self._lock:
+            if handle not in self._maps:
+                try:
+                    size = os.fstat(handle).st_size
+                    self._maps[handle] = mmap.mmap(handle, size, access=mmap.ACCESS_READ) if size else None
+                except (OSError, ValueError):
+                    self._maps[handle] = None
+            mapped = self._maps[handle]
+        if mapped is None or offset < 0 or offset + stored > len(mapped):
+            return None  # HDF5's offset points outside the file: read through HDF5, which checks
+        return np.frombuffer(mapped, dtype=np.uint8, count=stored, offset=offset)
+
+    def close(self) -> None:
+        for mapped in self._maps.values():
+            if mapped is not None:
+                try:
+                    mapped.close()
+                except BufferError:  # a view is still referenced (an error's traceback): unmapped when freed
+                    pass
+        self._maps.clear()
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def coded_level(entry: ManifestEntry, dataset: h5py.Dataset, where: str, maps: FileMaps
+                ) -> tuple[str, np.ndarray, np.ndarray]:
+    """(coding, coded bytes, validated plane table) of one coded dataset (untrusted)."""
+    name = _text(dataset.attrs[CODING_ATTR])
+    if name not in coding.CODINGS:
+        raise IntegrityError(f"{where}: unknown coding {name[:40]!r} (written by a newer mvc_magics?)")
+    if dataset.dtype != np.uint8 or dataset.ndim != 1:
+        raise IntegrityError(f"{where}: coded bytes are not a 1-D uint8 dataset")
+    stored = int(dataset.shape[0])
+    if dataset.id.get_storage_size() != stored:
+        raise IntegrityError(f"{where}: stored bytes do not match the coded length")
+    itemsize = dtype_from_name(entry.dtype).itemsize
+    if name == coding.CODING_SUB and coding.delta_coding(itemsize) != name:
+        raise IntegrityError(f"{where}: an integer-difference delta of {itemsize}-byte elements, refused")
+    table = coding.check_table(dataset.attrs[PLANES_ATTR], itemsize, stored, entry.nbytes)
+    return name, maps.stored_bytes(dataset, stored), table
+
+
+def read_coded(entry: ManifestEntry, dataset: h5py.Dataset, where: str, maps: FileMaps,
+               find: Callable[[ManifestEntry, str], h5py.Dataset],
+               read_whole: Callable[[ManifestEntry, h5py.Dataset, str], np.ndarray]) -> np.ndarray:
+    """Decode a coded tensor, a delta with every base down to the tensor stored whole (``find``
+    gives a base's checked dataset, ``read_whole`` reads a tensor stored as it is)."""
+    levels: list[Level] = []
+    current = entry
+    while True:
+        if CODING_ATTR not in dataset.attrs:  # the chain ends on a tensor stored as it is
+            levels.append((read_whole(current, dataset, where).reshape(-1).view(np.uint8), None, None))
+            break
+        name, data, table = coded_level(current, dataset, where, maps)
+        levels.append((data, table, name))
+        if name == coding.CODING_PLANES:
+            break
+        if len(levels) > MAX_CHAIN:
+            raise IntegrityError(f"{where}: delta chain longer than {MAX_CHAIN} (a cycle?), refused")
+        object_id, _, digest = _text(dataset.attrs.get(BASE_ATTR)).partition("/")
+        if not is_hash(object_id) or not is_hash(digest):
+            raise IntegrityError(f"{where}: malformed delta base reference")
+        current = ManifestEntry(entry.name, entry.dtype, entry.shape, digest, object_id, entry.nbytes)
+        try:
+            dataset = find(current, where)
+        except IntegrityError as exc:
+            raise IntegrityError(f"{where}: its delta base {object_id[:12]}/{digest[:12]} is damaged "
+                                 f"({str(exc).split(': ', 1)[-1]})") from exc
+    dtype = dtype_from_name(entry.dtype)
+    out = aligned_empty((entry.nbytes,), np.dtype(np.uint8))
+    if len(levels) == 1:
+        coding.decode_into(out, levels[0][0], levels[0][1])
+    else:
+        coding.decode_chain(out, levels, dtype.itemsize)
+    return out.view(dtype).reshape(entry.shape)
