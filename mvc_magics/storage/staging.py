@@ -14,6 +14,7 @@ them (a merge streams its average this way, so the whole result is never held in
 from __future__ import annotations
 
 import contextlib
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -26,6 +27,10 @@ from .atomic import publish, temporary_path
 from .deltas import remember_committed
 from .snapshot import FORMAT_VERSION, ManifestEntry, TensorReader
 from .snapshot_writer import DeltaBase, SnapshotWriter
+
+# How far the writer of a streamed commit may lag behind the tensors computed (bytes of tensors
+# handed over and not yet written): small tensors go in batches, a large one waits for the writer.
+STREAM_AHEAD_BYTES = 4 << 20
 
 
 class StagedCommit:
@@ -81,21 +86,28 @@ class StagedCommit:
         """Stage ``(name, tensor)`` pairs one at a time, keeping none of the arrays.
 
         Each array is hashed and written (when the store lacks it) in a worker thread while
-        ``tensors`` computes the next one; at most one waits, so memory holds two tensors, not the
-        whole version. A :class:`ManifestEntry` names a tensor already stored (its bytes are not
-        read unless the store cannot place them). The caller must not change a yielded array.
+        ``tensors`` computes the next ones. The worker may lag behind by :data:`STREAM_AHEAD_BYTES`
+        (or one larger tensor), so memory holds that much besides the tensor being computed, never
+        the whole version; many small tensors do not wait for the worker one by one. A
+        :class:`ManifestEntry` names a tensor already stored (its bytes are not read unless the
+        store cannot place them). The caller must not change a yielded array.
         """
+        pending: deque[tuple[Future, int]] = deque()
+        in_flight = 0
         with ThreadPoolExecutor(1, thread_name_prefix="mvc-stage") as pool, \
                 progress_bar(total_bytes, description, self._progress) as bar:
-            pending: Future | None = None
             for key, item in tensors:
-                if pending is not None:
-                    pending.result()  # the previous tensor is staged (and dropped) before the next goes
-                pending = pool.submit(self._stream_one, key, item)
+                size = int(item.nbytes) if isinstance(item, np.ndarray) else 0
+                while pending and in_flight + size > STREAM_AHEAD_BYTES:
+                    done, nbytes = pending.popleft()
+                    done.result()  # staged and dropped by the worker
+                    in_flight -= nbytes
+                pending.append((pool.submit(self._stream_one, key, item), size))
+                in_flight += size
                 bar.update(int(item.nbytes))
                 del item  # the worker holds the only reference left
-            if pending is not None:
-                pending.result()
+            while pending:
+                pending.popleft()[0].result()
 
     def _stream_one(self, key: str, item: np.ndarray | ManifestEntry) -> None:
         if isinstance(item, ManifestEntry):
