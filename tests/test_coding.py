@@ -43,7 +43,7 @@ def test_by_default_a_commit_codes_alone_and_repack_makes_the_deltas(repo, monke
     kinds = [(stored(repo, v.id, tensor_hash(w["dense/kernel"]))["mvc_coding"],
               int(stored(repo, v.id, tensor_hash(w["dense/kernel"])).get("mvc_depth", 0))) for v, w in versions]
     assert report.versions_recoded == 2 and report.versions_skipped == 1
-    assert kinds == [("sub+planes+zstd", 2), ("sub+planes+zstd", 1), ("planes+zstd", 0)]
+    assert kinds == [("sub2+planes+zstd", 2), ("sub+planes+zstd", 1), ("planes+zstd", 0)]
     for version, expected in versions:
         state = repo.load_state(version)
         assert all(state[k].tobytes() == v.tobytes() for k, v in expected.items())
@@ -64,13 +64,15 @@ def test_coding_round_trips_the_raw_bytes_of_every_dtype(dtype):
         else (values * 7).astype(dtype)
     raw = coding.raw_bytes(np.ascontiguousarray(array))
     base = coding.raw_bytes(np.ascontiguousarray(np.roll(array, 1)))
-    for reference, delta in ((None, None), (base, coding.CODING_SUB), (base, coding.CODING_DELTA)):
-        coded = coding.encode(raw, dtype.itemsize, reference, delta)
+    second = coding.raw_bytes(np.ascontiguousarray(np.roll(array, 2)))
+    for reference, delta, further in ((None, None, None), (base, coding.CODING_SUB, None),
+                                      (base, coding.CODING_DELTA, None), (base, coding.CODING_SUB, second)):
+        coded = coding.encode(raw, dtype.itemsize, reference, delta, second=further)
         assert coded is not None and coded.nbytes < raw.nbytes  # these all compress
-        assert coded.coding == (delta or coding.CODING_PLANES)
+        assert coded.coding == (coding.CODING_SUB2 if further is not None else delta or coding.CODING_PLANES)
         out = np.empty_like(raw)
         coding.decode_into(out, coded.data, coding.check_table(coded.planes, dtype.itemsize, coded.nbytes,
-                                                               raw.nbytes), reference, coded.coding)
+                                                               raw.nbytes), reference, coded.coding, further)
         assert out.tobytes() == raw.tobytes()
 
 

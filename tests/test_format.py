@@ -134,3 +134,10 @@ def test_the_documented_reader_and_the_store_read_xor_deltas_older_versions_wrot
         assert repo.load_state(version)["w"].tobytes() == expected.tobytes()
     assert codings == ["planes+zstd", "xor+planes+zstd", "sub+planes+zstd", "sub+planes+zstd"]
     assert repo.verify().ok
+    repo.gc(repack=True)  # reverse deltas, second-order ones included, read by the same script
+    codings = []
+    for version, expected in committed:
+        with h5py.File(repo.path / "objects" / version.id[:2] / f"{version.id}.h5", "r") as f:
+            codings.append(f["tensors"][tensor_hash(expected)].attrs["mvc_coding"])
+        assert read_version(repo.path, version.id)[1]["w"].tobytes() == expected.tobytes()
+    assert codings == ["sub2+planes+zstd", "sub2+planes+zstd", "sub+planes+zstd", "planes+zstd"]

@@ -5,6 +5,8 @@ bases; a damaged base is named for every version built on it."""
 
 from __future__ import annotations
 
+import io
+
 import h5py
 import numpy as np
 import pytest
@@ -56,8 +58,9 @@ def test_groups_keep_their_newest_whole_and_a_new_commit_recodes_only_its_group(
     versions, weights, rng = _line(repo, 7)
     report = repack()
     layout = [_coding(repo, v.id, w["w"])[:2] for v, w in versions]
-    assert layout == [("sub+planes+zstd", 2), ("sub+planes+zstd", 1), ("planes+zstd", 0),
-                      ("sub+planes+zstd", 2), ("sub+planes+zstd", 1), ("planes+zstd", 0), ("planes+zstd", 0)]
+    # a second-order delta (against 2 x child - grandchild) where the child is itself a delta
+    assert layout == [("sub2+planes+zstd", 2), ("sub+planes+zstd", 1), ("planes+zstd", 0),
+                      ("sub2+planes+zstd", 2), ("sub+planes+zstd", 1), ("planes+zstd", 0), ("planes+zstd", 0)]
     assert _coding(repo, versions[0][0].id, versions[0][1]["w"])[2].startswith(versions[1][0].id)
     assert report.versions_recoded == 4 and report.versions_skipped == 3
     assert repack().versions_recoded == 0  # nothing to change: no file rewritten
@@ -70,9 +73,9 @@ def test_groups_keep_their_newest_whole_and_a_new_commit_recodes_only_its_group(
     _step(weights, rng)
     versions.append((repo.commit(weights, "net"), {k: v.copy() for k, v in weights.items()}))
     third = repack()
-    assert third.versions_recoded == 2  # the new parent re-coded, the group's oldest only re-labelled
+    assert third.versions_recoded == 2  # the new parent, and its parent now second-order
     assert [_coding(repo, v.id, w["w"])[:2] for v, w in versions[6:]] == [
-        ("sub+planes+zstd", 2), ("sub+planes+zstd", 1), ("planes+zstd", 0)]
+        ("sub2+planes+zstd", 2), ("sub+planes+zstd", 1), ("planes+zstd", 0)]
     _intact(repo, versions)
     assert repo.verify().ok
 
@@ -119,3 +122,42 @@ def test_a_damaged_keyframe_is_named_for_every_version_repacked_onto_it(repo, re
     problems = {p.version: p.message for p in repo.verify().problems if p.tensor == "w"}
     assert set(problems) == {v.id for v, _ in versions}
     assert all("delta base" in problems[v.id] for v, _ in versions[:-1])
+
+
+def test_a_longer_group_only_relabels_the_depth_of_members_whose_bases_stay(repo, monkeypatch):
+    versions, weights, _ = _line(repo, 3)
+
+    def repack4():
+        with monkeypatch.context() as bound:
+            bound.setenv("MVC_DELTA_DEPTH", "4")
+            return repo.gc(repack=True)
+
+    repack4()
+    versions.append((repo.commit(weights, "net"), {k: v.copy() for k, v in weights.items()}))
+    before = (repo.path / "objects" / versions[0][0].id[:2] / f"{versions[0][0].id}.h5").read_bytes()
+    report = repack4()
+    # the new parent re-coded, its parent now second-order, the oldest keeps its bytes at depth 3
+    assert report.versions_recoded == 3
+    assert [_coding(repo, v.id, w["w"])[:2] for v, w in versions] == [
+        ("sub2+planes+zstd", 3), ("sub2+planes+zstd", 2), ("sub+planes+zstd", 1), ("planes+zstd", 0)]
+    with h5py.File(repo.path / "objects" / versions[0][0].id[:2] / f"{versions[0][0].id}.h5", "r") as f:
+        digest = tensor_hash(versions[0][1]["w"])
+        offset, size = f["tensors"][digest].id.get_offset(), f["tensors"][digest].shape[0]
+    with h5py.File(io.BytesIO(before), "r") as f:
+        old_offset = f["tensors"][digest].id.get_offset()
+        assert before[old_offset:old_offset + size] == (repo.path / "objects" / versions[0][0].id[:2]
+                                                       / f"{versions[0][0].id}.h5").read_bytes()[offset:offset + size]
+    _intact(repo, versions)
+    assert repo.verify().ok
+
+
+def test_a_second_base_that_is_not_the_bases_own_base_is_refused(repo, repack):
+    versions, _, _ = _line(repo, 3)
+    repack()
+    oldest, weights = versions[0]
+    digest = tensor_hash(weights["w"])
+    with h5py.File(repo.path / "objects" / oldest.id[:2] / f"{oldest.id}.h5", "r+") as f:
+        assert f["tensors"][digest].attrs["mvc_coding"] == "sub2+planes+zstd"
+        f["tensors"][digest].attrs["mvc_base2"] = f"{oldest.id}/{digest}"  # claims itself as its second base
+    with pytest.raises(IntegrityError, match="second base"):
+        repo.load_state(oldest.id, verify=False)

@@ -40,7 +40,8 @@ def repack(store: Store, name: str | None = None) -> RepackReport:
         rows = store.index.query("SELECT id, name, meta FROM versions ORDER BY seq")
         child = _group_children(rows, limit)
         done: dict[str, dict[str, StoredCoding]] = {}  # files written (or found as planned) by this run
-        recent: dict[str, np.ndarray] = {}  # tensors decoded for the previous version: bases of the next
+        recent: dict[str, np.ndarray] = {}  # tensors decoded for the last two versions: bases of the next
+        previous: set[str] = set()
         for vid, model, _ in reversed(rows):
             if name is not None and model != name:
                 continue
@@ -57,7 +58,10 @@ def repack(store: Store, name: str | None = None) -> RepackReport:
                     report.bytes_before += size
                     report.bytes_after += size
                     report.versions_skipped += 1
-                recent.clear()
+                # The bases of the next (older) version: this one's tensors and its child's.
+                for digest in [d for d in recent if d not in previous]:
+                    del recent[digest]
+                previous = set(plan.arrays)
                 recent.update(plan.arrays)
                 done[vid] = stored_codings(store.layout.snapshot_path(vid))[1]
             except IntegrityError as exc:  # this version's file is damaged: named, the rest go on
@@ -104,25 +108,35 @@ class _Plan:
             target = None
             if (base is not None and base.hash != entry.hash and base.object in done and entry.nbytes >= MIN_CODED_BYTES
                     and base.dtype == entry.dtype and base.shape == entry.shape and base.hash in done[base.object]):
-                depth = done[base.object][base.hash].depth
-                target = (base, depth) if depth < limit else None
-            self._plans[entry.hash] = self._plan(entry, current, fmt, target)
+                stored_base = done[base.object][base.hash]
+                target = (base, stored_base) if stored_base.depth < limit else None
+            self._plans[entry.hash] = self._plan(entry, current, fmt, target, done)
         self.changes = any(not p.keep or p.depth is not None for p in self._plans.values())
 
     def _plan(self, entry: ManifestEntry, current: StoredCoding, fmt: int,
-              target: tuple[ManifestEntry, int] | None) -> TensorPlan:
+              target: tuple[ManifestEntry, StoredCoding] | None, done: dict[str, dict[str, StoredCoding]]
+              ) -> TensorPlan:
         if target is None:  # stored whole: as it is when it already is (coded, or raw in a coding file)
             return TensorPlan(keep=True) if current.base is None and (current.coding or fmt >= 2) else TensorPlan()
-        base, depth = target
-        if current.base == f"{base.object}/{base.hash}":
+        base, stored_base = target
+        depth = stored_base.depth
+        # The base's own base, when this run wrote it too: a second-order delta extrapolates from both.
+        second = stored_base.base if stored_base.base and stored_base.base.split("/")[0] in done else None
+        if current.base == f"{base.object}/{base.hash}" and current.second == second:
             return TensorPlan(keep=True, depth=depth + 1 if current.depth != depth + 1 else None)
-        return TensorPlan(base=lambda: self._base(base, depth))
+        return TensorPlan(base=lambda: self._base(base, depth, second))
 
-    def _base(self, base: ManifestEntry, depth: int) -> DeltaBase | None:
-        array = self._recent.get(base.hash)
-        if array is None:
-            array = self._reader.read(base, verify=True)
-        return DeltaBase(base.object, base.hash, array, depth)
+    def _base(self, base: ManifestEntry, depth: int, second: str | None) -> DeltaBase | None:
+        further = None
+        if second is not None:
+            object_id, _, digest = second.partition("/")
+            entry = ManifestEntry(base.name, base.dtype, base.shape, digest, object_id, base.nbytes)
+            further = DeltaBase(object_id, digest, self._array(entry), depth - 1)
+        return DeltaBase(base.object, base.hash, self._array(base), depth, further)
+
+    def _array(self, entry: ManifestEntry) -> np.ndarray:
+        array = self._recent.get(entry.hash)
+        return array if array is not None else self._reader.read(entry, verify=True)
 
     def __call__(self, entry: ManifestEntry) -> TensorPlan:
         return self._plans[entry.hash]

@@ -24,6 +24,7 @@ from ..errors import IntegrityError
 from .atomic import fsync_path, temporary_path
 from .snapshot import BASE_ATTR, CODING_ATTR, DEPTH_ATTR, TensorReader, read_content
 from .snapshot_writer import DeltaBase, SnapshotWriter
+from .tensor_decode import BASE2_ATTR
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class StoredCoding:
     coding: str | None
     base: str | None
     depth: int
+    second: str | None = None  # a second-order delta's second base
 
 
 @dataclass(frozen=True)
@@ -59,16 +61,17 @@ def stored_codings(path: Path) -> tuple[int, dict[str, StoredCoding]]:
             found = {}
             for digest, dataset in f["tensors"].items():
                 attrs = dataset.attrs
-                coding, base = attrs.get(CODING_ATTR), attrs.get(BASE_ATTR)
-                coding = coding.decode() if isinstance(coding, bytes) else coding
-                base = base.decode() if isinstance(base, bytes) else base
-                found[digest] = StoredCoding(None if coding is None else str(coding),
-                                             None if base is None else str(base),
-                                             int(attrs.get(DEPTH_ATTR, 1 if base is not None else 0)))
+                coding, base, second = (_text(attrs.get(name)) for name in (CODING_ATTR, BASE_ATTR, BASE2_ATTR))
+                found[digest] = StoredCoding(coding, base, int(attrs.get(DEPTH_ATTR, 1 if base is not None else 0)),
+                                             second)
             return int(f.attrs.get("mvc_format_version", 1)), found
     except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
         reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
         raise IntegrityError(f"snapshot {path.name} is not a readable HDF5 file ({reason})") from exc
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else value.decode() if isinstance(value, bytes) else str(value)
 
 
 def recode_snapshot(path: Path, vid: str, locate: Callable[[str], Path], tmp_folder: Path,

@@ -32,6 +32,7 @@ from .snapshot import (
     USERBLOCK_SIZE,
     body_digest,
 )
+from .tensor_decode import BASE2_ATTR
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,9 @@ class DeltaBase:
     hash: str
     array: np.ndarray
     depth: int
+    # The base's own base (its delta base): given, the tensor is coded against 2*base - second
+    # (a second-order delta, see coding.CODING_SUB2) when that is smaller.
+    second: DeltaBase | None = None
 
 
 def _code(array: np.ndarray, base: DeltaBase | None) -> tuple[coding.Coded | None, DeltaBase | None]:
@@ -50,7 +54,10 @@ def _code(array: np.ndarray, base: DeltaBase | None) -> tuple[coding.Coded | Non
     raw = coding.raw_bytes(array) if array.size else np.empty(0, np.uint8)
     itemsize = array.dtype.itemsize
     if base is not None and base.array.dtype == array.dtype and base.array.shape == array.shape:
-        delta = coding.encode(raw, itemsize, coding.raw_bytes(canonical_array(base.array)))
+        second = base.second.array if base.second is not None and base.second.array.shape == array.shape \
+            and base.second.array.dtype == array.dtype else None
+        delta = coding.encode(raw, itemsize, coding.raw_bytes(canonical_array(base.array)),
+                              second=None if second is None else coding.raw_bytes(canonical_array(second)))
         # A delta that is clearly small is kept without also trying the plain coding (half the time).
         if delta is not None and delta.nbytes < 0.6 * array.nbytes:
             return delta, base
@@ -120,6 +127,8 @@ class SnapshotWriter:
             dataset.attrs[PLANES_ATTR] = coded.planes
             if used is not None:
                 dataset.attrs[BASE_ATTR] = f"{used.object}/{used.hash}"
+                if coded.coding == coding.CODING_SUB2 and used.second is not None:
+                    dataset.attrs[BASE2_ATTR] = f"{used.second.object}/{used.second.hash}"
                 dataset.attrs[DEPTH_ATTR] = used.depth + 1
             return coded.nbytes
         if array.dtype.kind in NATIVE_KINDS and array.dtype.name in NATIVE_NAMES:

@@ -28,6 +28,7 @@ from .coding import aligned_empty
 CODING_ATTR = "mvc_coding"
 PLANES_ATTR = "mvc_planes"
 BASE_ATTR = "mvc_base"
+BASE2_ATTR = "mvc_base2"  # a second-order delta's second base: must be its base's own base
 # A delta's base may itself be a delta; a chain longer than this is refused as damaged (a cycle).
 MAX_CHAIN = 64
 # Below this, a dataset is read with read_direct: a map costs more than the copy it saves.
@@ -113,17 +114,24 @@ def read_coded(entry: ManifestEntry, dataset: h5py.Dataset, where: str, maps: Fi
     gives a base's checked dataset, ``read_whole`` reads a tensor stored as it is)."""
     levels: list[Level] = []
     current = entry
+    expected_base: str | None = None  # what the next level's base must be (a second-order delta's)
     while True:
         if CODING_ATTR not in dataset.attrs:  # the chain ends on a tensor stored as it is
+            if expected_base is not None:
+                raise IntegrityError(f"{where}: a second-order delta on a tensor stored whole, refused")
             levels.append((read_whole(current, dataset, where).reshape(-1).view(np.uint8), None, None))
             break
         name, data, table = coded_level(current, dataset, where, maps)
         levels.append((data, table, name))
+        if expected_base is not None and _text(dataset.attrs.get(BASE_ATTR)) != expected_base:
+            raise IntegrityError(f"{where}: a second-order delta's second base is not its base's base, refused")
         if name == coding.CODING_PLANES:
             break
         if len(levels) > MAX_CHAIN:
             raise IntegrityError(f"{where}: delta chain longer than {MAX_CHAIN} (a cycle?), refused")
-        object_id, _, digest = _text(dataset.attrs.get(BASE_ATTR)).partition("/")
+        reference = _text(dataset.attrs.get(BASE_ATTR))
+        expected_base = _text(dataset.attrs.get(BASE2_ATTR)) if name == coding.CODING_SUB2 else None
+        object_id, _, digest = reference.partition("/")
         if not is_hash(object_id) or not is_hash(digest):
             raise IntegrityError(f"{where}: malformed delta base reference")
         current = ManifestEntry(entry.name, entry.dtype, entry.shape, digest, object_id, entry.nbytes)
