@@ -1,8 +1,9 @@
 """Peak memory and time of ``repo.merge`` (average) as the number of inputs grows.
 
-Averaging streams one tensor at a time, so the peak should stay near one output model (plus a
-float64 accumulator for the largest tensor) whatever the number of inputs. Peak is measured with
-tracemalloc (numpy and h5py-read arrays are traced).
+Averaging streams one tensor at a time into the commit, so the peak should stay near a few
+tensors (the float64 accumulator, one input's copy, the tensor being written) whatever the number
+of inputs, and well under one output model. Peak is measured with tracemalloc (numpy and
+h5py-read arrays are traced).
 
     python benchmarks/merge_memory.py [--mib 32] [--tensors 8]
 """

@@ -4,7 +4,9 @@ held, and the version (id and bytes) is exactly the one today's in-memory averag
 from __future__ import annotations
 
 import weakref
+from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from keras_models import conv_bn_model, dense_model, sample_input
@@ -14,6 +16,7 @@ from mvc_magics.core.merge_plan import accumulator_dtype
 from mvc_magics.errors import ShapeMismatchError
 from mvc_magics.operations import soups, versions
 from mvc_magics.storage.staging import STREAM_AHEAD_BYTES
+from mvc_magics.storage.tensor_decode import FileMaps
 
 
 @pytest.fixture
@@ -132,3 +135,39 @@ def test_a_removed_soup_merged_again_rewrites_the_bytes_another_version_uses(rep
     assert {k: v.tobytes() for k, v in repo.load_state(again).items()} == {
         k: v.tobytes() for k, v in repo.load_state(other).items() if k != "c"}
     assert versions.load_state(repo.store, other.id)["a"].shape == (300,)
+
+
+def _mapped_rss(view: np.ndarray) -> int:
+    """Resident bytes of the memory mapping holding ``view`` (Linux /proc/self/smaps)."""
+    address, inside = view.ctypes.data, False
+    with open("/proc/self/smaps") as handle:
+        for line in handle:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                start, end = (int(x, 16) for x in head.split("-"))
+                inside = start <= address < end
+            elif inside and head == "Rss:":
+                return int(line.split()[1]) * 1024
+    raise AssertionError("mapping not found")
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux /proc/self/smaps")
+def test_a_reader_gives_back_the_mapped_pages_it_has_read(tmp_path):
+    """A merge reads every input through maps of their files: pages read must not stay in the
+    process (they would count as memory, all inputs' worth), only in the page cache."""
+    path = tmp_path / "f.h5"
+    size = 24 << 20
+    noise = np.random.default_rng(0).integers(0, 255, size, dtype=np.uint8)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("a", data=noise)
+        f.create_dataset("b", data=np.ones(size, np.uint8))
+    maps = FileMaps()
+    with h5py.File(path, "r") as f:
+        first = maps.stored_bytes(f["a"], size)
+        assert int(first.sum()) == int(noise.sum())  # read: its pages are resident in this process
+        assert _mapped_rss(first) >= size // 2
+        second = maps.stored_bytes(f["b"], size)  # more than the release threshold handed out
+        assert _mapped_rss(first) < size // 8
+        assert first.tobytes() == noise.tobytes() and int(second.sum()) == size  # still readable
+        del first, second
+        maps.close()

@@ -33,6 +33,8 @@ BASE2_ATTR = "mvc_base2"  # a second-order delta's second base: must be its base
 MAX_CHAIN = 64
 # Below this, a dataset is read with read_direct: a map costs more than the copy it saves.
 _MAP_BYTES = 1 << 20
+# Mapped pages read are given back to the page cache after this many bytes (see FileMaps._release).
+_RELEASE_BYTES = 32 << 20
 
 Level = tuple[np.ndarray, "np.ndarray | None", "str | None"]
 
@@ -43,6 +45,7 @@ class FileMaps:
     def __init__(self) -> None:
         self._maps: dict[int, mmap.mmap | None] = {}  # by the file descriptor HDF5 reads through
         self._lock = threading.Lock()  # readers decode from worker threads
+        self._handed = 0  # bytes of views handed out since the mapped pages were last given back
 
     def stored_bytes(self, dataset: h5py.Dataset, stored: int) -> np.ndarray:
         """The ``stored`` bytes of a contiguous uint8 dataset: a view of the file's map when it can
@@ -64,6 +67,9 @@ class FileMaps:
         if offset is None or not isinstance(handle, int):
             return None
         with self._lock:
+            self._handed += stored
+            if self._handed > _RELEASE_BYTES:
+                self._release()
             if handle not in self._maps:
                 try:
                     size = os.fstat(handle).st_size
@@ -74,6 +80,19 @@ class FileMaps:
         if mapped is None or offset < 0 or offset + stored > len(mapped):
             return None  # HDF5's offset points outside the file: read through HDF5, which checks
         return np.frombuffer(mapped, dtype=np.uint8, count=stored, offset=offset)
+
+    def _release(self) -> None:
+        """Give the pages read so far back (they stay in the page cache): a page of a map, once
+        read, counts in this process's memory until the map is closed, so a reader that goes
+        through several files (a merge reads every input) would otherwise hold all of them. A view
+        still being decoded only faults its pages in again from the cache."""
+        self._handed = 0
+        for mapped in self._maps.values():
+            if mapped is not None and hasattr(mapped, "madvise"):
+                try:
+                    mapped.madvise(mmap.MADV_DONTNEED)
+                except (OSError, ValueError):
+                    pass
 
     def close(self) -> None:
         for mapped in self._maps.values():
