@@ -185,6 +185,7 @@ class TensorReader:
         self._locate = locate  # object id -> Path of its snapshot file
         self._files: dict[str, h5py.File] = {}
         self._maps = tensor_decode.FileMaps()
+        self._groups: dict[str, h5py.Group] = {}  # object id -> its checked /tensors group
         self._lock = threading.Lock()
 
     def __enter__(self) -> TensorReader:
@@ -195,6 +196,7 @@ class TensorReader:
 
     def close(self) -> None:
         self._maps.close()
+        self._groups.clear()
         for handle in self._files.values():
             try:
                 handle.close()
@@ -305,16 +307,18 @@ class TensorReader:
 
     def _dataset(self, entry: ManifestEntry, where: str) -> h5py.Dataset:
         """The dataset of ``entry``: a hard link to contiguous, non-virtual, non-external storage."""
-        f = self._file(entry.object)
-        group_link = f.get("tensors", getlink=True)
-        if not isinstance(group_link, h5py.HardLink):
-            raise IntegrityError(f"{where}: /tensors is missing or a link")
-        link = f["tensors"].get(entry.hash, getlink=True)
+        group = self._groups.get(entry.object)
+        if group is None:  # checked once per file: 320 tensors need not look /tensors up 320 times
+            f = self._file(entry.object)
+            if not isinstance(f.get("tensors", getlink=True), h5py.HardLink):
+                raise IntegrityError(f"{where}: /tensors is missing or a link")
+            group = self._groups[entry.object] = f["tensors"]
+        link = group.get(entry.hash, getlink=True)
         if link is None:
             raise IntegrityError(f"{where}: bytes missing from snapshot {entry.object[:12]}")
         if not isinstance(link, h5py.HardLink):
             raise IntegrityError(f"{where}: stored as a soft or external link, refused")
-        dataset = f["tensors"][entry.hash]
+        dataset = group[entry.hash]
         if not isinstance(dataset, h5py.Dataset):
             raise IntegrityError(f"{where}: not a dataset")
         if dataset.is_virtual or dataset.external or dataset.chunks is not None:
@@ -338,12 +342,11 @@ class TensorReader:
             raise IntegrityError(f"{where}: stored dtype or shape differs from the manifest")
         if entry.nbytes and dataset.id.get_storage_size() != entry.nbytes:
             raise IntegrityError(f"{where}: stored bytes do not match the declared shape")
-        if raw_name is not None:
-            raw = aligned_empty((entry.nbytes,), np.dtype(np.uint8))
-            if entry.nbytes:
-                dataset.read_direct(raw)
-            return raw.view(dtype).reshape(entry.shape)
         array = aligned_empty(entry.shape, dtype)
-        if entry.nbytes:
-            dataset.read_direct(array)
+        if entry.nbytes:  # little-endian bytes (the dtype was checked): copied from the file's map
+            view = self._maps.view(dataset, entry.nbytes)
+            if view is not None:
+                np.copyto(array.reshape(-1).view(np.uint8), view)
+            else:
+                dataset.read_direct(array.reshape(-1).view(np.uint8) if raw_name is not None else array)
         return array

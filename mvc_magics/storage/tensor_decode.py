@@ -31,8 +31,6 @@ BASE_ATTR = "mvc_base"
 BASE2_ATTR = "mvc_base2"  # a second-order delta's second base: must be its base's own base
 # A delta's base may itself be a delta; a chain longer than this is refused as damaged (a cycle).
 MAX_CHAIN = 64
-# Below this, a dataset is read with read_direct: a map costs more than the copy it saves.
-_MAP_BYTES = 1 << 20
 # Mapped pages read are given back to the page cache after this many bytes (see FileMaps._release).
 _RELEASE_BYTES = 32 << 20
 
@@ -50,7 +48,7 @@ class FileMaps:
     def stored_bytes(self, dataset: h5py.Dataset, stored: int) -> np.ndarray:
         """The ``stored`` bytes of a contiguous uint8 dataset: a view of the file's map when it can
         be mapped, else a copy read by HDF5."""
-        view = self._view(dataset, stored) if stored >= _MAP_BYTES else None
+        view = self.view(dataset, stored)
         if view is not None:
             return view
         data = np.empty(stored, dtype=np.uint8)
@@ -58,7 +56,9 @@ class FileMaps:
             dataset.read_direct(data)
         return data
 
-    def _view(self, dataset: h5py.Dataset, stored: int) -> np.ndarray | None:
+    def view(self, dataset: h5py.Dataset, stored: int) -> np.ndarray | None:
+        """The ``stored`` bytes of a contiguous dataset as a read-only view of its file's map, or
+        None when it cannot be mapped (no offset, no descriptor, outside the file)."""
         try:
             offset = dataset.id.get_offset()
             handle = dataset.file.id.get_vfd_handle()
