@@ -43,6 +43,7 @@ import numpy as np
 from mvc_magics import Repo
 import mvc_magics.storage.staging as staging
 from mvc_magics.storage.audit import AuditLog
+import mvc_magics.storage.snapshot_writer as snapshot_writer
 from mvc_magics.storage.snapshot_writer import SnapshotWriter
 from mvc_magics.storage.layout import StoreLayout
 
@@ -64,6 +65,12 @@ def after(owner, name):
 
 if point == "in-snapshot-write":  # the temporary snapshot is complete but not renamed yet
     after(SnapshotWriter, "finish")
+elif point == "after-early-writeback":  # the disk was told to start writing the temporary: not durable yet
+    snapshot_writer.WRITEBACK_BYTES = 1
+    after(SnapshotWriter, "_start_writeback")
+elif point == "in-parallel-coding":  # a worker thread has coded a tensor the writer has not written
+    staging.PARALLEL_MIN_BYTES = 0
+    after(SnapshotWriter, "prepare")
 elif point == "after-snapshot":
     after(staging, "publish")
 elif point == "after-first-tag":
@@ -83,7 +90,8 @@ model["w"] = model["w"] + 1
 repo.commit(model, "m", tags=["second", "third"], metrics={"loss": 0.5})
 """
 
-_POINTS = ["in-snapshot-write", "after-snapshot", "after-first-tag", "after-head", "before-audit", "torn-audit"]
+_ABSENT = ("in-snapshot-write", "after-early-writeback", "in-parallel-coding")
+_POINTS = [*_ABSENT, "after-snapshot", "after-first-tag", "after-head", "before-audit", "torn-audit"]
 
 
 @pytest.mark.parametrize("point", _POINTS)
@@ -101,7 +109,7 @@ def test_kill_at_each_step_of_a_commit_leaves_it_absent_or_complete(tmp_path, po
         state = repo.load_state(first)
         assert all(np.array_equal(state[k], first_model[k]) for k in first_model)
         versions = repo.log("m")
-        if point == "in-snapshot-write":
+        if point in _ABSENT:
             assert len(versions) == 1  # absent: never renamed into place
             assert repo.head("m").id == first.id
         else:  # complete: content, both tags, HEAD, metrics and an audit entry

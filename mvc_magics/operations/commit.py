@@ -9,6 +9,7 @@ is known, the store publishes the version in its crash-safe order
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
@@ -63,23 +64,27 @@ def commit(
     arrays = {key: canonical_array(value) for key, value in state.items()}
     for key, array in arrays.items():  # refused before any write: what the store could not read back
         storable_dtype_name(array.dtype, key)
-    # Hashing runs in worker threads from here on, overlapping the structure serialization
-    # below and the writes of new tensors (see storage.staging); unchanged buffers are skipped.
+    # Hashing runs in worker threads from here on (see storage.staging); unchanged buffers are skipped.
     hashes = HashesAhead(arrays, known_hashes(adapter, model, arrays))
-    try:
-        structure = adapter.structure(model)
-    except BaseException:
-        hashes.cancel()
-        raise
     given = {"message": message, "metrics": all_metrics, "params": params, "provenance": provenance,
              "extra": extra, "fit": fit if metrics is None else {}, "explicit": explicit}
 
-    def fill(staged: StagedCommit) -> None:
-        staged.stage(arrays, description=f"commit {name}", hashes=hashes)
+    def fill(staged: StagedCommit) -> object:
+        # The tensors are staged (hashed, coded, written) in a worker thread while this thread
+        # serializes the structure: coding releases the GIL and serializing does not, so the two
+        # overlap on two cores. The framework's own code stays on the caller's thread.
+        with ThreadPoolExecutor(1, thread_name_prefix="mvc-stage") as pool:
+            staging = pool.submit(staged.stage, arrays, f"commit {name}", hashes)
+            try:
+                structure = adapter.structure(model)
+            except BaseException:
+                hashes.cancel()  # the staged file is discarded once staging stops
+                raise
+            staging.result()
+        return structure
 
-    vid, stats, staged_hashes = _store_arrays(store, name, adapter, fill, structure,
-                                              lambda: adapter.extra_metadata(model), tags, parents, given,
-                                              move_head, attach)
+    vid, stats, staged_hashes = _store_arrays(store, name, adapter, fill, lambda: adapter.extra_metadata(model),
+                                              tags, parents, given, move_head, attach)
     remember_hashes(adapter, model, arrays, staged_hashes)
     getattr(adapter, "mark_committed", lambda _model: None)(model)
     version = versions.get(store, vid, name=name)
@@ -128,22 +133,23 @@ def commit_stream(store: Store, framework: str, structure: object,
     given = {"message": message, "metrics": explicit, "params": validate_params(None), "provenance": provenance,
              "extra": extra, "fit": {}, "explicit": explicit}
 
-    def fill(staged: StagedCommit) -> None:
+    def fill(staged: StagedCommit) -> object:
         staged.stream(checked(), description=f"commit {name}", total_bytes=total_bytes)
         if not staged.specs:
             raise UnsupportedModelError(f"{name!r} has no variables to version")
+        return structure
 
-    vid, stats, _ = _store_arrays(store, name, adapter, fill, structure, dict, tags, parents, given, move_head, attach)
+    vid, stats, _ = _store_arrays(store, name, adapter, fill, dict, tags, parents, given, move_head, attach)
     version = versions.get(store, vid, name=name)
     version.stats = stats
     return version
 
 
-def _store_arrays(store: Store, name: str, adapter: Adapter, fill: Callable[[StagedCommit], None], structure: object,
+def _store_arrays(store: Store, name: str, adapter: Adapter, fill: Callable[[StagedCommit], object],
                   extra_metadata: Callable[[], dict], tags: list[str], parents: Iterable[str] | None, given: dict,
                   move_head: bool, attach: bool) -> tuple[str, CommitStats, Any]:
-    """Stage the tensors (``fill`` hands them to the staged commit), compute the version id, then
-    publish a new version or attach to the existing one."""
+    """Stage the tensors (``fill`` hands them to the staged commit and returns the structure),
+    compute the version id, then publish a new version or attach to the existing one."""
     fit, explicit = given["fit"], given["explicit"]
     with store.locked():
         if parents is None:
@@ -153,7 +159,7 @@ def _store_arrays(store: Store, name: str, adapter: Adapter, fill: Callable[[Sta
         # New tensors are coded as deltas against the parents' (the first parent that has them).
         staged = store.writes.stage(parents)
         try:
-            fill(staged)
+            structure = fill(staged)
             vid = version_id(structure, staged.entries())
             for tag in tags:
                 check_tag_free(store, name, tag, vid, force=False)

@@ -17,6 +17,7 @@ import numpy as np
 from ..core.hashing import canonical_array
 from ..core.manifest import ManifestEntry
 from . import coding
+from .atomic import start_writeback
 from .snapshot import (
     BASE_ATTR,
     CHECKSUM_MAGIC,
@@ -68,6 +69,12 @@ def _code(array: np.ndarray, base: DeltaBase | None) -> tuple[coding.Coded | Non
     return coding.encode(raw, itemsize), None
 
 
+# (canonical array, coded bytes or None for raw, the delta base used or None): see SnapshotWriter.prepare.
+Prepared = tuple[np.ndarray, "coding.Coded | None", "DeltaBase | None"]
+# Start the disk writing a snapshot's tensors every this many bytes (see SnapshotWriter._start_writeback).
+WRITEBACK_BYTES = 16 << 20
+
+
 def _string_dataset(group: h5py.Group, name: str, text: str) -> None:
     group.create_dataset(name, data=text, dtype=h5py.string_dtype("utf-8"))
 
@@ -105,6 +112,13 @@ class SnapshotWriter:
         self.format_version = format_version
         self._file: h5py.File | None = None
         self._tensors: h5py.Group | None = None
+        self._written = self._kicked = 0  # bytes of tensor data written / handed to the disk so far
+
+    def _start_writeback(self) -> None:
+        """Start the disk writing the tensors written so far (see :func:`.atomic.start_writeback`):
+        it works while the next tensors are coded, so the fsync before the rename finds little left."""
+        self._kicked = self._written
+        start_writeback(self.path)
 
     def _group(self) -> h5py.Group:
         if self._file is None:
@@ -118,9 +132,21 @@ class SnapshotWriter:
         """Store ``array`` under ``/tensors/<digest>`` (one contiguous, unfiltered dataset):
         coded (byte planes + zstd, an XOR delta against ``base`` when that is smaller) when coding
         saves, as it is otherwise. Returns the bytes stored."""
-        tensors = self._group()
+        return self.write_prepared(digest, self.prepare(array, base, code))
+
+    def prepare(self, array: np.ndarray, base: DeltaBase | None = None, code: bool = True) -> Prepared:
+        """The coding step of :meth:`add_tensor` alone: no HDF5 call, so worker threads run it for
+        several tensors at once (zstd and numpy release the GIL) while :meth:`write_prepared` writes."""
         array = canonical_array(array)
-        coded, used = _code(array, base) if code and self.format_version >= 2 else (None, None)
+        return (array, *(_code(array, base) if code and self.format_version >= 2 else (None, None)))
+
+    def write_prepared(self, digest: str, prepared: Prepared) -> int:
+        """Write a tensor :meth:`prepare` coded; returns the bytes stored."""
+        tensors = self._group()
+        array, coded, used = prepared
+        self._written += coded.nbytes if coded is not None else int(array.nbytes)
+        if self._written - self._kicked >= WRITEBACK_BYTES:
+            self._start_writeback()
         if coded is not None:
             dataset = tensors.create_dataset(digest, data=coded.data)
             dataset.attrs[CODING_ATTR] = coded.coding

@@ -14,6 +14,7 @@ them (a merge streams its average this way, so the whole result is never held in
 from __future__ import annotations
 
 import contextlib
+import os
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,6 +32,10 @@ from .snapshot_writer import DeltaBase, SnapshotWriter
 # How far the writer of a streamed commit may lag behind the tensors computed (bytes of tensors
 # handed over and not yet written): small tensors go in batches, a large one waits for the writer.
 STREAM_AHEAD_BYTES = 4 << 20
+# Worker threads coding new tensors during stage(), and how much may wait coded but unwritten.
+ENCODERS = max(2, min(4, os.cpu_count() or 1))
+PENDING_BYTES = 64 << 20
+PARALLEL_MIN_BYTES = 64 << 10  # smaller tensors are coded in the writing thread (a hand-off costs more)
 
 
 class StagedCommit:
@@ -67,19 +72,35 @@ class StagedCommit:
         self.bytes_stored = 0  # what they took in the file (coded)
         self.tensors_written = 0
         self.structure_ref: ManifestEntry | None = None  # where publish stored the structure (format 3)
+        self._pending: deque | None = None  # (hash, array, coding future) waiting to be written (stage)
+        self._encoder: ThreadPoolExecutor | None = None
         self._blob: tuple[object, np.ndarray] | None = None
 
     def stage(self, arrays: Mapping[str, np.ndarray], description: str = "commit",
               hashes: HashesAhead | None = None) -> None:
         """Hash every array (or take ``hashes`` already under way), writing each one whose hash
-        the store (and this commit) lacks."""
+        the store (and this commit) lacks.
+
+        New tensors are coded in worker threads, several at a time (both cores: zstd, BLAKE3 and
+        numpy's copies release the GIL), while this thread writes the coded ones into the file in
+        the order they were staged; at most ``PENDING_BYTES`` of them wait to be written.
+        """
         self.arrays = dict(arrays)
         total = sum(int(a.nbytes) for a in self.arrays.values())
-        with progress_bar(total, description, self._progress) as bar:
-            for key, digest in hashes if hashes is not None else HashesAhead(self.arrays):
-                array = self.arrays[key]
-                self._stage_one(key, array, digest)
-                bar.update(int(array.nbytes))
+        self._pending = deque()
+        try:
+            with ThreadPoolExecutor(ENCODERS, thread_name_prefix="mvc-encode") as self._encoder, \
+                    progress_bar(total, description, self._progress) as bar:
+                for key, digest in hashes if hashes is not None else HashesAhead(self.arrays):
+                    array = self.arrays[key]
+                    self._stage_one(key, array, digest)
+                    bar.update(int(array.nbytes))
+                while self._pending:
+                    self._write_next()
+        finally:
+            for *_, future in self._pending:  # stopped by an error: nothing more is coded
+                future.cancel()
+            self._pending = self._encoder = None
 
     def stream(self, tensors: Iterable[tuple[str, np.ndarray | ManifestEntry]], description: str = "commit",
                total_bytes: int = 0) -> None:
@@ -138,7 +159,21 @@ class StagedCommit:
     def _write(self, key: str, digest: str, array: np.ndarray, delta: bool = True) -> None:
         self._check_space(int(array.nbytes))
         base = self._bases(key, array, digest) if self._code and delta else None
-        self.bytes_stored += self._writer.add_tensor(digest, array, base=base, code=self._code)
+        if self._pending is None or array.nbytes < PARALLEL_MIN_BYTES:  # small: a thread costs more
+            self._written(array, self._writer.add_tensor(digest, array, base=base, code=self._code))
+            return
+        self._pending.append((digest, array, self._encoder.submit(self._writer.prepare, array, base, self._code)))
+        while sum(int(a.nbytes) for _, a, _ in self._pending) > PENDING_BYTES and len(self._pending) > ENCODERS:
+            self._write_next()
+
+    def _write_next(self) -> None:
+        digest, array, future = self._pending[0]
+        stored = self._writer.write_prepared(digest, future.result())
+        self._pending.popleft()
+        self._written(array, stored)
+
+    def _written(self, array: np.ndarray, stored: int) -> None:
+        self.bytes_stored += stored
         self.bytes_written += int(array.nbytes)
         self.tensors_written += 1
 
