@@ -74,3 +74,28 @@ def test_a_coding_error_in_a_worker_leaves_no_version_and_no_temporary(tmp_path,
         assert not list(repo.layout.tmp.iterdir())
         assert repo.verify().ok
         assert repo.commit(_weights(1), "net").id != first.id  # the next commit works
+
+
+def test_ctrl_c_while_the_structure_is_serialized_stops_staging_and_leaves_nothing(tmp_path, monkeypatch):
+    """The tensors are staged in a worker thread while the caller serializes the structure: an
+    interrupt there waits for staging to stop, then the staged file is discarded."""
+    from keras_models import dense_model
+
+    from mvc_magics.adapters.keras import KerasAdapter
+
+    model = dense_model()
+    with Repo(tmp_path / ".mvc") as repo:
+        first = repo.commit(model, "net")
+        model.weights[0].assign(model.weights[0].numpy() + 1)
+
+        def interrupted(self, model):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(KerasAdapter, "structure", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            repo.commit(model, "net")
+        monkeypatch.undo()
+        assert [v.id for v in repo.log("net")] == [first.id]
+        assert not list(repo.layout.tmp.iterdir())
+        assert repo.verify().ok
+        assert repo.commit(model, "net").id != first.id

@@ -9,7 +9,7 @@ is known, the store publishes the version in its crash-safe order
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait
 from datetime import datetime, timezone
 from typing import Any
 
@@ -27,7 +27,7 @@ from ..core.tables import format_number
 from ..core.version import CommitStats, Version
 from ..errors import StoreError, UnsupportedModelError
 from ..storage.faults import write_failure
-from ..storage.staging import StagedCommit
+from ..storage.staging import StagedCommit, background
 from ..storage.store import Store
 from . import lookup, versions
 from .tags import check_tag_free
@@ -73,14 +73,14 @@ def commit(
         # The tensors are staged (hashed, coded, written) in a worker thread while this thread
         # serializes the structure: coding releases the GIL and serializing does not, so the two
         # overlap on two cores. The framework's own code stays on the caller's thread.
-        with ThreadPoolExecutor(1, thread_name_prefix="mvc-stage") as pool:
-            staging = pool.submit(staged.stage, arrays, f"commit {name}", hashes)
-            try:
-                structure = adapter.structure(model)
-            except BaseException:
-                hashes.cancel()  # the staged file is discarded once staging stops
-                raise
+        staging = background("stage", 1).submit(staged.stage, arrays, f"commit {name}", hashes)
+        try:
+            structure = adapter.structure(model)
             staging.result()
+        except BaseException:  # an error or Ctrl-C: staging stops at its next hash, then the file is discarded
+            hashes.cancel()
+            wait([staging])
+            raise
         return structure
 
     vid, stats, staged_hashes = _store_arrays(store, name, adapter, fill, lambda: adapter.extra_metadata(model),
