@@ -161,3 +161,17 @@ def test_a_second_base_that_is_not_the_bases_own_base_is_refused(repo, repack):
         f["tensors"][digest].attrs["mvc_base2"] = f"{oldest.id}/{digest}"  # claims itself as its second base
     with pytest.raises(IntegrityError, match="second base"):
         repo.load_state(oldest.id, verify=False)
+
+
+def test_gc_after_a_repack_sees_the_new_bases_of_files_it_read_before(repo, repack):
+    """gc remembers each file's base references while the file stays the same; a repack replaces
+    files (renamed over the old ones), and the next gc must read the new references."""
+    versions, _, _ = _line(repo, 3)
+    repo.gc()  # reads (and remembers) every file's references: none yet
+    repack()  # the two older versions become deltas against the newest
+    newest = versions[-1][0].id
+    repo.remove(newest, force=True)
+    repo.gc()
+    assert (repo.path / "objects" / newest[:2] / f"{newest}.h5").exists()  # it holds their bases
+    _intact(repo, versions[:-1])
+    assert repo.verify().ok

@@ -70,13 +70,30 @@ def base_references(path: Path) -> dict[str, tuple[str, str]]:
     :class:`IntegrityError` (one line, naming the file) when the file is not a readable snapshot:
     callers (pull, gc, repack) handle such a file on its own instead of stopping at a raw ``OSError``.
     """
+    key = str(path)
+    stat = os.stat(path)  # FileNotFoundError for a missing file, as before
+    identity = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    cached = _REFERENCES.get(key)
+    if cached is not None and cached[0] == identity:
+        return dict(cached[1])
     try:
-        return _base_references(path)
+        found = _base_references(path)
     except FileNotFoundError:
         raise
     except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
         reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
         raise IntegrityError(f"snapshot {path.name} is not a readable HDF5 file ({reason})") from exc
+    if len(_REFERENCES) >= _REFERENCES_KEPT:
+        _REFERENCES.pop(next(iter(_REFERENCES)))
+    _REFERENCES[key] = (identity, dict(found))
+    return found
+
+
+# What base_references found, per file, while the file is the same one (device, inode, size and
+# modification time): snapshot files are written once and replaced by rename (a new inode), so a
+# gc run by a long training loop's retention policy does not re-read every file's attributes.
+_REFERENCES: dict[str, tuple[tuple[int, int, int, int], dict[str, tuple[str, str]]]] = {}
+_REFERENCES_KEPT = 65536
 
 
 def _base_references(path: Path) -> dict[str, tuple[str, str]]:
