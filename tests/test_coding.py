@@ -51,7 +51,7 @@ def test_by_default_a_commit_codes_alone_and_repack_makes_the_deltas(repo, monke
 
 def stored(repo, vid, digest):
     with h5py.File(repo.path / "objects" / vid[:2] / f"{vid}.h5", "r") as f:
-        return dict(f["tensors"][digest].attrs)
+        return {k: v.decode() if isinstance(v, bytes) else v for k, v in f["tensors"][digest].attrs.items()}
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "float64", "int64", "int8", "bool",

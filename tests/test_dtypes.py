@@ -88,7 +88,7 @@ def test_every_storable_dtype_round_trips_bit_exact(repo):
     entry = entries["small/bfloat16"]
     with h5py.File(repo.store.layout.snapshot_path(entry.object), "r") as f:
         dataset = f["tensors"][entry.hash]
-        assert dataset.attrs["mvc_dtype"] == "bfloat16" and dataset.dtype == np.uint8
+        assert dataset.attrs["mvc_dtype"] == b"bfloat16" and dataset.dtype == np.uint8
         raw = dataset[()]
     assert bits(raw.view(ml_dtypes.bfloat16).reshape(entry.shape)) == bits(model["small/bfloat16"])
 

@@ -32,7 +32,7 @@ def test_the_documented_reader_reads_structures_stored_once_and_inline(repo, mon
     model.weights[0].assign(model.weights[0].numpy() + 1)
     second = repo.commit(model, "cnn")
     with h5py.File(repo.path / "objects" / second.id[:2] / f"{second.id}.h5", "r") as f:
-        assert int(f.attrs["mvc_format_version"]) == 3 and f.attrs["mvc_structure"].startswith(first.id)
+        assert int(f.attrs["mvc_format_version"]) == 3 and f.attrs["mvc_structure"].decode().startswith(first.id)
     assert read_structure(repo.path, second.id) == repo.store.structure(second.id) is not None
     monkeypatch.setenv("MVC_CODING", "off")
     model.weights[0].assign(model.weights[0].numpy() + 1)
@@ -73,7 +73,8 @@ def test_layout_ids_and_hashes_are_as_documented(repo, weights):
     path = root / "objects" / version.id[:2] / f"{version.id}.h5"
     assert (root / "refs" / "net" / "HEAD").read_text().strip() == version.id
     with h5py.File(path, "r") as f:
-        assert f.attrs["mvc_format"] == "mvc-snapshot" and int(f.attrs["mvc_format_version"]) == 2
+        assert f.attrs["mvc_format"] == b"mvc-snapshot" and int(f.attrs["mvc_format_version"]) == 2
+        assert h5py.check_string_dtype(f["manifest"].dtype).length is not None  # fixed-length: no global heap
         manifest = json.loads(f["manifest"][()])
         assert "structure" not in f  # dict models have no structure
     # tensor hash: BLAKE3 over "<dtype>|<shape>|" + bytes
@@ -105,7 +106,7 @@ def test_the_documented_reader_decodes_coded_tensors_and_delta_chains(repo, monk
         path = repo.path / "objects" / version.id[:2] / f"{version.id}.h5"
         with h5py.File(path, "r") as f:
             attrs = f["tensors"][tensor_hash(expected["w"])].attrs
-            codings.append((attrs["mvc_coding"], int(attrs.get("mvc_depth", 0))))
+            codings.append((attrs["mvc_coding"].decode(), int(attrs.get("mvc_depth", 0))))
         _, tensors = read_version(repo.path, version.id)
         for name, array in expected.items():
             assert tensors[name].dtype == array.dtype and tensors[name].tobytes() == array.tobytes()
@@ -129,7 +130,7 @@ def test_the_documented_reader_and_the_store_read_xor_deltas_older_versions_wrot
     codings = []
     for version, expected in committed:
         with h5py.File(repo.path / "objects" / version.id[:2] / f"{version.id}.h5", "r") as f:
-            codings.append(f["tensors"][tensor_hash(expected)].attrs["mvc_coding"])
+            codings.append(f["tensors"][tensor_hash(expected)].attrs["mvc_coding"].decode())
         assert read_version(repo.path, version.id)[1]["w"].tobytes() == expected.tobytes()
         assert repo.load_state(version)["w"].tobytes() == expected.tobytes()
     assert codings == ["planes+zstd", "xor+planes+zstd", "sub+planes+zstd", "sub+planes+zstd"]
@@ -138,6 +139,6 @@ def test_the_documented_reader_and_the_store_read_xor_deltas_older_versions_wrot
     codings = []
     for version, expected in committed:
         with h5py.File(repo.path / "objects" / version.id[:2] / f"{version.id}.h5", "r") as f:
-            codings.append(f["tensors"][tensor_hash(expected)].attrs["mvc_coding"])
+            codings.append(f["tensors"][tensor_hash(expected)].attrs["mvc_coding"].decode())
         assert read_version(repo.path, version.id)[1]["w"].tobytes() == expected.tobytes()
     assert codings == ["sub2+planes+zstd", "sub2+planes+zstd", "sub+planes+zstd", "planes+zstd"]

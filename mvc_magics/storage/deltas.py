@@ -21,6 +21,7 @@ import numpy as np
 from ..core.hashing import tensor_hash
 from ..core.manifest import ManifestEntry
 from ..errors import IntegrityError
+from .h5_values import read_attr, read_text_attr
 from .snapshot import BASE_ATTR, CODING_ATTR, DEPTH_ATTR, STRUCTURE_ATTR, TensorReader, structure_reference
 from .snapshot_writer import DeltaBase
 
@@ -58,9 +59,7 @@ def stored_coding(f: h5py.File, digest: str) -> tuple[str | None, int]:
     dataset = f["tensors"][digest]
     if CODING_ATTR not in dataset.attrs or BASE_ATTR not in dataset.attrs:
         return None, 0
-    reference = dataset.attrs[BASE_ATTR]
-    reference = reference.decode() if isinstance(reference, bytes) else str(reference)
-    return reference, int(dataset.attrs.get(DEPTH_ATTR, 1))
+    return read_text_attr(dataset, BASE_ATTR), int(read_attr(dataset, DEPTH_ATTR, 1))
 
 
 def base_references(path: Path) -> dict[str, tuple[str, str]]:
@@ -99,11 +98,10 @@ _REFERENCES_KEPT = 65536
 def _base_references(path: Path) -> dict[str, tuple[str, str]]:
     found: dict[str, tuple[str, str]] = {}
     with h5py.File(path, "r") as f:
-        reference = f.attrs.get(STRUCTURE_ATTR)  # format 3: the structure stored in another file
+        reference = read_text_attr(f, STRUCTURE_ATTR)  # format 3: the structure stored in another file
         if reference is not None:
             ref = structure_reference(reference, path.name)
-            own = f.attrs.get("version_id")
-            if ref.object != (own.decode() if isinstance(own, bytes) else str(own)):
+            if ref.object != read_text_attr(f, "version_id"):
                 found[ref.hash] = (ref.object, ref.hash)
         group = f.get("tensors")
         if not isinstance(group, h5py.Group):

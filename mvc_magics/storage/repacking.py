@@ -22,6 +22,7 @@ import numpy as np
 from ..core.manifest import ManifestEntry
 from ..errors import IntegrityError
 from .atomic import fsync_path, temporary_path
+from .h5_values import read_attr, read_text_attr
 from .snapshot import BASE_ATTR, CODING_ATTR, DEPTH_ATTR, TensorReader, read_content
 from .snapshot_writer import DeltaBase, SnapshotWriter
 from .tensor_decode import BASE2_ATTR
@@ -60,18 +61,13 @@ def stored_codings(path: Path) -> tuple[int, dict[str, StoredCoding]]:
         with h5py.File(path, "r") as f:
             found = {}
             for digest, dataset in f["tensors"].items():
-                attrs = dataset.attrs
-                coding, base, second = (_text(attrs.get(name)) for name in (CODING_ATTR, BASE_ATTR, BASE2_ATTR))
-                found[digest] = StoredCoding(coding, base, int(attrs.get(DEPTH_ATTR, 1 if base is not None else 0)),
-                                             second)
-            return int(f.attrs.get("mvc_format_version", 1)), found
+                coding, base, second = (read_text_attr(dataset, name) for name in (CODING_ATTR, BASE_ATTR, BASE2_ATTR))
+                depth = int(read_attr(dataset, DEPTH_ATTR, 1 if base is not None else 0))
+                found[digest] = StoredCoding(coding, base, depth, second)
+            return int(read_attr(f, "mvc_format_version", 1)), found
     except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
         reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
         raise IntegrityError(f"snapshot {path.name} is not a readable HDF5 file ({reason})") from exc
-
-
-def _text(value: object) -> str | None:
-    return None if value is None else value.decode() if isinstance(value, bytes) else str(value)
 
 
 def recode_snapshot(path: Path, vid: str, locate: Callable[[str], Path], tmp_folder: Path,

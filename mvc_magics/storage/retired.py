@@ -12,6 +12,7 @@ import h5py
 
 from ..errors import IntegrityError
 from .atomic import write_atomically
+from .h5_values import read_attr, write_text_attr
 from .snapshot import FORMAT_NAME, FORMAT_VERSION
 
 RETIRED_ATTR = "mvc_retired"
@@ -20,7 +21,7 @@ RETIRED_ATTR = "mvc_retired"
 def is_retired(path: Path) -> bool:
     """True when ``path`` is a retired file (tensors of a removed version still in use)."""
     with h5py.File(path, "r") as f:
-        return bool(f.attrs.get(RETIRED_ATTR, False))
+        return bool(read_attr(f, RETIRED_ATTR, False))
 
 
 def held_hashes(path: Path) -> set[str]:
@@ -44,10 +45,10 @@ def write_retired(final: Path, version_id: str, source: Path, keep: set[str], tm
 
     def write(tmp: Path) -> None:
         with h5py.File(source, "r") as src, h5py.File(tmp, "w", libver=("earliest", "v110")) as dst:
-            dst.attrs["mvc_format"] = FORMAT_NAME
+            write_text_attr(dst, "mvc_format", FORMAT_NAME)
             # Coded datasets are copied as they are: the file keeps its source's format version.
-            dst.attrs["mvc_format_version"] = int(src.attrs.get("mvc_format_version", FORMAT_VERSION))
-            dst.attrs["version_id"] = version_id
+            dst.attrs["mvc_format_version"] = int(read_attr(src, "mvc_format_version", FORMAT_VERSION))
+            write_text_attr(dst, "version_id", version_id)
             dst.attrs[RETIRED_ATTR] = True
             tensors = dst.create_group("tensors")
             for digest in sorted(keep):

@@ -34,6 +34,7 @@ from ..errors import IntegrityError, StoreFormatError
 from . import tensor_decode
 from .checksum import CHECKSUM_MAGIC, USERBLOCK_SIZE, body_digest, check_file_checksum  # noqa: F401
 from .coding import aligned_empty
+from .h5_values import read_attr, read_string_dataset, read_text_attr
 from .tensor_decode import BASE_ATTR, CODING_ATTR, MAX_CHAIN
 from .tensor_decode import PLANES_ATTR as PLANES_ATTR  # the writer's and readers' one name for it
 
@@ -78,8 +79,7 @@ def _read_string(f: h5py.File, name: str, required: bool = True) -> str | None:
     if declared > limit:
         raise IntegrityError(f"snapshot {f.filename}: /{name} declares {declared} bytes, more than the "
                              f"{limit} the file can hold")
-    value = dataset[()]
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+    return read_string_dataset(dataset)
 
 
 def _open(path: Path) -> h5py.File:
@@ -100,23 +100,20 @@ def read_content(path: Path, locate=None, resolve: bool = True) -> SnapshotConte
     ``resolve`` is False (the content's ``structure`` is then None and ``structure_ref`` says where)."""
     with _open(path) as f:
         try:
-            fmt = f.attrs.get("mvc_format")
-            fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
-            if fmt != FORMAT_NAME:
+            if read_text_attr(f, "mvc_format") != FORMAT_NAME:
                 raise StoreFormatError(f"{path.name} is not an mvc snapshot file")
-            fmt_version = int(f.attrs.get("mvc_format_version", -1))
+            fmt_version = int(read_attr(f, "mvc_format_version", -1))
             if fmt_version not in READABLE_VERSIONS:
                 raise StoreFormatError(
                     f"{path.name} has snapshot format version {fmt_version}; this mvc_magics "
                     f"reads version {FORMAT_VERSION} (upgrade mvc_magics)"
                 )
-            version_id = f.attrs.get("version_id")
-            version_id = version_id.decode() if isinstance(version_id, bytes) else str(version_id)
+            version_id = read_text_attr(f, "version_id", "")
             meta = json.loads(_read_string(f, "meta") or "{}")
             structure_text = _read_string(f, "structure", required=False)
             structure = json.loads(structure_text) if structure_text is not None else None
             raw_manifest = json.loads(_read_string(f, "manifest") or "[]")
-            reference = f.attrs.get(STRUCTURE_ATTR)
+            reference = read_text_attr(f, STRUCTURE_ATTR)
         except (ValueError, KeyError, TypeError, OSError, RuntimeError) as exc:
             raise IntegrityError(f"snapshot {path.name} is damaged: {exc}") from exc
     if not isinstance(meta, dict) or not isinstance(raw_manifest, list) or not is_hash(version_id):
@@ -222,7 +219,7 @@ class TensorReader:
         dataset = self._file(entry.object)["tensors"][entry.hash]
         if CODING_ATTR not in dataset.attrs or BASE_ATTR not in dataset.attrs:
             return 0
-        return int(dataset.attrs.get(DEPTH_ATTR, 1))
+        return int(read_attr(dataset, DEPTH_ATTR, 1))
 
     def read(self, entry: ManifestEntry, verify: bool = True, owner: str = "") -> np.ndarray:
         """Return the tensor of ``entry``; raise :class:`IntegrityError` when it is damaged.
@@ -285,11 +282,10 @@ class TensorReader:
         """What is wrong with a tensor whose decoded bytes do not match its hash: its own bytes, or
         (checked one by one, down the chain) the delta base that is damaged."""
         try:
-            reference = self._file(entry.object)["tensors"][entry.hash].attrs.get(BASE_ATTR)
+            reference = read_text_attr(self._file(entry.object)["tensors"][entry.hash], BASE_ATTR)
         except (OSError, KeyError, ValueError, TypeError, RuntimeError, IntegrityError):
             reference = None
         if reference is not None and chain < MAX_CHAIN:
-            reference = reference.decode() if isinstance(reference, bytes) else str(reference)
             object_id, _, digest = reference.partition("/")
             if is_hash(object_id) and is_hash(digest):
                 base = ManifestEntry(entry.name, entry.dtype, entry.shape, digest, object_id, entry.nbytes)
@@ -333,9 +329,8 @@ class TensorReader:
 
     def _read_whole(self, entry: ManifestEntry, dataset: h5py.Dataset, where: str) -> np.ndarray:
         dtype = dtype_from_name(entry.dtype)
-        raw_name = dataset.attrs.get(RAW_DTYPE_ATTR)
+        raw_name = read_text_attr(dataset, RAW_DTYPE_ATTR)
         if raw_name is not None:
-            raw_name = raw_name.decode() if isinstance(raw_name, bytes) else str(raw_name)
             if raw_name != entry.dtype or dataset.dtype != np.uint8 or dataset.shape != (entry.nbytes,):
                 raise IntegrityError(f"{where}: stored dtype or shape differs from the manifest")
         elif dataset.dtype != dtype or tuple(dataset.shape) != entry.shape:

@@ -18,6 +18,7 @@ from ..core.hashing import canonical_array
 from ..core.manifest import ManifestEntry
 from . import coding
 from .atomic import start_writeback
+from .h5_values import write_string_dataset, write_text_attr
 from .snapshot import (
     BASE_ATTR,
     CHECKSUM_MAGIC,
@@ -73,10 +74,6 @@ def _code(array: np.ndarray, base: DeltaBase | None) -> tuple[coding.Coded | Non
 Prepared = tuple[np.ndarray, "coding.Coded | None", "DeltaBase | None"]
 # Start the disk writing a snapshot's tensors every this many bytes (see SnapshotWriter._start_writeback).
 WRITEBACK_BYTES = 16 << 20
-
-
-def _string_dataset(group: h5py.Group, name: str, text: str) -> None:
-    group.create_dataset(name, data=text, dtype=h5py.string_dtype("utf-8"))
 
 
 def write_snapshot(
@@ -149,12 +146,12 @@ class SnapshotWriter:
             self._start_writeback()
         if coded is not None:
             dataset = tensors.create_dataset(digest, data=coded.data)
-            dataset.attrs[CODING_ATTR] = coded.coding
+            write_text_attr(dataset, CODING_ATTR, coded.coding)
             dataset.attrs[PLANES_ATTR] = coded.planes
             if used is not None:
-                dataset.attrs[BASE_ATTR] = f"{used.object}/{used.hash}"
+                write_text_attr(dataset, BASE_ATTR, f"{used.object}/{used.hash}")
                 if coded.coding == coding.CODING_SUB2 and used.second is not None:
-                    dataset.attrs[BASE2_ATTR] = f"{used.second.object}/{used.second.hash}"
+                    write_text_attr(dataset, BASE2_ATTR, f"{used.second.object}/{used.second.hash}")
                 dataset.attrs[DEPTH_ATTR] = used.depth + 1
             return coded.nbytes
         if array.dtype.kind in NATIVE_KINDS and array.dtype.name in NATIVE_NAMES:
@@ -162,7 +159,7 @@ class SnapshotWriter:
         else:
             raw = array.reshape(-1).view(np.uint8)
             dataset = tensors.create_dataset(digest, data=raw)
-            dataset.attrs[RAW_DTYPE_ATTR] = array.dtype.name
+            write_text_attr(dataset, RAW_DTYPE_ATTR, array.dtype.name)
         return int(array.nbytes)
 
     def copy_dataset(self, dataset: h5py.Dataset, digest: str, attrs: Mapping | None = None) -> None:
@@ -171,7 +168,10 @@ class SnapshotWriter:
         tensors = self._group()
         dataset.file.copy(dataset, tensors, name=digest)
         for key, value in (attrs or {}).items():
-            tensors[digest].attrs[key] = value
+            if isinstance(value, str):
+                write_text_attr(tensors[digest], key, value)
+            else:
+                tensors[digest].attrs[key] = value
 
     def finish(self, version_id: str, meta: Mapping, structure: object, manifest: list[ManifestEntry],
                structure_ref: ManifestEntry | None = None) -> None:
@@ -183,16 +183,16 @@ class SnapshotWriter:
         self._group()
         f = self._file
         assert f is not None
-        f.attrs["mvc_format"] = FORMAT_NAME
+        write_text_attr(f, "mvc_format", FORMAT_NAME)
         # 3 only when the file uses a structure reference: any other file stays readable by older versions.
         f.attrs["mvc_format_version"] = FORMAT_VERSION if structure_ref is not None else min(self.format_version, 2)
-        f.attrs["version_id"] = version_id
-        _string_dataset(f, "meta", json.dumps(meta, sort_keys=True))
+        write_text_attr(f, "version_id", version_id)
+        write_string_dataset(f, "meta", json.dumps(meta, sort_keys=True))
         if structure_ref is not None:
-            f.attrs[STRUCTURE_ATTR] = f"{structure_ref.object}/{structure_ref.hash}/{structure_ref.nbytes}"
+            write_text_attr(f, STRUCTURE_ATTR, f"{structure_ref.object}/{structure_ref.hash}/{structure_ref.nbytes}")
         elif structure is not None:
-            _string_dataset(f, "structure", json.dumps(structure, sort_keys=True))
-        _string_dataset(f, "manifest", json.dumps([e.to_json() for e in manifest]))
+            write_string_dataset(f, "structure", json.dumps(structure, sort_keys=True))
+        write_string_dataset(f, "manifest", json.dumps([e.to_json() for e in manifest]))
         self.close()
         _stamp_checksum(self.path)
 

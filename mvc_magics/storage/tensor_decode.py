@@ -24,6 +24,7 @@ from ..core.manifest import ManifestEntry, dtype_from_name, is_hash
 from ..errors import IntegrityError
 from . import coding
 from .coding import aligned_empty
+from .h5_values import read_attr, read_text_attr
 
 CODING_ATTR = "mvc_coding"
 PLANES_ATTR = "mvc_planes"
@@ -104,14 +105,14 @@ class FileMaps:
         self._maps.clear()
 
 
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+def _text(dataset: h5py.Dataset, name: str) -> str:
+    return str(read_text_attr(dataset, name))  # "None" when absent: never a valid coding or reference
 
 
 def coded_level(entry: ManifestEntry, dataset: h5py.Dataset, where: str, maps: FileMaps
                 ) -> tuple[str, np.ndarray, np.ndarray]:
     """(coding, coded bytes, validated plane table) of one coded dataset (untrusted)."""
-    name = _text(dataset.attrs[CODING_ATTR])
+    name = _text(dataset, CODING_ATTR)
     if name not in coding.CODINGS:
         raise IntegrityError(f"{where}: unknown coding {name[:40]!r} (written by a newer mvc_magics?)")
     if dataset.dtype != np.uint8 or dataset.ndim != 1:
@@ -122,7 +123,7 @@ def coded_level(entry: ManifestEntry, dataset: h5py.Dataset, where: str, maps: F
     itemsize = dtype_from_name(entry.dtype).itemsize
     if name == coding.CODING_SUB and coding.delta_coding(itemsize) != name:
         raise IntegrityError(f"{where}: an integer-difference delta of {itemsize}-byte elements, refused")
-    table = coding.check_table(dataset.attrs[PLANES_ATTR], itemsize, stored, entry.nbytes)
+    table = coding.check_table(read_attr(dataset, PLANES_ATTR), itemsize, stored, entry.nbytes)
     return name, maps.stored_bytes(dataset, stored), table
 
 
@@ -142,14 +143,14 @@ def read_coded(entry: ManifestEntry, dataset: h5py.Dataset, where: str, maps: Fi
             break
         name, data, table = coded_level(current, dataset, where, maps)
         levels.append((data, table, name))
-        if expected_base is not None and _text(dataset.attrs.get(BASE_ATTR)) != expected_base:
+        if expected_base is not None and _text(dataset, BASE_ATTR) != expected_base:
             raise IntegrityError(f"{where}: a second-order delta's second base is not its base's base, refused")
         if name == coding.CODING_PLANES:
             break
         if len(levels) > MAX_CHAIN:
             raise IntegrityError(f"{where}: delta chain longer than {MAX_CHAIN} (a cycle?), refused")
-        reference = _text(dataset.attrs.get(BASE_ATTR))
-        expected_base = _text(dataset.attrs.get(BASE2_ATTR)) if name == coding.CODING_SUB2 else None
+        reference = _text(dataset, BASE_ATTR)
+        expected_base = _text(dataset, BASE2_ATTR) if name == coding.CODING_SUB2 else None
         object_id, _, digest = reference.partition("/")
         if not is_hash(object_id) or not is_hash(digest):
             raise IntegrityError(f"{where}: malformed delta base reference")
