@@ -13,8 +13,10 @@ import sys
 from pathlib import Path
 
 import h5py
+import ml_dtypes
 import numpy as np
 import pytest
+from keras_models import BUILDERS
 
 from mvc_magics import Repo
 from mvc_magics.errors import IntegrityError
@@ -81,3 +83,37 @@ def test_an_older_file_with_a_changed_byte_is_refused_before_its_heap_is_parsed(
     path.write_bytes(bytes(raw))
     with pytest.raises(IntegrityError, match="checksum does not match"):
         read_content(path)
+
+
+def test_no_file_of_a_store_holds_a_variable_length_value(tmp_path, monkeypatch):
+    """Every kind of file the store writes (coded tensors, deltas, raw-bits dtypes, a structure
+    stored once, repacked files) keeps its strings out of the global heap."""
+    monkeypatch.setenv("MVC_DELTA_DEPTH", "3")
+    rng = np.random.default_rng(0)
+    weights = {"w": rng.standard_normal(20_000).astype(np.float32),
+               "b": rng.standard_normal(4096).astype(np.float16)}
+    with Repo(tmp_path / ".mvc") as repo:
+        for _ in range(3):
+            repo.commit(weights, "net")
+            weights["w"] = weights["w"] + np.float32(1e-3)
+        repo.commit({"h": rng.standard_normal(64).astype(ml_dtypes.bfloat16)}, "half")
+        model = BUILDERS["conv_bn"]()
+        repo.commit(model, "cnn")
+        model.weights[0].assign(model.weights[0].numpy() + 1)
+        repo.commit(model, "cnn")
+        repo.gc(repack=True)
+        files = sorted((tmp_path / ".mvc" / "objects").rglob("*.h5"))
+    found = []
+
+    def visit(name, obj):
+        kinds = [obj.attrs.get_id(k).dtype.kind for k in obj.attrs]
+        if isinstance(obj, h5py.Dataset):
+            kinds.append(obj.dtype.kind)
+        if "O" in kinds:
+            found.append(name)
+
+    for path in files:
+        with h5py.File(path, "r") as f:
+            visit("/", f)
+            f.visititems(visit)
+    assert len(files) == 6 and found == []
