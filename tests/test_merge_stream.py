@@ -13,7 +13,7 @@ from keras_models import conv_bn_model, dense_model, sample_input
 
 from mvc_magics.adapters import adapter_named
 from mvc_magics.core.merge_plan import accumulator_dtype
-from mvc_magics.errors import ShapeMismatchError
+from mvc_magics.errors import IntegrityError, ShapeMismatchError
 from mvc_magics.operations import soups, versions
 from mvc_magics.storage.staging import STREAM_AHEAD_BYTES
 from mvc_magics.storage.tensor_decode import FileMaps
@@ -171,3 +171,22 @@ def test_a_reader_gives_back_the_mapped_pages_it_has_read(tmp_path):
         assert first.tobytes() == noise.tobytes() and int(second.sum()) == size  # still readable
         del first, second
         maps.close()
+
+
+def test_a_damaged_input_stops_the_streamed_merge_with_nothing_written(repo):
+    rng = np.random.default_rng(2)
+    inputs = [repo.commit({"a": rng.standard_normal(5000).astype(np.float32),
+                           "b": rng.standard_normal(5000).astype(np.float32)}, "d") for _ in range(3)]
+    entry = next(e for e in repo.manifest(inputs[2].id) if e.name == "b")
+    path = repo.layout.snapshot_path(entry.object)
+    with h5py.File(path, "r") as f:
+        offset = f["tensors"][entry.hash].id.get_offset() + 5
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x40
+    path.write_bytes(bytes(data))
+    count = len(repo.log("d"))
+    # "a" is averaged and handed to the writer before "b" of the third input is found damaged.
+    with pytest.raises(IntegrityError, match=rf"{inputs[2].id[:12]} tensor 'b'"):
+        repo.merge([v.id for v in inputs])
+    assert len(repo.log("d")) == count
+    assert not [p for p in repo.layout.tmp.iterdir() if p.suffix == ".h5"]  # the staged file is gone

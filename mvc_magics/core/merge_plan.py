@@ -178,12 +178,15 @@ def check_structures(versions: Sequence[Version], structures: Sequence[object]) 
     if len(frameworks) > 1:
         listing = ", ".join(f"{short(v)}: {v.framework}" for v in versions)
         raise MergeConflictError(f"different frameworks cannot be merged ({listing})")
-    base = anonymized(structures[0])
+    base = None
     for version, structure in zip(versions[1:], structures[1:], strict=True):
         if (structure is None) != (structures[0] is None):
             raise MergeConflictError(
                 f"different structures: {short(versions[0])} and {short(version)} (only one has a stored structure)"
             )
+        if structure == structures[0]:  # the usual case (one model fine-tuned): no renaming needed
+            continue
+        base = anonymized(structures[0]) if base is None else base
         other = anonymized(structure)
         if other != base:
             where = first_difference(base, other) or "the configurations differ"

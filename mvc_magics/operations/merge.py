@@ -35,7 +35,8 @@ def plan_weight_merge(store: Store, inputs: list[Version], weights: Sequence[flo
     """Validate a weight merge (average or greedy) of ``versions``; nothing is read but metadata."""
     check_distinct(inputs)
     raw, normalized = check_weights(weights, len(inputs))
-    structures = [versions.structure(store, v.id) for v in inputs]
+    # Only compared here, never rebuilt: the verified structures as cached, not copies of them.
+    structures = [store.content(v.id).structure for v in inputs]
     if len({v.framework for v in inputs}) == 1:  # before the structures: the reason, not a symptom
         refusal = getattr(adapter_named(inputs[0].framework), "average_refusal", lambda _s: None)(structures[0])
         if refusal:
@@ -44,7 +45,8 @@ def plan_weight_merge(store: Store, inputs: list[Version], weights: Sequence[flo
     manifests = [store.manifest(v.id) for v in inputs]
     # Keras layer names may differ between equal structures; dict keys are the only identity.
     tensors = align(inputs, manifests, by_position=inputs[0].framework != "numpy")
-    return MergePlan(list(inputs), normalized, raw, tensors, structures[0], inputs[0].framework)
+    return MergePlan(list(inputs), normalized, raw, tensors, versions.structure(store, inputs[0].id),
+                     inputs[0].framework)
 
 
 def _resolve(store: Store, refs: Sequence[str | Version], name: str | None) -> list[Version]:
@@ -195,7 +197,7 @@ def merge_versions(store: Store, refs: Sequence[str | Version], weights: Sequenc
         if into is not None:
             _check_fits(into, {t.name: t for t in plan.tensors})
         _describe_average(report, plan)
-        version = commit_stream(store, first.framework, versions.structure(store, first.id),
+        version = commit_stream(store, first.framework, plan.structure,
                                 average_stream(store, plan), target, **options(),
                                 total_bytes=sum(t.entries[0].nbytes for t in plan.tensors))
         # The live model gets the committed version, read back and verified like a checkout.
