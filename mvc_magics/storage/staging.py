@@ -17,7 +17,7 @@ import contextlib
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
@@ -127,20 +127,25 @@ class StagedCommit:
         """
         pending: deque[tuple[Future, int]] = deque()
         in_flight = 0
-        with ThreadPoolExecutor(1, thread_name_prefix="mvc-stage") as pool, \
-                progress_bar(total_bytes, description, self._progress) as bar:
-            for key, item in tensors:
-                size = int(item.nbytes) if isinstance(item, np.ndarray) else 0
-                while pending and in_flight + size > STREAM_AHEAD_BYTES:
-                    done, nbytes = pending.popleft()
-                    done.result()  # staged and dropped by the worker
-                    in_flight -= nbytes
-                pending.append((pool.submit(self._stream_one, key, item), size))
-                in_flight += size
-                bar.update(int(item.nbytes))
-                del item  # the worker holds the only reference left
-            while pending:
-                pending.popleft()[0].result()
+        pool = background("stream", 1)  # one writer: tensors are staged in the order they come
+        try:
+            with progress_bar(total_bytes, description, self._progress) as bar:
+                for key, item in tensors:
+                    size = int(item.nbytes) if isinstance(item, np.ndarray) else 0
+                    while pending and in_flight + size > STREAM_AHEAD_BYTES:
+                        done, nbytes = pending.popleft()
+                        done.result()  # staged and dropped by the worker
+                        in_flight -= nbytes
+                    pending.append((pool.submit(self._stream_one, key, item), size))
+                    in_flight += size
+                    bar.update(int(item.nbytes))
+                    del item  # the worker holds the only reference left
+                while pending:
+                    pending.popleft()[0].result()
+        finally:  # stopped by an error or Ctrl-C: nothing more is staged, and the file is not
+            for future, _ in pending:  # discarded under a write still running
+                future.cancel()
+            wait([future for future, _ in pending])
 
     def _stream_one(self, key: str, item: np.ndarray | ManifestEntry) -> None:
         if isinstance(item, ManifestEntry):
