@@ -13,8 +13,9 @@ from keras_models import conv_bn_model, dense_model, sample_input
 
 from mvc_magics.adapters import adapter_named
 from mvc_magics.core.merge_plan import accumulator_dtype
-from mvc_magics.errors import IntegrityError, ShapeMismatchError
+from mvc_magics.errors import IntegrityError, ShapeMismatchError, UnsupportedModelError
 from mvc_magics.operations import soups, versions
+from mvc_magics.operations.commit import commit_state, commit_stream
 from mvc_magics.storage.staging import STREAM_AHEAD_BYTES
 from mvc_magics.storage.tensor_decode import FileMaps
 
@@ -190,3 +191,15 @@ def test_a_damaged_input_stops_the_streamed_merge_with_nothing_written(repo):
         repo.merge([v.id for v in inputs])
     assert len(repo.log("d")) == count
     assert not [p for p in repo.layout.tmp.iterdir() if p.suffix == ".h5"]  # the staged file is gone
+
+
+def test_a_state_committed_whole_or_streamed_is_the_models_version(repo):
+    rng = np.random.default_rng(3)
+    state = {"w": rng.standard_normal((40, 30)).astype(np.float32), "step": np.array(7, np.int64)}
+    model = repo.commit(dict(state), "m")
+    whole = commit_state(repo.store, "numpy", None, state, "m", attach=False)
+    streamed = commit_stream(repo.store, "numpy", None, iter(state.items()), "m", attach=False)
+    assert whole.id == streamed.id == model.id
+    assert not whole.stats.new_version and not streamed.stats.new_version
+    with pytest.raises(UnsupportedModelError, match="no variables"):
+        commit_stream(repo.store, "numpy", None, iter(()), "m")

@@ -94,31 +94,33 @@ def commit(
 
 def commit_state(store: Store, framework: str, structure: object, state: Mapping[str, Any], name: str,
                  **options: Any) -> Version:
-    """Store ``state`` with a stored ``structure`` as a version of ``name``, no live model involved
-    (the options of :func:`commit_stream`)."""
-    if not state:
-        raise UnsupportedModelError(f"{name!r} has no variables to version")
-    return commit_stream(store, framework, structure, state.items(), name, **options)
+    """Store ``state`` (held in memory) with a stored ``structure`` as a version of ``name``, no live
+    model involved (the options of :func:`commit_stream`): hashed ahead and coded on both cores, as
+    a model's commit is (:meth:`~mvc_magics.storage.staging.StagedCommit.stage`)."""
+    arrays = {key: canonical_array(value) for key, value in state.items()}
+    for key, array in arrays.items():  # refused before any write: what the store could not read back
+        storable_dtype_name(array.dtype, key)
+
+    def stage(staged: StagedCommit, checked_name: str) -> None:
+        staged.stage(arrays, description=f"commit {checked_name}", hashes=HashesAhead(arrays))
+
+    return _commit_without_model(store, framework, structure, name, stage, **options)
 
 
 def commit_stream(store: Store, framework: str, structure: object,
-                  tensors: Iterable[tuple[str, np.ndarray | ManifestEntry]], name: str,
-                  message: str | None = None, metrics: Mapping[str, float] | None = None, tags: Iterable[str] = (),
-                  provenance: Mapping[str, object] | None = None, parents: Iterable[str] | None = None,
-                  extra: Mapping[str, object] | None = None, move_head: bool = True, attach: bool = True,
-                  total_bytes: int = 0) -> Version:
+                  tensors: Iterable[tuple[str, np.ndarray | ManifestEntry]], name: str, total_bytes: int = 0,
+                  **options: Any) -> Version:
     """Store the ``(name, tensor)`` pairs ``tensors`` yields, with a stored ``structure``, as a version
     of ``name``: no live model involved, and no tensor kept once it is staged (see
     :meth:`~mvc_magics.storage.staging.StagedCommit.stream`). A :class:`ManifestEntry` is a tensor
-    already stored, referenced without reading it.
+    already stored, referenced without reading it. ``options``: ``message``, ``metrics``, ``tags``,
+    ``provenance``, ``parents``, ``extra``, ``move_head`` and ``attach``, as for :func:`commit`.
 
     The version id is the one :func:`commit` gives a model of that structure holding these tensors
     (both hash the structure and the manifest). Used by merges, so a soup is neither rebuilt into a
     model only to be read back nor held whole: the model has no fit history and no compile setup
     of its own (``extra`` carries what the caller knows).
     """
-    adapter = adapter_named(framework)
-    name, message, tags, explicit = _checked_inputs(store, name, adapter, message, tags, metrics)
 
     def checked() -> Iterator[tuple[str, np.ndarray | ManifestEntry]]:
         for key, value in tensors:
@@ -130,11 +132,25 @@ def commit_stream(store: Store, framework: str, structure: object,
             del value
             yield key, array
 
+    def stage(staged: StagedCommit, checked_name: str) -> None:
+        staged.stream(checked(), description=f"commit {checked_name}", total_bytes=total_bytes)
+
+    return _commit_without_model(store, framework, structure, name, stage, **options)
+
+
+def _commit_without_model(store: Store, framework: str, structure: object, name: str,
+                          stage: Callable[[StagedCommit, str], None], message: str | None = None,
+                          metrics: Mapping[str, float] | None = None, tags: Iterable[str] = (),
+                          provenance: Mapping[str, object] | None = None, parents: Iterable[str] | None = None,
+                          extra: Mapping[str, object] | None = None, move_head: bool = True,
+                          attach: bool = True) -> Version:
+    adapter = adapter_named(framework)
+    name, message, tags, explicit = _checked_inputs(store, name, adapter, message, tags, metrics)
     given = {"message": message, "metrics": explicit, "params": validate_params(None), "provenance": provenance,
              "extra": extra, "fit": {}, "explicit": explicit}
 
     def fill(staged: StagedCommit) -> object:
-        staged.stream(checked(), description=f"commit {name}", total_bytes=total_bytes)
+        stage(staged, name)
         if not staged.specs:
             raise UnsupportedModelError(f"{name!r} has no variables to version")
         return structure
