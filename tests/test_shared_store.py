@@ -46,7 +46,7 @@ def _run(*command: str) -> None:
 def users():
     if os.geteuid() != 0:
         pytest.skip("creating OS users needs root")
-    if not all(shutil.which(tool) for tool in ("useradd", "userdel", "groupadd", "groupdel", "setpriv")):
+    if not all(shutil.which(tool) for tool in ("useradd", "usermod", "userdel", "groupadd", "groupdel", "setpriv")):
         pytest.skip("useradd/groupadd/setpriv are not installed")
     created = []
     _run("groupadd", "-f", GROUP)
@@ -54,6 +54,8 @@ def users():
         if subprocess.run(["id", user], capture_output=True).returncode != 0:
             _run("useradd", "-M", "-U", "-s", "/usr/sbin/nologin", *(["-G", ",".join(groups)] if groups else []), user)
             created.append(user)
+        elif groups:  # left by a killed run, whose team group was deleted and made again since
+            _run("usermod", "-a", "-G", ",".join(groups), user)
     yield
     for user in created:
         subprocess.run(["userdel", user], capture_output=True)
