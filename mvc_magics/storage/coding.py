@@ -254,18 +254,21 @@ Level = tuple[np.ndarray, "np.ndarray | None", "str | None"]
 _CHUNK = 1 << 15
 
 
-def _level_planes(data: np.ndarray, table: np.ndarray | None, plane_len: int,
-                  run: Callable) -> list[np.ndarray] | np.ndarray:
-    """The planes of one level (raw planes are views of ``data``; zstd frames decoded through
-    ``run``), or ``data`` itself for a tensor stored whole."""
-    if table is None:
-        return data
-    bodies, offset = [], 0
-    for method, length in table:
-        bodies.append((data[offset:offset + int(length)], int(method)))
-        offset += int(length)
-    return [np.frombuffer(p, np.uint8) if isinstance(p, bytes) else p
-            for p in run(lambda item: _decode_plane(item[0], item[1], plane_len), bodies)]
+def _chain_planes(levels: list[Level], plane_len: int, run: Callable) -> list[list[np.ndarray] | np.ndarray]:
+    """The planes of every level (raw planes are views of the level's data; the zstd frames of all
+    levels decoded together through ``run``, so a chain keeps both cores busy), or a level's data
+    itself for a tensor stored whole."""
+    jobs = []  # (level, body, method)
+    for k, (data, table, _) in enumerate(levels):
+        offset = 0
+        for method, length in table if table is not None else ():
+            jobs.append((k, data[offset:offset + int(length)], int(method)))
+            offset += int(length)
+    decoded = run(lambda job: _decode_plane(job[1], job[2], plane_len), jobs)
+    planes: list[list[np.ndarray] | np.ndarray] = [data if table is None else [] for data, table, _ in levels]
+    for (k, _, _), plane in zip(jobs, decoded):
+        planes[k].append(np.frombuffer(plane, np.uint8) if isinstance(plane, bytes) else plane)
+    return planes
 
 
 def _fill(target: np.ndarray, planes: list[np.ndarray] | np.ndarray, start: int, stop: int, itemsize: int) -> None:
@@ -293,7 +296,7 @@ def decode_chain(out: np.ndarray, levels: list[Level], itemsize: int) -> None:
     plane_len = out.nbytes // itemsize
     parallel = out.nbytes >= _PARALLEL_BYTES
     run = _pool().map if parallel and itemsize > 1 else map
-    planes = [_level_planes(data, table, plane_len, run) for data, table, _ in levels]
+    planes = _chain_planes(levels, plane_len, run)
 
     def span(first: int, last: int) -> None:
         size = min(_CHUNK, max(last - first, 0)) * itemsize
