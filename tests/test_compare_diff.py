@@ -15,14 +15,12 @@ from mvc_magics.storage.snapshot import TensorReader
 
 @pytest.fixture
 def reads(monkeypatch):
-    """Every tensor hash TensorReader.read is asked for (the real read still happens); the
-    structure a version stores once (read through the same reader) is no tensor."""
+    """Every tensor hash TensorReader.read is asked for (the real read still happens)."""
     seen: list[str] = []
     original = TensorReader.read
 
     def spy(self, entry, *args, **kwargs):
-        if entry.name != "/structure":
-            seen.append(entry.hash)
+        seen.append(entry.hash)
         return original(self, entry, *args, **kwargs)
 
     monkeypatch.setattr(TensorReader, "read", spy)
