@@ -25,7 +25,7 @@ from ..core.manifest import ManifestEntry
 from ..core.reports import RepackReport
 from ..errors import IntegrityError
 from ..storage.coding import MIN_CODED_BYTES
-from ..storage.deltas import max_depth
+from ..storage.deltas import base_cache_bytes, max_depth
 from ..storage.repacking import StoredCoding, TensorPlan, stored_codings
 from ..storage.snapshot import TensorReader
 from ..storage.snapshot_writer import DeltaBase
@@ -36,6 +36,7 @@ def repack(store: Store, name: str | None = None) -> RepackReport:
     """Re-code the versions of ``name`` (all when None) as reverse deltas; see the module docstring."""
     report = RepackReport()
     limit = max_depth()
+    limit_bytes = base_cache_bytes()  # decoded bases kept between versions (MVC_BASE_CACHE_MB)
     with store.locked():
         rows = store.index.query("SELECT id, name, meta FROM versions ORDER BY seq")
         child = _group_children(rows, limit)
@@ -63,6 +64,7 @@ def repack(store: Store, name: str | None = None) -> RepackReport:
                     del recent[digest]
                 previous = set(plan.arrays)
                 recent.update(plan.arrays)
+                _bound(recent, limit_bytes)
                 done[vid] = stored_codings(store.layout.snapshot_path(vid))[1]
             except IntegrityError as exc:  # this version's file is damaged: named, the rest go on
                 report.damaged[vid] = str(exc)
@@ -74,6 +76,16 @@ def repack(store: Store, name: str | None = None) -> RepackReport:
                                                  "bytes_after": report.bytes_after,
                                                  "damaged": sorted(report.damaged)})
     return report
+
+
+def _bound(recent: dict[str, np.ndarray], limit: int) -> None:
+    """Drop the oldest kept bases until ``recent`` holds at most ``limit`` bytes (a dropped base is
+    decoded from the store again when needed)."""
+    total = sum(a.nbytes for a in recent.values())
+    for digest in list(recent):
+        if total <= limit:
+            break
+        total -= recent.pop(digest).nbytes
 
 
 def _group_children(rows: list[tuple[str, str, str]], limit: int) -> dict[str, str]:

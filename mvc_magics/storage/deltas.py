@@ -146,12 +146,17 @@ _RECENT: dict[str, np.ndarray] = {}
 CACHE_ENV = "MVC_BASE_CACHE_MB"
 
 
+def base_cache_bytes() -> int:
+    """How many bytes of decoded tensors may be kept as delta bases (``MVC_BASE_CACHE_MB``, default 512)."""
+    try:
+        return max(0, int(float(os.environ.get(CACHE_ENV, 512)) * (1 << 20)))
+    except ValueError:
+        return 512 << 20
+
+
 def remember_committed(arrays: Iterable[tuple[str, np.ndarray]]) -> None:
     """Keep (hash, array) of the tensors just committed as the next commit's candidate bases."""
-    try:
-        limit = int(float(os.environ.get(CACHE_ENV, 512)) * (1 << 20))
-    except ValueError:
-        limit = 512 << 20
+    limit = base_cache_bytes()
     _RECENT.clear()
     total = 0
     for digest, array in arrays:
