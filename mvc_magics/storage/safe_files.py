@@ -190,6 +190,26 @@ class SafeFiles:
                 os.fsync(dfd)
         return True
 
+    def prepare(self, data: bytes) -> Path:
+        """A new temporary file in ``tmp/`` holding ``data``, fsynced, for :meth:`place` to rename
+        later: its fsync can run beside another (a commit's HEAD beside its snapshot's) while the
+        rename still comes after what it must follow."""
+        with self.folder(self.tmp, create=True) as tfd:
+            tmp_name = temporary_path(self.tmp).name
+            fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o666, dir_fd=tfd)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp_name, dir_fd=tfd)
+                raise
+            finally:
+                os.close(fd)
+        return self.tmp / tmp_name
+
     def place(self, tmp: Path, final: Path) -> None:
         """Rename the complete, fsynced file ``tmp`` (in ``tmp/``) to ``final`` inside the store."""
         with self.folder(Path(tmp).parent) as tfd, self.folder(Path(final).parent, create=True) as dfd:

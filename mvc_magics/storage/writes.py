@@ -26,7 +26,7 @@ from .index import Index
 from .recovery import index_content, sync_refs_and_notes
 from .signatures import Signer, signature_path, signer_from_env, write_signature
 from .snapshot import ManifestEntry, SnapshotContent
-from .staging import StagedCommit
+from .staging import StagedCommit, background
 
 if TYPE_CHECKING:
     from .store import Store
@@ -88,6 +88,10 @@ class StoreWrites:
         final = layout.snapshot_path(vid)
         old_head = layout.read_head(head)
         placed, replaced = False, final.exists()  # a removed version's retired file it replaces
+        # HEAD's new file (the same bytes write_head writes) is written and fsynced in a worker
+        # while the snapshot is fsynced, so the file system commits both at once; it is renamed
+        # into place only after the snapshot, as before.
+        head_file = background("refs", 1).submit(layout.files.prepare, (vid + "\n").encode()) if move_head else None
         try:
             signer = signer_from_env()  # a bad key configuration fails before the snapshot is placed
             text_bytes = (len(json.dumps(meta, default=str)) + 200 * len(manifest)
@@ -98,8 +102,8 @@ class StoreWrites:
             self._sign(vid, signer)
             for tag in tags:
                 layout.write_tag(name, tag, vid)
-            if move_head:
-                layout.write_head(head, vid)
+            if head_file is not None:
+                layout.files.place(head_file.result(), layout.head_path(head))
             with index.transaction() as conn:
                 Index.insert_version(conn, vid, name, meta["created"], meta, [e.to_json() for e in manifest],
                                      staged.bytes_written, staged.structure_ref)
@@ -111,6 +115,9 @@ class StoreWrites:
                 self._audit("commit", name, [vid], {"message": meta["message"], "tags": tags,
                                                     "bytes_written": staged.bytes_written}, who=meta["author"])
         except BaseException as exc:
+            if head_file is not None:  # its temporary, unless it was placed
+                with contextlib.suppress(BaseException):
+                    head_file.result().unlink(missing_ok=True)
             if placed:
                 self._undo_publish(vid, name, tags, old_head, keep_file=replaced, head=head if move_head else None)
             else:
