@@ -3,6 +3,8 @@
 Every merge is checked completely before a tensor is read (:mod:`mvc_magics.core.merge_plan`), so a
 conflict leaves the store and every live model as they were. Averaging lives in :mod:`.soups`,
 ensembles in :mod:`.ensemble`; the result is committed like any model, with every input as a parent.
+A plain average is streamed into the commit tensor by tensor (:func:`streamed`), so neither a model
+nor the whole averaged state is held.
 
 >>> soup = repo.merge(["ft-1", "ft-2", "ft-3"], name="model")                      # doctest: +SKIP
 >>> greedy = repo.merge(refs, method="greedy", eval_fn=val_accuracy, into=model)   # doctest: +SKIP

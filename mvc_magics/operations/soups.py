@@ -1,7 +1,8 @@
 """Weight averaging ("model soups"): a weighted mean streamed one tensor at a time, and greedy soups.
 
 Averages stream from the store: memory holds the output plus one tensor of one input, however many
-inputs. A greedy soup (Wortsman et al., 2022) keeps an ingredient only if the held-out score of the
+inputs; :func:`average_stream` yields the output one tensor at a time for a streamed commit, so
+not even the output is held. A greedy soup (Wortsman et al., 2022) keeps an ingredient only if the held-out score of the
 soup does not drop; :class:`Evaluator` scores candidate soups in one reused live model.
 """
 
