@@ -222,3 +222,32 @@ def test_an_edited_reference_to_another_structure_fails_the_version_id(repo):
     _point_reference(repo, first.id, _attrs(repo, other.id)["mvc_structure"])
     with pytest.raises(IntegrityError, match="does not hash to the version id"):
         repo.checkout(first.id, name="edited")
+
+
+def test_a_pull_refuses_a_version_whose_structure_holder_it_refused(tmp_path):
+    """The holder's tensor is damaged on the remote (its structure blob is intact): the holder is
+    refused, and so is the version that reads its structure from it (checked through the holder's
+    download, which is not placed): nothing half-readable is imported."""
+    model = dense_model()
+    with Repo(tmp_path / "a" / ".mvc") as a:
+        first = a.commit(model, "m")
+        _nudge(model, 1e-3)
+        second = a.commit(model, "m")  # every tensor changed: only the structure comes from `first`
+        a.add_remote("origin", (tmp_path / "remote").as_uri())
+        a.push()
+    remote_file = tmp_path / "remote" / "objects" / first.id[:2] / f"{first.id}.h5"
+    with h5py.File(remote_file, "r") as f:
+        kernel = next(e for e in json.loads(f["manifest"][()]) if e["name"].endswith("kernel"))
+        offset = f["tensors"][kernel["hash"]].id.get_offset() + 4
+    with open(remote_file, "r+b") as handle:
+        handle.seek(offset)
+        byte = handle.read(1)
+        handle.seek(offset)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    with Repo(tmp_path / "b" / ".mvc") as b:
+        b.add_remote("origin", (tmp_path / "remote").as_uri())
+        with pytest.raises(IntegrityError) as refused:
+            b.pull(refs=[second.id])  # `second` is checked first, through the holder's download
+        assert "2 object(s)" in str(refused.value)
+        assert f"{second.id[:12]} reads bytes from {first.id[:12]}, which was refused" in str(refused.value)
+        assert not b.log("m") and b.verify().ok

@@ -240,6 +240,7 @@ def import_staged(store: Store, contents: dict[str, SnapshotContent], staged: di
                 staged.pop(vid).unlink(missing_ok=True)
 
     bases = {oid: {b for b, _ in base_references(path).values() if b != oid} for oid, path in staged.items()}
+    _refuse_dependents(store, contents, staged, bases, rejected)
 
     def deps_of(oid: str) -> list[str]:
         content = contents.get(oid)
@@ -249,6 +250,23 @@ def import_staged(store: Store, contents: dict[str, SnapshotContent], staged: di
     created = {oid: str(c.meta.get("created", "")) for oid, c in contents.items()}
     order = topological(sorted(staged, key=lambda o: (created.get(o, ""), o)), deps_of)
     return store.writes.import_snapshots(order, contents, staged)
+
+
+def _refuse_dependents(store: Store, contents: dict[str, SnapshotContent], staged: dict[str, Path],
+                       bases: dict[str, set[str]], rejected: dict[str, str]) -> None:
+    """Refuse every version reading bytes (a tensor, a delta base, its structure) from an object
+    that was refused, transitively: it was checked through the refused file, which is not placed."""
+    refused = True
+    while refused:
+        refused = False
+        for vid, content in list(contents.items()):
+            needs = {obj for _, obj, _ in content.locations()} | bases.get(vid, set())
+            gone = sorted(o for o in needs - {vid} if o not in staged and not store.layout.snapshot_path(o).exists())
+            if gone:
+                rejected[vid] = f"remote object {vid[:12]} reads bytes from {gone[0][:12]}, which was refused"
+                del contents[vid]
+                staged.pop(vid).unlink(missing_ok=True)
+                refused = True
 
 
 def pull_notes(store: Store, source: RemoteStore, remote_notes: dict[str, list[str]], vids: list[str]) -> None:
