@@ -251,3 +251,17 @@ def test_a_pull_refuses_a_version_whose_structure_holder_it_refused(tmp_path):
         assert "2 object(s)" in str(refused.value)
         assert f"{second.id[:12]} reads bytes from {first.id[:12]}, which was refused" in str(refused.value)
         assert not b.log("m") and b.verify().ok
+
+
+def test_the_version_id_does_not_depend_on_where_the_structure_is_stored(tmp_path, monkeypatch):
+    """The same model committed as format 1 (structure inside the file) and as format 3 (stored
+    once, referenced) gets the same id: the id is over the structure, not over its storage."""
+    model = conv_bn_model()
+    with Repo(tmp_path / "three" / ".mvc") as repo:
+        referenced = repo.commit(model, "m")
+        assert int(_attrs(repo, referenced.id)["mvc_format_version"]) == 3
+    monkeypatch.setenv("MVC_CODING", "off")
+    with Repo(tmp_path / "one" / ".mvc") as repo:
+        inline = repo.commit(model, "m")
+        assert _attrs(repo, inline.id)["has_structure_dataset"]
+    assert inline.id == referenced.id
