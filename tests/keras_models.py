@@ -115,3 +115,14 @@ BUILDERS = {
     "two_input": two_input_model,
     "subclassed": subclassed_model,
 }
+
+
+def committed_trained(repo, factory, kind: str, count: int = 3, name: str = "net") -> list:
+    """``count`` models from ``factory`` (seeds 0, 1, ...), each fitted one epoch, committed to ``name``."""
+    x, y = sample_input(kind, n=16)
+    versions = []
+    for seed in range(count):
+        model = factory(seed)
+        model.fit(x, y, epochs=1, verbose=0)
+        versions.append(repo.commit(model, name))
+    return versions

@@ -4,7 +4,7 @@ no model is rebuilt, and the version id is the one committing a rebuilt model wo
 from __future__ import annotations
 
 import pytest
-from keras_models import conv_bn_model, dense_model, sample_input
+from keras_models import committed_trained, conv_bn_model, dense_model
 
 from mvc_magics.adapters import adapter_named
 from mvc_magics.operations import versions
@@ -27,13 +27,7 @@ def build_calls(monkeypatch):
 
 @pytest.mark.parametrize("factory, kind", [(dense_model, "dense"), (conv_bn_model, "conv_bn")])
 def test_soup_is_committed_without_a_rebuild_and_with_the_rebuilt_models_id(repo, build_calls, factory, kind):
-    x, y = sample_input(kind, n=16)
-    models = []
-    for seed in range(3):
-        model = factory(seed)
-        model.fit(x, y, epochs=1, verbose=0)
-        models.append(model)
-    inputs = [repo.commit(m, "net") for m in models]
+    inputs = committed_trained(repo, factory, kind)
     merged = repo.merge([v.id for v in inputs], weights=[0.5, 0.3, 0.2])
     assert build_calls == []  # nothing rebuilt to commit the soup
     assert merged.parents == tuple(v.id for v in inputs)

@@ -9,7 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from keras_models import conv_bn_model, dense_model, sample_input
+from keras_models import committed_trained, conv_bn_model, dense_model
 
 from mvc_magics.adapters import adapter_named
 from mvc_magics.core.merge_plan import accumulator_dtype
@@ -58,13 +58,7 @@ def numpy_average(repo, inputs, weights):
 
 @pytest.mark.parametrize("factory, kind", [(dense_model, "dense"), (conv_bn_model, "conv_bn")])
 def test_streamed_soup_is_bit_for_bit_todays_soup(repo, live_averages, factory, kind):
-    x, y = sample_input(kind, n=16)
-    models = []
-    for seed in range(3):
-        model = factory(seed)
-        model.fit(x, y, epochs=1, verbose=0)
-        models.append(model)
-    inputs = [repo.commit(m, "net") for m in models]
+    inputs = committed_trained(repo, factory, kind)
     weights = [0.5, 0.3, 0.2]
     merged = repo.merge([v.id for v in inputs], weights=weights)
     during_merge = list(live_averages)

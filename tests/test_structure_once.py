@@ -35,11 +35,16 @@ def _nudge(model, step: float) -> None:
         variable.assign(variable.numpy() + np.float32(step))
 
 
-def test_a_second_version_references_the_stored_structure_and_reads_it_back_verified(repo):
-    model = conv_bn_model()
+def _two_versions(repo, model):
+    """Commit ``model``, change every weight a little, commit again: (first, second)."""
     first = repo.commit(model, "m")
     _nudge(model, 1e-3)
-    second = repo.commit(model, "m")
+    return first, repo.commit(model, "m")
+
+
+def test_a_second_version_references_the_stored_structure_and_reads_it_back_verified(repo):
+    model = conv_bn_model()
+    first, second = _two_versions(repo, model)
     a, b = _attrs(repo, first.id), _attrs(repo, second.id)
     assert int(a["mvc_format_version"]) == 3 and int(b["mvc_format_version"]) == 3
     assert not a["has_structure_dataset"] and not b["has_structure_dataset"]
@@ -80,10 +85,7 @@ def _flip_blob(repo, holder: str, digest: str) -> None:
 
 
 def test_a_damaged_or_missing_structure_holder_is_named_by_verify_and_refused_on_read(repo):
-    model = dense_model()
-    first = repo.commit(model, "m")
-    _nudge(model, 1e-3)
-    second = repo.commit(model, "m")
+    first, second = _two_versions(repo, dense_model())
     holder, digest, _ = _attrs(repo, second.id)["mvc_structure"].split("/")
     _flip_blob(repo, holder, digest)
     repo.store._contents.clear()  # the verified content is cached per file; the holder changed
@@ -100,9 +102,7 @@ def test_a_damaged_or_missing_structure_holder_is_named_by_verify_and_refused_on
 
 def test_gc_keeps_the_structure_a_remaining_version_reads_from_a_removed_one(repo):
     model = dense_model()
-    first = repo.commit(model, "m")
-    _nudge(model, 1e-3)
-    second = repo.commit(model, "m")
+    first, second = _two_versions(repo, model)
     _, digest, _ = _attrs(repo, second.id)["mvc_structure"].split("/")
     repo.remove(first.id, force=True)
     report = repo.gc()
@@ -134,9 +134,7 @@ def test_gc_deletes_a_structure_no_remaining_version_reads(repo):
 def test_push_pull_and_clone_move_the_structure_holder(tmp_path):
     model = conv_bn_model()
     with Repo(tmp_path / "a" / ".mvc") as a:
-        first = a.commit(model, "m")
-        _nudge(model, 1e-3)
-        second = a.commit(model, "m")
+        first, second = _two_versions(a, model)
         a.add_remote("origin", (tmp_path / "remote").as_uri())
         a.push(refs=[second.id])  # the holder travels as a dependency of the version pushed
         expected = a.store.structure(second.id)
@@ -187,10 +185,7 @@ def _point_reference(repo, vid: str, value: str) -> None:
 
 @pytest.mark.parametrize("case", ["missing", "not-hdf5", "foreign", "reference-only", "malformed"])
 def test_a_hostile_structure_reference_is_one_typed_line(repo, case, tmp_path):
-    model = dense_model()
-    first = repo.commit(model, "m")
-    _nudge(model, 1e-3)
-    second = repo.commit(model, "m")
+    first, second = _two_versions(repo, dense_model())
     third = repo.commit({"w": np.ones(3, np.float32)}, "plain")  # a file without the blob
     _, digest, size = _attrs(repo, second.id)["mvc_structure"].split("/")
     if case == "missing":
