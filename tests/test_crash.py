@@ -248,3 +248,47 @@ def test_a_failed_recovery_is_retried_by_the_next_operation(tmp_path, weights, m
         assert [e.op for e in repo.audit.entries()] == ["recover"]
         repo.commit(weights, "model")
         assert repo.verify().ok
+
+
+# A child commits three versions, then dies by SIGKILL in the middle of streaming their average into
+# the merged version's snapshot (after the writer has stored its second tensor).
+_DIE_IN_MERGE = r"""
+import os, signal, sys
+import numpy as np
+from mvc_magics import Repo
+from mvc_magics.storage.snapshot_writer import SnapshotWriter
+
+repo = Repo(sys.argv[1])
+rng = np.random.default_rng(0)
+for step in range(3):
+    repo.commit({f"t{i}": rng.standard_normal(60_000).astype(np.float32) for i in range(5)}, "m")
+stored = 0
+for name in ("add_tensor", "write_prepared"):
+    original = getattr(SnapshotWriter, name)
+    def wrapped(self, *args, _original=original, **kwargs):
+        global stored
+        result = _original(self, *args, **kwargs)
+        stored += 1
+        if stored == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+    setattr(SnapshotWriter, name, wrapped)
+repo.merge([v.id for v in repo.log("m")], name="m")
+"""
+
+
+def test_kill_in_the_middle_of_a_streamed_merge_leaves_no_version_and_it_can_be_merged_again(tmp_path):
+    store = tmp_path / ".mvc"
+    result = run_python(_DIE_IN_MERGE, str(store))
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    with Repo(store) as repo:
+        assert not list((store / "tmp").iterdir()), "the half-written soup was not cleaned"
+        assert repo.verify().ok
+        inputs = repo.log("m")
+        assert len(inputs) == 3 and len(list((store / "objects").rglob("*.h5"))) == 3
+        merged = repo.merge([v.id for v in inputs], name="m")
+        states = [repo.load_state(v) for v in inputs]
+        soup = repo.load_state(merged)
+        for key in states[0]:
+            expected = (sum(s[key].astype(np.float64) for s in states) / 3).astype(np.float32)
+            assert soup[key].tobytes() == expected.tobytes()
