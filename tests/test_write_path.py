@@ -6,6 +6,8 @@ these are large enough (>= staging.PARALLEL_MIN_BYTES) to go through the worker 
 
 from __future__ import annotations
 
+import os
+
 import h5py
 import ml_dtypes
 import numpy as np
@@ -14,6 +16,7 @@ import pytest
 from mvc_magics import Repo
 from mvc_magics.errors import StoreError
 from mvc_magics.storage import snapshot_writer, staging
+from mvc_magics.storage.checksum import body_digest
 
 
 def _weights(seed: int = 0) -> dict[str, np.ndarray]:
@@ -99,3 +102,25 @@ def test_ctrl_c_while_the_structure_is_serialized_stops_staging_and_leaves_nothi
         assert not list(repo.layout.tmp.iterdir())
         assert repo.verify().ok
         assert repo.commit(model, "net").id != first.id
+
+
+def test_the_whole_file_checksum_does_not_hold_the_file_in_memory(tmp_path):
+    """The checksum hashes a map of the snapshot; each hashed step's pages are given back, so a
+    100 MB commit does not count 100 MB of file pages at its end (they stay in the page cache)."""
+    path = tmp_path / "big.bin"
+    path.write_bytes(np.random.default_rng(0).bytes(96 << 20))
+
+    def status_kib(field):
+        with open("/proc/self/status") as handle:
+            return next(int(line.split()[1]) for line in handle if line.startswith(field + ":"))
+
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")  # resets the peak (VmHWM) to the current RSS
+    except OSError:
+        pytest.skip("/proc/self/clear_refs is not available (not Linux)")
+    before = status_kib("VmRSS")
+    with open(path, "rb") as handle:
+        digest = body_digest(handle, os.path.getsize(path))
+    grown_mib = (status_kib("VmHWM") - before) / 1024
+    assert len(digest) == 64 and grown_mib < 48, f"the checksum held {grown_mib:.0f} MiB of a 96 MiB file"
