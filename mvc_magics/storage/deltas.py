@@ -21,9 +21,10 @@ import numpy as np
 from ..core.hashing import tensor_hash
 from ..core.manifest import ManifestEntry
 from ..errors import IntegrityError
-from .h5_values import read_attr, read_text_attr
-from .snapshot import BASE_ATTR, CODING_ATTR, DEPTH_ATTR, STRUCTURE_ATTR, TensorReader, structure_reference
+from .h5_values import read_text_attr
+from .snapshot import STRUCTURE_ATTR, TensorReader, structure_reference, unreadable
 from .snapshot_writer import DeltaBase
+from .tensor_decode import delta_base
 
 DEPTH_ENV = "MVC_DELTA_DEPTH"
 CODING_ENV = "MVC_CODING"
@@ -56,10 +57,7 @@ def commit_depth() -> int:
 
 def stored_coding(f: h5py.File, digest: str) -> tuple[str | None, int]:
     """(``<object>/<hash>`` of the base or None, chain depth) of the tensor ``digest`` in ``f``."""
-    dataset = f["tensors"][digest]
-    if CODING_ATTR not in dataset.attrs or BASE_ATTR not in dataset.attrs:
-        return None, 0
-    return read_text_attr(dataset, BASE_ATTR), int(read_attr(dataset, DEPTH_ATTR, 1))
+    return delta_base(f["tensors"][digest])
 
 
 def base_references(path: Path) -> dict[str, tuple[str, str]]:
@@ -80,8 +78,7 @@ def base_references(path: Path) -> dict[str, tuple[str, str]]:
     except FileNotFoundError:
         raise
     except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
-        raise IntegrityError(f"snapshot {path.name} is not a readable HDF5 file ({reason})") from exc
+        raise unreadable(path, exc) from exc
     if len(_REFERENCES) >= _REFERENCES_KEPT:
         _REFERENCES.pop(next(iter(_REFERENCES)))
     _REFERENCES[key] = (identity, dict(found))

@@ -23,9 +23,9 @@ from ..core.manifest import ManifestEntry
 from ..errors import IntegrityError
 from .atomic import fsync_path, temporary_path
 from .h5_values import read_attr, read_text_attr
-from .snapshot import BASE_ATTR, CODING_ATTR, DEPTH_ATTR, TensorReader, read_content
+from .snapshot import BASE_ATTR, CODING_ATTR, TensorReader, read_content, unreadable
 from .snapshot_writer import DeltaBase, SnapshotWriter
-from .tensor_decode import BASE2_ATTR
+from .tensor_decode import BASE2_ATTR, DEPTH_ATTR
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,7 @@ def stored_codings(path: Path) -> tuple[int, dict[str, StoredCoding]]:
                 found[digest] = StoredCoding(coding, base, depth, second)
             return int(read_attr(f, "mvc_format_version", 1)), found
     except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
-        raise IntegrityError(f"snapshot {path.name} is not a readable HDF5 file ({reason})") from exc
+        raise unreadable(path, exc) from exc
 
 
 def recode_snapshot(path: Path, vid: str, locate: Callable[[str], Path], tmp_folder: Path,

@@ -35,7 +35,7 @@ from . import tensor_decode
 from .checksum import CHECKSUM_MAGIC, USERBLOCK_SIZE, body_digest, check_file_checksum  # noqa: F401
 from .coding import aligned_empty
 from .h5_values import read_attr, read_string_dataset, read_text_attr
-from .tensor_decode import BASE_ATTR, CODING_ATTR, MAX_CHAIN
+from .tensor_decode import BASE_ATTR, CODING_ATTR, MAX_CHAIN, delta_base
 from .tensor_decode import PLANES_ATTR as PLANES_ATTR  # the writer's and readers' one name for it
 
 FORMAT_NAME = "mvc-snapshot"
@@ -49,7 +49,6 @@ NATIVE_KINDS = frozenset("biuf")
 RAW_DTYPE_ATTR = "mvc_dtype"
 # The longest /meta, /structure or /manifest string read (a manifest entry is ~200 bytes).
 MAX_STRING_BYTES = 512 * 1024 * 1024
-DEPTH_ATTR = "mvc_depth"
 
 
 NATIVE_NAMES = frozenset(
@@ -82,6 +81,13 @@ def _read_string(f: h5py.File, name: str, required: bool = True) -> str | None:
     return read_string_dataset(dataset)
 
 
+def unreadable(path: Path, exc: BaseException) -> IntegrityError:
+    """The one-line error for a snapshot file that is not a readable HDF5 snapshot (the first
+    line of the cause: h5py's messages run over several)."""
+    reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+    return IntegrityError(f"snapshot {path.name} is not a readable HDF5 file ({reason})")
+
+
 def _open(path: Path) -> h5py.File:
     # A snapshot is a regular file inside the store: a symlink could point anywhere.
     if path.is_symlink() or path.parent.is_symlink():
@@ -91,7 +97,7 @@ def _open(path: Path) -> h5py.File:
     except FileNotFoundError:
         raise
     except OSError as exc:
-        raise IntegrityError(f"snapshot {path.name} is not a readable HDF5 file: {exc}") from exc
+        raise unreadable(path, exc) from exc
 
 
 def read_content(path: Path, locate=None, resolve: bool = True) -> SnapshotContent:
@@ -125,10 +131,10 @@ def read_content(path: Path, locate=None, resolve: bool = True) -> SnapshotConte
         content, structure=read_structure(ref, locate or _beside(path, version_id)))
 
 
-def structure_reference(value: object, where: str, inline: str | None = None) -> ManifestEntry:
-    """The ``mvc_structure`` attribute (``<object id>/<blob hash>/<nbytes>``) as the entry of a
-    1-D uint8 blob; :class:`IntegrityError` when malformed (or beside a ``/structure`` of its own)."""
-    text = value.decode() if isinstance(value, bytes) else str(value)
+def structure_reference(text: str, where: str, inline: str | None = None) -> ManifestEntry:
+    """The ``mvc_structure`` attribute (``<object id>/<blob hash>/<nbytes>``, as
+    :func:`~.h5_values.read_text_attr` reads it) as the entry of a 1-D uint8 blob;
+    :class:`IntegrityError` when malformed (or beside a ``/structure`` of its own)."""
     object_id, digest, size = ([*text.split("/", 2), "", ""])[:3]
     if inline is not None or not (is_hash(object_id) and is_hash(digest) and size.isdigit() and
                                   int(size) <= MAX_STRING_BYTES):
@@ -216,10 +222,7 @@ class TensorReader:
 
     def chain_depth(self, entry: ManifestEntry) -> int:
         """How many deltas deep the stored tensor of ``entry`` is (0: stored whole)."""
-        dataset = self._file(entry.object)["tensors"][entry.hash]
-        if CODING_ATTR not in dataset.attrs or BASE_ATTR not in dataset.attrs:
-            return 0
-        return int(read_attr(dataset, DEPTH_ATTR, 1))
+        return delta_base(self._file(entry.object)["tensors"][entry.hash])[1]
 
     def read(self, entry: ManifestEntry, verify: bool = True, owner: str = "") -> np.ndarray:
         """Return the tensor of ``entry``; raise :class:`IntegrityError` when it is damaged.

@@ -23,7 +23,6 @@ from .snapshot import (
     BASE_ATTR,
     CHECKSUM_MAGIC,
     CODING_ATTR,
-    DEPTH_ATTR,
     FORMAT_NAME,
     FORMAT_VERSION,
     NATIVE_KINDS,
@@ -34,7 +33,7 @@ from .snapshot import (
     USERBLOCK_SIZE,
     body_digest,
 )
-from .tensor_decode import BASE2_ATTR
+from .tensor_decode import BASE2_ATTR, DEPTH_ATTR
 
 
 @dataclass(frozen=True)

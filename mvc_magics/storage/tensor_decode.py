@@ -30,6 +30,7 @@ CODING_ATTR = "mvc_coding"
 PLANES_ATTR = "mvc_planes"
 BASE_ATTR = "mvc_base"
 BASE2_ATTR = "mvc_base2"  # a second-order delta's second base: must be its base's own base
+DEPTH_ATTR = "mvc_depth"
 # A delta's base may itself be a delta; a chain longer than this is refused as damaged (a cycle).
 MAX_CHAIN = 64
 # Mapped pages read are given back to the page cache after this many bytes (see FileMaps._release).
@@ -103,6 +104,14 @@ class FileMaps:
                 except BufferError:  # a view is still referenced (an error's traceback): unmapped when freed
                     pass
         self._maps.clear()
+
+
+def delta_base(dataset: h5py.Dataset) -> tuple[str | None, int]:
+    """(``<object>/<hash>`` of a delta-coded tensor's base, its chain depth), or (None, 0) for a
+    tensor stored whole or coded alone."""
+    if CODING_ATTR not in dataset.attrs or BASE_ATTR not in dataset.attrs:
+        return None, 0
+    return read_text_attr(dataset, BASE_ATTR), int(read_attr(dataset, DEPTH_ATTR, 1))
 
 
 def _text(dataset: h5py.Dataset, name: str) -> str:
