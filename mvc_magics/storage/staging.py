@@ -148,23 +148,24 @@ class StagedCommit:
             wait([future for future, _ in pending])
 
     def _stream_one(self, key: str, item: np.ndarray | ManifestEntry) -> None:
-        if isinstance(item, ManifestEntry):
-            self.specs[key] = (item.dtype, tuple(item.shape), int(item.nbytes))
-            self.hashes[key] = item.hash
-            if item.hash not in self.located:
-                self.located[item.hash] = self._stored_object(item.hash)
-                if self.located[item.hash] is None:  # listed but not placeable here: its bytes are written
-                    self._write(key, item.hash, self._read_stored(item))
-            return
-        self._stage_one(key, item, tensor_hash(item))
+        if isinstance(item, ManifestEntry):  # listed but not placeable here: its bytes are read and written
+            self._record(key, (item.dtype, tuple(item.shape), int(item.nbytes)), item.hash,
+                         lambda: self._read_stored(item))
+        else:
+            self._stage_one(key, item, tensor_hash(item))
 
     def _stage_one(self, key: str, array: np.ndarray, digest: str) -> None:
-        self.specs[key] = (dtype_name(array.dtype), tuple(array.shape), int(array.nbytes))
+        self._record(key, (dtype_name(array.dtype), tuple(array.shape), int(array.nbytes)), digest, lambda: array)
+
+    def _record(self, key: str, spec: tuple[str, tuple[int, ...], int], digest: str,
+                array_of: Callable[[], np.ndarray]) -> None:
+        """Note ``key``'s tensor and write its bytes (``array_of()``) when no stored file holds them."""
+        self.specs[key] = spec
         self.hashes[key] = digest
         if digest not in self.located:
             self.located[digest] = self._stored_object(digest)
             if self.located[digest] is None:
-                self._write(key, digest, array)
+                self._write(key, digest, array_of())
 
     def _read_stored(self, entry: ManifestEntry) -> np.ndarray:
         """The bytes of a stored tensor, read and verified (a streamed tensor that must be written)."""
