@@ -61,9 +61,7 @@ def commit(
         raise UnsupportedModelError(f"{name!r} has no variables to version")
     fit = validate_metrics(adapter.fit_metrics(model))
     all_metrics = {**fit, **explicit}
-    arrays = {key: canonical_array(value) for key, value in state.items()}
-    for key, array in arrays.items():  # refused before any write: what the store could not read back
-        storable_dtype_name(array.dtype, key)
+    arrays = _storable(state)
     # Hashing runs in worker threads from here on (see storage.staging); unchanged buffers are skipped.
     hashes = HashesAhead(arrays, known_hashes(adapter, model, arrays))
     given = {"message": message, "metrics": all_metrics, "params": params, "provenance": provenance,
@@ -97,9 +95,7 @@ def commit_state(store: Store, framework: str, structure: object, state: Mapping
     """Store ``state`` (held in memory) with a stored ``structure`` as a version of ``name``, no live
     model involved (the options of :func:`commit_stream`): hashed ahead and coded on both cores, as
     a model's commit is (:meth:`~mvc_magics.storage.staging.StagedCommit.stage`)."""
-    arrays = {key: canonical_array(value) for key, value in state.items()}
-    for key, array in arrays.items():  # refused before any write: what the store could not read back
-        storable_dtype_name(array.dtype, key)
+    arrays = _storable(state)
 
     def stage(staged: StagedCommit, checked_name: str) -> None:
         staged.stage(arrays, description=f"commit {checked_name}", hashes=HashesAhead(arrays))
@@ -194,6 +190,14 @@ def _store_arrays(store: Store, name: str, adapter: Adapter, fill: Callable[[Sta
             stats = _publish(store, vid, name, adapter, staged, structure, extra_metadata, tags, parents, given,
                              move_head)
     return vid, stats, staged.hashes
+
+
+def _storable(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """``state`` as canonical arrays, refused (before any write) where the store could not read a dtype back."""
+    arrays = {key: canonical_array(value) for key, value in state.items()}
+    for key, array in arrays.items():
+        storable_dtype_name(array.dtype, key)
+    return arrays
 
 
 def _checked_inputs(store: Store, name: str, adapter: Adapter, message: str | None, tags: Iterable[str],
