@@ -169,6 +169,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point: one-line errors and exit code 1 on bad input or a failed operation."""
     try:
         code = run(argv)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is then caught below
+    except BrokenPipeError:
+        # `mvc log | head`: the reader left. Quiet, like git: no traceback, exit status of SIGPIPE.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 141
     except MVCError as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"mvc: error: {message}", file=sys.stderr)

@@ -225,7 +225,7 @@ class MVCMagics(Magics):
         Usage: ``%mvc_status``. A model is tracked once it has been committed or checked out; a
         variable that is no longer in the notebook is listed as such.
         """
-        if line.strip():
+        if line.split("#", 1)[0].strip():  # a trailing "# comment" is allowed, as on every magic
             raise UsageError("%mvc_status takes no arguments")
         return self.session.repo.status(self.session.namespace)
 

@@ -17,7 +17,7 @@ from ..api.repo import Repo, default_store_path
 from ..core.names import workspace_name
 from ..core.provenance import CellRecorder
 from ..core.refs import parse_ref
-from ..errors import MVCError, UnsupportedModelError
+from ..errors import MVCError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -153,11 +153,13 @@ class MVCSession:
         hidden = getattr(self.shell, "user_ns_hidden", {})
         found = []
         for key, value in list(self.namespace.items()):
-            if key.startswith("_") or key in hidden or not key.isidentifier() or value == {}:
+            # (isinstance, not ``value == {}``: an array or a DataFrame compares element-wise)
+            if key.startswith("_") or key in hidden or not key.isidentifier() or (isinstance(value, dict)
+                                                                                  and not value):
                 continue
             try:
                 adapter_for(value)
-            except (UnsupportedModelError, TypeError, ValueError):
+            except Exception:  # any object in a notebook may be probed; one that fails is no model
                 continue
             found.append(key)
         return found

@@ -151,7 +151,7 @@ class SafeFiles:
                     return False
                 os.lstat(path.name, dir_fd=dfd)
                 return True
-        except (FileNotFoundError, UnsafeFileError):
+        except (FileNotFoundError, NotADirectoryError, UnsafeFileError):  # (a path under a file)
             return False
 
     # -- writes -----------------------------------------------------------------------------
