@@ -10,6 +10,7 @@ import html
 from dataclasses import dataclass
 from typing import Any
 
+from .git_provenance import describe
 from .provenance import compile_summary
 from .tables import format_bytes, format_number
 from .version import Version
@@ -46,9 +47,26 @@ class VersionDetails:
         for key in ("notebook", "script", "source"):
             if p.get(key):
                 rows.append((key, str(p[key])))
+        rows += self.git()
         training = self.training()
         rows += [(k, ", ".join(map(str, val)) if isinstance(val, list) else str(val)) for k, val in training.items()]
         return rows
+
+    def git(self) -> list[tuple[str, str]]:
+        """The git state the version was made from: commit, branch and dirty state, remote, path."""
+        entry = self.version.provenance.get("git")
+        line = describe(entry)
+        if line is None:
+            return []
+        rows = [("git", line)]
+        rows += [(f"git {key}", str(entry[key])) for key in ("remote", "path") if entry.get(key)]
+        return rows
+
+    def git_diff(self) -> str:
+        """``git diff HEAD`` as recorded when the tree was dirty (cut with a note when large)."""
+        entry = self.version.provenance.get("git")
+        diff = entry.get("diff") if isinstance(entry, dict) else None
+        return diff if isinstance(diff, str) else ""
 
     def training(self) -> dict[str, Any]:
         """Optimizer, learning rate, loss and metrics (from provenance, else the compile config)."""
@@ -89,6 +107,12 @@ class VersionDetails:
             lines.append("data")
             lines += [f"  {n}: {kind} {shape} {dtype} blake3:{digest}" for n, kind, shape, dtype, digest in self.data()]
         lines += self._cells_text()
+        if self.git_diff():
+            if self.code:
+                lines.append("git diff HEAD (uncommitted changes when this version was made):")
+                lines += [f"    {line}" for line in self.git_diff().splitlines()]
+            else:
+                lines.append("git diff: uncommitted changes recorded (--code shows them)")
         libs = self.libraries()
         if libs:
             lines.append("libraries")
@@ -155,6 +179,9 @@ class VersionDetails:
                     (s for s in cell["source"].splitlines() if s.strip()), "")
                 parts.append(f"<div><small>{esc(label)}{' (failed)' if cell.get('failed') else ''}</small>"
                              f"<pre style='margin:0 0 6px 0'>{esc(source)}</pre></div>")
+        if self.git_diff() and self.code:
+            parts += ["<h5>git diff HEAD (uncommitted changes)</h5>",
+                      f"<pre style='margin:0 0 6px 0'>{esc(self.git_diff())}</pre>"]
         libs = self.libraries()
         if libs:
             parts.append("<h5>Libraries</h5><p>" + esc(", ".join(f"{k} {val}" for k, val in libs.items())) + "</p>")

@@ -6,6 +6,7 @@ import html
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from .git_provenance import log_mark
 from .tables import Table, TableView, format_bytes, format_number
 
 
@@ -95,6 +96,7 @@ def metric_columns(versions: list[Version], limit: int = 4) -> list[str]:
 
 PROTECTED_MARK = "*"
 PROTECTED_NOTE = "tag* = protected tag: moving or deleting it needs --force"
+DIRTY_NOTE = "git +dirty = made from uncommitted changes (%mvc_show REF --code shows the diff)"
 
 
 def tag_list(version: Version) -> str:
@@ -112,7 +114,11 @@ class VersionLog(TableView, list):
 
     def table(self) -> Table:
         metrics = metric_columns(list(self))
-        header = ["HEAD", "id", "model", "framework", "tags", "message", *metrics, "created"]
+        # The git commit each version was made from, ``+dirty`` when from uncommitted changes (a
+        # column only when some version recorded git state).
+        git = [log_mark(version.provenance.get("git")) for version in self]
+        git_column = ["git"] if any(git) else []
+        header = ["HEAD", "id", "model", "framework", "tags", "message", *metrics, *git_column, "created"]
         rows, highlight = [], set()
         for index, version in enumerate(self):
             if version.is_head:
@@ -120,8 +126,10 @@ class VersionLog(TableView, list):
             rows.append([
                 head_marks(version), version.short_id, version.name, version.framework,
                 tag_list(version), version.message[:50],
-                *[version.metrics.get(m) for m in metrics],
+                *[version.metrics.get(m) for m in metrics], *([git[index]] if git_column else []),
                 version.created.strftime("%Y-%m-%d %H:%M:%S"),
             ])
         notes = [PROTECTED_NOTE] if any(v.protected_tags for v in self) else []
+        if any(mark.endswith("+dirty") for mark in git):
+            notes.append(DIRTY_NOTE)
         return Table(header, rows, highlight=highlight, notes=notes)

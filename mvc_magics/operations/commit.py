@@ -30,6 +30,7 @@ from ..storage.faults import write_failure
 from ..storage.staging import StagedCommit, background
 from ..storage.store import Store
 from . import lookup, versions
+from .git_state import with_git_state
 from .tags import check_tag_free
 
 
@@ -64,6 +65,7 @@ def commit(
     arrays = _storable(state)
     # Hashing runs in worker threads from here on (see storage.staging); unchanged buffers are skipped.
     hashes = HashesAhead(arrays, known_hashes(adapter, model, arrays))
+    provenance = with_git_state(provenance, store.path)  # runs git while the tensors hash
     given = {"message": message, "metrics": all_metrics, "params": params, "provenance": provenance,
              "extra": extra, "fit": fit if metrics is None else {}, "explicit": explicit}
 
@@ -142,8 +144,8 @@ def _commit_without_model(store: Store, framework: str, structure: object, name:
                           attach: bool = True) -> Version:
     adapter = adapter_named(framework)
     name, message, tags, explicit = _checked_inputs(store, name, adapter, message, tags, metrics)
-    given = {"message": message, "metrics": explicit, "params": validate_params(None), "provenance": provenance,
-             "extra": extra, "fit": {}, "explicit": explicit}
+    given = {"message": message, "metrics": explicit, "params": validate_params(None),
+             "provenance": with_git_state(provenance, store.path), "extra": extra, "fit": {}, "explicit": explicit}
 
     def fill(staged: StagedCommit) -> object:
         stage(staged, name)
