@@ -169,7 +169,7 @@ def test_given_git_state_is_kept_and_merges_record_it_too(work_tree):
 
 # -- through the notebook: magics, autocommit, a training loop ----------------------------------
 
-def test_magics_record_the_notebook_path_and_show_and_log_display_it(ip, tmp_path, capsys):
+def test_magics_record_the_notebook_path_and_show_and_log_display_it(ip, tmp_path, capsys, monkeypatch):
     """``ip`` runs in tmp_path: make it a work tree with the notebook in a subfolder."""
     git(tmp_path, "init", "-q", "-b", "dev")
     git(tmp_path, "config", "user.email", "t@example.com")
@@ -178,7 +178,7 @@ def test_magics_record_the_notebook_path_and_show_and_log_display_it(ip, tmp_pat
     (tmp_path / "nb" / "train.ipynb").write_text("{}\n")
     git(tmp_path, "add", "nb/train.ipynb")
     git(tmp_path, "commit", "-q", "-m", "notebook")
-    ip.user_ns["__session__"] = str(tmp_path / "nb" / "train.ipynb")
+    monkeypatch.setitem(ip.user_ns, "__session__", str(tmp_path / "nb" / "train.ipynb"))  # the shell is shared
     ip.user_ns["w"] = model()
     ip.run_line_magic("mvc_commit", "w -m clean")
     (tmp_path / "nb" / "train.ipynb").write_text('{"cells": ["edited"]}\n')
