@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 
 from mvc_magics import Repo
-from mvc_magics.storage import coding
+from mvc_magics.storage.codec import coding
 
 from .harness import REPO_ROOT, Workspace, settle
 from .measure import dir_bytes, peak_rss_growth

@@ -59,7 +59,8 @@ def first_commit(keys: list[str], reps: int) -> None:
 def toggles(key: str, reps: int) -> None:
     from benchmarks.cli import BUILDERS
     from mvc_magics import Repo
-    from mvc_magics.storage import atomic, snapshot_writer, staging
+    from mvc_magics.storage.files import atomic
+    from mvc_magics.storage.snapshots import snapshot_writer, staging
 
     bm = BUILDERS[key]()
     fsync, last = atomic.fsync_path, {}

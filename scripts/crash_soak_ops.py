@@ -104,7 +104,7 @@ def _identical(repo, vid: str, model: dict[str, np.ndarray]) -> bool:
 
 def stale_tensor_rows(repo) -> int:
     """Index rows locating a tensor in a file that is gone or does not hold it."""
-    from mvc_magics.storage.retired import held_hashes
+    from mvc_magics.storage.snapshots.retired import held_hashes
 
     stale, held = 0, {}
     for digest, obj in repo.index.query("SELECT hash, object FROM tensors"):

@@ -51,6 +51,7 @@ def test_the_layer_and_cycle_contracts_hold_on_this_tree():
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Each layer imports only the layers below it KEPT" in result.stdout
     assert "No import cycles between the modules of a folder KEPT" in result.stdout
+    assert "The storage folders import downward only KEPT" in result.stdout
 
 
 LAYERS_BROKEN = "Each layer imports only the layers below it BROKEN"
@@ -60,9 +61,13 @@ CYCLES_BROKEN = "No import cycles between the modules of a folder BROKEN"
 VIOLATIONS = [
     ("the core reaching up to the API", "core/hashing.py", "from ..api import Repo",
      [LAYERS_BROKEN, "mvc_magics.core.hashing -> mvc_magics.api"]),
-    ("an upward import hidden inside a function", "storage/index.py",
-     "def _sneaky():\n    from ..operations import versions\n    return versions",
-     [LAYERS_BROKEN, "mvc_magics.storage.index -> mvc_magics.operations.versions"]),
+    ("an upward import hidden inside a function", "storage/local/index.py",
+     "def _sneaky():\n    from ...operations import versions\n    return versions",
+     [LAYERS_BROKEN, "mvc_magics.storage.local.index -> mvc_magics.operations.versions"]),
+    ("the snapshot reader reaching up to the local store", "storage/snapshots/snapshot.py",
+     "from ..local.store import Store",
+     ["The storage folders import downward only BROKEN",
+      "mvc_magics.storage.snapshots.snapshot -> mvc_magics.storage.local.store"]),
     ("an operation importing Repo", "operations/tags.py", "from ..api.repo import Repo",
      [LAYERS_BROKEN, "mvc_magics.operations.tags -> mvc_magics.api.repo"]),
     # merge imports soups; soups importing merge back closes a cycle within operations/.

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from IPython.core.error import UsageError
 
-from mvc_magics.storage.audit import entry_hash
+from mvc_magics.storage.local.audit import entry_hash
 
 
 def _changed(weights, value):

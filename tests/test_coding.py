@@ -11,7 +11,8 @@ import pytest
 from mvc_magics import Repo
 from mvc_magics.core.hashing import tensor_hash
 from mvc_magics.errors import IntegrityError, StoreFormatError
-from mvc_magics.storage import coding, snapshot
+from mvc_magics.storage.codec import coding
+from mvc_magics.storage.snapshots import snapshot
 
 
 def training_run(repo, steps=4, seed=0, name="net"):

@@ -10,7 +10,7 @@ from compare_data import model, store_files
 
 from mvc_magics.core.diff import tensor_statistics
 from mvc_magics.errors import CompareError, UnknownRefError
-from mvc_magics.storage.snapshot import TensorReader
+from mvc_magics.storage.snapshots.snapshot import TensorReader
 
 
 @pytest.fixture

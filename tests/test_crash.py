@@ -14,7 +14,7 @@ from reliability_helpers import ROOT, child_env, load_script, run_python
 
 from mvc_magics import Repo
 from mvc_magics.errors import LockTimeoutError
-from mvc_magics.storage.atomic import TMP_PREFIX
+from mvc_magics.storage.files.atomic import TMP_PREFIX
 
 
 def test_random_sigkills_lose_nothing(tmp_path):
@@ -41,12 +41,12 @@ _DIE_AT = r"""
 import os, signal, sys
 import numpy as np
 from mvc_magics import Repo
-import mvc_magics.storage.staging as staging
-from mvc_magics.storage.audit import AuditLog
-import mvc_magics.storage.snapshot_writer as snapshot_writer
-from mvc_magics.storage.snapshot_writer import SnapshotWriter
-from mvc_magics.storage.layout import StoreLayout
-from mvc_magics.storage.safe_files import SafeFiles
+import mvc_magics.storage.snapshots.staging as staging
+from mvc_magics.storage.local.audit import AuditLog
+import mvc_magics.storage.snapshots.snapshot_writer as snapshot_writer
+from mvc_magics.storage.snapshots.snapshot_writer import SnapshotWriter
+from mvc_magics.storage.local.layout import StoreLayout
+from mvc_magics.storage.files.safe_files import SafeFiles
 
 store, point = sys.argv[1], sys.argv[2]
 repo = Repo(store)
@@ -208,7 +208,7 @@ def test_temporaries_of_dead_writers_are_removed_by_the_next_operation(repo, wei
 def test_interrupted_commit_in_process_is_undone(repo, weights, monkeypatch):
     """KeyboardInterrupt after the snapshot is placed: the commit is taken back entirely."""
     first = repo.commit(weights, "model", tags=["first"])
-    from mvc_magics.storage.safe_files import SafeFiles
+    from mvc_magics.storage.files.safe_files import SafeFiles
 
     place = SafeFiles.place
 
@@ -236,7 +236,7 @@ def test_a_failed_recovery_is_retried_by_the_next_operation(tmp_path, weights, m
     proc = _hold_lock(store)
     proc.kill()
     proc.wait()
-    import mvc_magics.storage.recovery as maintenance
+    import mvc_magics.storage.local.recovery as maintenance
 
     real = maintenance.recover_after_crash
     monkeypatch.setattr(maintenance, "recover_after_crash", lambda repo, holder: (_ for _ in ()).throw(OSError("io")))
@@ -256,7 +256,7 @@ _DIE_IN_MERGE = r"""
 import os, signal, sys
 import numpy as np
 from mvc_magics import Repo
-from mvc_magics.storage.snapshot_writer import SnapshotWriter
+from mvc_magics.storage.snapshots.snapshot_writer import SnapshotWriter
 
 repo = Repo(sys.argv[1])
 rng = np.random.default_rng(0)

@@ -19,7 +19,9 @@ _SETUP = r"""
 import os, signal, sys
 import numpy as np
 from mvc_magics import Repo
-from mvc_magics.storage import audit, collection, journal, layout, retired, safe_files, writes
+from mvc_magics.storage.local import audit, collection, journal, layout, writes
+from mvc_magics.storage.snapshots import retired
+from mvc_magics.storage.files import safe_files
 
 store, point = sys.argv[1], sys.argv[2]
 repo = Repo(store)
@@ -238,7 +240,7 @@ def test_a_torn_looking_last_line_is_detected(busy):
 
 
 def test_a_re_chained_log_is_detected(busy):
-    from mvc_magics.storage.audit import GENESIS, entry_hash
+    from mvc_magics.storage.local.audit import GENESIS, entry_hash
 
     entries = [json.loads(line) for line in _lines(busy)]
     kept = [e for e in entries if not (e["op"] == "tag" and e["detail"].get("force"))]

@@ -66,7 +66,7 @@ for leave in (0, 4096, 16384, 40960, 81920):   # fail at different steps: snapsh
     attempt(repo, {"w": rng.standard_normal(2000).astype(np.float32)}, None)
 os.unlink(filler)
 # Another process fills the disk right after the snapshot is placed: refs, index or audit fail.
-import mvc_magics.storage.staging as staging
+import mvc_magics.storage.snapshots.staging as staging
 place = staging.publish
 def place_then_fill(*args, **kwargs):
     place(*args, **kwargs)

@@ -14,8 +14,8 @@ from mvc_magics.adapters.keras import KerasAdapter
 from mvc_magics.core.hashing import hash_all, hashes_ahead, tensor_hash
 from mvc_magics.errors import IntegrityError, TagExistsError
 from mvc_magics.operations import lookup as resolver
-from mvc_magics.storage.index import Index
-from mvc_magics.storage.snapshot import aligned_empty
+from mvc_magics.storage.local.index import Index
+from mvc_magics.storage.snapshots.snapshot import aligned_empty
 
 
 def snapshot(model):

@@ -12,7 +12,7 @@ import numpy as np
 from keras_models import BUILDERS
 
 from mvc_magics.core.hashing import canonical_json, tensor_hash
-from mvc_magics.storage import coding
+from mvc_magics.storage.codec import coding
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "FORMAT.md"
 

@@ -18,7 +18,7 @@ from mvc_magics import Repo
 from mvc_magics.core.names import validate_name
 from mvc_magics.core.refs import Ref, parse_ref
 from mvc_magics.errors import MVCError
-from mvc_magics.storage.snapshot import TensorReader, read_content
+from mvc_magics.storage.snapshots.snapshot import TensorReader, read_content
 
 # scripts/fuzz_long.py raises this for the long run (MVC_FUZZ_SCALE=20: twenty times the examples).
 SCALE = max(1, int(os.environ.get("MVC_FUZZ_SCALE", "1")))

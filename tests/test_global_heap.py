@@ -20,14 +20,14 @@ from keras_models import BUILDERS
 
 from mvc_magics import Repo
 from mvc_magics.errors import IntegrityError
-from mvc_magics.storage.snapshot import read_content
-from mvc_magics.storage.snapshot_writer import _stamp_checksum
+from mvc_magics.storage.snapshots.snapshot import read_content
+from mvc_magics.storage.snapshots.snapshot_writer import _stamp_checksum
 
 DAMAGED = Path(__file__).parent / "data" / "damaged-global-heap.h5"
 
 
 def _read_in_child(path: Path, timeout: float = 60) -> str:
-    code = ("import sys\nfrom pathlib import Path\nfrom mvc_magics.storage.snapshot import read_content\n"
+    code = ("import sys\nfrom pathlib import Path\nfrom mvc_magics.storage.snapshots.snapshot import read_content\n"
             "from mvc_magics.errors import MVCError\n"
             "try:\n    read_content(Path(sys.argv[1]))\nexcept MVCError as exc:\n    print(exc)\n")
     done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=timeout)

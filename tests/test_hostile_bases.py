@@ -11,7 +11,7 @@ import pytest
 
 from mvc_magics import Repo
 from mvc_magics.errors import IntegrityError
-from mvc_magics.storage.deltas import base_references
+from mvc_magics.storage.snapshots.deltas import base_references
 
 
 def _plant_garbage(path):

@@ -11,7 +11,7 @@ import pytest
 
 from mvc_magics.adapters.base import match_state
 from mvc_magics.errors import IntegrityError, InvalidNameError
-from mvc_magics.storage.snapshot_writer import _stamp_checksum
+from mvc_magics.storage.snapshots.snapshot_writer import _stamp_checksum
 
 
 @pytest.fixture
@@ -235,7 +235,7 @@ def test_sampled_index_bit_flips_are_detected_or_harmless(tmp_path):
 
 def test_signatures_travel_with_push_pull_and_clone(tmp_path, hmac_key, monkeypatch):
     from mvc_magics import Repo
-    from mvc_magics.storage.signatures import signature_path
+    from mvc_magics.storage.local.signatures import signature_path
 
     url = (tmp_path / "remote").as_uri()
     with Repo(tmp_path / "trainer") as trainer:
@@ -303,7 +303,7 @@ def _planted_registered_name_is_refused(repo, keras, made):
 # -- metadata from files and remotes is validated before it is indexed --------------------------------
 
 def test_meta_stored_outside_the_file_is_refused(tmp_path):
-    from mvc_magics.storage.snapshot import read_content
+    from mvc_magics.storage.snapshots.snapshot import read_content
 
     secret = tmp_path / "secret.txt"
     secret.write_bytes(b'{"name": "SECRET"}'.ljust(64))

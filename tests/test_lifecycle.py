@@ -8,7 +8,7 @@ from IPython.core.error import UsageError
 
 from mvc_magics import Repo
 from mvc_magics.errors import ProtectedRefError, UnknownRefError
-from mvc_magics.storage.retired import held_hashes, is_retired
+from mvc_magics.storage.snapshots.retired import held_hashes, is_retired
 
 
 def store_bytes(repo: Repo) -> int:
@@ -171,7 +171,7 @@ def test_removed_version_travels_as_retired_file_and_a_live_copy_still_arrives(t
         a.remove(vx.id)  # not gc'd: the full file is still here
         a.add_remote("origin", url)
         a.push()
-    from mvc_magics.storage.remote_store import RemoteStore
+    from mvc_magics.storage.remote.store import RemoteStore
 
     store = RemoteStore(url)
     assert vx_b.id == vx.id

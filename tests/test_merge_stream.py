@@ -16,8 +16,8 @@ from mvc_magics.core.merge_plan import accumulator_dtype
 from mvc_magics.errors import IntegrityError, ShapeMismatchError, UnsupportedModelError
 from mvc_magics.operations import soups, versions
 from mvc_magics.operations.commit import commit_state, commit_stream
-from mvc_magics.storage.staging import STREAM_AHEAD_BYTES
-from mvc_magics.storage.tensor_decode import FileMaps
+from mvc_magics.storage.codec.tensor_decode import FileMaps
+from mvc_magics.storage.snapshots.staging import STREAM_AHEAD_BYTES
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from keras_models import dense_model, sample_input
 
 from mvc_magics import Repo
 from mvc_magics.errors import IntegrityError, InvalidRemoteError, RemoteConflictError
-from mvc_magics.storage.remote_store import RemoteStore
+from mvc_magics.storage.remote.store import RemoteStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,7 +49,7 @@ def remote_is_consistent_s3(url: str) -> set[str]:
     """Every version the remote's log names is a complete object whose id matches; tags name them."""
     import tempfile
 
-    from mvc_magics.storage.snapshot import read_content
+    from mvc_magics.storage.snapshots.snapshot import read_content
 
     store = RemoteStore(url)
     ids = set(store.objects())
@@ -206,7 +206,7 @@ def test_pull_from_an_empty_or_foreign_remote_is_one_clear_error(repo, tmp_path)
 CHILD = textwrap.dedent("""
     import itertools, sys, threading, time
     from mvc_magics import Repo
-    from mvc_magics.storage import remote_store
+    from mvc_magics.storage.remote import store as remote_store
 
     original = remote_store.RemoteStore.put_object
     counter = itertools.count(1)
@@ -386,7 +386,7 @@ def test_pulling_a_tag_on_a_version_already_here_brings_the_tag(tmp_path, remote
 PULL_CHILD = textwrap.dedent("""
     import sys, time
     from mvc_magics import Repo
-    from mvc_magics.storage import remote_store
+    from mvc_magics.storage.remote import store as remote_store
 
     import itertools
 

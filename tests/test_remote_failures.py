@@ -16,7 +16,7 @@ from test_remote import remote_is_consistent_s3
 
 from mvc_magics import Repo
 from mvc_magics.errors import RemoteError
-from mvc_magics.storage import remote_store
+from mvc_magics.storage.remote import store as remote_store
 
 MB = 1 << 20
 

@@ -15,7 +15,7 @@ from test_remote import make_weights
 from mvc_magics import Repo
 from mvc_magics.errors import ProtectedRefError
 from mvc_magics.operations.remote_removal import remove_remote_versions
-from mvc_magics.storage.remote_store import RemoteStore
+from mvc_magics.storage.remote.store import RemoteStore
 
 
 @pytest.fixture(params=["file", "moto", "seaweedfs"])

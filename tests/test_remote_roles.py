@@ -15,8 +15,8 @@ from mvc_magics import Repo
 from mvc_magics.errors import MVCError, RemotePermissionError, SignatureError
 from mvc_magics.operations.remote_check import verify_remote
 from mvc_magics.operations.remote_removal import remove_remote_versions
-from mvc_magics.storage.remote_store import RemoteStore
-from mvc_magics.storage.remote_trust import ALLOWED_SIGNERS, allowed_signers_file
+from mvc_magics.storage.remote.store import RemoteStore
+from mvc_magics.storage.remote.trust import ALLOWED_SIGNERS, allowed_signers_file
 
 
 def key_pair(folder, name):

@@ -12,7 +12,7 @@ from test_remote import interrupted_push_then_repush, make_weights
 
 from mvc_magics import Repo
 from mvc_magics.errors import RemoteConflictError
-from mvc_magics.storage.remote_store import RemoteStore
+from mvc_magics.storage.remote.store import RemoteStore
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ def test_s3_conditional_writes_are_enforced_by_the_server(s3_url):
 
 def test_log_appends_race_each_writer_sees_the_other(s3_url):
     """Two writers holding the same state: the second to append catches up and builds on the first."""
-    from mvc_magics.storage.remote_log import RemoteLog
+    from mvc_magics.storage.remote.log import RemoteLog
 
     RemoteStore(s3_url).check_format(create=True)
     one, two = RemoteLog(RemoteStore(s3_url)), RemoteLog(RemoteStore(s3_url))

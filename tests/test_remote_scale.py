@@ -1,6 +1,6 @@
 """A remote's cost does not grow with its history: pull with nothing new, push of one new version and
 pull of one new version send the same few requests whether the remote holds a few versions or many
-(the log, storage/remote_log.py, instead of listing the bucket). Counts, not times: each S3 request
+(the log, storage/remote/log.py, instead of listing the bucket). Counts, not times: each S3 request
 is counted by a botocore hook (TransferReport.requests). benchmarks/remote_scale.py runs 10,000."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mvc_magics import Repo
-from mvc_magics.storage import remote_log
+from mvc_magics.storage.remote import log as remote_log
 
 # The most requests each operation may take (docs/benchmarks.md lists what they are).
 HANDFUL = 10

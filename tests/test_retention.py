@@ -128,8 +128,8 @@ def test_repack_turns_a_store_written_without_coding_into_deltas(repo, monkeypat
 CRASH = RUN + r"""
 import os, signal, sys
 from mvc_magics import Repo
-import mvc_magics.storage.repacking as repacking
-import mvc_magics.storage.collection as collection
+import mvc_magics.storage.snapshots.repacking as repacking
+import mvc_magics.storage.local.collection as collection
 from mvc_magics.operations import removal
 
 store, point = sys.argv[1], sys.argv[2]

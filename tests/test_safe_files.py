@@ -14,8 +14,8 @@ from reliability_helpers import child_env
 
 from mvc_magics import Repo
 from mvc_magics.errors import IntegrityError, StoreError, UnsafeFileError
-from mvc_magics.storage.safe_files import CAP_REF, SafeFiles
-from mvc_magics.storage.snapshot import check_file_checksum, read_content
+from mvc_magics.storage.files.safe_files import CAP_REF, SafeFiles
+from mvc_magics.storage.snapshots.snapshot import check_file_checksum, read_content
 
 SECRET = b"aws_secret_access_key = AKIAFAKEFAKEFAKE1234\n"
 
@@ -125,7 +125,7 @@ def test_signature_file_that_is_a_fifo_is_bad_not_a_hang(repo, weights, monkeypa
     path = repo.layout.signatures / version.id[:2] / f"{version.id}.json"
     path.unlink()
     os.mkfifo(path)
-    from mvc_magics.storage.signatures import check_signature, signer_from_env
+    from mvc_magics.storage.local.signatures import check_signature, signer_from_env
 
     status = check_signature(repo.layout.signatures, signer_from_env(), version.id)
     assert status.state == "bad" and "FIFO" in status.detail

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from IPython.core.error import UsageError
 
 from mvc_magics.errors import SignatureError
-from mvc_magics.storage.signatures import signature_path, signer_from_env, write_signature
+from mvc_magics.storage.local.signatures import signature_path, signer_from_env, write_signature
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ from keras_models import conv_bn_model, dense_model
 from mvc_magics import Repo
 from mvc_magics.core.hashing import canonical_json, tensor_hash
 from mvc_magics.errors import IntegrityError, StoreFormatError
-from mvc_magics.storage import snapshot
-from mvc_magics.storage.snapshot_writer import _stamp_checksum
+from mvc_magics.storage.snapshots import snapshot
+from mvc_magics.storage.snapshots.snapshot_writer import _stamp_checksum
 
 
 def _file(repo, vid):

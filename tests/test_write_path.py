@@ -15,8 +15,8 @@ import pytest
 
 from mvc_magics import Repo
 from mvc_magics.errors import StoreError
-from mvc_magics.storage import snapshot_writer, staging
-from mvc_magics.storage.checksum import body_digest
+from mvc_magics.storage.files.checksum import body_digest
+from mvc_magics.storage.snapshots import snapshot_writer, staging
 
 
 def _weights(seed: int = 0) -> dict[str, np.ndarray]:

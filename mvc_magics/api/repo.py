@@ -43,9 +43,9 @@ from ..operations import (
     verify,
     versions,
 )
-from ..storage.layout import default_store_path
-from ..storage.signatures import SignatureStatus
-from ..storage.store import Store
+from ..storage.local.layout import default_store_path
+from ..storage.local.signatures import SignatureStatus
+from ..storage.local.store import Store
 
 __all__ = ["Repo", "default_store_path"]
 

@@ -12,7 +12,7 @@ from ..adapters.base import load_version, match_state
 from ..core.manifest import ManifestEntry
 from ..core.names import validate_name
 from ..errors import UnsupportedModelError
-from ..storage.store import Store
+from ..storage.local.store import Store
 from . import versions
 from .signing import require_valid_signature
 

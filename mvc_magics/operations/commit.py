@@ -1,9 +1,9 @@
 """Commit: a live model's content becomes a version (or the version that already holds it).
 
 The adapter reads the variables; hashing runs in worker threads while the new tensors are staged
-into a temporary snapshot (:class:`~mvc_magics.storage.staging.StagedCommit`); once the version id
+into a temporary snapshot (:class:`~mvc_magics.storage.snapshots.staging.StagedCommit`); once the version id
 is known, the store publishes the version in its crash-safe order
-(:meth:`~mvc_magics.storage.writes.StoreWrites.publish_version`).
+(:meth:`~mvc_magics.storage.local.writes.StoreWrites.publish_version`).
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from ..core.provenance import complete_provenance
 from ..core.tables import format_number
 from ..core.version import CommitStats, Version
 from ..errors import StoreError, UnsupportedModelError
-from ..storage.faults import write_failure
-from ..storage.staging import StagedCommit, background
-from ..storage.store import Store
+from ..storage.files.faults import write_failure
+from ..storage.local.store import Store
+from ..storage.snapshots.staging import StagedCommit, background
 from . import lookup, versions
 from .git_state import with_git_state
 from .tags import check_tag_free
@@ -63,7 +63,7 @@ def commit(
     fit = validate_metrics(adapter.fit_metrics(model))
     all_metrics = {**fit, **explicit}
     arrays = _storable(state)
-    # Hashing runs in worker threads from here on (see storage.staging); unchanged buffers are skipped.
+    # Hashing runs in worker threads from here on (see storage.snapshots.staging); unchanged buffers are skipped.
     hashes = HashesAhead(arrays, known_hashes(adapter, model, arrays))
     provenance = with_git_state(provenance, store.path)  # runs git while the tensors hash
     given = {"message": message, "metrics": all_metrics, "params": params, "provenance": provenance,
@@ -96,7 +96,7 @@ def commit_state(store: Store, framework: str, structure: object, state: Mapping
                  **options: Any) -> Version:
     """Store ``state`` (held in memory) with a stored ``structure`` as a version of ``name``, no live
     model involved (the options of :func:`commit_stream`): hashed ahead and coded on both cores, as
-    a model's commit is (:meth:`~mvc_magics.storage.staging.StagedCommit.stage`)."""
+    a model's commit is (:meth:`~mvc_magics.storage.snapshots.staging.StagedCommit.stage`)."""
     arrays = _storable(state)
 
     def stage(staged: StagedCommit, checked_name: str) -> None:
@@ -110,7 +110,7 @@ def commit_stream(store: Store, framework: str, structure: object,
                   **options: Any) -> Version:
     """Store the ``(name, tensor)`` pairs ``tensors`` yields, with a stored ``structure``, as a version
     of ``name``: no live model involved, and no tensor kept once it is staged (see
-    :meth:`~mvc_magics.storage.staging.StagedCommit.stream`). A :class:`ManifestEntry` is a tensor
+    :meth:`~mvc_magics.storage.snapshots.staging.StagedCommit.stream`). A :class:`ManifestEntry` is a tensor
     already stored, referenced without reading it. ``options``: ``message``, ``metrics``, ``tags``,
     ``provenance``, ``parents``, ``extra``, ``move_head`` and ``attach``, as for :func:`commit`.
 

@@ -12,8 +12,8 @@ from ..core.diff import Diff, TensorChange, match_tensors, tensor_statistics
 from ..core.names import validate_name
 from ..core.version import Version
 from ..errors import CompareError
-from ..storage.snapshot import TensorReader
-from ..storage.store import Store
+from ..storage.local.store import Store
+from ..storage.snapshots.snapshot import TensorReader
 from . import versions as stored
 
 DEFAULT_LIMIT = 20

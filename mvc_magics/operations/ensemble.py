@@ -18,7 +18,7 @@ from ..core.merge_plan import check_distinct, check_weights, short
 from ..core.merge_report import EvalFn, MergePreview, MergeReport, score_of
 from ..core.version import Version
 from ..errors import MergeConflictError, MergeError
-from ..storage.store import Store
+from ..storage.local.store import Store
 from .versions import load_state, structure
 
 

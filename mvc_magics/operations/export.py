@@ -19,7 +19,7 @@ from typing import Any
 from ..adapters import adapter_named
 from ..core.messages import first_sentence
 from ..errors import ExportError
-from ..storage.store import Store
+from ..storage.local.store import Store
 from .status import is_modified
 from .versions import load_state, resolve, structure
 

@@ -14,7 +14,7 @@ from ..core.names import DEFAULT_WORKSPACE, head_key, head_owner
 from ..core.refs import parse_ref
 from ..core.version import Version
 from ..errors import AmbiguousRefError, IntegrityError, MVCError, UnknownRefError
-from ..storage.index import Index
+from ..storage.local.index import Index
 
 __all__ = ["UnknownRefError", "find_tag", "load_versions", "resolve", "short_ids"]
 

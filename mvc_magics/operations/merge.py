@@ -23,7 +23,7 @@ from ..core.merge_plan import METHODS, MergePlan, align, check_distinct, check_s
 from ..core.merge_report import EvalFn, MergedVersion, MergePreview, MergeReport
 from ..core.version import Version
 from ..errors import MergeConflictError, MergeError
-from ..storage.store import Store
+from ..storage.local.store import Store
 from . import versions
 from .commit import commit, commit_stream
 from .ensemble import build_ensemble

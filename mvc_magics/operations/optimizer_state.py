@@ -13,7 +13,7 @@ from typing import Any
 
 from ..core.version import Version
 from ..errors import UnknownRefError
-from ..storage.store import Store
+from ..storage.local.store import Store
 from . import versions
 from .checkout import checkout
 from .commit import commit

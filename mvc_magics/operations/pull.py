@@ -25,15 +25,15 @@ from ..errors import (
     SignatureError,
     StoreError,
 )
-from ..storage.atomic import temporary_path
-from ..storage.deltas import base_references
-from ..storage.remote_log import RemoteState
-from ..storage.remote_store import RemoteStore
-from ..storage.remote_trust import is_protected, read_allowed_signers
-from ..storage.retired import held_hashes, is_retired
-from ..storage.signatures import import_signature, signer_from_env
-from ..storage.snapshot import SnapshotContent, TensorReader, read_content, read_structure
-from ..storage.store import Store
+from ..storage.files.atomic import temporary_path
+from ..storage.local.signatures import import_signature, signer_from_env
+from ..storage.local.store import Store
+from ..storage.remote.log import RemoteState
+from ..storage.remote.store import RemoteStore
+from ..storage.remote.trust import is_protected, read_allowed_signers
+from ..storage.snapshots.deltas import base_references
+from ..storage.snapshots.retired import held_hashes, is_retired
+from ..storage.snapshots.snapshot import SnapshotContent, TensorReader, read_content, read_structure
 from . import versions
 from .remotes import (
     add_remote,

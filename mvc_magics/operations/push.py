@@ -13,15 +13,15 @@ from pathlib import Path
 
 from ..core.reports import TransferReport
 from ..errors import IntegrityError, InvalidNameError, RefError, RemotePermissionError
-from ..storage.atomic import temporary_path
-from ..storage.deltas import base_references
-from ..storage.remote_log import RemoteLog, RemoteState
-from ..storage.remote_store import RemoteStore
-from ..storage.remote_trust import AllowedSigners, is_protected, read_allowed_signers, sign_tag
-from ..storage.retired import held_hashes, is_retired, write_retired
-from ..storage.safe_files import CAP_NOTE
-from ..storage.signatures import read_signature, signer_from_env
-from ..storage.store import Store
+from ..storage.files.atomic import temporary_path
+from ..storage.files.safe_files import CAP_NOTE
+from ..storage.local.signatures import read_signature, signer_from_env
+from ..storage.local.store import Store
+from ..storage.remote.log import RemoteLog, RemoteState
+from ..storage.remote.store import RemoteStore
+from ..storage.remote.trust import AllowedSigners, is_protected, read_allowed_signers, sign_tag
+from ..storage.snapshots.deltas import base_references
+from ..storage.snapshots.retired import held_hashes, is_retired, write_retired
 from . import lookup, versions
 from .remotes import conflict_error, in_parallel, progress_bar, remote_errors, remote_url, state_cache, topological
 

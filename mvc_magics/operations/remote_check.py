@@ -1,11 +1,11 @@
 """Verify a remote: every tag names a version the log holds, and every protected tag is signed by
-one of the remote's allowed signers (storage/remote_trust.py)."""
+one of the remote's allowed signers (storage/remote/trust.py)."""
 
 from __future__ import annotations
 
-from ..storage.remote_store import RemoteStore
-from ..storage.remote_trust import is_protected, read_allowed_signers
-from ..storage.store import Store
+from ..storage.local.store import Store
+from ..storage.remote.store import RemoteStore
+from ..storage.remote.trust import is_protected, read_allowed_signers
 from .remotes import remote_errors, remote_url, state_cache
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ..errors import ProtectedRefError, RemoteError
-from ..storage.remote_log import RemoteLog, RemoteState
-from ..storage.remote_store import RemoteStore
-from ..storage.remote_trust import is_protected
-from ..storage.store import Store
+from ..storage.local.store import Store
+from ..storage.remote.log import RemoteLog, RemoteState
+from ..storage.remote.store import RemoteStore
+from ..storage.remote.trust import is_protected
 from .remotes import remote_errors, remote_url, resolve_remote_ref, state_cache
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from ..core.names import validate_name
 from ..errors import InvalidRemoteError, MVCError, RemoteConflictError, RemoteError
-from ..storage.remote_store import check_url
-from ..storage.snapshot import SnapshotContent
-from ..storage.store import Store
+from ..storage.local.store import Store
+from ..storage.remote.store import check_url
+from ..storage.snapshots.snapshot import SnapshotContent
 
 # Objects transferred at once: objects become visible only through the log segment written after all
 # of them, so their order does not matter and several uploads/downloads keep the link busy.

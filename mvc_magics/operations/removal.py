@@ -3,7 +3,7 @@
 A version's snapshot file may hold tensor bytes that later versions use (their manifest entries
 name it in ``object``), so removal is two steps: :func:`remove_version` writes a tombstone and
 drops the version from the index, its tags and HEADs (the file stays); gc
-(:meth:`~mvc_magics.storage.writes.StoreWrites.collect_garbage`) then deletes the files no
+(:meth:`~mvc_magics.storage.local.writes.StoreWrites.collect_garbage`) then deletes the files no
 version uses and shrinks the others to *retired* files. See docs/FORMAT.md ("Removed versions and gc").
 """
 
@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from ..core.reports import GcReport
 from ..core.version import Version
 from ..errors import ProtectedRefError
-from ..storage.store import Store
+from ..storage.local.store import Store
 from . import versions
 
 

@@ -24,12 +24,12 @@ import numpy as np
 from ..core.manifest import ManifestEntry
 from ..core.reports import RepackReport
 from ..errors import IntegrityError
-from ..storage.coding import MIN_CODED_BYTES
-from ..storage.deltas import base_cache_bytes, max_depth
-from ..storage.repacking import StoredCoding, TensorPlan, stored_codings
-from ..storage.snapshot import TensorReader
-from ..storage.snapshot_writer import DeltaBase
-from ..storage.store import Store
+from ..storage.codec.coding import MIN_CODED_BYTES
+from ..storage.local.store import Store
+from ..storage.snapshots.deltas import base_cache_bytes, max_depth
+from ..storage.snapshots.repacking import StoredCoding, TensorPlan, stored_codings
+from ..storage.snapshots.snapshot import TensorReader
+from ..storage.snapshots.snapshot_writer import DeltaBase
 
 
 def repack(store: Store, name: str | None = None) -> RepackReport:
@@ -103,7 +103,7 @@ def _group_children(rows: list[tuple[str, str, str]], limit: int) -> dict[str, s
 
 
 class _Plan:
-    """The plan for one version's own tensors (see :class:`~mvc_magics.storage.repacking.TensorPlan`)."""
+    """The plan for one version's own tensors (see :class:`~mvc_magics.storage.snapshots.repacking.TensorPlan`)."""
 
     def __init__(self, store: Store, vid: str, child: str | None, done: dict[str, dict[str, StoredCoding]],
                  recent: dict[str, np.ndarray], limit: int) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 from ..core.retention import RetentionPolicy, RetentionReport
 from ..errors import InvalidPolicyError
-from ..storage.store import Store
+from ..storage.local.store import Store
 from . import removal, repack, versions
 
 

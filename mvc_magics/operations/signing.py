@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ..errors import SignatureError
-from ..storage.signatures import SignatureStatus, check_signature, signer_from_env
-from ..storage.store import Store
+from ..storage.local.signatures import SignatureStatus, check_signature, signer_from_env
+from ..storage.local.store import Store
 from . import versions
 
 

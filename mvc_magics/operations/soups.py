@@ -20,8 +20,8 @@ from ..core.merge_plan import AlignedTensor, MergePlan, accumulator_dtype, short
 from ..core.merge_report import EvalFn, MergeReport, MergeStep, score_of
 from ..core.refs import infer_direction
 from ..errors import MergeConflictError, MergeError, UnsupportedModelError
-from ..storage.snapshot import TensorReader
-from ..storage.store import Store
+from ..storage.local.store import Store
+from ..storage.snapshots.snapshot import TensorReader
 from . import versions
 
 

@@ -12,7 +12,7 @@ from ..core.names import pair_names
 from ..core.reports import StatusEntry, StatusReport
 from ..core.version import Version
 from ..errors import IntegrityError, UnknownRefError, UnsupportedModelError
-from ..storage.store import Store
+from ..storage.local.store import Store
 from . import versions
 from .optimizer_state import optimizer_history
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..core.names import validate_name, validate_tag
 from ..core.version import Version
 from ..errors import ProtectedRefError, TagExistsError
-from ..storage.store import Store
+from ..storage.local.store import Store
 from . import lookup, versions
 
 

@@ -6,10 +6,10 @@ from ..core.hashing import version_id
 from ..core.names import is_valid_name
 from ..core.reports import Problem, VerifyReport
 from ..errors import IntegrityError, MVCError
-from ..storage.index_check import index_differences
-from ..storage.signatures import check_signature, signer_from_env
-from ..storage.snapshot import SnapshotContent, TensorReader, check_file_checksum, read_content
-from ..storage.store import Store
+from ..storage.local.index_check import index_differences
+from ..storage.local.signatures import check_signature, signer_from_env
+from ..storage.local.store import Store
+from ..storage.snapshots.snapshot import SnapshotContent, TensorReader, check_file_checksum, read_content
 
 
 def verify_store(store: Store) -> VerifyReport:

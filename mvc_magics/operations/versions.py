@@ -7,8 +7,8 @@ import numpy as np
 from ..core.names import head_owner, validate_name
 from ..core.version import Version, VersionLog
 from ..errors import UnknownRefError
-from ..storage.snapshot import TensorReader
-from ..storage.store import Store
+from ..storage.local.store import Store
+from ..storage.snapshots.snapshot import TensorReader
 from . import lookup
 
 

@@ -1,6 +1,9 @@
-"""The store's files: snapshots (HDF5), the index (SQLite), ref and note files, the audit log, the
-lock, atomic writes and remote objects.
+"""The store's files, in folders that import downward only (checked by the import contract):
 
-:class:`~mvc_magics.storage.store.Store` is the opened folder; :mod:`.writes` owns the order of every
-write and :mod:`.recovery` finishes what a killed process left.
+- ``remote/``    remotes over fsspec: objects, the log of refs, trust
+- ``local/``     the store folder: :class:`~mvc_magics.storage.local.store.Store`, the order of every
+  write (:mod:`.local.writes`), recovery of what a killed process left, the index, refs, audit log
+- ``snapshots/`` HDF5 snapshot files: read as untrusted, written, delta bases, repacking
+- ``codec/``     byte planes + zstd and delta codings
+- ``files/``     atomic writes, the safe open, checksums, HDF5 attribute values, fault messages
 """

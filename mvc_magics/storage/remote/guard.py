@@ -14,8 +14,8 @@ import os
 import shutil
 from pathlib import Path
 
-from ..errors import RemoteError
-from .safe_files import read_regular
+from ...errors import RemoteError
+from ..files.safe_files import read_regular
 
 # FORMAT, tags, notes and log segments are small; this bounds each read of one.
 CAP_REMOTE_FILE = 64 * 1024 * 1024

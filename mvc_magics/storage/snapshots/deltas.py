@@ -18,13 +18,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..core.hashing import tensor_hash
-from ..core.manifest import ManifestEntry
-from ..errors import IntegrityError
-from .h5_values import read_text_attr
+from ...core.hashing import tensor_hash
+from ...core.manifest import ManifestEntry
+from ...errors import IntegrityError
+from ..codec.tensor_decode import delta_base
+from ..files.h5_values import read_text_attr
 from .snapshot import STRUCTURE_ATTR, TensorReader, structure_reference, unreadable
 from .snapshot_writer import DeltaBase
-from .tensor_decode import delta_base
 
 DEPTH_ENV = "MVC_DELTA_DEPTH"
 CODING_ENV = "MVC_CODING"

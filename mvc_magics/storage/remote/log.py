@@ -33,15 +33,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..core.hashing import HASH_HEX_LENGTH
-from ..core.names import validate_name
-from ..errors import MVCError, RemoteError, UnsafeFileError
-from .remote_guard import CAP_REMOTE_FILE
-from .safe_files import SafeFiles
-from .signatures import well_formed
+from ...core.hashing import HASH_HEX_LENGTH
+from ...core.names import validate_name
+from ...errors import MVCError, RemoteError, UnsafeFileError
+from ..files.safe_files import SafeFiles
+from ..local.signatures import well_formed
+from .guard import CAP_REMOTE_FILE
 
 if TYPE_CHECKING:
-    from .remote_store import RemoteStore
+    from .store import RemoteStore
 
 CHECKPOINT_EVERY = 64
 # A writer that loses the race for a segment this many times in a row gives up (a busy remote).
@@ -66,7 +66,7 @@ class RemoteState:
     tags: dict[tuple[str, str], tuple[str, bool]] = field(default_factory=dict)
     tag_signatures: dict[tuple[str, str], str] = field(default_factory=dict)
     removed: set[str] = field(default_factory=set)
-    # version id -> its signature record (see storage.signatures); the first one named stays.
+    # version id -> its signature record (see storage.local.signatures); the first one named stays.
     signatures: dict[str, dict] = field(default_factory=dict)
 
     def apply(self, segment: dict) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import zstandard
 
-from ..errors import IntegrityError
+from ...errors import IntegrityError
 
 CODING_PLANES = "planes+zstd"
 CODING_DELTA = "xor+planes+zstd"

@@ -36,10 +36,10 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from ..core.names import head_key, head_owner, is_valid_name, validate_name
-from ..errors import LockTimeoutError, RemoteError, StoreError, StoreFormatError, UnsafeFileError
-from .atomic import clean_temporaries
-from .safe_files import (
+from ...core.names import head_key, head_owner, is_valid_name, validate_name
+from ...errors import LockTimeoutError, RemoteError, StoreError, StoreFormatError, UnsafeFileError
+from ..files.atomic import clean_temporaries
+from ..files.safe_files import (
     CAP_FORMAT,
     CAP_NOTE,
     CAP_OWNER,

@@ -21,8 +21,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import SignatureError, StoreError, UnsafeFileError
-from .safe_files import CAP_SIGNATURE, SafeFiles
+from ...errors import SignatureError, StoreError, UnsafeFileError
+from ..files.safe_files import CAP_SIGNATURE, SafeFiles
 
 KEY_ENV = "MVC_SIGNING_KEY"
 KEY_FILE_ENV = "MVC_SIGNING_KEY_FILE"

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import IntegrityError, StoreError, UnsafeFileError
+from ...errors import IntegrityError, StoreError, UnsafeFileError
 
 SCHEMA_VERSION = 1
 

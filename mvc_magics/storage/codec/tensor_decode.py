@@ -20,11 +20,11 @@ from collections.abc import Callable
 import h5py
 import numpy as np
 
-from ..core.manifest import ManifestEntry, dtype_from_name, is_hash
-from ..errors import IntegrityError
+from ...core.manifest import ManifestEntry, dtype_from_name, is_hash
+from ...errors import IntegrityError
+from ..files.h5_values import read_attr, read_text_attr
 from . import coding
 from .coding import aligned_empty
-from .h5_values import read_attr, read_text_attr
 
 CODING_ATTR = "mvc_coding"
 PLANES_ATTR = "mvc_planes"

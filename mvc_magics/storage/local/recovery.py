@@ -2,19 +2,19 @@
 
 The snapshot, ref and note files are the truth; the index is a cache of them. A lock holder killed
 mid-write leaves at most a placed snapshot whose refs, index rows or audit entry are missing: the
-next holder completes it here (see :meth:`Store.locked <mvc_magics.storage.layout.StoreLayout.locked>`).
+next holder completes it here (see :meth:`Store.locked <mvc_magics.storage.local.layout.StoreLayout.locked>`).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..core.meta_check import metadata_problem
-from ..core.metadata import author
-from ..core.names import head_key, is_valid_name
-from ..errors import MVCError
+from ...core.meta_check import metadata_problem
+from ...core.metadata import author
+from ...core.names import head_key, is_valid_name
+from ...errors import MVCError
+from ..snapshots.snapshot import SnapshotContent, read_verified
 from .index import Index
-from .snapshot import SnapshotContent, read_verified
 
 if TYPE_CHECKING:
     from .store import Store

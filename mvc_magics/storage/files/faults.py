@@ -6,7 +6,7 @@ import errno
 import shutil
 from pathlib import Path
 
-from ..errors import StoreError
+from ...errors import StoreError
 
 # HDF5 metadata per dataset, the user block and JSON strings, rounded up generously: HDF5 must never
 # meet a full disk, because after a failed close its state can crash the process on the next write.

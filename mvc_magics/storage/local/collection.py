@@ -1,6 +1,6 @@
 """The writes of gc and repack, in the order their crash safety counts on.
 
-Called by :class:`~mvc_magics.storage.writes.StoreWrites` (which takes the store lock and the gc
+Called by :class:`~mvc_magics.storage.local.writes.StoreWrites` (which takes the store lock and the gc
 journal around them); split out so that the commit and ref writes stay readable on their own.
 gc: index tensor locations narrowed to what live versions use -> file deletions and rewrites ->
 audit entry. Repack: one file re-coded under a temporary name and renamed over the old one.
@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..core.reports import GcReport
-from ..errors import IntegrityError, StoreError
-from .deltas import needed_with_bases
-from .faults import ensure_space, write_failure
-from .repacking import recode_snapshot
-from .retired import garbage_hashes, held_hashes, is_retired, write_retired
+from ...core.reports import GcReport
+from ...errors import IntegrityError, StoreError
+from ..files.faults import ensure_space, write_failure
+from ..snapshots.deltas import needed_with_bases
+from ..snapshots.repacking import recode_snapshot
+from ..snapshots.retired import garbage_hashes, held_hashes, is_retired, write_retired
 
 if TYPE_CHECKING:
     from .store import Store

@@ -12,15 +12,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..core.names import head_key
-from ..errors import IntegrityError, MVCError, StoreError, UnknownRefError
+from ...core.names import head_key
+from ...errors import IntegrityError, MVCError, StoreError, UnknownRefError
+from ..snapshots.retired import held_hashes
+from ..snapshots.snapshot import ManifestEntry, SnapshotContent, read_verified
 from . import recovery
 from .audit import AuditLog
 from .index import Index
 from .journal import Journal
 from .layout import StoreLayout
-from .retired import held_hashes
-from .snapshot import ManifestEntry, SnapshotContent, read_verified
 from .writes import StoreWrites
 
 # Verified snapshot contents kept per store (structures can be large: a bounded cache).

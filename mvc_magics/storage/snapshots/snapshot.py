@@ -26,17 +26,17 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..core.hashing import THREADED_HASH_BYTES, hash_pool, tensor_hash
-from ..core.hashing import version_id as compute_version_id
-from ..core.manifest import ManifestEntry, SnapshotContent, dtype_from_name, is_hash
-from ..core.progress import progress_bar
-from ..errors import IntegrityError, StoreFormatError
-from . import tensor_decode
-from .checksum import CHECKSUM_MAGIC, USERBLOCK_SIZE, body_digest, check_file_checksum  # noqa: F401
-from .coding import aligned_empty
-from .h5_values import read_attr, read_string_dataset, read_text_attr
-from .tensor_decode import BASE_ATTR, CODING_ATTR, MAX_CHAIN, delta_base
-from .tensor_decode import PLANES_ATTR as PLANES_ATTR  # the writer's and readers' one name for it
+from ...core.hashing import THREADED_HASH_BYTES, hash_pool, tensor_hash
+from ...core.hashing import version_id as compute_version_id
+from ...core.manifest import ManifestEntry, SnapshotContent, dtype_from_name, is_hash
+from ...core.progress import progress_bar
+from ...errors import IntegrityError, StoreFormatError
+from ..codec import tensor_decode
+from ..codec.coding import aligned_empty
+from ..codec.tensor_decode import BASE_ATTR, CODING_ATTR, MAX_CHAIN, delta_base
+from ..codec.tensor_decode import PLANES_ATTR as PLANES_ATTR  # the writer's and readers' one name for it
+from ..files.checksum import CHECKSUM_MAGIC, USERBLOCK_SIZE, body_digest, check_file_checksum  # noqa: F401
+from ..files.h5_values import read_attr, read_string_dataset, read_text_attr
 
 FORMAT_NAME = "mvc-snapshot"
 # Version 2 adds coded tensors (byte planes + zstd, XOR deltas); version 3 stores each distinct

@@ -19,13 +19,13 @@ from typing import Protocol
 import h5py
 import numpy as np
 
-from ..core.manifest import ManifestEntry
-from ..errors import IntegrityError
-from .atomic import fsync_path, temporary_path
-from .h5_values import read_attr, read_text_attr
+from ...core.manifest import ManifestEntry
+from ...errors import IntegrityError
+from ..codec.tensor_decode import BASE2_ATTR, DEPTH_ATTR
+from ..files.atomic import fsync_path, temporary_path
+from ..files.h5_values import read_attr, read_text_attr
 from .snapshot import BASE_ATTR, CODING_ATTR, TensorReader, read_content, unreadable
 from .snapshot_writer import DeltaBase, SnapshotWriter
-from .tensor_decode import BASE2_ATTR, DEPTH_ATTR
 
 
 @dataclass(frozen=True)

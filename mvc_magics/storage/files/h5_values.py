@@ -17,7 +17,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..errors import IntegrityError
+from ...errors import IntegrityError
 from .checksum import check_file_checksum
 
 _intact: dict[tuple[int, int, int, int, int], bool] = {}  # file identity -> its checksum holds

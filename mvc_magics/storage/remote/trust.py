@@ -18,11 +18,11 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..errors import MVCError, RemoteError
-from .signatures import Signer
+from ...errors import MVCError, RemoteError
+from ..local.signatures import Signer
 
 if TYPE_CHECKING:
-    from .remote_store import RemoteStore
+    from .store import RemoteStore
 
 ALLOWED_SIGNERS = "allowed_signers.json"
 # Tags whose names start with this are protected on every remote, whatever their flag says.

@@ -16,24 +16,24 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..core.metadata import author
-from ..core.reports import GcReport
-from ..errors import StoreError
+from ...core.metadata import author
+from ...core.reports import GcReport
+from ...errors import StoreError
+from ..files.faults import ensure_space, write_failure
+from ..snapshots.deltas import ParentBases, coding_enabled, commit_depth
+from ..snapshots.snapshot import ManifestEntry, SnapshotContent
+from ..snapshots.staging import StagedCommit, background
 from . import collection, journal
-from .deltas import ParentBases, coding_enabled, commit_depth
-from .faults import ensure_space, write_failure
 from .index import Index
 from .recovery import index_content, sync_refs_and_notes
 from .signatures import Signer, signature_path, signer_from_env, write_signature
-from .snapshot import ManifestEntry, SnapshotContent
-from .staging import StagedCommit, background
 
 if TYPE_CHECKING:
     from .store import Store
 
 
 class StoreWrites:
-    """The writes of one :class:`~mvc_magics.storage.store.Store`.
+    """The writes of one :class:`~mvc_magics.storage.local.store.Store`.
 
     Each takes the store lock (it is re-entrant). A commit and a pull also hold it around their
     whole operation, so what they checked before writing still holds when they write.

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.hashing import HashesAhead, canonical_json, dtype_name, tensor_hash
-from ..core.progress import progress_bar
-from .atomic import publish, temporary_path
+from ...core.hashing import HashesAhead, canonical_json, dtype_name, tensor_hash
+from ...core.progress import progress_bar
+from ..files.atomic import publish, temporary_path
 from .deltas import remember_committed
 from .snapshot import FORMAT_VERSION, ManifestEntry, TensorReader
 from .snapshot_writer import DeltaBase, SnapshotWriter
@@ -69,7 +69,7 @@ class StagedCommit:
         # object id -> its snapshot path: streamed tensors are not kept, so the few a publish must
         # write again (see claim_own) or a stored tensor found nowhere are read back from there.
         self._locate = locate
-        # name, array, hash -> the stored tensor to code a delta against (see storage.deltas).
+        # name, array, hash -> the stored tensor to code a delta against (see storage.snapshots.deltas).
         self._bases = bases or (lambda name, array, digest: None)
         self._code = code
         self._place = place  # renames the complete file into the store without following symlinks

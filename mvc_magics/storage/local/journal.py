@@ -18,8 +18,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import UnsafeFileError
-from .safe_files import CAP_JOURNAL
+from ...errors import UnsafeFileError
+from ..files.safe_files import CAP_JOURNAL
 
 if TYPE_CHECKING:
     from .layout import StoreLayout

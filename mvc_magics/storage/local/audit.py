@@ -18,8 +18,8 @@ from pathlib import Path
 
 import blake3
 
-from ..core.hashing import canonical_json
-from .safe_files import SafeFiles
+from ...core.hashing import canonical_json
+from ..files.safe_files import SafeFiles
 
 GENESIS = "0" * 64
 _TAIL_BYTES = 65536

@@ -5,7 +5,7 @@
     <url>/
       FORMAT                         "mvc-remote 2" (version 1 remotes, without log/, are read by
                                      listing and upgraded by the first push)
-      log/                           what the remote holds and its tags (storage/remote_log.py)
+      log/                           what the remote holds and its tags (storage/remote/log.py)
       objects/<ab>/<id>.h5           snapshot files, byte-identical to the local store's: the versions
       objects/<ab>/<id>.retired.h5   retired files: tensors of a version removed somewhere that other
                                      versions still use (never shown as a version)
@@ -32,11 +32,11 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ..core.hashing import HASH_HEX_LENGTH
-from ..core.names import validate_name
-from ..errors import InvalidRemoteError, RemoteError, RemotePermissionError, StoreFormatError
-from . import remote_guard as guard
-from .remote_log import RemoteLog, RemoteState
+from ...core.hashing import HASH_HEX_LENGTH
+from ...core.names import validate_name
+from ...errors import InvalidRemoteError, RemoteError, RemotePermissionError, StoreFormatError
+from . import guard
+from .log import RemoteLog, RemoteState
 
 REMOTE_FORMAT = "mvc-remote"
 REMOTE_VERSION = 2

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import h5py
 
-from ..errors import IntegrityError
-from .atomic import write_atomically
-from .h5_values import read_attr, write_text_attr
+from ...errors import IntegrityError
+from ..files.atomic import write_atomically
+from ..files.h5_values import read_attr, write_text_attr
 from .snapshot import FORMAT_NAME, FORMAT_VERSION
 
 RETIRED_ATTR = "mvc_retired"

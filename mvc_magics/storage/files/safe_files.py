@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import UnsafeFileError
+from ...errors import UnsafeFileError
 from .atomic import TMP_PREFIX, temporary_path
 
 # Size caps: what the format allows, with room to spare (a ref holds a 64-hex id).

@@ -12,9 +12,9 @@ import json
 import sqlite3
 from typing import TYPE_CHECKING
 
+from ..snapshots.retired import held_hashes
 from . import recovery
 from .index import SCHEMA_SQL
-from .retired import held_hashes
 
 if TYPE_CHECKING:
     from .store import Store

@@ -14,11 +14,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..core.hashing import canonical_array
-from ..core.manifest import ManifestEntry
-from . import coding
-from .atomic import start_writeback
-from .h5_values import write_string_dataset, write_text_attr
+from ...core.hashing import canonical_array
+from ...core.manifest import ManifestEntry
+from ..codec import coding
+from ..codec.tensor_decode import BASE2_ATTR, DEPTH_ATTR
+from ..files.atomic import start_writeback
+from ..files.h5_values import write_string_dataset, write_text_attr
 from .snapshot import (
     BASE_ATTR,
     CHECKSUM_MAGIC,
@@ -33,7 +34,6 @@ from .snapshot import (
     USERBLOCK_SIZE,
     body_digest,
 )
-from .tensor_decode import BASE2_ATTR, DEPTH_ATTR
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ class SnapshotWriter:
     the metadata once the version id is known (a commit overlaps hashing with writing this way).
 
     The file is created on the first :meth:`add_tensor` or at :meth:`finish`; the caller fsyncs
-    and renames it into place (see :func:`mvc_magics.storage.atomic.publish`).
+    and renames it into place (see :func:`mvc_magics.storage.files.atomic.publish`).
     """
 
     def __init__(self, path: Path, format_version: int = FORMAT_VERSION) -> None:
