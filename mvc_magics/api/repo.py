@@ -23,7 +23,7 @@ from ..core.compare import Comparison
 from ..core.diff import Diff
 from ..core.manifest import ManifestEntry
 from ..core.merge_report import MergedVersion, MergePreview
-from ..core.reports import GcReport, RepackReport, StatusReport, TransferReport, VerifyReport
+from ..core.reports import GcReport, RepackReport, StatusReport, VerifyReport
 from ..core.retention import RetentionReport
 from ..core.version import Version, VersionLog
 from ..operations import (
@@ -32,20 +32,16 @@ from ..operations import (
     compare,
     export,
     merge,
-    pull,
-    push,
-    remotes,
     removal,
     retention,
-    signing,
     status,
     tags,
     verify,
     versions,
 )
 from ..storage.local.layout import default_store_path
-from ..storage.local.signatures import SignatureStatus
 from ..storage.local.store import Store
+from .team import TeamMethods
 
 __all__ = ["Repo", "default_store_path"]
 
@@ -55,8 +51,10 @@ KeepPolicy = Iterable[str] | str | None
 GcResult = GcReport | RetentionReport | RepackReport | tuple
 
 
-class Repo:
+class Repo(TeamMethods):
     """A model version store in one folder (by default ``.mvc`` beside the notebook).
+
+    Remotes (push, pull, clone) and signatures are :class:`~mvc_magics.api.team.TeamMethods`.
 
     Args:
         path: the store folder; None means :func:`default_store_path`.
@@ -232,37 +230,6 @@ class Repo:
 
         return MergePanel(self, list(refs), name=name, namespace=namespace, **options)
 
-    # -- remotes ----------------------------------------------------------------------------
-
-    def add_remote(self, name: str, url: str) -> str:
-        """Configure remote ``name`` at an fsspec ``url``; URLs with credentials are refused."""
-        return remotes.add_remote(self.store, name, url)
-
-    def remotes(self) -> dict[str, str]:
-        """Configured remotes, name -> URL."""
-        return remotes.load_remotes(self.store)
-
-    def remove_remote(self, name: str) -> None:
-        """Forget remote ``name`` (nothing on the remote is touched)."""
-        remotes.remove_remote(self.store, name)
-
-    def push(self, remote: str | None = None, refs: Iterable[str] | None = None, force: bool = False,
-             progress: bool | None = None) -> TransferReport:
-        """Send all versions (or ``refs`` and their ancestors) and their tags to ``remote``; idempotent."""
-        return push.push(self.store, remote, refs, force=force, progress=progress)
-
-    def pull(self, remote: str | None = None, refs: Iterable[str] | None = None, force: bool = False,
-             progress: bool | None = None) -> TransferReport:
-        """Fetch all versions (or ``refs`` with ancestors) and tags; every tensor is re-hashed first."""
-        return pull.pull(self.store, remote, refs, force=force, progress=progress)
-
-    @classmethod
-    def clone(cls, url: str, path: str | os.PathLike, progress: bool | None = None) -> Repo:
-        """A new store at ``path`` with remote ``origin`` = ``url`` and everything pulled from it."""
-        repo = cls.__new__(cls)
-        repo.store = pull.clone(url, Path(path).expanduser(), progress)
-        return repo
-
     # -- lifecycle, integrity and audit -----------------------------------------------------
 
     def export(self, ref: str, path: str | os.PathLike, format: str = "keras", name: str | None = None,
@@ -292,15 +259,3 @@ class Repo:
         entries = list(self.audit.entries())
         entries.reverse()
         return AuditTrail(entries[:limit] if limit else entries)
-
-    def sign_versions(self) -> list[str]:
-        """Sign every unsigned version with the configured key; return the ids signed."""
-        return signing.sign_versions(self.store)
-
-    def signature_status(self, ref: str, name: str | None = None) -> SignatureStatus:
-        """``valid``, ``unsigned``, ``bad`` or ``unchecked`` (no key configured) for version ``ref``."""
-        return signing.signature_status(self.store, ref, name)
-
-    def require_valid_signature(self, vid: str) -> None:
-        """Raise :class:`SignatureError` unless version ``vid`` has a valid signature."""
-        signing.require_valid_signature(self.store, vid)

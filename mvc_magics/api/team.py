@@ -1,0 +1,72 @@
+"""What ``Repo`` does with a team: remotes (add, push, pull, clone) and version signatures.
+
+A mixin of :class:`~mvc_magics.api.repo.Repo`, so ``repo.push(...)`` reads as before while ``repo.py``
+stays a short table of contents. Like every ``Repo`` method, each binds one operation to ``self.store``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from ..core.reports import TransferReport
+from ..operations import pull, push, remotes, signing
+from ..storage.local.signatures import SignatureStatus
+
+if TYPE_CHECKING:
+    from ..storage.local.store import Store
+
+__all__ = ["TeamMethods"]
+
+R = TypeVar("R", bound="TeamMethods")
+
+
+class TeamMethods:
+    """Remote and signature methods of :class:`~mvc_magics.api.repo.Repo` (``self.store`` is its store)."""
+
+    store: Store
+
+    def add_remote(self, name: str, url: str) -> str:
+        """Configure remote ``name`` at an fsspec ``url``; URLs with credentials are refused."""
+        return remotes.add_remote(self.store, name, url)
+
+    def remotes(self) -> dict[str, str]:
+        """Configured remotes, name -> URL."""
+        return remotes.load_remotes(self.store)
+
+    def remove_remote(self, name: str) -> None:
+        """Forget remote ``name`` (nothing on the remote is touched)."""
+        remotes.remove_remote(self.store, name)
+
+    def push(self, remote: str | None = None, refs: Iterable[str] | None = None, force: bool = False,
+             progress: bool | None = None) -> TransferReport:
+        """Send all versions (or ``refs`` and their ancestors) and their tags to ``remote``; idempotent."""
+        return push.push(self.store, remote, refs, force=force, progress=progress)
+
+    def pull(self, remote: str | None = None, refs: Iterable[str] | None = None, force: bool = False,
+             progress: bool | None = None) -> TransferReport:
+        """Fetch all versions (or ``refs`` with ancestors) and tags; every tensor is re-hashed first."""
+        return pull.pull(self.store, remote, refs, force=force, progress=progress)
+
+    @classmethod
+    def clone(cls: type[R], url: str, path: str | os.PathLike, progress: bool | None = None) -> R:
+        """A new store at ``path`` with remote ``origin`` = ``url`` and everything pulled from it."""
+        repo = cls.__new__(cls)
+        repo.store = pull.clone(url, Path(path).expanduser(), progress)
+        return repo
+
+    # -- signatures ---------------------------------------------------------------------------
+
+    def sign_versions(self) -> list[str]:
+        """Sign every unsigned version with the configured key; return the ids signed."""
+        return signing.sign_versions(self.store)
+
+    def signature_status(self, ref: str, name: str | None = None) -> SignatureStatus:
+        """``valid``, ``unsigned``, ``bad`` or ``unchecked`` (no key configured) for version ``ref``."""
+        return signing.signature_status(self.store, ref, name)
+
+    def require_valid_signature(self, vid: str) -> None:
+        """Raise :class:`SignatureError` unless version ``vid`` has a valid signature."""
+        signing.require_valid_signature(self.store, vid)
