@@ -89,6 +89,8 @@ class SklearnAdapter:
                 file = node.pop("file", None)
                 if isinstance(file, str) and file in arrays:
                     array, name = arrays[file], _unique(path or "value", tensors)
+                    if array.ndim > 1 and not array.flags.c_contiguous:  # (tensors are C-ordered bytes)
+                        node["order"] = "F"  # lbfgs' coef_: predictions are bit-identical only in it
                     if array.dtype.names:
                         node["tensor"], node["fields"] = name, [[f, array.dtype[f].str] for f in array.dtype.names]
                         for field in array.dtype.names:
@@ -150,6 +152,8 @@ class SklearnAdapter:
                             array[field] = part
                     else:
                         array = np.asarray(state[name])
+                    if node.pop("order", None) == "F":
+                        array = np.asfortranarray(array)
                     file = f"{len(files)}.npy"
                     buffer = io.BytesIO()
                     np.save(buffer, array, allow_pickle=False)
