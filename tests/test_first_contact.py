@@ -141,3 +141,59 @@ def test_cli_output_into_a_closed_pipe_is_quiet(tmp_path):
             assert result.stderr == "" and result.returncode == 141
     finally:
         os.close(write)
+
+
+# -- 8. refs and model names -----------------------------------------------------------------
+
+
+def _two_versions(ip):
+    ip.run_cell("import numpy as np\nmodel = {'w': np.ones(3, np.float32)}")
+    first = ip.run_line_magic("mvc_commit", "model -m first")
+    ip.run_cell("model = {'w': np.full(3, 2, np.float32)}")
+    second = ip.run_line_magic("mvc_commit", "model -m second")
+    return first, second
+
+
+def test_checkout_into_another_variable_does_not_make_it_a_model(ip):
+    first, _second = _two_versions(ip)
+    ip.run_cell("m = {'w': np.zeros(3, np.float32)}")
+    ip.run_line_magic("mvc_checkout", f"{first.short_id} m --model model")
+    assert ip.user_ns["m"]["w"].tolist() == [1, 1, 1]
+    repo = Repo(".mvc")
+    assert repo.models() == ["model"]
+    assert [e.name for e in ip.run_line_magic("mvc_status", "")] == ["model"]
+
+
+def test_checkout_as_a_new_variable_leaves_the_models_head(ip):
+    _first, second = _two_versions(ip)
+    ip.run_line_magic("mvc_checkout", "HEAD~1 --as older")
+    assert ip.user_ns["older"]["w"].tolist() == [1, 1, 1]
+    (entry,) = ip.run_line_magic("mvc_status", "")
+    assert entry.head.id == second.id and entry.changed is False  # `model` was not touched
+    ip.run_cell("model = {'w': np.full(3, 3, np.float32)}")
+    third = ip.run_line_magic("mvc_commit", "model -m third")
+    assert third.parents == (second.id,)
+
+
+def test_head_without_a_head_in_this_notebook_suggests_latest(ip):
+    with Repo(".mvc") as repo:  # committed elsewhere (a script): this notebook has no HEAD of it
+        repo.commit({"w": np.ones(3)}, "net")
+        repo.commit({"w": np.zeros(3)}, "net")
+    ip.user_ns["__session__"] = str(Path.cwd() / "analysis.ipynb")
+    try:
+        with pytest.raises(UsageError, match=r"latest~2"):
+            ip.run_line_magic("mvc_checkout", "HEAD~2 --model net --as old")
+    finally:
+        del ip.user_ns["__session__"]
+
+
+def test_an_ancestor_that_was_removed_is_named_as_removed(ip):
+    with Repo(".mvc") as repo:
+        repo.commit({"w": np.ones(3)}, "net")
+        middle = repo.commit({"w": np.zeros(3)}, "net")
+        repo.commit({"w": np.full(3, 2.0)}, "net")
+        repo.remove(middle.id, name="net")
+    with pytest.raises(UsageError) as error:
+        ip.run_line_magic("mvc_checkout", "latest~1 --model net --as old")
+    message = str(error.value)
+    assert "removed" in message and middle.id[:8] in message and "latest~1" in message

@@ -9,11 +9,11 @@ import pytest
 pytest.importorskip("sklearn", reason="scikit-learn is not installed")
 pytest.importorskip("skops.io", reason="skops is not installed")
 
-from sklearn.datasets import load_digits  # noqa: E402
-from sklearn.ensemble import RandomForestClassifier  # noqa: E402
-from sklearn.linear_model import LogisticRegression, Ridge  # noqa: E402
-from sklearn.pipeline import make_pipeline  # noqa: E402
-from sklearn.preprocessing import StandardScaler  # noqa: E402
+from sklearn.datasets import load_digits
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 X, Y = load_digits(return_X_y=True)
 X = X[:600]

@@ -102,15 +102,15 @@ class Repo(TeamMethods):
         return commit.commit(self.store, model, name, message, metrics, params, tags, provenance, parents, extra)
 
     def checkout(self, ref: str, model: Any = None, name: str | None = None, unsafe: bool = False,
-                 require_signature: bool = False, classes: Mapping[str, type] | None = None) -> Any:
+                 require_signature: bool = False, classes: Mapping[str, type] | None = None, move_head: bool = True
+                 ) -> Any:
         """Load version ``ref`` into ``model`` in place, or build a new model when ``model`` is None.
 
         All or nothing: every shape is checked before the first assignment, every tensor is re-hashed.
         ``require_signature`` refuses an unsigned version. A user class (notebook or package) is rebuilt
         only with ``classes={"Net": Net}`` (the classes you trust) or ``unsafe=True`` (found by name).
-        Returns ``model``; a JAX pytree (immutable arrays) comes back as a new pytree of its structure.
-        """
-        return checkout.checkout(self.store, ref, model, name, unsafe, require_signature, classes)
+        Returns ``model`` (a JAX pytree: a new pytree). ``move_head=False``: a copy, every HEAD stays."""
+        return checkout.checkout(self.store, ref, model, name, unsafe, require_signature, classes, move_head)
 
     def get(self, vid: str, name: str | None = None) -> Version:
         """The :class:`Version` with full id ``vid``."""

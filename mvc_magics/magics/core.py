@@ -143,8 +143,9 @@ class MVCMagics(Magics):
         if args.as_var:
             if not args.as_var.isidentifier():
                 raise UsageError(f"{args.as_var!r} is not a variable name")
-            self.session.namespace[args.as_var] = repo.checkout(version.id, name=None, **signed,
-                                                                **self.session.trust(args.unsafe))
+            # A copy in a new variable: the model's own variable (and its HEAD) stay where they are.
+            self.session.namespace[args.as_var] = repo.checkout(version.id, name=version.name, **signed,
+                                                                move_head=False, **self.session.trust(args.unsafe))
             print(f"built {version.short_id} ({version.name}) into {args.as_var}")
             return
         target = args.model or version.name
@@ -154,7 +155,10 @@ class MVCMagics(Magics):
                                                            **self.session.trust(args.unsafe))
             print(f"built {version.short_id} into new variable {target}")
         else:
-            result = repo.checkout(version.id, live, name=target, **signed)
+            # Into another variable than the history's own (--model): loaded, but no new model is tracked.
+            own = target == version.name or target in repo.models()
+            result = repo.checkout(version.id, live, name=target if own else version.name, **signed,
+                                   move_head=own)
             if result is not live:  # a JAX pytree is immutable: the variable now names the new one
                 self.session.namespace[target] = result
             print(f"checked out {version.summary()} into {target}")

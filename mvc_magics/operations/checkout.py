@@ -18,9 +18,11 @@ from .signing import require_valid_signature
 
 
 def checkout(store: Store, ref: str, model: Any = None, name: str | None = None, unsafe: bool = False,
-             require_signature: bool = False, classes: Mapping[str, type] | None = None) -> Any:
+             require_signature: bool = False, classes: Mapping[str, type] | None = None,
+             move_head: bool = True) -> Any:
     """Load version ``ref`` into ``model`` in place, or build a new model when ``model`` is None
-    (see :meth:`mvc_magics.Repo.checkout`); records the model's new HEAD unless the store is read-only.
+    (see :meth:`mvc_magics.Repo.checkout`); records the model's new HEAD unless the store is read-only
+    or ``move_head`` is False (a copy loaded into another variable moves no model's HEAD).
 
     Building a model whose class is user code needs ``classes`` or ``unsafe`` (see
     :mod:`mvc_magics.adapters.trust`)."""
@@ -47,7 +49,7 @@ def checkout(store: Store, ref: str, model: Any = None, name: str | None = None,
         # The last fit's metrics describe the weights the fit left, which are gone now.
         getattr(adapter, "mark_committed", lambda _model: None)(result)
         _remember_loaded(adapter, result, state, store.manifest(version.id))
-    if not store.readonly:
+    if move_head and not store.readonly:
         store.writes.move_head(target, version.id, "checkout", {"ref": ref, "rebuilt": model is None})
     return result
 

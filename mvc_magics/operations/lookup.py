@@ -207,7 +207,10 @@ def _resolve(index: Index, text: str, name: str | None, workspace: str | None = 
         if ref.kind == "head":
             rows = index.query("SELECT id FROM heads WHERE name = ?", (head_key(model, workspace),))
             if not rows:
-                raise UnknownRefError(f"{model!r} has no HEAD yet (commit or check out a version first)")
+                newest = "latest" + text.strip()[len("HEAD"):] if text.strip().startswith("HEAD") else "latest"
+                hint = (f"; {newest} names from its newest version" if index.query(
+                    "SELECT 1 FROM versions WHERE name = ? LIMIT 1", (model,)) else "")
+                raise UnknownRefError(f"{model!r} has no HEAD here yet (commit or check out a version first){hint}")
             vid = rows[0][0]
         elif ref.kind == "latest":
             rows = index.query("SELECT id FROM versions WHERE name = ? ORDER BY seq DESC LIMIT 1", (model,))
@@ -225,6 +228,9 @@ def _resolve(index: Index, text: str, name: str | None, workspace: str | None = 
         parents = json.loads(rows[0][0]).get("parents", []) if rows else []
         if not parents:
             raise UnknownRefError(f"{text!r}: history of {model!r} has only {step + 1} version(s) on that line")
+        if not index.query("SELECT 1 FROM versions WHERE id = ?", (parents[0],)):
+            raise UnknownRefError(f"{text!r}: the parent {parents[0][:12]} of {vid[:12]} is not in this store "
+                                  "(removed, or not pulled)")
         vid = parents[0]
     return vid, model
 
