@@ -130,7 +130,7 @@ def test_unknown_method_and_greedy_without_eval_fn_are_refused(repo, weights):
     versions = commit_all(repo, variants(weights, 2, seed=9))
     before = repo.index.count()
     with pytest.raises(MergeError, match="unknown merge method"):
-        repo.merge([v.id for v in versions], method="ties")
+        repo.merge([v.id for v in versions], method="breadcrumbs")
     with pytest.raises(MergeError, match="eval_fn"):
         repo.merge([v.id for v in versions], method="greedy")
     with pytest.raises(MergeError, match="no weights"):

@@ -202,26 +202,33 @@ class Repo(TeamMethods):
 
     def merge(self, refs: Iterable[str | Version], weights: Iterable[float] | None = None,
               method: str = "average", eval_fn: Any = None, name: str | None = None,
-              message: str | None = None, into: Any = None, **options: Any) -> MergedVersion:
-        """Merge versions into a new version whose parents are all the inputs.
+              message: str | None = None, into: Any = None, base: str | Version | None = None,
+              **options: Any) -> MergedVersion:
+        """Merge versions into a new version whose parents are all the inputs (and the base).
 
         ``method``: ``"average"`` (weighted mean of the float tensors; default uniform: a soup),
         ``"greedy"`` (greedy soup scored by ``eval_fn(model)``, higher is better, or ranked by
-        ``metric="val_accuracy"``), ``"ensemble"`` (mean of the members' outputs) or ``"vote"``.
+        ``metric="val_accuracy"``), ``"ensemble"`` (mean of the members' outputs) or ``"vote"``;
+        over task vectors (each input minus ``base``): ``"task_arithmetic"`` (``scale``), ``"ties"``
+        (``density``, ``scale``), ``"dare_linear"`` / ``"dare_ties"`` (``density``, ``scale``,
+        ``seed``), ``"model_stock"``, and ``"slerp"`` of two versions (``t``, no base). ``base``
+        defaults to the inputs' merge base (nearest common ancestor in the history).
         ``into`` loads the result into a live model, all or nothing. Other options: ``metric``, ``model``,
         ``result_name``, ``tags``, ``score_name``, ``provenance``, ``unsafe``/``classes`` (see
         :func:`mvc_magics.operations.merge.merge_versions`). Conflicts raise
         :class:`~mvc_magics.errors.MergeConflictError` before anything is written.
 
         >>> soup = repo.merge(["ft1", "ft2", "ft3"], name="model", into=model)   # doctest: +SKIP
+        >>> ties = repo.merge(["ft1", "ft2", "ft3"], method="ties", density=0.2)  # doctest: +SKIP
         """
-        return merge.merge_versions(self.store, refs, weights, method, eval_fn, name, message, into, **options)
+        return merge.merge_versions(self.store, refs, weights, method, eval_fn, name, message, into, base=base,
+                                    **options)
 
     def merge_preview(self, refs: Iterable[str | Version], weights: Iterable[float] | None = None,
                       method: str = "average", eval_fn: Any = None, name: str | None = None,
-                      **options: Any) -> MergePreview:
+                      base: str | Version | None = None, **options: Any) -> MergePreview:
         """The merge computed (and scored with ``eval_fn``) but not committed: ``.model``, ``.score``, ``.report``."""
-        return merge.merge_preview(self.store, refs, weights, method, eval_fn, name, **options)
+        return merge.merge_preview(self.store, refs, weights, method, eval_fn, name, base=base, **options)
 
     def merge_panel(self, refs: Iterable[str | Version], name: str | None = None,
                     namespace: Mapping[str, Any] | None = None, **options: Any) -> Any:

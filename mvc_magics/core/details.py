@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .git_provenance import describe
+from .merge_report import redo_line
 from .provenance import compile_summary
 from .tables import format_bytes, format_number
 from .version import Version
@@ -50,6 +51,25 @@ class VersionDetails:
         rows += self.git()
         training = self.training()
         rows += [(k, ", ".join(map(str, val)) if isinstance(val, list) else str(val)) for k, val in training.items()]
+        return rows + self.merge()
+
+    def merge(self) -> list[tuple[str, str]]:
+        """How a merged version was made: method, base, weights, parameters, and the line to redo it."""
+        record = self.version.extra.get("merge")
+        if not isinstance(record, dict) or not isinstance(record.get("method"), str):
+            return []
+        rows = [("merge", str(record["method"]))]
+        if record.get("base"):
+            rows.append(("merge base", f"{str(record['base'])[:8]} ({record.get('base_found', 'given')})"))
+        weights = record.get("given_weights") or record.get("weights")
+        if isinstance(weights, list) and weights:
+            rows.append(("merge weights", ", ".join(_shown(w) for w in weights)))
+        parameters = record.get("parameters")
+        if isinstance(parameters, dict) and parameters:
+            rows.append(("merge parameters", " ".join(f"{k}={_shown(v)}" for k, v in parameters.items())))
+        line = redo_line(record)
+        if line:
+            rows.append(("redo", line))
         return rows
 
     def git(self) -> list[tuple[str, str]]:
@@ -186,3 +206,10 @@ class VersionDetails:
         if libs:
             parts.append("<h5>Libraries</h5><p>" + esc(", ".join(f"{k} {val}" for k, val in libs.items())) + "</p>")
         return "<div class='mvc-version-details'>" + "".join(parts) + "</div>"
+
+
+def _shown(value: object) -> str:
+    """A stored number as shown; anything else (a damaged record) as short text, never an error."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return format_number(value)
+    return str(value)[:40]

@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import MergeConflictError
 from .manifest import ManifestEntry
+from .merge_methods import BASE_METHODS
 from .names import pair_names
 from .version import Version
 from .weights import check_some_positive, checked_weight
 
-#: Every merge method: weight merges ("average", "greedy") and output ensembles ("ensemble", "vote").
-METHODS = ("average", "greedy", "ensemble", "vote")
+#: Every merge method: weight merges ("average", "greedy"), output ensembles ("ensemble", "vote") and
+#: the methods over task vectors (task_arithmetic, ties, dare_linear, dare_ties, slerp, model_stock).
+METHODS = ("average", "greedy", "ensemble", "vote", *BASE_METHODS)
 
 # Config objects with a "name" that is not a layer or model name (kept when structures are compared).
 _NAMED_CLASSES_SKIPPED = {"DTypePolicy", "FloatDTypePolicy", "QuantizedDTypePolicy"}
@@ -35,6 +37,7 @@ class AlignedTensor:
     shape: tuple[int, ...]
     entries: tuple[ManifestEntry, ...]
     take_first: bool = False  # a random-generator state: taken from the first input, not averaged
+    base: ManifestEntry | None = None  # the base version's matching tensor (merges over task vectors)
 
     @property
     def is_float(self) -> bool:
@@ -56,6 +59,9 @@ class MergePlan:
     tensors: list[AlignedTensor]
     structure: object
     framework: str
+    base: Version | None = None  # merges over task vectors: the version the task vectors start from
+    method: str = "average"
+    parameters: dict[str, float | int] = field(default_factory=dict)  # every declared one, checked
 
     @property
     def ids(self) -> list[str]:
@@ -196,11 +202,12 @@ def check_structures(versions: Sequence[Version], structures: Sequence[object]) 
 
 
 def align(versions: Sequence[Version], manifests: Sequence[Sequence[ManifestEntry]],
-          by_position: bool) -> list[AlignedTensor]:
+          by_position: bool, agree: int | None = None) -> list[AlignedTensor]:
     """Match every tensor of the first input with one of each other input; conflicts name them.
 
     Tensors are matched by name; when the names differ but the structures are the same (checked
-    before), by position, as a checkout does.
+    before), by position, as a checkout does. Non-float tensors must be equal in the first
+    ``agree`` versions (default all): a merge's base may hold other counters than its inputs.
     """
     first = list(manifests[0])
     names = [e.name for e in first]
@@ -234,7 +241,8 @@ def align(versions: Sequence[Version], manifests: Sequence[Sequence[ManifestEntr
     aligned = [AlignedTensor(c[0].name, c[0].dtype, c[0].shape, tuple(c),
                              take_first=is_rng_state(c[0].name) and not is_float_dtype(c[0].dtype))
                for c in columns]
-    differing = [t.name for t in aligned if not t.is_float and not t.identical and not t.take_first]
+    differing = [t.name for t in aligned if not t.is_float and not t.take_first
+                 and len({e.hash for e in t.entries[:agree]}) > 1]
     if differing:
         raise MergeConflictError(
             f"non-float tensors differ between the inputs and cannot be averaged: {_listing(differing)}"

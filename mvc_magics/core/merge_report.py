@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..errors import MergeError
+from .merge_methods import BASE_METHODS as TASK_VECTOR_METHODS
 from .tables import Table, TableView, format_number
 from .version import Version
 
@@ -43,17 +44,28 @@ class MergeReport(TableView):
     ranked_by: str | None = None
     ranking: list[tuple[str, float]] = field(default_factory=list)  # greedy: own scores, best first
     steps: list[MergeStep] = field(default_factory=list)
-    tensors_averaged: int = 0
+    tensors_averaged: int = 0  # merged (averaged, or computed by a method over task vectors)
     tensors_copied: int = 0
+    base: str | None = None  # methods over task vectors: the version the task vectors start from
+    base_found: bool = False  # True: the base is the inputs' merge base, not given
+    parameters: dict[str, float | int] = field(default_factory=dict)  # every declared parameter, as used
+    given_weights: list[float] | None = None  # average: the weights as given (None: equal, not given)
 
     def to_metadata(self) -> dict:
-        """JSON-able record stored with the merged version."""
+        """JSON-able record stored with the merged version (everything :func:`redo_line` needs)."""
         data: dict = {"method": self.method, "inputs": list(self.inputs), "weights": list(self.weights),
                       "ingredients": list(self.ingredients)}
+        if self.given_weights is not None:
+            data["given_weights"] = list(self.given_weights)
+        if self.base is not None:
+            data["base"] = self.base
+            data["base_found"] = "merge base" if self.base_found else "given"
+        if self.parameters or self.method in TASK_VECTOR_METHODS:
+            data["parameters"] = dict(self.parameters)
         if self.score is not None:
             data["score"] = _json_number(self.score)
             data["score_name"] = self.score_name
-        if self.method in ("average", "greedy"):
+        if self.method in ("average", "greedy") or self.method in TASK_VECTOR_METHODS:
             data["tensors_averaged"] = self.tensors_averaged
             data["tensors_copied"] = self.tensors_copied
         if self.ranking:
@@ -67,6 +79,10 @@ class MergeReport(TableView):
     def default_message(self) -> str:
         """A commit message saying what the merge was."""
         count = len(self.inputs)
+        if self.method in TASK_VECTOR_METHODS:
+            settings = ", ".join(f"{k}={format_number(v)}" for k, v in self.parameters.items())
+            on = f" on base {self.base[:8]}" if self.base else ""
+            return f"{self.method} merge of {count} versions{on}" + (f" ({settings})" if settings else "")
         if self.method == "greedy":
             return f"greedy soup: {len(self.ingredients)} of {count} ingredients"
         if self.method in ("ensemble", "vote"):
@@ -99,6 +115,8 @@ class MergeReport(TableView):
                 row.append(step.score if step else None)
             rows.append(row)
         title = f"{self.method} merge of {len(self.inputs)} versions"
+        if self.base:
+            title += f" on base {short.get(self.base, self.base[:8])}" + (" (merge base)" if self.base_found else "")
         if self.score is not None:
             title += f": {self.score_name or 'score'} = {format_number(self.score)}"
         return Table(header, rows, title=title,
@@ -131,12 +149,56 @@ class MergedVersion(Version):
         return text if self.report is None else text + "\n" + self.report.table().to_text()
 
 
+def redo_line(merge: Mapping[str, Any]) -> str | None:
+    """The ``%mvc_merge`` line that makes this merge again (``merge``: a version's ``extra["merge"]``).
+
+    Full ids, the method, the base, the weights as used and every parameter: running it gives the
+    same version id (the merge is deterministic; DARE's drops are seeded). None for a record that is
+    not a merge's.
+    """
+    try:
+        return _redo(merge)
+    except (TypeError, ValueError, AttributeError):  # a damaged record: nothing to redo, never an error
+        return None
+
+
+def _redo(merge: Mapping[str, Any]) -> str | None:
+    method, inputs = merge.get("method"), merge.get("inputs")
+    if not isinstance(method, str) or not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
+        return None
+    parts = ["%mvc_merge", *inputs]
+    if method != "average":
+        parts += ["--method", method]
+    if merge.get("base"):
+        parts += ["--base", str(merge["base"])]
+    weights = _redo_weights(method, merge)
+    if weights:
+        parts += ["--weights", ",".join(repr(float(w)) for w in weights)]
+    for key, value in (merge.get("parameters") or {}).items():
+        parts += [f"--{key}", repr(value)]
+    if merge.get("score_name") and method == "greedy":
+        parts += ["--eval", str(merge["score_name"])]
+    return " ".join(parts)
+
+
+def _redo_weights(method: str, merge: Mapping[str, Any]) -> list | None:
+    """The weights a redo passes: none where they are the default (equal, or 1 for task vectors)."""
+    if method == "average":
+        return merge.get("given_weights")
+    weights = merge.get("weights") or []
+    if method == "greedy" or not weights:
+        return None
+    if method in TASK_VECTOR_METHODS:
+        return None if all(w == 1.0 for w in weights) else list(weights)
+    return None if len(set(weights)) <= 1 else list(weights)
+
+
 def _json_number(value: float) -> float | None:
     """NaN/inf are not JSON: stored as null."""
     return value if value is not None and math.isfinite(value) else None
 
 
-__all__ = ["MergeReport", "MergeStep", "MergedVersion"]
+__all__ = ["MergeReport", "MergeStep", "MergedVersion", "redo_line"]
 
 
 EvalFn = Callable[[Any], float]

@@ -1,4 +1,4 @@
-"""%mvc_merge: weight averages, greedy soups and ensembles of stored versions."""
+"""%mvc_merge: weight averages, greedy soups, ensembles and merges over task vectors of stored versions."""
 
 from __future__ import annotations
 
@@ -55,7 +55,16 @@ class MergeMagics(Magics):
     @argument("refs", nargs="*", metavar="REF", help="two or more versions (id prefix, tag, best:METRIC...)")
     @argument("--model", default=None, help="the model whose history the refs are in (and the result's model)")
     @argument("--weights", default=None, metavar="W1,W2,...", help="one weight per ref (normalized; default equal)")
-    @argument("--method", default="average", choices=METHODS, help="average | greedy | ensemble | vote")
+    @argument("--method", default="average", choices=METHODS, metavar="METHOD",
+              help="average | greedy | ensemble | vote | task_arithmetic | ties | dare_linear | dare_ties | "
+                   "slerp | model_stock")
+    @argument("--base", default=None, metavar="REF",
+              help="task-vector methods: the version the inputs were fine-tuned from (default: their merge base)")
+    @argument("--density", type=float, default=None, metavar="D",
+              help="ties: fraction of each task vector kept (0.2); dare_*: probability an element is kept (0.5)")
+    @argument("--scale", type=float, default=None, metavar="L", help="task-vector methods: merged task vector x L (1)")
+    @argument("--t", type=float, default=None, metavar="T", help="slerp: 0 = first version, 1 = second (0.5)")
+    @argument("--seed", type=int, default=None, metavar="S", help="dare_*: seed of the random drops (0)")
     @argument("--eval", dest="eval_fn", default=None, metavar="FUNC",
               help="a callable in the notebook: FUNC(model) -> score, higher is better")
     @argument("--metric", default=None, metavar="NAME[:min|max]",
@@ -75,7 +84,9 @@ class MergeMagics(Magics):
         ``--method average`` (default): weighted mean of the weights (a uniform soup without
         ``--weights``). ``greedy``: add ingredients best-first while ``--eval FUNC`` does not drop.
         ``ensemble`` / ``vote``: a Keras model averaging the members' outputs / taking the
-        majority class. Returns the merged Version (``v = %mvc_merge a b``).
+        majority class. Over task vectors (each ref minus ``--base``, by default the refs' merge
+        base): ``task_arithmetic``, ``ties``, ``dare_linear``, ``dare_ties``, ``model_stock``; and
+        ``slerp`` of two refs. Returns the merged Version (``v = %mvc_merge a b``).
         """
         args = parse_line(self.mvc_merge, line)
         repo = self.session.repo
@@ -88,7 +99,7 @@ class MergeMagics(Magics):
             if not args.into.isidentifier():
                 raise UsageError(f"{args.into!r} is not a variable name")
             existing = self.session.namespace.get(args.into)
-            if existing is not None and args.method in ("average", "greedy"):
+            if existing is not None and args.method not in ("ensemble", "vote"):
                 try:
                     adapter_for(existing)
                 except UnsupportedModelError:
@@ -96,18 +107,21 @@ class MergeMagics(Magics):
                 into = existing
             else:
                 build_into = args.into
+        params = {key: getattr(args, key) for key in ("density", "scale", "t", "seed")
+                  if getattr(args, key) is not None}
         if args.widget:
             from ..widgets.merge_panel import MergePanel
 
             if build_into:
                 raise UsageError("--widget with --into needs an existing model variable to load the result into")
             return MergePanel(repo, args.refs, name=name, namespace=self.session.namespace, weights=weights,
-                              method=args.method, eval_name=args.eval_fn, result_name=args.name, into=into)
-        version = repo.merge(args.refs, weights=weights, method=args.method, eval_fn=eval_fn, name=name,
+                              method=args.method, eval_name=args.eval_fn, result_name=args.name, into=into,
+                              base=args.base, params=params)
+        version = repo.merge(args.refs, weights=weights, method=args.method, eval_fn=eval_fn, name=name, base=args.base,
                              message=args.message, into=into, metric=args.metric, result_name=args.name,
                              tags=tags, score_name=args.eval_fn, model=self._template(name),
                              provenance=build_provenance(self.session.notebook_path(), source="%mvc_merge"),
-                             **self.session.trust(args.unsafe))
+                             **self.session.trust(args.unsafe), **params)
         if build_into:
             self.session.namespace[build_into] = repo.checkout(version.id, name=version.name,
                                                                **self.session.trust(args.unsafe))

@@ -1,4 +1,5 @@
-"""Merging versions: weighted averages ("model soups"), greedy soups and output ensembles.
+"""Merging versions: weighted averages ("model soups"), greedy soups, output ensembles, and merges
+over task vectors (task arithmetic, TIES, DARE, SLERP, Model Stock; :mod:`.task_merge`).
 
 Every merge is checked completely before a tensor is read (:mod:`mvc_magics.core.merge_plan`), so a
 conflict leaves the store and every live model as they were. Averaging lives in :mod:`.soups`,
@@ -19,6 +20,7 @@ from typing import Any
 from ..adapters import adapter_for, adapter_named
 from ..adapters.base import match_state
 from ..adapters.keras_structure import foreign_modules
+from ..core.merge_methods import BASE_METHODS
 from ..core.merge_plan import METHODS, MergePlan, align, check_distinct, check_structures, check_weights
 from ..core.merge_report import EvalFn, MergedVersion, MergePreview, MergeReport
 from ..core.version import Version
@@ -28,6 +30,7 @@ from . import versions
 from .commit import commit, commit_stream
 from .ensemble import build_ensemble
 from .soups import Evaluator, average_state, average_stream, averaged_count, greedy_soup
+from .task_merge import base_merge_state, base_merge_stream, merged_count, plan_base_merge
 
 __all__ = ["METHODS", "MergePreview", "MergeReport", "MergedVersion", "computed_merge", "merge_preview",
            "merge_versions"]
@@ -71,12 +74,27 @@ Prepared = tuple[list[Version], MergeReport, "MergePlan | None"]
 
 
 def _prepare(store: Store, refs: Sequence[str | Version], weights: Sequence[float] | None, method: str,
-             eval_fn: EvalFn | None, name: str | None, score_name: str | None) -> Prepared:
-    """(inputs, report, checked plan of a weight merge or None for an ensemble): nothing read but metadata."""
+             eval_fn: EvalFn | None, name: str | None, score_name: str | None,
+             base: str | Version | None = None, params: Mapping[str, Any] | None = None) -> Prepared:
+    """(inputs, report, checked plan of a weight merge or None for an ensemble): nothing read but metadata.
+
+    ``base`` and ``params`` (density, scale, t, seed...) are for the methods over task vectors;
+    the other methods ignore ``base`` and refuse parameters they do not declare.
+    """
     if method not in METHODS:
         raise MergeError(f"unknown merge method {method!r}: use one of {', '.join(METHODS)}")
+    params = {k: v for k, v in (params or {}).items() if v is not None}
+    if params and method not in BASE_METHODS:
+        raise MergeError(f"{method} has no parameter {', '.join(map(repr, sorted(params)))}")
     inputs = _resolve(store, refs if isinstance(refs, str) else list(refs), name)
     report = MergeReport(method=method, inputs=[v.id for v in inputs], score_name=_score_name(eval_fn, score_name))
+    if method in BASE_METHODS:
+        plan = plan_base_merge(store, inputs, method, base, weights, params, name)
+        report.base = plan.base.id if plan.base is not None else None
+        report.base_found = base is None and plan.base is not None
+        report.parameters = dict(plan.parameters)
+        _describe_average(report, plan)
+        return inputs, report, plan
     if method in ("ensemble", "vote"):
         return inputs, report, None
     if method == "greedy":
@@ -92,7 +110,8 @@ def computed_merge(store: Store, refs: Sequence[str | Version], weights: Sequenc
                    method: str = "average", eval_fn: EvalFn | None = None, name: str | None = None,
                    metric: str | None = None, template: Any = None,
                    score_name: str | None = None, unsafe: bool = False,
-                   classes: Mapping[str, type] | None = None, prepared: Prepared | None = None
+                   classes: Mapping[str, type] | None = None, prepared: Prepared | None = None,
+                   base: str | Version | None = None, params: Mapping[str, Any] | None = None
                    ) -> Iterator[MergePreview]:
     """Check and compute a merge; yield it with a live model holding the result, uncommitted.
 
@@ -103,7 +122,7 @@ def computed_merge(store: Store, refs: Sequence[str | Version], weights: Sequenc
     ``prepared``: what :func:`_prepare` returned for these arguments (not checked again).
     """
     weights = weights if weights is None or isinstance(weights, str) else list(weights)
-    inputs, report, plan = prepared or _prepare(store, refs, weights, method, eval_fn, name, score_name)
+    inputs, report, plan = prepared or _prepare(store, refs, weights, method, eval_fn, name, score_name, base, params)
     if plan is None:
         yield build_ensemble(store, inputs, weights, method, eval_fn, report, unsafe, classes)
         return
@@ -116,6 +135,10 @@ def computed_merge(store: Store, refs: Sequence[str | Version], weights: Sequenc
             report.ingredients = [inputs[i].id for i in chosen]
             state, averaged = average_state(store, plan, chosen, raw)
             report.score = score
+        elif method in BASE_METHODS:
+            state, averaged = base_merge_state(store, plan), merged_count(plan)
+            if eval_fn is not None:
+                report.score = evaluator.score(state)
         else:
             _describe_average(report, plan)
             state, averaged = average_state(store, plan)
@@ -130,9 +153,17 @@ def computed_merge(store: Store, refs: Sequence[str | Version], weights: Sequenc
 
 
 def _describe_average(report: MergeReport, plan: MergePlan) -> None:
-    report.weights = plan.weights
+    if plan.method in BASE_METHODS:
+        # Task-vector methods use the weights as given (default 1: task arithmetic sums); methods
+        # without weights (slerp, model_stock) record none.
+        report.weights = list(plan.raw_weights) if BASE_METHODS[plan.method].weighted else []
+        report.tensors_averaged = merged_count(plan)
+    else:
+        report.weights = plan.weights
+        # As given, so a redo sums in the same order and gives the same bytes (default: all 1, not stored).
+        report.given_weights = None if all(w == 1.0 for w in plan.raw_weights) else list(plan.raw_weights)
+        report.tensors_averaged = averaged_count(plan)
     report.ingredients = [v.id for v, w in zip(plan.versions, plan.weights, strict=True) if w > 0]
-    report.tensors_averaged = averaged_count(plan)
     report.tensors_copied = len(plan.tensors) - report.tensors_averaged
 
 
@@ -145,7 +176,7 @@ def streamed(plan: MergePlan | None, method: str, eval_fn: EvalFn | None) -> boo
     structure and metadata are read from the live module (PyTorch's class, device and training
     flag; scikit-learn's taken-apart estimator; a JAX tree), which a stored structure does not vouch for.
     """
-    return (plan is not None and method == "average" and eval_fn is None
+    return (plan is not None and (method == "average" or method in BASE_METHODS) and eval_fn is None
             and (plan.framework == "numpy" or (plan.framework in ("keras", "tf_keras")
                                                and plan.structure is not None
                                                and not foreign_modules(plan.structure))))
@@ -163,21 +194,25 @@ def merge_versions(store: Store, refs: Sequence[str | Version], weights: Sequenc
                    message: str | None = None, into: Any = None, metric: str | None = None,
                    model: Any = None, result_name: str | None = None, tags: Sequence[str] = (),
                    score_name: str | None = None, provenance: dict | None = None, unsafe: bool = False,
-                   classes: Mapping[str, type] | None = None) -> MergedVersion:
+                   classes: Mapping[str, type] | None = None, base: str | Version | None = None,
+                   **params: Any) -> MergedVersion:
     """Merge versions and commit the result with every input as a parent (see :meth:`Repo.merge`).
 
     The result goes through the commit's staging and publishing, so a merge gets everything a
     commit does (deduplication, atomic writes, checks) and nothing else writes to the store. A
     plain average (see :func:`streamed`) is streamed into the commit tensor by tensor; otherwise
     the live merged model is committed. ``into`` is checked before the commit and assigned after it.
+    ``base`` and ``params`` (``density``, ``scale``, ``t``, ``seed``): methods over task vectors
+    (:mod:`.task_merge`); the base is a parent of the result too.
     """
     if into is not None:
         adapter_for(into)  # an unsupported object fails before any work
     weights = weights if weights is None or isinstance(weights, str) else list(weights)
-    prepared = _prepare(store, refs, weights, method, eval_fn, name, score_name)
+    prepared = _prepare(store, refs, weights, method, eval_fn, name, score_name, base, params)
     inputs, report, plan = prepared
     first = inputs[0]
-    weight_merge = method in ("average", "greedy")
+    weight_merge = method in ("average", "greedy") or method in BASE_METHODS
+    parents = list(report.inputs) + ([report.base] if report.base and report.base not in report.inputs else [])
     target = result_name or (name if weight_merge and name else None) or (
         first.name if weight_merge else f"{name or first.name}_{method}")
 
@@ -191,7 +226,7 @@ def merge_versions(store: Store, refs: Sequence[str | Version], weights: Sequenc
         if "compile" in first.extra and weight_merge:
             extra["compile"] = first.extra["compile"]  # same structure: the inputs' training setup
         return {"message": message or report.default_message(), "metrics": metrics or {}, "tags": tags,
-                "parents": report.inputs, "extra": extra, "provenance": provenance,
+                "parents": parents, "extra": extra, "provenance": provenance,
                 "move_head": into is not None, "attach": False}
 
     if streamed(plan, method, eval_fn):
@@ -199,8 +234,8 @@ def merge_versions(store: Store, refs: Sequence[str | Version], weights: Sequenc
         if into is not None:
             _check_fits(into, {t.name: t for t in plan.tensors})
         _describe_average(report, plan)
-        version = commit_stream(store, first.framework, plan.structure,
-                                average_stream(store, plan), target, **options(),
+        stream = base_merge_stream(store, plan) if method in BASE_METHODS else average_stream(store, plan)
+        version = commit_stream(store, first.framework, plan.structure, stream, target, **options(),
                                 total_bytes=sum(t.entries[0].nbytes for t in plan.tensors))
         # The live model gets the committed version, read back and verified like a checkout.
         state = versions.load_state(store, version) if into is not None else {}
@@ -221,14 +256,15 @@ def merge_versions(store: Store, refs: Sequence[str | Version], weights: Sequenc
 def merge_preview(store: Store, refs: Sequence[str | Version], weights: Sequence[float] | None = None,
                   method: str = "average", eval_fn: EvalFn | None = None, name: str | None = None,
                   metric: str | None = None, model: Any = None, score_name: str | None = None,
-                  unsafe: bool = False, classes: Mapping[str, type] | None = None) -> MergePreview:
+                  unsafe: bool = False, classes: Mapping[str, type] | None = None,
+                  base: str | Version | None = None, **params: Any) -> MergePreview:
     """The merge computed and scored, nothing committed, no live model changed.
 
     ``.model`` is a new live model holding the result (None when it could only be held in a
     borrowed ``model``, which has its own weights back).
     """
     with computed_merge(store, refs, weights, method, eval_fn, name, metric, model, score_name,
-                        unsafe, classes) as preview:
+                        unsafe, classes, base=base, params=params) as preview:
         borrowed = model is not None and preview.model is model
     if borrowed:
         preview.model = None

@@ -1,4 +1,5 @@
-"""The merge panel: one weight slider per version, method and evaluation pickers, preview, commit.
+"""The merge panel: one weight slider per version, method, its parameters and the base, evaluation
+picker, preview (with the eval function's score), commit.
 
 All the work is done by :meth:`Repo.merge_preview` and :meth:`Repo.merge`; the handlers only read
 the controls and show the result (expected errors as one line, in the panel).
@@ -15,6 +16,7 @@ from typing import Any
 import ipywidgets as widgets
 from IPython.display import display
 
+from ..core.merge_methods import BASE_METHODS
 from ..core.merge_plan import METHODS
 from ..core.tables import format_number
 from ..errors import MVCError
@@ -31,15 +33,17 @@ def evaluation_functions(namespace: Mapping[str, Any]) -> list[str]:
 class MergePanel(widgets.VBox):
     """Weigh, preview and commit a merge of stored versions.
 
-    ``sliders`` (one per version), ``method``, ``eval_picker``, ``message``, ``preview_button``
-    and ``commit_button`` are the controls; ``last_preview`` / ``last_version`` / ``error`` hold
-    what the last click produced.
+    ``sliders`` (one per version), ``method``, ``parameters`` (``density``, ``scale``, ``t``,
+    ``seed``: enabled when the method declares them, reset to its defaults when it changes),
+    ``base`` (a ref; empty: the merge base), ``eval_picker``, ``message``, ``preview_button`` and
+    ``commit_button`` are the controls; ``last_preview`` / ``last_version`` / ``error`` hold what
+    the last click produced.
     """
 
     def __init__(self, repo, refs: Sequence[Any], name: str | None = None,
                  namespace: Mapping[str, Any] | None = None, weights: Sequence[float] | None = None,
                  method: str = "average", eval_name: str | None = None, result_name: str | None = None,
-                 into: Any = None) -> None:
+                 into: Any = None, base: str | None = None, params: Mapping[str, float] | None = None) -> None:
         super().__init__()
         self.repo, self.name, self.result_name, self.into = repo, name, result_name, into
         self.namespace = namespace if namespace is not None else {}
@@ -58,6 +62,10 @@ class MergePanel(widgets.VBox):
         self.eval_picker = widgets.Dropdown(options=[_NO_EVAL, *functions],
                                             value=eval_name if eval_name in functions else _NO_EVAL,
                                             description="evaluate")
+        self.parameters = {name: (widgets.BoundedIntText(value=0, min=0, max=2**31 - 1, description=name)
+                                  if name == "seed" else widgets.FloatText(value=0.0, step=0.05, description=name))
+                           for name in ("density", "scale", "t", "seed")}
+        self.base = widgets.Text(value=base or "", placeholder="merge base of the versions", description="base")
         self.message = widgets.Text(placeholder="commit message (optional)", description="message")
         self.preview_button = widgets.Button(description="Preview", icon="eye")
         self.commit_button = widgets.Button(description="Merge & commit", button_style="primary", icon="check")
@@ -73,10 +81,14 @@ class MergePanel(widgets.VBox):
         self.commit_button.on_click(self._on_commit)
         rows = [widgets.HBox([s, share, label]) for s, share, label in zip(self.sliders, self.shares, labels,
                                                                            strict=True)]
-        self.children = [*rows, widgets.HBox([self.method, self.eval_picker]), self.message,
+        self.children = [*rows, widgets.HBox([self.method, self.eval_picker]),
+                         widgets.HBox([self.base, *self.parameters.values()]), self.message,
                          widgets.HBox([self.preview_button, self.commit_button]), self.status, self.out]
         self._on_weight_change()
         self._on_method_change()
+        for key, value in (params or {}).items():  # the magic's flags win over the method's defaults
+            if key in self.parameters:
+                self.parameters[key].value = value
 
     @staticmethod
     def _describe(version) -> str:
@@ -95,9 +107,14 @@ class MergePanel(widgets.VBox):
         return None if choice == _NO_EVAL else self.namespace.get(choice)
 
     def _options(self) -> dict:
-        greedy = self.method.value == "greedy"
-        options = {"weights": None if greedy else self.weights, "method": self.method.value,
+        spec = BASE_METHODS.get(self.method.value)
+        uses_weights = self.method.value != "greedy" and (spec is None or spec.weighted)
+        options = {"weights": self.weights if uses_weights else None, "method": self.method.value,
                    "eval_fn": self.eval_fn, "name": self.name}
+        if spec is not None:
+            options.update({p.name: self.parameters[p.name].value for p in spec.parameters})
+            if spec.needs_base and self.base.value.strip():
+                options["base"] = self.base.value.strip()
         if self.eval_fn is not None:
             options["score_name"] = self.eval_picker.value  # the name the user picked it by
         return options
@@ -110,8 +127,15 @@ class MergePanel(widgets.VBox):
             share.value = f"{100 * weight / total:.1f}%" if total > 0 else "—"
 
     def _on_method_change(self, change=None) -> None:
-        for slider in self.sliders:  # a greedy soup chooses its own (uniform) weights
-            slider.disabled = self.method.value == "greedy"
+        spec = BASE_METHODS.get(self.method.value)
+        for slider in self.sliders:  # a greedy soup chooses its own (uniform) weights; slerp/model_stock use none
+            slider.disabled = self.method.value == "greedy" or (spec is not None and not spec.weighted)
+        declared = {p.name: p for p in spec.parameters} if spec is not None else {}
+        for name, control in self.parameters.items():
+            control.disabled = name not in declared
+            if name in declared:
+                control.value = declared[name].default
+        self.base.disabled = spec is None or not spec.needs_base
 
     def _run(self, action):
         self.error = None
