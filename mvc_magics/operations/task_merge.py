@@ -32,8 +32,8 @@ from ..core.merge_plan import (
 )
 from ..core.version import Version
 from ..errors import MergeConflictError, MergeError
-from ..storage.snapshot import TensorReader
-from ..storage.store import Store
+from ..storage.local.store import Store
+from ..storage.snapshots.snapshot import TensorReader
 from . import versions
 
 
