@@ -245,13 +245,13 @@ def test_signatures_travel_with_push_pull_and_clone(tmp_path, hmac_key, monkeypa
     monkeypatch.delenv("MVC_SIGNING_KEY")  # the teammate pulls before configuring the key
     with Repo(tmp_path / "teammate") as mate:
         mate.add_remote("origin", url)
-        mate.commit({"w": np.zeros(3, np.float32)}, "model")  # their own, unsigned
+        own = mate.commit({"w": np.zeros(3, np.float32)}, "model")  # their own, unsigned
         mate.pull("origin")
         monkeypatch.setenv("MVC_SIGNING_KEY", "correct horse battery staple")
         loaded = mate.checkout("approved", name="model", require_signature=True)
         assert loaded["w"].tolist() == [1, 1, 1]
         with pytest.raises(IntegrityError, match="not signed"):
-            mate.checkout(mate.log("model")[-1].id, name="model", require_signature=True)
+            mate.checkout(own.id, name="model", require_signature=True)
     with Repo.clone(url, tmp_path / "clone") as clone:
         assert clone.checkout(signed.id, name="model", require_signature=True)["w"].tolist() == [1, 1, 1]
     # A remote's signature the configured key finds invalid is not kept (it would block a valid one).

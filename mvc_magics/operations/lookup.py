@@ -81,10 +81,10 @@ def _load_versions(index: Index, where: str, params: tuple, limit: int | None,
     inserted (rows are only added and deleted, and ``seq`` is never reused), so its parsed
     metadata is kept per index connection and a repeated ``log`` reads only ids, metrics and tags.
     """
-    selection = f"SELECT v.id FROM versions v WHERE {where} ORDER BY v.seq DESC"
+    selection = f"SELECT v.id FROM versions v WHERE {where} ORDER BY v.ord DESC, v.id DESC"
     if limit:
         selection += f" LIMIT {int(limit)}"
-    rows = index.query(f"SELECT v.seq, v.id, v.name FROM versions v WHERE {where} ORDER BY v.seq DESC"
+    rows = index.query(f"SELECT v.seq, v.id, v.name FROM versions v WHERE {where} ORDER BY v.ord DESC, v.id DESC"
                        + (f" LIMIT {int(limit)}" if limit else ""), params)
     if not rows:
         return []
@@ -213,7 +213,7 @@ def _resolve(index: Index, text: str, name: str | None, workspace: str | None = 
                 raise UnknownRefError(f"{model!r} has no HEAD here yet (commit or check out a version first){hint}")
             vid = rows[0][0]
         elif ref.kind == "latest":
-            rows = index.query("SELECT id FROM versions WHERE name = ? ORDER BY seq DESC LIMIT 1", (model,))
+            rows = index.query("SELECT id FROM versions WHERE name = ? ORDER BY ord DESC, id DESC LIMIT 1", (model,))
             if not rows:
                 raise UnknownRefError(f"{model!r} has no versions yet")
             vid = rows[0][0]
@@ -250,7 +250,7 @@ def _resolve_best(index: Index, model: str, metric: str, direction: str, text: s
     order = "ASC" if direction == "min" else "DESC"
     rows = index.query(
         f"SELECT v.id FROM versions v JOIN metrics m ON m.id = v.id WHERE v.name = ? AND m.key = ? "
-        f"AND m.value IS NOT NULL ORDER BY m.value {order}, v.seq DESC LIMIT 1",
+        f"AND m.value IS NOT NULL ORDER BY m.value {order}, v.ord DESC, v.id DESC LIMIT 1",
         (model, metric),
     )
     if rows:

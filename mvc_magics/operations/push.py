@@ -40,7 +40,7 @@ def _push(store: Store, label: str, url: str, refs, force: bool, progress: bool 
     target.check_format(create=True)
     log = RemoteLog(target, state_cache(store, url))
     state = _log_state(target, log)
-    versions_here = [row[0] for row in store.index.query("SELECT id FROM versions ORDER BY seq")]
+    versions_here = [row[0] for row in store.index.query("SELECT id FROM versions ORDER BY ord, id")]
     if refs is None:
         start = versions_here
     else:

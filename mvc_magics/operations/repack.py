@@ -38,7 +38,7 @@ def repack(store: Store, name: str | None = None) -> RepackReport:
     limit = max_depth()
     limit_bytes = base_cache_bytes()  # decoded bases kept between versions (MVC_BASE_CACHE_MB)
     with store.locked():
-        rows = store.index.query("SELECT id, name, meta FROM versions ORDER BY seq")
+        rows = store.index.query("SELECT id, name, meta FROM versions ORDER BY ord, id")
         child = _group_children(rows, limit)
         done: dict[str, dict[str, StoredCoding]] = {}  # files written (or found as planned) by this run
         recent: dict[str, np.ndarray] = {}  # tensors decoded for the last two versions: bases of the next

@@ -30,7 +30,7 @@ def resolve(store: Store, ref: str, name: str | None = None) -> Version:
 
 def models(store: Store) -> list[str]:
     """Names of the models that have versions, in order of their first commit (then HEAD-only ones)."""
-    rows = store.index.query("SELECT name, min(seq) FROM versions GROUP BY name ORDER BY 2")
+    rows = store.index.query("SELECT name, min(ord) FROM versions GROUP BY name ORDER BY 2, 1")
     heads = {head_owner(r[0])[0] for r in store.index.query("SELECT name FROM heads")}
     names = [r[0] for r in rows]
     return names + sorted(heads - set(names))

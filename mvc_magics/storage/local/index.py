@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ...errors import IntegrityError, StoreError, UnsafeFileError
+from . import version_order
 
 SCHEMA_VERSION = 1
 
@@ -32,7 +33,8 @@ CREATE TABLE IF NOT EXISTS versions(
     meta TEXT NOT NULL,
     manifest TEXT NOT NULL,
     nbytes INTEGER NOT NULL,
-    written INTEGER NOT NULL DEFAULT 0
+    written INTEGER NOT NULL DEFAULT 0,
+    ord INTEGER
 );
 CREATE INDEX IF NOT EXISTS versions_name ON versions(name, seq);
 CREATE TABLE IF NOT EXISTS metrics(
@@ -46,6 +48,7 @@ CREATE TABLE IF NOT EXISTS tags(
 );
 CREATE INDEX IF NOT EXISTS tags_id ON tags(id);
 CREATE TABLE IF NOT EXISTS heads(name TEXT PRIMARY KEY, id TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS version_parents(parent TEXT NOT NULL, child TEXT NOT NULL, PRIMARY KEY(parent, child));
 CREATE TABLE IF NOT EXISTS tensors(hash TEXT PRIMARY KEY, object TEXT NOT NULL, nbytes INTEGER NOT NULL);
 """
 
@@ -83,6 +86,7 @@ class Index:
                 self._conn.execute("PRAGMA journal_mode=WAL")
                 self._conn.execute("PRAGMA synchronous=FULL")
                 self._conn.executescript(SCHEMA_SQL)
+                version_order.upgrade(self._conn)
                 self._conn.execute(
                     "INSERT OR IGNORE INTO info(key, value) VALUES('schema_version', ?)", (str(SCHEMA_VERSION),)
                 )
@@ -182,11 +186,13 @@ class Index:
         """A version's row and the locations of what it reads: its tensors and (format 3) the blob
         of its structure, so the next commit of the same structure finds it stored, as a tensor."""
         nbytes = sum(int(e["nbytes"]) for e in manifest)
-        conn.execute(
+        added = conn.execute(
             "INSERT OR IGNORE INTO versions(id, name, created, meta, manifest, nbytes, written) "
             "VALUES(?, ?, ?, ?, ?, ?, ?)",
             (version_id, name, created, json.dumps(meta), json.dumps(manifest), nbytes, written),
-        )
+        ).rowcount
+        if added:
+            version_order.place(conn, version_id, created, meta.get("parents") or ())
         rows = [(e["hash"], e["object"], int(e["nbytes"])) for e in manifest]
         if structure_ref is not None:
             rows.append((structure_ref.hash, structure_ref.object, int(structure_ref.nbytes)))
