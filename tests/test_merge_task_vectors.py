@@ -404,3 +404,17 @@ def test_merge_panel_offers_the_method_parameters_and_scores_the_preview(ip, rep
     panel.commit_button.click()
     assert panel.error is None
     assert panel.last_version.extra["merge"]["parameters"] == {"density": 0.5, "scale": 1.0, "seed": 3}
+
+
+def test_completion_offers_the_methods_and_refs_after_base(ip):
+    from IPython.core.completer import provisionalcompleter
+
+    def complete(line):
+        with provisionalcompleter():
+            return {(line[:c.start] + c.text).split()[-1] for c in ip.Completer.completions(line, len(line))}
+
+    ip.user_ns["model"] = {"w": np.zeros(2, np.float32)}
+    ip.run_line_magic("mvc_commit", "model -m pre --tag pretrained")
+    assert {"task_arithmetic", "ties"} <= complete("%mvc_merge a b --method t")
+    assert "pretrained" in complete("%mvc_merge a b --method ties --base pre")
+    assert "--density" in complete("%mvc_merge a b --method ties --dens")

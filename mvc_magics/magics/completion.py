@@ -45,6 +45,7 @@ FLAG_VALUES: dict[str, str] = {
     "--model": "model", "--data": "data*", "--as": "none", "--into": "model", "--tag": "tag*",
     "--baseline": "ref", "--eval": "callable", "--method": "method", "-m": "none", "--message": "none",
     "--metric": "none", "--param": "none", "--weights": "none", "-n": "none",
+    "--base": "ref", "--density": "none", "--scale": "none", "--t": "none", "--seed": "none",
 }
 
 
