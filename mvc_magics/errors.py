@@ -63,6 +63,19 @@ class IntegrityError(MVCError):
     """Stored data does not match its hash, or a snapshot file is malformed or hostile."""
 
 
+class RefusedObjectsError(IntegrityError):
+    """A pull or clone refused some remote objects (each named in ``refused``: id -> one-line
+    reason) and imported every other version. ``report`` is the transfer's report; ``path`` the
+    clone's store when a clone raised it (kept, with what arrived)."""
+
+    def __init__(self, message: str, refused: dict[str, str] | None = None, report: object = None,
+                 path: object = None) -> None:
+        super().__init__(message)
+        self.refused = dict(refused or {})
+        self.report = report
+        self.path = path
+
+
 class MergeError(MVCError, ValueError):
     """A merge was asked for wrongly (unknown method, missing evaluation function); nothing was committed."""
 
@@ -85,6 +98,11 @@ class UnsupportedDataError(MVCError, TypeError):
 
 class RemoteError(MVCError):
     """A remote cannot be reached, read or written, or is not an mvc remote."""
+
+
+class RefusedRemoteFileError(RemoteError):
+    """One file of a remote was refused (a symbolic link, FIFO or device, a path leading outside
+    the remote, more bytes than allowed): a pull goes on without it."""
 
 
 class InvalidRemoteError(RemoteError, ValueError):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mvc_magics import Repo
-from mvc_magics.errors import MVCError, RemoteError
+from mvc_magics.errors import MVCError, RefusedObjectsError, RemoteError
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ def test_an_object_larger_than_listed_is_not_downloaded_whole(tmp_path, pushed):
     with open(obj, "ab") as handle:
         handle.write(b"\0" * (4 << 20))  # a teammate's 4 MB more than the log says
     with Repo(tmp_path / "b" / ".mvc") as b:
-        with pytest.raises(RemoteError, match=f"larger than the {listed} bytes"):
+        with pytest.raises(RefusedObjectsError, match=f"larger than the {listed} bytes"):  # named, the rest pulled
             b.pull(pushed.as_uri())
         assert b.index.count() == 0
         assert sum(p.stat().st_size for p in b.layout.tmp.iterdir()) <= listed  # stopped, then cleaned
@@ -94,6 +94,6 @@ def test_an_s3_object_larger_than_listed_is_refused_before_it_fills_the_disk(tmp
     body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
     client.put_object(Bucket=bucket, Key=key, Body=body + b"\0" * (4 << 20))  # 4 MB more than the log lists
     with Repo(tmp_path / "b" / ".mvc") as b:
-        with pytest.raises(RemoteError, match=f"more than the {listed} this pull accepts"):
+        with pytest.raises(RefusedObjectsError, match=f"more than the {listed} this pull accepts"):
             b.pull(url)
         assert b.index.count() == 0 and list(b.layout.tmp.iterdir()) == []

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from ..api.repo import Repo
 from ..core.refs import split_remote_and_refs
 from ..core.tables import Table, format_bytes, format_number
-from ..errors import CompareError, MVCError
+from ..errors import CompareError, MVCError, RefusedObjectsError
 from ..operations.export import FORMATS
 from . import cli_manage
 
@@ -129,7 +129,11 @@ def run(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv``; return the exit code."""
     args = build_parser().parse_args(argv)
     if args.command == "clone":
-        repo = Repo.clone(args.url, args.path or _store_path(args))
+        try:
+            repo = Repo.clone(args.url, args.path or _store_path(args))
+        except RefusedObjectsError as exc:  # the clone keeps what arrived: say what was refused, one a line
+            print(exc.report)
+            raise
         print(f"cloned {args.url} into {repo.path} ({repo.index.count()} versions)")
         repo.close()
         return 0
@@ -161,7 +165,11 @@ def run(argv: Sequence[str] | None = None) -> int:
         elif args.command in ("push", "pull"):
             method = repo.push if args.command == "push" else repo.pull
             remote, refs = split_remote_and_refs([w for w in [args.remote, *args.refs] if w], repo.remotes())
-            print(method(remote, refs, force=args.force))
+            try:
+                print(method(remote, refs, force=args.force))
+            except RefusedObjectsError as exc:
+                print(exc.report)
+                raise
     return 0
 
 

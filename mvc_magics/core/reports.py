@@ -136,8 +136,11 @@ class TransferReport:
         tags = f", tags {', '.join(self.tags)}" if self.tags else ""
         if self.kept_deleted:
             tags += f" (not restored, deleted here: {', '.join(self.kept_deleted)}; pull --force restores)"
+        refused = "".join(f"\n  refused {why}" for why in self.rejected.values())
+        if refused:  # one line each, after the summary line
+            refused = f"; {len(self.rejected)} refused:{refused}"
         return (f"{verb} {self.remote}: {len(self.versions)} new version(s), {self.objects_sent} object(s) "
-                f"({format_bytes(self.bytes)}) transferred, {self.objects_skipped} already there{tags}")
+                f"({format_bytes(self.bytes)}) transferred, {self.objects_skipped} already there{tags}{refused}")
 
     def _repr_pretty_(self, printer, cycle: bool) -> None:
         printer.text(str(self))

@@ -8,6 +8,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 
 from ..core.refs import split_remote_and_refs
 from ..core.tables import Table
+from ..errors import RefusedObjectsError
 from .session import MVCSession, parse_line, user_errors
 
 
@@ -73,5 +74,9 @@ class RemoteMagics(Magics):
         args = parse_line(self.mvc_pull, line)
         repo = self.session.repo
         remote, refs = split_remote_and_refs([w for w in [args.remote, *args.refs] if w], repo.remotes())
-        report = repo.pull(remote, refs, force=args.force)
+        try:
+            report = repo.pull(remote, refs, force=args.force)
+        except RefusedObjectsError as exc:  # every refused object on a line of its own, then the error
+            print(exc.report)
+            raise
         print(report)

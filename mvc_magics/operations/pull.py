@@ -21,6 +21,8 @@ from ..errors import (
     IntegrityError,
     InvalidNameError,
     MVCError,
+    RefusedObjectsError,
+    RefusedRemoteFileError,
     RemoteError,
     SignatureError,
     StoreError,
@@ -95,14 +97,25 @@ def _pull(store: Store, label: str, url: str, refs, force: bool, progress: bool 
                 path.unlink()
     report.requests = source.requests
     if report.rejected:
-        raise IntegrityError(f"{len(report.rejected)} object(s) on remote {url} refused, everything else was pulled: "
-                             + "; ".join(report.rejected.values())[:400])
+        raise RefusedObjectsError(refusal_summary(report), report.rejected, report)
     if refused:
         raise SignatureError(f"protected tag(s) {', '.join(refused)} on remote {url} not signed by an allowed "
                              "signer: not pulled (everything else was)")
     if conflicts:
         raise conflict_error("pull", conflicts)
     return report
+
+
+def refusal_summary(report: TransferReport, limit: int = 600) -> str:
+    """One line: how many versions arrived, and each refused object by name (the report lists them
+    one a line)."""
+    names = [key[:12] if len(key) == 64 else key for key in report.rejected]
+    named = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+    reasons = "; ".join(report.rejected.values())
+    if len(reasons) > limit:
+        reasons = reasons[:limit].rsplit("; ", 1)[0] + "; ... (the report names each)"
+    return (f"{len(report.versions)} new version(s) pulled from {report.remote}, {len(report.rejected)} "
+            f"object(s) refused and not imported ({named}), everything else was pulled: {reasons}")
 
 
 def _local_has(store: Store, oid: str) -> bool:
@@ -126,14 +139,21 @@ def stage(store: Store, source: RemoteStore, start, state: RemoteState, staged, 
     queue = [oid for oid in start if oid not in here and oid not in removed]
     total = sum(objects.get(oid, 0) for oid in queue)
 
-    def fetch(oid: str) -> Path:
-        # A version removed on the remote keeps its file there, fetched only as a holder of tensors.
-        if oid not in objects and oid not in retired_objects and oid not in state.removed:
-            raise RemoteError(f"object {oid[:12]} is not on the remote {source.url}")
+    def fetch(oid: str) -> Path | None:
+        """The downloaded object in tmp/, or None when it was refused (named in the report): a
+        missing, oversized, symlinked or non-regular object costs only the versions that need it."""
         tmp = temporary_path(store.layout.tmp, ".h5")
         staged[oid] = tmp  # before the download: a failed one is removed with the others
-        source.get_object(oid, tmp, retired=oid not in objects and oid not in state.removed,
-                          size=objects.get(oid) or retired_objects.get(oid) or None)
+        try:
+            # A version removed on the remote keeps its file there, fetched only as a holder of tensors.
+            if oid not in objects and oid not in retired_objects and oid not in state.removed:
+                raise RefusedRemoteFileError("not on the remote")
+            source.get_object(oid, tmp, retired=oid not in objects and oid not in state.removed,
+                              size=objects.get(oid) or retired_objects.get(oid) or None)
+        except (RefusedRemoteFileError, IntegrityError, FileNotFoundError) as exc:
+            # The object itself is at fault; a failing remote (network, credentials) stops the pull.
+            _refuse(report, staged, oid, exc)
+            return None
         return tmp
 
     with progress_bar(total, f"pull {report.remote}", progress) as bar:
@@ -145,14 +165,16 @@ def stage(store: Store, source: RemoteStore, start, state: RemoteState, staged, 
             if oid in seen:
                 continue
             seen.add(oid)
-            tmp = prefetched.get(oid) or fetch(oid)
+            tmp = prefetched[oid] if oid in prefetched else fetch(oid)
+            if tmp is None:
+                continue
             report.objects_sent += 1
             report.bytes += tmp.stat().st_size
             bar.update(tmp.stat().st_size)
             try:
                 references = base_references(tmp)
             except IntegrityError as exc:  # not a snapshot at all: named, and the rest still comes
-                report.rejected[oid] = f"remote object {oid[:12]}: {exc}"
+                _refuse(report, staged, oid, exc)
                 continue
             for base_object, base_hash in references.values():  # delta bases come along
                 if base_object != oid:
@@ -164,7 +186,7 @@ def stage(store: Store, source: RemoteStore, start, state: RemoteState, staged, 
             try:
                 content = _check_snapshot(tmp, oid)
             except IntegrityError as exc:  # one bad object is reported; the rest are still pulled
-                report.rejected[oid] = str(exc)
+                _refuse(report, staged, oid, exc)
                 continue
             contents[oid] = content
             for entry in content.manifest:
@@ -178,25 +200,41 @@ def stage(store: Store, source: RemoteStore, start, state: RemoteState, staged, 
                     queue.append(dep)
                     bar.total = (bar.total or 0) + objects.get(dep, retired_objects.get(dep, 0))
         # A local retired file may lack tensors the pulled versions read from it: take the remote's.
+        # Whatever cannot be had is named; the versions reading from it are then refused on their own
+        # when their tensors are verified (import_staged).
         for oid, hashes in need_hashes.items():
-            if oid in staged or not _local_has(store, oid):
+            if oid in staged or oid in report.rejected or not _local_has(store, oid):
                 continue
             local = store.layout.snapshot_path(oid)
-            have = held_hashes(local)
-            if hashes <= have:
-                continue
-            if not store.layout.is_removed(oid):  # a live file lacking them: the remote's manifest lies
-                raise IntegrityError(f"a pulled version names tensors {oid[:12]} does not hold (refused)")
-            if oid not in objects and oid not in retired_objects and oid not in state.removed:
-                raise IntegrityError(f"object {oid[:12]} lacks tensors and is not on the remote")
-            tmp = temporary_path(store.layout.tmp, ".h5")
-            staged[oid] = tmp
-            source.get_object(oid, tmp, retired=oid not in objects and oid not in state.removed,
-                              size=objects.get(oid) or retired_objects.get(oid) or None)
-            if not (hashes | have) <= held_hashes(tmp):
-                raise IntegrityError(f"object {oid[:12]} on the remote lacks tensors this store needs")
+            try:
+                have = held_hashes(local)
+                if hashes <= have:
+                    continue
+                if not store.layout.is_removed(oid):  # a live file lacking them: the remote's manifest lies
+                    report.rejected[oid] = f"a pulled version names tensors {oid[:12]} does not hold (refused)"
+                    continue
+                tmp = fetch(oid)
+                if tmp is not None and not (hashes | have) <= held_hashes(tmp):
+                    raise IntegrityError("it lacks tensors this store needs")
+            except (RefusedRemoteFileError, IntegrityError, FileNotFoundError) as exc:
+                _refuse(report, staged, oid, exc)
     report.objects_skipped = len([oid for oid in start if oid in here])
     return contents
+
+
+def _refuse(report: TransferReport, staged: dict[str, Path], oid: str, exc: BaseException) -> None:
+    """Name ``oid`` in the report with the one-line reason it was refused, and drop its download."""
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if isinstance(exc, FileNotFoundError):
+        reason = "missing (listed in the remote's log, but not there)"
+    tmp = staged.pop(oid, None)
+    if tmp is not None:  # h5py's message names the download's temporary name: the object id says it
+        reason = reason.replace(f"snapshot {tmp.name} ", "").replace(str(tmp), "the download")
+    named = reason.startswith(f"remote object {oid[:12]}")
+    report.rejected[oid] = reason[:300] if named else f"remote object {oid[:12]}: {reason[:300]}"
+    if tmp is not None:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def _check_snapshot(path: Path, oid: str) -> SnapshotContent:
@@ -357,7 +395,10 @@ def set_missing_heads(store: Store, imported: list[str]) -> None:
 def clone(url: str, path: Path, progress: bool | None = None) -> Store:
     """A new store at ``path`` with remote ``origin`` = ``url`` and everything pulled from it.
 
-    ``path`` must not exist or be an empty folder; on any failure it is removed again.
+    ``path`` must not exist or be an empty folder. Remote objects that are refused (missing,
+    oversized, not a regular file, not a snapshot, damaged) cost only the versions that need them:
+    the store is kept with every other version and :class:`RefusedObjectsError` (``.path``) names
+    them. When no version arrived, ``path`` is removed again.
     """
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise StoreError(f"{path} already exists and is not empty; clone into a new folder")
@@ -365,8 +406,24 @@ def clone(url: str, path: Path, progress: bool | None = None) -> Store:
     try:
         add_remote(store, "origin", url)
         pull(store, "origin", progress=progress)
-    except BaseException:
+    except RefusedObjectsError as exc:  # what arrived is verified and kept
+        kept = _has_versions(store)
         store.close()
-        shutil.rmtree(path, ignore_errors=True)
+        if kept:
+            raise RefusedObjectsError(f"cloned into {path}: {exc}", exc.refused, exc.report, path) from None
+        shutil.rmtree(path, ignore_errors=True)  # nothing arrived: nothing to keep
+        raise
+    except BaseException as exc:
+        kept = isinstance(exc, MVCError) and _has_versions(store)  # e.g. an unsigned protected tag
+        store.close()
+        if not kept:
+            shutil.rmtree(path, ignore_errors=True)
         raise
     return store
+
+
+def _has_versions(store: Store) -> bool:
+    try:
+        return store.index.count() > 0
+    except Exception:  # a broken index: nothing to keep
+        return False

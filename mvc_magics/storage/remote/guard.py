@@ -14,7 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ...errors import RemoteError
+from ...errors import RefusedRemoteFileError
 from ..files.safe_files import read_regular
 
 # FORMAT, tags, notes and log segments are small; this bounds each read of one.
@@ -51,9 +51,9 @@ def confine(root: str, key: str) -> str:
     real_root = os.path.realpath(root)
     real = os.path.realpath(os.path.dirname(key))
     if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
-        raise RemoteError(f"remote path {key} leads outside the remote {root} (to {real}); refused")
+        raise RefusedRemoteFileError(f"remote path {key} leads outside the remote {root} (to {real}); refused")
     if os.path.islink(key):
-        raise RemoteError(f"remote path {key} is a symbolic link; refused")
+        raise RefusedRemoteFileError(f"remote path {key} is a symbolic link; refused")
     return key
 
 
@@ -75,7 +75,7 @@ def open_local(root: str, key: str):
     fd = os.open(confine(root, key), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise RemoteError(f"remote path {key} is not a regular file; refused")
+        raise RefusedRemoteFileError(f"remote path {key} is not a regular file; refused")
     return os.fdopen(fd, "rb")
 
 
@@ -89,7 +89,7 @@ def copy_bounded(source, target: Path, limit: int, what: str) -> int:
                 break
             total += len(chunk)
             if total > limit:
-                raise RemoteError(f"{what} is larger than the {limit} bytes this pull accepts for it "
+                raise RefusedRemoteFileError(f"{what} is larger than the {limit} bytes this pull accepts for it "
                                   f"(its listed size, or the free space); refused")
             out.write(chunk)
         out.flush()
@@ -99,7 +99,7 @@ def copy_bounded(source, target: Path, limit: int, what: str) -> int:
 
 def check_size(size: int | None, limit: int, what: str) -> None:
     if size is not None and size > limit:
-        raise RemoteError(f"{what} holds {size} bytes, more than the {limit} this pull accepts for it "
+        raise RefusedRemoteFileError(f"{what} holds {size} bytes, more than the {limit} this pull accepts for it "
                           "(its listed size, or the free space); refused")
 
 
