@@ -110,7 +110,7 @@ def test_clone_keeps_what_arrived_and_names_what_was_refused(tmp_path, planted):
 
 
 def test_cli_clone_prints_one_line_per_refused_object_and_exits_1(tmp_path, planted, capsys):
-    remote, good, bad = planted
+    remote, _good, bad = planted
     with pytest.raises(SystemExit) as exit_:
         cli.main(["clone", remote.as_uri(), str(tmp_path / "c")])
     assert exit_.value.code == 1

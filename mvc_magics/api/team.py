@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from ..core.reports import TransferReport
-from ..operations import pull, push, remotes, signing
+from ..operations import clone, pull, push, remotes, signing
 from ..storage.local.signatures import SignatureStatus
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ class TeamMethods:
     def clone(cls: type[R], url: str, path: str | os.PathLike, progress: bool | None = None) -> R:
         """A new store at ``path`` with remote ``origin`` = ``url`` and everything pulled from it."""
         repo = cls.__new__(cls)
-        repo.store = pull.clone(url, Path(path).expanduser(), progress)
+        repo.store = clone.clone(url, Path(path).expanduser(), progress)
         return repo
 
     # -- signatures ---------------------------------------------------------------------------

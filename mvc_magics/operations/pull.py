@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -25,7 +24,6 @@ from ..errors import (
     RefusedRemoteFileError,
     RemoteError,
     SignatureError,
-    StoreError,
 )
 from ..storage.files.atomic import temporary_path
 from ..storage.local.signatures import import_signature, signer_from_env
@@ -37,8 +35,9 @@ from ..storage.snapshots.deltas import base_references
 from ..storage.snapshots.retired import held_hashes, is_retired
 from ..storage.snapshots.snapshot import SnapshotContent, TensorReader, read_content, read_structure
 from . import versions
+from .pull_refusals import refusal_summary
+from .pull_refusals import refuse as _refuse
 from .remotes import (
-    add_remote,
     conflict_error,
     dependencies,
     in_parallel,
@@ -104,18 +103,6 @@ def _pull(store: Store, label: str, url: str, refs, force: bool, progress: bool 
     if conflicts:
         raise conflict_error("pull", conflicts)
     return report
-
-
-def refusal_summary(report: TransferReport, limit: int = 600) -> str:
-    """One line: how many versions arrived, and each refused object by name (the report lists them
-    one a line)."""
-    names = [key[:12] if len(key) == 64 else key for key in report.rejected]
-    named = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
-    reasons = "; ".join(report.rejected.values())
-    if len(reasons) > limit:
-        reasons = reasons[:limit].rsplit("; ", 1)[0] + "; ... (the report names each)"
-    return (f"{len(report.versions)} new version(s) pulled from {report.remote}, {len(report.rejected)} "
-            f"object(s) refused and not imported ({named}), everything else was pulled: {reasons}")
 
 
 def _local_has(store: Store, oid: str) -> bool:
@@ -220,21 +207,6 @@ def stage(store: Store, source: RemoteStore, start, state: RemoteState, staged, 
                 _refuse(report, staged, oid, exc)
     report.objects_skipped = len([oid for oid in start if oid in here])
     return contents
-
-
-def _refuse(report: TransferReport, staged: dict[str, Path], oid: str, exc: BaseException) -> None:
-    """Name ``oid`` in the report with the one-line reason it was refused, and drop its download."""
-    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    if isinstance(exc, FileNotFoundError):
-        reason = "missing (listed in the remote's log, but not there)"
-    tmp = staged.pop(oid, None)
-    if tmp is not None:  # h5py's message names the download's temporary name: the object id says it
-        reason = reason.replace(f"snapshot {tmp.name} ", "").replace(str(tmp), "the download")
-    named = reason.startswith(f"remote object {oid[:12]}")
-    report.rejected[oid] = reason[:300] if named else f"remote object {oid[:12]}: {reason[:300]}"
-    if tmp is not None:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
 
 
 def _check_snapshot(path: Path, oid: str) -> SnapshotContent:
@@ -390,40 +362,3 @@ def set_missing_heads(store: Store, imported: list[str]) -> None:
     for model, vid in newest.items():
         if model not in heads:
             store.writes.move_head(model, vid)
-
-
-def clone(url: str, path: Path, progress: bool | None = None) -> Store:
-    """A new store at ``path`` with remote ``origin`` = ``url`` and everything pulled from it.
-
-    ``path`` must not exist or be an empty folder. Remote objects that are refused (missing,
-    oversized, not a regular file, not a snapshot, damaged) cost only the versions that need them:
-    the store is kept with every other version and :class:`RefusedObjectsError` (``.path``) names
-    them. When no version arrived, ``path`` is removed again.
-    """
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise StoreError(f"{path} already exists and is not empty; clone into a new folder")
-    store = Store(path)
-    try:
-        add_remote(store, "origin", url)
-        pull(store, "origin", progress=progress)
-    except RefusedObjectsError as exc:  # what arrived is verified and kept
-        kept = _has_versions(store)
-        store.close()
-        if kept:
-            raise RefusedObjectsError(f"cloned into {path}: {exc}", exc.refused, exc.report, path) from None
-        shutil.rmtree(path, ignore_errors=True)  # nothing arrived: nothing to keep
-        raise
-    except BaseException as exc:
-        kept = isinstance(exc, MVCError) and _has_versions(store)  # e.g. an unsigned protected tag
-        store.close()
-        if not kept:
-            shutil.rmtree(path, ignore_errors=True)
-        raise
-    return store
-
-
-def _has_versions(store: Store) -> bool:
-    try:
-        return store.index.count() > 0
-    except Exception:  # a broken index: nothing to keep
-        return False
