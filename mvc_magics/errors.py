@@ -138,3 +138,7 @@ class UnsafeFileError(StoreError):
 
 class InvalidPolicyError(MVCError, ValueError):
     """A retention policy (``--keep``) that cannot be parsed."""
+
+
+class PublishError(MVCError):
+    """A version cannot be published to the target system (MLflow, DVC) as asked; nothing was registered."""

@@ -1,4 +1,5 @@
-"""What ``Repo`` does with a team: remotes (add, push, pull, clone) and version signatures.
+"""What ``Repo`` does with a team: remotes (add, push, pull, clone), version signatures, and publishing
+versions to the systems a team deploys from (MLflow, DVC).
 
 A mixin of :class:`~mvc_magics.api.repo.Repo`, so ``repo.push(...)`` reads as before while ``repo.py``
 stays a short table of contents. Like every ``Repo`` method, each binds one operation to ``self.store``.
@@ -7,12 +8,13 @@ stays a short table of contents. Like every ``Repo`` method, each binds one oper
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from ..core.publication import Publication
 from ..core.reports import TransferReport
-from ..operations import clone, pull, push, remotes, signing
+from ..operations import clone, publish, pull, push, remotes, signing
 from ..storage.local.signatures import SignatureStatus
 
 if TYPE_CHECKING:
@@ -70,3 +72,23 @@ class TeamMethods:
     def require_valid_signature(self, vid: str) -> None:
         """Raise :class:`SignatureError` unless version ``vid`` has a valid signature."""
         signing.require_valid_signature(self.store, vid)
+
+    # -- publishing ---------------------------------------------------------------------------
+
+    def publish(self, ref: str, target: str, name: str | None = None, *, registered_model_name: str | None = None,
+                alias: str | None = None, path: str | os.PathLike | None = None, artifact: str | None = None,
+                model: Any = None, unsafe: bool = False, classes: Mapping[str, type] | None = None) -> Publication:
+        """Publish version ``ref`` where a team deploys from; returns where it went and how to load it there.
+
+        ``target="mlflow"``: logged with its framework's MLflow flavor (keras, pytorch, sklearn, lightgbm, plus
+        python_function) and registered as a version of ``registered_model_name`` in the registry of the
+        configured tracking URI (``MLFLOW_TRACKING_URI``), tagged with the mvc id, ``alias`` pointed at it.
+        ``target="dvc"``: exported under the folder ``path`` of a git + DVC repository, tracked with DVC and
+        declared in ``dvc.yaml`` as model ``artifact``; nothing is committed to git. Publishing an id again
+        finds what the first publish made. ``model``/``unsafe``/``classes`` as in ``Repo.export``.
+
+        >>> repo.publish("best:val_acc", "mlflow", registered_model_name="digits", alias="champion")  # doctest: +SKIP
+        """
+        options = {key: value for key, value in (("registered_model_name", registered_model_name), ("alias", alias),
+                                                 ("path", path), ("artifact", artifact)) if value is not None}
+        return publish.publish(self.store, ref, target, name, model, unsafe, classes, **options)

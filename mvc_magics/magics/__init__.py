@@ -16,6 +16,7 @@ from .completion import install_completer
 from .core import MVCMagics
 from .lifecycle import LifecycleMagics
 from .merge import MergeMagics
+from .publish import PublishMagics
 from .remote import RemoteMagics
 from .session import MVCSession
 
@@ -28,6 +29,7 @@ MAGIC_CLASSES.append(CompareMagics)
 MAGIC_CLASSES.append(AutomationMagics)
 MAGIC_CLASSES += [RemoteMagics, LifecycleMagics]  # issue 8
 MAGIC_CLASSES.append(MergeMagics)
+MAGIC_CLASSES.append(PublishMagics)  # issue 26
 
 _STATE_ATTR = "_mvc_magics_state"
 
