@@ -5,6 +5,7 @@
     mvc log [MODEL] [-n N]          mvc show REF               mvc compare [REF ...] [--weights K=W,...]
     mvc verify                      mvc gc [--keep RULE...] [--dry-run] [--repack]   mvc export REF PATH
     mvc push [REMOTE] [REF ...]     mvc pull [REMOTE] [REF ...]  mvc clone URL [PATH]
+    mvc publish REF mlflow NAME [--alias A]        mvc publish REF dvc PATH [--artifact NAME]
     mvc rm [--remote NAME] REF  mvc tag REF NAME | --delete NAME
     mvc remote [list|add NAME URL|remove NAME|verify [NAME]]
 
@@ -21,6 +22,7 @@ import sys
 from collections.abc import Sequence
 
 from ..api.repo import Repo
+from ..core.publication import TARGETS
 from ..core.refs import split_remote_and_refs
 from ..core.tables import Table, format_bytes, format_number
 from ..errors import CompareError, MVCError, RefusedObjectsError
@@ -67,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ref", help="the version")
     p.add_argument("path", help="destination")
     p.add_argument("--format", default="keras", choices=FORMATS, help="default: keras")
+    p.add_argument("--model", default=None, help="the model whose history the ref is in")
+
+    p = sub.add_parser("publish", help="publish a version to an MLflow registry or as a DVC model artifact")
+    p.add_argument("ref", help="the version")
+    p.add_argument("target", choices=TARGETS, help="mlflow (tracking URI: $MLFLOW_TRACKING_URI) or dvc")
+    p.add_argument("destination", help="mlflow: the registered model NAME; dvc: the artifact folder PATH")
+    p.add_argument("--alias", default=None, help="mlflow: the alias to point at the version")
+    p.add_argument("--artifact", default=None, metavar="NAME", help="dvc: the artifact name (default: the model's)")
     p.add_argument("--model", default=None, help="the model whose history the ref is in")
 
     for name, text in (("push", "send versions and tags to a remote"), ("pull", "fetch versions and tags")):
@@ -125,6 +135,16 @@ def _compare(repo, args) -> str:
     return str(comparison)
 
 
+def _publish(repo, args) -> str:
+    if args.target == "mlflow":
+        options = {"registered_model_name": args.destination, "alias": args.alias}
+    else:
+        options = {"path": args.destination, "artifact": args.artifact}
+    if (args.alias and args.target == "dvc") or (args.artifact and args.target == "mlflow"):
+        raise MVCError("--alias is for mlflow, --artifact for dvc")
+    return str(repo.publish(args.ref, args.target, name=args.model, **options))
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv``; return the exit code."""
     args = build_parser().parse_args(argv)
@@ -160,6 +180,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         elif args.command == "export":
             path = repo.export(args.ref, args.path, format=args.format, name=args.model)
             print(f"exported {args.ref} as {args.format} to {path}")
+        elif args.command == "publish":
+            print(_publish(repo, args))
         elif args.command in cli_manage.COMMANDS:
             return cli_manage.run(repo, args)
         elif args.command in ("push", "pull"):

@@ -20,6 +20,8 @@ from ..core.version import Version
 from ..errors import ExportError, PublishError
 from ..storage.local.store import Store
 from .export import export_version
+from .publish_dvc import publish_to_dvc
+from .publish_mlflow import publish_to_mlflow
 from .status import is_modified
 from .versions import load_state, resolve, structure
 
@@ -40,14 +42,10 @@ def publish(store: Store, ref: str, target: str, name: str | None = None, model:
         return serving_model(store, version, model, unsafe, classes)
 
     if target == "mlflow":
-        from .publish_mlflow import publish_to_mlflow
-
         if not options.get("registered_model_name"):
             raise PublishError("publishing to mlflow needs registered_model_name (the registry's model name)")
         result = publish_to_mlflow(version, live_model, options["registered_model_name"], options.get("alias"))
     else:
-        from .publish_dvc import publish_to_dvc
-
         if not options.get("path"):
             raise PublishError("publishing to dvc needs path (the artifact's folder inside the DVC repository)")
 
