@@ -241,8 +241,9 @@ class Repo(TeamMethods):
 
     def export(self, ref: str, path: str | os.PathLike, format: str = "keras", name: str | None = None,
                model: Any = None, unsafe: bool = False, classes: Mapping[str, type] | None = None) -> Path:
-        """Write version ``ref`` for serving: ``keras``, ``savedmodel`` or ``weights-h5``; ``model``: this live
-        model (holding exactly the version), else a rebuild (``classes``/``unsafe`` as in :meth:`checkout`)."""
+        """Write version ``ref`` for serving: ``keras``, ``savedmodel`` or ``weights-h5`` (or ``tfserving``: the
+        next ``path/<n>`` SavedModel, or the one already holding it); ``model``: this live model (holding exactly
+        the version), else a rebuild (``classes``/``unsafe`` as in :meth:`checkout`)."""
         return export.export_version(self.store, ref, path, format, name, model, unsafe, classes)
 
     def remove(self, ref: str, name: str | None = None, force: bool = False) -> Version:

@@ -6,6 +6,7 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from ..operations.export import FORMATS
+from ..operations.tfserving import ServingLayout
 from .session import MVCSession, parse_line, user_errors
 
 
@@ -21,7 +22,8 @@ class LifecycleMagics(Magics):
     @magic_arguments()
     @argument("ref", help="the version (tag such as production, id prefix, best:METRIC...)")
     @argument("path", help="destination: model.keras, a SavedModel folder, or model.weights.h5")
-    @argument("--format", default="keras", choices=FORMATS, help="keras (default), savedmodel or weights-h5")
+    @argument("--format", default="keras", choices=FORMATS,
+              help="keras (default), savedmodel, weights-h5...; tfserving: the next PATH/<n> folder TF Serving serves")
     @argument("--model", default=None, help="the model whose history the ref is in")
     @argument("--from-live", dest="live", nargs="?", const="", default=None, metavar="VAR",
               help="write the live model VAR (default: the model's own variable), which must hold the version")
@@ -38,6 +40,11 @@ class LifecycleMagics(Magics):
         repo = self.session.repo
         version = repo.resolve(args.ref, name=self.session.model_for_ref(args.model, args.ref))
         live = self.session.variable(args.live or version.name) if args.live is not None else None
+        if args.format == "tfserving":
+            held = ServingLayout(args.path).folder_of(version.id)
+            if held is not None:  # TF Serving's layout holds each version once
+                print(f"{version.short_id} ({version.name}) is already TF Serving version {held.name} at {held}")
+                return
         path = repo.export(version.id, args.path, format=args.format, name=version.name, model=live,
                            **self.session.trust(args.unsafe))
         print(f"exported {version.short_id} ({version.name}, {args.ref}) as {args.format} to {path}")

@@ -21,9 +21,10 @@ from ..core.messages import first_sentence
 from ..errors import ExportError
 from ..storage.local.store import Store
 from .status import is_modified
+from .tfserving import ServingLayout
 from .versions import load_state, resolve, structure
 
-FORMATS = ("keras", "savedmodel", "weights-h5", "safetensors", "torchscript", "skops", "lightgbm")
+FORMATS = ("keras", "savedmodel", "weights-h5", "safetensors", "torchscript", "skops", "lightgbm", "tfserving")
 _SUFFIX = {"keras": ".keras", "weights-h5": ".weights.h5", "safetensors": ".safetensors", "torchscript": ".pt",
            "skops": ".skops", "lightgbm": ".txt"}
 
@@ -52,6 +53,8 @@ def export_version(store: Store, ref: str, path: str | os.PathLike, fmt: str = "
     or, with ``model`` (``--from-live``), the live model is written as it is, after checking that it
     holds exactly the version's tensors.
     """
+    if fmt == "tfserving":  # a SavedModel in TF Serving's next numbered folder under path
+        return _export_tfserving(store, ref, path, name, model, unsafe, classes)
     path = check_destination(Path(path), fmt)
     version = resolve(store, ref, name=name)
     adapter = adapter_named(version.framework) if version.framework != "numpy" else None
@@ -91,3 +94,16 @@ def export_version(store: Store, ref: str, path: str | os.PathLike, fmt: str = "
                 tmp.unlink()
     store.writes.record("export", version.name, [version.id], {"format": fmt, "path": str(path), "from_live": live})
     return path
+
+
+def _export_tfserving(store: Store, ref: str, base: str | os.PathLike, name: str | None, model: Any, unsafe: bool,
+                      classes: Mapping[str, type] | None) -> Path:
+    """``base/<n>``: the folder already holding the version (a no-op), else a SavedModel in the next one."""
+    layout = ServingLayout(base)
+    version = resolve(store, ref, name=name)
+    done = layout.folder_of(version.id)
+    if done is not None:
+        return done
+    folder = export_version(store, version.id, layout.next_folder(), "savedmodel", name, model, unsafe, classes)
+    layout.record(folder, version.id)
+    return folder
