@@ -148,7 +148,16 @@ def test_model_soups(tmp_path):
         assert greedy.metrics["val_accuracy"] >= best_single, "greedy soup >= best ingredient on validation"
         ensembles = repo.log("net_ensemble")
         assert len(ensembles) == 1 and set(ensembles[0].parents) == {ft.id for ft in fine_tunes}
+        # Task-vector merges: the base is the fine-tunes' merge base, found in the history, and a parent.
+        by_method = {(v.extra.get("merge") or {}).get("method"): v for v in repo.log("net")}
+        for method in ("task_arithmetic", "ties", "dare_ties", "model_stock"):
+            merged = by_method[method]
+            assert merged.parents == (*(ft.id for ft in fine_tunes), pretrained.id), method
+            assert merged.extra["merge"]["base_found"] == "merge base"
         assert repo.head("net").id == repo.resolve("best:val_accuracy", name="net").id
+    text = outputs_text(executed)
+    assert "every merge's base is pretrained: True" in text
+    assert "%mvc_merge " in text and "--method dare_ties" in text  # %mvc_show's line to redo the merge
 
 
 def test_team_lifecycle(tmp_path):
