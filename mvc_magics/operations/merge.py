@@ -19,7 +19,6 @@ from typing import Any
 
 from ..adapters import adapter_for, adapter_named
 from ..adapters.base import match_state
-from ..adapters.keras_structure import foreign_modules
 from ..core.merge_methods import BASE_METHODS
 from ..core.merge_plan import METHODS, MergePlan, align, check_distinct, check_structures, check_weights
 from ..core.merge_report import EvalFn, MergedVersion, MergePreview, MergeReport
@@ -169,17 +168,16 @@ def _describe_average(report: MergeReport, plan: MergePlan) -> None:
 
 def streamed(plan: MergePlan | None, method: str, eval_fn: EvalFn | None) -> bool:
     """Whether the average is streamed into the commit tensor by tensor (no model, no whole state):
-    a plain average that no eval function scores, of dict models or of Keras models whose stored
-    structure names only Keras code (so a rebuild would succeed and a lent ``model=`` would not be
-    used). Its version id is the one a rebuilt model holding the average would get: an id hashes
-    the structure and the manifest, not the model. Other frameworks keep the rebuilt model: their
-    structure and metadata are read from the live module (PyTorch's class, device and training
-    flag; scikit-learn's taken-apart estimator; a JAX tree), which a stored structure does not vouch for.
+    a plain average (or task-vector merge) that no eval function scores, of dict models or of any
+    framework's versions with a stored structure. The inputs share that structure (checked by the
+    plan), and the result keeps it unchanged, so no model code runs: a subclassed Keras model, a
+    ``tf.Module`` or a PyTorch class of the notebook is averaged without a rebuild or ``unsafe``.
+    Its version id is the one a rebuilt model holding the average would get: an id hashes the
+    structure and the manifest, not the model. Only ``--into`` a new variable, ``eval_fn`` and
+    ensembles need a live model.
     """
     return (plan is not None and (method == "average" or method in BASE_METHODS) and eval_fn is None
-            and (plan.framework == "numpy" or (plan.framework in ("keras", "tf_keras")
-                                               and plan.structure is not None
-                                               and not foreign_modules(plan.structure))))
+            and (plan.framework == "numpy" or plan.structure is not None))
 
 
 def _check_fits(into: Any, shapes: Mapping[str, Any]) -> None:
@@ -223,8 +221,9 @@ def merge_versions(store: Store, refs: Sequence[str | Version], weights: Sequenc
             # Greedy soups maximize the score: its direction is the merge's, never guessed from a name
             # (an eval function called ``neg_mse`` returns higher-is-better numbers).
             extra["metric_directions"] = {report.score_name: "max"}
-        if "compile" in first.extra and weight_merge:
-            extra["compile"] = first.extra["compile"]  # same structure: the inputs' training setup
+        for key in ("compile", first.framework):  # same structure: the inputs' training setup, and
+            if key in first.extra and weight_merge:  # what the adapter noted (torch: class, devices)
+                extra[key] = first.extra[key]
         return {"message": message or report.default_message(), "metrics": metrics or {}, "tags": tags,
                 "parents": parents, "extra": extra, "provenance": provenance,
                 "move_head": into is not None, "attach": False}
