@@ -113,6 +113,11 @@ class RemotePermissionError(RemoteError):
     """The remote (its store, or its allowed signers for protected tags) refused this user an action."""
 
 
+class RemoteHistoryError(RemoteError):
+    """A remote's log is not a valid extension of what was read before: a segment was rewritten, the
+    hash chain is broken, or a signed checkpoint no longer matches it. Nothing was changed here."""
+
+
 class RemoteConflictError(RemoteError):
     """A tag points at different versions here and on the remote; nothing was overwritten.
 

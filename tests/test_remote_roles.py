@@ -4,6 +4,7 @@ remote's allowed signers for protected tags, which bucket/prefix rights cannot e
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -88,8 +89,10 @@ def test_reader_member_release_roles_on_seaweedfs(tmp_path, seaweed, monkeypatch
     # A member who writes a protected tag into the log by hand (the store cannot stop that) is caught:
     # pull refuses the tag and verify reports it.
     use_role(monkeypatch, seaweed, "member")
-    forged = {"tags": [{"model": "m", "tag": "production", "id": v1.id, "protected": True}]}
     seq = RemoteStore(url).state().seq
+    last = seaweed.client("member").get_object(Bucket=BUCKET, Key=f"{TEAM_PREFIX}/log/{seq - 1:010d}.json")["Body"]
+    forged = {"prev": hashlib.sha256(last.read()).hexdigest(),  # chained like a real append
+              "tags": [{"model": "m", "tag": "production", "id": v1.id, "protected": True}]}
     seaweed.client("member").put_object(Bucket=BUCKET, Key=f"{TEAM_PREFIX}/log/{seq:010d}.json",
                                         Body=json.dumps(forged).encode(), IfNoneMatch="*")
     use_role(monkeypatch, seaweed, "reader")

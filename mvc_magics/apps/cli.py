@@ -7,7 +7,7 @@
     mvc push [REMOTE] [REF ...]     mvc pull [REMOTE] [REF ...]  mvc clone URL [PATH]
     mvc publish REF mlflow NAME [--alias A]        mvc publish REF dvc PATH [--artifact NAME]
     mvc rm [--remote NAME] REF  mvc tag REF NAME | --delete NAME
-    mvc remote [list|add NAME URL|remove NAME|verify [NAME]]
+    mvc remote [list|add NAME URL|remove NAME|verify [NAME]|checkpoint [NAME]]
 
 ``--store PATH`` (before or after the subcommand) picks the store (default: ``$MVC_DIR``, else
 ``.mvc`` in the current folder).

@@ -7,6 +7,7 @@
     mvc tag REF NAME [--model M] [--force] [--protect] mvc tag --delete NAME [--model M] [--force]
     mvc remote [list]                                mvc remote add NAME URL
     mvc remote remove NAME                           mvc remote verify [NAME]
+    mvc remote checkpoint [NAME]                     sign the remote's log as a checkpoint (release key)
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import argparse
 
 from ..api.repo import Repo
 from ..errors import MVCError
-from ..operations.remote_check import verify_remote
+from ..operations.remote_check import sign_checkpoint, verify_remote
 from ..operations.remote_removal import remove_remote_versions
 
 COMMANDS = ("rm", "tag", "remote")
@@ -37,8 +38,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--protect", action="store_true", help="protect the tag (moving or deleting needs --force)")
     p.add_argument("--delete", action="store_true", help="remove the tag NAME")
 
-    p = sub.add_parser("remote", help="list, add, remove or verify remotes")
-    p.add_argument("action", nargs="?", default="list", choices=("list", "add", "remove", "verify"))
+    p = sub.add_parser("remote", help="list, add, remove or verify remotes, or sign a checkpoint")
+    p.add_argument("action", nargs="?", default="list", choices=("list", "add", "remove", "verify", "checkpoint"))
     p.add_argument("args", nargs="*", metavar="NAME [URL]")
 
 
@@ -74,9 +75,9 @@ def _tag(repo: Repo, args: argparse.Namespace) -> int:
 
 
 def _remote(repo: Repo, action: str, words: list[str]) -> int:
-    wanted = {"list": (0, 0), "add": (2, 2), "remove": (1, 1), "verify": (0, 1)}[action]
+    wanted = {"list": (0, 0), "add": (2, 2), "remove": (1, 1), "verify": (0, 1), "checkpoint": (0, 1)}[action]
     if not wanted[0] <= len(words) <= wanted[1]:
-        usage = {"list": "", "add": " NAME URL", "remove": " NAME", "verify": " [NAME]"}[action]
+        usage = {"list": "", "add": " NAME URL", "remove": " NAME"}.get(action, " [NAME]")
         raise MVCError(f"usage: mvc remote {action}{usage}")
     if action == "add":
         print(f"added remote {words[0]} -> {repo.add_remote(words[0], words[1])}")
@@ -85,9 +86,11 @@ def _remote(repo: Repo, action: str, words: list[str]) -> int:
         print(f"removed remote {words[0]} (nothing on it was touched)")
     elif action == "verify":
         problems = verify_remote(repo.store, words[0] if words else None)
-        print("\n".join(problems) if problems else "remote ok: every tag names a version it holds, "
-                                                    "protected tags are signed by allowed signers")
+        print("\n".join(problems) if problems else "remote ok: the log's hash chain holds, every tag names a "
+                                                    "version it holds, protected tags are signed by allowed signers")
         return 1 if problems else 0
+    elif action == "checkpoint":
+        print(f"signed checkpoint log/{sign_checkpoint(repo.store, words[0] if words else None)}")
     else:
         for name, url in sorted(repo.remotes().items()):
             print(f"{name}\t{url}")

@@ -30,7 +30,6 @@ from ..storage.local.signatures import import_signature, signer_from_env
 from ..storage.local.store import Store
 from ..storage.remote.log import RemoteState
 from ..storage.remote.store import RemoteStore
-from ..storage.remote.trust import is_protected, read_allowed_signers
 from ..storage.snapshots.deltas import base_references
 from ..storage.snapshots.retired import held_hashes, is_retired
 from ..storage.snapshots.snapshot import SnapshotContent, TensorReader, read_content, read_structure
@@ -81,9 +80,10 @@ def _pull(store: Store, label: str, url: str, refs, force: bool, progress: bool 
             report.versions = imported
             pull_notes(store, source, state.notes, [vid for vid in contents if store.has_version(vid)])
             wanted = set(contents) | set(start) if refs is not None else None
-            refused: list[str] = []
-            conflicts = pull_tags(store, remote_tags, wanted, force, report,
-                                  _trusted(source, state, refused))
+            # The state holds only tag entries that count: a protected tag's entry without an allowed
+            # signer's signature for its position was refused while reading the log (state.fresh).
+            refused = list(state.fresh)
+            conflicts = pull_tags(store, remote_tags, wanted, force, report)
             set_missing_heads(store, imported)
             pull_signatures(store, state.signatures)
             store.writes.record("pull", None, imported, {
@@ -98,8 +98,8 @@ def _pull(store: Store, label: str, url: str, refs, force: bool, progress: bool 
     if report.rejected:
         raise RefusedObjectsError(refusal_summary(report), report.rejected, report)
     if refused:
-        raise SignatureError(f"protected tag(s) {', '.join(refused)} on remote {url} not signed by an allowed "
-                             "signer: not pulled (everything else was)")
+        raise SignatureError(f"remote {url}: {len(refused)} tag entr{'y' if len(refused) == 1 else 'ies'} of its log "
+                             f"refused, not pulled (everything else was): {'; '.join(refused)}"[:600])
     if conflicts:
         raise conflict_error("pull", conflicts)
     return report
@@ -292,25 +292,7 @@ def pull_notes(store: Store, source: RemoteStore, remote_notes: dict[str, list[s
             store.writes.import_note(vid, filename, note, metrics)
 
 
-def _trusted(source: RemoteStore, state: RemoteState, refused: list[str]):
-    """A check that a remote tag may be taken: protected ones need an allowed signer's signature."""
-    signers: list = []
-
-    def check(model: str, tag: str, vid: str, protected: bool) -> bool:
-        if not is_protected(tag, protected):
-            return True
-        if not signers:
-            signers.append(read_allowed_signers(source))
-        if signers[0] is None or signers[0].signer_of(model, tag, vid, state.tag_signatures.get((model, tag))):
-            return True
-        refused.append(f"{tag} ({model})")
-        return False
-
-    return check
-
-
-def pull_tags(store: Store, remote_tags: dict, wanted: set[str] | None, force: bool, report,
-              trusted=None) -> list:
+def pull_tags(store: Store, remote_tags: dict, wanted: set[str] | None, force: bool, report) -> list:
     conflicts = []
     deleted = tags_deleted_here(store)
     for (model, tag), (vid, protected) in sorted(remote_tags.items()):
@@ -321,8 +303,6 @@ def pull_tags(store: Store, remote_tags: dict, wanted: set[str] | None, force: b
             continue
         if current is None and not force and deleted.get((model, tag)) == vid:
             report.kept_deleted.append(tag)  # deleted here on purpose: not brought back (force restores it)
-            continue
-        if trusted is not None and not trusted(model, tag, vid, protected):
             continue
         if current and not force:
             conflicts.append((model, tag, current[0], vid))
@@ -338,8 +318,9 @@ def pull_tags(store: Store, remote_tags: dict, wanted: set[str] | None, force: b
     return conflicts
 
 
-def pull_signatures(store: Store, remote_signatures: dict[str, dict]) -> int:
-    """Keep the remote's signatures of versions this store has and has no signature for."""
+def pull_signatures(store: Store, remote_signatures: dict[str, list[dict]]) -> int:
+    """Keep the remote's signatures of versions this store has and has no signature for: with a key
+    configured, the first record that key finds valid (others pushed first cannot shadow it)."""
     try:
         signer = signer_from_env()
     except MVCError:  # a broken key configuration: keep none rather than unchecked ones (say so on sign)
@@ -347,7 +328,8 @@ def pull_signatures(store: Store, remote_signatures: dict[str, dict]) -> int:
     kept = 0
     for vid, record in sorted(remote_signatures.items()):
         if store.has_version(vid):
-            kept += import_signature(store.layout.signatures, store.layout.tmp, vid, record, signer)
+            kept += any(import_signature(store.layout.signatures, store.layout.tmp, vid, one, signer)
+                        for one in record)
     return kept
 
 

@@ -12,14 +12,15 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ..core.reports import TransferReport
-from ..errors import IntegrityError, InvalidNameError, RefError, RemotePermissionError
+from ..errors import IntegrityError, InvalidNameError, MVCError, RefError, RemotePermissionError
 from ..storage.files.atomic import temporary_path
 from ..storage.files.safe_files import CAP_NOTE
-from ..storage.local.signatures import read_signature, signer_from_env
+from ..storage.local.signatures import Signer, read_signature, signer_from_env
 from ..storage.local.store import Store
 from ..storage.remote.log import RemoteLog, RemoteState
+from ..storage.remote.state import tag_entries
 from ..storage.remote.store import RemoteStore
-from ..storage.remote.trust import AllowedSigners, is_protected, read_allowed_signers, sign_tag
+from ..storage.remote.trust import is_protected, sign, tag_message
 from ..storage.snapshots.deltas import base_references
 from ..storage.snapshots.retired import held_hashes, is_retired, write_retired
 from . import lookup, versions
@@ -38,7 +39,7 @@ def _push(store: Store, label: str, url: str, refs, force: bool, progress: bool 
     target = RemoteStore(url)
     target.require_exclusive_create()
     target.check_format(create=True)
-    log = RemoteLog(target, state_cache(store, url))
+    log = RemoteLog(target, state_cache(store, url), _signer())
     state = _log_state(target, log)
     versions_here = [row[0] for row in store.index.query("SELECT id FROM versions ORDER BY ord, id")]
     if refs is None:
@@ -106,10 +107,11 @@ def _push(store: Store, label: str, url: str, refs, force: bool, progress: bool 
     local_tags = [row for row in store.index.query("SELECT name, tag, id, protected FROM tags ORDER BY name, tag")
                   if row[2] in pushed]
     conflicts: list[tuple[str, str, str, str]] = []
-    trust = _TagTrust(target)
-    # Version signatures travel with the versions (the remote keeps the first one it is given).
-    local_signatures = {oid: record for oid in order if live.get(oid) and oid not in state.signatures
-                        and (record := read_signature(store.layout.signatures, oid)) is not None}
+    trust = _TagTrust(log)
+    # Version signatures travel with the versions (the remote keeps every distinct record).
+    local_signatures = {oid: record for oid in order if live.get(oid)
+                        and (record := read_signature(store.layout.signatures, oid)) is not None
+                        and record not in state.signatures.get(oid, [])}
 
     def segment(current: RemoteState) -> dict | None:
         conflicts.clear()
@@ -124,7 +126,7 @@ def _push(store: Store, label: str, url: str, refs, force: bool, progress: bool 
             if remote is not None and not force:
                 conflicts.append((model, tag, vid, remote[0]))
                 continue
-            entry = trust.entry(model, tag, vid, bool(protected))
+            entry = trust.entry(current, model, tag, vid, bool(protected))
             if entry is not None:
                 tags.append(entry)
                 report.tags.append(tag)
@@ -134,7 +136,8 @@ def _push(store: Store, label: str, url: str, refs, force: bool, progress: bool 
         retired = {oid: sizes[oid] for oid in todo if not live[oid] and oid not in current.retired}
         new_notes = {oid: [n for n in names if n not in current.notes.get(oid, [])] for oid, names in notes.items()}
         new_notes = {oid: names for oid, names in new_notes.items() if names}
-        signatures = {oid: record for oid, record in local_signatures.items() if oid not in current.signatures}
+        signatures = {oid: record for oid, record in local_signatures.items()
+                      if record not in current.signatures.get(oid, [])}
         if not (objects or retired or new_notes or tags or signatures):
             return None
         return {"objects": objects, "retired": retired, "notes": new_notes, "tags": tags,
@@ -157,26 +160,38 @@ def _push(store: Store, label: str, url: str, refs, force: bool, progress: bool 
 
 
 class _TagTrust:
-    """Signs protected tag entries, and holds back those the remote's allowed signers would refuse."""
+    """Signs the entries of protected tags, and holds back those the remote's allowed signers would refuse.
 
-    def __init__(self, target: RemoteStore) -> None:
-        self.target = target
+    A tag is protected when its entry in force on the remote is (or its name is ``production*``), or
+    the new entry is: moving, unprotecting and deleting one all need an allowed signer.
+    """
+
+    def __init__(self, log: RemoteLog) -> None:
+        self.log = log
         self.denied: list[str] = []
-        self._signers: AllowedSigners | bool | None = False  # read on the first protected tag only
 
-    def entry(self, model: str, tag: str, vid: str, protected: bool) -> dict | None:
-        entry = {"model": model, "tag": tag, "id": vid, "protected": protected}
-        if not is_protected(tag, protected):
+    def entry(self, current: RemoteState, model: str, tag: str, vid: str | None, protected: bool) -> dict | None:
+        prev = current.heads.get((model, tag))
+        entry = {"model": model, "tag": tag, "id": vid, "protected": protected, "prev": prev}
+        in_force = current.tags.get((model, tag))
+        if not (is_protected(tag, protected) or (in_force is not None and is_protected(tag, in_force[1]))):
             return entry
-        if self._signers is False:
-            self._signers = read_allowed_signers(self.target)
         signer = signer_from_env()
         if signer is not None and signer.can_sign:
-            entry["signature"] = sign_tag(signer, model, tag, vid)
-        if self._signers is not None and not self._signers.allows(signer):
+            entry["signature"] = sign(signer, tag_message(current.identity, model, tag, vid, protected, prev))
+        if self.log.signers is not None and not self.log.signers.allows(signer):
             self.denied.append(tag)
             return None
         return entry
+
+
+def _signer() -> Signer | None:
+    """The pusher's key (it signs checkpoints when the remote allows it); a broken configuration is
+    reported where a signature is needed."""
+    try:
+        return signer_from_env()
+    except MVCError:
+        return None
 
 
 def _log_state(target: RemoteStore, log: RemoteLog) -> RemoteState:
@@ -184,7 +199,9 @@ def _log_state(target: RemoteStore, log: RemoteLog) -> RemoteState:
     if target.format_version() >= 2 or log.exists():
         return log.read()
     listed = target.listed_state()
-    state = log.append(lambda current: listed.to_json() if current.seq == 0 else None)
+    first = {"objects": listed.objects, "retired": listed.retired, "notes": listed.notes,
+             "tags": tag_entries(listed.tags)}
+    state = log.append(lambda current: first if current.seq == 0 else None)
     target.upgrade_format()
     return state
 

@@ -49,7 +49,8 @@ def remove_remote_versions(store: Store, remote: str | None, refs: Iterable[str]
                 if not force:
                     raise ProtectedRefError(f"tag {tag} ({model}) on remote {label} names {vid[:12]}: "
                                             "delete or move it first, or use --force to delete it with the version")
-                entries.append({"model": model, "tag": tag, "id": None})
+                entries.append({"model": model, "tag": tag, "id": None, "protected": False,
+                                "prev": current.heads.get((model, tag))})
                 deleted_tags.append(f"{model}/{tag}")
             if not todo:
                 return None

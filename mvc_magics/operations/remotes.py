@@ -47,13 +47,15 @@ def add_remote(store: Store, name: str, url: str) -> str:
 
 
 def remove_remote(store: Store, name: str) -> None:
-    """Forget remote ``name`` (nothing on the remote is touched)."""
+    """Forget remote ``name`` and what this store read of it (nothing on the remote is touched)."""
     with store.locked():
         remotes = load_remotes(store)
         if name not in remotes:
             raise InvalidRemoteError(f"no remote {name!r}" + (f" (remotes: {', '.join(remotes)})" if remotes else ""))
-        del remotes[name]
+        url = remotes.pop(name)
         store.writes.set_remotes(remotes, "remote-remove", {"remote": name})
+        # What this store read of the remote goes too: adding it again accepts its history as it is now.
+        store.layout.files.unlink(state_cache(store, url))
 
 
 def remote_url(store: Store, remote: str | None) -> tuple[str, str]:

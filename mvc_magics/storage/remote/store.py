@@ -3,8 +3,9 @@
 ::
 
     <url>/
-      FORMAT                         "mvc-remote 2" (version 1 remotes, without log/, are read by
-                                     listing and upgraded by the first push)
+      FORMAT                         "mvc-remote 3" (version 2 remotes, whose log starts without the
+                                     hash chain, are read and appended to; version 1 remotes, without
+                                     log/, are read by listing and upgraded by the first push)
       log/                           what the remote holds and its tags (storage/remote/log.py)
       objects/<ab>/<id>.h5           snapshot files, byte-identical to the local store's: the versions
       objects/<ab>/<id>.retired.h5   retired files: tensors of a version removed somewhere that other
@@ -39,8 +40,10 @@ from . import guard
 from .log import RemoteLog, RemoteState
 
 REMOTE_FORMAT = "mvc-remote"
-REMOTE_VERSION = 2
-READABLE_VERSIONS = ("1", "2")
+# 3: the log is a hash chain from segment 0. Version 2 logs (segments without "prev") are read; new
+# segments appended to them are chained from where they start. Version 1 (no log) is read by listing.
+REMOTE_VERSION = 3
+READABLE_VERSIONS = ("1", "2", "3")
 # Backends where a PUT is atomic: the object appears under its key only once fully uploaded.
 ATOMIC_PUT_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "memory"})
 # Backends that can create a file only if it is absent, atomically (what appending to the log needs).
@@ -137,7 +140,7 @@ class RemoteStore:
         return self.version or REMOTE_VERSION
 
     def upgrade_format(self) -> None:
-        """Mark a version 1 remote as version 2 (done once its listing was written to the log)."""
+        """Mark a version 1 remote as the current version (done once its listing was written to the log)."""
         self.write_plain(self._key("FORMAT"), f"{REMOTE_FORMAT} {REMOTE_VERSION}\n".encode())
         self.version = REMOTE_VERSION
 

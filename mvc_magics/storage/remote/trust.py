@@ -8,8 +8,14 @@ entry with the pusher's key (``MVC_SIGNING_KEY_FILE``, Ed25519), and a pull refu
 whose signature is not from an allowed signer.
 
 ``allowed_signers.json``: ``{"signers": [{"name": "release-ci", "public_key": "<PEM>"}]}``.
-A tag signature is ``<key id>:<hex>`` over ``tag:<model>/<tag>:<version id>`` (with the signer's
-version-signature prefix; a version id is 64 hex digits, so the two messages can never coincide).
+A tag signature is ``<key id>:<hex>`` over :func:`tag_message`: the remote's identity, the tag, the
+version id (or ``deleted``), the protected flag and the hash of the tag's previous entry, so a
+signature is valid for one position of one tag on one remote only (a replayed one names another
+predecessor). Entries of segments written before the log was a hash chain were signed over
+``tag:<model>/<tag>:<version id>`` (:func:`legacy_tag_message`). A checkpoint signature covers the
+identity, the checkpoint's position, the hash of the segment it follows and the digest of its
+state (:func:`checkpoint_message`). All messages get the signer's version-signature prefix; a
+version id is 64 hex digits, so no message can be taken for a version signature.
 """
 
 from __future__ import annotations
@@ -35,12 +41,26 @@ def is_protected(tag: str, flag: bool) -> bool:
     return bool(flag) or tag.startswith(PROTECTED_PREFIX)
 
 
-def _message(model: str, tag: str, version_id: str) -> str:
+def legacy_tag_message(model: str, tag: str, version_id: str) -> str:
+    """What a tag signature covered before the log was a hash chain (replayable: read-only support)."""
     return f"tag:{model}/{tag}:{version_id}"
 
 
-def sign_tag(signer: Signer, model: str, tag: str, version_id: str) -> str:
-    return f"{signer.key_id}:{signer.sign(_message(model, tag, version_id))}"
+def tag_message(identity: str, model: str, tag: str, version_id: str | None, protected: bool,
+                prev: str | None) -> str:
+    """What a tag entry's signature covers: one position of one tag on one remote."""
+    return (f"mvc-tag-v2:{identity}:{model}/{tag}:{version_id or 'deleted'}:"
+            f"{'protected' if protected else 'unprotected'}:{prev or 'first'}")
+
+
+def checkpoint_message(identity: str, seq: int, last: str, state_digest: str) -> str:
+    """What a checkpoint's signature covers: the remote, the position, the segment it follows, its state."""
+    return f"mvc-checkpoint-v1:{identity}:{seq}:{last}:{state_digest}"
+
+
+def sign(signer: Signer, message: str) -> str:
+    """``<key id>:<hex>``: the form tag and checkpoint signatures take in the log."""
+    return f"{signer.key_id}:{signer.sign(message)}"
 
 
 @dataclass
@@ -49,15 +69,19 @@ class AllowedSigners:
 
     signers: dict[str, tuple[str, Signer]]
 
-    def signer_of(self, model: str, tag: str, version_id: str, signature: str | None) -> str | None:
-        """The name of the allowed signer who signed this tag position, or None."""
-        if not isinstance(signature, str) or ":" not in signature:
+    def signer_of(self, message: str, signature: object) -> str | None:
+        """The name of the allowed signer whose ``<key id>:<hex>`` signature of ``message`` this is, or None."""
+        if not isinstance(signature, str) or ":" not in signature or len(signature) > 300:
             return None
         key_id, _, value = signature.partition(":")
         entry = self.signers.get(key_id)
-        if entry is None or not entry[1].valid(_message(model, tag, version_id), value):
+        if entry is None or not entry[1].valid(message, value):
             return None
         return entry[0]
+
+    def name_of(self, key_id: object) -> str | None:
+        entry = self.signers.get(key_id) if isinstance(key_id, str) else None
+        return entry[0] if entry else None
 
     def allows(self, signer: Signer | None) -> bool:
         return signer is not None and signer.can_sign and signer.key_id in self.signers
@@ -81,13 +105,19 @@ def parse_allowed_signers(data: bytes) -> AllowedSigners:
 
 def read_allowed_signers(remote: RemoteStore) -> AllowedSigners | None:
     """The remote's allowed signers, or None when it has no list (protected tags are then not checked)."""
+    data = read_allowed_signers_bytes(remote)
+    return None if data is None else parse_allowed_signers(data)
+
+
+def read_allowed_signers_bytes(remote: RemoteStore) -> bytes | None:
+    """The raw ``allowed_signers.json`` (None when absent), bounded."""
     try:
-        data = remote.read_bytes(remote.key(ALLOWED_SIGNERS))
+        data = remote.read_bytes(remote.key(ALLOWED_SIGNERS), cap=MAX_SIGNERS_BYTES + 1)
     except FileNotFoundError:
         return None
     if len(data) > MAX_SIGNERS_BYTES:
         raise RemoteError(f"remote {remote.url}: {ALLOWED_SIGNERS} is larger than {MAX_SIGNERS_BYTES} bytes")
-    return parse_allowed_signers(data)
+    return data
 
 
 def allowed_signers_file(entries: list[tuple[str, bytes]]) -> bytes:
