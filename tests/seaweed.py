@@ -31,6 +31,9 @@ BUCKET = "mvc"
 # The prefix the role identities may write to (SeaweedFS wildcards are trailing only, so rights are
 # granted per folder of one remote): s3://mvc/team.
 TEAM_PREFIX = "team"
+# A second remote with the same role rights, for the log attack tests (tests/test_remote_log_attacks.py),
+# which the administrator empties before each attack.
+ATTACK_PREFIX = "attack"
 START_TIMEOUT = 60.0
 
 
@@ -52,10 +55,11 @@ def s3_config(bucket: str = BUCKET) -> dict:
         key, secret = ROLES[name]
         return {"name": name, "credentials": [{"accessKey": key, "secretKey": secret}], "actions": actions}
 
-    team = f"{bucket}/{TEAM_PREFIX}"
     # Members write objects, notes and log segments; not FORMAT nor allowed_signers.json (admin only).
-    writer = [f"Read:{bucket}", f"List:{bucket}", f"Write:{team}/objects/*", f"Write:{team}/notes/*",
-              f"Write:{team}/log/*"]
+    writer = [f"Read:{bucket}", f"List:{bucket}"]
+    for prefix in (TEAM_PREFIX, ATTACK_PREFIX):
+        writer += [f"Write:{bucket}/{prefix}/objects/*", f"Write:{bucket}/{prefix}/notes/*",
+                   f"Write:{bucket}/{prefix}/log/*"]
     return {"identities": [
         ident("admin", ["Admin", "Read", "List", "Write", "Tagging"]),
         ident("reader", [f"Read:{bucket}", f"List:{bucket}"]),
