@@ -3,9 +3,8 @@
 ::
 
     <url>/
-      FORMAT                         "mvc-remote 3" (version 2 remotes, whose log starts without the
-                                     hash chain, are read and appended to; version 1 remotes, without
-                                     log/, are read by listing and upgraded by the first push)
+      FORMAT                         "mvc-remote 3" (2: the log's first segments are not chained; 1:
+                                     no log/, read by listing and upgraded by the first push)
       log/                           what the remote holds and its tags (storage/remote/log.py)
       objects/<ab>/<id>.h5           snapshot files, byte-identical to the local store's: the versions
       objects/<ab>/<id>.retired.h5   retired files: tensors of a version removed somewhere that other
@@ -40,8 +39,7 @@ from . import guard
 from .log import RemoteLog, RemoteState
 
 REMOTE_FORMAT = "mvc-remote"
-# 3: the log is a hash chain from segment 0. Version 2 logs (segments without "prev") are read; new
-# segments appended to them are chained from where they start. Version 1 (no log) is read by listing.
+# 3: a hash chain from segment 0; 2: chained from where it starts (read, appended to); 1: no log (listed).
 REMOTE_VERSION = 3
 READABLE_VERSIONS = ("1", "2", "3")
 # Backends where a PUT is atomic: the object appears under its key only once fully uploaded.
@@ -130,8 +128,6 @@ class RemoteStore:
                                         f"{what}") from exc
         except (OSError, ValueError) as exc:
             raise RemoteError(f"remote {self.url}: cannot {what}: {exc}") from exc
-
-    # -- format -----------------------------------------------------------------------------
 
     def format_version(self) -> int:
         """The remote's format version (read by :meth:`check_format`)."""
