@@ -78,7 +78,7 @@ def test_a_recreated_remote_is_refused_until_it_is_added_again(tmp_path):
             with Repo(tmp_path / "c" / ".mvc") as c:
                 v2 = c.commit(tiny(2), "m", tags=["staging"])
                 c.push(url, progress=False)
-            with pytest.raises(RemoteHistoryError, match="does not extend what this store read: segment 0 differs") as exc:
+            with pytest.raises(RemoteHistoryError, match="does not extend what this store read: segment 0") as exc:
                 b.pull(progress=False)
             assert "\n" not in str(exc.value) and [v.id for v in b.log("m")] == [v1.id]
             b.remove_remote("origin")
