@@ -5,7 +5,8 @@ is named by its tree paths (``params/dense/kernel``, ``1/mu/w``). JAX arrays are
 checkout into a pytree *returns a new pytree* of the live one's structure (the magics rebind the
 variable); a Flax NNX module is updated in place, variable by variable. Nothing here imports JAX
 until such a model is handled. The structure is JSON (container kinds, keys, NamedTuple classes),
-and rebuilding imports NamedTuple classes only from trusted packages or with the user's opt-in.
+and rebuilding makes NamedTuple classes only from an exact allow-list (the state classes optax
+exports) or with the user's opt-in (see :mod:`.trust`).
 """
 
 from __future__ import annotations
@@ -18,10 +19,30 @@ import numpy as np
 
 from ..errors import ShapeMismatchError, UnsupportedModelError
 from .base import match_state
-from .trust import TrustPolicy, import_class, qualified_name
+from .trust import AllowList, TrustPolicy, entry_of, import_class, qualified_name
 
 STRUCTURE_FORMAT = "jax.pytree/1"
-TRUSTED_PREFIXES = ("optax.", "flax.", "jax.")
+
+
+def _allowed_entries() -> list[str]:
+    """The NamedTuple states optax exports (each where it is defined): what optimizer states hold."""
+    import importlib
+
+    entries = []
+    for name in ("optax", "optax.contrib", "optax.schedules"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        for attr in dir(module):
+            obj = getattr(module, attr, None)
+            if isinstance(obj, type) and issubclass(obj, tuple) and hasattr(obj, "_fields"):
+                entries.append(entry_of(obj))
+    return entries
+
+
+# The classes a rebuild may make without asking: exact names, never a package prefix.
+ALLOWED = AllowList(_allowed_entries)
 
 
 def _jax():
@@ -143,7 +164,7 @@ class JaxAdapter:
         if "nnx" in structure:
             raise UnsupportedModelError(f"a Flax NNX module ({structure['nnx']}) is rebuilt by its own code: "
                                         "construct it, then check the version out into it")
-        policy = TrustPolicy(TRUSTED_PREFIXES, unsafe, classes)
+        policy = TrustPolicy(ALLOWED, unsafe, classes)
         return _construct(structure["tree"], state, policy)
 
     # -- merge and export --------------------------------------------------------------------------

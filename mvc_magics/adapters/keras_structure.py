@@ -17,7 +17,7 @@ import numpy as np
 
 from ..core.messages import first_sentence
 from ..errors import UnsupportedModelError
-from .trust import Classes, TrustPolicy, describe_class, import_class
+from .trust import EMPTY, Classes, TrustPolicy, describe_class, import_class
 
 # Layers mvc_magics itself defines (the vote of an ensemble): package code, trusted on rebuild.
 # Only these exact classes are allowed, so a structure cannot name anything else in the package.
@@ -78,7 +78,7 @@ def custom_objects(keras: Any, structure: object, unsafe: bool, classes: Classes
     caller did not trust.
     """
     found: dict[str, Any] = {}
-    policy = TrustPolicy((), unsafe, classes)
+    policy = TrustPolicy(EMPTY, unsafe, classes)
     for module, name, registered in _foreign_entries(structure):
         if name == "function":  # a function by name: only Keras's registry or unsafe imports it
             if not unsafe:

@@ -4,7 +4,9 @@ The text model (``booster.model_to_string()``) is split where LightGBM itself se
 header, one part per tree (``Tree=0``, ``Tree=1``...) and the footer (feature importances and
 parameters). Each part is stored as a tensor of its UTF-8 bytes, so a booster trained further
 shares every earlier tree with its parent (stored once), and a diff names the trees that changed.
-Rebuilding is ``lightgbm.Booster(model_str=...)``: LightGBM parses text, nothing is unpickled.
+Rebuilding is ``lightgbm.Booster(model_str=...)``: LightGBM parses text, nothing is unpickled, and
+the text is checked first (:mod:`.lightgbm_text`), since LightGBM kills the process on some
+malformed trees instead of raising.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ShapeMismatchError, UnsupportedModelError
+from .lightgbm_text import check_model_text
+from .trust import shown
 
 STRUCTURE_FORMAT = "lightgbm.text/1"
 _TREE = re.compile(r"^Tree=(\d+)$", re.M)
@@ -62,10 +66,12 @@ class LightGBMAdapter:
               classes: Iterable[type] = ()) -> Any:
         import lightgbm
 
+        text = self._text(structure, state)
+        check_model_text(text)
         try:
-            return lightgbm.Booster(model_str=self._text(structure, state))
-        except lightgbm.basic.LightGBMError as exc:
-            raise UnsupportedModelError(f"LightGBM cannot load the stored model: {str(exc)[:200]}") from exc
+            return lightgbm.Booster(model_str=text)
+        except Exception as exc:
+            raise UnsupportedModelError(f"LightGBM cannot load the stored model: {shown(exc, 200)}") from exc
 
     def load_version(self, model: Any, structure: object, state: Mapping[str, np.ndarray]) -> Any:
         """Parse the stored model into a new booster first; only then reload ``model`` from it."""

@@ -23,10 +23,15 @@ import numpy as np
 
 from ..errors import MergeConflictError, ShapeMismatchError, UnsupportedModelError
 from .base import match_state
-from .trust import TrustPolicy, qualified_name
+from .sklearn_trees import TREE, check_trees
+from .trust import EMPTY, AllowList, TrustPolicy, qualified_name, shown
 
 STRUCTURE_FORMAT = "sklearn.skops/1"
-TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.")
+# Types skops leaves out of its defaults that fitted estimators hold and that run no stored code:
+# a Bunch (a dict), a dtype, MLP's optimizer state. Trees are added after check_trees.
+EXTRA_TYPES = AllowList(["sklearn.utils._bunch:Bunch", "numpy:dtype",
+                         "sklearn.neural_network._stochastic_optimizers:AdamOptimizer",
+                         "sklearn.neural_network._stochastic_optimizers:SGDOptimizer"])
 # Averaging weights means something only for linear models fitted on the same features.
 LINEAR_MODELS = frozenset({
     "LinearRegression", "Ridge", "RidgeClassifier", "Lasso", "ElasticNet", "LogisticRegression",
@@ -172,18 +177,25 @@ class SklearnAdapter:
                 archive.writestr(file, data)
         data = out.getvalue()
         sio = _skops_io()
-        policy = TrustPolicy(TRUSTED_PREFIXES, unsafe, classes)
-        needed = sio.get_untrusted_types(data=data)
-        refused = [t for t in needed if not policy.allows(t)]
+        policy = TrustPolicy(EMPTY, unsafe, classes)
+        try:
+            needed = sio.get_untrusted_types(data=data)
+        except Exception as exc:
+            raise UnsupportedModelError(f"cannot read the stored estimator: {shown(exc, 200)}") from exc
+        # Exact names only: skops' defaults, trees (checked below), the classes the user passed.
+        refused = [t for t in needed if not (unsafe or t == TREE or policy.given_exactly(t)
+                                             or EXTRA_TYPES.resolve(t) is not None)]
         if refused:
             raise UnsupportedModelError(
-                f"rebuilding needs {', '.join(refused[:3])}, not on the trusted list: pass classes=[...] "
-                "(or unsafe=True / --unsafe if you trust this store)"
+                f"rebuilding needs {shown(', '.join(sorted(refused)[:3]), 200)}, not on the trusted list: pass "
+                "those classes in classes=[...] (or unsafe=True / --unsafe if you trust this store)"
             )
         try:
-            return sio.loads(data, trusted=list(needed))
+            model = sio.loads(data, trusted=list(needed))
         except Exception as exc:
-            raise UnsupportedModelError(f"cannot rebuild the estimator: {str(exc)[:200]}") from exc
+            raise UnsupportedModelError(f"cannot rebuild the estimator: {shown(exc, 200)}") from exc
+        check_trees(model)
+        return model
 
     def set_state(self, model: Any, state: Mapping[str, np.ndarray], owned: bool = False) -> None:
         """Fitted arrays from ``state`` into ``model``, keeping its other attributes (a merge into it)."""

@@ -20,9 +20,11 @@ import numpy as np
 from ..errors import ExportError, UnsupportedModelError
 from .base import match_state
 from .tf_variables import PinnedHashes, adopter, attribute_variables, numpy_dtype, read_variable
-from .trust import TrustPolicy, import_class, qualified_name
+from .trust import AllowList, TrustPolicy, import_class, qualified_name
 
 STRUCTURE_FORMAT = "tf.Module"
+# A plain tf.Module is the only class rebuilt without asking: any subclass is user code.
+ALLOWED = AllowList(["tensorflow.python.module.module:Module"])
 
 
 class TensorFlowAdapter(PinnedHashes):
@@ -72,7 +74,7 @@ class TensorFlowAdapter(PinnedHashes):
         if not isinstance(structure, dict) or structure.get("format") != STRUCTURE_FORMAT:
             raise UnsupportedModelError("This version has no tf.Module structure; check it out into an existing "
                                         "module instead (%mvc_checkout REF model).")
-        cls = import_class(structure.get("class"), TrustPolicy(("tensorflow.",), unsafe, classes))
+        cls = import_class(structure.get("class"), TrustPolicy(ALLOWED, unsafe, classes))
         try:
             model = cls()
         except TypeError as exc:

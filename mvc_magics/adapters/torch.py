@@ -5,8 +5,10 @@ Tied tensors (one ``Parameter`` under several keys, e.g. an embedding shared wit
 are stored once, under their first key; the structure lists the other keys as aliases, and since a
 checkout copies into the live tensors in place, a tied model stays tied.
 
-Rebuilding (``--as``) needs the module's class: classes of ``torch.nn`` and of this package are
-trusted; any other class is imported only with ``unsafe=True`` or when named in ``classes=``.
+Rebuilding (``--as``) needs the module's class: the layers ``torch.nn`` exports and this package's
+ensemble are on an exact allow-list (see :mod:`.trust`); any other class is used only with
+``unsafe=True`` or when passed in ``classes=``. Stored arguments are plain data, bound to the
+constructor's signature before the call.
 Constructor arguments are found the way most modules keep them: attributes named like the
 ``__init__`` parameters (``nn.Linear(in_features, out_features)``), or Lightning's ``hparams``.
 """
@@ -24,7 +26,7 @@ import numpy as np
 
 from ..errors import ShapeMismatchError, UnsupportedModelError
 from .base import match_state
-from .trust import TrustPolicy, import_class, qualified_name
+from .trust import AllowList, TrustPolicy, checked_arguments, entry_of, import_class, qualified_name, shown
 
 STRUCTURE_FORMAT = "torch.nn.Module/1"
 # numpy has no bfloat16/float8: their bits travel as integers and are viewed as ml_dtypes types.
@@ -32,8 +34,20 @@ _BITS_VIEW = {"bfloat16": ("int16", "bfloat16"), "float8_e4m3fn": ("uint8", "flo
               "float8_e5m2": ("uint8", "float8_e5m2")}
 _CONTAINERS = {"torch.nn.modules.container.Sequential", "torch.nn.modules.container.ModuleList",
                "torch.nn.modules.container.ModuleDict"}
-# Packages whose classes a rebuild may import without asking (torch's own layers, our ensemble).
-TRUSTED_PREFIXES = ("torch.nn.", "mvc_magics.adapters.torch_modules.")
+
+
+def _allowed_entries() -> list[str]:
+    """The layers ``torch.nn`` exports (each where it is defined), and our output ensemble."""
+    torch = _torch()
+    from .torch_modules import OutputEnsemble
+
+    public = (getattr(torch.nn, name, None) for name in torch.nn.modules.__all__)
+    return [entry_of(cls) for cls in public if isinstance(cls, type) and issubclass(cls, torch.nn.Module)] + [
+        entry_of(OutputEnsemble)]
+
+
+# The classes a rebuild may construct without asking: exact names, never a package prefix.
+ALLOWED = AllowList(_allowed_entries)
 
 
 def _torch():
@@ -103,7 +117,7 @@ class TorchAdapter:
               classes: Iterable[type] = ()) -> Any:
         if not isinstance(structure, dict) or structure.get("format") != STRUCTURE_FORMAT:
             raise UnsupportedModelError("this version has no PyTorch structure; check it out into an existing module")
-        policy = TrustPolicy(TRUSTED_PREFIXES, unsafe, classes)
+        policy = TrustPolicy(ALLOWED, unsafe, classes)
         model = construct(structure["module"], policy)
         _unique, aliases = self.named_tensors(model)
         if aliases != structure.get("tied", {}):
@@ -268,10 +282,14 @@ def describe(module: Any) -> dict:
 
 def construct(node: dict, policy: TrustPolicy) -> Any:
     """A new module from :func:`describe`'s output; classes are imported only as ``policy`` allows."""
+    if not isinstance(node, dict):
+        raise UnsupportedModelError("the stored PyTorch structure is malformed; check the version out into an "
+                                    "existing module instead")
     path = node.get("class")
     cls = import_class(path, policy)
+    what = shown(path)
     if path in _CONTAINERS:
-        children = {name: construct(child, policy) for name, child in node.get("children", [])}
+        children = {str(name): construct(child, policy) for name, child in _children(node)}
         if path.endswith("ModuleDict"):
             return cls(children)
         if path.endswith("ModuleList"):
@@ -280,14 +298,23 @@ def construct(node: dict, policy: TrustPolicy) -> Any:
 
         return cls(OrderedDict(children))
     args = node.get("args")
-    members = getattr(cls, "mvc_members_argument", None)
-    if members is not None and isinstance(args, dict):
-        args = {**args, members: [construct(child, policy) for _name, child in node.get("children", [])]}
     if args is None:
-        raise UnsupportedModelError(f"cannot rebuild {path}: its constructor arguments were not found "
+        raise UnsupportedModelError(f"cannot rebuild {what}: its constructor arguments were not found "
                                     "(keep them as attributes of the same name); check out into an existing module")
+    members = getattr(cls, "mvc_members_argument", None)
+    args = checked_arguments(cls, args, what, {members: []} if members is not None else None)
+    if members is not None:
+        args = {**args, members: [construct(child, policy) for _name, child in _children(node)]}
     try:
         return cls(**args)
     except Exception as exc:
-        raise UnsupportedModelError(f"cannot rebuild {path}({', '.join(args)}): {str(exc)[:200]}; "
+        raise UnsupportedModelError(f"cannot rebuild {what}({shown(', '.join(args))}): {shown(exc, 200)}; "
                                     "check out into an existing module instead") from exc
+
+
+def _children(node: dict) -> list:
+    children = node.get("children", [])
+    if not isinstance(children, list) or not all(isinstance(c, list) and len(c) == 2 for c in children):
+        raise UnsupportedModelError("the stored PyTorch structure is malformed; check the version out into an "
+                                    "existing module instead")
+    return children
