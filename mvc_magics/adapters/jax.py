@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import ShapeMismatchError, UnsupportedModelError
 from .base import match_state
-from .trust import AllowList, TrustPolicy, entry_of, import_class, qualified_name
+from .trust import AllowList, TrustPolicy, entry_of, import_class, qualified_name, shown
 
 STRUCTURE_FORMAT = "jax.pytree/1"
 
@@ -266,7 +266,12 @@ def _construct(node: dict, state: Mapping[str, np.ndarray], policy: TrustPolicy,
         return {k: _construct(v, state, policy, child(k)) for k, v in node["dict"]}
     if "namedtuple" in node:
         cls = import_class(node["namedtuple"], policy)
-        return cls(**{f: _construct(v, state, policy, child(f)) for f, v in node["fields"]})
+        fields = node.get("fields")
+        if not isinstance(fields, list) or [f[0] if isinstance(f, list) and len(f) == 2 else None
+                                            for f in fields] != list(getattr(cls, "_fields", ())):
+            raise UnsupportedModelError(f"the stored fields of {shown(node['namedtuple'])} are not the fields of "
+                                        "that class; check the version out into an existing pytree instead")
+        return cls(**{f: _construct(v, state, policy, child(f)) for f, v in fields})
     kind = "list" if "list" in node else "tuple"
     items = [_construct(v, state, policy, child(i)) for i, v in enumerate(node[kind])]
     return items if kind == "list" else tuple(items)

@@ -118,6 +118,7 @@ class TorchAdapter:
         if not isinstance(structure, dict) or structure.get("format") != STRUCTURE_FORMAT:
             raise UnsupportedModelError("this version has no PyTorch structure; check it out into an existing module")
         policy = TrustPolicy(ALLOWED, unsafe, classes)
+        self._check_size(structure["module"], policy, state)
         model = construct(structure["module"], policy)
         _unique, aliases = self.named_tensors(model)
         if aliases != structure.get("tied", {}):
@@ -129,6 +130,29 @@ class TorchAdapter:
             raise UnsupportedModelError(f"the rebuilt {type(model).__name__} does not fit the stored tensors "
                                         f"({exc}); check it out into an existing module instead") from exc
         return model
+
+    def _check_size(self, node: object, policy: TrustPolicy, state: Mapping[str, np.ndarray]) -> None:
+        """Build the module on the meta device first (no memory): its tensors must be the stored ones,
+        so stored arguments cannot make the real construction allocate more than the version holds."""
+        torch = _torch()
+        try:
+            with torch.device("meta"):
+                probe = construct(node, policy)
+        except UnsupportedModelError:
+            raise
+        except Exception:  # a layer that cannot be made on meta: the real construction decides
+            return
+        unique, _aliases = self.named_tensors(probe)
+        try:
+            match_state({k: (tuple(t.shape), _dtype_name(t)) for k, t in unique.items()}, state)
+        except ShapeMismatchError as exc:
+            raise UnsupportedModelError(f"the rebuilt {type(probe).__name__} does not fit the stored tensors "
+                                        f"({exc}); check it out into an existing module instead") from exc
+        held = sum(int(np.prod(np.shape(v), dtype=np.int64)) for v in state.values())
+        made = sum(t.numel() for t in [*probe.parameters(), *probe.buffers()])
+        if made > held + (1 << 20):  # buffers outside the state dict, beyond a small allowance
+            raise UnsupportedModelError(f"the rebuilt {type(probe).__name__} would hold {made} values for {held} "
+                                        "stored; check it out into an existing module instead")
 
     # -- ensembles and export --------------------------------------------------------------------
 
