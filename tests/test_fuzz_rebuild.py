@@ -73,11 +73,13 @@ CHILD = textwrap.dedent('''
                    {"cmd": COMMAND}, {}]
     data = st.recursive(st.none() | st.booleans() | st.integers(-5, 10**6) | st.floats(allow_nan=False)
                         | st.text(max_size=8) | st.just(MARKER),
-                        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+                        lambda inner: st.lists(inner, max_size=3)
+                        | st.dictionaries(st.text(max_size=6), inner, max_size=3),
                         max_leaves=6)
-    arguments = st.one_of(st.sampled_from(ATTACK_ARGS), st.dictionaries(st.sampled_from(
-        ["args", "shell", "file", "mode", "in_features", "out_features", "members", "weights", "method", "func",
-         "kw_args", "validate", "inplace", "p"]), data, max_size=4), st.dictionaries(st.text(max_size=6), data, max_size=3))
+    KEYS = ["args", "shell", "file", "mode", "in_features", "out_features", "members", "weights", "method", "func",
+            "kw_args", "validate", "inplace", "p"]
+    arguments = st.one_of(st.sampled_from(ATTACK_ARGS), st.dictionaries(st.sampled_from(KEYS), data, max_size=4),
+                          st.dictionaries(st.text(max_size=6), data, max_size=3))
     from mvc_magics.adapters import jax as jax_module, torch as torch_module
     ALLOWED = sorted(torch_module.ALLOWED._paths()) + sorted(jax_module.ALLOWED._paths())
     names = st.one_of(st.sampled_from(NAMES), st.sampled_from(TARGETS), st.sampled_from(ALLOWED),
