@@ -418,3 +418,17 @@ def test_completion_offers_the_methods_and_refs_after_base(ip):
     assert {"task_arithmetic", "ties"} <= complete("%mvc_merge a b --method t")
     assert "pretrained" in complete("%mvc_merge a b --method ties --base pre")
     assert "--density" in complete("%mvc_merge a b --method ties --dens")
+
+
+def test_a_damaged_merge_record_is_shown_without_a_redo_line(repo, history):
+    """extra["merge"] is read from the store: odd values are shown as text, never raise, never redone."""
+    from mvc_magics.core.details import VersionDetails
+    from mvc_magics.core.merge_report import redo_line
+
+    version = repo.resolve("pre", name="model")
+    version.extra["merge"] = {"method": "ties", "inputs": "not a list", "weights": ["x", None],
+                              "parameters": [1, 2], "base": 7}
+    rows = dict(VersionDetails(version).merge())
+    assert rows["merge"] == "ties" and rows["merge weights"] == "x, None" and "redo" not in rows
+    assert redo_line({"method": "ties", "inputs": ["a"], "parameters": [1]}) is None
+    assert redo_line({"method": "ties", "inputs": ["a", "b"], "weights": ["x"]}) is None

@@ -44,8 +44,10 @@ def parents_reader(store: Store) -> Callable[[str], list[str]]:
     def parents_of(vid: str) -> list[str]:
         if vid not in cache:
             rows = store.index.query("SELECT meta FROM versions WHERE id = ?", (vid,))
-            listed = json.loads(rows[0][0]).get("parents", []) if rows else []
-            cache[vid] = [p for p in listed if isinstance(p, str) and store.has_version(p)]
+            meta = json.loads(rows[0][0]) if rows else {}
+            listed = meta.get("parents") if isinstance(meta, dict) else None
+            cache[vid] = [p for p in listed if isinstance(p, str) and store.has_version(p)] \
+                if isinstance(listed, list) else []
         return cache[vid]
 
     return parents_of
