@@ -141,6 +141,11 @@ class UnsafeFileError(StoreError):
     """A store file is a symlink, FIFO, device or larger than its format allows; it was not opened."""
 
 
+class UnsafeSnapshotError(UnsafeFileError, IntegrityError):
+    """A snapshot file is a symlink, FIFO, device or socket: refused unopened, and handled like any
+    other damaged snapshot (named and skipped by scans, refused by reads)."""
+
+
 class InvalidPolicyError(MVCError, ValueError):
     """A retention policy (``--keep``) that cannot be parsed."""
 

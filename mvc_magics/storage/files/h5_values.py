@@ -19,12 +19,14 @@ import numpy as np
 
 from ...errors import IntegrityError
 from .checksum import check_file_checksum
+from .h5_open import display_name, file_path
 
 _intact: dict[tuple[int, int, int, int, int], bool] = {}  # file identity -> its checksum holds
 _REMEMBERED = 4096
 
 
-def _ensure_intact(filename: str) -> None:
+def _ensure_intact(f: h5py.File) -> None:
+    filename = file_path(f)  # the file libhdf5 has open, whatever name it was opened by
     st = os.stat(filename)
     key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     if key not in _intact:
@@ -33,12 +35,12 @@ def _ensure_intact(filename: str) -> None:
         # None: a file from before checksums existed; nothing to check it against.
         _intact[key] = check_file_checksum(filename) is not False
     if not _intact[key]:
-        raise IntegrityError(f"snapshot {os.path.basename(filename)} is damaged (its checksum does not match)")
+        raise IntegrityError(f"snapshot {display_name(f)} is damaged (its checksum does not match)")
 
 
-def _guard(dtype: np.dtype, filename: str) -> None:
+def _guard(dtype: np.dtype, f: h5py.File) -> None:
     if dtype.kind == "O":  # stored in the global heap
-        _ensure_intact(filename)
+        _ensure_intact(f)
 
 
 def read_attr(obj: h5py.HLObject, name: str, default: Any = None) -> Any:
@@ -46,7 +48,7 @@ def read_attr(obj: h5py.HLObject, name: str, default: Any = None) -> Any:
     attrs = obj.attrs
     if name not in attrs:
         return default
-    _guard(attrs.get_id(name).dtype, obj.file.filename)
+    _guard(attrs.get_id(name).dtype, obj.file)
     return attrs[name]
 
 
@@ -60,7 +62,7 @@ def read_text_attr(obj: h5py.HLObject, name: str, default: str | None = None) ->
 
 def read_string_dataset(dataset: h5py.Dataset) -> str:
     """The text of a scalar string dataset (``/meta``, ``/structure``, ``/manifest``), heap-guarded."""
-    _guard(dataset.dtype, dataset.file.filename)
+    _guard(dataset.dtype, dataset.file)
     value = dataset[()]
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 

@@ -7,14 +7,17 @@ next holder completes it here (see :meth:`Store.locked <mvc_magics.storage.local
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from ...core.meta_check import metadata_problem
 from ...core.metadata import author
 from ...core.names import head_key, is_valid_name
-from ...errors import MVCError
+from ...errors import MVCError, UnsafeFileError
 from ..snapshots.snapshot import SnapshotContent, read_verified
 from .index import Index
+
+_log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .store import Store
@@ -41,6 +44,9 @@ def indexable_contents(store: Store) -> list[SnapshotContent]:
     for vid, path in store.layout.snapshot_files():
         try:
             content = read_verified(path, vid)
+        except UnsafeFileError as exc:  # a FIFO, device or symlink planted in objects/: skipped, named
+            _log.warning("%s", exc)
+            continue
         except (MVCError, OSError):
             continue  # verify reports unreadable or altered snapshots; the index holds what the ids name
         if _indexable(content):
@@ -96,6 +102,9 @@ def index_missing_snapshots(store: Store, complete: bool = False) -> list[str]:
             continue
         try:
             content = read_verified(path, vid)
+        except UnsafeFileError as exc:
+            _log.warning("%s", exc)
+            continue
         except (MVCError, OSError):
             continue
         if _indexable(content):

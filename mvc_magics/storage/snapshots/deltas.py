@@ -22,6 +22,7 @@ from ...core.hashing import tensor_hash
 from ...core.manifest import ManifestEntry
 from ...errors import IntegrityError
 from ..codec.tensor_decode import delta_base
+from ..files.h5_open import open_hdf5
 from ..files.h5_values import read_text_attr
 from .snapshot import STRUCTURE_ATTR, TensorReader, structure_reference, unreadable
 from .snapshot_writer import DeltaBase
@@ -94,7 +95,7 @@ _REFERENCES_KEPT = 65536
 
 def _base_references(path: Path) -> dict[str, tuple[str, str]]:
     found: dict[str, tuple[str, str]] = {}
-    with h5py.File(path, "r") as f:
+    with open_hdf5(path) as f:
         reference = read_text_attr(f, STRUCTURE_ATTR)  # format 3: the structure stored in another file
         if reference is not None:
             ref = structure_reference(reference, path.name)

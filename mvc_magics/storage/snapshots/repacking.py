@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import h5py
 import numpy as np
 
 from ...core.manifest import ManifestEntry
 from ...errors import IntegrityError
 from ..codec.tensor_decode import BASE2_ATTR, DEPTH_ATTR
 from ..files.atomic import fsync_path, temporary_path
+from ..files.h5_open import open_hdf5
 from ..files.h5_values import read_attr, read_text_attr
 from .snapshot import BASE_ATTR, CODING_ATTR, TensorReader, read_content, unreadable
 from .snapshot_writer import DeltaBase, SnapshotWriter
@@ -58,7 +58,7 @@ def stored_codings(path: Path) -> tuple[int, dict[str, StoredCoding]]:
     """(format version, hash -> :class:`StoredCoding`) of every tensor a snapshot file holds
     (attributes only; :class:`IntegrityError` when the file is not a readable snapshot)."""
     try:
-        with h5py.File(path, "r") as f:
+        with open_hdf5(path) as f:
             found = {}
             for digest, dataset in f["tensors"].items():
                 coding, base, second = (read_text_attr(dataset, name) for name in (CODING_ATTR, BASE_ATTR, BASE2_ATTR))
@@ -85,7 +85,7 @@ def recode_snapshot(path: Path, vid: str, locate: Callable[[str], Path], tmp_fol
     writer = SnapshotWriter(tmp)
     before = path.stat().st_size
     try:
-        with TensorReader(locate) as reader, h5py.File(path, "r") as source:
+        with TensorReader(locate) as reader, open_hdf5(path) as source:
             held = source["tensors"]
             ref = content.structure_ref  # format 3: the structure's blob, kept as it is (same reference)
             blob = {ref.hash} if ref is not None and ref.object == vid else set()

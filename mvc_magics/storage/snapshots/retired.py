@@ -12,6 +12,7 @@ import h5py
 
 from ...errors import IntegrityError
 from ..files.atomic import write_atomically
+from ..files.h5_open import open_hdf5
 from ..files.h5_values import read_attr, write_text_attr
 from .snapshot import FORMAT_NAME, FORMAT_VERSION
 
@@ -20,13 +21,13 @@ RETIRED_ATTR = "mvc_retired"
 
 def is_retired(path: Path) -> bool:
     """True when ``path`` is a retired file (tensors of a removed version still in use)."""
-    with h5py.File(path, "r") as f:
+    with open_hdf5(path) as f:
         return bool(read_attr(f, RETIRED_ATTR, False))
 
 
 def held_hashes(path: Path) -> set[str]:
     """The tensor hashes a snapshot or retired file holds bytes for."""
-    with h5py.File(path, "r") as f:
+    with open_hdf5(path) as f:
         group = f.get("tensors")
         return set(group.keys()) if isinstance(group, h5py.Group) else set()
 
@@ -44,7 +45,7 @@ def write_retired(final: Path, version_id: str, source: Path, keep: set[str], tm
     """Atomically replace ``final`` by a retired file holding only the tensors ``keep`` from ``source``."""
 
     def write(tmp: Path) -> None:
-        with h5py.File(source, "r") as src, h5py.File(tmp, "w", libver=("earliest", "v110")) as dst:
+        with open_hdf5(source) as src, h5py.File(tmp, "w", libver=("earliest", "v110")) as dst:
             write_text_attr(dst, "mvc_format", FORMAT_NAME)
             # Coded datasets are copied as they are: the file keeps its source's format version.
             dst.attrs["mvc_format_version"] = int(read_attr(src, "mvc_format_version", FORMAT_VERSION))

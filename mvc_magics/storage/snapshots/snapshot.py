@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import threading
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from ..codec.coding import aligned_empty
 from ..codec.tensor_decode import BASE_ATTR, CODING_ATTR, MAX_CHAIN, delta_base
 from ..codec.tensor_decode import PLANES_ATTR as PLANES_ATTR  # the writer's and readers' one name for it
 from ..files.checksum import CHECKSUM_MAGIC, USERBLOCK_SIZE, body_digest, check_file_checksum  # noqa: F401
+from ..files.h5_open import display_name, file_size, open_hdf5
 from ..files.h5_values import read_attr, read_string_dataset, read_text_attr
 
 FORMAT_NAME = "mvc-snapshot"
@@ -57,26 +57,27 @@ NATIVE_NAMES = frozenset(
 )
 
 
-def _read_string(f: h5py.File, name: str, required: bool = True) -> str | None:
+def _read_string(f: h5py.File, name: str, required: bool = True, where: str = "") -> str | None:
+    where = where or display_name(f)
     link = f.get(name, getlink=True)
     if link is None:
         if required:
-            raise IntegrityError(f"snapshot {f.filename}: missing /{name}")
+            raise IntegrityError(f"snapshot {where}: missing /{name}")
         return None
     if not isinstance(link, h5py.HardLink):
-        raise IntegrityError(f"snapshot {f.filename}: /{name} is a link, refused")
+        raise IntegrityError(f"snapshot {where}: /{name} is a link, refused")
     dataset = f[name]
     if not isinstance(dataset, h5py.Dataset) or dataset.shape != ():
-        raise IntegrityError(f"snapshot {f.filename}: /{name} is not a scalar string")
+        raise IntegrityError(f"snapshot {where}: /{name} is not a scalar string")
     # External or virtual storage would read another file's bytes (a local secret) into the index.
     if dataset.external or dataset.is_virtual:
-        raise IntegrityError(f"snapshot {f.filename}: /{name} is stored outside the file, refused")
+        raise IntegrityError(f"snapshot {where}: /{name} is stored outside the file, refused")
     # A fixed-length string is allocated at its declared size before a byte is read: bound it by
     # the file itself (an 11 KB file must not make us allocate the 1 GiB its header claims).
     declared = max(int(dataset.dtype.itemsize), int(dataset.id.get_storage_size()))
-    limit = min(MAX_STRING_BYTES, os.path.getsize(f.filename))
+    limit = min(MAX_STRING_BYTES, file_size(f))
     if declared > limit:
-        raise IntegrityError(f"snapshot {f.filename}: /{name} declares {declared} bytes, more than the "
+        raise IntegrityError(f"snapshot {where}: /{name} declares {declared} bytes, more than the "
                              f"{limit} the file can hold")
     return read_string_dataset(dataset)
 
@@ -89,11 +90,10 @@ def unreadable(path: Path, exc: BaseException) -> IntegrityError:
 
 
 def _open(path: Path) -> h5py.File:
-    # A snapshot is a regular file inside the store: a symlink could point anywhere.
-    if path.is_symlink() or path.parent.is_symlink():
-        raise IntegrityError(f"snapshot {path.name} is a symbolic link, refused")
+    # A snapshot is a regular file inside the store: a symlink could point anywhere, a FIFO would
+    # block libhdf5's open forever (UnsafeFileError, one line, from open_hdf5).
     try:
-        return h5py.File(path, "r")
+        return open_hdf5(path)
     except FileNotFoundError:
         raise
     except OSError as exc:
