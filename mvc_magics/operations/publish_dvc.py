@@ -47,13 +47,15 @@ def publish_to_dvc(version: Version, export: Callable[[Path, str], None], path: 
         _write(version, export, path, fmt, filename)
     try:
         with DvcRepo(str(root)) as repo:
+            repo.scm_context.quiet = True  # the files to git add are in the result's load hint
             repo.add([str(path)])
             repo.artifacts.add(name, Artifact(**dvc_artifact(version, relative)), dvcfile=str(root / "dvc.yaml"))
     except MVCError:
         raise
     except Exception as exc:  # DVC's errors (not a git repo, path ignored or tracked by git...) as one line
         raise PublishError(f"DVC refused tracking {relative}: {first_sentence(exc)}") from exc
-    load = (f"git add {relative}.dvc .gitignore dvc.yaml && git commit, then gto register {name}; "
+    ignore = (Path(relative).parent / ".gitignore").as_posix()
+    load = (f"git add {relative}.dvc {ignore} dvc.yaml && git commit, then gto register {name}; "
             f"dvc.api.artifacts_show({name!r}) gives its path and rev, the model is {relative}/{filename}")
     return Publication("dvc", version.id, version.short_id, f"artifact {name!r} at {relative}/{filename}", load,
                        created, {"artifact": name, "path": relative, "file": filename, "format": fmt,
