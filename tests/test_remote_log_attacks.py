@@ -17,7 +17,7 @@ from s3_servers import use_role
 from seaweed import ATTACK_PREFIX, BUCKET
 
 from mvc_magics import Repo
-from mvc_magics.errors import RemoteHistoryError, SignatureError
+from mvc_magics.errors import RemoteHistoryError, RemotePermissionError, SignatureError
 from mvc_magics.operations.remote_check import sign_checkpoint, verify_remote
 from mvc_magics.storage.remote.store import RemoteStore
 from mvc_magics.storage.remote.trust import ALLOWED_SIGNERS, allowed_signers_file
@@ -241,18 +241,20 @@ def test_a_forged_checkpoint_and_head_far_ahead_are_not_trusted(scene):
     fresh = scene.fresh_reader()
     assert sorted(fresh.pull(scene.url).versions) == sorted([scene.v1.id, scene.v2.id])
     assert scene.tag("production", fresh) == scene.v2.id
+    problems = scene.verify()
+    assert any("checkpoint 999 is ahead of the log" in line for line in problems), problems
+    assert any("log/HEAD names 1000" in line for line in problems), problems
+    assert sum(f"checkpoint {state.seq} does not match segments" in line for line in problems) == 2, problems
     scene.become("release")  # release pushes again: later clones follow it, they are not forked
     v3 = scene.release.commit(weights(3), "m")
     scene.release.tag(v3.id, "production", force=True)
     scene.release.push(force=True)
     assert scene.tag("production", Repo.clone(scene.url, scene.tmp / "late" / ".mvc")) == v3.id
+    assert json.loads(scene.remote.read("log/HEAD"))["next"] == state.seq + 1  # the forged hint is replaced
     scene.become("reader")
     scene.victim.pull(force=True)  # tags are not fast-forwarded (docs/remotes.md): take release's move
     assert scene.tag("production") == v3.id
-    problems = scene.verify()
-    assert any("checkpoint 999 is ahead of the log" in line for line in problems), problems
-    assert any("log/HEAD names 1000" in line for line in problems), problems
-    assert sum(f"checkpoint {state.seq} does not match segments" in line for line in problems) == 2, problems
+    assert not any("log/HEAD" in line for line in scene.verify())
 
 
 def test_a_rewritten_segment_is_refused_by_fresh_and_cached_readers(scene):
@@ -285,11 +287,16 @@ def test_a_rewritten_segment_is_refused_by_fresh_and_cached_readers(scene):
     assert any("segment 1 differs" in line for line in scene.verify())
 
 
-def test_a_signed_checkpoint_anchors_fresh_clones_against_a_rewrite(scene):
+def test_a_signed_checkpoint_anchors_fresh_clones_against_a_rewrite(scene, capsys):
+    from mvc_magics.apps.cli import run
+
     scene.history()
+    scene.become("member")  # a member's key is not an allowed signer
+    with pytest.raises(RemotePermissionError, match="only its allowed signers sign checkpoints"):
+        sign_checkpoint(scene.release.store)
     scene.become("release")
-    name = sign_checkpoint(scene.release.store)
-    assert name.startswith("checkpoint-0000000002-")
+    assert run(["--store", str(scene.tmp / "release" / ".mvc"), "remote", "checkpoint"]) == 0
+    assert "signed checkpoint log/checkpoint-0000000002-" in capsys.readouterr().out
     scene.become("member")
     member = Repo(scene.tmp / "member" / ".mvc")
     v3 = member.commit(weights(3), "m")

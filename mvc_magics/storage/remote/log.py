@@ -200,7 +200,8 @@ class RemoteLog:
                 if state is not None:
                     return state
             return RemoteState()
-        for name, seq in self.checkpoints()[:CHECKPOINT_TRIES]:
+        signed_names = [(name, seq) for name, seq in self.checkpoints() if name.count("-") == 2]
+        for name, seq in signed_names[:CHECKPOINT_TRIES]:
             state = self.checkpoint(name, seq)
             if state is not None:
                 return state
@@ -297,7 +298,10 @@ class RemoteLog:
 
     def _after_append(self, state: RemoteState) -> None:
         hint = self.head()
+        # Values past the log's end are forged (a member's): they must not stop checkpoints or the hint.
         checkpoint = hint.get("checkpoint") if isinstance(hint.get("checkpoint"), int) else 0
+        checkpoint = checkpoint if checkpoint <= state.seq else 0
+        hint = hint if isinstance(hint.get("next"), int) and hint["next"] <= state.seq else {}
         if state.seq - checkpoint >= CHECKPOINT_EVERY:
             if self.signers is None:
                 body = {"seq": state.seq, "last": state.last, "state": state.to_json()}
