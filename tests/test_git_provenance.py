@@ -207,3 +207,29 @@ def test_a_training_loop_commit_records_git_state(work_tree):
             weights["b"] += 1.0
             run.step(loss=1.0)
     assert run.versions[0].provenance["git"]["commit"] == git(work_tree, "rev-parse", "HEAD").strip()
+
+
+def test_mvc_git_switches_the_diff_or_everything_off(work_tree, monkeypatch):
+    (work_tree / "train.py").write_text("api_key = 'not for the model store'\n")
+    with Repo(work_tree / ".mvc") as repo:
+        monkeypatch.setenv("MVC_GIT", "nodiff")
+        entry = repo.commit(model(1.0), "m").provenance["git"]
+        assert entry["dirty"] is True and "diff" not in entry
+        monkeypatch.setenv("MVC_GIT", "off")
+        assert "git" not in repo.commit(model(2.0), "m").provenance
+
+
+def test_an_unchanged_recommit_records_nothing_new_and_does_not_wait_for_git(work_tree, monkeypatch, tmp_path):
+    with Repo(work_tree / ".mvc") as repo:
+        first = repo.commit(model(), "m")
+        bin_dir = tmp_path / "slow-bin"
+        bin_dir.mkdir()
+        (bin_dir / "git").write_text("#!/bin/sh\nexec sleep 5\n")  # waiting for it would take GIT_TIMEOUT (3 s)
+        (bin_dir / "git").chmod(0o755)
+        monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+        import time
+
+        started = time.perf_counter()
+        again = repo.commit(model(), "m")
+        assert time.perf_counter() - started < git_state.GIT_TIMEOUT  # the content is stored: git is not awaited
+    assert again.id == first.id and again.provenance["git"] == first.provenance["git"]

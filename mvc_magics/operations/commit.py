@@ -30,7 +30,7 @@ from ..storage.files.faults import write_failure
 from ..storage.local.store import Store
 from ..storage.snapshots.staging import StagedCommit, background
 from . import lookup, versions
-from .git_state import with_git_state
+from .git_state import GitStateAhead
 from .tags import check_tag_free
 
 
@@ -57,6 +57,7 @@ def commit(
     adapter = adapter_for(model)
     name, message, tags, explicit = _checked_inputs(store, name, adapter, message, tags, metrics)
     params = validate_params(params)
+    git = GitStateAhead(provenance, store.path)  # git runs while the variables are read and hashed
     state = adapter.get_state(model)
     if not state:
         raise UnsupportedModelError(f"{name!r} has no variables to version")
@@ -65,9 +66,8 @@ def commit(
     arrays = _storable(state)
     # Hashing runs in worker threads from here on (see storage.snapshots.staging); unchanged buffers are skipped.
     hashes = HashesAhead(arrays, known_hashes(adapter, model, arrays))
-    provenance = with_git_state(provenance, store.path)  # runs git while the tensors hash
     given = {"message": message, "metrics": all_metrics, "params": params, "provenance": provenance,
-             "extra": extra, "fit": fit if metrics is None else {}, "explicit": explicit}
+             "extra": extra, "fit": fit if metrics is None else {}, "explicit": explicit, "git": git}
 
     def fill(staged: StagedCommit) -> object:
         # The tensors are staged (hashed, coded, written) in a worker thread while this thread
@@ -144,8 +144,8 @@ def _commit_without_model(store: Store, framework: str, structure: object, name:
                           attach: bool = True) -> Version:
     adapter = adapter_named(framework)
     name, message, tags, explicit = _checked_inputs(store, name, adapter, message, tags, metrics)
-    given = {"message": message, "metrics": explicit, "params": validate_params(None),
-             "provenance": with_git_state(provenance, store.path), "extra": extra, "fit": {}, "explicit": explicit}
+    given = {"message": message, "metrics": explicit, "params": validate_params(None), "provenance": provenance,
+             "extra": extra, "fit": {}, "explicit": explicit, "git": GitStateAhead(provenance, store.path)}
 
     def fill(staged: StagedCommit) -> object:
         stage(staged, name)
@@ -279,7 +279,7 @@ def _publish(store: Store, vid: str, name: str, adapter: Adapter, staged: Staged
         "created": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
         "author": author(), "metrics": given["metrics"], "params": given["params"], "framework": adapter.framework,
         "libraries": {**base_library_versions(), **adapter.library_versions()},
-        "provenance": complete_provenance(given["provenance"], extra_meta),
+        "provenance": complete_provenance(given["git"].provenance(), extra_meta),
         "extra": {**extra_meta, **(given["extra"] or {})},
         # The tags asked for, so crash recovery can finish a commit killed before its ref files.
         "tags": list(tags),

@@ -1,7 +1,7 @@
 """The git state of the code a commit is made from, read with the ``git`` binary (no new dependency).
 
-Every commit (:mod:`mvc_magics.operations.commit`) calls :func:`with_git_state`, so the magics, the
-API, the training callbacks and autocommit all record it. Where to look: the folder of the notebook
+Every commit (:mod:`mvc_magics.operations.commit`) starts a :class:`GitStateAhead`, so the magics, the
+API, the training callbacks, autocommit and merges all record it. Where to look: the folder of the notebook
 (or script) the provenance names, else the working directory. No git, not a work tree, a repository
 without commits, git failing or taking longer than :data:`GIT_TIMEOUT`: no ``git`` key and no error.
 The store folder is excluded from every git command, so a ``.mvc`` inside the work tree never makes
@@ -21,27 +21,65 @@ from typing import Any
 
 from ..core.git_provenance import MAX_DIFF_CHARS, bounded_diff, choose_remote, git_entry, parse_status
 
+GIT_SETTING_ENV = "MVC_GIT"  # off: record no git state; nodiff: record it without the diff (it may hold secrets)
 GIT_TIMEOUT = 3.0  # seconds for each git command: a commit never waits long for its provenance
 # No prompt for credentials, and no lock on the git index: a commit never blocks the user's own git.
 _GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"}
 
 
+class GitStateAhead:
+    """The git state read in a thread while a commit hashes and stages its tensors.
+
+    A commit starts it first and asks :meth:`provenance` only when it writes a new version: a commit
+    of content already stored (an unchanged re-commit) never waits for git.
+    """
+
+    def __init__(self, provenance: Mapping[str, Any] | None, store_path: Path) -> None:
+        self._given = provenance
+        self._state: dict[str, Any] | None = None
+        self._thread: threading.Thread | None = None
+        if (provenance is not None and "git" in provenance) or git_setting() == "off":
+            return  # given by the caller (kept as given), or switched off
+        self._thread = threading.Thread(target=self._read, args=(Path(store_path), Path.cwd()), daemon=True,
+                                        name="mvc-git-state")
+        self._thread.start()
+
+    def _read(self, store_path: Path, cwd: Path) -> None:
+        try:
+            self._state = git_state(store_path, self._given or {}, cwd)
+        except Exception:  # provenance is best effort: never a reason for a commit to fail
+            self._state = None
+
+    def provenance(self) -> dict[str, Any] | None:
+        """The given provenance plus its ``git`` entry (waits for git, at most a few timeouts)."""
+        if self._thread is not None:
+            self._thread.join()
+        if self._state is None:
+            return dict(self._given) if self._given is not None else None
+        return {**(self._given or {}), "git": self._state}
+
+
 def with_git_state(provenance: Mapping[str, Any] | None, store_path: Path) -> dict[str, Any] | None:
     """``provenance`` plus its ``git`` entry when the code lives in a git work tree (a given one is kept)."""
-    if provenance is not None and "git" in provenance:
-        return dict(provenance)
-    state = git_state(store_path, provenance or {})
-    if state is None:
-        return dict(provenance) if provenance is not None else None
-    return {**(provenance or {}), "git": state}
+    return GitStateAhead(provenance, store_path).provenance()
 
 
-def git_state(store_path: Path, provenance: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The ``git`` provenance entry (see :func:`mvc_magics.core.git_provenance.git_entry`), or None."""
+def git_setting() -> str:
+    """``$MVC_GIT``: ``off`` (no git state), ``nodiff`` (commit, branch, dirty, remote, path; no diff), else ``on``."""
+    value = os.environ.get(GIT_SETTING_ENV, "").strip().lower()
+    if value in ("0", "off", "false", "no"):
+        return "off"
+    return "nodiff" if value == "nodiff" else "on"
+
+
+def git_state(store_path: Path, provenance: Mapping[str, Any], cwd: Path | None = None) -> dict[str, Any] | None:
+    """The ``git`` provenance entry (see :func:`mvc_magics.core.git_provenance.git_entry`), or None.
+
+    ``cwd``: the working directory of the commit (default: the process's current one)."""
     git = shutil.which("git")
     if git is None:
         return None
-    folder, file = _location(provenance)
+    folder, file = _location(provenance, cwd or Path.cwd())
     try:
         top = _run(git, folder, "rev-parse", "--show-toplevel")
         if not top:
@@ -56,7 +94,7 @@ def git_state(store_path: Path, provenance: Mapping[str, Any]) -> dict[str, Any]
         if commit is None:  # no commit yet: nothing to point to
             return None
         remotes = _run(git, root, "config", "--get-regexp", r"^(remote\..*\.url|branch\..*\.remote)$") or ""
-        diff = _diff(git, root, spec) if dirty else None
+        diff = _diff(git, root, spec) if dirty and git_setting() == "on" else None
     except OSError:
         return None
     where = file if file is not None else folder
@@ -67,17 +105,17 @@ def git_state(store_path: Path, provenance: Mapping[str, Any]) -> dict[str, Any]
     return git_entry(commit, branch, dirty, choose_remote(remotes, branch), path, diff)
 
 
-def _location(provenance: Mapping[str, Any]) -> tuple[Path, Path | None]:
+def _location(provenance: Mapping[str, Any], cwd: Path) -> tuple[Path, Path | None]:
     """The folder git is asked about, and the notebook or script file in it (None: the working directory)."""
     for key in ("notebook", "script"):
         value = provenance.get(key)
         if isinstance(value, str) and value:
             file = Path(value).expanduser()
             if not file.is_absolute():
-                file = Path.cwd() / file
+                file = cwd / file
             if file.parent.is_dir():
                 return file.parent, file
-    return Path.cwd(), None
+    return cwd, None
 
 
 def _store_exclusion(root: Path, store_path: Path) -> list[str]:
