@@ -337,3 +337,33 @@ def test_lightgbm_texts_lightgbm_would_abort_on_are_refused(repo):
         _one_line(refused.value)
     assert store_state(repo.path) == before
     np.testing.assert_array_equal(booster.predict(X), expected)
+
+
+def test_tree_arrays_are_checked_before_skops_builds_anything(monkeypatch):
+    import skops.io
+
+    from mvc_magics.adapters.sklearn import SklearnAdapter
+
+    adapter = SklearnAdapter()
+    model, _X = _iris_tree()
+
+    def never(*args, **kwargs):
+        raise AssertionError("skops built objects from a stored tree that was not checked first")
+
+    monkeypatch.setattr(skops.io, "loads", never)
+    attacks = {name: _set_tensor(tensor, change) for name, (tensor, change) in TREE_ATTACKS.items()}
+    attacks["a tree wider than its estimator"] = _wider_tree(attacks["a tree wider than its estimator"])
+
+    def reused_id(taken):  # the Tree's n_features node under the id of another node with other content
+        structure, tensors = json.loads(json.dumps(taken[0])), taken[1]
+        args = structure["schema"]["content"]["content"]["tree_"]["__reduce__"]["args"]["content"]
+        other = structure["schema"]["content"]["content"]["min_samples_split"]  # content "2"
+        args[0] = {**args[0], "__id__": other["__id__"]}
+        return structure, tensors
+
+    attacks["an id reused for other content"] = reused_id
+    for name, poison in attacks.items():
+        structure, tensors = poison(adapter.take_apart(model))
+        with pytest.raises(UnsupportedModelError) as refused:
+            adapter.build(structure, tensors)
+        assert "malformed" in _one_line(refused.value), name

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import MergeConflictError, ShapeMismatchError, UnsupportedModelError
 from .base import match_state
-from .sklearn_trees import TREE, check_trees
+from .sklearn_trees import TREE, check_stored_trees, check_trees
 from .trust import EMPTY, AllowList, TrustPolicy, qualified_name, shown
 
 STRUCTURE_FORMAT = "sklearn.skops/1"
@@ -169,6 +169,7 @@ class SklearnAdapter:
                 for item in node:
                     walk(item)
 
+        check_stored_trees(schema, state)  # before skops builds any tree from it
         walk(schema)
         out = io.BytesIO()
         with zipfile.ZipFile(out, "w") as archive:
