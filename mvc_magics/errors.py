@@ -31,6 +31,29 @@ class UnsupportedModelError(MVCError, TypeError):
     """The object is not a model any adapter can handle, or it has no variables."""
 
 
+class MissingFrameworkError(UnsupportedModelError):
+    """A version's framework is not installed here; the message names the pip extra that brings it."""
+
+
+# The pip extra of mvc_magics that brings each optional package (pyproject.toml's optional-dependencies):
+# no framework is a dependency of the core, nor are the widgets, the remotes or the notebook runner.
+EXTRA_OF_PACKAGE = {
+    "keras": "keras", "tensorflow": "keras", "tf_keras": "tf_keras", "torch": "torch", "safetensors": "torch",
+    "ml_dtypes": "torch", "sklearn": "sklearn", "skops": "sklearn", "lightgbm": "lightgbm", "jax": "jax",
+    "jaxlib": "jax", "flax": "jax", "optax": "jax", "lightning": "lightning", "pytorch_lightning": "lightning",
+    "ipywidgets": "widgets", "matplotlib": "widgets", "pandas": "widgets", "fsspec": "remote", "s3fs": "remote",
+    "cryptography": "remote", "nbclient": "notebooks", "nbformat": "notebooks", "ipykernel": "notebooks",
+    "mlflow": "mlflow", "dvc": "dvc", "gto": "dvc",
+}
+
+
+def missing_package_message(exc: ModuleNotFoundError) -> str | None:
+    """One line naming the extra to install when ``exc`` is an optional package missing, else None."""
+    package = (exc.name or "").split(".")[0]
+    extra = EXTRA_OF_PACKAGE.get(package)
+    return f'{package} is not installed here: pip install "mvc_magics[{extra}]"' if extra else None
+
+
 class RefError(MVCError, LookupError):
     """A ref could not be resolved to exactly one version."""
 

@@ -13,6 +13,12 @@ import pytest
 from mvc_magics import Repo
 
 
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: one worker per core, at most 4 (each worker holds TensorFlow, PyTorch and JAX, and
+    starts its own S3 servers)."""
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
 @pytest.fixture
 def store_path(tmp_path):
     return tmp_path / ".mvc"

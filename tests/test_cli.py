@@ -41,6 +41,15 @@ def test_console_script_is_declared():
     assert '[project.scripts]\nmvc = "mvc_magics.cli:main"' in text
 
 
+def test_version_comes_from_one_place():
+    from mvc_magics._version import __version__
+
+    assert mvc("--version").stdout == f"mvc_magics {__version__}\n"
+    text = (ROOT / "pyproject.toml").read_text()
+    assert 'dynamic = ["version"]' in text and '[tool.hatch.version]\npath = "mvc_magics/_version.py"' in text
+    assert "MIT License" in (ROOT / "LICENSE").read_text() and 'license = "MIT"' in text
+
+
 def test_help_for_every_command():
     top = mvc("--help")
     assert top.returncode == 0 and all(c in top.stdout for c in COMMANDS) and "--store" in top.stdout

@@ -24,7 +24,7 @@ NUMPY_REFUSED = sorted({np.dtype(t).name for t in set(np.sctypeDict.values())
 
 def framework_dtypes() -> set[str]:
     """Every dtype name TensorFlow and Keras offer that has a numpy equivalent."""
-    import tensorflow as tf
+    tf = pytest.importorskip("tensorflow", reason="TensorFlow is not installed")
     from keras.src.backend.common import dtypes as keras_dtypes
 
     names = set()
@@ -143,8 +143,8 @@ def _tensorflow_variables(tf, seed: int = 0) -> dict[str, object]:
 def test_tensorflow_and_keras_variables_of_every_dtype_read_back_bit_exact(repo):
     """The frameworks' own variables: a tf.Module holding one tf.Variable per TensorFlow dtype, and a
     Keras 3 model with one weight per Keras dtype; each is perturbed, then checked out in place."""
+    tf = pytest.importorskip("tensorflow", reason="TensorFlow is not installed")
     import keras
-    import tensorflow as tf
     from keras.src.backend.common import dtypes as keras_dtypes
 
     module = tf.Module()

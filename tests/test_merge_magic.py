@@ -91,6 +91,7 @@ def test_magic_is_registered_and_documented(ip):
 
 
 def test_panel_weights_shares_preview_and_commit(ip):
+    pytest.importorskip("ipywidgets", reason="ipywidgets is not installed")
     repo, versions, _ = make_versions(ip, count=2, seed=4)
     ip.user_ns["bias_sum"] = lambda m: float(m["b"].sum())
     panel = ip.run_line_magic("mvc_merge", f"{versions[0].id} {versions[1].id} --widget")
@@ -114,6 +115,7 @@ def test_panel_weights_shares_preview_and_commit(ip):
 
 
 def test_panel_shows_conflicts_in_the_panel_and_commits_nothing(ip):
+    pytest.importorskip("ipywidgets", reason="ipywidgets is not installed")
     repo, versions, _ = make_versions(ip, count=2, seed=5)
     panel = repo.merge_panel([versions[0].id, versions[1].id], namespace=ip.user_ns)
     for slider in panel.sliders:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from ..errors import UnsupportedModelError
+import importlib.util
+import sys
+
+from ..errors import EXTRA_OF_PACKAGE, MissingFrameworkError, UnsupportedModelError
 from .base import Adapter
 from .jax import JaxAdapter
 from .keras import KerasAdapter
@@ -44,4 +47,43 @@ def adapter_named(framework: str) -> Adapter:
     raise UnsupportedModelError(f"no adapter for framework {framework!r} in this mvc_magics")
 
 
-__all__ = ["ADAPTERS", "Adapter", "adapter_for", "adapter_named"]
+# The packages a rebuild of a stored framework's models imports (their extras: EXTRA_OF_PACKAGE). No
+# framework is a dependency of the core, so a version may come from a machine that had one this
+# machine lacks (a pull, a shared store).
+FRAMEWORK_PACKAGES: dict[str, tuple[str, ...]] = {
+    "keras": ("keras", "tensorflow"), "keras-optimizer": ("keras", "tensorflow"),
+    "tf_keras": ("tf_keras", "tensorflow"), "tensorflow": ("tensorflow",), "torch": ("torch",),
+    "torch-optimizer": ("torch",), "sklearn": ("sklearn", "skops"), "lightgbm": ("lightgbm",), "jax": ("jax",),
+}
+
+
+def _installed(package: str) -> bool:
+    if package in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):  # a broken install counts as missing
+        return False
+
+
+def require_framework(framework: str | None) -> None:
+    """Raise :class:`MissingFrameworkError`, one line naming the extra to install, when a version of
+    ``framework`` cannot be rebuilt here because its framework is not installed.
+
+    Looks for the packages without importing them (``importlib.util.find_spec``).
+    """
+    missing = [p for p in FRAMEWORK_PACKAGES.get(framework or "", ()) if not _installed(p)]
+    if missing:
+        raise MissingFrameworkError(f"this is a {framework} model and {missing[0]} is not installed here: "
+                                    f'pip install "mvc_magics[{EXTRA_OF_PACKAGE[missing[0]]}]"')
+
+
+def adapter_to_build(framework: str) -> Adapter:
+    """The adapter for rebuilding a stored version of ``framework`` (checkout into a new variable,
+    export, ensemble), after :func:`require_framework`."""
+    require_framework(framework)
+    return adapter_named(framework)
+
+
+__all__ = ["ADAPTERS", "FRAMEWORK_PACKAGES", "Adapter", "adapter_for", "adapter_named", "adapter_to_build",
+           "require_framework"]

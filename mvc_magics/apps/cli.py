@@ -21,11 +21,12 @@ import os
 import sys
 from collections.abc import Sequence
 
+from .._version import __version__
 from ..api.repo import Repo
 from ..core.publication import TARGETS
 from ..core.refs import split_remote_and_refs
 from ..core.tables import Table, format_bytes, format_number
-from ..errors import CompareError, MVCError, RefusedObjectsError
+from ..errors import CompareError, MVCError, RefusedObjectsError, missing_package_message
 from ..operations.export import FORMATS
 from . import cli_manage
 
@@ -39,6 +40,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mvc", description="Model version control: the store of mvc_magics from a terminal.")
+    parser.add_argument("--version", action="version", version=f"mvc_magics {__version__}")
     parser.add_argument("--store", default=None, metavar="PATH",
                         help="the store folder (default: $MVC_DIR, else .mvc in the current folder)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
@@ -206,6 +208,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = 141
     except MVCError as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"mvc: error: {message}", file=sys.stderr)
+        code = 1
+    except ModuleNotFoundError as exc:  # an optional package (a framework, fsspec) not installed
+        message = missing_package_message(exc)
+        if message is None:
+            raise
         print(f"mvc: error: {message}", file=sys.stderr)
         code = 1
     except KeyboardInterrupt:

@@ -17,7 +17,7 @@ from ..api.repo import Repo, default_store_path
 from ..core.names import workspace_name
 from ..core.provenance import CellRecorder
 from ..core.refs import parse_ref
-from ..errors import MVCError
+from ..errors import MVCError, missing_package_message
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -31,6 +31,11 @@ def user_errors(func: F) -> F:
             return func(*args, **kwargs)
         except MVCError as exc:
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UsageError(message) from None
+        except ModuleNotFoundError as exc:  # an optional package (a framework, the widgets) not installed
+            message = missing_package_message(exc)
+            if message is None:
+                raise
             raise UsageError(message) from None
         except KeyboardInterrupt:
             raise UsageError("interrupted; the store is unchanged by the unfinished operation") from None

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..adapters import Adapter, adapter_for, adapter_named
+from ..adapters import Adapter, adapter_for, adapter_to_build
 from ..adapters.base import load_version, match_state
 from ..core.manifest import ManifestEntry
 from ..core.names import validate_name
@@ -33,7 +33,7 @@ def checkout(store: Store, ref: str, model: Any = None, name: str | None = None,
         require_valid_signature(store, version.id)
     state = versions.load_state(store, version)
     if model is None:
-        adapter = adapter_named(version.framework)
+        adapter = adapter_to_build(version.framework)
         result = adapter.build(versions.structure(store, version.id), state, unsafe=unsafe, classes=classes)
         getattr(adapter, "restore_training_setup", lambda _m, _e: False)(result, version.extra)
     else:

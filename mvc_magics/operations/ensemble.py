@@ -13,7 +13,7 @@ import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..adapters import adapter_named
+from ..adapters import adapter_named, adapter_to_build, require_framework
 from ..core.merge_plan import check_distinct, check_weights, short
 from ..core.merge_report import EvalFn, MergePreview, MergeReport, score_of
 from ..core.version import Version
@@ -31,14 +31,14 @@ def _member(store: Store, version: Version, position: int, unsafe: bool = False,
     if isinstance(stored, dict) and isinstance(stored.get("config"), dict):
         # Members are layers of one model, so their names must differ.
         stored["config"]["name"] = f"member_{position}"
-    return adapter_named("keras").build(stored, load_state(store, version), unsafe=unsafe, classes=classes)
+    return adapter_to_build("keras").build(stored, load_state(store, version), unsafe=unsafe, classes=classes)
 
 
 def _framework_ensemble(store: Store, versions: list[Version], used: list[int], normalized: list[float],
                         method: str, eval_fn: EvalFn | None, report: MergeReport, unsafe: bool = False,
                         classes: Mapping[str, type] | None = None) -> MergePreview:
     """An ensemble built by the members' own adapter (a PyTorch module, a scikit-learn voter)."""
-    adapter = adapter_named(versions[0].framework)
+    adapter = adapter_to_build(versions[0].framework)
     if not hasattr(adapter, "ensemble"):
         raise MergeConflictError(f"{versions[0].framework} models cannot be ensembled (they have no forward "
                                  "function of their own): average them, or ensemble their outputs in your code")
@@ -80,6 +80,7 @@ def build_ensemble(store: Store, versions: list[Version], weights: Sequence[floa
         raise MergeConflictError("an ensemble needs at least two members with a positive weight")
     if frameworks[0] != "keras":
         return _framework_ensemble(store, versions, used, normalized, method, eval_fn, report, unsafe, classes)
+    require_framework("keras")
     import keras
 
     members = {i: _member(store, versions[i], i, unsafe, classes) for i in used}

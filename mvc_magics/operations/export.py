@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..adapters import adapter_named
+from ..adapters import adapter_to_build
 from ..core.messages import first_sentence
 from ..errors import ExportError
 from ..storage.local.store import Store
@@ -57,7 +57,7 @@ def export_version(store: Store, ref: str, path: str | os.PathLike, fmt: str = "
         return _export_tfserving(store, ref, path, name, model, unsafe, classes)
     path = check_destination(Path(path), fmt)
     version = resolve(store, ref, name=name)
-    adapter = adapter_named(version.framework) if version.framework != "numpy" else None
+    adapter = adapter_to_build(version.framework) if version.framework != "numpy" else None
     formats = getattr(adapter, "export_formats", ())
     if not formats:
         raise ExportError(f"{version.short_id} is a {version.framework or 'framework-free'} model, which cannot be "

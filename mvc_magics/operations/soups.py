@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..adapters import adapter_named
+from ..adapters import adapter_to_build
 from ..core.manifest import ManifestEntry, dtype_from_name
 from ..core.merge_plan import AlignedTensor, MergePlan, accumulator_dtype, short
 from ..core.merge_report import EvalFn, MergeReport, MergeStep, score_of
@@ -122,7 +122,7 @@ class Evaluator:
                  trusted: Mapping[str, Any] | None = None) -> None:
         self.plan, self.eval_fn, self.template = plan, eval_fn, template
         self.trusted = dict(trusted or {})  # unsafe= / classes= for rebuilding user classes
-        self.adapter = adapter_named(plan.framework)
+        self.adapter = adapter_to_build(plan.framework)
         self._model: Any = None
         self._saved: dict[str, np.ndarray] | None = None
         self._history: Any = None
