@@ -374,6 +374,27 @@ def test_task_vector_merge_streams_one_tensor_at_a_time(repo):
     assert large < 1.5 * model_bytes, f"{large / 2**20:.1f} MiB"
 
 
+def test_task_arithmetic_holds_one_input_at_a_time(repo):
+    """A one-pass method reads each input as it adds it: the peak does not grow with the inputs."""
+    rng = np.random.default_rng(1)
+    shape = (512, 512)  # 1 MiB per float32 tensor, 2 MiB as a float64 task vector
+    start = {f"layer{i}": rng.standard_normal(shape).astype(np.float32) for i in range(2)}
+    pre = repo.commit(start, "wide")
+    ids = [repo.commit({k: v + rng.standard_normal(shape).astype(np.float32) for k, v in start.items()},
+                       "wide", parents=[pre.id]).id for _ in range(6)]
+    del start
+    peaks = []
+    for count in (2, 6):
+        tracemalloc.start()
+        try:
+            repo.merge(ids[:count], method="task_arithmetic", name="wide")
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+    # Holding every input's task vector would add 4 x 2 MiB going from 2 to 6 inputs.
+    assert peaks[1] < peaks[0] + 2**20, [f"{p / 2**20:.1f} MiB" for p in peaks]
+
+
 def test_merge_panel_offers_the_method_parameters_and_scores_the_preview(ip, repo, history):
     from mvc_magics.widgets.merge_panel import MergePanel
 

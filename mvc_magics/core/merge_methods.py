@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import numbers
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,12 +71,13 @@ class TensorInputs:
     For a method with a base, ``values`` are the task vectors (input minus base), made by the
     caller as each input is read, so only one float64 copy per input is held; for a method without
     one (``base`` None), the inputs themselves. Float64 arrays of one shape; a method may change
-    ``values`` in place (they are its own copies).
+    ``values`` in place (they are its own copies). For a ``one_pass`` method ``values`` is an
+    iterator, each input read only when the method takes it: one input's copy is held at a time.
     """
 
     name: str
     base: np.ndarray | None
-    values: Sequence[np.ndarray]
+    values: Iterable[np.ndarray]
     weights: Sequence[float]
 
 
@@ -94,6 +95,7 @@ class MergeMethod:
     needs_base: bool = True
     weighted: bool = True
     exact_inputs: int | None = None
+    one_pass: bool = False  # reads each input once, in order: given an iterator, holds one at a time
 
     def checked_parameters(self, given: Mapping[str, object]) -> dict[str, float | int]:
         """Every declared parameter (given or default), checked; an undeclared one is refused."""
@@ -119,12 +121,13 @@ T = Parameter("t", 0.5, "interpolation from the first version (0) to the second 
 
 
 def merge_method(name: str, summary: str, parameters: Sequence[Parameter] = (), needs_base: bool = True,
-                 weighted: bool = True, exact_inputs: int | None = None) -> Callable[[Combine], Combine]:
+                 weighted: bool = True, exact_inputs: int | None = None,
+                 one_pass: bool = False) -> Callable[[Combine], Combine]:
     """Register ``function`` as merge method ``name`` with its declared parameters."""
 
     def register(function: Combine) -> Combine:
         BASE_METHODS[name] = MergeMethod(name, function, tuple(parameters), summary, needs_base, weighted,
-                                         exact_inputs)
+                                         exact_inputs, one_pass)
         return function
 
     return register
@@ -135,17 +138,21 @@ def merge_method(name: str, summary: str, parameters: Sequence[Parameter] = (), 
 def trim_to_density(delta: np.ndarray, density: float) -> np.ndarray:
     """TIES's trim, in place: keep the ``ceil(density * size)`` largest magnitudes, zero the rest.
 
-    Equal magnitudes are kept in index order (a stable sort), so the result is deterministic.
-    mergekit rounds the count down (and refuses a count of 0); rounding up keeps at least one
-    element of a small tensor.
+    Among equal magnitudes at the threshold the first in index order are kept (what a stable sort
+    by magnitude would keep), so the result is deterministic. mergekit rounds the count down (and
+    refuses a count of 0); rounding up keeps at least one element of a small tensor. The threshold
+    is found by partition, not by sorting the whole tensor.
     """
-    if density >= 1.0:
-        return delta
     flat = delta.reshape(-1)
     keep = math.ceil(density * flat.size)
-    dropped = np.ones(flat.size, dtype=bool)
-    dropped[np.argsort(-np.abs(flat), kind="stable")[:keep]] = False
-    flat[dropped] = 0.0
+    if density >= 1.0 or keep >= flat.size:
+        return delta
+    magnitudes = np.abs(flat)
+    threshold = np.partition(magnitudes, flat.size - keep)[flat.size - keep]  # the keep-th largest
+    kept = magnitudes > threshold
+    at_threshold = np.flatnonzero(magnitudes == threshold)
+    kept[at_threshold[:keep - int(np.count_nonzero(kept))]] = True
+    flat[~kept] = 0.0
     return delta
 
 
@@ -177,7 +184,11 @@ def elect_sign(weighted: Sequence[np.ndarray], weights: Sequence[float], normali
     sum of their inputs' weights (a weighted mean). Where no value agrees (every kept value zero,
     or none of the elected sign) the result is 0.
     """
-    positive = np.sum(weighted, axis=0) >= 0  # the elected sign: + where True
+    total = np.zeros(np.shape(weighted[0]))
+    for value in weighted:  # summed one by one: np.sum of a list would stack a copy of every input
+        total += value
+    positive = total >= 0  # the elected sign: + where True
+    del total
     merged = np.zeros(positive.shape)
     divisor = np.zeros(positive.shape) if normalize else None
     for value, weight in zip(weighted, weights, strict=True):
@@ -191,16 +202,19 @@ def elect_sign(weighted: Sequence[np.ndarray], weights: Sequence[float], normali
     return merged
 
 
-def _weighted(deltas: Sequence[np.ndarray], weights: Sequence[float]) -> list[np.ndarray]:
+def _weighted(deltas: Iterable[np.ndarray], weights: Sequence[float]) -> list[np.ndarray]:
     """``w_i * d_i``, in place."""
+    weighted = []
     for delta, weight in zip(deltas, weights, strict=True):
         delta *= weight
-    return list(deltas)
+        weighted.append(delta)
+    return weighted
 
 
-def _dare_deltas(inputs: TensorInputs, density: float, seed: int) -> list[np.ndarray]:
-    return [drop_and_rescale(d, density, dare_generator(seed, inputs.name, position))
-            for position, d in enumerate(inputs.values)]
+def _dare_deltas(inputs: TensorInputs, density: float, seed: int) -> Iterator[np.ndarray]:
+    """DARE applied to each task vector as it is taken (lazily: a one-pass method holds one)."""
+    return (drop_and_rescale(d, density, dare_generator(seed, inputs.name, position))
+            for position, d in enumerate(inputs.values))
 
 
 def _plus(base: np.ndarray | None, scale: float, merged: np.ndarray) -> np.ndarray:
@@ -213,7 +227,7 @@ def _plus(base: np.ndarray | None, scale: float, merged: np.ndarray) -> np.ndarr
 
 # -- the methods ------------------------------------------------------------------------------------
 
-@merge_method("task_arithmetic", "base + scale * sum_i w_i (theta_i - base)", [SCALE])
+@merge_method("task_arithmetic", "base + scale * sum_i w_i (theta_i - base)", [SCALE], one_pass=True)
 def task_arithmetic(inputs: TensorInputs, scale: float = 1.0) -> np.ndarray:
     """Task arithmetic (Ilharco et al. 2023): the weighted sum of the task vectors, times ``scale``,
     added to the base. Weights are used as given (default 1 each: the sum, not the mean)."""
@@ -228,12 +242,12 @@ def task_arithmetic(inputs: TensorInputs, scale: float = 1.0) -> np.ndarray:
 def ties(inputs: TensorInputs, density: float = 0.2, scale: float = 1.0) -> np.ndarray:
     """TIES-Merging (Yadav et al. 2023): trim (:func:`trim_to_density`), elect each element's sign,
     take the weighted mean of the kept values that agree (:func:`elect_sign`), ``base + scale * merged``."""
-    trimmed = [trim_to_density(d, density) for d in inputs.values]
+    trimmed = (trim_to_density(d, density) for d in inputs.values)
     return _plus(inputs.base, scale, elect_sign(_weighted(trimmed, inputs.weights), inputs.weights, normalize=True))
 
 
 @merge_method("dare_linear", "drop task-vector elements at random (keep density, rescale), then sum",
-              [DENSITY_DARE, SCALE, SEED])
+              [DENSITY_DARE, SCALE, SEED], one_pass=True)
 def dare_linear(inputs: TensorInputs, density: float = 0.5, scale: float = 1.0, seed: int = 0) -> np.ndarray:
     """DARE then task arithmetic: ``base + scale * sum_i w_i dare(d_i)`` (mergekit's ``dare_linear``)."""
     total = np.zeros(np.shape(inputs.base))
@@ -261,7 +275,7 @@ def slerp(inputs: TensorInputs, t: float = 0.5) -> np.ndarray:
     """Spherical linear interpolation of the two tensors (as flat vectors) at ``t``: the angle between
     them is divided, the norms interpolated with it; linear (``(1 - t) a + t b``) where they are nearly
     parallel (|cos| > 0.9995) or either is (nearly) zero, where the angle means nothing."""
-    a, b = inputs.values
+    a, b = list(inputs.values)
     norm_a, norm_b = float(np.linalg.norm(a)), float(np.linalg.norm(b))
     if norm_a <= 1e-8 or norm_b <= 1e-8:
         return (1 - t) * a + t * b
@@ -290,11 +304,12 @@ def model_stock(inputs: TensorInputs) -> np.ndarray:
     ``t * mean(inputs) + (1 - t) * base`` (computed as ``base + t * mean(task vectors)``). A negative
     mean cosine is taken as 0 (the result is the base; mergekit lets ``t`` go negative,
     extrapolating away from the inputs)."""
-    k = len(inputs.values)
-    cos = min(1.0, max(0.0, mean_cosine(inputs.values)))
+    values = list(inputs.values)
+    k = len(values)
+    cos = min(1.0, max(0.0, mean_cosine(values)))
     ratio = k * cos / (1 + (k - 1) * cos)
     total = np.zeros(np.shape(inputs.base))
-    for delta in inputs.values:
+    for delta in values:
         total += delta
     total /= k
     return _plus(inputs.base, ratio, total)

@@ -128,17 +128,22 @@ def merged_count(plan: MergePlan) -> int:
 
 def _merge_one(reader: TensorReader, plan: MergePlan, spec: MergeMethod, tensor: AlignedTensor) -> np.ndarray:
     """One tensor merged: base and inputs read one after the other, each input turned at once into
-    its float64 task vector (one copy per input), combined, cast back to the tensor's dtype."""
+    its float64 task vector (one copy per input, or one at a time for a one-pass method), combined,
+    cast back to the tensor's dtype."""
     base = None
     if tensor.base is not None:
         assert plan.base is not None
         base = reader.read(tensor.base, owner=plan.base.id).astype(np.float64)
-    values = []
-    for entry, version in zip(tensor.entries, plan.versions, strict=True):
-        value = reader.read(entry, owner=version.id).astype(np.float64)
-        if base is not None:
-            value -= base
-        values.append(value)
+
+    def task_vectors() -> Iterator[np.ndarray]:
+        for entry, version in zip(tensor.entries, plan.versions, strict=True):
+            value = reader.read(entry, owner=version.id).astype(np.float64)
+            if base is not None:
+                value -= base
+            yield value
+
+    # A one-pass method (task arithmetic, DARE linear) takes each input as it is read: one at a time.
+    values = task_vectors() if spec.one_pass else list(task_vectors())
     merged = spec.combine(TensorInputs(tensor.name, base, values, plan.raw_weights), **plan.parameters)
     return np.asarray(merged).astype(dtype_from_name(tensor.dtype))
 
