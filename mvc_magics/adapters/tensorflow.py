@@ -19,7 +19,15 @@ import numpy as np
 
 from ..errors import ExportError, UnsupportedModelError
 from .base import match_state
-from .tf_variables import PinnedHashes, adopter, attribute_variables, numpy_dtype, read_variable
+from .tf_variables import (
+    PinnedHashes,
+    adopter,
+    attribute_variables,
+    module_signatures,
+    numpy_dtype,
+    read_variable,
+    save_quietly,
+)
 from .trust import AllowList, TrustPolicy, import_class, qualified_name
 
 STRUCTURE_FORMAT = "tf.Module"
@@ -93,7 +101,13 @@ class TensorFlowAdapter(PinnedHashes):
             raise ExportError("A tf.Module exports only as a SavedModel; choose --format savedmodel.")
         import tensorflow as tf
 
-        tf.saved_model.save(model, path)
+        signatures = module_signatures(model)
+        if not signatures:
+            raise ExportError(f"{type(model).__name__} has no tf.function with an input_signature, so its SavedModel "
+                              "would hold the variables but nothing TensorFlow Serving can call; decorate __call__ "
+                              "(or another method) with @tf.function(input_signature=[tf.TensorSpec(...)]), or read "
+                              "the tensors with repo.load_state.")
+        save_quietly(tf, model, path, signatures)
 
     def extra_metadata(self, model: Any) -> dict:
         return {}

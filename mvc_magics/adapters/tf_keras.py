@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 from .keras import KerasAdapter
-from .tf_variables import attribute_variables
+from .tf_variables import attribute_variables, save_quietly
 
 
 class TfKerasAdapter(KerasAdapter):
@@ -43,6 +43,6 @@ class TfKerasAdapter(KerasAdapter):
         if fmt == "savedmodel":
             import tensorflow as tf
 
-            tf.saved_model.save(model, path)
+            save_quietly(tf, model, path)
         else:
             super().export_model(model, path, fmt)

@@ -12,6 +12,7 @@ found: variables inside sets, or inside plain Python objects that are neither a 
 
 from __future__ import annotations
 
+import logging
 import sys
 import weakref
 from collections.abc import Callable, Mapping
@@ -240,3 +241,31 @@ class PinnedHashes:
             return cache.get(model, {}) if cache is not None else {}
         except TypeError:
             return {}
+
+
+def save_quietly(tf: Any, obj: Any, path: str, signatures: Any = None) -> None:
+    """``tf.saved_model.save`` without its INFO line naming the export's temporary folder
+    ("Assets written to: .tmp-export-..."), shown wherever logging is at INFO (a Jupyter kernel)."""
+    logger = logging.getLogger("tensorflow")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        tf.saved_model.save(obj, path, signatures=signatures)
+    finally:
+        logger.setLevel(level)
+
+
+def module_signatures(module: Any) -> dict[str, Any]:
+    """The concrete functions of ``module``'s ``tf.function`` methods that declare an
+    ``input_signature``, by signature name (``__call__`` is ``serving_default``)."""
+    found = {}
+    for attr in sorted(dir(type(module))):
+        declared = getattr(type(module), attr, None)
+        if not (hasattr(declared, "input_signature") and hasattr(declared, "get_concrete_function")):
+            continue
+        bound = getattr(module, attr)
+        if getattr(bound, "input_signature", None) is not None:
+            found["serving_default" if attr == "__call__" else attr] = bound.get_concrete_function()
+    if found and "serving_default" not in found and len(found) == 1:
+        found = {"serving_default": next(iter(found.values()))}
+    return found

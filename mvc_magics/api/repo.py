@@ -239,11 +239,11 @@ class Repo(TeamMethods):
 
     # -- lifecycle, integrity and audit -----------------------------------------------------
 
-    def export(self, ref: str, path: str | os.PathLike, format: str = "keras", name: str | None = None,
+    def export(self, ref: str, path: str | os.PathLike, format: str | None = None, name: str | None = None,
                model: Any = None, unsafe: bool = False, classes: Mapping[str, type] | None = None) -> Path:
-        """Write version ``ref`` for serving: ``keras``, ``savedmodel`` or ``weights-h5`` (or ``tfserving``: the
-        next ``path/<n>`` SavedModel, or the one already holding it); ``model``: this live model (holding exactly
-        the version), else a rebuild (``classes``/``unsafe`` as in :meth:`checkout`)."""
+        """Write version ``ref`` for serving in ``format`` (default: from the framework and ``path``'s suffix; see
+        ``operations.export.FORMATS``; ``tfserving``: the next ``path/<n>`` SavedModel, or the one already holding
+        it); ``model``: this live model (holding exactly the version), else a rebuild (``classes``/``unsafe``)."""
         return export.export_version(self.store, ref, path, format, name, model, unsafe, classes)
 
     def remove(self, ref: str, name: str | None = None, force: bool = False) -> Version:

@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a version for serving (.keras, SavedModel, .safetensors, .skops...)")
     p.add_argument("ref", help="the version")
     p.add_argument("path", help="destination")
-    p.add_argument("--format", default="keras", choices=FORMATS, help="default: keras")
+    p.add_argument("--format", default=None, choices=FORMATS, help="default: from the framework and PATH's suffix")
     p.add_argument("--model", default=None, help="the model whose history the ref is in")
 
     p = sub.add_parser("publish", help="publish a version to an MLflow registry or as a DVC model artifact")
@@ -181,7 +181,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             print(*(result if isinstance(result, tuple) else (result,)), sep="\n")
         elif args.command == "export":
             path = repo.export(args.ref, args.path, format=args.format, name=args.model)
-            print(f"exported {args.ref} as {args.format} to {path}")
+            print(f"exported {args.ref}{f' as {args.format}' if args.format else ''} to {path}")
         elif args.command == "publish":
             print(_publish(repo, args))
         elif args.command in cli_manage.COMMANDS:

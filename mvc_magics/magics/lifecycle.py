@@ -21,9 +21,12 @@ class LifecycleMagics(Magics):
     @line_magic
     @magic_arguments()
     @argument("ref", help="the version (tag such as production, id prefix, best:METRIC...)")
-    @argument("path", help="destination: model.keras, a SavedModel folder, or model.weights.h5")
-    @argument("--format", default="keras", choices=FORMATS,
-              help="keras (default), savedmodel, weights-h5...; tfserving: the next PATH/<n> folder TF Serving serves")
+    @argument("path", help="destination: model.keras, a SavedModel folder, model.weights.h5, net.safetensors, "
+                           "net.pt, clf.skops, booster.txt")
+    @argument("--format", default=None, choices=FORMATS,
+              help="default: from the framework and PATH's suffix. keras, savedmodel, weights-h5 (Keras); savedmodel "
+                   "(tf.Module); safetensors, torchscript (PyTorch); skops (scikit-learn); safetensors (JAX); "
+                   "lightgbm; tfserving: the next PATH/<n> folder TF Serving serves")
     @argument("--model", default=None, help="the model whose history the ref is in")
     @argument("--from-live", dest="live", nargs="?", const="", default=None, metavar="VAR",
               help="write the live model VAR (default: the model's own variable), which must hold the version")
@@ -31,7 +34,13 @@ class LifecycleMagics(Magics):
               help="allow rebuilding a model whose class is your code (defined in the notebook or imported)")
     @user_errors
     def mvc_export(self, line: str):
-        """Write a version for serving: a .keras file, a TensorFlow SavedModel, or a .weights.h5 file.
+        """Write a version for serving in its framework's format, chosen from PATH's suffix by default.
+
+        Keras: ``.keras``, a SavedModel folder, ``.weights.h5``; ``tf.Module``: a SavedModel with its
+        ``tf.function`` signatures; PyTorch: ``.safetensors``, TorchScript ``.pt``; scikit-learn:
+        ``.skops``; JAX: ``.safetensors``; LightGBM: its text model ``.txt``; ``--format tfserving``.
+        A model whose class is your code is rebuilt with ``--unsafe``, or exported as it is with
+        ``--from-live``.
 
         The model is rebuilt from the stored version, or with ``--from-live`` the notebook's variable
         is written as it is (it must hold exactly that version: check it out first).
@@ -47,7 +56,8 @@ class LifecycleMagics(Magics):
                 return
         path = repo.export(version.id, args.path, format=args.format, name=version.name, model=live,
                            **self.session.trust(args.unsafe))
-        print(f"exported {version.short_id} ({version.name}, {args.ref}) as {args.format} to {path}")
+        how = f" as {args.format}" if args.format else ""
+        print(f"exported {version.short_id} ({version.name}, {args.ref}){how} to {path}")
 
     @line_magic
     @magic_arguments()

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..adapters import adapter_to_build
 from ..core.messages import first_sentence
-from ..errors import ExportError
+from ..errors import ExportError, UnsupportedModelError
 from ..storage.local.store import Store
 from .status import is_modified
 from .tfserving import ServingLayout
@@ -44,7 +44,21 @@ def check_destination(path: Path, fmt: str) -> Path:
     return path
 
 
-def export_version(store: Store, ref: str, path: str | os.PathLike, fmt: str = "keras",
+def infer_format(path: Path, framework: str, formats: tuple[str, ...]) -> str:
+    """The export format a destination names: its suffix among the framework's formats, or a folder
+    (no suffix) for a SavedModel; otherwise an error listing what the framework exports to."""
+    for fmt in formats:
+        suffix = _SUFFIX.get(fmt)
+        if suffix and path.name.endswith(suffix):
+            return fmt
+    if "savedmodel" in formats and not path.suffix:
+        return "savedmodel"
+    named = ", ".join(f"{_SUFFIX[f]} ({f})" if f in _SUFFIX else f"a folder ({f})" for f in formats)
+    raise ExportError(f"cannot tell the export format from {path.name!r}: a {framework} model exports to {named}; "
+                      "name the file so, or give --format")
+
+
+def export_version(store: Store, ref: str, path: str | os.PathLike, fmt: str | None = None,
                    name: str | None = None, model: Any = None, unsafe: bool = False,
                    classes: Mapping[str, type] | None = None) -> Path:
     """Write version ``ref`` to ``path`` in format ``fmt``; return the path written.
@@ -55,7 +69,6 @@ def export_version(store: Store, ref: str, path: str | os.PathLike, fmt: str = "
     """
     if fmt == "tfserving":  # a SavedModel in TF Serving's next numbered folder under path
         return _export_tfserving(store, ref, path, name, model, unsafe, classes)
-    path = check_destination(Path(path), fmt)
     version = resolve(store, ref, name=name)
     adapter = adapter_to_build(version.framework) if version.framework != "numpy" else None
     formats = getattr(adapter, "export_formats", ())
@@ -63,6 +76,8 @@ def export_version(store: Store, ref: str, path: str | os.PathLike, fmt: str = "
         raise ExportError(f"{version.short_id} is a {version.framework or 'framework-free'} model, which cannot be "
                           "exported as a file (Keras, TensorFlow, PyTorch and scikit-learn models can); read its "
                           "tensors with repo.load_state instead.")
+    fmt = fmt or infer_format(Path(path).expanduser(), version.framework, formats)
+    path = check_destination(Path(path), fmt)
     if fmt not in formats:
         raise ExportError(f"{version.short_id} is a {version.framework} model: export it as "
                           f"{' or '.join(formats)}.")
@@ -82,7 +97,10 @@ def export_version(store: Store, ref: str, path: str | os.PathLike, fmt: str = "
             state = adapter.get_state(model) if model is not None else load_state(store, version)
             adapter.export(structure(store, version.id), state, str(tmp), fmt)
         os.replace(tmp, path)
-    except ExportError:
+    except (ExportError, UnsupportedModelError) as exc:
+        if isinstance(exc, UnsupportedModelError) and model is None:  # a rebuild refused: every way out
+            raise ExportError(f"{str(exc).strip().splitlines()[0]} Or export the live model as it is: "
+                              "--from-live VAR (model= in the API), after checking this version out into it.") from exc
         raise
     except Exception as exc:
         raise ExportError(f"Cannot export {version.short_id} as {fmt}: {first_sentence(exc)}.") from exc
