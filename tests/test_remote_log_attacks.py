@@ -55,9 +55,10 @@ class SeaweedRemote:
     def __init__(self, backend, monkeypatch) -> None:
         self.backend, self.monkeypatch = backend, monkeypatch
         self.url = f"s3://{BUCKET}/{ATTACK_PREFIX}"
+        self.clients = {role: backend.client(role) for role in ("admin", "reader", "member")}
 
     def admin_setup(self, signers: bytes) -> None:
-        admin = self.backend.client("admin")
+        admin = self.clients["admin"]
         for page in admin.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"{ATTACK_PREFIX}/"):
             for item in page.get("Contents", []):  # the previous attack's remote
                 admin.delete_object(Bucket=BUCKET, Key=item["Key"])
@@ -69,14 +70,14 @@ class SeaweedRemote:
         use_role(self.monkeypatch, self.backend, role)
 
     def read(self, key: str) -> bytes | None:
-        client = self.backend.client("reader")
+        client = self.clients["reader"]
         try:
             return client.get_object(Bucket=BUCKET, Key=f"{ATTACK_PREFIX}/{key}")["Body"].read()
         except client.exceptions.NoSuchKey:
             return None
 
     def write(self, key: str, data: bytes) -> None:  # the store lets a member overwrite log files
-        self.backend.client("member").put_object(Bucket=BUCKET, Key=f"{ATTACK_PREFIX}/{key}", Body=data)
+        self.clients["member"].put_object(Bucket=BUCKET, Key=f"{ATTACK_PREFIX}/{key}", Body=data)
 
 
 def _key_pair(folder, name):
