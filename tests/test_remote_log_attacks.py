@@ -336,5 +336,14 @@ def test_a_member_signature_pushed_first_does_not_shadow_release(scene):
     scene.victim.pull()
     assert scene.victim.signature_status(shadow.id).state == "valid"  # release's record, checked with its key
     scene.victim.checkout(shadow.id, require_signature=True)
+    # A store that pulled without a key kept the member's record (the first); once it has release's key,
+    # the next pull keeps release's valid record beside it.
+    scene.monkeypatch.delenv("MVC_SIGNING_KEY_FILE")
+    keyless = Repo(scene.tmp / "keyless" / ".mvc")
+    keyless.pull(scene.url)
+    scene.become("reader")
+    assert keyless.signature_status(shadow.id).state == "bad"  # signed with another key (the member's)
+    keyless.pull(scene.url)
+    assert keyless.signature_status(shadow.id).state == "valid"
     assert any("pushed beside release-ci's valid one" in line for line in scene.verify())
 

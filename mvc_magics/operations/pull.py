@@ -328,8 +328,9 @@ def pull_signatures(store: Store, remote_signatures: dict[str, list[dict]]) -> i
     kept = 0
     for vid, record in sorted(remote_signatures.items()):
         if store.has_version(vid):
-            kept += any(import_signature(store.layout.signatures, store.layout.tmp, vid, one, signer)
-                        for one in record)
+            # Several records: one the key finds valid is kept beside a first one by another key.
+            kept += any(import_signature(store.layout.signatures, store.layout.tmp, vid, one, signer,
+                                         beside=len(record) > 1) for one in record)
     return kept
 
 

@@ -8,7 +8,7 @@
       refs/<model>/HEAD         the version the model variable is at
       refs/<model>/tags/<tag>   JSON {"id": ..., "protected": bool}
       notes/<id>/<n>.json       write-once notes: metrics attached to an existing version later
-      signatures/<ab>/<id>.json write-once signatures of version ids (optional)
+      signatures/<ab>/<id>.json write-once signatures of version ids (optional; <id>.<key>.json: another key's)
       removed/<ab>/<id>         tombstones: versions removed with Repo.remove (their file may stay
                                 as a retired file holding tensors other versions still use)
       remotes.json              configured remotes (name -> URL; never credentials)

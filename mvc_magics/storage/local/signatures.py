@@ -127,7 +127,7 @@ def write_signature(root: Path, tmp: Path, signer: Signer, version_id: str) -> b
         return False
     payload = {"version": version_id, "algorithm": signer.algorithm, "key": signer.key_id,
                "signature": signer.sign(version_id)}
-    return _place(root, version_id, payload)
+    return _place(signature_path(root, version_id), payload)
 
 
 def read_signature(root: Path, version_id: str) -> dict | None:
@@ -151,19 +151,37 @@ def well_formed(payload: object, version_id: str) -> bool:
             and isinstance(signature, str) and 0 < len(signature) <= 256 and _is_hex(signature))
 
 
-def import_signature(root: Path, tmp: Path, version_id: str, payload: object, signer: Signer | None) -> bool:
+def import_signature(root: Path, tmp: Path, version_id: str, payload: object, signer: Signer | None,
+                     beside: bool = False) -> bool:
     """Keep a signature that came with a pulled version (write-once, like one made here).
 
     With a key configured, only a signature that key finds valid is kept: a bogus one must not take
     the place (files are write-once) of the valid signature a later pull or ``sign`` would bring.
-    Without a key it is kept when well formed (``verify`` then reports it unchecked).
+    Without a key it is kept when well formed (``verify`` then reports it unchecked). With ``beside``
+    (the remote holds several records for the version), a record the configured key finds valid is
+    kept beside a first one by another key (:func:`keyed_signature_path`): a version is signed if any
+    of its records validates, so a record pulled first never shadows a later valid one.
     """
-    if not well_formed(payload, version_id) or SafeFiles(Path(root).parent).exists(signature_path(root, version_id)):
+    if not well_formed(payload, version_id):
         return False
-    if signer is not None and (payload["algorithm"] != signer.algorithm or payload["key"] != signer.key_id
-                               or not signer.valid(version_id, payload["signature"])):
+    valid = signer is not None and (payload["algorithm"] == signer.algorithm and payload["key"] == signer.key_id
+                                    and signer.valid(version_id, payload["signature"]))
+    files = SafeFiles(Path(root).parent)
+    if files.exists(signature_path(root, version_id)):
+        if not (beside and valid) or files.exists(keyed_signature_path(root, version_id, signer.key_id)):
+            return False
+        first = read_signature(root, version_id)
+        if first is not None and first["key"] == signer.key_id:
+            return False
+        return _place(keyed_signature_path(root, version_id, signer.key_id), dict(payload))
+    if signer is not None and not valid:
         return False
-    return _place(root, version_id, dict(payload))
+    return _place(signature_path(root, version_id), dict(payload))
+
+
+def keyed_signature_path(root: Path, version_id: str, key_id: str) -> Path:
+    """Where a record by key ``key_id`` is kept when the first record of the version is by another key."""
+    return root / version_id[:2] / f"{version_id}.{key_id}.json"
 
 
 ALGORITHMS = frozenset({"hmac-sha256", "ed25519"})
@@ -173,15 +191,19 @@ def _is_hex(text: str) -> bool:
     return all(c in "0123456789abcdef" for c in text)
 
 
-def _place(root: Path, version_id: str, payload: dict) -> bool:
+def _place(path: Path, payload: dict) -> bool:
     # Linked, not renamed, into place: a link never replaces, so the first signature stays.
-    return SafeFiles(Path(root).parent).write(signature_path(root, version_id),
-                                              json.dumps(payload, sort_keys=True).encode(), exclusive=True)
+    return SafeFiles(path.parent.parent.parent).write(path, json.dumps(payload, sort_keys=True).encode(),
+                                                      exclusive=True)
 
 
 def check_signature(root: Path, signer: Signer | None, version_id: str) -> SignatureStatus:
-    """The signature state of ``version_id`` (``unchecked`` when no key is configured)."""
-    path = signature_path(root, version_id)
+    """The signature state of ``version_id`` (``unchecked`` when no key is configured): its first
+    record, or the configured key's record kept beside a first one by another key."""
+    return _check_file(root, signature_path(root, version_id), signer, version_id, first=True)
+
+
+def _check_file(root: Path, path: Path, signer: Signer | None, version_id: str, first: bool) -> SignatureStatus:
     try:
         raw = SafeFiles(Path(root).parent).read(path, CAP_SIGNATURE)
         if raw is None:
@@ -196,6 +218,9 @@ def check_signature(root: Path, signer: Signer | None, version_id: str) -> Signa
     if signer is None:
         return SignatureStatus(version_id, "unchecked", "signed, but no key is configured to check it")
     if data.get("algorithm") != signer.algorithm or data.get("key") != signer.key_id:
+        beside = keyed_signature_path(root, version_id, signer.key_id)
+        if first and SafeFiles(Path(root).parent).exists(beside):  # this key's record, kept beside the first
+            return _check_file(root, beside, signer, version_id, first=False)
         return SignatureStatus(version_id, "bad", f"signed with another key ({data.get('algorithm')} "
                                                   f"{str(data.get('key'))[:16]}), not {signer.key_id}")
     if not signer.valid(version_id, data["signature"]):
