@@ -12,6 +12,7 @@ from mvc_magics import Repo
 from mvc_magics.core.hashing import tensor_hash
 from mvc_magics.errors import IntegrityError, StoreFormatError
 from mvc_magics.storage.codec import coding
+from mvc_magics.storage.files.checksum import check_file_checksum, is_loose
 from mvc_magics.storage.snapshots import snapshot
 
 
@@ -35,15 +36,19 @@ def deltas_at_commit(monkeypatch):
     monkeypatch.setenv("MVC_DELTA_DEPTH", "4")
 
 
-def test_by_default_a_commit_codes_alone_and_repack_makes_the_deltas(repo, monkeypatch):
+def test_by_default_a_commit_writes_loose_and_repack_codes_and_makes_the_deltas(repo, monkeypatch):
     monkeypatch.delenv("MVC_DELTA_DEPTH")
     versions = training_run(repo, steps=3)
-    kinds = [stored(repo, v.id, tensor_hash(w["dense/kernel"]))["mvc_coding"] for v, w in versions]
-    assert kinds == ["planes+zstd"] * 3  # checkout decodes one tensor, not a chain
+    kinds = [stored(repo, v.id, tensor_hash(w["dense/kernel"])).get("mvc_coding") for v, w in versions]
+    assert kinds == [None] * 3  # loose: the bytes as they are, checkout copies them out of the file
+    assert all(is_loose(repo.layout.snapshot_path(v.id)) for v, _ in versions)
+    assert all(check_file_checksum(repo.layout.snapshot_path(v.id)) for v, _ in versions)
     report = repo.gc(repack=True)  # reverse deltas: the newest stays whole, older ones point at their child
     kinds = [(stored(repo, v.id, tensor_hash(w["dense/kernel"]))["mvc_coding"],
               int(stored(repo, v.id, tensor_hash(w["dense/kernel"])).get("mvc_depth", 0))) for v, w in versions]
-    assert report.versions_recoded == 2 and report.versions_skipped == 1
+    assert report.versions_recoded == 3 and report.versions_skipped == 0  # every loose file was packed
+    assert not any(is_loose(repo.layout.snapshot_path(v.id)) for v, _ in versions)
+    assert repo.gc(repack=True).versions_recoded == 0  # packed files stay as they are
     assert kinds == [("sub2+planes+zstd", 2), ("sub+planes+zstd", 1), ("planes+zstd", 0)]
     for version, expected in versions:
         state = repo.load_state(version)

@@ -63,18 +63,18 @@ def test_groups_keep_their_newest_whole_and_a_new_commit_recodes_only_its_group(
     assert layout == [("sub2+planes+zstd", 2), ("sub+planes+zstd", 1), ("planes+zstd", 0),
                       ("sub2+planes+zstd", 2), ("sub+planes+zstd", 1), ("planes+zstd", 0), ("planes+zstd", 0)]
     assert _coding(repo, versions[0][0].id, versions[0][1]["w"])[2].startswith(versions[1][0].id)
-    assert report.versions_recoded == 4 and report.versions_skipped == 3
+    assert report.versions_recoded == 7 and report.versions_skipped == 0  # commits write loose files
     assert repack().versions_recoded == 0  # nothing to change: no file rewritten
     _intact(repo, versions)
 
     versions.append((repo.commit(weights, "net"), {k: v.copy() for k, v in weights.items()}))
     again = repack()
-    assert again.versions_recoded == 1  # the parent of the new commit, nothing else
+    assert again.versions_recoded == 2  # the new (loose) commit and its parent, nothing else
     assert _coding(repo, versions[6][0].id, versions[6][1]["w"])[:2] == ("sub+planes+zstd", 1)
     _step(weights, rng)
     versions.append((repo.commit(weights, "net"), {k: v.copy() for k, v in weights.items()}))
     third = repack()
-    assert third.versions_recoded == 2  # the new parent, and its parent now second-order
+    assert third.versions_recoded == 3  # the new commit, its parent, and its parent now second-order
     assert [_coding(repo, v.id, w["w"])[:2] for v, w in versions[6:]] == [
         ("sub2+planes+zstd", 2), ("sub+planes+zstd", 1), ("planes+zstd", 0)]
     _intact(repo, versions)
@@ -137,8 +137,9 @@ def test_a_longer_group_only_relabels_the_depth_of_members_whose_bases_stay(repo
     versions.append((repo.commit(weights, "net"), {k: v.copy() for k, v in weights.items()}))
     before = (repo.path / "objects" / versions[0][0].id[:2] / f"{versions[0][0].id}.h5").read_bytes()
     report = repack4()
-    # the new parent re-coded, its parent now second-order, the oldest keeps its bytes at depth 3
-    assert report.versions_recoded == 3
+    # the new (loose) commit coded, the new parent re-coded, its parent now second-order, the
+    # oldest keeps its bytes at depth 3
+    assert report.versions_recoded == 4
     assert [_coding(repo, v.id, w["w"])[:2] for v, w in versions] == [
         ("sub2+planes+zstd", 3), ("sub2+planes+zstd", 2), ("sub+planes+zstd", 1), ("planes+zstd", 0)]
     with h5py.File(repo.path / "objects" / versions[0][0].id[:2] / f"{versions[0][0].id}.h5", "r") as f:

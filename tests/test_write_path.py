@@ -39,6 +39,7 @@ def _datasets(repo, vid) -> dict[str, tuple[bytes, dict]]:
 
 def test_tensors_coded_in_worker_threads_read_back_bit_exact_and_match_the_one_thread_path(
         tmp_path, monkeypatch):
+    monkeypatch.setenv("MVC_DELTA_DEPTH", "4")  # a commit codes (deltas when it can) instead of writing loose
     weights = _weights()
     monkeypatch.setattr(staging, "PENDING_BYTES", 200_000)  # the writer drains while workers code
     monkeypatch.setattr(snapshot_writer, "WRITEBACK_BYTES", 100_000)  # early writeback on every few tensors
@@ -58,6 +59,7 @@ def test_tensors_coded_in_worker_threads_read_back_bit_exact_and_match_the_one_t
 
 
 def test_a_coding_error_in_a_worker_leaves_no_version_and_no_temporary(tmp_path, monkeypatch):
+    monkeypatch.setenv("MVC_DELTA_DEPTH", "4")  # coding at commit
     original = snapshot_writer.SnapshotWriter.prepare
     calls = []
 

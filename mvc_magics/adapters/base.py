@@ -118,7 +118,9 @@ def load_version(adapter: Any, model: Any, structure: object, state: Mapping[str
     if load is not None:
         result = load(model, structure, state)
         return model if result is None else result
-    adapter.set_state(model, state, owned=True)
+    # Arrays handed over may be adopted by the model; an adapter that copies (``copies_in``) may be
+    # given read-only views of a mapped file instead, valid only during this call.
+    adapter.set_state(model, state, owned=not getattr(adapter, "copies_in", False))
     return model
 
 

@@ -88,6 +88,10 @@ class TorchAdapter:
             raise UnsupportedModelError(f"the {type(model).__name__} has no parameters or buffers to version")
         return {key: to_numpy(tensor) for key, tensor in unique.items()}
 
+    # set_state copies every array into the module's own tensors and keeps none of them, so a
+    # checkout may hand it read-only views of the mapped snapshot file (one copy, not two).
+    copies_in = True
+
     def set_state(self, model: Any, state: Mapping[str, np.ndarray], owned: bool = False) -> None:
         """Copy ``state`` into the module's tensors in place (device and dtype kept).
 

@@ -64,7 +64,22 @@ class StatusEntry:
 
 
 class StatusReport(list):
-    """The result of ``repo.status()``: one :class:`StatusEntry` per tracked model."""
+    """The result of ``repo.status()``: one :class:`StatusEntry` per tracked model, and the store's
+    loose snapshot files (written by commits, not packed yet) and background work still running."""
+
+    loose_files: int = 0
+    loose_bytes: int = 0
+    pending: tuple[str, ...] = ()  # background jobs running or queued when asked ("commit net", "pack")
+
+    def storage_line(self) -> str:
+        """One line on loose files and background work ('' when there is nothing to say)."""
+        parts = []
+        if self.loose_files:
+            parts.append(f"loose: {self.loose_files} snapshot file(s), {format_bytes(self.loose_bytes)} "
+                         "not packed yet (coded by the automatic pack or gc --repack)")
+        if self.pending:
+            parts.append(f"background: waited for {', '.join(self.pending)} (still being written when asked)")
+        return "; ".join(parts)
 
     def table(self) -> Table:
         rows = []
@@ -77,13 +92,17 @@ class StatusReport(list):
         return Table(["model", "HEAD", "message", "weights"], rows)
 
     def __str__(self) -> str:
-        return self.table().to_text() if self else "no tracked models (commit one with %mvc_commit MODEL)"
+        text = self.table().to_text() if self else "no tracked models (commit one with %mvc_commit MODEL)"
+        line = self.storage_line()
+        return f"{text}\n{line}" if line else text
 
     def _repr_pretty_(self, printer, cycle: bool) -> None:
         printer.text(str(self))
 
     def _repr_html_(self) -> str:
-        return self.table().to_html() if self else f"<p>{html.escape(str(self))}</p>"
+        line = self.storage_line()
+        extra = f"<p>{html.escape(line)}</p>" if line else ""
+        return (self.table().to_html() if self else f"<p>{html.escape(str(self))}</p>") + extra
 
 
 class GcReport(int):
@@ -155,6 +174,7 @@ class RepackReport:
     bytes_before: int = 0
     bytes_after: int = 0
     damaged: dict[str, str] = field(default_factory=dict)  # object id -> why it was left out
+    stopped: bool = False  # an automatic pack that gave the store back to the user before the end
 
     @property
     def bytes_freed(self) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from concurrent.futures import Future
 from typing import Any
 
 from ..api.repo import Repo
@@ -21,6 +22,7 @@ from ..core.metadata import validate_metrics
 from ..core.provenance import build_provenance, current_context, current_workspace
 from ..core.refs import infer_direction
 from ..core.retention import RetentionPolicy
+from ..operations.commit import commit_later
 
 __all__ = ["CommitCallback", "CommitPolicy"]  # noqa: F822 - CommitCallback is built by __getattr__
 
@@ -89,13 +91,19 @@ def _build_class() -> type:
 
         ``versions`` lists what this callback committed. In a notebook with the extension loaded
         the first commit's provenance lists the cells run since the model's last commit.
+
+        A commit does not stop training: the weights are copied and the next epoch starts while
+        they are hashed, written and synced in the background (``background=False``: durable
+        before the next epoch; a ``keep`` policy commits that way too, as it removes versions).
+        ``versions``, the end of ``fit``, any magic and any use of the store wait for them.
         """
 
         def __init__(self, repo: Repo | str | os.PathLike | None = None, name: str | None = None,
                      monitor: str = "val_loss", mode: str = "auto", save_best_only: bool = False,
                      every_n_epochs: int = 1, message: str | None = None,
-                     keep: list[str] | str | None = None) -> None:
+                     keep: list[str] | str | None = None, background: bool = True) -> None:
             super().__init__()
+            self.background = background
             self.policy = CommitPolicy(monitor, mode, save_best_only, every_n_epochs)
             # A retention policy applied after each commit keeps a long run's history bounded.
             self.keep = RetentionPolicy.parse(keep) if keep else None
@@ -103,13 +111,23 @@ def _build_class() -> type:
             self._repo_path = None if isinstance(repo, Repo) else repo
             self.name = name
             self.message = message
-            self.versions: list = []
+            self._versions: list = []
 
         # Keras 2 (tf_keras) fit also takes this callback: it asks which batch hooks a callback has.
         def _implements_train_batch_hooks(self) -> bool:
             return False
 
         _implements_test_batch_hooks = _implements_predict_batch_hooks = _implements_train_batch_hooks
+
+        @property
+        def versions(self) -> list:
+            """The versions committed so far (waits for those still being written)."""
+            done = [item.result() if isinstance(item, Future) else item for item in self._versions]
+            return [version for version in done if version is not None]
+
+        def on_train_end(self, logs: dict | None = None) -> None:
+            if self._repo is not None:
+                self._repo.store.background.settle()  # fit returns with every commit durable
 
         @property
         def repo(self) -> Repo:
@@ -129,9 +147,13 @@ def _build_class() -> type:
             cells = context.recorder.since(name) if context else ()
             provenance = build_provenance(context.notebook() if context else None, cells,
                                           source="CommitCallback", epoch=epoch + 1)
-            version = self.repo.commit(self.model, name, message=message, metrics=validate_metrics(logs),
-                                       params={"epoch": epoch + 1}, provenance=provenance)
-            self.versions.append(version)
+            options = {"message": message, "metrics": validate_metrics(logs), "params": {"epoch": epoch + 1},
+                       "provenance": provenance}
+            if self.background and self.keep is None:
+                version = commit_later(self.repo.store, self.model, name, **options)
+            else:
+                version = self.repo.commit(self.model, name, **options)
+            self._versions.append(version)
             if self.keep is not None:
                 self.repo.gc(keep=self.keep, name=name)
             if context:

@@ -231,7 +231,9 @@ class MVCMagics(Magics):
         """
         if line.split("#", 1)[0].strip():  # a trailing "# comment" is allowed, as on every magic
             raise UsageError("%mvc_status takes no arguments")
-        return self.session.repo.status(self.session.namespace)
+        report = self.session.repo.status(self.session.namespace)
+        report.pending = report.pending or self.session.pending  # what the store waited for first
+        return report
 
 
 def commit_line(version, name: str | None = None) -> str:

@@ -50,6 +50,7 @@ class MVCSession:
         self.shell = shell
         self.store_path: Path | None = None
         self._repo: Repo | None = None
+        self.pending: tuple[str, ...] = ()  # background writes the last magic waited for
         self.recorder = CellRecorder()  # executed cells, for the provenance of commits
 
     @property
@@ -78,6 +79,11 @@ class MVCSession:
             self._repo = Repo(path)
         # HEAD is per notebook: this notebook's own ref (the history is shared by everyone).
         self._repo.store.workspace = self.workspace()
+        # Commits a training loop handed off are finished before any magic reads the store, and
+        # what one of them hit is said now, in one line.
+        self.pending = tuple(self._repo.store.background.pending())  # for %mvc_status to name
+        self._repo.store.background.settle()
+        self._repo.store.background.raise_error()
         return self._repo
 
     def workspace(self) -> str | None:

@@ -13,6 +13,7 @@ from ..core.manifest import ManifestEntry
 from ..core.names import validate_name
 from ..errors import UnsupportedModelError
 from ..storage.local.store import Store
+from ..storage.snapshots.snapshot import TensorReader
 from . import versions
 from .signing import require_valid_signature
 
@@ -31,8 +32,8 @@ def checkout(store: Store, ref: str, model: Any = None, name: str | None = None,
     validate_name(target, "model name")
     if require_signature:
         require_valid_signature(store, version.id)
-    state = versions.load_state(store, version)
     if model is None:
+        state = versions.load_state(store, version)
         adapter = adapter_to_build(version.framework)
         result = adapter.build(versions.structure(store, version.id), state, unsafe=unsafe, classes=classes)
         getattr(adapter, "restore_training_setup", lambda _m, _e: False)(result, version.extra)
@@ -41,14 +42,20 @@ def checkout(store: Store, ref: str, model: Any = None, name: str | None = None,
         if version.framework and adapter.framework != version.framework:
             raise UnsupportedModelError(f"{version.short_id} is a {version.framework} model; it cannot be "
                                         f"checked out into a {adapter.framework} model")
-        # state was read for this call; a JAX pytree comes back as a new pytree (arrays are immutable).
         # Only adapters that rebuild from the structure get it: a copy of ResNet50's costs ~50 ms.
         needs_structure = getattr(adapter, "load_version", None) is not None
-        result = load_version(adapter, model, versions.structure(store, version.id) if needs_structure else None,
-                              state)
-        # The last fit's metrics describe the weights the fit left, which are gone now.
-        getattr(adapter, "mark_committed", lambda _model: None)(result)
-        _remember_loaded(adapter, result, state, store.manifest(version.id))
+        # An adapter that copies into the model's own buffers (PyTorch's copy_) reads the tensors
+        # stored as they are straight from the mapped file, hashed there: one copy, not two.
+        views = getattr(adapter, "copies_in", False) and not needs_structure
+        with TensorReader(store.layout.snapshot_path) as reader:
+            state = reader.read_all(store.manifest(version.id), owner=version.id, progress=store.progress,
+                                    views=views)
+            # Otherwise state was read for this call; a JAX pytree comes back as a new pytree.
+            result = load_version(adapter, model, versions.structure(store, version.id) if needs_structure else None,
+                                  state)
+            # The last fit's metrics describe the weights the fit left, which are gone now.
+            getattr(adapter, "mark_committed", lambda _model: None)(result)
+            _remember_loaded(adapter, result, state, store.manifest(version.id))
     if move_head and not store.readonly:
         store.writes.move_head(target, version.id, "checkout", {"ref": ref, "rebuilt": model is None})
     return result

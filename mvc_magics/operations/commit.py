@@ -9,7 +9,7 @@ is known, the store publishes the version in its crash-safe order
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import wait
+from concurrent.futures import Future, wait
 from datetime import datetime, timezone
 from typing import Any
 
@@ -29,7 +29,7 @@ from ..errors import StoreError, UnsupportedModelError
 from ..storage.files.faults import write_failure
 from ..storage.local.store import Store
 from ..storage.snapshots.staging import StagedCommit, background
-from . import lookup, versions
+from . import autopack, lookup, versions
 from .git_state import GitStateAhead
 from .tags import check_tag_free
 
@@ -90,6 +90,48 @@ def commit(
     version = versions.get(store, vid, name=name)
     version.stats = stats
     return version
+
+
+def commit_later(store: Store, model: Any, name: str, message: str | None = None,
+                 metrics: Mapping[str, float] | None = None, params: Mapping[str, object] | None = None,
+                 provenance: Mapping[str, object] | None = None) -> Future:
+    """Commit ``model`` without making the caller wait for the disk: a training loop's commit.
+
+    The weights are copied now (a consistent copy: the loop goes on changing them), with the
+    structure and metadata the framework gives; hashing, writing and syncing run on the store's
+    background worker (:mod:`mvc_magics.storage.local.background`), which gives the
+    :class:`~mvc_magics.core.version.Version`. The next write to the store, any magic and the
+    end of the process wait for it; its error is raised by the next magic or write, in one line.
+    """
+    adapter = adapter_for(model)
+    name, message, tags, explicit = _checked_inputs(store, name, adapter, message, (), metrics)
+    params = validate_params(params)
+    state = adapter.get_state(model)
+    if not state:
+        raise UnsupportedModelError(f"{name!r} has no variables to version")
+    fit = validate_metrics(adapter.fit_metrics(model))
+    # The copy is the only pass over the bytes on the caller's thread (memcpy speed).
+    arrays = {key: np.array(array, copy=True) for key, array in _storable(state).items()}
+    structure, extra_meta = adapter.structure(model), adapter.extra_metadata(model)
+    getattr(adapter, "mark_committed", lambda _model: None)(model)
+    given = {"message": message, "metrics": {**fit, **explicit}, "params": params, "provenance": provenance,
+             "extra": None, "fit": fit if metrics is None else {}, "explicit": explicit}
+    workspace = store.workspace
+
+    def run(own: Store) -> Version:
+        own.workspace, own.progress = workspace, False
+        given["git"] = GitStateAhead(provenance, own.path)
+
+        def fill(staged: StagedCommit) -> object:
+            staged.stage(arrays, f"commit {name}", HashesAhead(arrays))
+            return structure
+
+        vid, stats, _ = _store_arrays(own, name, adapter, fill, lambda: extra_meta, tags, None, given, True, True)
+        version = versions.get(own, vid, name=name)
+        version.stats = stats
+        return version
+
+    return store.background.submit(f"commit {name}", run)
 
 
 def commit_state(store: Store, framework: str, structure: object, state: Mapping[str, Any], name: str,
@@ -191,6 +233,8 @@ def _store_arrays(store: Store, name: str, adapter: Adapter, fill: Callable[[Sta
         else:
             stats = _publish(store, vid, name, adapter, staged, structure, extra_metadata, tags, parents, given,
                              move_head)
+    if stats.new_version:
+        autopack.after_commit(store, vid)  # loose files are coded off the user's path, past a threshold
     return vid, stats, staged.hashes
 
 

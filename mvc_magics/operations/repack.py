@@ -18,6 +18,7 @@ continues. A damaged file is named in the report and left as it is.
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 
@@ -25,6 +26,7 @@ from ..core.manifest import ManifestEntry
 from ..core.reports import RepackReport
 from ..errors import IntegrityError
 from ..storage.codec.coding import MIN_CODED_BYTES
+from ..storage.files.checksum import is_loose
 from ..storage.local.store import Store
 from ..storage.snapshots.deltas import base_cache_bytes, max_depth
 from ..storage.snapshots.repacking import StoredCoding, TensorPlan, stored_codings
@@ -32,8 +34,11 @@ from ..storage.snapshots.snapshot import TensorReader
 from ..storage.snapshots.snapshot_writer import DeltaBase
 
 
-def repack(store: Store, name: str | None = None) -> RepackReport:
-    """Re-code the versions of ``name`` (all when None) as reverse deltas; see the module docstring."""
+def repack(store: Store, name: str | None = None, stop: threading.Event | None = None) -> RepackReport:
+    """Re-code the versions of ``name`` (all when None) as reverse deltas; see the module docstring.
+
+    ``stop``: when set, the run ends after the file it is writing (each file is complete, old or
+    new; the next run continues), as the automatic pack does when the user needs the store."""
     report = RepackReport()
     limit = max_depth()
     limit_bytes = base_cache_bytes()  # decoded bases kept between versions (MVC_BASE_CACHE_MB)
@@ -46,6 +51,9 @@ def repack(store: Store, name: str | None = None) -> RepackReport:
         for vid, model, _ in reversed(rows):
             if name is not None and model != name:
                 continue
+            if stop is not None and stop.is_set():
+                report.stopped = True
+                break
             plan = None
             try:
                 plan = _Plan(store, vid, child.get(vid), done, recent, limit)
@@ -111,6 +119,7 @@ class _Plan:
         self._recent = recent
         self._reader = TensorReader(store.layout.snapshot_path)
         fmt, stored = stored_codings(store.layout.snapshot_path(vid))
+        loose = is_loose(store.layout.snapshot_path(vid))  # a commit's file: every tensor is coded now
         own = [e for e in store.manifest(vid) if e.object == vid]
         bases = {e.name: e for e in store.manifest(child)} if child in done else {}
         self._plans: dict[str, TensorPlan] = {}
@@ -122,14 +131,15 @@ class _Plan:
                     and base.dtype == entry.dtype and base.shape == entry.shape and base.hash in done[base.object]):
                 stored_base = done[base.object][base.hash]
                 target = (base, stored_base) if stored_base.depth < limit else None
-            self._plans[entry.hash] = self._plan(entry, current, fmt, target, done)
-        self.changes = any(not p.keep or p.depth is not None for p in self._plans.values())
+            self._plans[entry.hash] = self._plan(entry, current, fmt, target, done, loose)
+        self.changes = loose or any(not p.keep or p.depth is not None for p in self._plans.values())
 
     def _plan(self, entry: ManifestEntry, current: StoredCoding, fmt: int,
-              target: tuple[ManifestEntry, StoredCoding] | None, done: dict[str, dict[str, StoredCoding]]
-              ) -> TensorPlan:
-        if target is None:  # stored whole: as it is when it already is (coded, or raw in a coding file)
-            return TensorPlan(keep=True) if current.base is None and (current.coding or fmt >= 2) else TensorPlan()
+              target: tuple[ManifestEntry, StoredCoding] | None, done: dict[str, dict[str, StoredCoding]],
+              loose: bool = False) -> TensorPlan:
+        if target is None:  # stored whole: as it is when it already is (coded, or raw in a packed coding file)
+            whole = current.base is None and (current.coding or (fmt >= 2 and not loose))
+            return TensorPlan(keep=True) if whole else TensorPlan()
         base, stored_base = target
         depth = stored_base.depth
         # The base's own base, when this run wrote it too: a second-order delta extrapolates from both.

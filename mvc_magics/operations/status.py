@@ -14,6 +14,7 @@ from ..core.version import Version
 from ..errors import IntegrityError, UnknownRefError, UnsupportedModelError
 from ..storage.local.store import Store
 from . import versions
+from .autopack import loose_summary
 from .optimizer_state import optimizer_history
 
 
@@ -21,6 +22,8 @@ def status(store: Store, namespace: Mapping[str, Any] | None = None) -> StatusRe
     """One entry per model with a HEAD: present in ``namespace``, and modified since HEAD?"""
     namespace = namespace or {}
     report = StatusReport()
+    # Commits handed off by a loop still being written: named, then waited for by the first read.
+    report.pending = tuple(store.background.pending())
     names = versions.models(store)
     # An optimizer's history (``net.optimizer``) belongs to its model's entry: it is no variable.
     for name in [n for n in names if n not in {optimizer_history(m) for m in names}]:
@@ -30,6 +33,7 @@ def status(store: Store, namespace: Mapping[str, Any] | None = None) -> StatusRe
             report.append(StatusEntry(name, head, None, present=False))
             continue
         report.append(StatusEntry(name, head, is_modified(store, obj, head)))
+    report.loose_files, report.loose_bytes = loose_summary(store)
     return report
 
 

@@ -14,10 +14,12 @@ from pathlib import Path
 
 from ...core.names import head_key
 from ...errors import IntegrityError, MVCError, StoreError, UnknownRefError
+from ..files.checksum import is_loose
 from ..snapshots.retired import held_hashes
 from ..snapshots.snapshot import ManifestEntry, SnapshotContent, read_verified
 from . import recovery
 from .audit import AuditLog
+from .background import Background
 from .index import Index
 from .journal import Journal
 from .layout import StoreLayout
@@ -49,6 +51,10 @@ class Store:
         #: The notebook whose HEADs this store object reads and moves (None: the shared HEAD of the API/CLI).
         self.workspace = workspace
         self._contents: dict[str, tuple[tuple, SnapshotContent]] = {}
+        self._loose: dict[str, tuple[tuple, int]] = {}  # id -> (file identity, loose bytes or 0)
+        #: Jobs finished after their call returned (the automatic pack, commits handed off by loops),
+        #: run on a store object of their own (its own index connection and lock) opened by the worker.
+        self.background = Background(f"bg{id(self):x}", lambda: Store(self.path, create=False))
         self.writes = StoreWrites(self)
         if self.layout.readonly:
             if not self.layout.index_path.exists():
@@ -70,8 +76,21 @@ class Store:
             self._recover_unindexed()
             self.layout.recover_if_stale()
 
+    @property
+    def index(self) -> Index:
+        """The SQLite index. On the user's thread, the commits handed off to the background are
+        finished first, so every read sees them (a read never waits for a pack)."""
+        if not self.background.in_worker():
+            self.background.settle()
+        return self._index
+
+    @index.setter
+    def index(self, value: Index) -> None:
+        self._index = value
+
     def close(self) -> None:
-        """Close the index connection."""
+        """Finish the background jobs (a pack in flight stops at its next file), close the index."""
+        self.background.close()
         self.index.close()
 
     @property
@@ -81,9 +100,32 @@ class Store:
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the store lock (re-entrant); a dead holder's half-done work is finished first."""
+        """Hold the store lock (re-entrant); a dead holder's half-done work is finished first.
+
+        The user's thread first waits for the commits it handed off (they come before this write)
+        and asks a pack in flight to stop at its next file."""
+        if not self.background.in_worker():
+            self.background.wait(packs=False)
+            self.background.raise_error()  # what a commit handed off hit is said before anything else
         with self.layout.locked():
             yield
+
+    def loose_objects(self) -> dict[str, int]:
+        """id -> size of every loose snapshot file (written by a commit, not packed yet); each
+        file's user block is read once per change of the file (kept by inode, size and time)."""
+        found: dict[str, int] = {}
+        for vid, path in self.layout.snapshot_files():
+            try:
+                info = path.stat()
+                key = (info.st_ino, info.st_size, info.st_mtime_ns)
+                cached = self._loose.get(vid)
+                if cached is None or cached[0] != key:
+                    cached = self._loose[vid] = (key, info.st_size if is_loose(path) else 0)
+            except OSError:  # removed or replaced meanwhile: counted on the next look
+                continue
+            if cached[1]:
+                found[vid] = cached[1]
+        return found
 
     # -- reads of the index (a cache of the files) ------------------------------------------
 

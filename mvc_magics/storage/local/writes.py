@@ -58,7 +58,9 @@ class StoreWrites:
     # -- a new version ----------------------------------------------------------------------
 
     def stage(self, parents: Sequence[str] = ()) -> StagedCommit:
-        """A staged commit writing new tensors into tmp/ (under the lock), coded unless coding is off."""
+        """A staged commit writing new tensors into tmp/ (under the lock): loose (as they are, for
+        packing to code later) unless deltas at commit are asked for (``MVC_DELTA_DEPTH``) or
+        coding is off (format 1, never packed)."""
         layout, store = self._layout, self._store
         code = coding_enabled()
         depth = commit_depth()  # deltas against the parents only when asked (deltas.commit_depth)
@@ -66,7 +68,7 @@ class StoreWrites:
         return StagedCommit(layout.tmp, store.tensor_locator(), store.progress,
                             check_space=lambda nbytes: ensure_space(layout.tmp, nbytes, 1, store.path),
                             bases=ParentBases(layout.snapshot_path, manifests, depth) if manifests else None, code=code,
-                            place=layout.files.place, locate=layout.snapshot_path)
+                            place=layout.files.place, locate=layout.snapshot_path, loose=code and not depth)
 
     def publish_version(self, staged: StagedCommit, vid: str, meta: dict, structure: object,
                         manifest: list[ManifestEntry], move_head: bool = True) -> None:

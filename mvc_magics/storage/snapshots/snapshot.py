@@ -224,7 +224,7 @@ class TensorReader:
         """How many deltas deep the stored tensor of ``entry`` is (0: stored whole)."""
         return delta_base(self._file(entry.object)["tensors"][entry.hash])[1]
 
-    def read(self, entry: ManifestEntry, verify: bool = True, owner: str = "") -> np.ndarray:
+    def read(self, entry: ManifestEntry, verify: bool = True, owner: str = "", view: bool = False) -> np.ndarray:
         """Return the tensor of ``entry``; raise :class:`IntegrityError` when it is damaged.
 
         A delta-coded tensor is decoded with its whole chain of bases. Its hash covers the decoded
@@ -233,7 +233,7 @@ class TensorReader:
         """
         where = f"version {owner[:12]} tensor {entry.name!r}" if owner else f"tensor {entry.name!r}"
         try:
-            array = self._read_checked(entry, where)
+            array = self._read_checked(entry, where, view)
         except IntegrityError:
             raise
         except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
@@ -243,9 +243,13 @@ class TensorReader:
         return array
 
     def read_all(self, entries: list[ManifestEntry] | tuple[ManifestEntry, ...], verify: bool = True,
-                 owner: str = "", progress: bool | None = None) -> dict[str, np.ndarray]:
+                 owner: str = "", progress: bool | None = None, views: bool = False) -> dict[str, np.ndarray]:
         """Every tensor of ``entries`` by name, re-hashing each one in a worker thread while the
         next is read (BLAKE3 releases the GIL); :class:`IntegrityError` names the first damaged one.
+
+        ``views``: a tensor stored as it is comes back as a read-only view of the file's map (its
+        mapped bytes hashed, nothing copied), valid while this reader is open: for a caller that
+        copies the tensors straight into a model's own buffers (one copy instead of two).
         """
         arrays: dict[str, np.ndarray] = {}
         total = sum(e.nbytes for e in entries)
@@ -253,12 +257,12 @@ class TensorReader:
         with progress_bar(total, f"checkout {owner[:8]}".strip(), progress) as bar:
             if pool is None:
                 for entry in entries:
-                    arrays[entry.name] = self.read(entry, verify=verify, owner=owner)
+                    arrays[entry.name] = self.read(entry, verify=verify, owner=owner, view=views)
                     bar.update(entry.nbytes)
                 return arrays
             # Tensors are read and decoded (zstd and numpy release the GIL) and hashed in worker
             # threads, several at a time: many small tensors (ResNet's 320) cost no more than a few big ones.
-            futures = [pool.submit(self._read_hashed, entry, owner, verify) for entry in entries]
+            futures = [pool.submit(self._read_hashed, entry, owner, verify, views) for entry in entries]
             try:
                 for entry, future in zip(entries, futures):
                     array, digest = future.result()
@@ -272,8 +276,9 @@ class TensorReader:
                 raise
         return arrays
 
-    def _read_hashed(self, entry: ManifestEntry, owner: str, verify: bool) -> tuple[np.ndarray, str | None]:
-        array = self.read(entry, verify=False, owner=owner)
+    def _read_hashed(self, entry: ManifestEntry, owner: str, verify: bool,
+                     view: bool = False) -> tuple[np.ndarray, str | None]:
+        array = self.read(entry, verify=False, owner=owner, view=view)
         return array, tensor_hash(array) if verify else None
 
     def _check(self, entry: ManifestEntry, digest: str, owner: str) -> None:
@@ -324,13 +329,13 @@ class TensorReader:
             raise IntegrityError(f"{where}: virtual, external or chunked storage is refused")
         return dataset
 
-    def _read_checked(self, entry: ManifestEntry, where: str) -> np.ndarray:
+    def _read_checked(self, entry: ManifestEntry, where: str, view: bool = False) -> np.ndarray:
         dataset = self._dataset(entry, where)
         if CODING_ATTR in dataset.attrs:
             return self._read_coded(entry, dataset, where)
-        return self._read_whole(entry, dataset, where)
+        return self._read_whole(entry, dataset, where, view)
 
-    def _read_whole(self, entry: ManifestEntry, dataset: h5py.Dataset, where: str) -> np.ndarray:
+    def _read_whole(self, entry: ManifestEntry, dataset: h5py.Dataset, where: str, view: bool = False) -> np.ndarray:
         dtype = dtype_from_name(entry.dtype)
         raw_name = read_text_attr(dataset, RAW_DTYPE_ATTR)
         if raw_name is not None:
@@ -340,11 +345,13 @@ class TensorReader:
             raise IntegrityError(f"{where}: stored dtype or shape differs from the manifest")
         if entry.nbytes and dataset.id.get_storage_size() != entry.nbytes:
             raise IntegrityError(f"{where}: stored bytes do not match the declared shape")
+        mapped = self._maps.view(dataset, entry.nbytes) if entry.nbytes else None
+        if view and mapped is not None and mapped.ctypes.data % dtype.itemsize == 0:
+            return mapped.view(dtype).reshape(entry.shape)  # read-only, valid while the reader is open
         array = aligned_empty(entry.shape, dtype)
         if entry.nbytes:  # little-endian bytes (the dtype was checked): copied from the file's map
-            view = self._maps.view(dataset, entry.nbytes)
-            if view is not None:
-                np.copyto(array.reshape(-1).view(np.uint8), view)
+            if mapped is not None:
+                np.copyto(array.reshape(-1).view(np.uint8), mapped)
             else:
                 dataset.read_direct(array.reshape(-1).view(np.uint8) if raw_name is not None else array)
         return array

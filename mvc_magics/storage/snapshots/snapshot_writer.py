@@ -19,6 +19,7 @@ from ...core.manifest import ManifestEntry
 from ..codec import coding
 from ..codec.tensor_decode import BASE2_ATTR, DEPTH_ATTR
 from ..files.atomic import start_writeback
+from ..files.checksum import CHECKSUM_LINE, LOOSE_MARK
 from ..files.h5_values import write_string_dataset, write_text_attr
 from .snapshot import (
     BASE_ATTR,
@@ -102,10 +103,13 @@ class SnapshotWriter:
     and renames it into place (see :func:`mvc_magics.storage.files.atomic.publish`).
     """
 
-    def __init__(self, path: Path, format_version: int = FORMAT_VERSION) -> None:
+    def __init__(self, path: Path, format_version: int = FORMAT_VERSION, loose: bool = False) -> None:
         self.path = path
         # 1 with coding off: such a file is exactly what an older mvc_magics writes and reads.
         self.format_version = format_version
+        # A loose file (a commit's): every tensor stored as it is, the user block says so, and
+        # packing codes it later (see storage.files.checksum.LOOSE_MARK).
+        self.loose = loose
         self._file: h5py.File | None = None
         self._tensors: h5py.Group | None = None
         self._written = self._kicked = 0  # bytes of tensor data written / handed to the disk so far
@@ -134,7 +138,8 @@ class SnapshotWriter:
         """The coding step of :meth:`add_tensor` alone: no HDF5 call, so worker threads run it for
         several tensors at once (zstd and numpy release the GIL) while :meth:`write_prepared` writes."""
         array = canonical_array(array)
-        return (array, *(_code(array, base) if code and self.format_version >= 2 else (None, None)))
+        coded = code and self.format_version >= 2 and not self.loose
+        return (array, *(_code(array, base) if coded else (None, None)))
 
     def write_prepared(self, digest: str, prepared: Prepared) -> int:
         """Write a tensor :meth:`prepare` coded; returns the bytes stored."""
@@ -193,7 +198,7 @@ class SnapshotWriter:
             write_string_dataset(f, "structure", json.dumps(structure, sort_keys=True))
         write_string_dataset(f, "manifest", json.dumps([e.to_json() for e in manifest]))
         self.close()
-        _stamp_checksum(self.path)
+        _stamp_checksum(self.path, self.loose)
 
     def close(self) -> None:
         """Close the file (idempotent); an unfinished file is left for the caller to remove."""
@@ -202,9 +207,14 @@ class SnapshotWriter:
             handle.close()
 
 
-def _stamp_checksum(path: Path) -> None:
-    """Write the checksum of everything after the checksum line into the user block (before the rename)."""
+def _stamp_checksum(path: Path, loose: bool = False) -> None:
+    """Write the checksum of everything after the checksum line into the user block (before the
+    rename); a loose file's user block says so on its second line (covered by the checksum)."""
     with open(path, "r+b") as handle:
+        if loose:
+            handle.seek(CHECKSUM_LINE)
+            handle.write(LOOSE_MARK)
+            handle.flush()  # the checksum reads the file through a map
         size = os.fstat(handle.fileno()).st_size
         digest = body_digest(handle, size)
         handle.seek(0)

@@ -64,19 +64,19 @@ class StagedCommit:
                  progress: bool | None = None, check_space: Callable[[int], None] | None = None,
                  bases: Callable[[str, np.ndarray, str], DeltaBase | None] | None = None,
                  code: bool = True, place: Callable[[Path, Path], None] | None = None,
-                 locate: Callable[[str], Path] | None = None) -> None:
+                 locate: Callable[[str], Path] | None = None, loose: bool = False) -> None:
         self._stored_object = stored_object
         # object id -> its snapshot path: streamed tensors are not kept, so the few a publish must
         # write again (see claim_own) or a stored tensor found nowhere are read back from there.
         self._locate = locate
         # name, array, hash -> the stored tensor to code a delta against (see storage.snapshots.deltas).
         self._bases = bases or (lambda name, array, digest: None)
-        self._code = code
+        self._code = code and not loose  # a loose commit writes every tensor as it is (packing codes it)
         self._place = place  # renames the complete file into the store without following symlinks
         # Called with a tensor's size before it is written: HDF5 must never meet a full disk.
         self._check_space = check_space or (lambda nbytes: None)
         self._progress = progress
-        self._writer = SnapshotWriter(temporary_path(tmp_folder, ".h5"), FORMAT_VERSION if code else 1)
+        self._writer = SnapshotWriter(temporary_path(tmp_folder, ".h5"), FORMAT_VERSION if code else 1, loose=loose)
         self.arrays: dict[str, np.ndarray] = {}  # held by stage(); stream() keeps none
         self.specs: dict[str, tuple[str, tuple[int, ...], int]] = {}  # name -> (dtype, shape, nbytes)
         self.hashes: dict[str, str] = {}
@@ -177,7 +177,8 @@ class StagedCommit:
     def _write(self, key: str, digest: str, array: np.ndarray, delta: bool = True) -> None:
         self._check_space(int(array.nbytes))
         base = self._bases(key, array, digest) if self._code and delta else None
-        if self._pending is None or array.nbytes < PARALLEL_MIN_BYTES:  # small: a thread costs more
+        if self._pending is None or array.nbytes < PARALLEL_MIN_BYTES or not self._code:  # nothing to code
+            # (or small: a hand-off costs more than coding it here)
             self._written(array, self._writer.add_tensor(digest, array, base=base, code=self._code))
             return
         self._pending.append((digest, array, self._encoder.submit(self._writer.prepare, array, base, self._code)))
@@ -231,7 +232,8 @@ class StagedCommit:
     def _store_structure(self, version_id: str, structure: object) -> ManifestEntry | None:
         """Where this version's structure is stored: an older file holding the same bytes (found
         by hash, like a tensor), else this file (the blob is added to it). None: kept inline (format 1)."""
-        if structure is None or not self._code:  # coding off writes format 1: what older versions read
+        if structure is None or self._writer.format_version < FORMAT_VERSION:  # coding off: format 1, what
+            # older versions read
             return None
         blob = self.structure_blob(structure)
         digest = tensor_hash(blob)

@@ -1,0 +1,143 @@
+"""Work a store finishes after the call that started it returned: the automatic pack, and the
+commits a training loop hands off (see :mod:`mvc_magics.operations.autopack` and
+:func:`mvc_magics.operations.commit.commit_later`).
+
+One worker thread per store object runs the jobs in the order they were given. Whoever reads or
+writes the store next waits for them (:meth:`Background.wait`); so does closing the store and the
+end of the process (``atexit``). A job's error is kept and raised once, by the next call that
+checks (:meth:`Background.raise_error`), as one line. A pack in flight is asked to stop at its next
+file (:attr:`Background.stop`) when the user's thread needs the store, so the user never waits
+for more than one file to be re-coded. Jobs run on a store object of their own (opened by the
+worker), so their index transactions never mix with the user's on one SQLite connection.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import threading
+import weakref
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from ...errors import StoreError
+
+_LIVE: weakref.WeakSet[Background] = weakref.WeakSet()
+
+
+class Background:
+    """The background jobs of one store object (see the module docstring)."""
+
+    def __init__(self, name: str, opener: Callable[[], Any]) -> None:
+        self._name = name
+        self._opener = opener  # opens the worker's own store object (index connection, lock)
+        self._store: Any = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._jobs: deque[tuple[str, Future]] = deque()
+        self._errors: list[str] = []
+        self._lock = threading.Lock()
+        #: Set while the user's thread wants the store: a pack stops at its next file.
+        self.stop = threading.Event()
+        #: Bytes of loose snapshot files, as last counted (None: not counted yet in this process).
+        self.loose_bytes: int | None = None
+        _LIVE.add(self)
+
+    def submit(self, kind: str, job: Callable[[Any], object]) -> Future:
+        """Run ``job(store)`` after the jobs already given, on the worker's own store object
+        (``kind`` names it in :meth:`pending`; ``pack`` jobs may be asked to stop early)."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mvc-{self._name}")
+            future = self._pool.submit(self._run, kind, job)
+            self._jobs.append((kind, future))
+            return future
+
+    def _run(self, kind: str, job: Callable[[Any], object]) -> object:
+        try:
+            if self._store is None:
+                self._store = self._opener()
+                # Its own jobs (the pack a commit handed off queues) join this queue, on this thread.
+                self._store.background = self
+            return job(self._store)
+        except BaseException as exc:  # kept for the next call into the store, never lost
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+            with self._lock:
+                self._errors.append(f"{kind} in the background failed: {reason}")
+            return None
+
+    def pending(self) -> list[str]:
+        """What is still running or queued, oldest first (``commit net``, ``pack``...)."""
+        with self._lock:
+            while self._jobs and self._jobs[0][1].done():
+                self._jobs.popleft()
+            return [kind for kind, future in self._jobs if not future.done()]
+
+    def busy(self) -> bool:
+        return bool(self.pending())
+
+    def in_worker(self) -> bool:
+        """True on this store's own background thread (which never waits for itself)."""
+        return threading.current_thread().name.startswith(f"mvc-{self._name}")
+
+    def wait(self, packs: bool = True) -> None:
+        """Wait until every job given so far is done; with ``packs`` False a pack in flight is
+        asked to stop at its next file (and waited for) instead of being waited for whole."""
+        if self.in_worker():
+            return
+        with self._lock:
+            jobs = list(self._jobs)
+        if not jobs:
+            return
+        if not packs:
+            self.stop.set()  # only packs look at it: commits handed off always finish
+        try:
+            for _, future in jobs:
+                with contextlib.suppress(BaseException):
+                    future.result()
+        finally:
+            self.stop.clear()
+
+    def settle(self) -> None:
+        """For a read: wait for the commits handed off (a pack in front of one is asked to stop);
+        a pack alone goes on (reads and a pack never disturb each other: files are replaced whole)."""
+        with self._lock:
+            commits = [future for kind, future in self._jobs if kind != "pack" and not future.done()]
+        if commits:
+            self.wait(packs=False)
+
+    def raise_error(self) -> None:
+        """Raise the first error a background job hit since the last call (one line), if any."""
+        with self._lock:
+            errors, self._errors = self._errors, []
+        if errors:
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            raise StoreError(errors[0] + more)
+
+    def close(self) -> None:
+        """Wait for every job (a pack stops at its next file), then stop the worker and its store."""
+        self.wait(packs=False)
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+        store, self._store = self._store, None
+        if store is not None:
+            with contextlib.suppress(BaseException):
+                store.close()
+
+
+def _finish_at_exit() -> None:  # a kernel that exits waits for the commits it handed off
+    for background in list(_LIVE):
+        with contextlib.suppress(BaseException):
+            background.close()
+
+
+# Run before concurrent.futures stops taking work at exit (its hook, registered earlier, runs
+# after ours: threading calls them newest first); the commits still need their hashing threads.
+_register = getattr(threading, "_register_atexit", None)
+if _register is not None:
+    _register(_finish_at_exit)
+else:  # pragma: no cover - Python without the threading hook
+    atexit.register(_finish_at_exit)
