@@ -12,6 +12,9 @@ from pathlib import Path
 
 import blake3
 
+from ...errors import UnsafeSnapshotError
+from .h5_open import open_checked
+
 USERBLOCK_SIZE = 512
 CHECKSUM_MAGIC = b"mvc-checksum blake3 "
 CHECKSUM_LINE = len(CHECKSUM_MAGIC) + 64 + 1  # magic, hex digest, newline: every byte after it is covered
@@ -47,8 +50,14 @@ def body_digest(handle, size: int) -> str:
 def is_loose(path: Path) -> bool:
     """True when the snapshot file at ``path`` is loose (its user block's second line is
     :data:`LOOSE_MARK`): a commit wrote its tensors as they are and no pack has coded them yet."""
-    with open(path, "rb") as handle:
-        head = handle.read(CHECKSUM_LINE + len(LOOSE_MARK))
+    try:  # a planted FIFO or symlink is not a loose file (and must not block the scan)
+        fd = open_checked(path)
+    except UnsafeSnapshotError:
+        return False
+    try:
+        head = os.pread(fd, CHECKSUM_LINE + len(LOOSE_MARK), 0)
+    finally:
+        os.close(fd)
     return head.startswith(CHECKSUM_MAGIC) and head[CHECKSUM_LINE:] == LOOSE_MARK
 
 
