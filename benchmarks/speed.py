@@ -160,6 +160,7 @@ def epochs_case(ws: Workspace, megabytes_model, n: int = 10) -> list[CaseResult]
     and checkout of the oldest version against safetensors load+assign."""
     from mvc_magics import Repo
     from mvc_magics.adapters.keras import KerasAdapter
+    from mvc_magics.operations.autopack import loose_summary
 
     from . import peers
     from .coding import _compile, _train_data
@@ -176,11 +177,11 @@ def epochs_case(ws: Workspace, megabytes_model, n: int = 10) -> list[CaseResult]
             bm.model.fit(x, y, epochs=1, batch_size=16, verbose=0)
             ids.append(repo.commit(bm.model, "m").id)
         waited = time.perf_counter()
-        repo.wait()  # the automatic pack, if it started, finishes in the background
+        repo.store.background.wait()  # the automatic pack, if it started, finishes in the background
         disk.figures["seconds waited for the background pack"] = time.perf_counter() - waited
         raw = n * sum(a.nbytes for a in KerasAdapter().get_state(bm.model).values())
         disk.figures["store objects / raw copies"] = dir_bytes(store / "objects") / raw
-        disk.figures["loose bytes left"] = repo.status_storage()["loose_bytes"]
+        disk.figures["loose bytes left"] = loose_summary(repo.store)[1]
         disk.check(disk.figures["store objects / raw copies"], 0.65, "<= 0.65", "store objects / raw copies")
         folder = ws.fresh(f"epochs-peer-{bm.key}")
         peers.safetensors_save(bm, folder)

@@ -82,7 +82,8 @@ def test_a_pack_in_flight_gives_the_lock_to_the_next_commit_after_one_file(repo,
     monkeypatch.setenv("MVC_PACK_MB", "0.1")
     versions += _commit_line(repo, 5)[4:]  # this commit queues the pack
     assert entered.wait(10)
-    threading.Timer(0.2, release.set).start()
+    stop = repo.store.background.stop  # set by the next commit as it asks for the lock
+    threading.Thread(target=lambda: stop.wait(30) and release.set(), daemon=True).start()
     versions.append((repo.commit(_weights(9), "net").id, _weights(9)))  # waits for one file, not the pack
     assert len(calls) == 1  # the pack stopped after the file it was writing
     repo.store.background.wait()

@@ -69,6 +69,7 @@ def store(tmp_path):
     with Repo(path) as repo:
         first = repo.commit({"w": np.ones(4, np.float32)}, "m")
         second = repo.commit({"w": np.zeros(4, np.float32)}, "m")
+        repo.gc(repack=True)  # packed now: a repack below has no loose file to rewrite
     return path, first.id, second.id
 
 
