@@ -88,8 +88,9 @@ def test_sklearn_version_registered_loaded_back_and_found_again(repo, tracking, 
     assert [e.detail["created"] for e in published_ops] == [True, False, True]
 
 
-def test_keras_and_torch_versions_load_back_with_their_own_predictions(repo, tracking):
+def test_keras_torch_and_lightgbm_versions_load_back_with_their_own_predictions(repo, tracking):
     import keras
+    import lightgbm
     import torch
 
     x = np.random.default_rng(0).standard_normal((16, 5)).astype(np.float32)
@@ -109,6 +110,15 @@ def test_keras_and_torch_versions_load_back_with_their_own_predictions(repo, tra
     with torch.no_grad():
         expected = module(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(np.asarray(loaded.predict(x)), expected, rtol=1e-6)
+
+    target = x @ np.arange(5, dtype=np.float32)
+    booster = lightgbm.train({"objective": "regression", "num_leaves": 4, "min_data_in_leaf": 2, "verbose": -1},
+                             lightgbm.Dataset(x, target), num_boost_round=5)
+    version = repo.commit(booster, "tiny-gbm")
+    repo.publish(version.id, "mlflow", registered_model_name="tiny-gbm", alias="prod")
+    loaded = mlflow.pyfunc.load_model("models:/tiny-gbm@prod")
+    assert "lightgbm" in loaded.metadata.flavors
+    np.testing.assert_array_equal(np.asarray(loaded.predict(x)), booster.predict(x))
 
 
 def test_bad_requests_are_one_line_errors_and_register_nothing(repo, tracking, weights, ip):
