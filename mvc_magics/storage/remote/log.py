@@ -116,20 +116,13 @@ class RemoteLog:
             state = self._anchor()
         return self.forward(state)
 
-    def forward(self, state: RemoteState, strict: bool = True, problems: list[str] | None = None) -> RemoteState:
-        """Apply every segment after ``state``; a broken link raises (``strict``) or is listed in ``problems``."""
+    def forward(self, state: RemoteState) -> RemoteState:
+        """Apply every segment after ``state``, each checked against the one before it; cache the result."""
         while (found := self.segment(state.seq)) is not None:
-            segment, hashed = found
-            try:
-                self.link(state, segment)
-            except RemoteHistoryError as exc:
-                if strict:
-                    raise
-                (problems if problems is not None else []).append(str(exc))
-            state.apply(segment, hashed, self.signers)
-            self._hashes[state.seq - 1] = hashed
-        if strict:
-            self._save_cache(state)
+            self.link(state, found[0])
+            state.apply(found[0], found[1], self.signers)
+            self._hashes[state.seq - 1] = found[1]
+        self._save_cache(state)
         return state
 
     def link(self, state: RemoteState, segment: object) -> None:
