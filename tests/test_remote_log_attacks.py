@@ -347,3 +347,30 @@ def test_a_member_signature_pushed_first_does_not_shadow_release(scene):
     assert keyless.signature_status(shadow.id).state == "valid"
     assert any("pushed beside release-ci's valid one" in line for line in scene.verify())
 
+
+
+def test_without_allowed_signers_a_checkpoint_far_ahead_is_not_trusted_either(tmp_path):
+    """A remote without allowed signers uses the checkpoint log/HEAD names only when the segment before
+    it hashes to the checkpoint's ``last``: one far ahead of the log is ignored (and reported)."""
+    url = (tmp_path / "remote").as_uri()
+    with Repo(tmp_path / "a" / ".mvc") as a:
+        v1 = a.commit(weights(1), "m", tags=["production"])
+        a.push(url)
+        v2 = a.commit(weights(2), "m")
+        a.tag(v2.id, "production", force=True)
+        a.push(url, force=True)
+    forged = RemoteStore(url).state()
+    forged.tags[("m", "production")] = (v1.id, False)
+    del forged.objects[v2.id]
+    forged.seq = 999
+    log = tmp_path / "remote" / "log"
+    (log / "checkpoint-0000000999.json").write_text(json.dumps({"seq": 999, "last": forged.last,
+                                                                "state": forged.to_json()}))
+    (log / "HEAD").write_text(json.dumps({"next": 1000, "checkpoint": 999}))
+    with Repo(tmp_path / "b" / ".mvc") as b:
+        b.add_remote("origin", url)
+        assert sorted(b.pull().versions) == sorted([v1.id, v2.id])
+        assert b.resolve("production", name="m").id == v2.id
+        problems = verify_remote(b.store)
+        assert any("checkpoint 999 is ahead of the log" in line for line in problems), problems
+        assert any("log/HEAD names 1000" in line for line in problems), problems
