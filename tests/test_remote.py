@@ -357,7 +357,10 @@ def test_push_cleans_stale_upload_temporaries(tmp_path, remote_url):
     assert not stale.exists() and fresh.exists()  # a concurrent push's upload is left alone
 
 
-def test_progress_bar_for_large_transfers_quiet_for_tiny(tmp_path, remote_url, capsys):
+def test_progress_bar_for_large_transfers_quiet_for_tiny(tmp_path, remote_url, capsys, monkeypatch):
+    import mvc_magics.operations.remotes as remotes
+
+    monkeypatch.setattr(remotes, "interactive", lambda: True)  # as on a terminal (a pipe gets no bar)
     with Repo(tmp_path / "a" / ".mvc") as a:
         a.commit(make_weights(1), "m")
         a.add_remote("origin", remote_url)

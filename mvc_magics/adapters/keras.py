@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.progress import user_stacklevel
 from ..errors import ExportError, UnsupportedModelError
 from .base import match_state
 from .keras_structure import foreign_modules, rebuild, serialize
@@ -274,7 +275,7 @@ def _warn_untracked(model: Any, names: list[str]) -> None:
         f"{type(model).__name__} holds tf.Variable attributes ({shown}) that Keras 3 does not track: "
         "mvc_magics versions them by attribute name, but model.trainable_variables, fit() and "
         "save_weights() do not see them. Create them with self.add_weight(...) for Keras to train them, "
-        "or pass [model.w, ...] to GradientTape and the optimizer yourself.", UserWarning, stacklevel=4)
+        "or pass [model.w, ...] to GradientTape and the optimizer yourself.", UserWarning, stacklevel=user_stacklevel())
 
 
 def _is_compiled(model: Any) -> bool:

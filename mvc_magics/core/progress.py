@@ -2,7 +2,8 @@
 
 A bar appears only once an operation has run for :data:`DELAY_SECONDS` (tqdm's ``delay``), so
 small models stay quiet. ``MVC_PROGRESS=0`` turns bars off, ``MVC_PROGRESS=1`` shows them at once.
-In a notebook (IPython already imported) the bar is a widget; elsewhere it is text on stderr.
+In a notebook (IPython already imported) the bar is a widget; on a terminal it is text on stderr;
+into a pipe or a log file there is none (its redraws would stay there as fragments).
 """
 
 from __future__ import annotations
@@ -28,6 +29,30 @@ class _NoBar:
         pass
 
 
+def interactive() -> bool:
+    """True where a bar is read as it redraws: a terminal on stderr, or a Jupyter kernel (a
+    widget). A pipe or a log file would keep every redraw as a fragment of text."""
+    if "ipykernel" in sys.modules:
+        return True
+    try:
+        return sys.stderr is not None and sys.stderr.isatty()
+    except (AttributeError, ValueError):  # a closed or replaced stderr
+        return False
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` of the first caller outside mvc_magics and IPython's magic machinery, so
+    a warning names the user's line (their script, or the notebook cell), not ours."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame, level = sys._getframe(1), 1
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if not (name.startswith(package) or name.startswith("<decorator-gen") or f"{os.sep}IPython{os.sep}" in name):
+            return level
+        frame, level = frame.f_back, level + 1
+    return 1
+
+
 def progress_bar(total_bytes: int, description: str, enabled: bool | None = None) -> Any:
     """A context manager with ``update(nbytes)``: a tqdm bar in bytes, or a silent stand-in.
 
@@ -40,7 +65,7 @@ def progress_bar(total_bytes: int, description: str, enabled: bool | None = None
             enabled = False
         elif setting in ("1", "true", "yes", "on"):
             enabled = True
-    if enabled is False:
+    if enabled is False or (enabled is None and not interactive()):
         return _NoBar()
     try:
         if "IPython" in sys.modules:

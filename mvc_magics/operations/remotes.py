@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ..core.names import validate_name
+from ..core.progress import interactive
 from ..errors import InvalidRemoteError, MVCError, RemoteConflictError, RemoteError
 from ..storage.local.store import Store
 from ..storage.remote.store import check_url
@@ -105,7 +106,7 @@ def progress_bar(total: int, desc: str, enabled: bool | None):
         from tqdm.auto import tqdm
     except ImportError:  # progress is a nicety: transfers work without tqdm
         return contextlib.nullcontext(_NoBar())
-    show = total >= PROGRESS_MIN_BYTES if enabled is None else enabled
+    show = total >= PROGRESS_MIN_BYTES and interactive() if enabled is None else enabled
     return tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=not show, leave=False)
 
 
