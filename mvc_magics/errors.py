@@ -99,6 +99,11 @@ class RefusedObjectsError(IntegrityError):
         self.path = path
 
 
+class ResourceLimitError(MVCError):
+    """Reading a tensor would take more memory than allowed (``MVC_MAX_TENSOR_BYTES``) or than is
+    available; refused before anything was allocated."""
+
+
 class MergeError(MVCError, ValueError):
     """A merge was asked for wrongly (unknown method, missing evaluation function); nothing was committed."""
 

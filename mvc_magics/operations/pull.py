@@ -23,6 +23,7 @@ from ..errors import (
     RefusedObjectsError,
     RefusedRemoteFileError,
     RemoteError,
+    ResourceLimitError,
     SignatureError,
 )
 from ..storage.files.atomic import temporary_path
@@ -244,8 +245,9 @@ def import_staged(store: Store, contents: dict[str, SnapshotContent], staged: di
                                              "(refused)")
                 for entry in content.manifest:
                     reader.read(entry, verify=True, owner=vid)  # before anything is visible
-            except IntegrityError as exc:  # this version is refused, the others still come
-                rejected[vid] = str(exc)
+            except (IntegrityError, ResourceLimitError, MemoryError) as exc:  # this version only
+                rejected[vid] = str(exc) if isinstance(exc, MVCError) else \
+                    f"remote object {vid[:12]}: not enough memory to verify it ({type(exc).__name__}); refused"
                 del contents[vid]
                 staged.pop(vid).unlink(missing_ok=True)
 

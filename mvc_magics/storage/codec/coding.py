@@ -283,12 +283,51 @@ def _fill(target: np.ndarray, planes: list[np.ndarray] | np.ndarray, start: int,
             rows[:, i] = plane[start:stop]
 
 
-def decode_chain(out: np.ndarray, levels: list[Level], itemsize: int) -> None:
+def _halves(plane_len: int, parallel: bool, span: Callable[[int, int], None]) -> None:
+    """Run ``span`` over elements ``0:plane_len``: in two halves at once when ``parallel`` (the
+    second on a coding thread; zstd and numpy release the GIL)."""
+    if not parallel:
+        span(0, plane_len)
+        return
+    middle = (plane_len // 2 // _CHUNK) * _CHUNK or plane_len
+    other = _pool().submit(span, middle, plane_len)
+    span(0, middle)
+    other.result()
+
+
+def _apply_level(out: np.ndarray, prev: np.ndarray | None, planes: list[np.ndarray], kind: str, itemsize: int,
+                 first: int, last: int) -> None:
+    """Elements ``first:last`` of ``out`` (the level below's value) become this delta level's value,
+    a cache-sized step at a time; ``prev`` (when kept) takes the value below, for a second-order delta above."""
+    scratch = np.empty(min(_CHUNK, max(last - first, 0)) * itemsize, dtype=np.uint8)
+    for start in range(first, last, _CHUNK):
+        stop = min(start + _CHUNK, last)
+        lo, hi = start * itemsize, stop * itemsize
+        delta = scratch[:hi - lo]
+        _fill(delta, planes, start, stop, itemsize)
+        value = out[lo:hi]
+        if kind == CODING_SUB2:
+            assert prev is not None
+            guess = predict(value, prev[lo:hi], itemsize)
+            np.copyto(prev[lo:hi], value)
+            add_back(value, delta, guess, itemsize)
+        else:
+            if prev is not None:
+                np.copyto(prev[lo:hi], value)
+            _apply_delta(value, delta, value, kind, itemsize)
+
+
+def decode_chain(out: np.ndarray, levels: list[Level], itemsize: int,
+                 check: Callable[[int, np.ndarray], None] | None = None) -> None:
     """Decode a chain into ``out`` (flat uint8): ``levels`` from the tensor down to the tensor
-    stored whole, each ``(data, table, coding)`` (``table`` None: raw bytes). The zstd planes of
-    every level are decompressed first; then, a cache-sized step of elements at a time, the bottom
-    level is interleaved into ``out`` and each delta above it interleaved and applied in turn (XOR
-    or integer difference). Large tensors run on the coding threads (zstd and numpy release the GIL)."""
+    stored whole, each ``(data, table, coding)`` (``table`` None: raw bytes, which may be ``out``
+    itself). Level by level from the bottom, in ``out``: memory is the result, one level's planes
+    and (for second-order deltas) the value below, whatever the chain's length; ``check(i, out)``
+    is called once ``out`` holds level ``i``'s value (every level but the top, which the caller
+    checks), so a damaged base is refused before anything is built on it.
+
+    Invariant (issue 23 §4): never decode the planes of more than one level at a time, and check
+    each intermediate level before the next is applied."""
     if levels[-1][2] in DELTA_CODINGS or any(kind not in DELTA_CODINGS for _, _, kind in levels[:-1]):
         raise IntegrityError("coded tensor: a delta chain that does not end on a tensor stored whole")
     if any(kind == CODING_SUB2 for _, _, kind in levels[-2:]):  # it needs two levels below it
@@ -296,35 +335,20 @@ def decode_chain(out: np.ndarray, levels: list[Level], itemsize: int) -> None:
     plane_len = out.nbytes // itemsize
     parallel = out.nbytes >= _PARALLEL_BYTES
     run = _pool().map if parallel and itemsize > 1 else map
-    planes = _chain_planes(levels, plane_len, run)
-
-    def span(first: int, last: int) -> None:
-        size = min(_CHUNK, max(last - first, 0)) * itemsize
-        scratch = np.empty(size if len(levels) > 1 else 0, dtype=np.uint8)
-        ring = [np.empty(size if len(levels) > 1 else 0, dtype=np.uint8) for _ in range(3)]  # last two values, next
-        for start in range(first, last, _CHUNK):
-            stop = min(start + _CHUNK, last)
-            n = (stop - start) * itemsize
-            if len(levels) == 1:  # nothing to apply: interleave straight into the result
-                _fill(out[start * itemsize:stop * itemsize], planes[0], start, stop, itemsize)
-                continue
-            below, below2 = ring[0][:n], None
-            _fill(below, planes[-1], start, stop, itemsize)
-            for step, ((_, _, kind), level) in enumerate(zip(reversed(levels[:-1]), reversed(planes[:-1]))):
-                delta = scratch[:n]
-                _fill(delta, level, start, stop, itemsize)
-                value = ring[(step + 1) % 3][:n]
-                if kind == CODING_SUB2:
-                    add_back(value, delta, predict(below, below2, itemsize), itemsize)
-                else:
-                    _apply_delta(value, delta, below, kind, itemsize)
-                below, below2 = value, below
-            np.copyto(out[start * itemsize:stop * itemsize], below)
-
-    if not parallel:
-        span(0, plane_len)
-        return
-    middle = (plane_len // 2 // _CHUNK) * _CHUNK or plane_len
-    other = _pool().submit(span, middle, plane_len)  # the second half on a coding thread, the first here
-    span(0, middle)
-    other.result()
+    data, table, _ = levels[-1]
+    if table is None:
+        if not np.shares_memory(data, out):
+            np.copyto(out, data)
+    else:
+        bottom = _chain_planes([levels[-1]], plane_len, run)[0]
+        _halves(plane_len, parallel, lambda a, b: _fill(out[a * itemsize:b * itemsize], bottom, a, b, itemsize))
+        del bottom
+    deltas = levels[-2::-1]  # bottom up
+    prev = np.empty_like(out) if any(kind == CODING_SUB2 for _, _, kind in deltas) else None
+    for k, level in enumerate(deltas):
+        if check is not None:
+            check(len(levels) - 1 - k, out)
+        planes = _chain_planes([level], plane_len, run)[0]
+        _halves(plane_len, parallel,
+                lambda a, b, p=planes, kind=level[2]: _apply_level(out, prev, p, kind, itemsize, a, b))
+        del planes

@@ -20,10 +20,12 @@ from collections.abc import Callable
 import h5py
 import numpy as np
 
+from ...core.hashing import tensor_hash
 from ...core.manifest import ManifestEntry, dtype_from_name, is_hash
 from ...errors import IntegrityError
 from ..files.h5_values import read_attr, read_text_attr
 from . import coding
+from .budget import check_read
 from .coding import aligned_empty
 
 CODING_ATTR = "mvc_coding"
@@ -31,8 +33,10 @@ PLANES_ATTR = "mvc_planes"
 BASE_ATTR = "mvc_base"
 BASE2_ATTR = "mvc_base2"  # a second-order delta's second base: must be its base's own base
 DEPTH_ATTR = "mvc_depth"
-# A delta's base may itself be a delta; a chain longer than this is refused as damaged (a cycle).
-MAX_CHAIN = 64
+# The most deltas one chain may hold: writers never make more (MVC_DELTA_DEPTH is capped at it,
+# storage/snapshots/deltas.max_depth), readers refuse more (a cycle, or a file crafted to make a
+# small read decode many levels).
+MAX_CHAIN = 16
 # Mapped pages read are given back to the page cache after this many bytes (see FileMaps._release).
 _RELEASE_BYTES = 32 << 20
 
@@ -140,8 +144,13 @@ def read_coded(entry: ManifestEntry, dataset: h5py.Dataset, where: str, maps: Fi
                find: Callable[[ManifestEntry, str], h5py.Dataset],
                read_whole: Callable[[ManifestEntry, h5py.Dataset, str], np.ndarray]) -> np.ndarray:
     """Decode a coded tensor, a delta with every base down to the tensor stored whole (``find``
-    gives a base's checked dataset, ``read_whole`` reads a tensor stored as it is)."""
+    gives a base's checked dataset, ``read_whole`` reads a tensor stored as it is).
+
+    The chain is walked first (attributes and mapped bytes only: nothing decoded), at most
+    ``MAX_CHAIN`` deltas; then decoded level by level in one buffer, each base's hash checked
+    before the delta above it is applied (:func:`.coding.decode_chain`)."""
     levels: list[Level] = []
+    bases: list[ManifestEntry] = [entry]  # the entry of each level, top down
     current = entry
     expected_base: str | None = None  # what the next level's base must be (a second-order delta's)
     while True:
@@ -151,28 +160,41 @@ def read_coded(entry: ManifestEntry, dataset: h5py.Dataset, where: str, maps: Fi
             levels.append((read_whole(current, dataset, where).reshape(-1).view(np.uint8), None, None))
             break
         name, data, table = coded_level(current, dataset, where, maps)
+        if not levels:  # the top level checked: its declared size against the memory there is, before decoding
+            check_read(entry.nbytes, where, coded=True)
         levels.append((data, table, name))
         if expected_base is not None and _text(dataset, BASE_ATTR) != expected_base:
             raise IntegrityError(f"{where}: a second-order delta's second base is not its base's base, refused")
         if name == coding.CODING_PLANES:
             break
         if len(levels) > MAX_CHAIN:
-            raise IntegrityError(f"{where}: delta chain longer than {MAX_CHAIN} (a cycle?), refused")
+            raise IntegrityError(f"{where}: delta chain longer than {MAX_CHAIN} (the most any writer makes; "
+                                 "a cycle?), refused")
         reference = _text(dataset, BASE_ATTR)
         expected_base = _text(dataset, BASE2_ATTR) if name == coding.CODING_SUB2 else None
         object_id, _, digest = reference.partition("/")
         if not is_hash(object_id) or not is_hash(digest):
             raise IntegrityError(f"{where}: malformed delta base reference")
         current = ManifestEntry(entry.name, entry.dtype, entry.shape, digest, object_id, entry.nbytes)
+        bases.append(current)
         try:
             dataset = find(current, where)
         except IntegrityError as exc:
             raise IntegrityError(f"{where}: its delta base {object_id[:12]}/{digest[:12]} is damaged "
                                  f"({str(exc).split(': ', 1)[-1]})") from exc
     dtype = dtype_from_name(entry.dtype)
-    out = aligned_empty((entry.nbytes,), np.dtype(np.uint8))
     if len(levels) == 1:
+        out = aligned_empty((entry.nbytes,), np.dtype(np.uint8))
         coding.decode_into(out, levels[0][0], levels[0][1])
-    else:
-        coding.decode_chain(out, levels, dtype.itemsize)
+        return out.view(dtype).reshape(entry.shape)
+    # A base stored whole is read into the buffer the chain is decoded in: no second copy.
+    out = levels[-1][0] if levels[-1][1] is None else aligned_empty((entry.nbytes,), np.dtype(np.uint8))
+
+    def check(level: int, value: np.ndarray) -> None:
+        base = bases[level]
+        if tensor_hash(value.view(dtype).reshape(entry.shape)) != base.hash:
+            raise IntegrityError(f"{where}: its delta base {base.object[:12]}/{base.hash[:12]} is damaged "
+                                 "(content does not match its hash)")
+
+    coding.decode_chain(out, levels, dtype.itemsize, check)
     return out.view(dtype).reshape(entry.shape)

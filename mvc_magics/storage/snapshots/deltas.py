@@ -21,7 +21,7 @@ import numpy as np
 from ...core.hashing import tensor_hash
 from ...core.manifest import ManifestEntry
 from ...errors import IntegrityError
-from ..codec.tensor_decode import delta_base
+from ..codec.tensor_decode import MAX_CHAIN, delta_base
 from ..files.h5_open import open_hdf5
 from ..files.h5_values import read_text_attr
 from .snapshot import STRUCTURE_ATTR, TensorReader, structure_reference, unreadable
@@ -38,9 +38,10 @@ def coding_enabled() -> bool:
 
 
 def max_depth() -> int:
-    """The longest delta chain a repacked tensor may extend (``MVC_DELTA_DEPTH``, default 4)."""
+    """The longest delta chain a repacked tensor may extend (``MVC_DELTA_DEPTH``, default 4, at
+    most ``MAX_CHAIN``: readers refuse longer chains)."""
     try:
-        return max(0, int(os.environ.get(DEPTH_ENV, DEFAULT_MAX_DEPTH)))
+        return min(MAX_CHAIN, max(0, int(os.environ.get(DEPTH_ENV, DEFAULT_MAX_DEPTH))))
     except ValueError:
         return DEFAULT_MAX_DEPTH
 

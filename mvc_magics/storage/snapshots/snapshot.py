@@ -31,6 +31,7 @@ from ...core.manifest import ManifestEntry, SnapshotContent, dtype_from_name, is
 from ...core.progress import progress_bar
 from ...errors import IntegrityError, StoreFormatError
 from ..codec import tensor_decode
+from ..codec.budget import check_read
 from ..codec.coding import aligned_empty
 from ..codec.tensor_decode import BASE_ATTR, CODING_ATTR, MAX_CHAIN, delta_base
 from ..codec.tensor_decode import PLANES_ATTR as PLANES_ATTR  # the writer's and readers' one name for it
@@ -348,6 +349,7 @@ class TensorReader:
         mapped = self._maps.view(dataset, entry.nbytes) if entry.nbytes else None
         if view and mapped is not None and mapped.ctypes.data % dtype.itemsize == 0:
             return mapped.view(dtype).reshape(entry.shape)  # read-only, valid while the reader is open
+        check_read(entry.nbytes, where)  # the declared size against the memory there is, before allocating
         array = aligned_empty(entry.shape, dtype)
         if entry.nbytes:  # little-endian bytes (the dtype was checked): copied from the file's map
             if mapped is not None:
