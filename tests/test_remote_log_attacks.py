@@ -217,6 +217,18 @@ def test_unsigned_unprotect_and_delete_of_protected_tags_are_refused(scene):
     assert sum("without an allowed signer's signature" in line for line in problems) == 3, problems
 
 
+def test_removing_the_version_a_protected_tag_names_is_refused(scene):
+    scene.history()
+    scene.become("member")
+    scene.member_append({"removed": [scene.v2.id]})  # would hide production's version from new stores
+    scene.victim_pull_refused(SignatureError, "removes version .* which protected tag production")
+    fresh = scene.fresh_reader()
+    with pytest.raises(SignatureError, match="protected tag production"):
+        fresh.pull(scene.url)
+    assert scene.tag("production", fresh) == scene.v2.id
+    assert any("removes version" in line for line in scene.verify())
+
+
 def test_a_forged_checkpoint_and_head_far_ahead_are_not_trusted(scene):
     scene.history()
     scene.become("member")

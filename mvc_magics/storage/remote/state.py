@@ -105,6 +105,8 @@ class RemoteState:
                 self.add_signatures(valid_id(vid), records)
         for vid in segment.get("removed") if isinstance(segment.get("removed"), list) else []:
             with contextlib.suppress(ValueError, TypeError):
+                if signers is not None and self._refuse_removal(valid_id(vid)):
+                    continue
                 self.objects.pop(valid_id(vid), None)
                 self.notes.pop(vid, None)
                 self.removed.add(vid)
@@ -119,6 +121,21 @@ class RemoteState:
         if not have:
             del self.signatures[vid]
 
+    def _refuse_removal(self, vid: str) -> bool:
+        """A version a protected tag names is not removed (the tag must be moved first, which needs an
+        allowed signer; operations.remote_removal never writes such a removal)."""
+        for (model, tag), (tagged, protected) in sorted(self.tags.items()):
+            if tagged == vid and is_protected(tag, protected):
+                self._refused(f"segment {self.seq}: removes version {vid[:12]}, which protected tag {tag} ({model}) "
+                              "names; refused")
+                return True
+        return False
+
+    def _refused(self, line: str) -> None:
+        self.fresh.append(line)
+        if len(self.refused) < MAX_REFUSED:
+            self.refused.append(line)
+
     def _apply_tag(self, entry: dict, signers: AllowedSigners | None, legacy: bool) -> None:
         model, tag = validate_name(entry["model"], "model name"), validate_name(entry["tag"], "tag")
         key = (model, tag)
@@ -130,10 +147,7 @@ class RemoteState:
         if signers is not None and guarded:
             problem = self._unsigned(signers, entry, key, vid, protected, prev, legacy, current)
             if problem:
-                line = f"segment {self.seq}: {problem}"
-                self.fresh.append(line)
-                if len(self.refused) < MAX_REFUSED:
-                    self.refused.append(line)
+                self._refused(f"segment {self.seq}: {problem}")
                 return
         if vid is None:
             self.tags.pop(key, None)
