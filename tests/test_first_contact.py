@@ -64,7 +64,8 @@ ARGUMENT_LINES = {"mvc_init": ".mvc", "mvc_commit": "model -m first", "mvc_check
                   "mvc_compare": "latest", "mvc_remote": "list", "mvc_audit": "-n 1",
                   "mvc_gc": "--dry-run --keep last:5", "mvc_autocommit": "", "mvc_push": "nowhere",
                   "mvc_pull": "nowhere", "mvc_merge": "latest latest", "mvc_rm": "nothing-like-this",
-                  "mvc_export": "latest", "mvc_status": ""}
+                  "mvc_export": "latest", "mvc_status": "", "mvc_du": "",
+                  "mvc_publish": "nothing-like-this mlflow somewhere"}
 
 
 def test_every_magic_accepts_a_trailing_comment(ip):

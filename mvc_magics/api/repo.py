@@ -25,6 +25,7 @@ from ..core.manifest import ManifestEntry
 from ..core.merge_report import MergedVersion, MergePreview
 from ..core.reports import GcReport, RepackReport, StatusReport, VerifyReport
 from ..core.retention import RetentionReport
+from ..core.usage import UsageReport
 from ..core.version import Version, VersionLog
 from ..operations import (
     checkout,
@@ -36,6 +37,7 @@ from ..operations import (
     retention,
     status,
     tags,
+    usage,
     verify,
     versions,
 )
@@ -253,6 +255,10 @@ class Repo(TeamMethods):
     def gc(self, keep: KeepPolicy = None, name: str | None = None, dry_run: bool = False, repack=False) -> GcResult:
         """Reclaim unused tensors, after the retention policy ``keep`` / a ``repack`` (operations.retention.gc)."""
         return retention.gc(self.store, keep, name, dry_run, repack)
+
+    def du(self) -> UsageReport:
+        """Per model: versions, logical size, bytes stored, what dedup, coding and deltas saved."""
+        return usage.disk_usage(self.store)
 
     def verify(self) -> VerifyReport:
         """Re-hash every tensor of every version; report each damaged version and tensor."""

@@ -2,6 +2,7 @@
 
 ::
 
+    mvc init                        mvc du                     (an empty store; disk usage per model)
     mvc log [MODEL] [-n N]          mvc show REF               mvc compare [REF ...] [--weights K=W,...]
     mvc verify                      mvc gc [--keep RULE...] [--dry-run] [--repack]   mvc export REF PATH
     mvc push [REMOTE] [REF ...]     mvc pull [REMOTE] [REF ...]  mvc clone URL [PATH]
@@ -60,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", default=None, metavar="REF", help="what D is measured against (default: oldest)")
 
     sub.add_parser("verify", help="re-hash every tensor of every version; exit 1 when damaged")
+    sub.add_parser("init", help="create an empty store at --store (default: $MVC_DIR, else .mvc)")
+    sub.add_parser("du", help="per model: versions, logical size, bytes stored, what dedup, coding and deltas saved")
     p = sub.add_parser("gc", help="reclaim the space of tensors no remaining version uses")
     p.add_argument("--keep", action="append", default=None, metavar="RULE",
                    help="retention rule: best:METRIC:N[:min|max], last:N or tagged (repeatable)")
@@ -159,8 +162,14 @@ def run(argv: Sequence[str] | None = None) -> int:
         print(f"cloned {args.url} into {repo.path} ({repo.index.count()} versions)")
         repo.close()
         return 0
+    if args.command == "init":
+        with Repo(_store_path(args)) as repo:
+            print(f"mvc store at {repo.path} ({repo.index.count()} versions)")
+        return 0
     with Repo(_store_path(args), create=False) as repo:
-        if args.command == "log":
+        if args.command == "du":
+            print(repo.du())
+        elif args.command == "log":
             if args.n < 0:
                 raise MVCError("-n must be 0 (all) or a positive count")
             log = repo.log(args.model, limit=args.n or None)

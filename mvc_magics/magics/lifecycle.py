@@ -1,7 +1,8 @@
-"""Magics for the end of a version's life: %mvc_export, %mvc_rm, %mvc_gc."""
+"""Magics for the end of a version's life: %mvc_export, %mvc_rm, %mvc_gc, and %mvc_du (what it all takes)."""
 
 from __future__ import annotations
 
+from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
@@ -91,3 +92,13 @@ class LifecycleMagics(Magics):
         result = self.session.repo.gc(keep=args.keep, name=args.model, dry_run=args.dry_run, repack=args.repack)
         for part in result if isinstance(result, tuple) else (result,):
             print(part)
+
+    @line_magic
+    @user_errors
+    def mvc_du(self, line: str):
+        """Disk usage per model: versions, logical size, bytes stored, and what deduplication
+        (a tensor stored once for every version holding it), coding (byte planes + zstd) and
+        deltas saved. Usage: ``%mvc_du``; returns the report (``repo.du()``)."""
+        if line.split("#", 1)[0].strip():
+            raise UsageError("%mvc_du takes no arguments")
+        return self.session.repo.du()

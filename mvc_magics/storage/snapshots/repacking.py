@@ -69,6 +69,17 @@ def stored_codings(path: Path) -> tuple[int, dict[str, StoredCoding]]:
         raise unreadable(path, exc) from exc
 
 
+def stored_sizes(path: Path) -> dict[str, tuple[int, str | None]]:
+    """hash -> (bytes its dataset takes in the file, its coding or None) of every tensor the
+    snapshot file holds (for ``du``; :class:`IntegrityError` when the file is not readable)."""
+    try:
+        with open_hdf5(path) as f:
+            return {digest: (int(dataset.id.get_storage_size()), read_text_attr(dataset, CODING_ATTR))
+                    for digest, dataset in f["tensors"].items()}
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+        raise unreadable(path, exc) from exc
+
+
 def recode_snapshot(path: Path, vid: str, locate: Callable[[str], Path], tmp_folder: Path,
                     plan: RepackPlan) -> tuple[int, int]:
     """Re-code the full snapshot file ``path`` of version ``vid``; return (bytes before, after).
