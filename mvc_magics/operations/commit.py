@@ -92,6 +92,10 @@ def commit(
     return version
 
 
+# Commits handed off (each holding a copy of the weights) that may wait for the background at once.
+MAX_HANDED_OFF = 2
+
+
 def commit_later(store: Store, model: Any, name: str, message: str | None = None,
                  metrics: Mapping[str, float] | None = None, params: Mapping[str, object] | None = None,
                  provenance: Mapping[str, object] | None = None) -> Future:
@@ -104,14 +108,19 @@ def commit_later(store: Store, model: Any, name: str, message: str | None = None
     end of the process wait for it; its error is raised by the next magic or write, in one line.
     """
     adapter = adapter_for(model)
-    name, message, tags, explicit = _checked_inputs(store, name, adapter, message, (), metrics)
+    # Checked here without the index (reading it would wait for the commits still being written);
+    # the history's framework is checked by the background commit itself.
+    name, message, explicit = validate_name(name, "model name"), validate_message(message), validate_metrics(metrics)
     params = validate_params(params)
+    # At most MAX_HANDED_OFF copies wait for the disk: a loop faster than the disk waits here.
+    store.background.throttle("commit ", MAX_HANDED_OFF)
     state = adapter.get_state(model)
     if not state:
         raise UnsupportedModelError(f"{name!r} has no variables to version")
     fit = validate_metrics(adapter.fit_metrics(model))
-    # The copy is the only pass over the bytes on the caller's thread (memcpy speed).
-    arrays = {key: np.array(array, copy=True) for key, array in _storable(state).items()}
+    # The copy is the only pass over the bytes on the caller's thread: into buffers a finished
+    # handed-off commit gave back (already in memory: no page faults), at memcpy speed.
+    arrays = _copy_into_spare(store, _storable(state))
     structure, extra_meta = adapter.structure(model), adapter.extra_metadata(model)
     getattr(adapter, "mark_committed", lambda _model: None)(model)
     given = {"message": message, "metrics": {**fit, **explicit}, "params": params, "provenance": provenance,
@@ -126,12 +135,34 @@ def commit_later(store: Store, model: Any, name: str, message: str | None = None
             staged.stage(arrays, f"commit {name}", HashesAhead(arrays))
             return structure
 
-        vid, stats, _ = _store_arrays(own, name, adapter, fill, lambda: extra_meta, tags, None, given, True, True)
+        check_same_framework(own, name, adapter.framework)
+        try:
+            vid, stats, _ = _store_arrays(own, name, adapter, fill, lambda: extra_meta, [], None, given, True, True)
+        finally:
+            _SPARE.setdefault(id(store.background), []).append(arrays)  # for the next hand-off to reuse
+            del _SPARE[id(store.background)][:-MAX_HANDED_OFF]
         version = versions.get(own, vid, name=name)
         version.stats = stats
         return version
 
     return store.background.submit(f"commit {name}", run)
+
+
+# Buffers of finished hand-offs, by store background: a loop's next copy reuses them.
+_SPARE: dict[int, list[dict[str, np.ndarray]]] = {}
+
+
+def _copy_into_spare(store: Store, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A copy of ``arrays``, into a spare set of buffers of the same layout when there is one."""
+    spares = _SPARE.get(id(store.background), [])
+    layout = {key: (a.shape, a.dtype) for key, a in arrays.items()}
+    for index, spare in enumerate(spares):
+        if {key: (a.shape, a.dtype) for key, a in spare.items()} == layout:
+            del spares[index]
+            for key, array in arrays.items():
+                np.copyto(spare[key], array)
+            return spare
+    return {key: np.array(array, copy=True) for key, array in arrays.items()}
 
 
 def commit_state(store: Store, framework: str, structure: object, state: Mapping[str, Any], name: str,

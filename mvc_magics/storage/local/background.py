@@ -99,6 +99,20 @@ class Background:
         finally:
             self.stop.clear()
 
+    def throttle(self, kind_prefix: str, limit: int) -> None:
+        """Wait until fewer than ``limit`` jobs whose kind starts with ``kind_prefix`` are pending
+        (commits handed off each hold a copy of the weights: memory stays bounded when the disk is
+        slower than the loop)."""
+        if self.in_worker():
+            return
+        while True:
+            with self._lock:
+                waiting = [future for kind, future in self._jobs if kind.startswith(kind_prefix) and not future.done()]
+            if len(waiting) < limit:
+                return
+            with contextlib.suppress(BaseException):
+                waiting[0].result()
+
     def settle(self) -> None:
         """For a read: wait for the commits handed off (a pack in front of one is asked to stop);
         a pack alone goes on (reads and a pack never disturb each other: files are replaced whole)."""
