@@ -52,8 +52,11 @@ def test_du_counts_versions_logical_stored_and_savings(tmp_path):
         assert net.dedup_saved == 3 * frozen  # the frozen layer, stored once
         assert net.stored == net.unique == 4 * head + frozen  # loose files: stored as they are
         assert net.coding_saved == net.delta_saved == 0
+        before = repo.du()
+        assert before.loose_files == 5 and "loose: 5 snapshot file(s)" in str(before)
         repo.gc(repack=True)
         report = repo.du()
+        assert report.loose_files == report.loose_bytes == 0 and "loose" not in str(report)
         packed = {m.name: m for m in report.models}["net"]
         assert packed.logical == net.logical and packed.dedup_saved == net.dedup_saved
         assert packed.coding_saved > 0 and packed.delta_saved > 0

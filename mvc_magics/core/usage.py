@@ -37,6 +37,8 @@ class UsageReport:
     models: list[ModelUsage] = field(default_factory=list)
     total: ModelUsage = field(default_factory=lambda: ModelUsage("(all)"))
     files_bytes: int = 0
+    loose_files: int = 0  # snapshot files written by commits and not packed yet (tensors as they are)
+    loose_bytes: int = 0
 
     def table(self) -> Table:
         rows = [[m.name, str(m.versions), format_bytes(m.logical), format_bytes(m.stored),
@@ -46,8 +48,10 @@ class UsageReport:
                      rows, title="disk usage")
 
     def __str__(self) -> str:
+        loose = (f"\nloose: {self.loose_files} snapshot file(s), {format_bytes(self.loose_bytes)}, not packed yet "
+                 "(coded by the automatic pack or gc --repack)") if self.loose_files else ""
         return (f"{self.table().to_text()}\nstore folder: {format_bytes(self.files_bytes)} on disk "
-                "(snapshots with their HDF5 metadata, structures, index, audit log)")
+                "(snapshots with their HDF5 metadata, structures, index, audit log)" + loose)
 
     def _repr_html_(self) -> str:
         return self.table().to_html()

@@ -43,6 +43,8 @@ def disk_usage(store: Store) -> UsageReport:
     _add(report.total, everything, sizes)
     report.files_bytes = sum(os.path.getsize(os.path.join(folder, f)) for folder, _, files in os.walk(store.path)
                              for f in files if not os.path.islink(os.path.join(folder, f)))
+    loose = store.loose_objects()
+    report.loose_files, report.loose_bytes = len(loose), sum(loose.values())
     return report
 
 
