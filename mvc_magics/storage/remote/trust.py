@@ -1,11 +1,11 @@
 """Who may move a protected tag on a remote, where the store's own permissions cannot say it.
 
-An object store grants rights per bucket or key prefix; the log (remote_log.py) holds every tag in
+An object store grants rights per bucket or key prefix; the log (log.py) holds every tag in
 segments any member writes, so "only the release role may move ``production``" cannot be a store
 permission. It is a signature instead: the remote holds ``allowed_signers.json`` (written by whoever
-administers the bucket; members' store rights do not cover it), a push signs each protected tag
-entry with the pusher's key (``MVC_SIGNING_KEY_FILE``, Ed25519), and a pull refuses a protected tag
-whose signature is not from an allowed signer.
+administers the bucket; members' store rights do not cover it), a push signs each entry of a
+protected tag with the pusher's key (``MVC_SIGNING_KEY_FILE``, Ed25519), and readers apply such an
+entry only when an allowed signer signed it (state.py).
 
 ``allowed_signers.json``: ``{"signers": [{"name": "release-ci", "public_key": "<PEM>"}]}``.
 A tag signature is ``<key id>:<hex>`` over :func:`tag_message`: the remote's identity, the tag, the
