@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 
@@ -233,3 +234,14 @@ def test_an_unchanged_recommit_records_nothing_new_and_does_not_wait_for_git(wor
         again = repo.commit(model(), "m")
         assert time.perf_counter() - started < git_state.GIT_TIMEOUT  # the content is stored: git is not awaited
     assert again.id == first.id and again.provenance["git"] == first.provenance["git"]
+
+
+def test_mvc_show_names_the_commit_and_dirty_state(work_tree, capsys):
+    from mvc_magics.apps.cli import run as mvc
+
+    with Repo(work_tree / ".mvc") as repo:
+        version = repo.commit(model(), "m")
+    capsys.readouterr()
+    assert mvc(["--store", str(work_tree / ".mvc"), "show", version.short_id]) == 0
+    sha = git(work_tree, "rev-parse", "HEAD").strip()
+    assert re.search(rf"\n  git +{sha[:12]} on main, clean\n", capsys.readouterr().out)

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 from .._version import __version__
 from ..api.repo import Repo
+from ..core.git_provenance import describe
 from ..core.publication import TARGETS
 from ..core.refs import split_remote_and_refs
 from ..core.tables import Table, format_bytes, format_number
@@ -116,6 +117,9 @@ def _show(repo, args) -> str:
             ["size", f"{format_bytes(v.nbytes)} in {v.n_tensors} tensors"]]
     rows += [[f"metric {k}", format_number(val)] for k, val in sorted(v.metrics.items())]
     rows += [[f"param {k}", str(val)] for k, val in sorted(v.params.items())]
+    git = describe(v.provenance.get("git"))
+    if git:  # the code it was made from (the diff: %mvc_show REF --code, or version.provenance)
+        rows.append(["git", git])
     return Table(["field", "value"], rows, title=f"version {v.short_id}").to_text()
 
 
