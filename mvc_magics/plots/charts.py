@@ -27,8 +27,24 @@ def _axes(ax, size: tuple[float, float]):
     return Figure(figsize=size, layout="constrained").add_subplot()
 
 
-def _label(version: Version) -> str:
-    return version.short_id + (f"\n{version.tags[0]}" if version.tags else "")
+def _label(version: Version, separator: str = "\n") -> str:
+    """What a reader knows a version by, its tag or message, with the id as a hint (just the id
+    when it has neither)."""
+    name = version.tags[0] if version.tags else (version.message.splitlines() or [""])[0].strip()
+    if not name:
+        return version.short_id
+    name = name if len(name) <= 22 else name[:21] + "…"
+    return f"{name}{separator}{version.short_id}" if separator == "\n" else f"{name} ({version.short_id})"
+
+
+def _mark_values(ax, positions, heights, width: float, color) -> None:
+    """A zero bar has no height: draw it as a short line on the axis so it reads as the value 0;
+    a missing value (NaN) is written "n/a", so neither looks like the other."""
+    for x, h in zip(positions, heights, strict=True):
+        if not math.isfinite(h):
+            ax.text(x, 0, "n/a", ha="center", va="bottom", fontsize="x-small", color="0.4")
+        elif h == 0:
+            ax.plot([x - width / 2, x + width / 2], [0, 0], color=color, linewidth=3, solid_capstyle="butt")
 
 
 def plot_metrics(comparison: Comparison, metrics: Sequence[str] | None = None, scaled: bool = False, ax=None):
@@ -52,8 +68,9 @@ def plot_metrics(comparison: Comparison, metrics: Sequence[str] | None = None, s
                    for i in order]
         positions = np.arange(len(order)) + (k - (len(metrics) - 1) / 2) * width
         label = f"{metric} {ARROW[comparison.directions[metric]]}"
-        ax.bar(positions, [h if math.isfinite(h) else 0 for h in heights], width, label=label,
-               alpha=1.0 if comparison.weights.get(metric) else 0.4)
+        bars = ax.bar(positions, [h if math.isfinite(h) else 0 for h in heights], width, label=label,
+                      alpha=1.0 if comparison.weights.get(metric) else 0.4)
+        _mark_values(ax, positions, heights, width, bars.patches[0].get_facecolor() if bars.patches else None)
     ax.set_xticks(range(len(order)), [_label(comparison.versions[i]) for i in order])
     best = comparison.best
     for tick, i in zip(ax.get_xticklabels(), order, strict=True):
@@ -61,7 +78,7 @@ def plot_metrics(comparison: Comparison, metrics: Sequence[str] | None = None, s
             tick.set_color(BEST_COLOR)
             tick.set_fontweight("bold")
     ax.set_ylabel("goodness (1 = best compared)" if scaled else "value")
-    ax.set_title(f"metrics of {comparison.model}" + (f" — best {best.short_id}" if best else ""))
+    ax.set_title(f"metrics of {comparison.model}" + (f" — best {_label(best, ' ')}" if best else ""))
     if metrics:
         ax.legend(fontsize="small")
     return ax
@@ -77,14 +94,17 @@ def plot_scores(comparison: Comparison, ax=None):
               for i in order]
     positions = list(range(len(order)))[::-1]
     ax.barh(positions, [s if math.isfinite(s) else 0 for s in scores], color=colors)
-    ax.set_yticks(positions, [comparison.versions[i].short_id for i in order])
+    for y, score, color in zip(positions, scores, colors, strict=True):
+        if score == 0:  # a zero score is a result: a short mark on the axis, not an empty row
+            ax.plot([0, 0], [y - 0.4, y + 0.4], color=color, linewidth=3, solid_capstyle="butt")
+    ax.set_yticks(positions, [_label(comparison.versions[i], " ") for i in order])
     for y, score in zip(positions, scores, strict=True):
         ax.text(score if math.isfinite(score) else 0, y, " not ranked" if not math.isfinite(score)
                 else f" {score:.3f}", va="center", fontsize="small")
     ax.set_xlim(0, 1.15)
     weights = ", ".join(f"{m}={w:g}" for m, w in comparison.weights.items() if w)
     ax.set_xlabel("weighted score" + (f" ({weights})" if weights else ""))
-    ax.set_title(f"best: {best.short_id}" if best else "no version can be ranked")
+    ax.set_title(f"best: {_label(best, ' ')}" if best else "no version can be ranked")
     return ax
 
 

@@ -96,8 +96,10 @@ def layout_graph(versions: Sequence[Version]) -> GraphLayout:
 
 
 def version_label(version: Version, metrics: int = 2) -> str:
-    """``short_id (HEAD, tag: best) message metric=value``."""
-    refs = (["HEAD"] if version.is_head else []) + [f"tag: {t}" for t in version.tags]
+    """``short_id (HEAD, tag: production*, tag: best) message metric=value`` (``*``: protected)."""
+    # protected tags carry a star, as in the log: moving or deleting them needs --force
+    refs = (["HEAD"] if version.is_head else []) + [f"tag: {t}{'*' if t in version.protected_tags else ''}"
+                                                   for t in version.tags]
     parts = [version.short_id]
     if refs:
         parts.append("(" + ", ".join(refs) + ")")
