@@ -315,10 +315,11 @@ def test_magic_flags_show_and_redo(ip, capsys):
     ("ft0 ft1 --method ties --density 1.5", "ties density must be in (0, 1], not 1.5"),
     ("ft0 ft1 --method slerp --t 2", "slerp t must be in [0, 1], not 2.0"),
     ("ft0 ft1 --method ties --t 0.5", "ties has no parameter 't': its parameters are density, scale"),
+    ("ft0 ft1 --method dare_ties --seed -1", "dare_ties seed must be in [0, 4294967295], not -1"),
     ("ft0 ft1 --method model_stock --weights 1,2", "model_stock takes no weights"),
     ("ft0 ft1 --density 0.5", "average has no parameter 'density'"),
     ("ft0 ft1 --method ties --base nowhere", "nowhere"),
-    ("ft0 ft1 --method ties --scale nan", "ties scale must be in [-inf, inf), not nan"),
+    ("ft0 ft1 --method ties --scale nan", "ties scale must be a finite number, not nan"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(ip, line, message):
     from IPython.core.error import UsageError
@@ -381,18 +382,19 @@ def test_task_arithmetic_holds_one_input_at_a_time(repo):
     start = {f"layer{i}": rng.standard_normal(shape).astype(np.float32) for i in range(2)}
     pre = repo.commit(start, "wide")
     ids = [repo.commit({k: v + rng.standard_normal(shape).astype(np.float32) for k, v in start.items()},
-                       "wide", parents=[pre.id]).id for _ in range(6)]
+                       "wide", parents=[pre.id]).id for _ in range(8)]
     del start
     peaks = []
-    for count in (2, 6):
+    for count in (2, 8):
         tracemalloc.start()
         try:
             repo.merge(ids[:count], method="task_arithmetic", name="wide")
             peaks.append(tracemalloc.get_traced_memory()[1])
         finally:
             tracemalloc.stop()
-    # Holding every input's task vector would add 4 x 2 MiB going from 2 to 6 inputs.
-    assert peaks[1] < peaks[0] + 2**20, [f"{p / 2**20:.1f} MiB" for p in peaks]
+    # Holding every input's task vector would add 6 x 2 MiB going from 2 to 8 inputs; what the
+    # commit's writer has not written yet varies by up to the 2 MiB model between runs.
+    assert peaks[1] < peaks[0] + 5 * 2**20, [f"{p / 2**20:.1f} MiB" for p in peaks]
 
 
 def test_merge_panel_offers_the_method_parameters_and_scores_the_preview(ip, repo, history):

@@ -55,12 +55,17 @@ class Parameter:
             number = float(value)
         if not math.isfinite(number) or number > self.high or number < self.low or (
                 self.low_open and number == self.low):
+            if self.low == -math.inf and self.high == math.inf:
+                raise MergeError(f"{method} {self.name} must be a finite number, not {value!r}")
             raise MergeError(f"{method} {self.name} must be in {self.range()}, not {value!r}")
         return number
 
     def range(self) -> str:
-        low = "-inf" if self.low == -math.inf else f"{self.low:g}"
-        high = "inf" if self.high == math.inf else f"{self.high:g}"
+        def shown(bound: float) -> str:
+            return str(int(bound)) if self.integer else f"{bound:g}"
+
+        low = "-inf" if self.low == -math.inf else shown(self.low)
+        high = "inf" if self.high == math.inf else shown(self.high)
         return f"{'(' if self.low_open else '['}{low}, {high}{')' if self.high == math.inf else ']'}"
 
 
@@ -116,7 +121,7 @@ DENSITY_TIES = Parameter("density", 0.2, "fraction of each task vector kept (lar
 DENSITY_DARE = Parameter("density", 0.5, "probability each task-vector element is kept (then / density)",
                          0.0, 1.0, low_open=True)
 SCALE = Parameter("scale", 1.0, "multiplies the merged task vector (lambda)")
-SEED = Parameter("seed", 0, "seed of DARE's random drops (same seed, same merge)", 0, 2**63 - 1, integer=True)
+SEED = Parameter("seed", 0, "seed of DARE's random drops (same seed, same merge)", 0, 2**32 - 1, integer=True)
 T = Parameter("t", 0.5, "interpolation from the first version (0) to the second (1)", 0.0, 1.0)
 
 
