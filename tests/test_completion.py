@@ -74,6 +74,15 @@ def test_flags_of_every_magic(ip, history):
     assert matches == ["--data"]
 
 
+def test_publish_completes_the_ref_then_the_target(ip, history):
+    _, matches = complete(ip, "%mvc_publish ba")
+    assert matches == ["baseline"]
+    _, matches = complete(ip, "%mvc_publish baseline ")
+    assert matches == ["mlflow", "dvc"]
+    _, matches = complete(ip, "%mvc_publish baseline mlflow digits --al")
+    assert matches == ["--alias"]
+
+
 def test_completion_works_without_versions_and_never_raises(ip, tmp_path):
     ip.user_ns["w"] = {"a": np.zeros(2)}
     _, matches = complete(ip, "%mvc_commit ")

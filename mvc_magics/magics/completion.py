@@ -21,6 +21,7 @@ import numpy as np
 from ..adapters import ADAPTERS
 from ..api.repo import Repo, default_store_path
 from ..core.merge_plan import METHODS
+from ..core.publication import TARGETS
 from .session import MVCSession
 
 # What each positional argument of a magic is ("*": any number); magics not listed get refs and
@@ -38,6 +39,7 @@ POSITIONALS: dict[str, list[str]] = {
     "mvc_merge": ["ref*"],
     "mvc_export": ["ref"],
     "mvc_rm": ["ref"],
+    "mvc_publish": ["ref", "target", "none"],
 }
 
 # What the value after a flag is.
@@ -46,6 +48,7 @@ FLAG_VALUES: dict[str, str] = {
     "--baseline": "ref", "--eval": "callable", "--method": "method", "-m": "none", "--message": "none",
     "--metric": "none", "--param": "none", "--weights": "none", "-n": "none",
     "--base": "ref", "--density": "none", "--scale": "none", "--t": "none", "--seed": "none",
+    "--alias": "none", "--artifact": "none",
 }
 
 
@@ -164,6 +167,8 @@ def _candidates(session: MVCSession, kind: str, model: str | None) -> list[str]:
         return data_variables(namespace)
     if kind == "onoff":
         return ["on", "off"]
+    if kind == "target":
+        return list(TARGETS)
     if kind == "method":
         return list(METHODS)
     if kind == "callable":
