@@ -7,7 +7,7 @@ of these raises anything but the project's typed errors (a raw JSONDecodeError o
 
     python scripts/index_bitflip_soak.py --flips 5000 --seed 1
 
-tests/test_integrity.py runs a few hundred flips of the same harness.
+tests/test_integrity.py runs 120 flips of the same harness (17 of them detected or refused).
 """
 
 from __future__ import annotations
