@@ -50,6 +50,41 @@ def test_the_core_names_no_framework_and_each_framework_has_its_extra():
     assert all(extra in extras["test"][0] for extra in EXTRAS)
 
 
+# The two modules that exist to hold framework code (Keras layers the package defines, PyTorch modules
+# of its ensembles); they are imported only when such a model is handled.
+FRAMEWORK_MODULES = {"mvc_magics.keras_layers", "mvc_magics.adapters.torch_modules"}
+
+IMPORT_EVERY_MODULE = textwrap.dedent("""
+    import importlib, json, pkgutil, sys
+    import mvc_magics
+    from mvc_magics.errors import missing_package_message
+
+    loaded = {}
+    for info in pkgutil.walk_packages(mvc_magics.__path__, "mvc_magics."):
+        if info.name in SKIP:
+            continue
+        try:
+            importlib.import_module(info.name)
+        except ModuleNotFoundError as exc:  # a part whose extra is not installed here (the widgets)
+            if missing_package_message(exc) is None:
+                raise
+            continue
+        loaded[info.name] = sorted(m for m in FRAMEWORKS if m in sys.modules)
+    print(json.dumps(loaded))
+""")
+
+
+def test_no_module_of_the_package_imports_a_framework():
+    """Importing any module (the magics, every adapter, the CLI, the widgets...) loads no framework."""
+    code = f"FRAMEWORKS = {(*FRAMEWORKS, 'mlflow', 'dvc')!r}\nSKIP = {FRAMEWORK_MODULES!r}\n" + IMPORT_EVERY_MODULE
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(ROOT)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(loaded) > 100 and "mvc_magics.magics" in loaded and "mvc_magics.adapters.keras" in loaded
+    assert {module: frameworks for module, frameworks in loaded.items() if frameworks} == {}
+
+
 # A notebook on framework-free models, every magic it would use: nothing may import a framework.
 SESSION = textwrap.dedent("""
     import json, sys
