@@ -10,7 +10,7 @@ python=${NO_FRAMEWORK_PYTHON:-python3}
 start=$(date +%s)
 work=$(mktemp -d "${TMPDIR:-/tmp}/mvc-no-framework.XXXXXX")
 trap 'rm -rf "$work"' EXIT
-unset PYTHONPATH MVC_DIR VIRTUAL_ENV
+unset PYTHONPATH MVC_DIR VIRTUAL_ENV PYTEST_ADDOPTS
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_PROGRESS_BAR=off
 
 "$python" -m venv "$work/venv"

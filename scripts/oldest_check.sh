@@ -9,7 +9,7 @@ python=${OLDEST_PYTHON:-python3}
 start=$(date +%s)
 work=$(mktemp -d "${TMPDIR:-/tmp}/mvc-oldest.XXXXXX")
 trap 'rm -rf "$work"' EXIT
-unset PYTHONPATH MVC_DIR VIRTUAL_ENV
+unset PYTHONPATH MVC_DIR VIRTUAL_ENV PYTEST_ADDOPTS
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_PROGRESS_BAR=off
 
 "$python" -m venv "$work/venv"

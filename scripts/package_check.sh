@@ -15,7 +15,7 @@ python=${PACKAGE_PYTHON:-python3}
 start=$(date +%s)
 work=$(mktemp -d "${TMPDIR:-/tmp}/mvc-package-check.XXXXXX")
 trap 'rm -rf "$work"' EXIT
-unset PYTHONPATH MVC_DIR VIRTUAL_ENV
+unset PYTHONPATH MVC_DIR VIRTUAL_ENV PYTEST_ADDOPTS
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_PROGRESS_BAR=off
 version=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' mvc_magics/_version.py)
 
