@@ -1,7 +1,9 @@
 """Fuzzing the rebuild allow-lists (issue 23 §1): stored names drawn from attribute chains reachable
 from every allowed module, random constructor arguments. No case may run code (a marker file an
 exploit would create never appears), kill the process (the rebuilds run in a child process whose
-exit code is checked), or refuse in more than one line.
+exit code is checked), or refuse in more than one line. LightGBM model texts, mutated at random
+(numbers, lines dropped, repeated or cut, with and without ``tree_sizes`` fixed up), are either
+refused in one line or loaded and used by LightGBM without killing the process.
 
 ``MVC_FUZZ_SCALE`` multiplies the number of examples (scripts/fuzz_long.py's long run).
 """
@@ -167,3 +169,84 @@ def test_stored_names_and_arguments_never_run_code_or_kill_the_process(tmp_path)
     assert int(summary[3]) > 0 and int(summary[5]) > 0  # refusals (each one line) and legitimate rebuilds
     names = done.stdout.splitlines()[0].split()
     assert names[0] == "NAMES" and int(names[1]) > 1000 and int(names[3]) > 10
+
+
+LIGHTGBM_CHILD = textwrap.dedent('''
+    import random, re, sys
+    import numpy as np, lightgbm as lgb
+    from mvc_magics.adapters.lightgbm_text import check_model_text
+    from mvc_magics.errors import UnsupportedModelError
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 4))
+    X[:, 3] = rng.integers(0, 5, 200)
+    y = X[:, 0] + X[:, 3]
+    def train(params, target=y, **data):
+        return lgb.train({"verbose": -1, "seed": 0, **params}, lgb.Dataset(X, target, **data), 2).model_to_string()
+    BASES = [train({"num_leaves": 4}), train({"num_leaves": 4, "min_data_per_group": 5, "cat_smooth": 1},
+                                             categorical_feature=[3]),
+             train({"num_leaves": 3, "linear_tree": True}), train({"num_leaves": 4}, np.ones(200)),
+             train({"objective": "multiclass", "num_class": 3, "num_leaves": 3}, rng.integers(0, 3, 200)),
+             train({"monotone_constraints": [1, 0, 0, -1], "num_leaves": 4})]
+    NUMBER = re.compile(r"-?\\d+(\\.\\d+)?(e-?\\d+)?")
+    VALUES = ["-1", "0", "1", "2", "3", "4", "5", "-2", "-5", "100", "1000000000", "2147483648", "-2147483649",
+              "1e308", "nan", "", "x", ":", "="]
+
+    def fix_sizes(text):
+        first, end = text.find("\\nTree="), text.find("\\nend of trees\\n")
+        if first < 0 or end < 0:
+            return text
+        blocks = [b for b in re.split(r"(?m)^(?=Tree=)", text[first + 1:end + 1]) if b]
+        sizes = " ".join(str(len(b)) for b in blocks)
+        return re.sub(r"(?m)^tree_sizes=.*$", "tree_sizes=" + sizes, text, count=1)
+
+    def mutate(text, r):
+        lines = text.split("\\n")
+        for _ in range(r.randint(1, 3)):
+            i, op = r.randrange(len(lines)), r.random()
+            if op < 0.5:
+                numbers = list(NUMBER.finditer(lines[i]))
+                if numbers:
+                    m = r.choice(numbers)
+                    lines[i] = lines[i][:m.start()] + r.choice(VALUES) + lines[i][m.end():]
+            elif op < 0.65:
+                del lines[i]
+            elif op < 0.75:
+                lines.insert(i, lines[r.randrange(len(lines))])
+            elif op < 0.85:
+                lines[i] = lines[i] + " " + r.choice(["1", "-1", "0.5"])
+            elif op < 0.92:
+                lines[i] = lines[i].replace("=", "", 1).replace(":", "", 1)
+            else:
+                lines[i] = " ".join(lines[i].split(" ")[:-1])
+        out = "\\n".join(lines)
+        return fix_sizes(out) if r.random() < 0.8 else out
+
+    r, cases = random.Random(int(sys.argv[1])), int(sys.argv[2])
+    accepted = refused = 0
+    probe = np.vstack([X[:5], np.full((1, 4), np.nan), np.full((1, 4), 1e9)])
+    for _ in range(cases):
+        text = mutate(r.choice(BASES), r)
+        try:
+            check_model_text(text)
+        except UnsupportedModelError as exc:
+            assert "\\n" not in str(exc), repr(str(exc))
+            refused += 1
+            continue
+        accepted += 1
+        try:
+            lgb.Booster(model_str=text).predict(probe)
+        except Exception:
+            pass  # LightGBM's own error for an accepted text: the adapter turns it into one line
+    print("ACCEPTED", accepted, "REFUSED", refused, flush=True)
+''')
+
+
+def test_lightgbm_texts_are_refused_or_parsed_without_killing_the_process(tmp_path):
+    cases = 400 * SCALE
+    done = subprocess.run([sys.executable, "-c", LIGHTGBM_CHILD, "23", str(cases)], capture_output=True, text=True,
+                          timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stdout[-1000:]} {done.stderr[-2000:]}"
+    summary = done.stdout.split()
+    assert summary[0] == "ACCEPTED" and int(summary[1]) > 0 and int(summary[3]) > 0
+    assert int(summary[1]) + int(summary[3]) == cases

@@ -20,6 +20,7 @@ from ..errors import UnsupportedModelError
 _INT = re.compile(r"-?\d{1,19}")
 _FLOAT = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?|[-+]?(inf|nan|infinity)", re.I)
 _TREE_HEADER = re.compile(r"Tree=(\d+)\n")
+_PARAMETER = re.compile(r"\[\w+: [^:]*\]")
 # Keys LightGBM writes for one tree; it reads at most 22 lines of them.
 _TREE_KEYS = frozenset({
     "num_leaves", "num_cat", "split_feature", "split_gain", "threshold", "decision_type", "left_child",
@@ -68,6 +69,19 @@ def _check(text: str) -> None:
         raise _Malformed(f"tree_sizes cover {offset} of {len(trees)} bytes of trees")
     if len(sizes) % header["num_tree_per_iteration"]:
         raise _Malformed("the number of trees is not a multiple of the trees per iteration")
+    _parameters(text[end:])
+
+
+def _parameters(footer: str) -> None:
+    """LightGBM splits each line of its parameters section at ':' and reads the second part unchecked."""
+    lines = footer.split("\n")
+    if "parameters:" not in lines:
+        return
+    for line in lines[lines.index("parameters:") + 1:]:
+        if line == "end of parameters":
+            return
+        if line and not _PARAMETER.fullmatch(line):
+            raise _Malformed("a parameter line that is not [name: value]")
 
 
 def _header(text: str) -> dict:
@@ -218,6 +232,8 @@ def _linear(values: dict, leaves: int, features: int, index: int) -> None:
     if any(c < 0 for c in counts):
         raise _Malformed(f"tree {index} negative num_features")
     total = sum(counts)
+    if total and ("leaf_features" not in values or "leaf_coeff" not in values):
+        raise _Malformed(f"tree {index} has linear leaves without their features and coefficients")
     if "leaf_features" in values:
         used = _numbers(values["leaf_features"], total, True, "leaf_features", spaced=True)
         if any(not 0 <= f < features for f in used):
