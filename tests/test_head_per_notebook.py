@@ -54,7 +54,11 @@ def test_the_magics_use_the_notebooks_own_head(ip, tmp_path):
     a2 = ip.run_line_magic("mvc_commit", "model")
     assert list(a2.parents) == [a1.id] and b1.id not in a2.parents
     files = sorted(p.name for p in (Path(".mvc") / "refs" / "model" / "heads").iterdir())
-    assert files == ["A.ipynb", "B.ipynb"]
+    from mvc_magics.core.names import workspace_key
+
+    # Keyed by the notebook's path relative to the store's folder (readable, with a digest: issue 23 §6).
+    assert files == sorted(workspace_key(n, str(Path.cwd())) for n in ("A.ipynb", "B.ipynb"))
+    assert all(f.startswith(("A.ipynb=", "B.ipynb=")) for f in files)
     ip.user_ns.pop("__session__")
 
 

@@ -186,3 +186,20 @@ def test_a_read_only_copy_with_a_wal_but_no_shm_opens(users, tmp_path):
         for path in [folder, *folder.rglob("*")]:
             path.chmod(0o755 if path.is_dir() else 0o644)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_commit_refused_by_refs_permissions_leaves_no_empty_object_folder(team_folder):
+    """Issue 23 §6: a member without write access to refs/<model> is refused in one line, and the
+    objects/<ab>/ folder made for the refused snapshot goes with it."""
+    store = team_folder / ".mvc"
+    assert as_user(ALICE, _COMMIT, store, umask="002")["commit"] == "ok"
+    refs = store / "refs" / "m"
+    for path in [refs, *refs.rglob("*")]:  # alice keeps refs/m to herself
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    before = sorted(str(p.relative_to(store)) for p in (store / "objects").rglob("*"))
+    bob = as_user(BOB, _COMMIT.replace("else 1", "else 7"), store)
+    assert bob["commit"] != "ok" and "\n" not in bob["commit"], bob
+    after = sorted(str(p.relative_to(store)) for p in (store / "objects").rglob("*"))
+    assert after == before  # no objects/<ab>/ left empty by the refused commit
+    assert [d for d in (store / "objects").iterdir() if d.is_dir() and not any(d.iterdir())] == []
+    assert bob["log"] == 1

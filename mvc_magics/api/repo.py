@@ -61,7 +61,8 @@ class Repo(TeamMethods):
     Args:
         path: the store folder; None means :func:`default_store_path`.
         create: create the store when it does not exist yet.
-        workspace: the notebook whose HEADs this object moves (the magics pass it); None: the shared HEAD.
+        workspace: the notebook whose HEADs this object moves: its path (relative paths are taken from the
+            store's folder; the magics pass it), keyed by core.names.workspace_key; None: the shared HEAD.
     """
 
     def __init__(self, path: str | os.PathLike | None = None, create: bool = True, workspace: str | None = None):

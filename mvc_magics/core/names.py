@@ -6,6 +6,8 @@ could escape a folder or confuse a terminal is refused, after decoding.
 
 from __future__ import annotations
 
+import hashlib
+import posixpath
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -162,8 +164,43 @@ def head_owner(key: str) -> tuple[str, str | None]:
     return model, workspace or None
 
 
+# A notebook's HEAD key ends in "=" and this many hex digits of a digest of its path.
+_KEY_DIGITS = 12
+_KEY = re.compile(rf"=[0-9a-f]{{{_KEY_DIGITS}}}$")
+_UNSAFE = re.compile(r"[^\w.\-+@=]")
+_LEADING = "._-+@="
+
+
+def workspace_key(notebook: str | None, root: str | None) -> str | None:
+    """The key of a notebook's own HEADs: its path relative to ``root`` (the folder holding the
+    store; a relative ``notebook`` is taken as relative to it), readable (``exp1+train.ipynb``,
+    cut from the left to fit a name), then ``=`` and 12 hex digits of a SHA-256 of that path:
+    two notebooks with the same name in different folders, or with long names sharing their
+    first 128 characters, never share a HEAD. A string that already is a key is returned as is.
+
+    >>> workspace_key("/work/exp1/train.ipynb", "/work")
+    'exp1+train.ipynb=a556864bb154'
+    """
+    if not notebook:
+        return None
+    text = str(notebook)
+    if _KEY.search(text) and is_valid_name(text):
+        return text
+    path = text.replace("\\", "/")
+    if root is not None and not posixpath.isabs(path):
+        path = posixpath.join(str(root).replace("\\", "/"), path)
+    path = posixpath.normpath(path)
+    base = posixpath.normpath(str(root).replace("\\", "/")) if root is not None else None
+    rel = posixpath.relpath(path, base) if base and path.startswith(base.rstrip("/") + "/") else path
+    digest = hashlib.sha256(rel.encode("utf-8", "surrogatepass")).hexdigest()[:_KEY_DIGITS]
+    readable = _UNSAFE.sub("_", rel.replace("/", "+")).lstrip(_LEADING)
+    readable = readable[-(_MAX_LENGTH - _KEY_DIGITS - 1):].lstrip(_LEADING) or "notebook"
+    return f"{readable}={digest}"
+
+
 def workspace_name(notebook: str | None) -> str | None:
-    """The workspace of a notebook: its file name made a safe name (``train.ipynb``), None without one."""
+    """The HEAD key stores written before :func:`workspace_key` used: the notebook's file name made
+    a safe name (``train.ipynb``), None without one. Read as a fallback, never written."""
     if not notebook:
         return None
     base = re.sub(r"[^\w.\-+@=]", "_", str(notebook).replace("\\", "/").rsplit("/", 1)[-1]).lstrip("._-+@=")

@@ -27,7 +27,6 @@ import numpy as np
 
 from ..errors import UnsupportedDataError
 from .hashing import canonical_json, dtype_name, tensor_hash
-from .names import workspace_name
 
 # How much cell source one version keeps: enough for a training session, bounded so that the
 # metadata (also stored in the index, read by every log) stays small.
@@ -343,4 +342,4 @@ def current_context() -> CommitContext | None:
 def current_workspace() -> str | None:
     """The notebook whose HEADs a commit made outside the magics (a training callback) moves."""
     context = current_context()
-    return workspace_name(context.notebook()) if context else None
+    return (context.notebook() or None) if context else None  # the store keys HEADs by this path

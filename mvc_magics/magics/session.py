@@ -14,7 +14,6 @@ from IPython.core.error import UsageError
 
 from ..adapters import adapter_for
 from ..api.repo import Repo, default_store_path
-from ..core.names import workspace_name
 from ..core.provenance import CellRecorder
 from ..core.refs import parse_ref
 from ..errors import MVCError, missing_package_message
@@ -87,8 +86,9 @@ class MVCSession:
         return self._repo
 
     def workspace(self) -> str | None:
-        """The notebook whose HEADs the magics read and move (None outside a notebook: the shared HEAD)."""
-        return workspace_name(self.notebook_path())
+        """The notebook whose HEADs the magics read and move (None outside a notebook: the shared HEAD);
+        the store keys them by its path (core.names.workspace_key)."""
+        return self.notebook_path()
 
     def init(self, path: str | os.PathLike | None) -> Repo:
         """Use (and create) the store at ``path``; None goes back to the default.

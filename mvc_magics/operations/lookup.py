@@ -67,16 +67,19 @@ def _unique_length(vid: str, before: str | None, after: str | None) -> int:
 
 
 def load_versions(index: Index, where: str, params: tuple, limit: int | None = None,
-                  head_name: str | None = None, workspace: str | None = None) -> list[Version]:
+                  head_name: str | None = None, workspace: str | None = None,
+                  legacy: str | None = None) -> list[Version]:
     """Versions matching a SQL condition on ``versions v``, newest first, with tags and metrics,
     all read in one read transaction (one consistent snapshot while another process commits).
-    ``is_head``: the HEAD of ``head_name`` (default: the version's model) in notebook ``workspace``."""
+    ``is_head``: the HEAD of ``head_name`` (default: the version's model) in notebook ``workspace``
+    (or, for a model that has none under it, under the notebook's ``legacy`` key)."""
     with index.reading(), _damaged_rows(index):
-        return _load_versions(index, where, params, limit, head_name, workspace)
+        return _load_versions(index, where, params, limit, head_name, workspace, legacy)
 
 
 def _load_versions(index: Index, where: str, params: tuple, limit: int | None,
-                   head_name: str | None, workspace: str | None = None) -> list[Version]:
+                   head_name: str | None, workspace: str | None = None,
+                   legacy: str | None = None) -> list[Version]:
     """A handful of queries whatever the number of versions. A version's row never changes once
     inserted (rows are only added and deleted, and ``seq`` is never reused), so its parsed
     metadata is kept per index connection and a repeated ``log`` reads only ids, metrics and tags.
@@ -107,8 +110,12 @@ def _load_versions(index: Index, where: str, params: tuple, limit: int | None,
         if flag:
             protected[vid].append(tag)
     heads: dict[str, list[tuple[str, str | None]]] = {}  # version id -> (model, notebook) of HEADs on it
+    mine: set[str] = set()  # models with a HEAD under this notebook's own key
     for key, head_id in index.query("SELECT name, id FROM heads"):
-        heads.setdefault(head_id, []).append(head_owner(key))
+        owner_key = head_owner(key)
+        heads.setdefault(head_id, []).append(owner_key)
+        if owner_key[1] == workspace:
+            mine.add(owner_key[0])
     shorts = short_ids(index, ids)
     versions = []
     for seq, vid, name in rows:
@@ -120,7 +127,8 @@ def _load_versions(index: Index, where: str, params: tuple, limit: int | None,
             metrics=metrics[vid], params=dict(run_params), tags=tuple(tags[vid]),
             protected_tags=tuple(protected[vid]), short_id=shorts[vid], framework=framework,
             libraries=dict(libraries), provenance=dict(provenance), extra=dict(extra), nbytes=nbytes,
-            n_tensors=count, is_head=(owner, workspace) in heads.get(vid, ()),
+            n_tensors=count, is_head=(owner, workspace) in heads.get(vid, ()) or (
+                legacy is not None and owner not in mine and (owner, legacy) in heads.get(vid, ())),
             heads=tuple(sorted(ws or DEFAULT_WORKSPACE for m, ws in heads.get(vid, ())
                                if m == name and (m, ws) != (owner, workspace))),
         ))
@@ -175,11 +183,12 @@ def _need_model(index: Index, ref: str) -> str:
     )
 
 
-def resolve(index: Index, text: str, name: str | None, workspace: str | None = None) -> tuple[str, str]:
+def resolve(index: Index, text: str, name: str | None, workspace: str | None = None,
+            legacy: str | None = None) -> tuple[str, str]:
     """(version id, model name) for a ref within ``name``'s history (one consistent read); ``HEAD``
     is the model's HEAD in notebook ``workspace`` (None: the shared HEAD of the API and CLI)."""
     with index.reading(), _damaged_rows(index):
-        return _resolve(index, text, name, workspace)
+        return _resolve(index, text, name, workspace, legacy)
 
 
 @contextmanager
@@ -196,7 +205,8 @@ def _damaged_rows(index: Index) -> Iterator[None]:
                              f"{str(exc)[:80]}); run verify, then reindex") from exc
 
 
-def _resolve(index: Index, text: str, name: str | None, workspace: str | None = None) -> tuple[str, str]:
+def _resolve(index: Index, text: str, name: str | None, workspace: str | None = None,
+             legacy: str | None = None) -> tuple[str, str]:
     ref = parse_ref(text)
     if ref.kind == "name" and name is None:
         # A tag or an id prefix names its version whatever the number of models: resolve it across
@@ -206,6 +216,8 @@ def _resolve(index: Index, text: str, name: str | None, workspace: str | None = 
         model = name or _need_model(index, text)
         if ref.kind == "head":
             rows = index.query("SELECT id FROM heads WHERE name = ?", (head_key(model, workspace),))
+            if not rows and legacy is not None:  # a HEAD written before keys were notebook paths
+                rows = index.query("SELECT id FROM heads WHERE name = ?", (head_key(model, legacy),))
             if not rows:
                 newest = "latest" + text.strip()[len("HEAD"):] if text.strip().startswith("HEAD") else "latest"
                 hint = (f"; {newest} names from its newest version" if index.query(

@@ -14,7 +14,8 @@ from . import lookup
 
 def get(store: Store, vid: str, name: str | None = None) -> Version:
     """The :class:`Version` with full id ``vid`` (``name``: whose HEAD marks ``is_head``)."""
-    versions = lookup.load_versions(store.index, "v.id = ?", (vid,), head_name=name, workspace=store.workspace)
+    versions = lookup.load_versions(store.index, "v.id = ?", (vid,), head_name=name, workspace=store.workspace,
+                                     legacy=store.legacy_workspace)
     if not versions:
         raise UnknownRefError(f"no version {vid[:12]} in this store")
     return versions[0]
@@ -24,7 +25,7 @@ def resolve(store: Store, ref: str, name: str | None = None) -> Version:
     """The one version ``ref`` names within ``name``'s history (see :mod:`mvc_magics.core.refs`)."""
     if name is not None:
         validate_name(name, "model name")
-    vid, model = lookup.resolve(store.index, ref, name, store.workspace)
+    vid, model = lookup.resolve(store.index, ref, name, store.workspace, store.legacy_workspace)
     return get(store, vid, name=model)
 
 
@@ -45,10 +46,11 @@ def head(store: Store, name: str) -> Version | None:
 def log(store: Store, name: str | None = None, limit: int | None = None) -> VersionLog:
     """Versions of ``name`` (all models when None), newest first."""
     if name is None:
-        return VersionLog(lookup.load_versions(store.index, "1 = 1", (), limit=limit, workspace=store.workspace))
+        return VersionLog(lookup.load_versions(store.index, "1 = 1", (), limit=limit, workspace=store.workspace,
+                                               legacy=store.legacy_workspace))
     validate_name(name, "model name")
     return VersionLog(lookup.load_versions(store.index, "v.name = ?", (name,), limit=limit, head_name=name,
-                                           workspace=store.workspace))
+                                           workspace=store.workspace, legacy=store.legacy_workspace))
 
 
 def load_state(store: Store, version: Version | str, verify: bool = True) -> dict[str, np.ndarray]:

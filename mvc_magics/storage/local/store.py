@@ -8,11 +8,12 @@ holder died, finishes what a killed process left (:mod:`.recovery`).
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ...core.names import head_key
+from ...core.names import head_key, workspace_key, workspace_name
 from ...errors import IntegrityError, MVCError, StoreError, UnknownRefError
 from ..files.checksum import is_loose
 from ..snapshots.retired import held_hashes
@@ -49,6 +50,8 @@ class Store:
         #: Progress bars on long reads and writes: None after about a second, True at once, False never.
         self.progress: bool | None = None
         #: The notebook whose HEADs this store object reads and moves (None: the shared HEAD of the API/CLI).
+        self._workspace: str | None = None
+        self.legacy_workspace: str | None = None
         self.workspace = workspace
         self._contents: dict[str, tuple[tuple, SnapshotContent]] = {}
         self._loose: dict[str, tuple[tuple, int]] = {}  # id -> (file identity, loose bytes or 0)
@@ -136,9 +139,28 @@ class Store:
         """The key of model ``name``'s HEAD here: its own in this store object's notebook (:attr:`workspace`)."""
         return head_key(name, self.workspace)
 
+    @property
+    def workspace(self) -> str | None:
+        """The key of this store object's notebook's HEADs (:func:`~mvc_magics.core.names.workspace_key`:
+        its path relative to the store's folder, with a digest), or None for the shared HEAD."""
+        return self._workspace
+
+    @workspace.setter
+    def workspace(self, notebook: str | None) -> None:
+        """Set from a notebook path (or a key). HEADs a store written before keys were paths holds
+        under the notebook's bare file name (``legacy_workspace``) are read until this notebook
+        moves its own."""
+        key = workspace_key(notebook, os.path.abspath(self.path.parent))
+        legacy = workspace_name(notebook) if key is not None and key != notebook else None
+        self._workspace, self.legacy_workspace = key, legacy if legacy != key else None
+
     def head_id(self, name: str) -> str | None:
-        rows = self.index.query("SELECT id FROM heads WHERE name = ?", (self.head_key(name),))
-        return rows[0][0] if rows else None
+        keys = [self.head_key(name)] + ([head_key(name, self.legacy_workspace)] if self.legacy_workspace else [])
+        for key in keys:
+            rows = self.index.query("SELECT id FROM heads WHERE name = ?", (key,))
+            if rows:
+                return rows[0][0]
+        return None
 
     def head_file(self, name: str) -> str | None:
         """The id in the HEAD ref file of ``name`` (the truth the index caches), if readable."""

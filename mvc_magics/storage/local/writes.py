@@ -90,6 +90,7 @@ class StoreWrites:
         final = layout.snapshot_path(vid)
         old_head = layout.read_head(head)
         placed, replaced = False, final.exists()  # a removed version's retired file it replaces
+        new_folder = not final.parent.exists()  # objects/<ab>/: removed again if this commit is refused
         # HEAD's new file (the same bytes write_head writes) is written and fsynced in a worker
         # while the snapshot is fsynced, so the file system commits both at once; it is renamed
         # into place only after the snapshot, as before.
@@ -124,6 +125,9 @@ class StoreWrites:
                 self._undo_publish(vid, name, tags, old_head, keep_file=replaced, head=head if move_head else None)
             else:
                 staged.discard()
+            if new_folder:  # a refused commit (no write access to refs/<model>, say) leaves no empty folder
+                with contextlib.suppress(OSError):
+                    final.parent.rmdir()  # only when empty: nothing else was placed there meanwhile
             if isinstance(exc, OSError | RuntimeError | StoreError):
                 raise StoreError(write_failure(exc, self._store.path)) from exc
             raise
