@@ -124,3 +124,27 @@ def test_a_clone_from_a_place_that_is_no_remote_leaves_nothing(tmp_path):
     with pytest.raises(Exception, match="no mvc remote"):
         Repo.clone((tmp_path / "nothing").as_uri(), target)
     assert not target.exists()
+
+
+def test_on_s3_a_missing_and_a_non_hdf5_object_cost_only_their_versions(tmp_path, s3):
+    url = s3.new_url()
+    with Repo(tmp_path / "a" / ".mvc") as a:
+        good = {a.commit({"w": np.full(16, float(i), np.float32)}, f"good{i}").id: i for i in range(3)}
+        missing = a.commit({"w": np.full(16, 50.0, np.float32)}, "gone").id
+        garbage = a.commit({"w": np.full(16, 60.0, np.float32)}, "junk").id
+        a.push(url)
+    bucket, prefix = url[len("s3://"):].split("/", 1)
+    client = s3.client()
+
+    def key(vid):
+        return f"{prefix}/objects/{vid[:2]}/{vid}.h5"
+
+    size = len(client.get_object(Bucket=bucket, Key=key(garbage))["Body"].read())
+    client.delete_object(Bucket=bucket, Key=key(missing))
+    client.put_object(Bucket=bucket, Key=key(garbage), Body=(b"not an hdf5 file\n" * size)[:size])
+    with Repo(tmp_path / "b" / ".mvc") as b:
+        with pytest.raises(RefusedObjectsError) as err:
+            b.pull(url)
+        assert set(err.value.refused) == {missing, garbage} and "\n" not in str(err.value)
+        assert "missing" in err.value.refused[missing] and "HDF5" in err.value.refused[garbage]
+        _imported(b, {vid: np.full(16, float(i), np.float32) for vid, i in good.items()}, {missing, garbage})
