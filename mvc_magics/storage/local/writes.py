@@ -222,11 +222,23 @@ class StoreWrites:
             if not op:
                 self._head(key, vid)
                 return
-            with self._ref_change(op, name, [vid], detail, [{"kind": "head", "name": key, "id": vid}]):
-                self._head(key, vid)
+            # HEAD's new file is written and fsynced in a worker while the journal is made durable
+            # (two syncs at once instead of one after the other); it is renamed into place only
+            # after the journal, as before, so a kill leaves the move journaled or not begun.
+            prepared = background("refs", 1).submit(self._layout.files.prepare, (vid + "\n").encode())
+            try:
+                with self._ref_change(op, name, [vid], detail, [{"kind": "head", "name": key, "id": vid}]):
+                    self._head(key, vid, prepared.result())
+            except BaseException:
+                with contextlib.suppress(BaseException):
+                    prepared.result().unlink(missing_ok=True)  # its temporary, unless it was placed
+                raise
 
-    def _head(self, name: str, vid: str) -> None:
-        self._layout.write_head(name, vid)
+    def _head(self, name: str, vid: str, prepared: Path | None = None) -> None:
+        if prepared is not None:
+            self._layout.files.place(prepared, self._layout.head_path(name))
+        else:
+            self._layout.write_head(name, vid)
         with self._store.index.transaction() as conn:
             conn.execute("INSERT OR REPLACE INTO heads(name, id) VALUES(?, ?)", (name, vid))
 
