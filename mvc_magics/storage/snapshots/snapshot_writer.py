@@ -198,6 +198,9 @@ class SnapshotWriter:
             write_string_dataset(f, "structure", json.dumps(structure, sort_keys=True))
         write_string_dataset(f, "manifest", json.dumps([e.to_json() for e in manifest]))
         self.close()
+        # The tail HDF5 wrote on close goes to the disk while the checksum reads the file back from
+        # the page cache, so the fsync before the rename finds only the user block's page left.
+        start_writeback(self.path)
         _stamp_checksum(self.path, self.loose)
 
     def close(self) -> None:
