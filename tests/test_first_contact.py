@@ -198,3 +198,11 @@ def test_an_ancestor_that_was_removed_is_named_as_removed(ip):
         ip.run_line_magic("mvc_checkout", "latest~1 --model net --as old")
     message = str(error.value)
     assert "removed" in message and middle.id[:8] in message and "latest~1" in message
+
+
+def test_merge_into_a_new_variable_leaves_the_models_head(ip):
+    first, second = _two_versions(ip)
+    ip.run_line_magic("mvc_merge", f"{first.short_id} {second.short_id} --into soup")
+    assert ip.user_ns["soup"]["w"].tolist() == [1.5, 1.5, 1.5]
+    (entry,) = [e for e in ip.run_line_magic("mvc_status", "") if e.name == "model"]
+    assert entry.head.id == second.id and entry.changed is False  # `model` was not touched

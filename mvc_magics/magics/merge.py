@@ -123,7 +123,8 @@ class MergeMagics(Magics):
                              provenance=build_provenance(self.session.notebook_path(), source="%mvc_merge"),
                              **self.session.trust(args.unsafe), **params)
         if build_into:
-            self.session.namespace[build_into] = repo.checkout(version.id, name=version.name,
+            # a new variable holds a copy: the model's own variable (and its HEAD) stay where they are
+            self.session.namespace[build_into] = repo.checkout(version.id, name=version.name, move_head=False,
                                                                **self.session.trust(args.unsafe))
         print(merge_line(version, into=args.into))
         return version
