@@ -96,3 +96,29 @@ def test_an_index_written_before_order_keys_is_upgraded_on_open(tmp_path):
     conn.close()
     with Repo(tmp_path / "src") as src:
         assert _seen(src) == expected
+
+
+
+def test_a_read_only_index_before_order_keys_is_read_in_order(tmp_path):
+    import sqlite3
+
+    from mvc_magics.operations.lookup import load_versions
+    from mvc_magics.storage.local.index import Index
+
+    with Repo(tmp_path / "src") as src:
+        ids = _history(src, 4)
+    path = tmp_path / "src" / "index.sqlite"
+    conn = sqlite3.connect(path)
+    for statement in ("DROP INDEX versions_ord", "DROP INDEX versions_ord_all", "ALTER TABLE versions DROP COLUMN ord",
+                      "DROP TABLE version_parents", f"UPDATE versions SET seq = seq + 100 WHERE id = '{ids[0]}'"):
+        conn.execute(statement)
+    conn.commit()
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    before = path.read_bytes()
+    index = Index(path, readonly=True)  # a teammate who may not write the store
+    try:
+        assert [v.id for v in load_versions(index, "v.name = ?", ("m",))] == ids[::-1]
+    finally:
+        index.close()
+    assert path.read_bytes() == before  # keyed in a private copy, the store's file untouched

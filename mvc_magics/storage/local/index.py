@@ -103,14 +103,18 @@ class Index:
         copied to a private temporary folder and read there (SQLite replays the WAL into the copy).
         """
         wal = Path(f"{path}-wal")
-        if wal.exists() and wal.stat().st_size:
+        uri = "file:" + urllib.parse.quote(str(Path(path).resolve())) + "?immutable=1"
+        old = not (wal.exists() and wal.stat().st_size) and "ord" not in {
+            row[1] for row in sqlite3.connect(uri, uri=True).execute("PRAGMA table_info(versions)")}
+        if (wal.exists() and wal.stat().st_size) or old:  # an index written before order keys: keyed in the copy
             self._private = tempfile.mkdtemp(prefix="mvc-index-")
             copy = Path(self._private) / "index.sqlite"
             shutil.copyfile(path, copy)
-            shutil.copyfile(wal, f"{copy}-wal")
+            if wal.exists() and wal.stat().st_size:
+                shutil.copyfile(wal, f"{copy}-wal")
             self._conn = sqlite3.connect(str(copy), isolation_level=None, check_same_thread=False)
+            version_order.upgrade(self._conn)
         else:
-            uri = "file:" + urllib.parse.quote(str(Path(path).resolve())) + "?immutable=1"
             self._conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         self._conn.execute("SELECT count(*) FROM versions")
 

@@ -61,6 +61,8 @@ def _parents(meta: str) -> list[str]:
 
 def upgrade(conn: sqlite3.Connection) -> None:
     """An index written before order keys: add the column and key every row, in one pass."""
+    conn.execute("CREATE TABLE IF NOT EXISTS version_parents(parent TEXT NOT NULL, child TEXT NOT NULL, "
+                 "PRIMARY KEY(parent, child))")
     if "ord" not in {row[1] for row in conn.execute("PRAGMA table_info(versions)")}:
         conn.execute("ALTER TABLE versions ADD COLUMN ord INTEGER")
     conn.execute("CREATE INDEX IF NOT EXISTS versions_ord ON versions(name, ord, id)")
