@@ -63,3 +63,23 @@ def test_coding_benchmark_quick_run_reports_every_target(tmp_path):
         assert case in cases, sorted(cases)
     ratios = {row["case"]: row.get("ratio") for row in rows}
     assert 0 < ratios["one float32 version / raw bytes"] < 1  # trained floats always code smaller
+
+
+def test_speed_benchmark_smoke_run_reports_issue_24_rows(tmp_path):
+    out_json = tmp_path / "speed.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", "MVC_PROGRESS": "0",
+           "MVC_PACK_MB": "0.05"}  # the small model's 3 epochs pass it: the automatic pack runs
+    done = subprocess.run([sys.executable, "-m", "benchmarks.speed", "--smoke", "--only", "torch,loop,epochs",
+                           "--json", str(out_json), "--tmp", str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = json.loads(out_json.read_text())
+    assert "loadavg at start" in data["run"]  # every figure names its run and the load
+    cases = {r["case"]: r for r in data["results"]}
+    assert set(cases["first commit"]["ratios"]) == {"torch.save+fsync", "safetensors save_file+fsync"}
+    assert set(cases["checkout into the live model"]["ratios"]) == {
+        "torch.load+load_state_dict", "safetensors load_file+load_state_dict"}
+    assert "torch.save (no fsync)" in cases["commit_every(1): blocked per commit (5 steps)"]["ratios"]
+    packed = cases["3 Adam epoch checkpoints, after the automatic pack"]["figures"]
+    assert packed["loose bytes left"] == 0 and packed["store objects / raw copies"] > 0  # tiny: HDF5 overhead
+    assert "safetensors load+assign" in cases["oldest of 3 checkpoints: checkout"]["ratios"]

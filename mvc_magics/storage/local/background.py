@@ -50,12 +50,18 @@ class Background:
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mvc-{self._name}")
+            if kind != "pack" and any(k == "pack" and not f.done() for k, f in self._jobs):
+                self.stop.set()  # a commit handed off goes before a pack: it stops after its file
             future = self._pool.submit(self._run, kind, job)
             self._jobs.append((kind, future))
             return future
 
     def _run(self, kind: str, job: Callable[[Any], object]) -> object:
         try:
+            if kind == "pack":
+                with self._lock:  # a stop asked for an earlier pack does not hold for this one...
+                    if not any(k != "pack" and not f.done() for k, f in self._jobs):  # ...unless work waits
+                        self.stop.clear()
             if self._store is None:
                 self._store = self._opener()
                 # Its own jobs (the pack a commit handed off queues) join this queue, on this thread.
@@ -110,6 +116,7 @@ class Background:
                 waiting = [future for kind, future in self._jobs if kind.startswith(kind_prefix) and not future.done()]
             if len(waiting) < limit:
                 return
+            self.stop.set()  # a pack in front of the commit waited for stops after its file
             with contextlib.suppress(BaseException):
                 waiting[0].result()
 
