@@ -187,6 +187,10 @@ class MVCMagics(Magics):
             known = self.session.repo.models()
             if name not in known:  # a typo must not look like an empty history
                 raise UsageError(f"no model {name!r} in this store; models: {', '.join(known[:10]) or 'none yet'}")
+            head = self.session.repo.head(name)
+            if head is not None and head.name != name:  # committed with the content of another model's version
+                print(f"{name} has no versions of its own yet: it is at {head.short_id}, a version of "
+                      f"{head.name!r} with the same content (HEAD, HEAD~N and its next commit start from there)")
         if args.graph:
             show_graph(self.shell, log)
             return None
@@ -242,7 +246,8 @@ def commit_line(version, name: str | None = None) -> str:
     stats = version.stats
     message = f" {short_message(version.message)!r}" if version.message else ""
     if stats is not None and not stats.new_version:
-        owner = f" as a version of {version.name!r}" if name and name != version.name else ""
+        owner = (f" as a version of {version.name!r}; {name} is at it (HEAD) and its own history starts with its "
+                 "first change" if name and name != version.name else "")
         notes = "".join(f"\n  note: {note}" for note in stats.notes)
         return f"unchanged: {version.short_id}{message} already stored{owner}{notes}"
     written = stats.tensors_written if stats else 0
