@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import threading
 import weakref
 from collections import deque
@@ -69,6 +70,9 @@ class Background:
             return job(self._store)
         except BaseException as exc:  # kept for the next call into the store, never lost
             reason = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+            if kind == "pack":  # nothing of the user's was lost: said in the log, tried again later
+                logging.getLogger("mvc_magics").warning("the automatic pack stopped: %s", reason)
+                return None
             with self._lock:
                 self._errors.append(f"{kind} in the background failed: {reason}")
             return None
