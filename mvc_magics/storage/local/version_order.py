@@ -60,7 +60,18 @@ def _parents(meta: str) -> list[str]:
 
 
 def upgrade(conn: sqlite3.Connection) -> None:
-    """An index written before order keys: add the column and key every row, in one pass."""
+    """An index written before order keys: add the column and key every row, in one pass and one
+    transaction (row by row, each update would be a transaction of its own: an fsync each)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        _upgrade(conn)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _upgrade(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE TABLE IF NOT EXISTS version_parents(parent TEXT NOT NULL, child TEXT NOT NULL, "
                  "PRIMARY KEY(parent, child))")
     if "ord" not in {row[1] for row in conn.execute("PRAGMA table_info(versions)")}:
