@@ -7,17 +7,21 @@ At the end of each validation (or, without validation, each training epoch) it c
 with the trainer's logged metrics and ``epoch``/``global_step`` as params; ``monitor``/``mode``/
 ``save_best_only``/``every_n_epochs`` mean what they mean for the Keras ``CommitCallback``. The class
 derives from Lightning's ``Callback``, so it is built on first use: importing this module imports
-neither Lightning nor PyTorch.
+neither Lightning nor PyTorch. A commit copies the weights and training goes on while the store
+writes them in the background; ``versions``, the end of ``fit``, any magic and the end of the
+process wait for them (``background=False``: durable before the next epoch).
 """
 
 from __future__ import annotations
 
 import math
 import os
+from concurrent.futures import Future
 from typing import Any
 
 from ..api.repo import Repo
 from ..core.provenance import build_provenance, current_context, current_workspace
+from ..operations.commit import commit_later
 from .keras import CommitPolicy
 
 __all__ = ["CommitCheckpoint"]  # noqa: F822 - built by __getattr__
@@ -51,13 +55,26 @@ def _build_class() -> type:
 
         def __init__(self, name: str | None = None, repo: Repo | str | os.PathLike | None = None,
                      monitor: str = "val_loss", mode: str = "auto", save_best_only: bool = False,
-                     every_n_epochs: int = 1) -> None:
+                     every_n_epochs: int = 1, background: bool = True) -> None:
             super().__init__()
             self.policy = CommitPolicy(monitor, mode, save_best_only, every_n_epochs)
             self.name, self._repo_arg = name, repo
             self._repo: Repo | None = repo if isinstance(repo, Repo) else None
-            self.versions: list = []
+            # Commits do not stop training: the weights are copied, the store writes them in the
+            # background (see operations.commit.commit_later); False: durable before the next epoch.
+            self.background = background
+            self._versions: list = []
             self._done_epoch = -1
+
+        @property
+        def versions(self) -> list:
+            """The versions committed so far (waits for those still being written)."""
+            done = [item.result() if isinstance(item, Future) else item for item in self._versions]
+            return [version for version in done if version is not None]
+
+        def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+            if self._repo is not None:
+                self._repo.store.background.settle()  # fit returns with every commit durable
 
         @property
         def repo(self) -> Repo:
@@ -86,10 +103,13 @@ def _build_class() -> type:
             cells = context.recorder.since(name) if context else ()
             provenance = build_provenance(context.notebook() if context else None, cells,
                                           source="CommitCheckpoint", epoch=epoch + 1)
-            version = self.repo.commit(pl_module, name, message=f"epoch {epoch + 1}", metrics=metrics,
-                                       params={"epoch": epoch + 1, "global_step": int(trainer.global_step)},
-                                       provenance=provenance)
-            self.versions.append(version)
+            options = {"message": f"epoch {epoch + 1}", "metrics": metrics, "provenance": provenance,
+                       "params": {"epoch": epoch + 1, "global_step": int(trainer.global_step)}}
+            if self.background:
+                version = commit_later(self.repo.store, pl_module, name, **options)
+            else:
+                version = self.repo.commit(pl_module, name, **options)
+            self._versions.append(version)
             if context:
                 context.recorder.committed(name)
 
