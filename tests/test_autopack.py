@@ -148,6 +148,7 @@ def test_a_loop_commit_returns_before_writing_and_stores_the_weights_of_its_step
             pending = run.step(loss=float(step))
             assert isinstance(pending, Future)
             assert len(repo.store.background.pending()) <= 2  # at most two copies wait for the disk
+    assert repo.store.background.spare == []  # the copies kept between steps are dropped with the loop
     assert [v.params["step"] for v in run.versions] == [1, 2, 3, 4, 5, 6]
     for version in run.versions:
         assert (repo.load_state(version.id)["dense/bias"] == version.params["step"]).all()

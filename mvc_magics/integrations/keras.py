@@ -128,6 +128,7 @@ def _build_class() -> type:
         def on_train_end(self, logs: dict | None = None) -> None:
             if self._repo is not None:
                 self._repo.store.background.settle()  # fit returns with every commit durable
+                self._repo.store.background.spare.clear()  # the copies kept for the next epoch go
 
         @property
         def repo(self) -> Repo:

@@ -104,6 +104,7 @@ class CommitEvery:
         if exc_type is None and self.steps != self._committed_at:
             self.commit()  # the final state, unless the last step was just committed
         self.repo.store.background.settle()  # the block ends with every commit durable
+        self.repo.store.background.spare.clear()  # and without the copies kept for the next step
 
 
 def commit_every(model: Any, n_steps: int, name: str, repo: Repo | str | os.PathLike | None = None,

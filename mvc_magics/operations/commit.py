@@ -139,8 +139,7 @@ def commit_later(store: Store, model: Any, name: str, message: str | None = None
         try:
             vid, stats, _ = _store_arrays(own, name, adapter, fill, lambda: extra_meta, [], None, given, True, True)
         finally:
-            _SPARE.setdefault(id(store.background), []).append(arrays)  # for the next hand-off to reuse
-            del _SPARE[id(store.background)][:-MAX_HANDED_OFF]
+            store.background.give_spare(arrays, MAX_HANDED_OFF)  # for the next hand-off to reuse
         version = versions.get(own, vid, name=name)
         version.stats = stats
         return version
@@ -148,21 +147,16 @@ def commit_later(store: Store, model: Any, name: str, message: str | None = None
     return store.background.submit(f"commit {name}", run)
 
 
-# Buffers of finished hand-offs, by store background: a loop's next copy reuses them.
-_SPARE: dict[int, list[dict[str, np.ndarray]]] = {}
-
 
 def _copy_into_spare(store: Store, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """A copy of ``arrays``, into a spare set of buffers of the same layout when there is one."""
-    spares = _SPARE.get(id(store.background), [])
     layout = {key: (a.shape, a.dtype) for key, a in arrays.items()}
-    for index, spare in enumerate(spares):
-        if {key: (a.shape, a.dtype) for key, a in spare.items()} == layout:
-            del spares[index]
-            for key, array in arrays.items():
-                np.copyto(spare[key], array)
-            return spare
-    return {key: np.array(array, copy=True) for key, array in arrays.items()}
+    spare = store.background.take_spare(lambda s: {key: (a.shape, a.dtype) for key, a in s.items()} == layout)
+    if spare is None:
+        return {key: np.array(array, copy=True) for key, array in arrays.items()}
+    for key, array in arrays.items():
+        np.copyto(spare[key], array)
+    return spare
 
 
 def commit_state(store: Store, framework: str, structure: object, state: Mapping[str, Any], name: str,

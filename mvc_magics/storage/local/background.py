@@ -43,6 +43,8 @@ class Background:
         self.stop = threading.Event()
         #: Bytes of loose snapshot files, as last counted (None: not counted yet in this process).
         self.loose_bytes: int | None = None
+        #: Buffers of finished hand-offs a training loop's next copy reuses (dropped when the loop ends).
+        self.spare: list = []
         _LIVE.add(self)
 
     def submit(self, kind: str, job: Callable[[Any], object]) -> Future:
@@ -109,6 +111,20 @@ class Background:
         finally:
             self.stop.clear()
 
+    def take_spare(self, fits: Callable[[Any], bool]) -> Any:
+        """Remove and return a spare buffer set ``fits`` accepts (None when there is none)."""
+        with self._lock:
+            for index, spare in enumerate(self.spare):
+                if fits(spare):
+                    return self.spare.pop(index)
+        return None
+
+    def give_spare(self, buffers: Any, keep: int) -> None:
+        """Keep ``buffers`` for a later hand-off (at most ``keep`` sets are kept)."""
+        with self._lock:
+            self.spare.append(buffers)
+            del self.spare[:-keep]
+
     def throttle(self, kind_prefix: str, limit: int) -> None:
         """Wait until fewer than ``limit`` jobs whose kind starts with ``kind_prefix`` are pending
         (commits handed off each hold a copy of the weights: memory stays bounded when the disk is
@@ -143,6 +159,7 @@ class Background:
     def close(self) -> None:
         """Wait for every job (a pack stops at its next file), then stop the worker and its store."""
         self.wait(packs=False)
+        self.spare.clear()
         with self._lock:
             pool, self._pool = self._pool, None
         if pool is not None:
