@@ -16,8 +16,13 @@ import yaml
 from mvc_magics import Repo
 from mvc_magics.errors import PublishError
 
+# ``import dvc`` replaces sys.stdout/sys.stderr with colorama wrappers; left behind, they outlived pytest's
+# captured files and broke the run at exit (see publish_dvc.dvc_classes, which keeps a kernel's streams).
+_streams = sys.stdout, sys.stderr
+
 dvc_api = pytest.importorskip("dvc.api")
 pytest.importorskip("gto")
+sys.stdout, sys.stderr = _streams
 pytestmark = [pytest.mark.skipif(shutil.which("git") is None, reason="the git binary is needed"),
               pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning"),
               pytest.mark.filterwarnings("ignore:_NoneStep.value:DeprecationWarning")]
@@ -152,3 +157,15 @@ def test_magic_and_cli_publish_and_refusals_leave_the_repository_alone(project, 
     with pytest.raises(PublishError, match="not inside a DVC repository"):
         Repo(store).publish("HEAD", "dvc", name="net", path=outside / "m", artifact="net")
     assert run(project, "git", "status", "--porcelain") == status + "?? notes/\n"
+
+
+def test_importing_dvc_leaves_the_notebooks_output_streams_alone():
+    """A fresh process (dvc not imported yet): publishing's import of DVC must not wrap stdout/stderr,
+    which in a kernel would strip the colours of every later output."""
+    code = ("import sys\nout, err = sys.stdout, sys.stderr\n"
+            "from mvc_magics.operations.publish_dvc import dvc_classes\ndvc_classes()\n"
+            "import dvc.logger\nassert 'dvc' in sys.modules\n"
+            "print(sys.stdout is out, sys.stderr is err, type(sys.stdout).__module__)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True", "_io"]

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -26,15 +27,29 @@ from ..errors import MVCError, PublishError
 MARKER = "mvc_version.json"  # inside the artifact folder: which version it holds
 
 
-def publish_to_dvc(version: Version, export: Callable[[Path, str], None], path: Path,
-                   artifact: str | None = None) -> Publication:
-    """Write ``version`` under ``path``, ``dvc add`` it and declare artifact ``artifact`` (default: the
-    model's name) in ``dvc.yaml``; ``export(destination, fmt)`` writes the model file."""
+def dvc_classes() -> tuple[type, type]:
+    """DVC's ``Artifact`` and ``Repo``, imported with the notebook's output streams kept.
+
+    ``import dvc`` sets up DVC's logging with ``colorama.init()``, which replaces ``sys.stdout`` and
+    ``sys.stderr`` with wrappers: in a kernel (not a terminal) they strip the colour codes of every later
+    output, and under pytest they outlive the captured files they wrap. The streams are put back.
+    """
+    out, err = sys.stdout, sys.stderr
     try:
         from dvc.annotations import Artifact
         from dvc.repo import Repo as DvcRepo
     except ImportError:
         raise missing_package("dvc", "dvc") from None
+    finally:
+        sys.stdout, sys.stderr = out, err
+    return Artifact, DvcRepo
+
+
+def publish_to_dvc(version: Version, export: Callable[[Path, str], None], path: Path,
+                   artifact: str | None = None) -> Publication:
+    """Write ``version`` under ``path``, ``dvc add`` it and declare artifact ``artifact`` (default: the
+    model's name) in ``dvc.yaml``; ``export(destination, fmt)`` writes the model file."""
+    Artifact, DvcRepo = dvc_classes()
     name = check_artifact_name(artifact or version.name)
     fmt, filename = dvc_format(version)
     path = Path(os.path.abspath(Path(path).expanduser()))
