@@ -16,13 +16,14 @@ import yaml
 from mvc_magics import Repo
 from mvc_magics.errors import PublishError
 
-# ``import dvc`` replaces sys.stdout/sys.stderr with colorama wrappers; left behind, they outlived pytest's
-# captured files and broke the run at exit (see publish_dvc.dvc_classes, which keeps a kernel's streams).
+# ``import dvc`` replaces sys.stdout/sys.stderr with colorama wrappers. Left in place, ``import gto`` (its
+# logging.config.dictConfig closes existing handlers) made absl's handler, created by TensorFlow in an
+# earlier test module, close pytest's captured stderr, which no longer looked like sys.stderr: the run
+# broke at exit (xdist: the worker ended before its first test). publish_dvc.dvc_classes does the same.
 _streams = sys.stdout, sys.stderr
-
 dvc_api = pytest.importorskip("dvc.api")
-pytest.importorskip("gto")
 sys.stdout, sys.stderr = _streams
+pytest.importorskip("gto")
 pytestmark = [pytest.mark.skipif(shutil.which("git") is None, reason="the git binary is needed"),
               pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning"),
               pytest.mark.filterwarnings("ignore:_NoneStep.value:DeprecationWarning")]

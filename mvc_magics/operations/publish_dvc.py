@@ -32,7 +32,9 @@ def dvc_classes() -> tuple[type, type]:
 
     ``import dvc`` sets up DVC's logging with ``colorama.init()``, which replaces ``sys.stdout`` and
     ``sys.stderr`` with wrappers: in a kernel (not a terminal) they strip the colour codes of every later
-    output, and under pytest they outlive the captured files they wrap. The streams are put back.
+    output, and once ``sys.stderr`` is a wrapper, ``import gto`` (which DVC's artifacts run; its logging
+    setup closes existing handlers) makes absl's handler, left by TensorFlow, close the real stream.
+    The streams are put back.
     """
     out, err = sys.stdout, sys.stderr
     try:
