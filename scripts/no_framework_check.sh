@@ -26,5 +26,6 @@ assert not present, f'pip install ".[torch,sklearn]" brought {present}'
 print("no-framework: TensorFlow and Keras are not installed")
 PY
 "$work/venv/bin/python" -m pytest -q -p no:cacheprovider tests/test_extras.py tests/test_torch_adapter.py \
-    tests/test_sklearn_adapter.py tests/test_magics_core.py tests/test_store_api.py tests/test_cli.py
+    tests/test_sklearn_adapter.py tests/test_optimizer_state.py tests/test_magics_core.py tests/test_store_api.py \
+    tests/test_cli.py tests/test_merge_magic.py tests/test_dtypes.py
 echo "no-framework: passed in $(( $(date +%s) - start ))s"
