@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -23,7 +24,11 @@ from mvc_magics.errors import PublishError
 _streams = sys.stdout, sys.stderr
 dvc_api = pytest.importorskip("dvc.api")
 sys.stdout, sys.stderr = _streams
-pytest.importorskip("gto")
+# gto is only looked for, never imported here: its import runs logging.config.dictConfig, which closes
+# every logging handler of this process and disables every logger made so far (for the rest of the
+# session, in every later test module). The tests run gto as a command.
+if importlib.util.find_spec("gto") is None:
+    pytest.skip("gto is not installed", allow_module_level=True)
 pytestmark = [pytest.mark.skipif(shutil.which("git") is None, reason="the git binary is needed"),
               pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning"),
               pytest.mark.filterwarnings("ignore:_NoneStep.value:DeprecationWarning")]
