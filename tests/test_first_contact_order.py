@@ -122,3 +122,30 @@ def test_a_read_only_index_before_order_keys_is_read_in_order(tmp_path):
     finally:
         index.close()
     assert path.read_bytes() == before  # keyed in a private copy, the store's file untouched
+
+
+def test_parent_records_that_close_a_cycle_do_not_hang_the_ordering():
+    """A removed version committed again under its own descendant (or a crafted note) closes a cycle in
+    the parent records: placing it ends, and every other version still comes after its parents."""
+    import sqlite3
+
+    from mvc_magics.storage.local import version_order
+    from mvc_magics.storage.local.index import SCHEMA_SQL
+
+    conn = sqlite3.connect(":memory:")
+    conn.executescript(SCHEMA_SQL)
+    version_order.upgrade(conn)
+
+    def add(vid, created, parents):
+        conn.execute("INSERT INTO versions(id, name, created, meta, manifest, nbytes) VALUES(?, 'm', ?, '{}', '[]', 0)",
+                     (vid, created))
+        version_order.place(conn, vid, created, parents)
+
+    add("a", "2026-01-01T00:00:00", [])
+    add("b", "2026-01-01T00:00:01", ["a"])
+    add("c", "2026-01-01T00:00:02", ["b"])
+    conn.execute("DELETE FROM versions WHERE id = 'a'")  # removed, then committed again under c
+    add("a", "2026-01-01T00:00:03", ["c"])
+    add("d", "2026-01-01T00:00:04", ["a"])
+    ords = dict(conn.execute("SELECT id, ord FROM versions"))
+    assert ords["b"] < ords["c"] < ords["a"] < ords["d"]

@@ -41,9 +41,17 @@ def place(conn: sqlite3.Connection, vid: str, created: str, parents: Iterable[st
         if parents else None
     key = max(created_key(created), above + 1 if above is not None else 0)
     conn.execute("UPDATE versions SET ord = ? WHERE id = ?", (key, vid))
+    # A history is a graph without cycles, but the parent records are data: a removed version committed
+    # again under a descendant of its own, or a crafted note, closes one, and raising keys around it
+    # would never end. No key in a graph without cycles needs to pass the newest creation time plus the
+    # number of versions (one step per ancestor), so propagation stops there.
+    newest, count = conn.execute("SELECT max(ord), count(*) FROM versions").fetchone()
+    ceiling = max(key, newest or 0) + count
     pending = [(vid, key)]
     while pending:  # children here already (pulled before their parent) must stay after it
         parent, floor = pending.pop()
+        if floor >= ceiling:
+            continue
         for (child,) in conn.execute(
                 "SELECT v.id FROM version_parents e JOIN versions v ON v.id = e.child WHERE e.parent = ? "
                 "AND (v.ord IS NULL OR v.ord <= ?)", (parent, floor)).fetchall():
