@@ -20,21 +20,10 @@ from pathlib import Path
 import h5py
 
 from ...errors import UnsafeSnapshotError
+from .safe_files import file_kind
 
 _FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 _PROC_FD = "/proc/self/fd"
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    return "not a regular file"
 
 
 def refusal(path: Path, what: str) -> UnsafeSnapshotError:
@@ -59,7 +48,7 @@ def open_checked(path: Path | str) -> int:
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        raise refusal(path, _kind(mode))
+        raise refusal(path, file_kind(mode))
     return fd
 
 

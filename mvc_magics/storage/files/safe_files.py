@@ -39,7 +39,8 @@ _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # opening a FIFO must not wait for a writer
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """What a stat mode says a path is, for a one-line refusal of anything but a regular file."""
     if stat.S_ISLNK(mode):
         return "a symbolic link"
     if stat.S_ISFIFO(mode):
@@ -97,7 +98,7 @@ class SafeFiles:
                 except OSError as exc:
                     if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                         mode = os.lstat(part, dir_fd=fd).st_mode
-                        raise _refuse(walked, f"it is {_kind(mode)}") from None
+                        raise _refuse(walked, f"it is {file_kind(mode)}") from None
                     raise
                 os.close(fd)
                 fd = child
@@ -111,7 +112,7 @@ class SafeFiles:
             return os.open(part, os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC, dir_fd=fd)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise _refuse(walked, f"it is {_kind(os.lstat(part, dir_fd=fd).st_mode)}") from None
+                raise _refuse(walked, f"it is {file_kind(os.lstat(part, dir_fd=fd).st_mode)}") from None
             raise
 
     # -- reads ------------------------------------------------------------------------------
@@ -131,7 +132,7 @@ class SafeFiles:
                 return None
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
-                    raise _refuse(path, f"it is {_kind(os.lstat(path.name, dir_fd=dfd).st_mode)}") from None
+                    raise _refuse(path, f"it is {file_kind(os.lstat(path.name, dir_fd=dfd).st_mode)}") from None
                 raise
         try:
             return read_regular(fd, path, cap)
@@ -217,7 +218,7 @@ class SafeFiles:
                 raise FileNotFoundError(tmp)
             mode = os.lstat(Path(tmp).name, dir_fd=tfd).st_mode
             if not stat.S_ISREG(mode):
-                raise _refuse(Path(tmp), f"it is {_kind(mode)}")
+                raise _refuse(Path(tmp), f"it is {file_kind(mode)}")
             os.replace(Path(tmp).name, Path(final).name, src_dir_fd=tfd, dst_dir_fd=dfd)
             os.fsync(dfd)
 
@@ -244,12 +245,12 @@ class SafeFiles:
                 fd = os.open(path.name, flags | extra | _NOFOLLOW | _NONBLOCK | _CLOEXEC, 0o666, dir_fd=dfd)
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
-                    raise _refuse(path, f"it is {_kind(os.lstat(path.name, dir_fd=dfd).st_mode)}") from None
+                    raise _refuse(path, f"it is {file_kind(os.lstat(path.name, dir_fd=dfd).st_mode)}") from None
                 raise
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             os.close(fd)
-            raise _refuse(path, f"it is {_kind(mode)}")
+            raise _refuse(path, f"it is {file_kind(mode)}")
         return fd
 
     # -- listings ---------------------------------------------------------------------------
@@ -306,7 +307,7 @@ def read_regular(fd: int, path: Path | str, cap: int) -> bytes:
     """Read the whole regular file behind ``fd``, refusing other kinds and files over ``cap``."""
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
-        raise _refuse(Path(path), f"it is {_kind(info.st_mode)}")
+        raise _refuse(Path(path), f"it is {file_kind(info.st_mode)}")
     if info.st_size > cap:
         raise _refuse(Path(path), f"it holds {info.st_size} bytes, more than the {cap} this file may hold")
     chunks, total = [], 0
