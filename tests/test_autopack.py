@@ -69,10 +69,12 @@ def test_with_automatic_packing_off_files_stay_loose_until_gc_repack(repo, monke
 def test_a_pack_in_flight_gives_the_lock_to_the_next_commit_after_one_file(repo, monkeypatch):
     monkeypatch.setenv("MVC_PACK_MB", "off")
     versions = _commit_line(repo, 4)
-    entered, release, calls = threading.Event(), threading.Event(), []
+    entered, release, resume, calls = threading.Event(), threading.Event(), threading.Event(), []
     original = StoreWrites.recode_version
 
     def slow(self, vid, plan):
+        if calls:  # a later file waits until the test has counted: once the commit returns, the pack goes on
+            resume.wait(30)
         calls.append(vid)
         entered.set()
         release.wait(10)
@@ -86,6 +88,7 @@ def test_a_pack_in_flight_gives_the_lock_to_the_next_commit_after_one_file(repo,
     threading.Thread(target=lambda: stop.wait(30) and release.set(), daemon=True).start()
     versions.append((repo.commit(_weights(9), "net").id, _weights(9)))  # waits for one file, not the pack
     assert len(calls) == 1  # the pack stopped after the file it was writing
+    resume.set()
     repo.store.background.wait()
     _intact(repo, versions)
     assert repo.verify().ok
