@@ -11,10 +11,9 @@ import json
 
 import numpy as np
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 from s3_servers import use_role
 from seaweed import ATTACK_PREFIX, BUCKET
+from signing_keys import pem_key_pair
 
 from mvc_magics import Repo
 from mvc_magics.errors import RemoteHistoryError, RemotePermissionError, SignatureError
@@ -80,24 +79,13 @@ class SeaweedRemote:
         self.clients["member"].put_object(Bucket=BUCKET, Key=f"{ATTACK_PREFIX}/{key}", Body=data)
 
 
-def _key_pair(folder, name):
-    private = ed25519.Ed25519PrivateKey.generate()
-    path = folder / f"{name}.pem"
-    path.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    public = private.public_key().public_bytes(serialization.Encoding.PEM,
-                                               serialization.PublicFormat.SubjectPublicKeyInfo)
-    (folder / f"{name}.pub.pem").write_bytes(public)
-    return path, public
-
-
 class Scene:
     """Release published v1 then v2 as ``production`` (and v1 as the flagged-protected ``stable``); a
     reader (the victim) cloned it; a member attacks the log."""
 
     def __init__(self, remote, tmp_path, monkeypatch) -> None:
         self.remote, self.tmp, self.monkeypatch, self.url = remote, tmp_path, monkeypatch, remote.url
-        self.keys = {"release": _key_pair(tmp_path, "release")[0], "member": _key_pair(tmp_path, "member")[0],
+        self.keys = {"release": pem_key_pair(tmp_path, "release")[0], "member": pem_key_pair(tmp_path, "member")[0],
                      "reader": tmp_path / "release.pub.pem"}  # the victim checks release's signatures
         remote.admin_setup(allowed_signers_file([("release-ci", (tmp_path / "release.pub.pem").read_bytes())]))
         self.fresh_count = 0

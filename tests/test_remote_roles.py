@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from s3_servers import use_role
 from seaweed import BUCKET, TEAM_PREFIX
+from signing_keys import pem_key_pair
 
 from mvc_magics import Repo
 from mvc_magics.errors import MVCError, RemotePermissionError, SignatureError
@@ -20,27 +21,14 @@ from mvc_magics.storage.remote.store import RemoteStore
 from mvc_magics.storage.remote.trust import ALLOWED_SIGNERS, allowed_signers_file
 
 
-def key_pair(folder, name):
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ed25519
-
-    private = ed25519.Ed25519PrivateKey.generate()
-    path = folder / f"{name}.pem"
-    path.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    public = private.public_key().public_bytes(serialization.Encoding.PEM,
-                                               serialization.PublicFormat.SubjectPublicKeyInfo)
-    return path, public
-
-
 def weights(i):
     return {"w": np.full(4, i, np.float32), "b": np.arange(3, dtype=np.float32) * i}
 
 
 def test_reader_member_release_roles_on_seaweedfs(tmp_path, seaweed, monkeypatch):
     url = f"s3://{BUCKET}/{TEAM_PREFIX}"
-    release_key, release_public = key_pair(tmp_path, "release")
-    member_key, _ = key_pair(tmp_path, "member")
+    release_key, release_public = pem_key_pair(tmp_path, "release")
+    member_key, _ = pem_key_pair(tmp_path, "member")
     # The administrator creates the remote and says who may move protected tags.
     RemoteStore(url).check_format(create=True)
     seaweed.client("admin").put_object(Bucket=BUCKET, Key=f"{TEAM_PREFIX}/{ALLOWED_SIGNERS}",

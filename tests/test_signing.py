@@ -6,9 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 from IPython.core.error import UsageError
+from signing_keys import pem_key_pair
 
 from mvc_magics.errors import SignatureError
 from mvc_magics.storage.local.signatures import signature_path, signer_from_env, write_signature
@@ -18,17 +17,6 @@ from mvc_magics.storage.local.signatures import signature_path, signer_from_env,
 def hmac_key(monkeypatch):
     monkeypatch.delenv("MVC_SIGNING_KEY_FILE", raising=False)
     monkeypatch.setenv("MVC_SIGNING_KEY", "correct horse battery staple")
-
-
-def _pem_files(tmp_path, name):
-    key = ed25519.Ed25519PrivateKey.generate()
-    private = tmp_path / f"{name}.pem"
-    public = tmp_path / f"{name}.pub.pem"
-    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
-    return private, public
 
 
 def _zeroed(weights):
@@ -86,7 +74,8 @@ def test_another_key_is_a_bad_signature(repo, weights, hmac_key, monkeypatch):
 
 def test_ed25519_private_key_signs_public_key_checks(repo, weights, tmp_path, monkeypatch):
     monkeypatch.delenv("MVC_SIGNING_KEY", raising=False)
-    private, public = _pem_files(tmp_path, "trainer")
+    private, _ = pem_key_pair(tmp_path, "trainer")
+    public = tmp_path / "trainer.pub.pem"
     monkeypatch.setenv("MVC_SIGNING_KEY_FILE", str(private))
     version = repo.commit(weights, "model")
     assert json.loads(signature_path(repo.layout.signatures, version.id).read_text())["algorithm"] == "ed25519"
@@ -95,7 +84,8 @@ def test_ed25519_private_key_signs_public_key_checks(repo, weights, tmp_path, mo
     repo.checkout("latest", weights, name="model", require_signature=True)
     with pytest.raises(SignatureError, match="public key"):
         repo.sign_versions()
-    _, other_public = _pem_files(tmp_path, "stranger")
+    pem_key_pair(tmp_path, "stranger")
+    other_public = tmp_path / "stranger.pub.pem"
     monkeypatch.setenv("MVC_SIGNING_KEY_FILE", str(other_public))
     with pytest.raises(SignatureError, match="another key"):
         repo.checkout("latest", weights, name="model", require_signature=True)
