@@ -231,7 +231,12 @@ class Index:
         return found
 
     def version_ids(self) -> list[str]:
-        return [row[0] for row in self.query("SELECT id FROM versions ORDER BY id")]
+        ids = [row[0] for row in self.query("SELECT id FROM versions ORDER BY id")]
+        # Damaged pages SQLite cannot see can read back as NULL or numbers despite NOT NULL: refuse, so
+        # callers (verify) report the index and reindex rebuilds it, instead of failing on the value.
+        if not all(isinstance(vid, str) for vid in ids):
+            raise IntegrityError(f"the index {self.path.name} holds version rows without an id (run reindex)")
+        return ids
 
     def count(self) -> int:
         return int(self.query("SELECT count(*) FROM versions")[0][0])
@@ -246,6 +251,9 @@ def _index_errors(path: Path) -> Iterator[None]:
         text = str(exc)
         if "locked" in text or "busy" in text:
             raise StoreError(f"the index {path.name} is busy (another process holds it): {text}") from exc
+        if "Could not decode" in text:  # a damaged row: its text is not UTF-8 (Python reports it this way)
+            raise IntegrityError(f"the index {path.name} is damaged (text that is not UTF-8); run reindex to "
+                                 "rebuild it") from exc
         raise StoreError(f"cannot update the index {path}: {text}") from exc
     except sqlite3.DatabaseError as exc:  # "file is not a database", "database disk image is malformed"
         raise IntegrityError(f"the index {path.name} is damaged ({exc}); run reindex to rebuild it") from exc
