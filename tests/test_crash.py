@@ -69,6 +69,10 @@ if point == "in-snapshot-write":  # the temporary snapshot is complete but not r
 elif point == "after-early-writeback":  # the disk was told to start writing the temporary: not durable yet
     snapshot_writer.WRITEBACK_BYTES = 1
     after(SnapshotWriter, "_start_writeback")
+elif point == "in-placed-write":  # a loose tensor's bytes handed to the placed writers, maybe not written
+    snapshot_writer.PLACED_MIN_BYTES = 1
+    from mvc_magics.storage.files.placed import PlacedWrites
+    after(PlacedWrites, "add")
 elif point == "in-parallel-coding":  # a worker thread has coded a tensor the writer has not written
     staging.PARALLEL_MIN_BYTES = 0
     after(SnapshotWriter, "prepare")
@@ -98,7 +102,7 @@ model["w"] = model["w"] + 1
 repo.commit(model, "m", tags=["second", "third"], metrics={"loss": 0.5})
 """
 
-_ABSENT = ("in-snapshot-write", "after-early-writeback", "in-parallel-coding")
+_ABSENT = ("in-snapshot-write", "after-early-writeback", "in-placed-write", "in-parallel-coding")
 _EITHER = ("head-file-ready",)  # the kill races the snapshot's rename: absent or complete, both fine
 _POINTS = [*_ABSENT, *_EITHER, "after-snapshot", "after-first-tag", "after-head", "before-audit", "torn-audit"]
 

@@ -21,6 +21,7 @@ from ..codec.tensor_decode import BASE2_ATTR, DEPTH_ATTR
 from ..files.atomic import start_writeback
 from ..files.checksum import CHECKSUM_LINE, LOOSE_MARK
 from ..files.h5_values import write_string_dataset, write_text_attr
+from ..files.placed import PLACED_MIN_BYTES, PlacedWrites, placed_digest
 from .snapshot import (
     BASE_ATTR,
     CHECKSUM_MAGIC,
@@ -110,6 +111,10 @@ class SnapshotWriter:
         # A loose file (a commit's): every tensor stored as it is, the user block says so, and
         # packing codes it later (see storage.files.checksum.LOOSE_MARK).
         self.loose = loose
+        # A loose file's large tensors are written by PlacedWrites at the offsets HDF5 allocated
+        # (see storage.files.placed); off for a streamed commit, which keeps no array until the checksum.
+        self.place_directly = loose
+        self._placed: PlacedWrites | None = None
         self._file: h5py.File | None = None
         self._tensors: h5py.Group | None = None
         self._written = self._kicked = 0  # bytes of tensor data written / handed to the disk so far
@@ -158,13 +163,30 @@ class SnapshotWriter:
                     write_text_attr(dataset, BASE2_ATTR, f"{used.second.object}/{used.second.hash}")
                 dataset.attrs[DEPTH_ATTR] = used.depth + 1
             return coded.nbytes
-        if array.dtype.kind in NATIVE_KINDS and array.dtype.name in NATIVE_NAMES:
-            tensors.create_dataset(digest, data=array)
+        native = array.dtype.kind in NATIVE_KINDS and array.dtype.name in NATIVE_NAMES
+        data = array if native else array.reshape(-1).view(np.uint8)
+        if self.place_directly and array.nbytes >= PLACED_MIN_BYTES:
+            dataset = self._place(tensors, digest, data)
         else:
-            raw = array.reshape(-1).view(np.uint8)
-            dataset = tensors.create_dataset(digest, data=raw)
+            dataset = tensors.create_dataset(digest, data=data)
+        if not native:
             write_text_attr(dataset, RAW_DTYPE_ATTR, array.dtype.name)
         return int(array.nbytes)
+
+    def _place(self, tensors: h5py.Group, digest: str, data: np.ndarray) -> h5py.Dataset:
+        """A contiguous dataset allocated now (HDF5 writes nothing into it), its bytes written at
+        its offset by :class:`PlacedWrites` while the caller goes on."""
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+        dataset = tensors.create_dataset(digest, shape=data.shape, dtype=data.dtype, dcpl=dcpl, fill_time="never")
+        offset = dataset.id.get_offset()
+        if offset is None:  # not allocated after all: HDF5 writes it
+            dataset[...] = data
+            return dataset
+        if self._placed is None:
+            self._placed = PlacedWrites(self.path)
+        self._placed.add(offset, data)
+        return dataset
 
     def copy_dataset(self, dataset: h5py.Dataset, digest: str, attrs: Mapping | None = None) -> None:
         """Copy a stored tensor's dataset (coded bytes and attributes) as it is under ``digest``,
@@ -187,6 +209,10 @@ class SnapshotWriter:
         self._group()
         f = self._file
         assert f is not None
+        if self._placed is not None:
+            # A failed placed write (file size limit, disk full) is raised before HDF5 writes the
+            # metadata after it: HDF5 must not meet the same limit at close (see discard).
+            self._placed.wait()
         write_text_attr(f, "mvc_format", FORMAT_NAME)
         # 3 only when the file uses a structure reference: any other file stays readable by older versions.
         f.attrs["mvc_format_version"] = FORMAT_VERSION if structure_ref is not None else min(self.format_version, 2)
@@ -197,28 +223,45 @@ class SnapshotWriter:
         elif structure is not None:
             write_string_dataset(f, "structure", json.dumps(structure, sort_keys=True))
         write_string_dataset(f, "manifest", json.dumps([e.to_json() for e in manifest]))
-        self.close()
-        # The tail HDF5 wrote on close goes to the disk while the checksum reads the file back from
-        # the page cache, so the fsync before the rename finds only the user block's page left.
-        start_writeback(self.path)
-        _stamp_checksum(self.path, self.loose)
+        placed, self._placed = self._placed, None
+        try:
+            self.close()
+            # The tail HDF5 wrote on close goes to the disk while the checksum reads the file back from
+            # the page cache, so the fsync before the rename finds only the user block's page left.
+            start_writeback(self.path)
+            # Placed tensors are hashed from memory (their bytes on disk are never read back);
+            # the rest of the file is.
+            _stamp_checksum(self.path, self.loose, placed)
+        finally:
+            if placed is not None:
+                placed.close()
 
     def close(self) -> None:
         """Close the file (idempotent); an unfinished file is left for the caller to remove."""
+        if self._placed is not None:  # a failed commit: its writes end before the file is removed
+            placed, self._placed = self._placed, None
+            placed.close()
         if self._file is not None:
             handle, self._file, self._tensors = self._file, None, None
             handle.close()
 
 
-def _stamp_checksum(path: Path, loose: bool = False) -> None:
+def _stamp_checksum(path: Path, loose: bool = False, placed: PlacedWrites | None = None) -> None:
     """Write the checksum of everything after the checksum line into the user block (before the
-    rename); a loose file's user block says so on its second line (covered by the checksum)."""
+    rename); a loose file's user block says so on its second line (covered by the checksum).
+    ``placed``: tensors written at their offsets (all written by now), hashed from memory."""
     with open(path, "r+b") as handle:
         if loose:
             handle.seek(CHECKSUM_LINE)
             handle.write(LOOSE_MARK)
             handle.flush()  # the checksum reads the file through a map
         size = os.fstat(handle.fileno()).st_size
-        digest = body_digest(handle, size)
+        digest = None
+        if placed is not None:
+            end = max((offset + len(view) for offset, view in placed.regions), default=0)
+            # HDF5 allocated every region before its file end: a region past it would be a bug here.
+            digest = placed_digest(handle.fileno(), size, placed.regions) if end <= size else None
+        if digest is None:
+            digest = body_digest(handle, os.fstat(handle.fileno()).st_size)
         handle.seek(0)
         handle.write(CHECKSUM_MAGIC + digest.encode() + b"\n")

@@ -125,6 +125,8 @@ class StagedCommit:
         :class:`ManifestEntry` names a tensor already stored (its bytes are not read unless the
         store cannot place them). The caller must not change a yielded array.
         """
+        # Placed writes hash their regions from memory at the end: a stream keeps no array that long.
+        self._writer.place_directly = False
         pending: deque[tuple[Future, int]] = deque()
         in_flight = 0
         pool = background("stream", 1)  # one writer: tensors are staged in the order they come

@@ -1,0 +1,140 @@
+"""A loose commit's large tensors written at their HDF5 offsets (storage.files.placed), O_DIRECT or
+through the page cache, and the file checksum computed from memory instead of a second read."""
+
+from __future__ import annotations
+
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+from mvc_magics import Repo
+from mvc_magics.storage.files import placed
+from mvc_magics.storage.files.checksum import CHECKSUM_LINE, body_digest, check_file_checksum, is_loose
+from mvc_magics.storage.snapshots import snapshot_writer
+
+
+def _state(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        # sizes that are not multiples of the 4 KiB block: unaligned heads and tails around the direct middle
+        "big": rng.standard_normal((700, 513)).astype(np.float32),
+        "half": rng.standard_normal((1023, 517)).astype(np.float16),
+        "bytes": rng.integers(0, 255, 3_000_001, dtype=np.uint8),
+        "small": rng.standard_normal(10),  # below PLACED_MIN_BYTES: HDF5 writes it
+        "scalar": np.array(7, np.int64),
+    }
+
+
+@pytest.mark.parametrize("direct", ["1", "0"])
+def test_placed_tensors_read_back_and_the_one_pass_checksum_equals_a_fresh_read(tmp_path, monkeypatch, direct):
+    monkeypatch.setenv("MVC_DIRECT_IO", direct)
+    calls = []
+    original = placed.PlacedWrites.add
+    monkeypatch.setattr(placed.PlacedWrites, "add", lambda self, offset, array: (
+        calls.append((self.direct, int(array.nbytes))), original(self, offset, array))[1])
+    state = _state()
+    with Repo(tmp_path / ".mvc") as repo:
+        version = repo.commit(state, "m")
+        path = repo.store.layout.snapshot_path(version.id)
+        assert is_loose(path)
+        # the stamped checksum (regions hashed from memory) is what a fresh read of the file gives
+        assert check_file_checksum(path) is True
+        with open(path, "rb") as handle:
+            assert handle.read(CHECKSUM_LINE)[20:84].decode() == body_digest(handle, os.path.getsize(path))
+        assert repo.verify().ok
+        loaded = repo.load_state(version.id)
+        assert all(np.array_equal(loaded[k], v) and loaded[k].dtype == v.dtype for k, v in state.items())
+        # plain h5py reads the placed datasets (contiguous, allocated) as the arrays
+        with h5py.File(path, "r") as f:
+            large = [d for d in f["tensors"].values() if d.size * d.dtype.itemsize >= placed.PLACED_MIN_BYTES]
+            assert len(large) == 3
+            assert all(d.id.get_offset() is not None and d.chunks is None for d in large)
+    sizes = sorted(n for _, n in calls)
+    assert sizes == sorted(int(state[k].nbytes) for k in ("big", "half", "bytes"))  # the small ones went to HDF5
+    if direct == "0":
+        assert not any(d for d, _ in calls)
+    elif _direct_io_works(tmp_path):
+        assert all(d for d, _ in calls)
+
+
+def _direct_io_works(folder) -> bool:
+    try:
+        os.close(os.open(folder / "probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT))
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
+def test_a_flipped_byte_in_a_placed_tensor_is_found(tmp_path):
+    with Repo(tmp_path / ".mvc") as repo:
+        version = repo.commit(_state(), "m")
+        path = repo.store.layout.snapshot_path(version.id)
+        with h5py.File(path, "r") as f:
+            offset = max(d.id.get_offset() or 0 for d in f["tensors"].values())
+        with open(path, "r+b") as handle:
+            handle.seek(offset + 5000)
+            byte = handle.read(1)
+            handle.seek(offset + 5000)
+            handle.write(bytes([byte[0] ^ 0x10]))
+        assert check_file_checksum(path) is False
+        assert not repo.verify().ok
+
+
+def test_a_streamed_commit_keeps_no_array_for_the_checksum(tmp_path):
+    """A merge streams its tensors (none kept): HDF5 writes them, and the file checks out."""
+    with Repo(tmp_path / ".mvc") as repo:
+        from mvc_magics.operations.commit import commit_stream
+
+        added = []
+        original = placed.PlacedWrites.add
+        placed.PlacedWrites.add = lambda self, *args: (added.append(args), original(self, *args))[1]
+        try:
+            state = _state(2)
+            version = commit_stream(repo.store, "numpy", None, iter(state.items()), "s")
+        finally:
+            placed.PlacedWrites.add = original
+        assert added == []
+        assert check_file_checksum(repo.store.layout.snapshot_path(version.id)) is True
+        loaded = repo.load_state(version.id)
+        assert all(np.array_equal(loaded[k], v) for k, v in state.items())
+
+
+def test_regions_that_overlap_or_pass_the_end_are_not_hashed_from_memory(tmp_path):
+    path = tmp_path / "f"
+    data = np.arange(20000, dtype=np.uint8)
+    path.write_bytes(data.tobytes())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        view = memoryview(data[1000:3000])
+        expected = placed.placed_digest(fd, data.size, [])
+        assert placed.placed_digest(fd, data.size, [(1000, view)]) == expected
+        assert placed.placed_digest(fd, data.size, [(1000, view), (2000, memoryview(data[2000:2100]))]) is None
+        assert placed.placed_digest(fd, data.size, [(19000, view)]) is None
+        assert placed.placed_digest(fd, data.size, [(10, memoryview(data[10:20]))]) is None  # inside the checksum line
+    finally:
+        os.close(fd)
+
+
+def test_a_failed_placed_write_fails_the_commit_cleanly(tmp_path, monkeypatch):
+    """The error of a write in a worker thread is raised by the commit, nothing is committed, and
+    the next commit works."""
+    original = placed.PlacedWrites._write_direct, placed.PlacedWrites._write_buffered
+
+    def broken(self, *args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(placed.PlacedWrites, "_write_direct", broken)
+    monkeypatch.setattr(placed.PlacedWrites, "_write_buffered", broken)
+    monkeypatch.setattr(snapshot_writer, "PLACED_MIN_BYTES", 1 << 20)
+    with Repo(tmp_path / ".mvc") as repo:
+        first = repo.commit({"w": np.ones(5, np.float32)}, "m")
+        with pytest.raises(Exception, match="no space left"):
+            repo.commit({"w": np.random.default_rng(0).random(1 << 19)}, "m")
+        assert [v.id for v in repo.log("m")] == [first.id]
+        assert not [p for p in (tmp_path / ".mvc" / "tmp").iterdir()]
+        monkeypatch.setattr(placed.PlacedWrites, "_write_direct", original[0])
+        monkeypatch.setattr(placed.PlacedWrites, "_write_buffered", original[1])
+        second = repo.commit({"w": np.random.default_rng(0).random(1 << 19)}, "m")
+        assert repo.verify().ok and repo.log("m")[0].id == second.id
