@@ -79,6 +79,11 @@ def test_a_child_from_a_clock_behind_still_comes_after_its_parent(tmp_path, monk
         assert _seen(clone) == expected
 
 
+# An index written before order keys also predates history memberships (storage.local.histories).
+BEFORE_HISTORIES = ("DROP TRIGGER members_new", "DROP TRIGGER members_ord", "DROP TRIGGER members_gone",
+                    "DROP TABLE members")
+
+
 def test_an_index_written_before_order_keys_is_upgraded_on_open(tmp_path):
     import sqlite3
 
@@ -86,6 +91,8 @@ def test_an_index_written_before_order_keys_is_upgraded_on_open(tmp_path):
         ids = _history(src, 4)
         expected = _seen(src)
     conn = sqlite3.connect(tmp_path / "src" / "index.sqlite")
+    for statement in BEFORE_HISTORIES:
+        conn.execute(statement)
     conn.execute("DROP INDEX versions_ord")
     conn.execute("DROP INDEX versions_ord_all")
     conn.execute("ALTER TABLE versions DROP COLUMN ord")
@@ -109,7 +116,8 @@ def test_a_read_only_index_before_order_keys_is_read_in_order(tmp_path):
         ids = _history(src, 4)
     path = tmp_path / "src" / "index.sqlite"
     conn = sqlite3.connect(path)
-    for statement in ("DROP INDEX versions_ord", "DROP INDEX versions_ord_all", "ALTER TABLE versions DROP COLUMN ord",
+    for statement in (*BEFORE_HISTORIES, "DROP INDEX versions_ord", "DROP INDEX versions_ord_all",
+                      "ALTER TABLE versions DROP COLUMN ord",
                       "DROP TABLE version_parents", f"UPDATE versions SET seq = seq + 100 WHERE id = '{ids[0]}'"):
         conn.execute(statement)
     conn.commit()

@@ -190,13 +190,13 @@ def test_load_ext_is_fast_and_does_not_import_tensorflow():
     print(f"load_ext took {float(elapsed):.3f}s")
 
 
-def test_same_content_under_another_name_says_where_it_is_stored(ip, capsys):
+def test_same_content_under_another_name_joins_its_history_and_says_so(ip, capsys):
     make_model(ip, "a")
     first = ip.run_line_magic("mvc_commit", "a")
     ip.user_ns["b"] = {k: v.copy() for k, v in ip.user_ns["a"].items()}
     again = ip.run_line_magic("mvc_commit", "b")
-    assert again.id == first.id and again.name == "a"
-    assert "already stored as a version of 'a'" in capsys.readouterr().out
+    assert again.id == first.id and again.name == "b"  # the version, in b's history (tests/test_histories.py)
+    assert "the same content as a version of 'a': now in the history of 'b' too" in capsys.readouterr().out
     assert ip.run_line_magic("mvc_status", "")[1].head.id == first.id  # b is tracked at that version
 
 

@@ -285,7 +285,7 @@ def _checked_inputs(store: Store, name: str, adapter: Adapter, message: str | No
 def check_same_framework(store: Store, name: str, framework: str) -> None:
     """Refuse a model of another framework in ``name``'s history: its versions could never be
     checked out into each other, merged or compared tensor by tensor."""
-    latest = lookup.load_versions(store.index, "v.name = ?", (name,), limit=1)  # none yet: a new history
+    latest = lookup.load_versions(store.index, "1 = 1", (), limit=1, history=name)  # none yet: a new history
     if latest and latest[0].framework and latest[0].framework != framework:
         raise UnsupportedModelError(
             f"{name!r} is a history of {latest[0].framework} models; a {framework} model cannot be committed "
@@ -303,12 +303,21 @@ def _attach_existing(store: Store, vid: str, name: str, fit: dict[str, float], e
     attached here: weights equal to a stored version did not come from the last fit (a checkout or
     an assignment replaced them), so that fit's history describes other weights. Message, params
     and data fingerprints belong to the version's immutable metadata and are not recorded.
+
+    Content stored as a version of another model joins ``name``'s history too (a name record: see
+    :mod:`~mvc_magics.storage.local.histories`); ``name``'s log, ``latest`` and ``best:`` then find
+    it, and the other model's history is unchanged.
     """
     if not attach:
         store.writes.attach(vid, name, {}, [], {"merge": True}, move_head=move_head)
         return ()
     stored = versions.get(store, vid).metrics
     notes = []
+    join = not store.index.query("SELECT 1 FROM members WHERE name = ? AND id = ?", (name, vid))
+    if join:
+        owners = [r[0] for r in store.index.query("SELECT name FROM members WHERE id = ? ORDER BY ord, name", (vid,))]
+        notes.append(f"the same content as a version of {', '.join(map(repr, owners))}: now in the history of "
+                     f"{name!r} too")
     new = {k: v for k, v in explicit.items() if k not in stored}
     refused = {k: v for k, v in explicit.items() if k in stored and not _same(stored[k], v)}
     if refused:
@@ -326,8 +335,9 @@ def _attach_existing(store: Store, vid: str, name: str, fit: dict[str, float], e
                      "change (commit changed weights, or put a tag on it)")
     measured = {"created": datetime.now(timezone.utc).isoformat(timespec="microseconds"), "author": author(),
                 "notebook": (given["provenance"] or {}).get("notebook")}
-    store.writes.attach(vid, name, new, tags, {"metrics": new, "refused": refused, "measured": measured, "tags": tags},
-                        move_head=move_head)
+    detail = {"metrics": new, "refused": refused, "measured": measured, "tags": tags,
+              **({"joined": name} if join else {})}
+    store.writes.attach(vid, name, new, tags, detail, move_head=move_head, join=join)
     return tuple(notes)
 
 

@@ -39,7 +39,7 @@ def select_versions(store: Store, refs: Sequence[str] | str | None, name: str | 
     if not refs:
         model = name or _only_model(store)
         versions = list(stored.log(store, model, limit=limit or None))[::-1]  # oldest first reads as history
-        total = int(store.index.query("SELECT count(*) FROM versions WHERE name = ?", (model,))[0][0])
+        total = int(store.index.query("SELECT count(*) FROM members WHERE name = ?", (model,))[0][0])
         if total > len(versions):
             notes.append(f"the {len(versions)} most recent of {total} versions of {model} (raise limit / -n)")
         if not versions:

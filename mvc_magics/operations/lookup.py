@@ -68,26 +68,38 @@ def _unique_length(vid: str, before: str | None, after: str | None) -> int:
 
 def load_versions(index: Index, where: str, params: tuple, limit: int | None = None,
                   head_name: str | None = None, workspace: str | None = None,
-                  legacy: str | None = None) -> list[Version]:
+                  legacy: str | None = None, history: str | None = None) -> list[Version]:
     """Versions matching a SQL condition on ``versions v``, newest first, with tags and metrics,
     all read in one read transaction (one consistent snapshot while another process commits).
+    ``history``: only the versions in that model's history (see
+    :mod:`~mvc_magics.storage.local.histories`), each named by it, with its tags.
     ``is_head``: the HEAD of ``head_name`` (default: the version's model) in notebook ``workspace``
     (or, for a model that has none under it, under the notebook's ``legacy`` key)."""
     with index.reading(), _damaged_rows(index):
-        return _load_versions(index, where, params, limit, head_name, workspace, legacy)
+        return _load_versions(index, where, params, limit, head_name, workspace, legacy, history)
+
+
+def in_history(name: str) -> tuple[str, tuple]:
+    """The SQL condition (on ``versions v``) and its parameters for "in ``name``'s history"."""
+    return "v.id IN (SELECT id FROM members WHERE name = ?)", (name,)
 
 
 def _load_versions(index: Index, where: str, params: tuple, limit: int | None,
                    head_name: str | None, workspace: str | None = None,
-                   legacy: str | None = None) -> list[Version]:
+                   legacy: str | None = None, history: str | None = None) -> list[Version]:
     """A handful of queries whatever the number of versions. A version's row never changes once
     inserted (rows are only added and deleted, and ``seq`` is never reused), so its parsed
     metadata is kept per index connection and a repeated ``log`` reads only ids, metrics and tags.
     """
-    selection = f"SELECT v.id FROM versions v WHERE {where} ORDER BY v.ord DESC, v.id DESC"
+    if history is None:
+        source, order, named = "versions v", "v.ord DESC, v.id DESC", "v.name"
+    else:  # read in the history's order from its own SQL index (members_ord)
+        source, order, named = "members n JOIN versions v ON v.id = n.id", "n.ord DESC, n.id DESC", "n.name"
+        where, params = f"n.name = ? AND ({where})", (history, *params)
+    selection = f"SELECT v.id FROM {source} WHERE {where} ORDER BY {order}"
     if limit:
         selection += f" LIMIT {int(limit)}"
-    rows = index.query(f"SELECT v.seq, v.id, v.name FROM versions v WHERE {where} ORDER BY v.ord DESC, v.id DESC"
+    rows = index.query(f"SELECT v.seq, v.id, {named} FROM {source} WHERE {where} ORDER BY {order}"
                        + (f" LIMIT {int(limit)}" if limit else ""), params)
     if not rows:
         return []
@@ -96,16 +108,19 @@ def _load_versions(index: Index, where: str, params: tuple, limit: int | None,
     metrics: dict[str, dict[str, float]] = {vid: {} for vid in ids}
     tags: dict[str, list[str]] = {vid: [] for vid in ids}
     protected: dict[str, list[str]] = {vid: [] for vid in ids}
+    # In one history, a version shows that history's tags (the ones its refs resolve).
+    tag_params = params if history is None else (*params, history)
+    own_tags = "" if history is None else " AND t.name = ?"
     if limit:
         metric_sql = f"SELECT id, key, text FROM metrics WHERE id IN ({selection})"
-        tag_sql = f"SELECT id, tag, protected FROM tags WHERE id IN ({selection}) ORDER BY tag"
+        tag_sql = f"SELECT t.id, t.tag, t.protected FROM tags t WHERE t.id IN ({selection}){own_tags} ORDER BY t.tag"
     else:  # every matching version: a join reads the index directly, no list of ids is built
-        metric_sql = f"SELECT m.id, m.key, m.text FROM metrics m JOIN versions v ON v.id = m.id WHERE {where}"
-        tag_sql = (f"SELECT t.id, t.tag, t.protected FROM tags t JOIN versions v ON v.id = t.id WHERE {where} "
-                   "ORDER BY t.tag")
+        metric_sql = f"SELECT m.id, m.key, m.text FROM {source} JOIN metrics m ON m.id = v.id WHERE {where}"
+        tag_sql = (f"SELECT t.id, t.tag, t.protected FROM {source} JOIN tags t ON t.id = v.id WHERE {where}"
+                   f"{own_tags} ORDER BY t.tag")
     for vid, key, text in index.query(metric_sql, params):
         metrics[vid][key] = float(text)
-    for vid, tag, flag in index.query(tag_sql, params):
+    for vid, tag, flag in index.query(tag_sql, tag_params):
         tags[vid].append(tag)
         if flag:
             protected[vid].append(tag)
@@ -166,7 +181,7 @@ def _parsed_rows(index: Index, seqs: list[int]) -> dict[int, tuple]:
 
 
 def _only_model(index: Index) -> str | None:
-    names = [r[0] for r in index.query("SELECT DISTINCT name FROM versions LIMIT 2")]
+    names = [r[0] for r in index.query("SELECT DISTINCT name FROM members LIMIT 2")]
     return names[0] if len(names) == 1 else None
 
 
@@ -174,7 +189,7 @@ def _need_model(index: Index, ref: str) -> str:
     name = _only_model(index)
     if name is not None:
         return name
-    names = [r[0] for r in index.query("SELECT DISTINCT name FROM versions ORDER BY name")]
+    names = [r[0] for r in index.query("SELECT DISTINCT name FROM members ORDER BY name")]
     if not names:
         raise UnknownRefError(f"no versions yet: nothing matches {ref!r} (commit a model first)")
     raise UnknownRefError(
@@ -221,11 +236,11 @@ def _resolve(index: Index, text: str, name: str | None, workspace: str | None = 
             if not rows:
                 newest = "latest" + text.strip()[len("HEAD"):] if text.strip().startswith("HEAD") else "latest"
                 hint = (f"; {newest} names from its newest version" if index.query(
-                    "SELECT 1 FROM versions WHERE name = ? LIMIT 1", (model,)) else "")
+                    "SELECT 1 FROM members WHERE name = ? LIMIT 1", (model,)) else "")
                 raise UnknownRefError(f"{model!r} has no HEAD here yet (commit or check out a version first){hint}")
             vid = rows[0][0]
         elif ref.kind == "latest":
-            rows = index.query("SELECT id FROM versions WHERE name = ? ORDER BY ord DESC, id DESC LIMIT 1", (model,))
+            rows = index.query("SELECT id FROM members WHERE name = ? ORDER BY ord DESC, id DESC LIMIT 1", (model,))
             if not rows:
                 raise UnknownRefError(f"{model!r} has no versions yet")
             vid = rows[0][0]
@@ -250,8 +265,8 @@ def _resolve(index: Index, text: str, name: str | None, workspace: str | None = 
 def _stated_direction(index: Index, model: str, metric: str) -> str | None:
     """The direction a version of ``model`` states for ``metric`` (a merge's score is higher-is-better),
     which wins over the guess from the metric's name."""
-    for (meta,) in index.query("SELECT meta FROM versions WHERE name = ? AND meta LIKE '%metric_directions%'",
-                               (model,)):
+    for (meta,) in index.query("SELECT v.meta FROM members n JOIN versions v ON v.id = n.id WHERE n.name = ? "
+                               "AND v.meta LIKE '%metric_directions%'", (model,)):
         stated = (json.loads(meta).get("extra") or {}).get("metric_directions") or {}
         if stated.get(metric) in ("min", "max"):
             return stated[metric]
@@ -261,14 +276,14 @@ def _stated_direction(index: Index, model: str, metric: str) -> str | None:
 def _resolve_best(index: Index, model: str, metric: str, direction: str, text: str) -> str:
     order = "ASC" if direction == "min" else "DESC"
     rows = index.query(
-        f"SELECT v.id FROM versions v JOIN metrics m ON m.id = v.id WHERE v.name = ? AND m.key = ? "
-        f"AND m.value IS NOT NULL ORDER BY m.value {order}, v.ord DESC, v.id DESC LIMIT 1",
+        f"SELECT n.id FROM members n JOIN metrics m ON m.id = n.id WHERE n.name = ? AND m.key = ? "
+        f"AND m.value IS NOT NULL ORDER BY m.value {order}, n.ord DESC, n.id DESC LIMIT 1",
         (model, metric),
     )
     if rows:
         return rows[0][0]
     known = [r[0] for r in index.query(
-        "SELECT DISTINCT m.key FROM metrics m JOIN versions v ON v.id = m.id WHERE v.name = ? ORDER BY 1",
+        "SELECT DISTINCT m.key FROM metrics m JOIN members n ON n.id = m.id WHERE n.name = ? ORDER BY 1",
         (model,))]
     hint = f"known metrics: {', '.join(known)}" if known else "no version of it has metrics"
     raise UnknownRefError(f"{text!r}: no version of {model!r} has a finite {metric!r} ({hint})", known)
@@ -296,10 +311,11 @@ def _resolve_name(index: Index, value: str, model: str | None, text: str) -> str
     # rule) must never make an id, or a unique id prefix, load another version.
     if value.lower() == value and all(c in "0123456789abcdef" for c in value) and len(value) >= 4:
         cond, params = "id >= ? AND id < ?", [value, value + "g"]
+        table = "versions"
         if model is not None and len(value) < 64:  # a full id names one version in any history
-            cond += " AND name = ?"
+            table, cond = "members", cond + " AND name = ?"
             params.append(model)
-        rows = index.query(f"SELECT id FROM versions WHERE {cond} LIMIT 20", params)
+        rows = index.query(f"SELECT id FROM {table} WHERE {cond} LIMIT 20", params)
         if len(rows) == 1:
             return rows[0][0]
         if len(rows) > 1:

@@ -341,7 +341,8 @@ def set_missing_heads(store: Store, imported: list[str]) -> None:
     if not imported:
         return
     marks = ",".join("?" * len(imported))
-    rows = store.index.query(f"SELECT name, id FROM versions WHERE id IN ({marks}) ORDER BY ord, id", imported)
+    # Every history the pulled versions are in (their own names and the name records pulled with them).
+    rows = store.index.query(f"SELECT name, id FROM members WHERE id IN ({marks}) ORDER BY ord, id", imported)
     newest = dict(rows)
     heads = dict(store.index.query("SELECT name, id FROM heads"))
     for model, vid in newest.items():

@@ -44,12 +44,14 @@ def repack(store: Store, name: str | None = None, stop: threading.Event | None =
     limit_bytes = base_cache_bytes()  # decoded bases kept between versions (MVC_BASE_CACHE_MB)
     with store.locked():
         rows = store.index.query("SELECT id, name, meta FROM versions ORDER BY ord, id")
+        # ``name``'s versions include those that joined its history with a later commit (histories).
+        joined = {r[0] for r in store.index.query("SELECT id FROM members WHERE name = ?", (name,))} if name else set()
         child = _group_children(rows, limit)
         done: dict[str, dict[str, StoredCoding]] = {}  # files written (or found as planned) by this run
         recent: dict[str, np.ndarray] = {}  # tensors decoded for the last two versions: bases of the next
         previous: set[str] = set()
         for vid, model, _ in reversed(rows):
-            if name is not None and model != name:
+            if name is not None and model != name and vid not in joined:
                 continue
             if stop is not None and stop.is_set():
                 report.stopped = True

@@ -36,14 +36,18 @@ def apply_retention(store: Store, keep: Iterable[str] | str | RetentionPolicy, n
     policy = RetentionPolicy.parse(keep)
     with store.locked():
         models = [name] if name else [row[0] for row in store.index.query(
-            "SELECT DISTINCT name FROM versions ORDER BY name")]
-        heads = {row[0] for row in store.index.query("SELECT id FROM heads")}
-        kept, dropped = [], []
-        for model in models:
-            history = list(versions.log(store, model))
-            keep_ids = policy.keep(history) | heads
+            "SELECT DISTINCT name FROM members ORDER BY name")]
+        keep_ids = {row[0] for row in store.index.query("SELECT id FROM heads")}
+        if name:  # a version also in another history is that history's too: this policy does not remove it
+            keep_ids |= {row[0] for row in store.index.query("SELECT id FROM members WHERE name != ?", (name,))}
+        histories = {model: list(versions.log(store, model)) for model in models}
+        for history in histories.values():  # in several histories: kept when one of them keeps it
+            keep_ids |= policy.keep(history)
+        kept, dropped, seen = [], [], set()
+        for history in histories.values():
             kept += [v for v in history if v.id in keep_ids]
-            dropped += [v for v in reversed(history) if v.id not in keep_ids]  # oldest first
+            dropped += [v for v in reversed(history) if v.id not in keep_ids and v.id not in seen]  # oldest first
+            seen |= {v.id for v in history}
         report = RetentionReport(policy, kept, dropped, dry_run)
         if dry_run:
             return report

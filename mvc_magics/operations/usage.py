@@ -19,12 +19,19 @@ def disk_usage(store: Store) -> UsageReport:
     report = UsageReport()
     used: dict[str, dict[str, int]] = {}  # model -> tensor hash -> decoded bytes
     with store.index.reading():
-        rows = store.index.query("SELECT name, manifest, nbytes FROM versions ORDER BY ord, id")
+        # A version in several histories counts in each (and once in the total).
+        rows = store.index.query("SELECT n.name, v.id, v.manifest, v.nbytes FROM members n "
+                                 "JOIN versions v ON v.id = n.id ORDER BY n.ord, n.id, n.name")
     by_name: dict[str, ModelUsage] = {}
-    for name, manifest, nbytes in rows:
+    counted: set[str] = set()
+    for name, vid, manifest, nbytes in rows:
         usage = by_name.setdefault(name, ModelUsage(name))
         usage.versions += 1
         usage.logical += int(nbytes)
+        if vid not in counted:
+            counted.add(vid)
+            report.total.versions += 1
+            report.total.logical += int(nbytes)
         for entry in json.loads(manifest):
             used.setdefault(name, {})[entry["hash"]] = int(entry["nbytes"])
     sizes: dict[str, tuple[int, str | None]] = {}
@@ -38,8 +45,6 @@ def disk_usage(store: Store) -> UsageReport:
         _add(usage, used[name], sizes)
         everything.update(used[name])
     report.models = list(by_name.values())
-    report.total.versions = sum(u.versions for u in report.models)
-    report.total.logical = sum(u.logical for u in report.models)
     _add(report.total, everything, sizes)
     report.files_bytes = sum(os.path.getsize(os.path.join(folder, f)) for folder, _, files in os.walk(store.path)
                              for f in files if not os.path.islink(os.path.join(folder, f)))

@@ -13,9 +13,13 @@ from . import lookup
 
 
 def get(store: Store, vid: str, name: str | None = None) -> Version:
-    """The :class:`Version` with full id ``vid`` (``name``: whose HEAD marks ``is_head``)."""
+    """The :class:`Version` with full id ``vid`` (``name``: whose HEAD marks ``is_head``; a version in
+    ``name``'s history is named by it, with its tags there)."""
     versions = lookup.load_versions(store.index, "v.id = ?", (vid,), head_name=name, workspace=store.workspace,
-                                     legacy=store.legacy_workspace)
+                                     legacy=store.legacy_workspace, history=name) if name else []
+    if not versions:
+        versions = lookup.load_versions(store.index, "v.id = ?", (vid,), head_name=name,
+                                         workspace=store.workspace, legacy=store.legacy_workspace)
     if not versions:
         raise UnknownRefError(f"no version {vid[:12]} in this store")
     return versions[0]
@@ -30,8 +34,9 @@ def resolve(store: Store, ref: str, name: str | None = None) -> Version:
 
 
 def models(store: Store) -> list[str]:
-    """Names of the models that have versions, in order of their first commit (then HEAD-only ones)."""
-    rows = store.index.query("SELECT name, min(ord) FROM versions GROUP BY name ORDER BY 2, 1")
+    """Names of the models that have versions (their histories), in order of their first version
+    (then HEAD-only ones)."""
+    rows = store.index.query("SELECT name, min(ord) FROM members GROUP BY name ORDER BY 2, 1")
     heads = {head_owner(r[0])[0] for r in store.index.query("SELECT name FROM heads")}
     names = [r[0] for r in rows]
     return names + sorted(heads - set(names))
@@ -49,8 +54,8 @@ def log(store: Store, name: str | None = None, limit: int | None = None) -> Vers
         return VersionLog(lookup.load_versions(store.index, "1 = 1", (), limit=limit, workspace=store.workspace,
                                                legacy=store.legacy_workspace))
     validate_name(name, "model name")
-    return VersionLog(lookup.load_versions(store.index, "v.name = ?", (name,), limit=limit, head_name=name,
-                                           workspace=store.workspace, legacy=store.legacy_workspace))
+    return VersionLog(lookup.load_versions(store.index, "1 = 1", (), limit=limit, head_name=name,
+                                           workspace=store.workspace, legacy=store.legacy_workspace, history=name))
 
 
 def load_state(store: Store, version: Version | str, verify: bool = True) -> dict[str, np.ndarray]:
@@ -76,12 +81,12 @@ def ref_names(store: Store, name: str | None = None) -> list[str]:
     """Refs worth offering for ``name`` (all models when None): tags, HEAD, latest, best:METRIC, ids."""
     where, params = ("WHERE name = ?", (name,)) if name else ("", ())
     tags = tag_names(store, name)
-    count = store.index.query(f"SELECT count(*) FROM versions {where}", params)[0][0]
+    count = store.index.query(f"SELECT count(*) FROM members {where}", params)[0][0]
     if not count:
         return tags
     special = ["HEAD", "latest"] + (["HEAD~1", "latest~1"] if count > 1 else [])
-    metric_sql = ("SELECT DISTINCT m.key FROM metrics m JOIN versions v ON v.id = m.id "
-                  + ("WHERE v.name = ? " if name else "") + "ORDER BY 1")
+    metric_sql = ("SELECT DISTINCT m.key FROM metrics m JOIN members n ON n.id = m.id "
+                  + ("WHERE n.name = ? " if name else "") + "ORDER BY 1")
     best = [f"best:{r[0]}" for r in store.index.query(metric_sql, params)]
     ids = [v.short_id for v in log(store, name, limit=50)]
     return list(dict.fromkeys(tags + special + best + ids))

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ...errors import IntegrityError, StoreError, UnsafeFileError
-from . import version_order
+from . import histories, version_order
 
 SCHEMA_VERSION = 1
 
@@ -87,6 +87,7 @@ class Index:
                 self._conn.execute("PRAGMA synchronous=FULL")
                 self._conn.executescript(SCHEMA_SQL)
                 version_order.upgrade(self._conn)
+                histories.upgrade(self._conn)
                 self._conn.execute(
                     "INSERT OR IGNORE INTO info(key, value) VALUES('schema_version', ?)", (str(SCHEMA_VERSION),)
                 )
@@ -104,8 +105,7 @@ class Index:
         """
         wal = Path(f"{path}-wal")
         uri = "file:" + urllib.parse.quote(str(Path(path).resolve())) + "?immutable=1"
-        old = not (wal.exists() and wal.stat().st_size) and "ord" not in {
-            row[1] for row in sqlite3.connect(uri, uri=True).execute("PRAGMA table_info(versions)")}
+        old = not (wal.exists() and wal.stat().st_size) and _before_upgrades(uri)
         if (wal.exists() and wal.stat().st_size) or old:  # an index written before order keys: keyed in the copy
             self._private = tempfile.mkdtemp(prefix="mvc-index-")
             copy = Path(self._private) / "index.sqlite"
@@ -114,6 +114,7 @@ class Index:
                 shutil.copyfile(wal, f"{copy}-wal")
             self._conn = sqlite3.connect(str(copy), isolation_level=None, check_same_thread=False)
             version_order.upgrade(self._conn)
+            histories.upgrade(self._conn)
         else:
             self._conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         self._conn.execute("SELECT count(*) FROM versions")
@@ -240,6 +241,17 @@ class Index:
 
     def count(self) -> int:
         return int(self.query("SELECT count(*) FROM versions")[0][0])
+
+
+def _before_upgrades(uri: str) -> bool:
+    """True for an index written before order keys or history memberships (upgraded in a copy)."""
+    conn = sqlite3.connect(uri, uri=True)
+    try:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(versions)")}
+        members = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'members'").fetchall()
+    finally:
+        conn.close()
+    return "ord" not in columns or not members
 
 
 @contextmanager

@@ -2,8 +2,9 @@
 
 The expected rows are built by the same code that rebuilds the index (:func:`.recovery.fill_index`)
 into a private in-memory database, so "what the files say" has one definition. Every table is
-compared: versions (name, created, metadata, manifest, sizes), metrics, tags, HEADs and tensor
-locations. Each difference is named, so a damaged or edited index never passes as sound.
+compared: versions (name, created, metadata, manifest, sizes), metrics, tags, HEADs, the histories
+each version belongs to, and tensor locations. Each difference is named, so a damaged or edited
+index never passes as sound.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sqlite3
 from typing import TYPE_CHECKING
 
 from ..snapshots.retired import held_hashes
-from . import recovery
+from . import histories, recovery
 from .index import SCHEMA_SQL
 
 if TYPE_CHECKING:
@@ -25,6 +26,7 @@ _TABLES = (
     ("metrics", ("id", "key"), ("value", "text")),
     ("tags", ("name", "tag"), ("id", "protected")),
     ("heads", ("name",), ("id",)),
+    ("members", ("name", "id"), ()),
 )
 _JSON_COLUMNS = {"meta", "manifest"}
 _REPORTED = 20  # differences named per table; the rest are counted
@@ -41,6 +43,7 @@ def index_differences(store: Store, reported: set[str] = frozenset()) -> list[tu
     expected = sqlite3.connect(":memory:", isolation_level=None)
     try:
         expected.executescript(SCHEMA_SQL)
+        histories.upgrade(expected)
         recovery.fill_index(store, expected, recovery.indexable_contents(store))
         found: list[tuple[str, str]] = []
         with store.index.reading():

@@ -7,7 +7,7 @@
       objects/<ab>/<id>.h5      immutable snapshot files
       refs/<model>/HEAD         the version the model variable is at
       refs/<model>/tags/<tag>   JSON {"id": ..., "protected": bool}
-      notes/<id>/<n>.json       write-once notes: metrics attached to an existing version later
+      notes/<id>/<n>.json       write-once notes: metrics attached to a version later, histories it joined
       signatures/<ab>/<id>.json write-once signatures of version ids (optional; <id>.<key>.json: another key's)
       removed/<ab>/<id>         tombstones: versions removed with Repo.remove (their file may stay
                                 as a retired file holding tensors other versions still use)
@@ -368,10 +368,10 @@ class StoreLayout:
         name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.json"
         self.files.write(folder / name, json.dumps(note, sort_keys=True).encode())
 
-    def read_notes(self) -> Iterator[tuple[str, dict]]:
-        """(version id, note) of every note, oldest first per version."""
-        for sub in self.files.list(self.notes):
-            for vid in self.files.list(self.notes / sub):
+    def read_notes(self, version_id: str | None = None) -> Iterator[tuple[str, dict]]:
+        """(version id, note) of every note (of ``version_id`` only, when given), oldest first per version."""
+        for sub in self.files.list(self.notes) if version_id is None else [version_id[:2]]:
+            for vid in self.files.list(self.notes / sub) if version_id is None else [version_id]:
                 for name in self.files.list(self.notes / sub / vid):
                     if not name.endswith(".json") or name.startswith("."):
                         continue

@@ -15,6 +15,7 @@ from ...core.metadata import author
 from ...core.names import head_key, is_valid_name
 from ...errors import MVCError, UnsafeFileError
 from ..snapshots.snapshot import SnapshotContent, read_verified
+from . import histories
 from .index import Index
 
 _log = logging.getLogger(__name__)
@@ -59,13 +60,13 @@ def fill_index(store: Store, conn, contents: list[SnapshotContent]) -> None:
     """Write into ``conn`` (an empty index, or one inside a transaction) the rows the files give."""
     heads, tags = store.layout.read_refs()
     known = {c.version_id for c in contents}
-    for table in ("versions", "metrics", "tags", "heads", "tensors"):
+    for table in ("versions", "members", "metrics", "tags", "heads", "tensors"):
         conn.execute(f"DELETE FROM {table}")
     for content in contents:
         index_content(conn, content)
     for vid, note in store.layout.read_notes():
-        if vid in known and isinstance(note.get("metrics"), dict):
-            Index.add_metrics(conn, vid, _float_metrics(note["metrics"]))
+        if vid in known:
+            add_note(conn, vid, note)
     conn.executemany("INSERT OR REPLACE INTO tags(name, tag, id, protected) VALUES(?, ?, ?, ?)",
                      [(m, t, vid, int(p)) for m, t, vid, p in tags if vid in known])
     conn.executemany("INSERT OR REPLACE INTO heads(name, id) VALUES(?, ?)",
@@ -124,8 +125,8 @@ def index_missing_snapshots(store: Store, complete: bool = False) -> list[str]:
                          [(m, vid) for m, vid in heads.items() if vid in ids])
         if ids:
             for vid, note in store.layout.read_notes():
-                if vid in ids and isinstance(note.get("metrics"), dict):
-                    Index.add_metrics(conn, vid, _float_metrics(note["metrics"]))
+                if vid in ids:
+                    add_note(conn, vid, note)
     return [c.version_id for c in missing]
 
 
@@ -146,7 +147,7 @@ def _complete_refs(store: Store, content: SnapshotContent) -> None:
 
 
 def sync_refs_and_notes(store: Store) -> None:
-    """Make the index's tags, HEADs and attached metrics equal to the ref and note files."""
+    """Make the index's tags, HEADs, attached metrics and name records equal to the ref and note files."""
     heads, tags = store.layout.read_refs()
     known = set(store.index.version_ids())
     notes = [(vid, note) for vid, note in store.layout.read_notes() if vid in known]
@@ -158,8 +159,7 @@ def sync_refs_and_notes(store: Store) -> None:
         conn.executemany("INSERT OR REPLACE INTO heads(name, id) VALUES(?, ?)",
                          [(m, vid) for m, vid in heads.items() if vid in known])
         for vid, note in notes:
-            if isinstance(note.get("metrics"), dict):
-                Index.add_metrics(conn, vid, _float_metrics(note["metrics"]))
+            add_note(conn, vid, note)
 
 
 def recover_after_crash(store: Store, dead_holder: str) -> None:
@@ -179,6 +179,14 @@ def recover_after_crash(store: Store, dead_holder: str) -> None:
     unrecorded = [vid for vid in store.index.version_ids() if vid not in recorded and vid not in indexed]
     store.audit.append(author(), "recover", None, sorted(set(indexed) | set(unrecorded)),
                       {"dead_holder": dead_holder, "indexed": indexed, "unrecorded": unrecorded})
+
+
+def add_note(conn, vid: str, note: dict) -> None:
+    """What a note file adds to the index: metrics the version lacks, and (a name record) the
+    history it joins; both read from an untrusted file, so only what a commit could write counts."""
+    if isinstance(note.get("metrics"), dict):
+        Index.add_metrics(conn, vid, _float_metrics(note["metrics"]))
+    histories.add_member(conn, vid, histories.note_name(note))
 
 
 def _float_metrics(raw: dict) -> dict[str, float]:

@@ -23,9 +23,9 @@ from ..files.faults import ensure_space, write_failure
 from ..snapshots.deltas import ParentBases, coding_enabled, commit_depth
 from ..snapshots.snapshot import ManifestEntry, SnapshotContent
 from ..snapshots.staging import StagedCommit, background
-from . import collection, journal
+from . import collection, histories, journal
 from .index import Index
-from .recovery import index_content, sync_refs_and_notes
+from .recovery import add_note, index_content, sync_refs_and_notes
 from .signatures import Signer, signature_path, signer_from_env, write_signature
 
 if TYPE_CHECKING:
@@ -90,6 +90,7 @@ class StoreWrites:
         final = layout.snapshot_path(vid)
         old_head = layout.read_head(head)
         placed, replaced = False, final.exists()  # a removed version's retired file it replaces
+        revived = layout.is_removed(vid)  # its notes (metrics, histories joined) count again, as on reindex
         new_folder = not final.parent.exists()  # objects/<ab>/: removed again if this commit is refused
         # HEAD's new file (the same bytes write_head writes) is written and fsynced in a worker
         # while the snapshot is fsynced, so the file system commits both at once; it is renamed
@@ -111,6 +112,8 @@ class StoreWrites:
                 Index.insert_version(conn, vid, name, meta["created"], meta, [e.to_json() for e in manifest],
                                      staged.bytes_written, staged.structure_ref)
                 Index.set_metrics(conn, vid, meta["metrics"])
+                for _, note in layout.read_notes(vid) if revived else ():
+                    add_note(conn, vid, note)
                 conn.executemany("INSERT OR REPLACE INTO tags(name, tag, id, protected) VALUES(?, ?, ?, 0)",
                                  [(name, tag, vid) for tag in tags])
                 if move_head:
@@ -154,16 +157,19 @@ class StoreWrites:
                 continue
 
     def attach(self, vid: str, name: str, metrics: dict[str, float], tags: list[str],
-               detail: Mapping, move_head: bool = True) -> None:
+               detail: Mapping, move_head: bool = True, join: bool = False) -> None:
         """A commit of content already stored: add metrics it lacks (a write-once note saying when and
         where they were measured), put tags on it, make it ``name``'s HEAD (unless ``move_head`` is False).
+        With ``join`` the version also joins ``name``'s history: the note names it (a name record,
+        see :mod:`.histories`), so reindex, push and pull keep the membership as they keep metrics.
 
         The caller decided which metrics are new to the version; the index never replaces a value.
         """
         layout, store, head = self._layout, self._store, self._store.head_key(name)
         with store.locked():
-            if metrics:
-                layout.write_note(vid, {"metrics": metrics, "measured": dict(detail.get("measured") or {})})
+            if metrics or join:
+                note = {"metrics": metrics, "measured": dict(detail.get("measured") or {})}
+                layout.write_note(vid, {**note, "name": name} if join else note)
             self._sign(vid)
             for tag in tags:
                 layout.write_tag(name, tag, vid)
@@ -171,9 +177,11 @@ class StoreWrites:
             head_moves = move_head and (store.head_file(name) != vid or store.head_id(name) != vid)
             if head_moves:
                 layout.write_head(head, vid)
-            if metrics or tags or head_moves:
+            if metrics or tags or head_moves or join:
                 with store.index.transaction() as conn:
                     Index.add_metrics(conn, vid, metrics)
+                    if join:
+                        histories.add_member(conn, vid, name)
                     conn.executemany("INSERT OR REPLACE INTO tags(name, tag, id, protected) VALUES(?, ?, ?, 0)",
                                      [(name, tag, vid) for tag in tags])
                     if head_moves:
@@ -344,6 +352,7 @@ class StoreWrites:
                 return
             with self._store.index.transaction() as conn:
                 Index.add_metrics(conn, vid, metrics)
+                histories.add_member(conn, vid, histories.note_name(note))
 
     # -- repack and gc (their steps live in :mod:`.collection`) -----------------------------
 
