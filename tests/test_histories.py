@@ -182,6 +182,21 @@ def test_push_and_clone_carry_the_history(two_histories, tmp_path):
         assert pulled.resolve("latest", name="other").id == v0.id
 
 
+def test_a_pull_brings_the_history_a_version_already_here_joined(tmp_path):
+    url = (tmp_path / "remote").as_uri()
+    with Repo(tmp_path / "a" / ".mvc") as a:
+        v0 = a.commit(weights(0), "model")
+        a.add_remote("origin", url)
+        a.push()
+        with Repo.clone(url, tmp_path / "b" / ".mvc") as b:
+            assert b.log("other") == []
+            a.commit(copy(weights(0)), "other", metrics={"val_loss": 0.25})
+            a.push()
+            b.pull()
+            assert [v.id for v in b.log("other")] == [v0.id] and b.get(v0.id).metrics == {"val_loss": 0.25}
+            assert [v.id for v in b.log("model")] == [v0.id] and b.verify().ok
+
+
 def test_magics_commit_log_checkout_and_status_of_the_other_history(ip, capsys):
     ip.user_ns["model"] = weights(0)
     first = ip.run_line_magic("mvc_commit", "model -m first")

@@ -79,7 +79,9 @@ def _pull(store: Store, label: str, url: str, refs, force: bool, progress: bool 
                     staged.pop(oid).unlink()
             imported = import_staged(store, contents, staged, report.rejected)
             report.versions = imported
-            pull_notes(store, source, state.notes, [vid for vid in contents if store.has_version(vid)])
+            # Notes of versions already here come too: metrics measured later, histories joined later.
+            noted = set(contents) | (set(state.notes) if refs is None else set(start))
+            pull_notes(store, source, state.notes, sorted(vid for vid in noted if store.has_version(vid)))
             wanted = set(contents) | set(start) if refs is not None else None
             # The state holds only tag entries that count: a protected tag's entry without an allowed
             # signer's signature for its position was refused while reading the log (state.fresh).
