@@ -82,8 +82,8 @@ elif point == "after-first-tag":
     after(StoreLayout, "write_tag")
 elif point == "after-head":  # HEAD's file, fsynced beside the snapshot, renamed into place after it
     place = SafeFiles.place
-    def placed(self, tmp, final):
-        place(self, tmp, final)
+    def placed(self, tmp, final, **options):
+        place(self, tmp, final, **options)
         if final.name == "HEAD":
             die()
     SafeFiles.place = placed
@@ -216,10 +216,10 @@ def test_interrupted_commit_in_process_is_undone(repo, weights, monkeypatch):
 
     place = SafeFiles.place
 
-    def interrupted(self, tmp, final):
+    def interrupted(self, tmp, final, **options):
         if final.name == "HEAD":  # HEAD's file is renamed into place after the snapshot
             raise KeyboardInterrupt
-        place(self, tmp, final)
+        place(self, tmp, final, **options)
 
     monkeypatch.setattr(SafeFiles, "place", interrupted)
     changed = dict(weights, **{"dense/bias": np.ones(4, np.float32)})

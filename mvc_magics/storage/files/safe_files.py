@@ -211,8 +211,11 @@ class SafeFiles:
                 os.close(fd)
         return self.tmp / tmp_name
 
-    def place(self, tmp: Path, final: Path) -> None:
-        """Rename the complete, fsynced file ``tmp`` (in ``tmp/``) to ``final`` inside the store."""
+    def place(self, tmp: Path, final: Path, sync_folder: bool = True) -> None:
+        """Rename the complete, fsynced file ``tmp`` (in ``tmp/``) to ``final`` inside the store.
+
+        ``sync_folder`` False leaves the folder's fsync to the caller (:meth:`sync_folder`), who
+        runs it beside another sync and waits for it before reporting the write done."""
         with self.folder(Path(tmp).parent) as tfd, self.folder(Path(final).parent, create=True) as dfd:
             if tfd is None:
                 raise FileNotFoundError(tmp)
@@ -220,6 +223,14 @@ class SafeFiles:
             if not stat.S_ISREG(mode):
                 raise _refuse(Path(tmp), f"it is {file_kind(mode)}")
             os.replace(Path(tmp).name, Path(final).name, src_dir_fd=tfd, dst_dir_fd=dfd)
+            if sync_folder:
+                os.fsync(dfd)
+
+    def sync_folder(self, folder: Path) -> None:
+        """fsync ``folder`` (opened without following symlinks), so renames inside it survive a power cut."""
+        with self.folder(Path(folder)) as dfd:
+            if dfd is None:
+                raise FileNotFoundError(folder)
             os.fsync(dfd)
 
     def unlink(self, path: Path) -> bool:

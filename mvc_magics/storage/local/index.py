@@ -134,21 +134,32 @@ class Index:
             conn.execute("INSERT OR REPLACE INTO info(key, value) VALUES(?, ?)", (key, value))
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """An IMMEDIATE transaction: all writes inside it commit together or not at all (a nested
-        call joins the outer transaction)."""
+        call joins the outer transaction).
+
+        ``durable`` False commits without syncing the WAL (SQLite's ``synchronous=NORMAL``): a
+        process killed after the commit keeps it, a power cut may lose it (the next durable
+        transaction syncs it with its own). Only for rows the store's files rebuild when opened
+        (a commit's: see docs/reliability.md)."""
         if self._conn.in_transaction:
             yield self._conn
             return
         with _index_errors(self.path):
-            self._conn.execute("BEGIN IMMEDIATE")
+            if not durable:
+                self._conn.execute("PRAGMA synchronous=NORMAL")
             try:
-                yield self._conn
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                except BaseException:
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                    raise
+                self._conn.execute("COMMIT")
+            finally:
+                if not durable:
+                    self._conn.execute("PRAGMA synchronous=FULL")
 
     @contextmanager
     def reading(self) -> Iterator[None]:

@@ -106,9 +106,15 @@ class StoreWrites:
             self._sign(vid, signer)
             for tag in tags:
                 layout.write_tag(name, tag, vid)
+            head_synced = None
             if head_file is not None:
-                layout.files.place(head_file.result(), layout.head_path(head))
-            with index.transaction() as conn:
+                layout.files.place(head_file.result(), layout.head_path(head), sync_folder=False)
+                # HEAD's folder is fsynced in a worker while the audit entry is fsynced: one wait for
+                # both, and both are durable before the index commits and the commit returns.
+                head_synced = background("refs", 1).submit(layout.files.sync_folder, layout.head_path(head).parent)
+            # Not synced: the rows are rebuilt from the files (snapshot, tag and HEAD files, audit
+            # entry, all fsynced first) when a power cut loses them (docs/reliability.md, section 1).
+            with index.transaction(durable=False) as conn:
                 Index.insert_version(conn, vid, name, meta["created"], meta, [e.to_json() for e in manifest],
                                      staged.bytes_written, staged.structure_ref)
                 Index.set_metrics(conn, vid, meta["metrics"])
@@ -120,6 +126,8 @@ class StoreWrites:
                     conn.execute("INSERT OR REPLACE INTO heads(name, id) VALUES(?, ?)", (head, vid))
                 self._audit("commit", name, [vid], {"message": meta["message"], "tags": tags,
                                                     "bytes_written": staged.bytes_written}, who=meta["author"])
+                if head_synced is not None:
+                    head_synced.result()
         except BaseException as exc:
             if head_file is not None:  # its temporary, unless it was placed
                 with contextlib.suppress(BaseException):
