@@ -23,15 +23,21 @@ import numpy as np
 
 from ..errors import MergeConflictError, ShapeMismatchError, UnsupportedModelError
 from .base import match_state
+from .sklearn_hist import PREDICTOR
+from .sklearn_neighbors import METRIC_TYPES, TREE_TYPES
 from .sklearn_trees import TREE, check_stored_trees, check_trees
 from .trust import EMPTY, AllowList, TrustPolicy, qualified_name, shown
 
 STRUCTURE_FORMAT = "sklearn.skops/1"
 # Types skops leaves out of its defaults that fitted estimators hold and that run no stored code:
-# a Bunch (a dict), a dtype, MLP's optimizer state. Trees are added after check_trees.
+# a Bunch (a dict), a dtype, MLP's optimizer state.
 EXTRA_TYPES = AllowList(["sklearn.utils._bunch:Bunch", "numpy:dtype",
                          "sklearn.neural_network._stochastic_optimizers:AdamOptimizer",
                          "sklearn.neural_network._stochastic_optimizers:SGDOptimizer"])
+# Types skops leaves out because compiled code trusts their stored indices: trusted here only because
+# check_stored_trees and check_trees validate every one of them before the model is returned
+# (decision trees, HistGradientBoosting predictors, nearest-neighbour trees and their distances).
+CHECKED_TYPES = AllowList([":".join(path.rsplit(".", 1)) for path in (TREE, PREDICTOR, *TREE_TYPES, *METRIC_TYPES)])
 # Averaging weights means something only for linear models fitted on the same features.
 LINEAR_MODELS = frozenset({
     "LinearRegression", "Ridge", "RidgeClassifier", "Lasso", "ElasticNet", "LogisticRegression",
@@ -183,9 +189,9 @@ class SklearnAdapter:
             needed = sio.get_untrusted_types(data=data)
         except Exception as exc:
             raise UnsupportedModelError(f"cannot read the stored estimator: {shown(exc, 200)}") from exc
-        # Exact names only: skops' defaults, trees (checked below), the classes the user passed.
-        refused = [t for t in needed if not (unsafe or t == TREE or policy.given_exactly(t)
-                                             or EXTRA_TYPES.resolve(t) is not None)]
+        # Exact names only: skops' defaults, checked types (checked below), the classes the user passed.
+        refused = [t for t in needed if not (unsafe or policy.given_exactly(t) or EXTRA_TYPES.resolve(t) is not None
+                                             or CHECKED_TYPES.resolve(t) is not None)]
         if refused:
             raise UnsupportedModelError(
                 f"rebuilding needs {shown(', '.join(sorted(refused)[:3]), 200)}, not on the trusted list: pass "

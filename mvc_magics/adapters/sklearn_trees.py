@@ -10,7 +10,9 @@ the class and value shapes, and the width each caller that skips its own check r
 estimator holding the tree, gradient boosting's stages and its initial predictions). Anything else
 is refused in one line.
 
-HistGradientBoosting's ``TreePredictor`` is not checked here and stays untrusted, as in skops.
+The same walk over a rebuilt estimator checks HistGradientBoosting's predictors
+(``sklearn_hist``) and nearest-neighbour trees (``sklearn_neighbors``), whose compiled code trusts
+stored indices in the same way.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import UnsupportedModelError
+from .sklearn_hist import hist_boosting_problem, predictor_problem
+from .sklearn_neighbors import binary_tree_problem, neighbors_owner_problem
 
 TREE = "sklearn.tree._tree.Tree"
 # Wider than this, the initial-prediction probe of gradient boosting uses a sparse row.
@@ -179,8 +183,12 @@ def _stored_int(node: object) -> int:
 
 
 def check_trees(model: Any) -> None:
-    """Refuse ``model`` (an estimator just rebuilt) unless every tree in it is consistent."""
+    """Refuse ``model`` (an estimator just rebuilt) unless every tree in it is consistent: decision
+    trees, HistGradientBoosting predictors and nearest-neighbour trees, and the estimators holding them."""
     from sklearn.ensemble._gb import BaseGradientBoosting
+    from sklearn.ensemble._hist_gradient_boosting.gradient_boosting import BaseHistGradientBoosting
+    from sklearn.ensemble._hist_gradient_boosting.predictor import TreePredictor
+    from sklearn.neighbors import BallTree, KDTree
     from sklearn.tree._tree import Tree
 
     seen: set[int] = set()
@@ -195,6 +203,15 @@ def check_trees(model: Any) -> None:
             if problem:
                 raise _refuse(problem)
             continue
+        if type(obj) in (KDTree, BallTree):
+            problem = binary_tree_problem(obj)
+            if problem:
+                raise _refuse(problem)
+            continue
+        if type(obj) is TreePredictor:  # also inside its estimator, with the width: harmless alone
+            problem = predictor_problem(obj)
+            if problem:
+                raise _refuse(problem)
         if isinstance(obj, np.ndarray):
             if obj.dtype == object:
                 stack.extend(obj.ravel().tolist())
@@ -214,6 +231,11 @@ def check_trees(model: Any) -> None:
                           f"{attributes.get('n_features_in_')!r}")
         if isinstance(obj, BaseGradientBoosting) and "estimators_" in attributes:
             _check_boosting(obj, Tree)
+        problem = (hist_boosting_problem(obj) if isinstance(obj, BaseHistGradientBoosting) else
+                   neighbors_owner_problem(attributes, attributes["_tree"])
+                   if type(attributes.get("_tree")) in (KDTree, BallTree) else None)
+        if problem:
+            raise _refuse(problem)
         stack.extend(attributes.values())
 
 
