@@ -76,6 +76,12 @@ class Reader:
         if coding == "sub2+planes+zstd":
             second = np.frombuffer(self.decoded(*attrs["mvc_base2"].split("/")), np.uint8).view(word)
             b = 2 * b - second
+        elif coding == "lin+planes+zstd":
+            slope = int(attrs["mvc_slope"])
+            assert 1 <= slope <= 16, slope
+            second = np.frombuffer(self.decoded(*attrs["mvc_base2"].split("/")), np.uint8).view(word)
+            step = (b - second) * word.type(slope)  # wrapping words
+            b = b + (step.view(f"<i{len(planes)}") >> 2).view(word)  # arithmetic shift of the signed word
         else:
             assert coding == "sub+planes+zstd", coding
         return (b + ((z >> 1) ^ (0 - (z & 1)))).astype(word).tobytes()

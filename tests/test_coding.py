@@ -238,3 +238,58 @@ def test_a_base_remembered_from_the_last_commit_is_rechecked_so_shared_memory_ca
     assert repo.load_state(first)["w"].tobytes() == expected_first.tobytes()
     assert repo.load_state(second)["w"].tobytes() == live.tobytes()
     assert repo.verify().ok
+
+
+def test_a_second_order_delta_with_a_slope_predicts_in_wrapping_words_and_round_trips():
+    """lin+planes+zstd: p = b + ((s * (b - g)) >> 2), wrapping, the shift on signed words; the
+    packer keeps the slope whose sample codes smallest (5/4 for steps shrinking by 0.8)."""
+    b = np.array([10, 0, 0x7FFFFFFF, 0xFFFFFFF0], np.uint32)
+    g = np.array([6, 8, 0xFFFFFFFF, 0x10], np.uint32)
+    got = coding.predict(b.view(np.uint8), g.view(np.uint8), 4, 5).view(np.uint32)
+    wide = b.astype(np.int64) + (((5 * (b.astype(np.int64) - g.astype(np.int64))) & 0xFFFFFFFF).astype(np.uint32)
+                                .view(np.int32).astype(np.int64) >> 2)
+    assert got.tolist() == (wide & 0xFFFFFFFF).tolist()
+    assert coding.predict(b.view(np.uint8), g.view(np.uint8), 4).view(np.uint32).tolist() == \
+        ((2 * b.astype(np.int64) - g.astype(np.int64)) & 0xFFFFFFFF).tolist()
+    rng = np.random.default_rng(4)
+    step = (rng.standard_normal(1 << 15) * 1e-3).astype(np.float32)
+    v2 = (rng.standard_normal(1 << 15) * 0.05).astype(np.float32)
+    v1 = v2 - step * np.float32(0.8)
+    v0 = v1 - step
+    raw = [coding.raw_bytes(v) for v in (v0, v1, v2)]
+    coded = coding.encode(raw[0], 4, raw[1], second=raw[2], slopes=coding.SLOPE_CANDIDATES)
+    assert (coded.coding, coded.slope) == (coding.CODING_LIN, 5)
+    plain = coding.encode(raw[0], 4, raw[1], second=raw[2], slopes=(coding.SLOPE_ONE,))
+    assert plain.coding == coding.CODING_SUB2 and coded.nbytes < 0.8 * plain.nbytes
+    out = np.empty_like(raw[0])
+    coding.decode_into(out, coded.data, coded.planes, raw[1], coded.coding, raw[2], coded.slope)
+    assert out.tobytes() == raw[0].tobytes()
+    mid = coding.encode(raw[1], 4, raw[2])
+    key = coding.encode(raw[2], 4)
+    levels = [(coded.data, coded.planes, coded.coding, coded.slope), (mid.data, mid.planes, mid.coding, 4),
+              (key.data, key.planes, key.coding, 4)]
+    out[:] = 0
+    coding.decode_chain(out, levels, 4)
+    assert out.tobytes() == raw[0].tobytes()
+
+
+@pytest.mark.parametrize("slope", [0, 17, -1, "5", 2.5, None])
+def test_a_slope_outside_what_writers_make_is_refused(repo, slope):
+    rng = np.random.default_rng(5)
+    step = (rng.standard_normal(4096) * 1e-3).astype(np.float32)
+    w = (rng.standard_normal(4096) * 0.05).astype(np.float32)
+    versions = []
+    for k in range(3):
+        versions.append(repo.commit({"w": w}, "net"))
+        w = w + step * np.float32(0.8 ** k)
+    repo.gc(repack=True)
+    oldest = versions[0]
+    with h5py.File(repo.path / "objects" / oldest.id[:2] / f"{oldest.id}.h5", "r+") as f:
+        dataset = next(iter(f["tensors"].values()))
+        assert dataset.attrs["mvc_coding"].decode() == coding.CODING_LIN
+        del dataset.attrs["mvc_slope"]
+        if slope is not None:
+            dataset.attrs["mvc_slope"] = slope
+    with pytest.raises(IntegrityError, match="slope"):
+        repo.load_state(oldest, verify=False)
+    assert not repo.verify().ok  # the store says so too

@@ -142,3 +142,27 @@ def test_the_documented_reader_and_the_store_read_xor_deltas_older_versions_wrot
             codings.append(f["tensors"][tensor_hash(expected)].attrs["mvc_coding"].decode())
         assert read_version(repo.path, version.id)[1]["w"].tobytes() == expected.tobytes()
     assert codings == ["sub2+planes+zstd", "sub2+planes+zstd", "sub+planes+zstd", "planes+zstd"]
+
+
+def test_the_documented_reader_reads_second_order_deltas_with_a_slope(repo):
+    """A line whose steps shrink as momentum fades (each 0.8 of the one before): repack codes the
+    older versions against an extrapolation with a slope of 5/4 (lin), which the documented reader
+    and the store both read back exactly."""
+    read_version = documented_reader()
+    rng = np.random.default_rng(9)
+    step = (rng.standard_normal((256, 64)) * 1e-3).astype(np.float32)
+    w = (rng.standard_normal((256, 64)) * 0.05).astype(np.float32)
+    committed = []
+    for k in range(4):
+        committed.append((repo.commit({"w": w}, "net"), w.copy()))
+        w = w + step * np.float32(0.8 ** k)
+    repo.gc(repack=True)
+    found = []
+    for version, expected in committed:
+        with h5py.File(repo.path / "objects" / version.id[:2] / f"{version.id}.h5", "r") as f:
+            attrs = f["tensors"][tensor_hash(expected)].attrs
+            found.append((attrs["mvc_coding"].decode(), int(attrs.get("mvc_slope", 4))))
+        assert read_version(repo.path, version.id)[1]["w"].tobytes() == expected.tobytes()
+        assert repo.load_state(version)["w"].tobytes() == expected.tobytes()
+    assert found[:2] == [("lin+planes+zstd", 5), ("lin+planes+zstd", 5)]
+    assert found[2:] == [("sub+planes+zstd", 4), ("planes+zstd", 4)]

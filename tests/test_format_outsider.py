@@ -35,6 +35,12 @@ def test_an_outsider_reads_every_kind_of_file(tmp_path, monkeypatch):
             repo.commit(net, "net")
             with torch.no_grad():
                 net.weight.add_(torch.from_numpy((rng.standard_normal((64, 64)) * 1e-4).astype(np.float32)))
+        # a line whose steps shrink (momentum fading): its oldest version a lin delta with a slope
+        step = (rng.standard_normal(4096) * 1e-3).astype(np.float32)
+        w = {"w": (rng.standard_normal(4096) * 0.05).astype(np.float32)}
+        for k in range(3):
+            repo.commit(w, "fading")
+            w = {"w": w["w"] + step * np.float32(0.8 ** k)}
         repo.gc(repack=True)
         # format 2 (coded, no structure) with raw-bytes bfloat16, XOR deltas (older writers) and sub deltas
         monkeypatch.setenv("MVC_DELTA_DEPTH", "4")
@@ -66,7 +72,7 @@ def test_an_outsider_reads_every_kind_of_file(tmp_path, monkeypatch):
     for vid, (_meta, tensors) in versions.items():
         assert tensors == expected[vid], vid
     assert {"format 1", "format 2", "format 3", "stored as it is", "raw bytes", "coded", "planes+zstd",
-            "sub+planes+zstd", "sub2+planes+zstd", "xor+planes+zstd", "retired file",
+            "sub+planes+zstd", "sub2+planes+zstd", "lin+planes+zstd", "xor+planes+zstd", "retired file",
             "tensor read from a retired file", "structure stored once"} <= reader.seen, reader.seen
 
 

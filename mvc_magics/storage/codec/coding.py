@@ -38,8 +38,19 @@ CODING_SUB = "sub+planes+zstd"
 # from one epoch to the next, so the extrapolated 2b - g is closer to a than b is: on real Adam
 # epochs this codes 9% smaller than the plain difference (0.58 of raw against 0.64).
 CODING_SUB2 = "sub2+planes+zstd"
-DELTA_CODINGS = frozenset({CODING_DELTA, CODING_SUB, CODING_SUB2})
-CODINGS = frozenset({CODING_PLANES, CODING_DELTA, CODING_SUB, CODING_SUB2})
+# A second-order delta with a measured slope: zigzag(a - p) with p = b + ((s * (b - g)) >> 2) in the
+# same words (wrapping; the shift arithmetic, on the signed words), s the slope in quarters (the
+# dataset's ``mvc_slope``; 4 is exactly CODING_SUB2, which is written then). Going back in time an
+# Adam step is larger than the one after it (momentum decays where gradients fade), so a slope
+# above 1 predicts better: on the benchmark's 10 Adam epochs the packed store goes from 0.665 to
+# 0.645 of raw. The packer picks the slope per tensor by coding a sample with each candidate.
+CODING_LIN = "lin+planes+zstd"
+SLOPE_ONE = 4  # quarters: the slope of CODING_SUB2
+SLOPES = range(1, 17)  # what a reader accepts (0.25 to 4)
+SLOPE_CANDIDATES = (4, 5, 6)  # what a packer tries
+SECOND_ORDER = frozenset({CODING_SUB2, CODING_LIN})
+DELTA_CODINGS = frozenset({CODING_DELTA, CODING_SUB, CODING_SUB2, CODING_LIN})
+CODINGS = frozenset({CODING_PLANES, CODING_DELTA, CODING_SUB, CODING_SUB2, CODING_LIN})
 _WORDS = {1: (np.uint8, np.int8), 2: (np.uint16, np.int16), 4: (np.uint32, np.int32), 8: (np.uint64, np.int64)}
 RAW, ZSTD = 0, 1
 # Below this a tensor is stored as it is: the attributes of a coded dataset cost more than it saves.
@@ -74,6 +85,7 @@ class Coded:
     data: np.ndarray  # 1-D uint8
     planes: np.ndarray  # (itemsize, 2) int64: [method, length] per plane
     coding: str = CODING_PLANES
+    slope: int = SLOPE_ONE  # CODING_LIN: the prediction's slope, in quarters
 
     @property
     def nbytes(self) -> int:
@@ -123,12 +135,20 @@ def sub_bytes(a: np.ndarray, b: np.ndarray, itemsize: int) -> np.ndarray:
     return out
 
 
-def predict(base: np.ndarray, second: np.ndarray, itemsize: int) -> np.ndarray:
-    """``2 * base - second`` over little-endian words of ``itemsize`` bytes (wrapping), as uint8."""
-    word, _ = _WORDS[itemsize]
+def predict(base: np.ndarray, second: np.ndarray, itemsize: int, slope: int = SLOPE_ONE) -> np.ndarray:
+    """``base + ((slope * (base - second)) >> 2)`` over little-endian words of ``itemsize`` bytes
+    (wrapping; the shift arithmetic), as uint8: ``2 * base - second`` for the slope of 1 (4 quarters)."""
+    word, signed = _WORDS[itemsize]
     out = np.empty(base.nbytes, dtype=np.uint8)
-    np.left_shift(base.view(word), 1, out=out.view(word))
-    np.subtract(out.view(word), second.view(word), out=out.view(word))
+    if slope == SLOPE_ONE:
+        np.left_shift(base.view(word), 1, out=out.view(word))
+        np.subtract(out.view(word), second.view(word), out=out.view(word))
+        return out
+    step = out.view(word)
+    np.subtract(base.view(word), second.view(word), out=step)
+    np.multiply(step, word(slope), out=step)
+    np.right_shift(step.view(signed), 2, out=step.view(signed))
+    np.add(step, base.view(word), out=step)
     return out
 
 
@@ -165,19 +185,45 @@ def _code_plane(column: np.ndarray) -> tuple[int, bytes | np.ndarray]:
     return (ZSTD, frame) if len(frame) < PLANE_KEEP_RATIO * plane.nbytes else (RAW, plane)
 
 
+def _sample_cost(source: np.ndarray, itemsize: int) -> int:
+    """Bytes the compressible planes of ``source`` (a sample) code to: what a choice compares."""
+    rows = source.reshape(-1, itemsize)
+    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    return sum(min(len(compressor.compress(np.ascontiguousarray(rows[:, i]))), rows.shape[0])
+               for i in range(itemsize))
+
+
+def choose_slope(raw: np.ndarray, base: np.ndarray, second: np.ndarray, itemsize: int,
+                 candidates: tuple[int, ...] = SLOPE_CANDIDATES) -> int:
+    """The slope (quarters) among ``candidates`` whose second-order delta codes a sample of the
+    tensor (up to ``_SAMPLE`` elements from its middle) smallest."""
+    count = raw.nbytes // itemsize
+    start = max(0, count // 2 - _SAMPLE // 2) * itemsize
+    window = slice(start, start + min(count, _SAMPLE) * itemsize)
+    a, b, g = raw[window], base[window], second[window]
+    costs = {s: _sample_cost(sub_bytes(a, predict(b, g, itemsize, s), itemsize), itemsize) for s in candidates}
+    return min(candidates, key=lambda s: (costs[s], s != SLOPE_ONE))
+
+
 def encode(raw: np.ndarray, itemsize: int, base: np.ndarray | None = None, delta: str | None = None,
-           second: np.ndarray | None = None) -> Coded | None:
+           second: np.ndarray | None = None, slopes: tuple[int, ...] | None = None) -> Coded | None:
     """Code ``raw`` (flat uint8, ``itemsize`` bytes per element), as a delta against ``base`` when
     given (``delta``: ``CODING_SUB`` or ``CODING_DELTA``, by default :func:`delta_coding`; with
-    ``second``, the base's own base, a second-order ``CODING_SUB2``); None when coding would not
-    save (the tensor is then stored raw)."""
+    ``second``, the base's own base, a second-order delta: ``CODING_SUB2``, or ``CODING_LIN`` with
+    the slope among ``slopes`` that codes a sample smallest); None when coding would not save (the
+    tensor is then stored raw)."""
     nbytes = raw.nbytes
     if nbytes < MIN_CODED_BYTES or itemsize < 1 or nbytes % itemsize:
         return None
     kind = CODING_PLANES if base is None else (delta or delta_coding(itemsize))
+    slope = SLOPE_ONE
     if kind == CODING_SUB and second is not None:
-        kind = CODING_SUB2
-        source = sub_bytes(raw, predict(base, second, itemsize), itemsize)
+        if slopes and len(slopes) > 1:
+            slope = choose_slope(raw, base, second, itemsize, slopes)
+        elif slopes:
+            slope = slopes[0]
+        kind = CODING_SUB2 if slope == SLOPE_ONE else CODING_LIN
+        source = sub_bytes(raw, predict(base, second, itemsize, slope), itemsize)
     elif kind == CODING_SUB:
         source = sub_bytes(raw, base, itemsize)
     else:
@@ -198,7 +244,7 @@ def encode(raw: np.ndarray, itemsize: int, base: np.ndarray | None = None, delta
     for (method, body), length in zip(coded, table[:, 1]):
         data[offset:offset + length] = np.frombuffer(body, dtype=np.uint8) if method == ZSTD else body
         offset += int(length)
-    return Coded(data, table, kind)
+    return Coded(data, table, kind, slope)
 
 
 def check_table(planes: np.ndarray, itemsize: int, stored: int, nbytes: int) -> np.ndarray:
@@ -236,19 +282,21 @@ def _decode_plane(body: np.ndarray, method: int, plane_len: int) -> np.ndarray |
 
 
 def decode_into(out: np.ndarray, data: np.ndarray, table: np.ndarray, base: np.ndarray | None = None,
-                coding: str = CODING_DELTA, second: np.ndarray | None = None) -> None:
+                coding: str = CODING_DELTA, second: np.ndarray | None = None, slope: int = SLOPE_ONE) -> None:
     """Decode ``data`` (validated ``table``) into ``out`` (flat uint8 of the decoded size); for a
     delta (``coding``), apply it to ``base`` (flat uint8, same size; a second-order delta also
-    needs ``second``, the base's own base)."""
-    levels: list[Level] = [(data, table, CODING_PLANES if base is None else coding)]
+    needs ``second``, the base's own base, and ``slope`` for ``CODING_LIN``)."""
+    levels: list[Level] = [(data, table, CODING_PLANES if base is None else coding, slope)]
     if base is not None and second is not None:  # the base's level as a delta whose decoded value is `base`
-        levels += [(sub_bytes(base, second, table.shape[0]), None, CODING_SUB), (second, None, None)]
+        levels += [(sub_bytes(base, second, table.shape[0]), None, CODING_SUB, SLOPE_ONE),
+                   (second, None, None, SLOPE_ONE)]
     elif base is not None:
-        levels.append((base, None, None))
+        levels.append((base, None, None, SLOPE_ONE))
     decode_chain(out, levels, table.shape[0])
 
 
-Level = tuple[np.ndarray, "np.ndarray | None", "str | None"]
+# (data, plane table or None for bytes as they are, coding or None, slope of a CODING_LIN level)
+Level = tuple[np.ndarray, "np.ndarray | None", "str | None", int]
 # Elements decoded per step: one step of every level of a chain stays in the CPU cache, so a chain
 # costs one pass over memory for the result instead of a few per level.
 _CHUNK = 1 << 15
@@ -259,13 +307,13 @@ def _chain_planes(levels: list[Level], plane_len: int, run: Callable) -> list[li
     levels decoded together through ``run``, so a chain keeps both cores busy), or a level's data
     itself for a tensor stored whole."""
     jobs = []  # (level, body, method)
-    for k, (data, table, _) in enumerate(levels):
+    for k, (data, table, *_) in enumerate(levels):
         offset = 0
         for method, length in table if table is not None else ():
             jobs.append((k, data[offset:offset + int(length)], int(method)))
             offset += int(length)
     decoded = run(lambda job: _decode_plane(job[1], job[2], plane_len), jobs)
-    planes: list[list[np.ndarray] | np.ndarray] = [data if table is None else [] for data, table, _ in levels]
+    planes: list[list[np.ndarray] | np.ndarray] = [data if table is None else [] for data, table, *_ in levels]
     for (k, _, _), plane in zip(jobs, decoded):
         planes[k].append(np.frombuffer(plane, np.uint8) if isinstance(plane, bytes) else plane)
     return planes
@@ -295,8 +343,8 @@ def _halves(plane_len: int, parallel: bool, span: Callable[[int, int], None]) ->
     other.result()
 
 
-def _apply_level(out: np.ndarray, prev: np.ndarray | None, planes: list[np.ndarray], kind: str, itemsize: int,
-                 first: int, last: int) -> None:
+def _apply_level(out: np.ndarray, prev: np.ndarray | None, planes: list[np.ndarray], kind: str, slope: int,
+                 itemsize: int, first: int, last: int) -> None:
     """Elements ``first:last`` of ``out`` (the level below's value) become this delta level's value,
     a cache-sized step at a time; ``prev`` (when kept) takes the value below, for a second-order delta above."""
     scratch = np.empty(min(_CHUNK, max(last - first, 0)) * itemsize, dtype=np.uint8)
@@ -306,9 +354,9 @@ def _apply_level(out: np.ndarray, prev: np.ndarray | None, planes: list[np.ndarr
         delta = scratch[:hi - lo]
         _fill(delta, planes, start, stop, itemsize)
         value = out[lo:hi]
-        if kind == CODING_SUB2:
+        if kind in SECOND_ORDER:
             assert prev is not None
-            guess = predict(value, prev[lo:hi], itemsize)
+            guess = predict(value, prev[lo:hi], itemsize, slope)
             np.copyto(prev[lo:hi], value)
             add_back(value, delta, guess, itemsize)
         else:
@@ -328,14 +376,15 @@ def decode_chain(out: np.ndarray, levels: list[Level], itemsize: int,
 
     Invariant (issue 23 §4): never decode the planes of more than one level at a time, and check
     each intermediate level before the next is applied."""
-    if levels[-1][2] in DELTA_CODINGS or any(kind not in DELTA_CODINGS for _, _, kind in levels[:-1]):
+    levels = [level if len(level) > 3 else (*level, SLOPE_ONE) for level in levels]  # type: ignore[misc]
+    if levels[-1][2] in DELTA_CODINGS or any(level[2] not in DELTA_CODINGS for level in levels[:-1]):
         raise IntegrityError("coded tensor: a delta chain that does not end on a tensor stored whole")
-    if any(kind == CODING_SUB2 for _, _, kind in levels[-2:]):  # it needs two levels below it
+    if any(level[2] in SECOND_ORDER for level in levels[-2:]):  # it needs two levels below it
         raise IntegrityError("coded tensor: a second-order delta directly on a tensor stored whole")
     plane_len = out.nbytes // itemsize
     parallel = out.nbytes >= _PARALLEL_BYTES
     run = _pool().map if parallel and itemsize > 1 else map
-    data, table, _ = levels[-1]
+    data, table, *_ = levels[-1]
     if table is None:
         if not np.shares_memory(data, out):
             np.copyto(out, data)
@@ -344,11 +393,11 @@ def decode_chain(out: np.ndarray, levels: list[Level], itemsize: int,
         _halves(plane_len, parallel, lambda a, b: _fill(out[a * itemsize:b * itemsize], bottom, a, b, itemsize))
         del bottom
     deltas = levels[-2::-1]  # bottom up
-    prev = np.empty_like(out) if any(kind == CODING_SUB2 for _, _, kind in deltas) else None
+    prev = np.empty_like(out) if any(level[2] in SECOND_ORDER for level in deltas) else None
     for k, level in enumerate(deltas):
         if check is not None:
             check(len(levels) - 1 - k, out)
         planes = _chain_planes([level], plane_len, run)[0]
         _halves(plane_len, parallel,
-                lambda a, b, p=planes, kind=level[2]: _apply_level(out, prev, p, kind, itemsize, a, b))
+                lambda a, b, p=planes, kind=level[2], s=level[3]: _apply_level(out, prev, p, kind, s, itemsize, a, b))
         del planes

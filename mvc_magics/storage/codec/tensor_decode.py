@@ -32,6 +32,7 @@ CODING_ATTR = "mvc_coding"
 PLANES_ATTR = "mvc_planes"
 BASE_ATTR = "mvc_base"
 BASE2_ATTR = "mvc_base2"  # a second-order delta's second base: must be its base's own base
+SLOPE_ATTR = "mvc_slope"  # a lin+planes+zstd delta's slope, in quarters (coding.SLOPES)
 DEPTH_ATTR = "mvc_depth"
 # The most deltas one chain may hold: writers never make more (MVC_DELTA_DEPTH is capped at it,
 # storage/snapshots/deltas.max_depth), readers refuse more (a cycle, or a file crafted to make a
@@ -40,7 +41,7 @@ MAX_CHAIN = 16
 # Mapped pages read are given back to the page cache after this many bytes (see FileMaps._release).
 _RELEASE_BYTES = 32 << 20
 
-Level = tuple[np.ndarray, "np.ndarray | None", "str | None"]
+Level = coding.Level
 
 
 class FileMaps:
@@ -122,6 +123,18 @@ def _text(dataset: h5py.Dataset, name: str) -> str:
     return str(read_text_attr(dataset, name))  # "None" when absent: never a valid coding or reference
 
 
+def slope_of(dataset: h5py.Dataset, where: str) -> int:
+    """The slope of a ``lin+planes+zstd`` dataset (untrusted: an integer in ``coding.SLOPES``)."""
+    value = read_attr(dataset, SLOPE_ATTR, None)
+    try:
+        slope = int(np.asarray(value).item()) if value is not None and np.asarray(value).dtype.kind in "iu" else None
+    except (ValueError, TypeError):
+        slope = None
+    if slope not in coding.SLOPES:
+        raise IntegrityError(f"{where}: a second-order delta without a valid slope, refused")
+    return slope
+
+
 def coded_level(entry: ManifestEntry, dataset: h5py.Dataset, where: str, maps: FileMaps
                 ) -> tuple[str, np.ndarray, np.ndarray]:
     """(coding, coded bytes, validated plane table) of one coded dataset (untrusted)."""
@@ -134,7 +147,7 @@ def coded_level(entry: ManifestEntry, dataset: h5py.Dataset, where: str, maps: F
     if dataset.id.get_storage_size() != stored:
         raise IntegrityError(f"{where}: stored bytes do not match the coded length")
     itemsize = dtype_from_name(entry.dtype).itemsize
-    if name == coding.CODING_SUB and coding.delta_coding(itemsize) != name:
+    if name in (coding.CODING_SUB, *coding.SECOND_ORDER) and coding.delta_coding(itemsize) != coding.CODING_SUB:
         raise IntegrityError(f"{where}: an integer-difference delta of {itemsize}-byte elements, refused")
     table = coding.check_table(read_attr(dataset, PLANES_ATTR), itemsize, stored, entry.nbytes)
     return name, maps.stored_bytes(dataset, stored), table
@@ -157,12 +170,13 @@ def read_coded(entry: ManifestEntry, dataset: h5py.Dataset, where: str, maps: Fi
         if CODING_ATTR not in dataset.attrs:  # the chain ends on a tensor stored as it is
             if expected_base is not None:
                 raise IntegrityError(f"{where}: a second-order delta on a tensor stored whole, refused")
-            levels.append((read_whole(current, dataset, where).reshape(-1).view(np.uint8), None, None))
+            levels.append((read_whole(current, dataset, where).reshape(-1).view(np.uint8), None, None, coding.SLOPE_ONE))
             break
         name, data, table = coded_level(current, dataset, where, maps)
         if not levels:  # the top level checked: its declared size against the memory there is, before decoding
             check_read(entry.nbytes, where, coded=True)
-        levels.append((data, table, name))
+        levels.append((data, table, name,
+                       slope_of(dataset, where) if name == coding.CODING_LIN else coding.SLOPE_ONE))
         if expected_base is not None and _text(dataset, BASE_ATTR) != expected_base:
             raise IntegrityError(f"{where}: a second-order delta's second base is not its base's base, refused")
         if name == coding.CODING_PLANES:
@@ -171,7 +185,7 @@ def read_coded(entry: ManifestEntry, dataset: h5py.Dataset, where: str, maps: Fi
             raise IntegrityError(f"{where}: delta chain longer than {MAX_CHAIN} (the most any writer makes; "
                                  "a cycle?), refused")
         reference = _text(dataset, BASE_ATTR)
-        expected_base = _text(dataset, BASE2_ATTR) if name == coding.CODING_SUB2 else None
+        expected_base = _text(dataset, BASE2_ATTR) if name in coding.SECOND_ORDER else None
         object_id, _, digest = reference.partition("/")
         if not is_hash(object_id) or not is_hash(digest):
             raise IntegrityError(f"{where}: malformed delta base reference")

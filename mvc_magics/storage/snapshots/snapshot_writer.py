@@ -17,7 +17,7 @@ import numpy as np
 from ...core.hashing import canonical_array
 from ...core.manifest import ManifestEntry
 from ..codec import coding
-from ..codec.tensor_decode import BASE2_ATTR, DEPTH_ATTR
+from ..codec.tensor_decode import BASE2_ATTR, DEPTH_ATTR, SLOPE_ATTR
 from ..files.atomic import start_writeback
 from ..files.checksum import CHECKSUM_LINE, LOOSE_MARK
 from ..files.h5_values import write_string_dataset, write_text_attr
@@ -47,8 +47,8 @@ class DeltaBase:
     hash: str
     array: np.ndarray
     depth: int
-    # The base's own base (its delta base): given, the tensor is coded against 2*base - second
-    # (a second-order delta, see coding.CODING_SUB2) when that is smaller.
+    # The base's own base (its delta base): given, the tensor is coded against an extrapolation
+    # from both (a second-order delta, see coding.CODING_SUB2 and CODING_LIN) when that is smaller.
     second: DeltaBase | None = None
 
 
@@ -60,7 +60,8 @@ def _code(array: np.ndarray, base: DeltaBase | None) -> tuple[coding.Coded | Non
         second = base.second.array if base.second is not None and base.second.array.shape == array.shape \
             and base.second.array.dtype == array.dtype else None
         delta = coding.encode(raw, itemsize, coding.raw_bytes(canonical_array(base.array)),
-                              second=None if second is None else coding.raw_bytes(canonical_array(second)))
+                              second=None if second is None else coding.raw_bytes(canonical_array(second)),
+                              slopes=coding.SLOPE_CANDIDATES)
         # A delta that is clearly small is kept without also trying the plain coding (half the time).
         if delta is not None and delta.nbytes < 0.6 * array.nbytes:
             return delta, base
@@ -159,8 +160,10 @@ class SnapshotWriter:
             dataset.attrs[PLANES_ATTR] = coded.planes
             if used is not None:
                 write_text_attr(dataset, BASE_ATTR, f"{used.object}/{used.hash}")
-                if coded.coding == coding.CODING_SUB2 and used.second is not None:
+                if coded.coding in coding.SECOND_ORDER and used.second is not None:
                     write_text_attr(dataset, BASE2_ATTR, f"{used.second.object}/{used.second.hash}")
+                if coded.coding == coding.CODING_LIN:
+                    dataset.attrs[SLOPE_ATTR] = np.int64(coded.slope)
                 dataset.attrs[DEPTH_ATTR] = used.depth + 1
             return coded.nbytes
         native = array.dtype.kind in NATIVE_KINDS and array.dtype.name in NATIVE_NAMES
