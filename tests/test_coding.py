@@ -14,6 +14,7 @@ from mvc_magics.errors import IntegrityError, StoreFormatError
 from mvc_magics.storage.codec import coding
 from mvc_magics.storage.files.checksum import check_file_checksum, is_loose
 from mvc_magics.storage.snapshots import snapshot
+from mvc_magics.storage.snapshots.snapshot_writer import _stamp_checksum
 
 
 def training_run(repo, steps=4, seed=0, name="net"):
@@ -284,12 +285,14 @@ def test_a_slope_outside_what_writers_make_is_refused(repo, slope):
         w = w + step * np.float32(0.8 ** k)
     repo.gc(repack=True)
     oldest = versions[0]
-    with h5py.File(repo.path / "objects" / oldest.id[:2] / f"{oldest.id}.h5", "r+") as f:
+    path = repo.path / "objects" / oldest.id[:2] / f"{oldest.id}.h5"
+    with h5py.File(path, "r+") as f:
         dataset = next(iter(f["tensors"].values()))
         assert dataset.attrs["mvc_coding"].decode() == coding.CODING_LIN
         del dataset.attrs["mvc_slope"]
         if slope is not None:
             dataset.attrs["mvc_slope"] = slope
+    _stamp_checksum(path)  # a teammate's file: whole, only its slope is wrong
     with pytest.raises(IntegrityError, match="slope"):
         repo.load_state(oldest, verify=False)
     assert not repo.verify().ok  # the store says so too
