@@ -24,6 +24,7 @@ import numpy as np
 import zstandard
 
 from ...errors import IntegrityError
+from .words import SLOPE_ONE, WORD_SIZES, add_back, predict, sub_bytes, xor_bytes
 
 CODING_PLANES = "planes+zstd"
 CODING_DELTA = "xor+planes+zstd"
@@ -45,13 +46,11 @@ CODING_SUB2 = "sub2+planes+zstd"
 # above 1 predicts better: on the benchmark's 10 Adam epochs the packed store goes from 0.665 to
 # 0.645 of raw. The packer picks the slope per tensor by coding a sample with each candidate.
 CODING_LIN = "lin+planes+zstd"
-SLOPE_ONE = 4  # quarters: the slope of CODING_SUB2
 SLOPES = range(1, 17)  # what a reader accepts (0.25 to 4)
 SLOPE_CANDIDATES = (4, 5, 6)  # what a packer tries
 SECOND_ORDER = frozenset({CODING_SUB2, CODING_LIN})
 DELTA_CODINGS = frozenset({CODING_DELTA, CODING_SUB, CODING_SUB2, CODING_LIN})
 CODINGS = frozenset({CODING_PLANES, CODING_DELTA, CODING_SUB, CODING_SUB2, CODING_LIN})
-_WORDS = {1: (np.uint8, np.int8), 2: (np.uint16, np.int16), 4: (np.uint32, np.int32), 8: (np.uint64, np.int64)}
 RAW, ZSTD = 0, 1
 # Below this a tensor is stored as it is: the attributes of a coded dataset cost more than it saves.
 MIN_CODED_BYTES = 4096
@@ -108,60 +107,9 @@ def raw_bytes(array: np.ndarray) -> np.ndarray:
     return array.reshape(-1).view(np.uint8)
 
 
-def xor_bytes(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """``a XOR b`` of two equal-length uint8 buffers, 8 bytes at a time where the length allows."""
-    out = np.empty_like(a) if out is None else out
-    wide = (a.nbytes // 8) * 8
-    np.bitwise_xor(a[:wide].view(np.uint64), b[:wide].view(np.uint64), out=out[:wide].view(np.uint64))
-    np.bitwise_xor(a[wide:], b[wide:], out=out[wide:])
-    return out
-
-
 def delta_coding(itemsize: int) -> str:
     """The delta a tensor of ``itemsize`` bytes per element is written as."""
-    return CODING_SUB if itemsize in _WORDS else CODING_DELTA
-
-
-def sub_bytes(a: np.ndarray, b: np.ndarray, itemsize: int) -> np.ndarray:
-    """``zigzag(a - b)`` of two equal-length uint8 buffers read as little-endian words of
-    ``itemsize`` bytes (wrapping): small differences of either sign become small unsigned words."""
-    word, signed = _WORDS[itemsize]
-    out = np.empty(a.nbytes, dtype=np.uint8)
-    diff = out.view(word)
-    np.subtract(a.view(word), b.view(word), out=diff)
-    sign = diff.view(signed) >> (8 * itemsize - 1)  # all ones where a < b
-    np.left_shift(diff, 1, out=diff)
-    np.bitwise_xor(diff, sign.view(word), out=diff)
-    return out
-
-
-def predict(base: np.ndarray, second: np.ndarray, itemsize: int, slope: int = SLOPE_ONE) -> np.ndarray:
-    """``base + ((slope * (base - second)) >> 2)`` over little-endian words of ``itemsize`` bytes
-    (wrapping; the shift arithmetic), as uint8: ``2 * base - second`` for the slope of 1 (4 quarters)."""
-    word, signed = _WORDS[itemsize]
-    out = np.empty(base.nbytes, dtype=np.uint8)
-    if slope == SLOPE_ONE:
-        np.left_shift(base.view(word), 1, out=out.view(word))
-        np.subtract(out.view(word), second.view(word), out=out.view(word))
-        return out
-    step = out.view(word)
-    np.subtract(base.view(word), second.view(word), out=step)
-    np.multiply(step, word(slope), out=step)
-    np.right_shift(step.view(signed), 2, out=step.view(signed))
-    np.add(step, base.view(word), out=step)
-    return out
-
-
-def add_back(out: np.ndarray, zigzag: np.ndarray, base: np.ndarray, itemsize: int) -> None:
-    """``out = base + unzigzag(zigzag)`` (uint8 buffers of equal length; ``out`` may be either
-    input). ``zigzag`` is consumed (used as scratch)."""
-    word, _ = _WORDS[itemsize]
-    z = zigzag.view(word)
-    sign = np.bitwise_and(z, 1)
-    np.subtract(word(0), sign, out=sign)  # 0 or all ones
-    np.right_shift(z, 1, out=z)
-    np.bitwise_xor(z, sign, out=z)
-    np.add(z, base.view(word), out=out.view(word))
+    return CODING_SUB if itemsize in WORD_SIZES else CODING_DELTA
 
 
 def _apply_delta(out: np.ndarray, delta: np.ndarray, base: np.ndarray, coding: str, itemsize: int) -> None:

@@ -170,7 +170,8 @@ def read_coded(entry: ManifestEntry, dataset: h5py.Dataset, where: str, maps: Fi
         if CODING_ATTR not in dataset.attrs:  # the chain ends on a tensor stored as it is
             if expected_base is not None:
                 raise IntegrityError(f"{where}: a second-order delta on a tensor stored whole, refused")
-            levels.append((read_whole(current, dataset, where).reshape(-1).view(np.uint8), None, None, coding.SLOPE_ONE))
+            whole = read_whole(current, dataset, where).reshape(-1).view(np.uint8)
+            levels.append((whole, None, None, coding.SLOPE_ONE))
             break
         name, data, table = coded_level(current, dataset, where, maps)
         if not levels:  # the top level checked: its declared size against the memory there is, before decoding
