@@ -129,6 +129,15 @@ class PlacedWrites:
             self._kicked = self._buffered
             start_writeback(self.path)
 
+    def reserve(self, size: int) -> None:
+        """Extend the file to ``size`` bytes (sparse) unless it is larger, and raise the error of a
+        write that already failed: a file size limit is met here rather than by a later writer."""
+        for future in self._futures:
+            if future.done() and future.exception() is not None:
+                self.wait()
+        if os.fstat(self._fd).st_size < size:
+            os.ftruncate(self._fd, size)
+
     def wait(self) -> None:
         """Wait for every write; raise the first error."""
         futures, self._futures = self._futures, []

@@ -213,9 +213,10 @@ class SnapshotWriter:
         f = self._file
         assert f is not None
         if self._placed is not None:
-            # A failed placed write (file size limit, disk full) is raised before HDF5 writes the
-            # metadata after it: HDF5 must not meet the same limit at close (see discard).
-            self._placed.wait()
+            # The file is extended now to the space HDF5 allocated (every placed region lies
+            # inside), so a file size limit is met here, before HDF5 writes its metadata: HDF5 must
+            # not meet it at close (see discard). A write that already failed is raised too.
+            self._placed.reserve(f.id.get_filesize())
         write_text_attr(f, "mvc_format", FORMAT_NAME)
         # 3 only when the file uses a structure reference: any other file stays readable by older versions.
         f.attrs["mvc_format_version"] = FORMAT_VERSION if structure_ref is not None else min(self.format_version, 2)
@@ -232,8 +233,8 @@ class SnapshotWriter:
             # The tail HDF5 wrote on close goes to the disk while the checksum reads the file back from
             # the page cache, so the fsync before the rename finds only the user block's page left.
             start_writeback(self.path)
-            # Placed tensors are hashed from memory (their bytes on disk are never read back);
-            # the rest of the file is.
+            # Placed tensors are hashed from memory while their last writes finish (their bytes
+            # on disk are never read back); the rest of the file is.
             _stamp_checksum(self.path, self.loose, placed)
         finally:
             if placed is not None:
@@ -252,7 +253,7 @@ class SnapshotWriter:
 def _stamp_checksum(path: Path, loose: bool = False, placed: PlacedWrites | None = None) -> None:
     """Write the checksum of everything after the checksum line into the user block (before the
     rename); a loose file's user block says so on its second line (covered by the checksum).
-    ``placed``: tensors written at their offsets (all written by now), hashed from memory."""
+    ``placed``: tensors written at their offsets, hashed from memory; its writes are waited for."""
     with open(path, "r+b") as handle:
         if loose:
             handle.seek(CHECKSUM_LINE)
@@ -264,6 +265,7 @@ def _stamp_checksum(path: Path, loose: bool = False, placed: PlacedWrites | None
             end = max((offset + len(view) for offset, view in placed.regions), default=0)
             # HDF5 allocated every region before its file end: a region past it would be a bug here.
             digest = placed_digest(handle.fileno(), size, placed.regions) if end <= size else None
+            placed.wait()
         if digest is None:
             digest = body_digest(handle, os.fstat(handle.fileno()).st_size)
         handle.seek(0)
