@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 import blake3
@@ -53,10 +53,14 @@ class HashesAhead:
     serializes the model structure and writes new tensors meanwhile, a checkout reads the next
     tensor. ``known`` hashes (of buffers known not to have changed) are not recomputed. Small
     inputs are hashed in the calling thread (handing them to a thread costs more than hashing).
+    ``before`` (if given) is called before each hash, in the thread that computes it: a commit
+    written in the background pauses there while a training loop copies its weights.
     """
 
-    def __init__(self, arrays: Mapping[str, np.ndarray], known: Mapping[str, str] | None = None) -> None:
+    def __init__(self, arrays: Mapping[str, np.ndarray], known: Mapping[str, str] | None = None,
+                 before: Callable[[], None] | None = None) -> None:
         known = known or {}
+        self._before = before
         todo = [(key, array) for key, array in arrays.items() if key not in known]
         threaded = len(todo) > 1 and sum(int(a.nbytes) for _, a in todo) >= THREADED_HASH_BYTES
         pool = hash_pool() if threaded else None
@@ -65,7 +69,7 @@ class HashesAhead:
             if key in known:
                 self._items.append((key, known[key]))
             elif pool is not None:
-                self._items.append((key, pool.submit(tensor_hash, array)))
+                self._items.append((key, pool.submit(self._hash, array)))
             else:
                 self._items.append((key, array))
 
@@ -75,11 +79,16 @@ class HashesAhead:
                 if isinstance(item, str):
                     yield key, item
                 elif isinstance(item, np.ndarray):
-                    yield key, tensor_hash(item)
+                    yield key, self._hash(item)
                 else:
                     yield key, item.result()  # type: ignore[attr-defined]
         finally:
             self.cancel()
+
+    def _hash(self, array: np.ndarray) -> str:
+        if self._before is not None:
+            self._before()
+        return tensor_hash(array)
 
     def cancel(self) -> None:
         """Drop hashes not started yet (the consumer stopped early: a difference, an error)."""

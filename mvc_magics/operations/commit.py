@@ -119,8 +119,11 @@ def commit_later(store: Store, model: Any, name: str, message: str | None = None
         raise UnsupportedModelError(f"{name!r} has no variables to version")
     fit = validate_metrics(adapter.fit_metrics(model))
     # The copy is the only pass over the bytes on the caller's thread: into buffers a finished
-    # handed-off commit gave back (already in memory: no page faults), at memcpy speed.
-    arrays = _copy_into_spare(store, _storable(state))
+    # handed-off commit gave back (already in memory: no page faults), at memcpy speed, while the
+    # commits still being written wait at their next tensor (they would take a core and the GIL).
+    arrays = _storable(state)
+    with store.background.handing_off():
+        arrays = _copy_into_spare(store, arrays)
     structure, extra_meta = adapter.structure(model), adapter.extra_metadata(model)
     getattr(adapter, "mark_committed", lambda _model: None)(model)
     given = {"message": message, "metrics": {**fit, **explicit}, "params": params, "provenance": provenance,
@@ -132,7 +135,8 @@ def commit_later(store: Store, model: Any, name: str, message: str | None = None
         given["git"] = GitStateAhead(provenance, own.path)
 
         def fill(staged: StagedCommit) -> object:
-            staged.stage(arrays, f"commit {name}", HashesAhead(arrays))
+            staged.pause = store.background.pause_point  # a hand-off's copy goes first
+            staged.stage(arrays, f"commit {name}", HashesAhead(arrays, before=store.background.pause_point))
             return structure
 
         check_same_framework(own, name, adapter.framework)

@@ -9,6 +9,11 @@ checks (:meth:`Background.raise_error`), as one line. A pack in flight is asked 
 file (:attr:`Background.stop`) when the user's thread needs the store, so the user never waits
 for more than one file to be re-coded. Jobs run on a store object of their own (opened by the
 worker), so their index transactions never mix with the user's on one SQLite connection.
+
+While a training loop copies its weights for a hand-off (:meth:`Background.handing_off`), the
+commits being written wait at their next tensor (:meth:`Background.pause_point`): the copy, the
+only part of a commit the loop waits for, gets both cores, the memory bandwidth and the GIL
+(h5py holds it while it writes a tensor) to itself.
 """
 
 from __future__ import annotations
@@ -19,13 +24,15 @@ import logging
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from ...errors import StoreError
 
 _LIVE: weakref.WeakSet[Background] = weakref.WeakSet()
+# Longest a job waits at a pause point for one hand-off's copy (seconds).
+PAUSE_LIMIT = 5.0
 
 
 class Background:
@@ -45,6 +52,9 @@ class Background:
         self.loose_bytes: int | None = None
         #: Buffers of finished hand-offs a training loop's next copy reuses (dropped when the loop ends).
         self.spare: list = []
+        self._handing_off = 0  # user threads copying weights for a hand-off right now
+        self._running = threading.Event()  # clear while they copy: jobs wait at their next pause point
+        self._running.set()
         _LIVE.add(self)
 
     def submit(self, kind: str, job: Callable[[Any], object]) -> Future:
@@ -110,6 +120,30 @@ class Background:
                     future.result()
         finally:
             self.stop.clear()
+
+    @contextlib.contextmanager
+    def handing_off(self) -> Iterator[None]:
+        """Around the copy a hand-off makes on the user's thread: jobs wait at their next
+        :meth:`pause_point` until it is done (see the module docstring)."""
+        if self.in_worker():
+            yield
+            return
+        with self._lock:
+            self._handing_off += 1
+            self._running.clear()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._handing_off -= 1
+                if not self._handing_off:
+                    self._running.set()
+
+    def pause_point(self) -> None:
+        """Called by a job's threads between two tensors: waits while a hand-off copies. Pausing
+        only makes the copy faster, never decides correctness, so a copy that takes longer than
+        ``PAUSE_LIMIT`` seconds (a huge model) has the jobs carry on beside it."""
+        self._running.wait(PAUSE_LIMIT)
 
     def take_spare(self, fits: Callable[[Any], bool]) -> Any:
         """Remove and return a spare buffer set ``fits`` accepts (None when there is none)."""

@@ -51,6 +51,10 @@ def background(name: str, workers: int) -> ThreadPoolExecutor:
     return pool
 
 
+def _no_pause() -> None:
+    return None
+
+
 class StagedCommit:
     """The tensors of one commit, hashed, with the new ones written to a temporary snapshot.
 
@@ -88,6 +92,9 @@ class StagedCommit:
         self._pending: deque | None = None  # (hash, array, coding future) waiting to be written (stage)
         self._encoder: ThreadPoolExecutor | None = None
         self._blob: tuple[object, np.ndarray] | None = None
+        #: Called before each tensor is written (a commit written in the background pauses there
+        #: while a training loop copies its weights, see storage.local.background).
+        self.pause: Callable[[], None] = _no_pause
 
     def stage(self, arrays: Mapping[str, np.ndarray], description: str = "commit",
               hashes: HashesAhead | None = None) -> None:
@@ -177,6 +184,7 @@ class StagedCommit:
             return reader.read(entry)
 
     def _write(self, key: str, digest: str, array: np.ndarray, delta: bool = True) -> None:
+        self.pause()
         self._check_space(int(array.nbytes))
         base = self._bases(key, array, digest) if self._code and delta else None
         if self._pending is None or array.nbytes < PARALLEL_MIN_BYTES or not self._code:  # nothing to code
