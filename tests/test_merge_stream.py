@@ -197,3 +197,57 @@ def test_a_state_committed_whole_or_streamed_is_the_models_version(repo):
     assert not whole.stats.new_version and not streamed.stats.new_version
     with pytest.raises(UnsupportedModelError, match="no variables"):
         commit_stream(repo.store, "numpy", None, iter(()), "m")
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, "bfloat16", np.complex64])
+def test_sums_give_the_bits_of_the_plain_float64_formula(dtype):
+    """The sum starts from the first input (no zeroing pass), converts in numpy's own buffers and
+    divides straight into the output dtype: the bytes are those of ``sum(w * x.astype(f64)) / total``,
+    -0.0 included (0.0 + -0.0 is +0.0)."""
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        dtype = ml_dtypes.bfloat16
+    rng = np.random.default_rng(5)
+    shape = (300, 301)  # more than one chunk of soups._CHUNK_ELEMENTS
+    for weights in ([1.0, 0.3, 2.5, 1.0], [0.7], [1.0, 1.0]):
+        inputs = [rng.standard_normal(shape) * 10 for _ in weights]
+        if np.dtype(dtype).kind == "c":
+            inputs = [x + 1j * rng.standard_normal(shape) for x in inputs]
+        inputs = [x.astype(dtype) for x in inputs]
+        for x in inputs:
+            x.reshape(-1)[:5] = -0.0
+        acc_dtype = accumulator_dtype(np.dtype(dtype).name)
+        sums = soups.Sums()
+        acc = sums.empty(shape, acc_dtype)
+        for position, (x, w) in enumerate(zip(inputs, weights, strict=True)):
+            soups.accumulate(acc, x, w, start=position == 0)
+        got = soups.mean_of(acc, sum(weights), np.dtype(dtype))
+        plain = np.zeros(shape, acc_dtype)
+        for x, w in zip(inputs, weights, strict=True):
+            plain += x.astype(acc_dtype) * w
+        expected = (plain / sum(weights)).astype(dtype)
+        assert got.dtype == expected.dtype and got.tobytes() == expected.tobytes()
+        assert not np.shares_memory(got, acc)  # a new array: the sum's buffer is reused
+
+
+def test_a_merge_of_loose_inputs_holds_the_sum_and_the_output_only(repo):
+    """Inputs stored as they are (loose) are hashed and summed from the maps of their files: no
+    copy of any input tensor is made, so the merge's own memory is the float64 sum (2x the tensor)
+    and the output tensor (1x), whatever the number of inputs."""
+    import tracemalloc
+
+    rng = np.random.default_rng(6)
+    big = (2048, 1024)  # 8 MiB of float32
+    inputs = [repo.commit({"w": rng.standard_normal(big).astype(np.float32),
+                           "b": rng.standard_normal(64).astype(np.float32)}, "m").id for _ in range(6)]
+    tensor_bytes = 8 << 20
+    for weights in (None, [1.0, 2.0, 1.0, 1.0, 1.0, 0.5]):
+        tracemalloc.start()
+        try:
+            repo.merge(inputs, weights=weights)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        # A copy of one input tensor on top (as reading into new arrays made) would be 4x.
+        assert peak < 3.3 * tensor_bytes, f"peak {peak / 2**20:.1f} MiB"

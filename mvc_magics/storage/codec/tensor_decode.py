@@ -88,6 +88,11 @@ class FileMaps:
             return None  # HDF5's offset points outside the file: read through HDF5, which checks
         return np.frombuffer(mapped, dtype=np.uint8, count=stored, offset=offset)
 
+    def release(self) -> None:
+        """Give back every mapped page read so far, now (see :meth:`_release`)."""
+        with self._lock:
+            self._release()
+
     def _release(self) -> None:
         """Give the pages read so far back (they stay in the page cache): a page of a map, once
         read, counts in this process's memory until the map is closed, so a reader that goes

@@ -208,6 +208,12 @@ class TensorReader:
                 pass
         self._files.clear()
 
+    def release_pages(self) -> None:
+        """Give back the pages of the views read so far (they stay in the page cache, and a view
+        still used faults them in again): a merge, done with one tensor of an input, holds at
+        most one input tensor's pages this way."""
+        self._maps.release()
+
     def _file(self, object_id: str) -> h5py.File:
         with self._lock:  # read_all reads from worker threads
             return self._open_file(object_id)
