@@ -1,7 +1,8 @@
 """Issue 24's targets in one run: commit and checkout against the save/load call a user would make.
 
     python -m benchmarks.speed                    # every case, 5 alternating repetitions
-    python -m benchmarks.speed --only torch,loop  # some cases (torch, keras31, keras109, resnet50, loop, epochs)
+    python -m benchmarks.speed --only torch,loop  # some cases (torch, keras31, keras109, resnet50, loop, epochs,
+                                                  # merge)
     python -m benchmarks.speed --smoke            # small models, 1 repetition (a test runs this)
 
 Every repetition runs ours and each peer back to back, alternating which goes first, after an
@@ -14,6 +15,7 @@ those ratios (``benchmarks.harness.side_by_side``). Peers that save get an fsync
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import time
@@ -22,7 +24,7 @@ from pathlib import Path
 from .harness import REPO_ROOT, CaseResult, Workspace, settle, side_by_side
 from .measure import dir_bytes
 
-CASES = ("torch", "keras31", "keras109", "resnet50", "loop", "epochs")
+CASES = ("torch", "keras31", "keras109", "resnet50", "loop", "epochs", "merge")
 
 
 def _fsynced(path: Path) -> None:
@@ -105,13 +107,18 @@ def keras_cases(ws: Workspace, reps: int, bm) -> list[CaseResult]:
     return [commit, checkout]
 
 
-def loop_case(ws: Workspace, reps: int, megabytes: float, steps: int = 5) -> CaseResult:
+def loop_case(ws: Workspace, reps: int, megabytes: float, steps: int = 5, warmup: int = 2) -> list[CaseResult]:
     """A plain PyTorch loop committing every step (``commit_every(n_steps=1)``): the time the loop
     is blocked in ``step()`` per commit, against the ``torch.save`` (no fsync) such a loop calls.
 
     Each step first computes for ~0.3 s (matrix products, on the CPU the background commit also
-    needs), as training does between checkpoints; only the commit / save calls are timed. The time
-    the end of the ``with`` block waits for the last commits is reported apart ("drain")."""
+    needs), as training does between checkpoints; only the commit / save calls are timed. The
+    first ``warmup`` steps of each side are run but not counted: a loop's first hand-offs allocate
+    the buffers later ones reuse (their time is reported apart), and the target is the steady
+    state of a long loop. Two rows: the loop as it runs (a hand-off waits when two commits are
+    still being written: the disk or the CPU is slower than the loop), and the hand-off alone (the
+    background drained, untimed, before each step: the copy and nothing queued). The time the end
+    of the ``with`` block waits for the last commits is reported apart ("drain")."""
     import torch
 
     from mvc_magics import Repo, commit_every
@@ -122,7 +129,10 @@ def loop_case(ws: Workspace, reps: int, megabytes: float, steps: int = 5) -> Cas
     model = make_model(megabytes)
     params = list(model.parameters())
     nbytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    result = CaseResult(f"commit_every(1): blocked per commit ({steps} steps)", f"torch_mlp_{megabytes:g}mb", nbytes)
+    peer_name = "torch.save (no fsync)"
+    loop = CaseResult(f"commit_every(1): blocked per commit, steady state ({steps} steps)",
+                      f"torch_mlp_{megabytes:g}mb", nbytes)
+    alone = CaseResult("commit_every(1): the hand-off alone (background idle)", loop.model, nbytes)
     pt = ws.fresh("loop") / "step.pt"
     work = torch.randn(768, 768)
 
@@ -134,46 +144,52 @@ def loop_case(ws: Workspace, reps: int, megabytes: float, steps: int = 5) -> Cas
             for p in params:
                 p.mul_(1.0001)
 
-    def ours(rep: int) -> tuple[float, float]:
-        blocked = 0.0
-        with Repo(ws.fresh(f"loop-store-{rep}") / ".mvc") as repo:
+    def ours(rep: int, drained: bool) -> tuple[float, float, float]:
+        """(seconds blocked over the counted steps, the first step's, the drain at the end)."""
+        blocked = first = 0.0
+        with Repo(ws.fresh(f"loop-store-{rep}-{drained}") / ".mvc") as repo:
             run = commit_every(model, 1, "net", repo=repo)
-            for _ in range(steps):
+            for step in range(warmup + steps):
                 train_step()
+                if drained:
+                    repo.store.background.settle()
                 start = time.perf_counter()
                 run.step()
-                blocked += time.perf_counter() - start
+                took = time.perf_counter() - start
+                first = took if step == 0 else first
+                blocked += took if step >= warmup else 0.0
             start = time.perf_counter()
             run.__exit__(None, None, None)  # waits for the commits still being written
-            return blocked, time.perf_counter() - start
+            return blocked, first, time.perf_counter() - start
 
     def peer() -> float:
         blocked = 0.0
-        for _ in range(steps):
+        for step in range(warmup + steps):
             train_step()
             start = time.perf_counter()
             torch.save(model.state_dict(), pt)
-            blocked += time.perf_counter() - start
+            blocked += time.perf_counter() - start if step >= warmup else 0.0
         return blocked
 
-    drains = Samples()
+    drains, firsts = Samples(), Samples()
     for rep in range(reps):
-        settle()
-        if rep % 2:
-            theirs = peer()
+        runs = [("loop", functools.partial(ours, rep, False)), ("alone", functools.partial(ours, rep, True)),
+                ("peer", peer)]
+        got: dict[str, object] = {}
+        for who, run in runs if rep % 2 == 0 else runs[::-1]:
             settle()
-            mine, drain = ours(rep)
-        else:
-            mine, drain = ours(rep)
-            settle()
-            theirs = peer()
-        result.ours.add(mine / steps)
-        result.peers.setdefault("torch.save (no fsync)", Samples()).add(theirs / steps)
-        result.ratios.setdefault("torch.save (no fsync)", Samples()).add(mine / theirs)
-        drains.add(drain)
-    result.figures["drain at the end of the block, median s"] = drains.median
-    result.check(result.ratios["torch.save (no fsync)"].median, 0.25, "<= 0.25", "blocked / torch.save")
-    return result
+            got[who] = run()
+        theirs = got["peer"]
+        for result, (mine, _first, _drain) in ((loop, got["loop"]), (alone, got["alone"])):
+            result.ours.add(mine / steps)
+            result.peers.setdefault(peer_name, Samples()).add(theirs / steps)
+            result.ratios.setdefault(peer_name, Samples()).add(mine / theirs)
+        drains.add(got["loop"][2])
+        firsts.add(got["loop"][1])
+    loop.figures["drain at the end of the block, median s"] = drains.median
+    loop.figures["first hand-off (allocates the copy's buffers), median s"] = firsts.median
+    loop.check(loop.ratios[peer_name].median, 0.25, "<= 0.25", "blocked / torch.save")
+    return [loop, alone]
 
 
 def epochs_case(ws: Workspace, megabytes_model, n: int = 10) -> list[CaseResult]:
@@ -213,6 +229,84 @@ def epochs_case(ws: Workspace, megabytes_model, n: int = 10) -> list[CaseResult]
     return [disk, oldest]
 
 
+def merge_case(ws: Workspace, reps: int, megabytes: float, n: int = 5) -> CaseResult:
+    """Weight average of ``n`` versions of a PyTorch MLP (``Repo.merge``: read, averaged, written
+    and synced as a new version) against reading the ``n`` inputs' tensors: with the store
+    (``Repo.load_state`` of each, read and verified, the least a merge must read) and with
+    safetensors ``load_file`` (a copy of each tensor, so its bytes are read; no check). The peak
+    RSS growth of a merge (one more merge per repetition, untimed: the measurement's garbage
+    collection stays out of the timed call) is reported against the model's size. The inputs stay
+    as committed (loose): the automatic pack is off in this case, so it neither codes them nor
+    runs (with its own memory and CPU) beside the timed calls."""
+    from .measure import Samples
+    from .torch_io import make_model
+
+    model = make_model(megabytes)
+    nbytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    result = CaseResult(f"merge (average) of {n} versions", f"torch_mlp_{megabytes:g}mb", nbytes)
+    folder = ws.fresh("merge")
+    files = [folder / f"input{i}.safetensors" for i in range(n)]
+    rss = Samples()
+    pack = os.environ.get("MVC_PACK_MB")
+    os.environ["MVC_PACK_MB"] = "off"
+    try:
+        _merge_reps(result, reps, model, n, folder, files, rss)
+    finally:
+        if pack is None:
+            os.environ.pop("MVC_PACK_MB", None)
+        else:
+            os.environ["MVC_PACK_MB"] = pack
+    result.figures["peak RSS growth / model"] = rss.median / nbytes if rss.values else None
+    result.check(result.ratios[f"load_state of the {n} inputs"].median, 1.3, "<= 1.3; peak RSS growth <= 1.2x model",
+                 "merge / reading the inputs")
+    if result.met is not None and rss.values:
+        result.met = result.met and rss.median / nbytes <= 1.2
+    return result
+
+
+def _merge_reps(result: CaseResult, reps: int, model, n: int, folder: Path, files: list[Path], rss) -> None:
+    """The inputs committed and saved, then the timed repetitions of :func:`merge_case`."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from mvc_magics import Repo
+
+    from .measure import peak_rss_growth
+
+    with Repo(folder / ".mvc") as repo:
+        ids = []
+        for i, path in enumerate(files):
+            with torch.no_grad():  # each input a fine-tune of the last: every float tensor differs
+                for p in model.parameters():
+                    p.add_(0.01 * (i + 1))
+            ids.append(repo.commit(model, "net", message=f"ingredient {i}").id)
+            save_file(model.state_dict(), str(path))
+        merges = [0]
+
+        def merge() -> object:  # other weights each time: every merge writes a new version
+            merges[0] += 1
+            weights = [1.0] * (n - 1) + [1.0 + merges[0] / 1000]
+            return repo.merge(ids, weights=weights, method="average", name="net", message="benchmark soup")
+
+        def measure_rss(rep: int) -> None:
+            growth, _seconds, _version = peak_rss_growth(merge)
+            if growth is not None:
+                rss.add(growth)
+
+        def store_read() -> None:
+            for vid in ids:  # one at a time, each dropped: what a streaming merge has to read at least
+                repo.load_state(vid)
+
+        def safetensors_read() -> None:
+            for path in files:  # load_file maps the file: a copy of each tensor reads its bytes
+                for tensor in load_file(str(path)).values():
+                    tensor.clone()
+
+        side_by_side(result, reps, merge, {f"load_state of the {n} inputs": store_read,
+                                           f"safetensors load_file+copy of the {n} inputs": safetensors_read},
+                     setup=measure_rss)
+
+
 def _line(result: CaseResult) -> str:
     ratios = "; ".join(f"{peer}: {s.median:.2f}x [{s.low:.2f}-{s.high:.2f}]" for peer, s in result.ratios.items())
     figures = "; ".join(f"{k}: {v:.3g}" if isinstance(v, float) else f"{k}: {v}"
@@ -247,10 +341,13 @@ def main(argv: list[str] | None = None) -> int:
         if "resnet50" in only and not args.smoke:
             results += keras_cases(ws, reps, models.resnet50())
         if "loop" in only:
-            results.append(loop_case(ws, reps, 2.0 if args.smoke else 100.0))
+            results += loop_case(ws, reps, 2.0 if args.smoke else 100.0, 2 if args.smoke else 5,
+                                 1 if args.smoke else 2)
         if "epochs" in only:
             bm = models.dense_stack(64, 2, 10, "dense_small", "Dense 2x64") if args.smoke else models.dense_100mb()
             results += epochs_case(ws, bm, 3 if args.smoke else 10)
+        if "merge" in only:
+            results.append(merge_case(ws, reps, 2.0 if args.smoke else 100.0))
     finally:
         ws.cleanup()
     ended = time.strftime("%H:%M UTC", time.gmtime())

@@ -69,7 +69,7 @@ def test_speed_benchmark_smoke_run_reports_issue_24_rows(tmp_path):
     out_json = tmp_path / "speed.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", "MVC_PROGRESS": "0",
            "MVC_PACK_MB": "0.001"}  # every commit of the small model passes it: the automatic pack runs
-    done = subprocess.run([sys.executable, "-m", "benchmarks.speed", "--smoke", "--only", "torch,loop,epochs",
+    done = subprocess.run([sys.executable, "-m", "benchmarks.speed", "--smoke", "--only", "torch,loop,epochs,merge",
                            "--json", str(out_json), "--tmp", str(tmp_path)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -79,7 +79,13 @@ def test_speed_benchmark_smoke_run_reports_issue_24_rows(tmp_path):
     assert set(cases["first commit"]["ratios"]) == {"torch.save+fsync", "safetensors save_file+fsync"}
     assert set(cases["checkout into the live model"]["ratios"]) == {
         "torch.load+load_state_dict", "safetensors load_file+load_state_dict"}
-    assert "torch.save (no fsync)" in cases["commit_every(1): blocked per commit (5 steps)"]["ratios"]
+    loop = cases["commit_every(1): blocked per commit, steady state (2 steps)"]
+    assert "torch.save (no fsync)" in loop["ratios"]
+    assert loop["figures"]["first hand-off (allocates the copy's buffers), median s"] > 0
+    assert "torch.save (no fsync)" in cases["commit_every(1): the hand-off alone (background idle)"]["ratios"]
+    merged = cases["merge (average) of 5 versions"]
+    assert set(merged["ratios"]) == {"load_state of the 5 inputs", "safetensors load_file+copy of the 5 inputs"}
+    assert "peak RSS growth / model" in merged["figures"]
     packed = cases["3 Adam epoch checkpoints, after the automatic pack"]["figures"]
     assert packed["loose bytes left"] == 0 and packed["store objects / raw copies"] > 0  # tiny: HDF5 overhead
     assert "safetensors load+assign" in cases["oldest of 3 checkpoints: checkout"]["ratios"]
