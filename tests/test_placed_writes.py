@@ -139,3 +139,35 @@ def test_a_failed_placed_write_fails_the_commit_cleanly(tmp_path, monkeypatch):
         monkeypatch.setattr(placed.PlacedWrites, "_write_buffered", original[1])
         second = repo.commit({"w": np.random.default_rng(0).random(1 << 19)}, "m")
         assert repo.verify().ok and repo.log("m")[0].id == second.id
+
+
+def test_a_file_system_refusing_the_direct_writes_gets_them_through_the_page_cache(tmp_path, monkeypatch):
+    """O_DIRECT opened, but every direct write refused with EINVAL (alignment rules of its own):
+    the commit writes those bytes through the page cache instead, and the file is exact."""
+    import errno
+
+    direct_fds = set()
+    init, write_all = placed.PlacedWrites.__init__, placed._write_all
+
+    def opened(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        if self._direct_fd is not None:
+            direct_fds.add(self._direct_fd)
+
+    def refusing(fd, view, offset):
+        if fd in direct_fds:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        write_all(fd, view, offset)
+
+    monkeypatch.setenv("MVC_DIRECT_IO", "1")
+    monkeypatch.setattr(placed.PlacedWrites, "__init__", opened)
+    monkeypatch.setattr(placed, "_write_all", refusing)
+    state = _state(3)
+    with Repo(tmp_path / ".mvc") as repo:
+        version = repo.commit(state, "m")
+        assert check_file_checksum(repo.store.layout.snapshot_path(version.id)) is True
+        loaded = repo.load_state(version.id)
+        assert all(np.array_equal(loaded[k], v) for k, v in state.items())
+    if not _direct_io_works(tmp_path):
+        pytest.skip("no O_DIRECT here: the refusal was not exercised (the buffered path was)")
+    assert direct_fds

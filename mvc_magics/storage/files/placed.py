@@ -20,6 +20,7 @@ wrote): no second pass over the tensor bytes on disk. It gives the same digest a
 from __future__ import annotations
 
 import contextlib
+import errno
 import mmap
 import os
 import threading
@@ -91,6 +92,7 @@ class PlacedWrites:
             with contextlib.suppress(OSError):  # EINVAL where the file system has no O_DIRECT (tmpfs...)
                 self._direct_fd = os.open(path, os.O_WRONLY | os.O_DIRECT | getattr(os, "O_NOFOLLOW", 0)
                                           | getattr(os, "O_CLOEXEC", 0))
+        self._direct_fds = [] if self._direct_fd is None else [self._direct_fd]  # closed by close()
         self._futures: list[Future] = []
         self._buffered = self._kicked = 0
 
@@ -117,10 +119,21 @@ class PlacedWrites:
             self._futures.append(pool.submit(self._write_direct, piece, chunk))
 
     def _write_direct(self, piece: memoryview, offset: int) -> None:
-        with _aligned_buffer() as buffer:
-            staging = np.frombuffer(buffer, np.uint8, len(piece))
-            staging[:] = np.frombuffer(piece, np.uint8)  # a copy that releases the GIL
-            _write_all(self._direct_fd, memoryview(buffer)[:len(piece)], offset)
+        fd = self._direct_fd
+        if fd is not None:
+            with _aligned_buffer() as buffer:
+                staging = np.frombuffer(buffer, np.uint8, len(piece))
+                staging[:] = np.frombuffer(piece, np.uint8)  # a copy that releases the GIL
+                try:
+                    _write_all(fd, memoryview(buffer)[:len(piece)], offset)
+                    return
+                except OSError as exc:
+                    # A file system that opens with O_DIRECT but refuses these writes (alignment
+                    # rules of its own): this file's writes go through the page cache from here on.
+                    if exc.errno != errno.EINVAL:
+                        raise
+                    self._direct_fd = None
+        self._write_buffered(offset, piece)
 
     def _write_buffered(self, offset: int, view: memoryview) -> None:
         _write_all(self._fd, view, offset)
@@ -151,11 +164,11 @@ class PlacedWrites:
         with contextlib.suppress(BaseException):
             wait(self._futures)
         self._futures = []
-        for fd in (self._fd, self._direct_fd):
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+        for fd in {self._fd, *self._direct_fds}:
+            with contextlib.suppress(OSError):
+                os.close(fd)
         self._fd = self._direct_fd = None  # type: ignore[assignment]
+        self._direct_fds = []
 
 
 def _write_all(fd: int, view: memoryview, offset: int) -> None:
