@@ -9,6 +9,8 @@ import time
 
 import numpy as np
 
+from mvc_magics import commit_every
+from mvc_magics.operations.autopack import loose_summary
 from mvc_magics.operations.commit import commit_later
 from mvc_magics.storage.local import background
 
@@ -53,3 +55,21 @@ def test_a_copy_longer_than_the_pause_limit_does_not_hold_the_commits(repo, monk
         future = commit_later(repo.store, _weights(2.0), "loop")
         version = future.result(timeout=60)
     assert (repo.load_state(version.id)["layer0/kernel"] == 2.0).all()
+
+
+def test_a_dense_loop_puts_the_automatic_pack_off_until_it_ends(repo, monkeypatch):
+    """A pack started between two of a loop's commits would hold the next one behind its file:
+    while commits are handed off densely, the loose files wait; the end of the loop packs them."""
+    monkeypatch.setenv("MVC_PACK_MB", "1.5")  # each commit writes 1 MB: the second one passes it
+    weights = _weights(0.0)
+    with commit_every(weights, 1, name="loop", repo=repo) as run:
+        for _ in range(4):
+            for array in weights.values():
+                array += 1.0
+            run.step()
+        assert len(run.versions) == 4  # written, and no pack queued behind them
+        assert "pack" not in repo.store.background.pending()
+        assert loose_summary(repo.store)[0] == 4
+    repo.store.background.wait()  # the block ended: the pack put off ran
+    assert loose_summary(repo.store) == (0, 0)
+    assert [float(repo.load_state(v.id)["layer0/kernel"][0, 0]) for v in run.versions] == [1.0, 2.0, 3.0, 4.0]

@@ -22,7 +22,7 @@ from ..core.metadata import validate_metrics
 from ..core.provenance import build_provenance, current_context, current_workspace
 from ..core.refs import infer_direction
 from ..core.retention import RetentionPolicy
-from ..operations.commit import commit_later
+from ..operations.commit import commit_later, hand_offs_done
 
 __all__ = ["CommitCallback", "CommitPolicy"]  # noqa: F822 - CommitCallback is built by __getattr__
 
@@ -127,8 +127,7 @@ def _build_class() -> type:
 
         def on_train_end(self, logs: dict | None = None) -> None:
             if self._repo is not None:
-                self._repo.store.background.settle()  # fit returns with every commit durable
-                self._repo.store.background.spare.clear()  # the copies kept for the next epoch go
+                hand_offs_done(self._repo.store)  # fit returns with every commit durable
 
         @property
         def repo(self) -> Repo:

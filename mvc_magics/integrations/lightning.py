@@ -21,7 +21,7 @@ from typing import Any
 
 from ..api.repo import Repo
 from ..core.provenance import build_provenance, current_context, current_workspace
-from ..operations.commit import commit_later
+from ..operations.commit import commit_later, hand_offs_done
 from .keras import CommitPolicy
 
 __all__ = ["CommitCheckpoint"]  # noqa: F822 - built by __getattr__
@@ -74,8 +74,7 @@ def _build_class() -> type:
 
         def on_train_end(self, trainer: Any, pl_module: Any) -> None:
             if self._repo is not None:
-                self._repo.store.background.settle()  # fit returns with every commit durable
-                self._repo.store.background.spare.clear()  # the copies kept for the next epoch go
+                hand_offs_done(self._repo.store)  # fit returns with every commit durable
 
         @property
         def repo(self) -> Repo:

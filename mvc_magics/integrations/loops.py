@@ -29,7 +29,7 @@ from typing import Any
 from ..api.repo import Repo
 from ..core.provenance import build_provenance, current_context, current_workspace
 from ..core.version import Version
-from ..operations.commit import commit_later
+from ..operations.commit import commit_later, hand_offs_done
 
 __all__ = ["CommitEvery", "commit_every"]
 
@@ -103,8 +103,7 @@ class CommitEvery:
         self.close()
         if exc_type is None and self.steps != self._committed_at:
             self.commit()  # the final state, unless the last step was just committed
-        self.repo.store.background.settle()  # the block ends with every commit durable
-        self.repo.store.background.spare.clear()  # and without the copies kept for the next step
+        hand_offs_done(self.repo.store)  # the block ends with every commit durable
 
 
 def commit_every(model: Any, n_steps: int, name: str, repo: Repo | str | os.PathLike | None = None,

@@ -9,17 +9,24 @@ commit has already returned. Each file is re-coded under a temporary name and re
 old one, so a kill leaves every file old or new and whole. When the user's thread needs the lock
 (the next commit, a checkout that moves HEAD...) the pack stops after the file it is writing and
 the next automatic pack continues.
+
+A training loop that hands commits off densely (less than ``DENSE_HAND_OFFS`` seconds apart) would
+find each of its commits queued behind a pack's file, and wait: packs wait for the loop's end
+(:func:`after_loop`), or for a commit that comes after a pause.
 """
 
 from __future__ import annotations
 
 import os
 
+from ..storage.local.background import Background
 from ..storage.local.store import Store
 from . import repack
 
 PACK_ENV = "MVC_PACK_MB"
 DEFAULT_PACK_MB = 512
+# Hand-offs closer together than this (seconds) are a loop committing densely: no pack starts then.
+DENSE_HAND_OFFS = 10.0
 
 
 def pack_threshold() -> int | None:
@@ -56,8 +63,26 @@ def after_commit(store: Store, vid: str) -> None:
             background.loose_bytes += store.layout.snapshot_path(vid).stat().st_size
         except OSError:
             return
-    if background.loose_bytes < limit:
+    if background.loose_bytes < limit or background.dense_hand_offs(DENSE_HAND_OFFS):
         return
+    _submit(background, limit)
+
+
+def after_loop(store: Store) -> None:
+    """A training loop's commits are written: the pack its dense hand-offs put off starts now,
+    off the user's path, when the loose files pass the threshold."""
+    background = store.background
+    background.hand_offs_ended()
+    limit = pack_threshold()
+    if limit is None or store.readonly or "pack" in background.pending():
+        return
+    if background.loose_bytes is None:
+        background.loose_bytes = loose_summary(store)[1]
+    if background.loose_bytes >= limit:
+        _submit(background, limit)
+
+
+def _submit(background: Background, limit: int) -> None:
     stop = background.stop
     background.submit("pack", lambda own: _pack_if_needed(own, limit, stop))
 

@@ -152,6 +152,15 @@ def commit_later(store: Store, model: Any, name: str, message: str | None = None
 
 
 
+def hand_offs_done(store: Store) -> None:
+    """The end of a training loop that handed its commits off (:func:`commit_later`): wait until
+    they are written, drop the buffers kept for the next step's copy, and start the automatic
+    pack the loop's dense commits put off (:func:`.autopack.after_loop`)."""
+    store.background.settle()
+    store.background.spare.clear()
+    autopack.after_loop(store)
+
+
 def _copy_into_spare(store: Store, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """A copy of ``arrays``, into a spare set of buffers of the same layout when there is one."""
     layout = {key: (a.shape, a.dtype) for key, a in arrays.items()}

@@ -22,6 +22,7 @@ import atexit
 import contextlib
 import logging
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -55,6 +56,7 @@ class Background:
         self._handing_off = 0  # user threads copying weights for a hand-off right now
         self._running = threading.Event()  # clear while they copy: jobs wait at their next pause point
         self._running.set()
+        self._hand_off_times: deque[float] = deque(maxlen=2)  # when the last two hand-offs started
         _LIVE.add(self)
 
     def submit(self, kind: str, job: Callable[[Any], object]) -> Future:
@@ -131,6 +133,7 @@ class Background:
         with self._lock:
             self._handing_off += 1
             self._running.clear()
+            self._hand_off_times.append(time.monotonic())
         try:
             yield
         finally:
@@ -144,6 +147,18 @@ class Background:
         only makes the copy faster, never decides correctness, so a copy that takes longer than
         ``PAUSE_LIMIT`` seconds (a huge model) has the jobs carry on beside it."""
         self._running.wait(PAUSE_LIMIT)
+
+    def dense_hand_offs(self, within: float) -> bool:
+        """True while hand-offs come less than ``within`` seconds apart: a loop committing densely,
+        whose next commit would wait behind whatever else the worker started (a pack's file)."""
+        with self._lock:
+            times = list(self._hand_off_times)
+        return len(times) == 2 and times[1] - times[0] < within and time.monotonic() - times[1] < within
+
+    def hand_offs_ended(self) -> None:
+        """The loop handing commits off ended (see :meth:`dense_hand_offs`)."""
+        with self._lock:
+            self._hand_off_times.clear()
 
     def take_spare(self, fits: Callable[[Any], bool]) -> Any:
         """Remove and return a spare buffer set ``fits`` accepts (None when there is none)."""
