@@ -86,14 +86,20 @@ def git_state(store_path: Path, provenance: Mapping[str, Any], cwd: Path | None 
             return None
         root = Path(top.strip()).resolve()
         spec = _store_exclusion(root, store_path)
+        # The remotes are read by a second git beside the status (two processes at once, not in turn).
+        remotes_ahead: list[str | None] = [None]
+        reader = threading.Thread(target=lambda: remotes_ahead.__setitem__(0, _run(
+            git, root, "config", "--get-regexp", r"^(remote\..*\.url|branch\..*\.remote)$")), daemon=True)
+        reader.start()
         status = _run(git, root, "status", "--porcelain=v2", "--branch", "--untracked-files=no",
                       "--ignore-submodules=dirty", "--", *spec)
+        reader.join()
         if status is None:
             return None
         commit, branch, dirty = parse_status(status)
         if commit is None:  # no commit yet: nothing to point to
             return None
-        remotes = _run(git, root, "config", "--get-regexp", r"^(remote\..*\.url|branch\..*\.remote)$") or ""
+        remotes = remotes_ahead[0] or ""
         diff = _diff(git, root, spec) if dirty and git_setting() == "on" else None
     except OSError:
         return None
