@@ -36,6 +36,7 @@ from ...core.hashing import HASH_HEX_LENGTH
 from ...core.names import validate_name
 from ...errors import InvalidRemoteError, RemoteError, RemotePermissionError, StoreFormatError
 from . import guard
+from .clients import s3_filesystem, sent_requests, storage_options
 from .log import RemoteLog, RemoteState
 
 REMOTE_FORMAT = "mvc-remote"
@@ -46,12 +47,6 @@ READABLE_VERSIONS = ("1", "2", "3")
 ATOMIC_PUT_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "memory"})
 # Backends that can create a file only if it is absent, atomically (what appending to the log needs).
 EXCLUSIVE_CREATE_PROTOCOLS = frozenset({"s3", "s3a", "file", "local", "memory"})
-# Seconds to wait for an S3 server to connect / answer one request (env MVC_REMOTE_TIMEOUT).
-DEFAULT_TIMEOUT = 30.0
-# Attempts per request by s3fs, each with BOTOCORE_ATTEMPTS attempts: a server that never answers
-# fails after at most S3FS_ATTEMPTS * BOTOCORE_ATTEMPTS * timeout seconds (2 minutes by default).
-S3FS_ATTEMPTS = 2
-BOTOCORE_ATTEMPTS = 2
 # Part size of multipart uploads to S3 (5 MiB is S3's minimum).
 UPLOAD_PART_BYTES = 8 << 20
 # An upload temporary older than this belongs to a push that was killed.
@@ -82,14 +77,16 @@ class RemoteStore:
 
     def __init__(self, url: str) -> None:
         self.url = check_url(url)
-        self.requests = 0  # HTTP requests sent (S3 only): pushes and pulls report them
         self.version: int | None = None  # the remote's format version, once read
+        scheme = urlsplit(self.url).scheme
         try:
             import fsspec
 
-            # A fresh instance: a cached one could hold credentials or listings from before.
-            self.fs, self.root = fsspec.url_to_fs(self.url, skip_instance_cache=True,
-                                                  **_storage_options(urlsplit(self.url).scheme))
+            if scheme in ("s3", "s3a"):
+                self.fs, self.root = s3_filesystem(fsspec, self.url)
+            else:  # local folders and the rest: cheap to make, and fresh (nothing cached from before)
+                self.fs, self.root = fsspec.url_to_fs(self.url, skip_instance_cache=True,
+                                                      **storage_options(scheme))
         except (ImportError, ValueError) as exc:
             raise RemoteError(f"cannot use remote {self.url}: {exc} (pip install \"mvc_magics[remote]\" "
                               "for S3; other stores need their fsspec package, e.g. gcsfs)") from exc
@@ -98,17 +95,16 @@ class RemoteStore:
         self.protocol = protocol
         self.atomic_put = protocol in ATOMIC_PUT_PROTOCOLS
         self.local = protocol in ("file", "local")
-        if protocol in ("s3", "s3a"):
-            self.fs.retries = S3FS_ATTEMPTS  # with botocore's own attempts: a dead server fails in bounded time
-            self._count_requests()
+        self._sent_before = sent_requests(self.fs)
 
-    def _count_requests(self) -> None:
-        def count(**_kwargs) -> None:
-            self.requests += 1
+    @property
+    def requests(self) -> int:
+        """HTTP requests sent since this object was made (S3 only): pushes and pulls report them.
 
-        with contextlib.suppress(Exception):  # counting is a report, never a reason to fail
-            self.fs.connect()
-            self.fs.s3.meta.events.register("before-send.s3", count)
+        The S3 client is shared by every ``RemoteStore`` of the same endpoint and credentials in this
+        process, so requests another one sends at the same time are counted too.
+        """
+        return sent_requests(self.fs) - self._sent_before
 
     def key(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
@@ -385,15 +381,3 @@ class RemoteStore:
             return False
         self._call(f"write {key}", self.fs.pipe_file, key, data)
         return True
-
-
-def _storage_options(scheme: str) -> dict:
-    """Bounded waits for S3: a server that accepts and never answers fails after the timeout."""
-    if scheme not in ("s3", "s3a"):
-        return {}
-    try:
-        timeout = float(os.environ.get("MVC_REMOTE_TIMEOUT", DEFAULT_TIMEOUT))
-    except ValueError:
-        timeout = DEFAULT_TIMEOUT
-    return {"config_kwargs": {"connect_timeout": timeout, "read_timeout": timeout,
-                              "retries": {"max_attempts": BOTOCORE_ATTEMPTS, "mode": "standard"}}}

@@ -1,0 +1,90 @@
+"""The S3 clients remotes talk through: one per endpoint, credentials and options in a process.
+
+Making an s3fs file system (a botocore session and client) takes most of a second; every push,
+pull, clone and remote check made one. Waits are bounded here too: a server that accepts and never
+answers fails after ``MVC_REMOTE_TIMEOUT`` seconds per attempt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import threading
+from urllib.parse import urlsplit
+
+# Seconds to wait for an S3 server to connect / answer one request (env MVC_REMOTE_TIMEOUT).
+DEFAULT_TIMEOUT = 30.0
+# Attempts per request by s3fs, each with BOTOCORE_ATTEMPTS attempts: a server that never answers
+# fails after at most S3FS_ATTEMPTS * BOTOCORE_ATTEMPTS * timeout seconds (2 minutes by default).
+S3FS_ATTEMPTS = 2
+BOTOCORE_ATTEMPTS = 2
+
+# One S3 file system per endpoint, credentials and options in this process: making one (a botocore
+# session and client) takes most of a second, which every push, pull and check paid again.
+_S3_CLIENTS: dict[str, object] = {}
+_S3_CLIENTS_LOCK = threading.Lock()
+# What decides which server and identity an S3 client talks to, besides the storage options.
+_S3_ENVIRONMENT = re.compile(r"^(AWS_|BOTO_|FSSPEC_S3|MVC_REMOTE_TIMEOUT$)")
+
+
+def s3_filesystem(fsspec, url: str) -> tuple[object, str]:
+    """(file system, root path) for an s3:// URL, reusing this process's client for the same endpoint,
+    credentials and options.
+
+    fsspec caches instances by their constructor arguments only, but here the endpoint and the
+    credentials come from the environment (tests switch identities and servers by changing it), so
+    its cache is skipped and this one is keyed by every ``AWS_*``/``BOTO_*``/``FSSPEC_S3*`` variable too (a digest,
+    never the secrets themselves) and the process id (a client does not survive a fork). Listings a
+    reused instance cached are dropped, so a new ``RemoteStore`` sees what others pushed since.
+    """
+    cls = fsspec.get_filesystem_class(urlsplit(url).scheme)
+    options = {**cls._get_kwargs_from_urls(url), **storage_options("s3")}
+    environment = sorted((k, v) for k, v in os.environ.items() if _S3_ENVIRONMENT.match(k))
+    key = hashlib.blake2b(repr((os.getpid(), cls.__name__, sorted(options.items(), key=str), environment))
+                          .encode(), digest_size=16).hexdigest()
+    with _S3_CLIENTS_LOCK:
+        fs = _S3_CLIENTS.get(key)
+        if fs is None:
+            fs = cls(skip_instance_cache=True, **options)
+            fs.retries = S3FS_ATTEMPTS  # with botocore's own attempts: a dead server fails in bounded time
+            _count_requests(fs)
+            _S3_CLIENTS[key] = fs
+        else:
+            fs.invalidate_cache()
+    return fs, cls._strip_protocol(url)
+
+
+def forget_s3_clients() -> None:
+    """Drop the reused S3 clients (the next ``RemoteStore`` makes a new one)."""
+    with _S3_CLIENTS_LOCK:
+        _S3_CLIENTS.clear()
+
+
+def _count_requests(fs) -> None:
+    """Count the HTTP requests ``fs`` sends, in ``fs.mvc_requests`` (read through ``_sent``)."""
+    fs.mvc_requests = 0
+
+    def count(**_kwargs) -> None:
+        fs.mvc_requests += 1
+
+    with contextlib.suppress(Exception):  # counting is a report, never a reason to fail
+        fs.connect()
+        fs.s3.meta.events.register("before-send.s3", count)
+
+
+def sent_requests(fs) -> int:
+    return int(getattr(fs, "mvc_requests", 0))
+
+
+def storage_options(scheme: str) -> dict:
+    """Bounded waits for S3: a server that accepts and never answers fails after the timeout."""
+    if scheme not in ("s3", "s3a"):
+        return {}
+    try:
+        timeout = float(os.environ.get("MVC_REMOTE_TIMEOUT", DEFAULT_TIMEOUT))
+    except ValueError:
+        timeout = DEFAULT_TIMEOUT
+    return {"config_kwargs": {"connect_timeout": timeout, "read_timeout": timeout,
+                              "retries": {"max_attempts": BOTOCORE_ATTEMPTS, "mode": "standard"}}}
