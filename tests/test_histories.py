@@ -244,3 +244,53 @@ def test_removed_content_committed_again_is_back_in_the_histories_its_notes_name
     assert [v.id for v in repo.log("other")] == [v0.id]  # as reindex would say: the name record is a file
     assert repo.get(v0.id).metrics == {"val_loss": 0.25}  # the note's; acc was in the removed metadata
     assert repo.verify().ok
+
+
+# -- best: over a history (ties, stated directions) ------------------------------------------------
+
+
+@pytest.mark.parametrize("probe", [2, 1000])
+def test_best_ties_go_to_the_newest_whichever_way_they_are_found(repo, monkeypatch, probe):
+    from mvc_magics.operations import lookup
+
+    monkeypatch.setattr(lookup, "_TIE_PROBE", probe)  # 2: the newest-first probe and its fallback run
+    ids = [repo.commit(weights(i), "model", metrics={"acc": 1.0 if i < 5 else 0.5}).id for i in range(9)]
+    other = [repo.commit(weights(100 + i), "noise", metrics={"acc": 1.0}).id for i in range(4)]
+    assert repo.resolve("best:acc", name="model").id == ids[4]  # newest of the five ties, older than 4 others
+    assert repo.resolve("best:acc", name="noise").id == other[-1]
+    newer = repo.commit(weights(50), "model", metrics={"acc": 1.0})
+    assert repo.resolve("best:acc", name="model").id == newer.id  # among the newest versions now
+    joined = repo.commit(copy(weights(101)), "model")  # noise's second version joins model's history
+    assert joined.id == other[1] and repo.resolve("best:acc", name="model").id == newer.id  # order: creation
+    assert repo.resolve("best:acc:min", name="model").id == ids[-1]
+
+
+def test_a_direction_a_version_states_wins_and_survives_reindex(repo):
+    from mvc_magics.operations.commit import commit
+
+    low = commit(repo.store, weights(0), "model", metrics={"val_loss": 0.2})
+    high = commit(repo.store, weights(1), "model", metrics={"val_loss": 0.9},
+                  extra={"metric_directions": {"val_loss": "max", "acc": "sideways", "": 3}})
+    assert repo.resolve("best:val_loss", name="model").id == high.id  # stated: higher is better
+    assert repo.resolve("best:val_loss:min", name="model").id == low.id  # explicit wins over stated
+    repo.reindex()
+    assert repo.resolve("best:val_loss", name="model").id == high.id and repo.verify().ok
+    # another history holding the low version states nothing: the name's guess holds there
+    repo.commit(copy(weights(0)), "other", metrics={})
+    assert repo.resolve("best:val_loss", name="other").id == low.id
+
+
+def test_an_index_written_before_stated_directions_finds_them_on_open(store_path):
+    from mvc_magics.operations.commit import commit
+
+    with Repo(store_path) as repo:
+        commit(repo.store, weights(0), "model", metrics={"score": 0.2})
+        high = commit(repo.store, weights(1), "model", metrics={"score": 0.9},
+                      extra={"metric_directions": {"score": "min"}})
+        low = repo.log("model")[1]
+    with sqlite3.connect(store_path / "index.sqlite") as conn:
+        conn.execute("DROP TRIGGER directions_gone")
+        conn.execute("DROP TABLE directions")
+    with Repo(store_path) as reopened:
+        assert reopened.resolve("best:score", name="model").id == low.id != high.id  # "min", as stated
+        assert reopened.verify().ok

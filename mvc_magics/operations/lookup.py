@@ -91,6 +91,7 @@ def _load_versions(index: Index, where: str, params: tuple, limit: int | None,
     inserted (rows are only added and deleted, and ``seq`` is never reused), so its parsed
     metadata is kept per index connection and a repeated ``log`` reads only ids, metrics and tags.
     """
+    whole = where == "1 = 1"
     if history is None:
         source, order, named = "versions v", "v.ord DESC, v.id DESC", "v.name"
     else:  # read in the history's order from its own SQL index (members_ord)
@@ -115,7 +116,10 @@ def _load_versions(index: Index, where: str, params: tuple, limit: int | None,
         metric_sql = f"SELECT id, key, text FROM metrics WHERE id IN ({selection})"
         tag_sql = f"SELECT t.id, t.tag, t.protected FROM tags t WHERE t.id IN ({selection}){own_tags} ORDER BY t.tag"
     else:  # every matching version: a join reads the index directly, no list of ids is built
-        metric_sql = f"SELECT m.id, m.key, m.text FROM {source} JOIN metrics m ON m.id = v.id WHERE {where}"
+        # A whole history needs no versions row to find its metrics: its members name them.
+        joined = ("members n JOIN metrics m ON m.id = n.id" if history and whole
+                  else f"{source} JOIN metrics m ON m.id = v.id")
+        metric_sql = f"SELECT m.id, m.key, m.text FROM {joined} WHERE {where}"
         tag_sql = (f"SELECT t.id, t.tag, t.protected FROM {source} JOIN tags t ON t.id = v.id WHERE {where}"
                    f"{own_tags} ORDER BY t.tag")
     for vid, key, text in index.query(metric_sql, params):
@@ -265,23 +269,44 @@ def _resolve(index: Index, text: str, name: str | None, workspace: str | None = 
 def _stated_direction(index: Index, model: str, metric: str) -> str | None:
     """The direction a version of ``model`` states for ``metric`` (a merge's score is higher-is-better),
     which wins over the guess from the metric's name."""
-    for (meta,) in index.query("SELECT v.meta FROM members n JOIN versions v ON v.id = n.id WHERE n.name = ? "
-                               "AND v.meta LIKE '%metric_directions%'", (model,)):
-        stated = (json.loads(meta).get("extra") or {}).get("metric_directions") or {}
-        if stated.get(metric) in ("min", "max"):
-            return stated[metric]
-    return None
+    # CROSS JOIN: the few statements first (SQLite would otherwise walk every member of the model).
+    rows = index.query("SELECT d.direction FROM directions d CROSS JOIN members n ON n.id = d.id AND n.name = ? "
+                       "WHERE d.key = ? ORDER BY n.ord DESC, n.id DESC LIMIT 1", (model, metric))
+    return rows[0][0] if rows else None
+
+
+# best: ties go to the newest version; the newest this many versions of the model are probed first.
+_TIE_PROBE = 256
 
 
 def _resolve_best(index: Index, model: str, metric: str, direction: str, text: str) -> str:
+    """The version of ``model`` with the best finite ``metric``; among equal values the newest (ord, id).
+
+    One query ordering by value then ``ord`` sorts every tie (SQLite's index gives the value order,
+    not the order within a value): with thousands of versions at one value (an accuracy of 1.0) that
+    was a scan. So the best value is found first (the metric's SQL index, stopping at the model's
+    first row); then, when more than :data:`_TIE_PROBE` versions share it, the newest tie among the
+    model's newest versions (its history's SQL index), and otherwise (or when none of those ties)
+    the newest among the ties themselves.
+    """
     order = "ASC" if direction == "min" else "DESC"
-    rows = index.query(
-        f"SELECT n.id FROM members n JOIN metrics m ON m.id = n.id WHERE n.name = ? AND m.key = ? "
-        f"AND m.value IS NOT NULL ORDER BY m.value {order}, n.ord DESC, n.id DESC LIMIT 1",
-        (model, metric),
-    )
-    if rows:
-        return rows[0][0]
+    best = index.query(
+        f"SELECT m.value FROM metrics m CROSS JOIN members n ON n.id = m.id AND n.name = ? "
+        f"WHERE m.key = ? AND m.value IS NOT NULL ORDER BY m.value {order} LIMIT 1", (model, metric))
+    if best:
+        value = best[0][0]
+        # Counted in the metric's SQL index alone (no row read), and only up to the probe's size.
+        many = index.query("SELECT count(*) FROM (SELECT 1 FROM metrics WHERE key = ? AND value = ? LIMIT ?)",
+                           (metric, value, _TIE_PROBE + 1))[0][0] > _TIE_PROBE
+        rows = index.query(
+            "SELECT n.id FROM (SELECT id, ord FROM members WHERE name = ? ORDER BY ord DESC, id DESC "
+            f"LIMIT {_TIE_PROBE}) n JOIN metrics m ON m.id = n.id AND m.key = ? WHERE m.value = ? "
+            "ORDER BY n.ord DESC, n.id DESC LIMIT 1", (model, metric, value)) if many else []
+        rows = rows or index.query(
+            "SELECT n.id FROM metrics m CROSS JOIN members n ON n.id = m.id AND n.name = ? "
+            "WHERE m.key = ? AND m.value = ? ORDER BY n.ord DESC, n.id DESC LIMIT 1", (model, metric, value))
+        if rows:
+            return rows[0][0]
     known = [r[0] for r in index.query(
         "SELECT DISTINCT m.key FROM metrics m JOIN members n ON n.id = m.id WHERE n.name = ? ORDER BY 1",
         (model,))]

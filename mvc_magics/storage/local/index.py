@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ...errors import IntegrityError, StoreError, UnsafeFileError
-from . import histories, version_order
+from . import directions, histories, version_order
 
 SCHEMA_VERSION = 1
 
@@ -86,8 +86,7 @@ class Index:
                 self._conn.execute("PRAGMA journal_mode=WAL")
                 self._conn.execute("PRAGMA synchronous=FULL")
                 self._conn.executescript(SCHEMA_SQL)
-                version_order.upgrade(self._conn)
-                histories.upgrade(self._conn)
+                upgrade_schema(self._conn)
                 self._conn.execute(
                     "INSERT OR IGNORE INTO info(key, value) VALUES('schema_version', ?)", (str(SCHEMA_VERSION),)
                 )
@@ -113,8 +112,7 @@ class Index:
             if wal.exists() and wal.stat().st_size:
                 shutil.copyfile(wal, f"{copy}-wal")
             self._conn = sqlite3.connect(str(copy), isolation_level=None, check_same_thread=False)
-            version_order.upgrade(self._conn)
-            histories.upgrade(self._conn)
+            upgrade_schema(self._conn)
         else:
             self._conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         self._conn.execute("SELECT count(*) FROM versions")
@@ -209,6 +207,7 @@ class Index:
         ).rowcount
         if added:
             version_order.place(conn, version_id, created, meta.get("parents") or ())
+            directions.record(conn, version_id, meta)
         rows = [(e["hash"], e["object"], int(e["nbytes"])) for e in manifest]
         if structure_ref is not None:
             rows.append((structure_ref.hash, structure_ref.object, int(structure_ref.nbytes)))
@@ -254,15 +253,24 @@ class Index:
         return int(self.query("SELECT count(*) FROM versions")[0][0])
 
 
+def upgrade_schema(conn: sqlite3.Connection) -> None:
+    """What later versions added to the schema (order keys, history memberships, stated directions),
+    each filled from the rows an older index holds."""
+    version_order.upgrade(conn)
+    histories.upgrade(conn)
+    directions.upgrade(conn)
+
+
 def _before_upgrades(uri: str) -> bool:
-    """True for an index written before order keys or history memberships (upgraded in a copy)."""
+    """True for an index written before order keys, history memberships or stated directions
+    (upgraded in a private copy)."""
     conn = sqlite3.connect(uri, uri=True)
     try:
         columns = {row[1] for row in conn.execute("PRAGMA table_info(versions)")}
-        members = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'members'").fetchall()
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     finally:
         conn.close()
-    return "ord" not in columns or not members
+    return "ord" not in columns or not {"members", "directions"} <= tables
 
 
 @contextmanager

@@ -14,8 +14,8 @@ import sqlite3
 from typing import TYPE_CHECKING
 
 from ..snapshots.retired import held_hashes
-from . import histories, recovery
-from .index import SCHEMA_SQL
+from . import recovery
+from .index import SCHEMA_SQL, upgrade_schema
 
 if TYPE_CHECKING:
     from .store import Store
@@ -27,6 +27,7 @@ _TABLES = (
     ("tags", ("name", "tag"), ("id", "protected")),
     ("heads", ("name",), ("id",)),
     ("members", ("name", "id"), ()),
+    ("directions", ("key", "id"), ("direction",)),
 )
 _JSON_COLUMNS = {"meta", "manifest"}
 _REPORTED = 20  # differences named per table; the rest are counted
@@ -43,7 +44,7 @@ def index_differences(store: Store, reported: set[str] = frozenset()) -> list[tu
     expected = sqlite3.connect(":memory:", isolation_level=None)
     try:
         expected.executescript(SCHEMA_SQL)
-        histories.upgrade(expected)
+        upgrade_schema(expected)
         recovery.fill_index(store, expected, recovery.indexable_contents(store))
         found: list[tuple[str, str]] = []
         with store.index.reading():
