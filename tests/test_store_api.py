@@ -296,3 +296,18 @@ def test_default_store_path_follows_env_and_notebook(tmp_path, monkeypatch):
     assert default_store_path() == nb_dir / ".mvc"
     monkeypatch.setenv("MVC_DIR", str(tmp_path / "elsewhere"))
     assert default_store_path(str(nb_dir / "train.ipynb")) == tmp_path / "elsewhere"
+
+
+def test_api_checkout_moves_the_shared_head_unless_a_copy_is_asked_for(repo, weights):
+    """As the README says: a rebuilt checkout is the model's new state (HEAD moves, the next commit
+    descends from it); move_head=False is a copy, so HEAD~1 keeps naming the same version."""
+    first = repo.commit(weights, "model")
+    second = repo.commit({k: v + 1 for k, v in weights.items()}, "model")
+    for _ in range(2):
+        copy = repo.checkout("HEAD~1", name="model", move_head=False)
+        assert np.array_equal(copy["dense/kernel"], weights["dense/kernel"])
+        assert repo.head("model").id == second.id
+    built = repo.checkout("HEAD~1", name="model")
+    assert repo.head("model").id == first.id
+    third = repo.commit({k: v * 2 for k, v in built.items()}, "model")
+    assert third.parents == (first.id,)

@@ -112,7 +112,9 @@ class Repo(TeamMethods):
         All or nothing: every shape is checked before the first assignment, every tensor is re-hashed.
         ``require_signature`` refuses an unsigned version. A user class (notebook or package) is rebuilt
         only with ``classes={"Net": Net}`` (the classes you trust) or ``unsafe=True`` (found by name).
-        Returns ``model`` (a JAX pytree: a new pytree). ``move_head=False``: a copy, every HEAD stays."""
+        Returns ``model`` (a JAX pytree: a new pytree). In place or rebuilt, the checkout moves
+        ``name``'s HEAD (this Repo's: the shared one unless ``workspace`` was given) to the version,
+        so the next commit of ``name`` descends from it; ``move_head=False``: a copy, every HEAD stays."""
         return checkout.checkout(self.store, ref, model, name, unsafe, require_signature, classes, move_head)
 
     def get(self, vid: str, name: str | None = None) -> Version:
