@@ -165,6 +165,30 @@ def test_a_second_base_that_is_not_the_bases_own_base_is_refused(repo, repack):
         repo.load_state(oldest.id, verify=False)
 
 
+def test_a_line_whose_steps_shrink_packs_with_a_slope_and_its_second_base_is_checked_too(repo, repack):
+    """Steps shrinking by 0.8 a version (momentum fading): the oldest becomes a lin delta (slope
+    5/4), smaller than sub2; a lin delta claiming another second base is refused like sub2's."""
+    rng = np.random.default_rng(6)
+    step = (rng.standard_normal((128, 64)) * 1e-3).astype(np.float32)
+    weights = {"w": (rng.standard_normal((128, 64)) * 0.05).astype(np.float32)}
+    versions = []
+    for k in range(3):
+        versions.append((repo.commit(weights, "net"), {"w": weights["w"].copy()}))
+        weights["w"] = weights["w"] + step * np.float32(0.8 ** k)
+    repack()
+    assert [_coding(repo, v.id, w["w"])[:2] for v, w in versions] == [
+        ("lin+planes+zstd", 2), ("sub+planes+zstd", 1), ("planes+zstd", 0)]
+    _intact(repo, versions)
+    assert repo.verify().ok
+    oldest, expected = versions[0]
+    digest = tensor_hash(expected["w"])
+    with h5py.File(repo.path / "objects" / oldest.id[:2] / f"{oldest.id}.h5", "r+") as f:
+        assert int(f["tensors"][digest].attrs["mvc_slope"]) == 5
+        f["tensors"][digest].attrs["mvc_base2"] = np.bytes_(f"{oldest.id}/{digest}")
+    with pytest.raises(IntegrityError, match="second base"):
+        repo.load_state(oldest.id, verify=False)
+
+
 def test_gc_after_a_repack_sees_the_new_bases_of_files_it_read_before(repo, repack):
     """gc remembers each file's base references while the file stays the same; a repack replaces
     files (renamed over the old ones), and the next gc must read the new references."""
