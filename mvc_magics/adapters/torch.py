@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.copying import copy_all
 from ..errors import ShapeMismatchError, UnsupportedModelError
 from .base import match_state
 from .trust import AllowList, TrustPolicy, checked_arguments, entry_of, import_class, qualified_name, shown
@@ -106,10 +107,16 @@ class TorchAdapter:
                     for key, stored in pairs.items() if not _same_kind(live[key][1], state[stored].dtype)]
         if problems:
             raise ShapeMismatchError(f"dtype mismatch, model left unchanged: {'; '.join(problems[:3])}")
-        sources = {key: from_numpy(state[stored]) for key, stored in pairs.items()}
+        direct = {key: target for key, stored in pairs.items()
+                  if (target := _cpu_buffer(unique[key], state[stored])) is not None}
+        sources = {key: from_numpy(state[stored]) for key, stored in pairs.items() if key not in direct}
         with torch.no_grad():
-            for key, source in sources.items():
+            for key, source in sources.items():  # other devices, other dtypes: torch converts
                 unique[key].copy_(source)
+        # CPU tensors of the stored dtype: copied through numpy on every core (copy_all).
+        copy_all([(target, _contiguous(state[pairs[key]])) for key, target in direct.items()])
+        if direct:  # as copy_ would: autograd then refuses a backward through the values replaced
+            torch.autograd.graph.increment_version([unique[key] for key in direct])
 
     # -- structure and rebuild ------------------------------------------------------------------
 
@@ -216,6 +223,23 @@ def _same_kind(live: str, stored: np.dtype) -> bool:
     return kind(live) == kind(np.dtype(stored).name)
 
 
+def _contiguous(array: np.ndarray) -> np.ndarray:
+    # np.ascontiguousarray would turn a 0-d array (num_batches_tracked) into shape (1,).
+    return array if array.flags.c_contiguous else array.copy(order="C")
+
+
+def _cpu_buffer(tensor: Any, array: np.ndarray) -> np.ndarray | None:
+    """The memory of a live CPU tensor as a writable numpy array when ``array`` can be copied
+    straight into it (C-contiguous, same dtype and shape), else None (``copy_`` converts)."""
+    torch = _torch()
+    if (tensor.device.type != "cpu" or tensor.layout != torch.strided or tensor.is_quantized
+            or not tensor.is_contiguous() or tensor.is_conj() or tensor.is_neg()
+            or _dtype_name(tensor) != array.dtype.name or _dtype_name(tensor) in _BITS_VIEW):
+        return None
+    target = tensor.detach().numpy()
+    return target if target.shape == array.shape and target.flags.writeable else None
+
+
 def to_numpy(tensor: Any) -> np.ndarray:
     """The tensor's bytes as a numpy array: a zero-copy view of CPU tensors, a copy of others."""
     torch = _torch()
@@ -238,8 +262,7 @@ def from_numpy(array: np.ndarray) -> Any:
     """A CPU tensor over ``array``'s memory (never written: it is only copied from)."""
     torch = _torch()
     name = array.dtype.name
-    # np.ascontiguousarray would turn a 0-d array (num_batches_tracked) into shape (1,).
-    array = array if array.flags.c_contiguous else array.copy(order="C")
+    array = _contiguous(array)
     if name in _BITS_VIEW:
         bits, logical = _BITS_VIEW[name]
         return torch.from_numpy(array.view(bits)).view(getattr(torch, logical))

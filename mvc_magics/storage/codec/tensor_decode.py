@@ -68,25 +68,40 @@ class FileMaps:
         None when it cannot be mapped (no offset, no descriptor, outside the file)."""
         try:
             offset = dataset.id.get_offset()
-            handle = dataset.file.id.get_vfd_handle()
         except (OSError, ValueError, RuntimeError, TypeError):
             return None
-        if offset is None or not isinstance(handle, int):
+        if offset is None:
             return None
+        self.handed(stored)
+        mapped = self.whole(dataset.file)
+        if mapped is None or offset < 0 or offset + stored > len(mapped):
+            return None  # HDF5's offset points outside the file: read through HDF5, which checks
+        return np.frombuffer(mapped, dtype=np.uint8, count=stored, offset=offset)
+
+    def handed(self, nbytes: int) -> None:
+        """Count ``nbytes`` of mapped pages read; past :data:`_RELEASE_BYTES` they are given back."""
         with self._lock:
-            self._handed += stored
+            self._handed += nbytes
             if self._handed > _RELEASE_BYTES:
                 self._release()
+
+    def whole(self, file: h5py.File) -> mmap.mmap | None:
+        """The read-only map of the whole of ``file`` (through the descriptor HDF5 reads it with),
+        made on first use; None when it cannot be mapped (no descriptor, an empty file)."""
+        try:
+            handle = file.id.get_vfd_handle()
+        except (OSError, ValueError, RuntimeError, TypeError):
+            return None
+        if not isinstance(handle, int):
+            return None
+        with self._lock:
             if handle not in self._maps:
                 try:
                     size = os.fstat(handle).st_size
                     self._maps[handle] = mmap.mmap(handle, size, access=mmap.ACCESS_READ) if size else None
                 except (OSError, ValueError):
                     self._maps[handle] = None
-            mapped = self._maps[handle]
-        if mapped is None or offset < 0 or offset + stored > len(mapped):
-            return None  # HDF5's offset points outside the file: read through HDF5, which checks
-        return np.frombuffer(mapped, dtype=np.uint8, count=stored, offset=offset)
+            return self._maps[handle]
 
     def release(self) -> None:
         """Give back every mapped page read so far, now (see :meth:`_release`)."""

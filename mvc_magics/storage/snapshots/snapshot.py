@@ -38,6 +38,7 @@ from ..codec.tensor_decode import PLANES_ATTR as PLANES_ATTR  # the writer's and
 from ..files.checksum import CHECKSUM_MAGIC, USERBLOCK_SIZE, body_digest, check_file_checksum  # noqa: F401
 from ..files.h5_open import display_name, file_size, open_hdf5
 from ..files.h5_values import read_attr, read_string_dataset, read_text_attr
+from . import mapped_read
 
 FORMAT_NAME = "mvc-snapshot"
 # Version 2 adds coded tensors (byte planes + zstd, XOR deltas); version 3 stores each distinct
@@ -238,7 +239,7 @@ class TensorReader:
         bytes, so checking it checks every base too; only when it fails is each base checked on its
         own, to name the damaged one.
         """
-        where = f"version {owner[:12]} tensor {entry.name!r}" if owner else f"tensor {entry.name!r}"
+        where = self._where(entry, owner)
         try:
             array = self._read_checked(entry, where, view)
         except IntegrityError:
@@ -251,37 +252,76 @@ class TensorReader:
 
     def read_all(self, entries: list[ManifestEntry] | tuple[ManifestEntry, ...], verify: bool = True,
                  owner: str = "", progress: bool | None = None, views: bool = False) -> dict[str, np.ndarray]:
-        """Every tensor of ``entries`` by name, re-hashing each one in a worker thread while the
-        next is read (BLAKE3 releases the GIL); :class:`IntegrityError` names the first damaged one.
+        """Every tensor of ``entries`` by name, each re-hashed; :class:`IntegrityError` names the
+        first damaged one.
+
+        Tensors stored as they are (a commit's loose files) are found with HDF5's low-level calls
+        and hashed straight from the file's map in batches on the hashing threads
+        (:mod:`.mapped_read`); the others (coded, deltas) are read, decoded (zstd and numpy release
+        the GIL) and hashed in worker threads, several at a time.
 
         ``views``: a tensor stored as it is comes back as a read-only view of the file's map (its
         mapped bytes hashed, nothing copied), valid while this reader is open: for a caller that
         copies the tensors straight into a model's own buffers (one copy instead of two).
         """
+        entries = list(entries)
         arrays: dict[str, np.ndarray] = {}
         total = sum(e.nbytes for e in entries)
-        pool = hash_pool() if total >= THREADED_HASH_BYTES else None  # small: threads cost more
+        mapped = self._mapped(entries)
         with progress_bar(total, f"checkout {owner[:8]}".strip(), progress) as bar:
-            if pool is None:
-                for entry in entries:
-                    arrays[entry.name] = self.read(entry, verify=verify, owner=owner, view=views)
+            if total < THREADED_HASH_BYTES:  # small: threads cost more than they save
+                for index, entry in enumerate(entries):
+                    if index in mapped:
+                        array, digest = mapped_read.hashed(mapped[index], not views, verify, self._where(entry, owner))
+                        if verify:
+                            self._check(entry, digest, owner)
+                    else:
+                        array = self.read(entry, verify=verify, owner=owner, view=views)
+                    arrays[entry.name] = array
                     bar.update(entry.nbytes)
                 return arrays
-            # Tensors are read and decoded (zstd and numpy release the GIL) and hashed in worker
-            # threads, several at a time: many small tensors (ResNet's 320) cost no more than a few big ones.
-            futures = [pool.submit(self._read_hashed, entry, owner, verify, views) for entry in entries]
+            release = None if views else self._maps.handed
+            batches = mapped_read.hash_mapped(mapped, not views, lambda i: self._where(entries[i], owner), verify,
+                                              release)
+            pool = hash_pool()
+            futures = {index: pool.submit(self._read_hashed, entry, owner, verify, views)
+                       for index, entry in enumerate(entries) if index not in mapped}
             try:
-                for entry, future in zip(entries, futures):
-                    array, digest = future.result()
+                done = {index: (array, digest) for batch in batches for index, array, digest in batch.result()}
+                for index, entry in enumerate(entries):
+                    array, digest = done[index] if index in done else futures[index].result()
                     if verify:
                         self._check(entry, digest, owner)
                     arrays[entry.name] = array
                     bar.update(entry.nbytes)
             except BaseException:
-                for future in futures:
+                for future in [*batches, *futures.values()]:
                     future.cancel()
                 raise
         return arrays
+
+    def _mapped(self, entries: list[ManifestEntry]) -> dict[int, np.ndarray]:
+        """Entry index -> read-only view of its mapped bytes, for the tensors stored as they are."""
+        found: dict[int, np.ndarray] = {}
+        files: dict[str, tuple[h5py.Group, object] | None] = {}  # object id -> (/tensors, the file's map)
+        for index, entry in enumerate(entries):
+            if entry.object not in files:
+                try:
+                    group = self._tensors_group(entry.object, "")
+                    files[entry.object] = (group, self._maps.whole(self._file(entry.object)))
+                except (IntegrityError, OSError):  # the checked path says what is wrong
+                    files[entry.object] = None
+            if files[entry.object] is None:
+                continue
+            group, mapped = files[entry.object]
+            view = mapped_read.mapped_tensor(mapped, mapped_read.loose_offset(group, entry), entry)
+            if view is not None:
+                found[index] = view
+        return found
+
+    @staticmethod
+    def _where(entry: ManifestEntry, owner: str) -> str:
+        return f"version {owner[:12]} tensor {entry.name!r}" if owner else f"tensor {entry.name!r}"
 
     def _read_hashed(self, entry: ManifestEntry, owner: str, verify: bool,
                      view: bool = False) -> tuple[np.ndarray, str | None]:
@@ -290,8 +330,7 @@ class TensorReader:
 
     def _check(self, entry: ManifestEntry, digest: str, owner: str) -> None:
         if digest != entry.hash:
-            where = f"version {owner[:12]} tensor {entry.name!r}" if owner else f"tensor {entry.name!r}"
-            raise IntegrityError(f"{where}: {self._damage(entry)}")
+            raise IntegrityError(f"{self._where(entry, owner)}: {self._damage(entry)}")
 
     def _damage(self, entry: ManifestEntry, chain: int = 0) -> str:
         """What is wrong with a tensor whose decoded bytes do not match its hash: its own bytes, or
@@ -316,14 +355,18 @@ class TensorReader:
         """Decode a coded tensor, a delta with every base down to the tensor stored whole."""
         return tensor_decode.read_coded(entry, dataset, where, self._maps, self._dataset, self._read_whole)
 
-    def _dataset(self, entry: ManifestEntry, where: str) -> h5py.Dataset:
-        """The dataset of ``entry``: a hard link to contiguous, non-virtual, non-external storage."""
-        group = self._groups.get(entry.object)
+    def _tensors_group(self, object_id: str, where: str) -> h5py.Group:
+        group = self._groups.get(object_id)
         if group is None:  # checked once per file: 320 tensors need not look /tensors up 320 times
-            f = self._file(entry.object)
+            f = self._file(object_id)
             if not isinstance(f.get("tensors", getlink=True), h5py.HardLink):
                 raise IntegrityError(f"{where}: /tensors is missing or a link")
-            group = self._groups[entry.object] = f["tensors"]
+            group = self._groups[object_id] = f["tensors"]
+        return group
+
+    def _dataset(self, entry: ManifestEntry, where: str) -> h5py.Dataset:
+        """The dataset of ``entry``: a hard link to contiguous, non-virtual, non-external storage."""
+        group = self._tensors_group(entry.object, where)
         link = group.get(entry.hash, getlink=True)
         if link is None:
             raise IntegrityError(f"{where}: bytes missing from snapshot {entry.object[:12]}")
