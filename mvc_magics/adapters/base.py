@@ -106,21 +106,25 @@ def remember_hashes(adapter: Any, model: Any, state: Mapping[str, np.ndarray], h
         remember(model, state, hashes)
 
 
-def load_version(adapter: Any, model: Any, structure: object, state: Mapping[str, np.ndarray]) -> Any:
+def load_version(adapter: Any, model: Any, structure: object, state: Mapping[str, np.ndarray],
+                 hashes: Mapping[str, str] | None = None) -> Any:
     """Make ``model`` hold a stored version and return the model holding it.
 
     Adapters whose models carry more than tensors (a scikit-learn estimator's hyper-parameters) use
     the version's structure too, and adapters of immutable models (a JAX pytree) return a new one
     (``load_version``); the others assign the tensors in place (``set_state``, with arrays the
-    caller will not use again) and the model itself is returned.
+    caller will not use again) and the model itself is returned. ``hashes``: stored name ->
+    verified hash of ``state``, for an adapter that remembers them as it assigns.
     """
     load = getattr(adapter, "load_version", None)
     if load is not None:
         result = load(model, structure, state)
         return model if result is None else result
     # Arrays handed over may be adopted by the model; an adapter that copies (``copies_in``) may be
-    # given read-only views of a mapped file instead, valid only during this call.
-    adapter.set_state(model, state, owned=not getattr(adapter, "copies_in", False))
+    # given read-only views of a mapped file instead, valid only during this call. An adapter that
+    # ``remembers_loaded`` is given the verified hashes of ``state`` (its set_state pins them).
+    remembered = {"hashes": hashes} if hashes is not None and getattr(adapter, "remembers_loaded", False) else {}
+    adapter.set_state(model, state, owned=not getattr(adapter, "copies_in", False), **remembered)
     return model
 
 

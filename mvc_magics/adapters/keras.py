@@ -121,10 +121,16 @@ class KerasAdapter(PinnedHashes):
         to_numpy = _zero_copy_reader(keras)
         return {name: to_numpy(variable) for name, variable in named.items()}
 
-    def set_state(self, model: Any, state: Mapping[str, np.ndarray], owned: bool = False) -> None:
+    # set_state takes the verified hashes of ``state`` and pins what it assigned (see load_version).
+    remembers_loaded = True
+
+    def set_state(self, model: Any, state: Mapping[str, np.ndarray], owned: bool = False,
+                  hashes: Mapping[str, str] | None = None) -> None:
         """Assign ``state`` (all shapes checked first). ``owned``: the arrays belong to this call
         (a checkout's freshly read tensors), so the variables may adopt their memory instead of
-        copying it twice through ``tf.convert_to_tensor``.
+        copying it twice through ``tf.convert_to_tensor``. ``hashes`` (stored name -> verified
+        hash): the variables assigned exactly are remembered with them (:meth:`remember_hashes`),
+        so the next status or commit need not rehash; found by this call's own walk of the model.
         """
         keras = self.library()
         named = self.named_variables(model)
@@ -139,6 +145,12 @@ class KerasAdapter(PinnedHashes):
             elif adopt is not None:
                 value = adopt(value)
             variable.assign(value)
+        if hashes is not None:
+            exact = {live: stored for live, stored in pairs.items()
+                     if stored in hashes and state[stored].dtype == numpy_dtype(named[live])}
+            read = _zero_copy_reader(keras)
+            self.remember_hashes(model, {live: read(named[live]) for live in exact},
+                                 {live: hashes[stored] for live, stored in exact.items()})
 
     def _pin_cache(self) -> weakref.WeakKeyDictionary | None:
         # Only TensorFlow variables copy on write (see PinnedHashes.known_hashes).

@@ -51,11 +51,13 @@ def checkout(store: Store, ref: str, model: Any = None, name: str | None = None,
             state = reader.read_all(store.manifest(version.id), owner=version.id, progress=store.progress,
                                     views=views)
             # Otherwise state was read for this call; a JAX pytree comes back as a new pytree.
+            manifest = store.manifest(version.id)
             result = load_version(adapter, model, versions.structure(store, version.id) if needs_structure else None,
-                                  state)
+                                  state, {e.name: e.hash for e in manifest})
             # The last fit's metrics describe the weights the fit left, which are gone now.
             getattr(adapter, "mark_committed", lambda _model: None)(result)
-            _remember_loaded(adapter, result, state, store.manifest(version.id))
+            if not getattr(adapter, "remembers_loaded", False):
+                _remember_loaded(adapter, result, state, manifest)
     if move_head and not store.readonly:
         store.writes.move_head(target, version.id, "checkout", {"ref": ref, "rebuilt": model is None})
     return result
