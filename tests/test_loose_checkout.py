@@ -61,3 +61,29 @@ def test_a_damaged_byte_in_a_loose_file_is_refused_and_the_module_is_unchanged(r
     with pytest.raises(IntegrityError, match=entry.name):
         repo.checkout(version.id, net)
     assert all(np.array_equal(net.state_dict()[k].numpy(), v) for k, v in before.items())
+
+
+def test_a_checkout_replaces_values_autograd_saved_as_copy_would(repo: Repo):
+    """The verified bytes go into CPU tensors through numpy (on every core); the tensors' version
+    counters still move, so a backward through values the checkout replaced is refused, not wrong."""
+    net = _net()
+    version = repo.commit(net, "net")
+    weight = net[0].weight
+    loss = (weight * weight).sum()  # saves the weight for backward
+    before = weight._version
+    repo.checkout(version.id, net)
+    assert weight._version > before
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_a_checkout_into_other_dtypes_converts_like_copy_(repo: Repo):
+    net = _net()
+    expected = _state(net)
+    version = repo.commit(net, "net")
+    net.double()  # float64 parameters now: torch's copy_ converts, the numpy path is not used
+    _zero(net)
+    repo.checkout(version.id, net)
+    assert net[0].weight.dtype == torch.float64
+    assert all(np.array_equal(net.state_dict()[k].numpy(), v.astype(net.state_dict()[k].numpy().dtype))
+               for k, v in expected.items())

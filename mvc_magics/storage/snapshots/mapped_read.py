@@ -55,41 +55,42 @@ def loose_offset(group: h5py.Group, entry: ManifestEntry) -> int | None:
 
 def mapped_tensor(mapped: memoryview | None, offset: int | None, entry: ManifestEntry) -> np.ndarray | None:
     """A read-only view of ``entry``'s bytes at ``offset`` in the file's map, as the manifest's
-    dtype and shape; None when the bytes would reach outside the map or are not aligned for the
-    dtype (the checked path copies those)."""
+    dtype and shape (as bytes when not aligned for the dtype: :func:`hashed` copies those); None
+    when the bytes would reach outside the map."""
     if mapped is None or offset is None or offset < 0 or offset + entry.nbytes > len(mapped):
         return None
     dtype = dtype_from_name(entry.dtype)
     view = np.frombuffer(mapped, dtype=np.uint8, count=entry.nbytes, offset=offset)
-    if view.ctypes.data % dtype.itemsize:
-        return None
-    return view.view(dtype).reshape(entry.shape)
+    return view if view.ctypes.data % dtype.itemsize else view.view(dtype).reshape(entry.shape)
 
 
-def hashed(view: np.ndarray, copy: bool, verify: bool, where: str) -> tuple[np.ndarray, str | None]:
-    """(the tensor, its hash or None): ``view`` itself, or with ``copy`` a copy in aligned memory of
-    its own (for a caller that keeps it), hashed as copied."""
+def hashed(view: np.ndarray, entry: ManifestEntry, copy: bool, verify: bool, where: str
+           ) -> tuple[np.ndarray, str | None]:
+    """(the tensor, its hash or None): ``view`` itself, or with ``copy`` (or a view of bytes not
+    aligned for the dtype) a copy in aligned memory of its own, hashed as copied."""
     array = view
-    if copy:
+    if copy or view.dtype.name != entry.dtype or view.shape != entry.shape:
         check_read(view.nbytes, where)  # the declared size against the memory there is, before allocating
-        array = aligned_empty(view.shape, view.dtype)
+        array = aligned_empty(entry.shape, dtype_from_name(entry.dtype))
         np.copyto(array.reshape(-1).view(np.uint8), view.reshape(-1).view(np.uint8))
     return array, tensor_hash(array) if verify else None
 
 
-def _hash_batch(items: Sequence[tuple[int, np.ndarray]], copy: bool, verify: bool, where: Callable[[int], str],
-                release: Callable[[int], None] | None) -> list[tuple[int, np.ndarray, str | None]]:
-    done = [(index, *hashed(view, copy, verify, where(index))) for index, view in items]
+def _hash_batch(items: Sequence[tuple[int, np.ndarray]], entries: Sequence[ManifestEntry], copy: bool, verify: bool,
+                where: Callable[[int], str], release: Callable[[int], None] | None
+                ) -> list[tuple[int, np.ndarray, str | None]]:
+    done = [(index, *hashed(view, entries[index], copy, verify, where(index))) for index, view in items]
     if release is not None:
         release(sum(view.nbytes for _index, view in items))
     return done
 
 
-def hash_mapped(views: dict[int, np.ndarray], copy: bool, where: Callable[[int], str], verify: bool = True,
-                release: Callable[[int], None] | None = None) -> list[Future]:
-    """Start hashing ``views`` (entry index -> mapped tensor) on the hashing threads, a few MB per
-    task; each future gives ``[(index, array, digest or None)]``. ``copy``: see :func:`hashed`;
-    ``release(nbytes)`` is told the mapped bytes each task has read."""
+def hash_mapped(views: dict[int, np.ndarray], entries: Sequence[ManifestEntry], copy: bool,
+                where: Callable[[int], str], verify: bool = True, release: Callable[[int], None] | None = None
+                ) -> list[Future]:
+    """Start hashing ``views`` (index in ``entries`` -> mapped tensor) on the hashing threads, a
+    few MB per task; each future gives ``[(index, array, digest or None)]``. ``copy``: see
+    :func:`hashed`; ``release(nbytes)`` is told the mapped bytes each task has read."""
     pool = hash_pool()
     futures: list[Future] = []
     batch: list[tuple[int, np.ndarray]] = []
@@ -98,8 +99,8 @@ def hash_mapped(views: dict[int, np.ndarray], copy: bool, where: Callable[[int],
         batch.append((index, view))
         size += view.nbytes
         if size >= BATCH_BYTES:
-            futures.append(pool.submit(_hash_batch, batch, copy, verify, where, release))
+            futures.append(pool.submit(_hash_batch, batch, entries, copy, verify, where, release))
             batch, size = [], 0
     if batch:
-        futures.append(pool.submit(_hash_batch, batch, copy, verify, where, release))
+        futures.append(pool.submit(_hash_batch, batch, entries, copy, verify, where, release))
     return futures

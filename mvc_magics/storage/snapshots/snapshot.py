@@ -272,7 +272,8 @@ class TensorReader:
             if total < THREADED_HASH_BYTES:  # small: threads cost more than they save
                 for index, entry in enumerate(entries):
                     if index in mapped:
-                        array, digest = mapped_read.hashed(mapped[index], not views, verify, self._where(entry, owner))
+                        array, digest = mapped_read.hashed(mapped[index], entry, not views, verify,
+                                                           self._where(entry, owner))
                         if verify:
                             self._check(entry, digest, owner)
                     else:
@@ -281,8 +282,8 @@ class TensorReader:
                     bar.update(entry.nbytes)
                 return arrays
             release = None if views else self._maps.handed
-            batches = mapped_read.hash_mapped(mapped, not views, lambda i: self._where(entries[i], owner), verify,
-                                              release)
+            batches = mapped_read.hash_mapped(mapped, entries, not views, lambda i: self._where(entries[i], owner),
+                                              verify, release)
             pool = hash_pool()
             futures = {index: pool.submit(self._read_hashed, entry, owner, verify, views)
                        for index, entry in enumerate(entries) if index not in mapped}

@@ -1,0 +1,126 @@
+"""The fast read of loose tensors (storage/snapshots/mapped_read): used for every tensor a commit
+wrote, never trusted for what it loads. Bytes found where HDF5 says a tensor is are hashed against
+the manifest: other bytes there (datasets swapped, a flipped byte) are refused by name and the
+live model is left exactly as it was; coded tensors still go through the checked path."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from mvc_magics import Repo
+from mvc_magics.core import copying
+from mvc_magics.core.hashing import tensor_hash
+from mvc_magics.core.manifest import ManifestEntry
+from mvc_magics.errors import IntegrityError
+from mvc_magics.storage.snapshots import mapped_read
+from mvc_magics.storage.snapshots.snapshot import TensorReader
+
+
+def _weights(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"a": rng.standard_normal((256, 300)).astype(np.float32),  # same size as b: swappable
+            "b": rng.standard_normal((300, 256)).astype(np.float32),
+            "big": rng.standard_normal(1_200_000).astype(np.float32),  # past the threaded-hash size
+            "steps": np.array(7, dtype=np.int64), "empty": np.zeros((0, 3), np.float32),
+            "half": rng.standard_normal(33).astype(np.float16)}
+
+
+def _checked_path_calls(monkeypatch) -> list[str]:
+    calls: list[str] = []
+    original = TensorReader._read_checked
+
+    def counted(self, entry, where, view=False):
+        calls.append(entry.name)
+        return original(self, entry, where, view)
+
+    monkeypatch.setattr(TensorReader, "_read_checked", counted)
+    return calls
+
+
+@pytest.mark.parametrize("views", [False, True])
+def test_loose_tensors_are_read_from_the_map_exactly(repo: Repo, monkeypatch, views):
+    weights = _weights()
+    version = repo.commit(dict(weights), "w")
+    calls = _checked_path_calls(monkeypatch)
+    with TensorReader(repo.layout.snapshot_path) as reader:
+        state = reader.read_all(repo.manifest(version.id), owner=version.id, views=views)
+        assert {k: (v.dtype, v.shape) for k, v in state.items()} == {k: (v.dtype, v.shape) for k, v in weights.items()}
+        assert all(np.array_equal(state[k], v) for k, v in weights.items())
+        assert all(not state[k].flags.writeable for k in ("a", "b", "big")) == views  # views of the map
+    assert calls == ["empty"]  # only the empty tensor (no bytes to map) took the checked path
+
+
+def test_coded_tensors_take_the_checked_path(repo: Repo, monkeypatch):
+    first = repo.commit(_weights(0), "w")
+    second = _weights(0)
+    second["big"] = second["big"] + np.float32(1e-3)
+    repo.commit(second, "w")
+    repo.gc(repack=True)  # the older version's tensors become deltas against the newer
+    calls = _checked_path_calls(monkeypatch)
+    state = repo.load_state(first.id)
+    assert np.array_equal(state["big"], _weights(0)["big"])
+    assert "big" in calls
+
+
+def _swap_datasets(path, first: str, second: str) -> None:
+    """Rename two same-sized datasets into each other's place: HDF5 then points each hash at the
+    other tensor's bytes (what a stale or crafted offset would do)."""
+    with h5py.File(path, "r+") as f:
+        tensors = f["tensors"]
+        tensors.move(first, "swap")
+        tensors.move(second, first)
+        tensors.move("swap", second)
+
+
+def test_bytes_found_at_the_wrong_place_are_refused(repo: Repo):
+    version = repo.commit(_weights(), "w")
+    entries = {e.name: e for e in repo.manifest(version.id)}
+    _swap_datasets(repo.layout.snapshot_path(version.id), entries["a"].hash, entries["b"].hash)
+    live = _weights(1)
+    before = {k: v.copy() for k, v in live.items()}
+    with pytest.raises(IntegrityError, match=r"tensor 'a'.*does not match its hash"):
+        repo.checkout(version.id, live)
+    assert all(np.array_equal(live[k], v) for k, v in before.items())
+
+
+def test_a_flipped_byte_in_a_loose_keras_file_leaves_the_model_unchanged(repo: Repo):
+    keras = pytest.importorskip("keras")
+    model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(512), keras.layers.Dense(4)])
+    version = repo.commit(model, "k")
+    kernel = max(repo.manifest(version.id), key=lambda e: e.nbytes)
+    path = repo.layout.snapshot_path(version.id)
+    with h5py.File(path, "r") as f:
+        offset = f["tensors"][kernel.hash].id.get_offset()
+    data = bytearray(path.read_bytes())
+    data[offset + kernel.nbytes // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+    for variable in model.weights:
+        variable.assign(np.ones(variable.shape, np.float32))
+    with pytest.raises(IntegrityError, match="does not match its hash"):
+        repo.checkout(version.id, model)
+    assert all(np.array_equal(v.numpy(), np.ones(v.shape, np.float32)) for v in model.weights)
+
+
+def test_a_map_never_gives_bytes_outside_it_and_unaligned_bytes_are_copied():
+    mapped = memoryview(bytes(range(64)) * 4)  # 256 bytes
+    entry = ManifestEntry("t", "float32", (8,), "0" * 64, "0" * 64, 32)
+    assert mapped_read.mapped_tensor(mapped, 224, entry) is not None
+    assert mapped_read.mapped_tensor(mapped, 225, entry) is None  # past the end
+    assert mapped_read.mapped_tensor(mapped, -4, entry) is None
+    assert mapped_read.mapped_tensor(mapped, None, entry) is None
+    raw = mapped_read.mapped_tensor(mapped, 2, entry)  # not aligned for float32: bytes, copied to hash
+    array, digest = mapped_read.hashed(raw, entry, copy=False, verify=True, where="t")
+    assert raw.dtype == np.uint8 and array.dtype == np.float32 and array.ctypes.data % 4 == 0
+    assert array.tobytes() == bytes(mapped[2:34]) and digest == tensor_hash(array)
+
+
+def test_copy_all_copies_every_array_in_pieces(monkeypatch):
+    monkeypatch.setattr(copying, "PIECE_BYTES", 1000)  # many pieces, several per array
+    monkeypatch.setattr(copying, "THREADED_HASH_BYTES", 1)
+    rng = np.random.default_rng(3)
+    sources = [rng.standard_normal(n).astype(np.float32) for n in (0, 1, 999, 4096)] + [np.array(5, np.int64)]
+    targets = [np.zeros_like(s) for s in sources]
+    copying.copy_all(list(zip(targets, sources)))
+    assert all(np.array_equal(t, s) and t.shape == s.shape for t, s in zip(targets, sources))
