@@ -24,6 +24,7 @@ import numpy as np
 
 from ...core.hashing import hash_pool, tensor_hash
 from ...core.manifest import ManifestEntry, dtype_from_name
+from ...errors import IntegrityError
 from ..codec.budget import check_read
 from ..codec.coding import aligned_empty
 from ..codec.tensor_decode import CODING_ATTR
@@ -62,6 +63,28 @@ def mapped_tensor(mapped: memoryview | None, offset: int | None, entry: Manifest
     dtype = dtype_from_name(entry.dtype)
     view = np.frombuffer(mapped, dtype=np.uint8, count=entry.nbytes, offset=offset)
     return view if view.ctypes.data % dtype.itemsize else view.view(dtype).reshape(entry.shape)
+
+
+def loose_views(entries: Sequence[ManifestEntry], file_of: Callable[[str], tuple[h5py.Group, object]]
+                ) -> dict[int, np.ndarray]:
+    """Index in ``entries`` -> :func:`mapped_tensor` for every tensor stored as it is; ``file_of``
+    gives an object's checked ``/tensors`` group and its file's map (an object whose file cannot
+    be opened is left to the checked path, which says what is wrong)."""
+    found: dict[int, np.ndarray] = {}
+    files: dict[str, tuple[h5py.Group, object] | None] = {}
+    for index, entry in enumerate(entries):
+        if entry.object not in files:
+            try:
+                files[entry.object] = file_of(entry.object)
+            except (IntegrityError, OSError):
+                files[entry.object] = None
+        if files[entry.object] is None:
+            continue
+        group, mapped = files[entry.object]
+        view = mapped_tensor(mapped, loose_offset(group, entry), entry)
+        if view is not None:
+            found[index] = view
+    return found
 
 
 def hashed(view: np.ndarray, entry: ManifestEntry, copy: bool, verify: bool, where: str

@@ -303,22 +303,9 @@ class TensorReader:
 
     def _mapped(self, entries: list[ManifestEntry]) -> dict[int, np.ndarray]:
         """Entry index -> read-only view of its mapped bytes, for the tensors stored as they are."""
-        found: dict[int, np.ndarray] = {}
-        files: dict[str, tuple[h5py.Group, object] | None] = {}  # object id -> (/tensors, the file's map)
-        for index, entry in enumerate(entries):
-            if entry.object not in files:
-                try:
-                    group = self._tensors_group(entry.object, "")
-                    files[entry.object] = (group, self._maps.whole(self._file(entry.object)))
-                except (IntegrityError, OSError):  # the checked path says what is wrong
-                    files[entry.object] = None
-            if files[entry.object] is None:
-                continue
-            group, mapped = files[entry.object]
-            view = mapped_read.mapped_tensor(mapped, mapped_read.loose_offset(group, entry), entry)
-            if view is not None:
-                found[index] = view
-        return found
+        def file_of(object_id: str) -> tuple[h5py.Group, object]:
+            return self._tensors_group(object_id, ""), self._maps.whole(self._file(object_id))
+        return mapped_read.loose_views(entries, file_of)
 
     @staticmethod
     def _where(entry: ManifestEntry, owner: str) -> str:
