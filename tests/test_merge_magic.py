@@ -145,3 +145,33 @@ def test_magic_ensemble_into_a_new_variable(ip, capsys):
     expected = np.mean([np.asarray(m(x)) for m in members], axis=0)
     np.testing.assert_allclose(np.asarray(ip.user_ns["ens"](x)), expected, rtol=1e-5, atol=1e-6)
     assert ip.user_ns["net"] is members[1]  # the member variable is untouched
+
+
+def test_show_of_a_weight_merge_names_its_inputs_and_method_not_an_optimizer(ip):
+    from keras_models import linear_regression, train_reference
+
+    from mvc_magics.core.details import VersionDetails
+
+    model = linear_regression()
+    ip.user_ns["model"] = model
+    train_reference(model, 2)
+    first = ip.run_line_magic("mvc_commit", "model -m first")
+    train_reference(model, 2)
+    second = ip.run_line_magic("mvc_commit", "model -m second")
+    merged = ip.run_line_magic("mvc_merge", f"{first.short_id} {second.short_id} --weights 0.25,0.75 --model model")
+    shown = ip.run_line_magic("mvc_show", f"{merged.short_id} --model model")
+    assert isinstance(shown, VersionDetails)
+    text = shown.to_text()
+    provenance = dict(shown.origin())
+    assert provenance["merge"] == "average"
+    assert provenance["merge inputs"] == f"{first.id[:8]}, {second.id[:8]}"
+    assert provenance["merge weights"] == "0.25, 0.75"
+    # The compile setup is kept with the merged weights (for training on), but SGD did not make them.
+    assert merged.extra["compile"] == first.extra["compile"]
+    html = VersionDetails(shown.version, rich=True)._repr_html_()  # what Jupyter shows
+    assert "merge inputs" in html and "merge inputs" in text
+    for claim in ("optimizer", "learning_rate", "SGD"):
+        assert claim not in text and claim not in html, claim
+    # A trained version still shows how it was trained.
+    trained = ip.run_line_magic("mvc_show", f"{second.short_id} --model model").to_text()
+    assert "optimizer" in trained and "SGD" in trained

@@ -49,16 +49,22 @@ class VersionDetails:
             if p.get(key):
                 rows.append((key, str(p[key])))
         rows += self.git()
+        merge = self.merge()
+        if merge:  # a merge ran no optimizer: the inputs' compile setup it keeps is not how it was made
+            return rows + merge
         training = self.training()
         rows += [(k, ", ".join(map(str, val)) if isinstance(val, list) else str(val)) for k, val in training.items()]
-        return rows + self.merge()
+        return rows
 
     def merge(self) -> list[tuple[str, str]]:
-        """How a merged version was made: method, base, weights, parameters, and the line to redo it."""
+        """How a merged version was made: method, inputs, base, weights, parameters, and the line to redo it."""
         record = self.version.extra.get("merge")
         if not isinstance(record, dict) or not isinstance(record.get("method"), str):
             return []
         rows = [("merge", str(record["method"]))]
+        inputs = record.get("inputs")
+        if isinstance(inputs, list) and inputs:
+            rows.append(("merge inputs", ", ".join(_shown(i)[:8] for i in inputs)))
         if record.get("base"):
             rows.append(("merge base", f"{str(record['base'])[:8]} ({record.get('base_found', 'given')})"))
         weights = record.get("given_weights") or record.get("weights")
