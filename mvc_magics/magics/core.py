@@ -101,7 +101,7 @@ class MVCMagics(Magics):
             self.session, model, name, data, message=args.message, metrics=metrics or None, params=params,
             tags=tags,
         )
-        print(commit_line(version, name))
+        print(commit_line(version))
         if args.optimizer:
             kept = commit_optimizer(self.session.repo, self.session.variable(args.optimizer), version)
             print(f"optimizer {args.optimizer} kept with {version.short_id} ({kept.short_id})")
@@ -188,9 +188,9 @@ class MVCMagics(Magics):
             if name not in known:  # a typo must not look like an empty history
                 raise UsageError(f"no model {name!r} in this store; models: {', '.join(known[:10]) or 'none yet'}")
             head = self.session.repo.head(name)
-            if head is not None and head.name != name:  # committed with the content of another model's version
+            if head is not None and head.name != name:  # an API checkout of another model's version moved it
                 print(f"{name} has no versions of its own yet: it is at {head.short_id}, a version of "
-                      f"{head.name!r} with the same content (HEAD, HEAD~N and its next commit start from there)")
+                      f"{head.name!r} (HEAD, HEAD~N and its next commit start from there)")
         if args.graph:
             show_graph(self.shell, log)
             return None
@@ -240,16 +240,15 @@ class MVCMagics(Magics):
         return report
 
 
-def commit_line(version, name: str | None = None) -> str:
+def commit_line(version) -> str:
     """What %mvc_commit prints: id, message, tensors written vs reused, bytes written; for content
-    already stored, what was attached and (one line each) what was not."""
+    already stored, what was attached and (one line each) what was not (and, for content stored as
+    another model's version, that it joined this model's history)."""
     stats = version.stats
     message = f" {short_message(version.message)!r}" if version.message else ""
     if stats is not None and not stats.new_version:
-        owner = (f" as a version of {version.name!r}; {name} is at it (HEAD) and its own history starts with its "
-                 "first change" if name and name != version.name else "")
         notes = "".join(f"\n  note: {note}" for note in stats.notes)
-        return f"unchanged: {version.short_id}{message} already stored{owner}{notes}"
+        return f"unchanged: {version.short_id}{message} already stored{notes}"
     written = stats.tensors_written if stats else 0
     reused = stats.tensors_reused if stats else 0
     nbytes = stats.bytes_written if stats else 0
