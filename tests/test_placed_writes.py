@@ -171,3 +171,19 @@ def test_a_file_system_refusing_the_direct_writes_gets_them_through_the_page_cac
     if not _direct_io_works(tmp_path):
         pytest.skip("no O_DIRECT here: the refusal was not exercised (the buffered path was)")
     assert direct_fds
+
+
+def test_writes_run_in_the_caller_once_the_writer_threads_take_no_work(tmp_path, monkeypatch):
+    """At interpreter exit thread pools refuse new work; a commit finishing then (a loop's last
+    background commit) writes its tensors in its own thread instead of failing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    stopped = ThreadPoolExecutor(max_workers=1)
+    stopped.shutdown()
+    monkeypatch.setattr(placed, "_POOL", (os.getpid(), stopped))
+    state = _state(4)
+    with Repo(tmp_path / ".mvc") as repo:
+        version = repo.commit(state, "m")
+        assert check_file_checksum(repo.store.layout.snapshot_path(version.id)) is True
+        loaded = repo.load_state(version.id)
+        assert all(np.array_equal(loaded[k], v) for k, v in state.items())

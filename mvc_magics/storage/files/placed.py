@@ -53,17 +53,31 @@ def direct_io_enabled() -> bool:
 _POOL: tuple[int, ThreadPoolExecutor] | None = None
 _BUFFERS: list[mmap.mmap] = []  # aligned, already-touched buffers, reused by every commit
 _BUFFERS_LOCK = threading.Lock()
+_BUFFERS_PID = os.getpid()
 
 
-def _pool() -> ThreadPoolExecutor:
+def _submit(function, *args) -> Future:
+    """``function(*args)`` on the writer threads (made again in a forked child); run here once
+    the interpreter is shutting down (its thread pools take no new work then)."""
     global _POOL
-    if _POOL is None or _POOL[0] != os.getpid():  # made again in a forked child
+    if _POOL is None or _POOL[0] != os.getpid():
         _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=_WRITERS, thread_name_prefix="mvc-place"))
-    return _POOL[1]
+    try:
+        return _POOL[1].submit(function, *args)
+    except RuntimeError:
+        done: Future = Future()
+        try:
+            done.set_result(function(*args))
+        except BaseException as exc:
+            done.set_exception(exc)
+        return done
 
 
 @contextlib.contextmanager
 def _aligned_buffer():
+    global _BUFFERS, _BUFFERS_LOCK, _BUFFERS_PID
+    if _BUFFERS_PID != os.getpid():  # a forked child: the lock may have been held by a parent's thread
+        _BUFFERS, _BUFFERS_LOCK, _BUFFERS_PID = [], threading.Lock(), os.getpid()
     with _BUFFERS_LOCK:
         buffer = _BUFFERS.pop() if _BUFFERS else None
     if buffer is None:
@@ -104,19 +118,18 @@ class PlacedWrites:
         """Write ``array``'s bytes (C order) at ``offset`` of the file, in a worker thread."""
         view = memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
         self.regions.append((offset, view))
-        pool = _pool()
         if self._direct_fd is None:
-            self._futures.append(pool.submit(self._write_buffered, offset, view))
+            self._futures.append(_submit(self._write_buffered, offset, view))
             return
         start = min(-(-offset // _BLOCK) * _BLOCK, offset + len(view))  # the aligned middle goes direct
         end = max(start, (offset + len(view)) // _BLOCK * _BLOCK)
         if start > offset:
-            self._futures.append(pool.submit(os.pwrite, self._fd, view[:start - offset], offset))
+            self._futures.append(_submit(_write_all, self._fd, view[:start - offset], offset))
         if end < offset + len(view):
-            self._futures.append(pool.submit(os.pwrite, self._fd, view[end - offset:], end))
+            self._futures.append(_submit(_write_all, self._fd, view[end - offset:], end))
         for chunk in range(start, end, _CHUNK):
             piece = view[chunk - offset:min(end, chunk + _CHUNK) - offset]
-            self._futures.append(pool.submit(self._write_direct, piece, chunk))
+            self._futures.append(_submit(self._write_direct, piece, chunk))
 
     def _write_direct(self, piece: memoryview, offset: int) -> None:
         fd = self._direct_fd
