@@ -254,6 +254,9 @@ def _resolve(index: Index, text: str, name: str | None, workspace: str | None = 
             vid = _resolve_best(index, model, ref.metric, direction or "max", text)
         else:
             vid = _resolve_name(index, ref.value, model, text)
+    if not isinstance(vid, str):  # a damaged page read back as NULL despite NOT NULL
+        raise IntegrityError(f"the index {index.path.name} holds a version row without an id; run verify, "
+                             "then reindex")
     for step in range(ref.ancestor):
         rows = index.query("SELECT meta FROM versions WHERE id = ?", (vid,))
         parents = json.loads(rows[0][0]).get("parents", []) if rows else []
