@@ -294,3 +294,30 @@ def test_an_index_written_before_stated_directions_finds_them_on_open(store_path
     with Repo(store_path) as reopened:
         assert reopened.resolve("best:score", name="model").id == low.id != high.id  # "min", as stated
         assert reopened.verify().ok
+
+
+def test_a_history_keeps_the_order_keys_when_a_parent_arrives_after_its_child(tmp_path):
+    """Order is creation and ancestry, never arrival: a key raised for a child pulled before its parent
+    is the key every history holding the child sorts by."""
+    from mvc_magics.operations.lookup import load_versions
+    from mvc_magics.storage.local import histories
+    from mvc_magics.storage.local.index import Index
+
+    index = Index(tmp_path / "index.sqlite")
+    try:
+        def meta(parents, created):
+            return {"name": "model", "parents": parents, "created": created, "message": "", "author": "a",
+                    "metrics": {}}
+        parent, child = "a" * 64, "b" * 64
+        with index.transaction() as conn:  # the child first, made on a machine whose clock is behind
+            Index.insert_version(conn, child, "model", "2026-01-01T00:00:00", meta([parent], "2026-01-01T00:00:00"),
+                                 [], 0)
+            histories.add_member(conn, child, "other")
+            Index.insert_version(conn, parent, "model", "2026-01-02T00:00:00", meta([], "2026-01-02T00:00:00"), [], 0)
+            histories.add_member(conn, parent, "other")
+        for name in ("model", "other"):
+            assert [v.id for v in load_versions(index, "1 = 1", (), history=name)] == [child, parent]
+        assert index.query("SELECT count(*) FROM members m JOIN versions v ON v.id = m.id WHERE m.ord != v.ord") \
+            == [(0,)]
+    finally:
+        index.close()
