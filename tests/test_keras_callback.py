@@ -52,6 +52,28 @@ def test_commits_every_epoch_with_its_metrics_and_epoch_param(repo):
     assert not repo.is_modified(model, log[0])  # the last version holds the trained weights
 
 
+def test_the_structure_is_described_once_per_fit_and_stored_with_every_epoch(repo, monkeypatch):
+    from mvc_magics.adapters.keras import KerasAdapter
+    from mvc_magics.keras import CommitCallback
+
+    described = []
+    real = KerasAdapter.structure
+
+    def counted(self, model):
+        described.append(model)
+        return real(self, model)
+
+    monkeypatch.setattr(KerasAdapter, "structure", counted)
+    model = linear_regression()
+    callback = CommitCallback(repo, name="model")
+    fit(model, 3, [callback])
+    fit(model, 2, [callback])  # another fit describes the model again (it may have changed between fits)
+    assert len(described) == 2
+    expected = real(KerasAdapter(), model)
+    assert len(callback.versions) == 5
+    assert all(repo.store.content(v.id).structure == expected for v in callback.versions)
+
+
 def test_save_best_only_commits_only_improvements(repo):
     from mvc_magics.keras import CommitCallback
 

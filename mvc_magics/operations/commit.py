@@ -98,7 +98,7 @@ MAX_HANDED_OFF = 2
 
 def commit_later(store: Store, model: Any, name: str, message: str | None = None,
                  metrics: Mapping[str, float] | None = None, params: Mapping[str, object] | None = None,
-                 provenance: Mapping[str, object] | None = None) -> Future:
+                 provenance: Mapping[str, object] | None = None, run_cache: dict | None = None) -> Future:
     """Commit ``model`` without making the caller wait for the disk: a training loop's commit.
 
     The weights are copied now (a consistent copy: the loop goes on changing them), with the
@@ -106,6 +106,8 @@ def commit_later(store: Store, model: Any, name: str, message: str | None = None
     background worker (:mod:`mvc_magics.storage.local.background`), which gives the
     :class:`~mvc_magics.core.version.Version`. The next write to the store, any magic and the
     end of the process wait for it; its error is raised by the next magic or write, in one line.
+    ``run_cache``: a dict the caller keeps for one run in which the model's architecture cannot
+    change (a ``fit``): its structure is described at the first commit and reused.
     """
     adapter = adapter_for(model)
     # Checked here without the index (reading it would wait for the commits still being written);
@@ -124,7 +126,13 @@ def commit_later(store: Store, model: Any, name: str, message: str | None = None
     arrays = _storable(state)
     with store.background.handing_off():
         arrays = _copy_into_spare(store, arrays)
-    structure, extra_meta = adapter.structure(model), adapter.extra_metadata(model)
+    if run_cache is not None and "structure" in run_cache:
+        structure = run_cache["structure"]
+    else:
+        structure = adapter.structure(model)
+        if run_cache is not None:
+            run_cache["structure"] = structure
+    extra_meta = adapter.extra_metadata(model)
     getattr(adapter, "mark_committed", lambda _model: None)(model)
     given = {"message": message, "metrics": {**fit, **explicit}, "params": params, "provenance": provenance,
              "extra": None, "fit": fit if metrics is None else {}, "explicit": explicit}
