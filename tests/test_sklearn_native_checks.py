@@ -89,6 +89,9 @@ def _users_models():
         "mlp": (MLPClassifier((16,), max_iter=50, random_state=0), digits),
         "kmeans": (KMeans(4, n_init=1, random_state=0), digits),
         "pca": (PCA(5), digits),
+        "onehot_sparse_knn": (make_pipeline(ColumnTransformer([("scaled", StandardScaler(), [0, 1]),
+                                                               ("onehot", OneHotEncoder(), [2])]),
+                                            KNeighborsClassifier()), iris),  # KNN fitted on a CSR matrix
         "columns": (make_pipeline(ColumnTransformer([("scaled", StandardScaler(), [0, 1]),
                                                      ("onehot", OneHotEncoder(sparse_output=False,
                                                                               handle_unknown="ignore"), [2, 3])]),
@@ -268,3 +271,27 @@ def test_node_layout_matches_what_scikit_learn_builds():
                 assert (nodes["idx_start"] == start).all() and (nodes["idx_end"] == end).all()
                 assert ((nodes["is_leaf"] != 0) == leaf).all()
                 assert binary_tree_problem(tree) is None
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_crafted_sparse_matrix_is_refused_and_never_crashes(repo):
+    from scipy.sparse import csr_matrix
+
+    from mvc_magics.adapters.sklearn import SklearnAdapter
+
+    X = csr_matrix(DIGITS_X[:200])
+    model = KNeighborsClassifier(3).fit(X, DIGITS_Y[:200])
+    assert type(model._fit_X) is csr_matrix
+    rebuilt = repo.checkout(repo.commit(model, "sparse").id, name="sparse")
+    assert type(rebuilt._fit_X) is csr_matrix and rebuilt.predict(X).tobytes() == model.predict(X).tobytes()
+    attacks = {"column index 1e9": _edit_tensor("_fit_X/indices", _set(5, 10**9)),
+               "index pointer past the data": _edit_tensor("_fit_X/indptr", _set(-1, 10**9)),
+               "index pointer going back": _edit_tensor("_fit_X/indptr", _set(100, 0))}
+    checkouts = [(_commit_poisoned(repo, SklearnAdapter, "take_apart", poison, model, "sparse").id, "sparse",
+                  "model.predict(np.ones((3, 64))); model.kneighbors(np.ones((3, 64)))")
+                 for _attack, poison in sorted(attacks.items())]
+    code, lines = _victims_in_child(repo.path, checkouts)
+    assert code == 0, f"the victim's process died (exit {code}) after: {lines}"
+    for attack, line in zip(sorted(attacks), lines, strict=True):  # by the full check, or scipy's own
+        assert line.startswith("REFUSED UnsupportedModelError") and "<newline>" not in line, (attack, line)
+        assert "malformed" in line or "index pointer" in line, (attack, line)

@@ -25,7 +25,7 @@ from ..errors import MergeConflictError, ShapeMismatchError, UnsupportedModelErr
 from .base import match_state
 from .sklearn_hist import PREDICTOR
 from .sklearn_neighbors import METRIC_TYPES, TREE_TYPES
-from .sklearn_trees import TREE, check_stored_trees, check_trees
+from .sklearn_trees import SPARSE_TYPES, TREE, check_stored_trees, check_trees
 from .trust import EMPTY, AllowList, TrustPolicy, qualified_name, shown
 
 STRUCTURE_FORMAT = "sklearn.skops/1"
@@ -36,8 +36,10 @@ EXTRA_TYPES = AllowList(["sklearn.utils._bunch:Bunch", "numpy:dtype",
                          "sklearn.neural_network._stochastic_optimizers:SGDOptimizer"])
 # Types skops leaves out because compiled code trusts their stored indices: trusted here only because
 # check_stored_trees and check_trees validate every one of them before the model is returned
-# (decision trees, HistGradientBoosting predictors, nearest-neighbour trees and their distances).
-CHECKED_TYPES = AllowList([":".join(path.rsplit(".", 1)) for path in (TREE, PREDICTOR, *TREE_TYPES, *METRIC_TYPES)])
+# (decision trees, HistGradientBoosting predictors, nearest-neighbour trees and their distances,
+# CSR/CSC sparse matrices: every index checked by scipy's full format check).
+CHECKED_TYPES = AllowList([":".join(path.rsplit(".", 1))
+                           for path in (TREE, PREDICTOR, *TREE_TYPES, *METRIC_TYPES, *SPARSE_TYPES)])
 # Averaging weights means something only for linear models fitted on the same features.
 LINEAR_MODELS = frozenset({
     "LinearRegression", "Ridge", "RidgeClassifier", "Lasso", "ElasticNet", "LogisticRegression",
@@ -90,6 +92,8 @@ class SklearnAdapter:
             schema = json.loads(archive.read("schema.json"))
             arrays = {n: np.load(io.BytesIO(archive.read(n)), allow_pickle=False)
                       for n in archive.namelist() if n.endswith(".npy")}
+            sparse = {n: dict(np.load(io.BytesIO(archive.read(n)), allow_pickle=False))
+                      for n in archive.namelist() if n.endswith(".npz")}  # scipy sparse matrices
         tensors: dict[str, np.ndarray] = {}
         ids: dict[object, int] = {}
 
@@ -109,6 +113,12 @@ class SklearnAdapter:
                     else:
                         node["tensor"] = name
                         tensors[name] = array
+                elif isinstance(file, str) and file in sparse:  # its arrays as tensors, format and shape as data
+                    parts, name = sparse[file], _unique(path or "value", tensors)
+                    node["tensor"] = name
+                    node["sparse"] = {"format": parts.pop("format").item().decode("ascii"),
+                                      "shape": [int(n) for n in parts.pop("shape")], "parts": sorted(parts)}
+                    tensors.update({f"{name}/{part}": array for part, array in parts.items()})
                 for key, value in node.items():
                     if key == "content" and isinstance(value, dict) and node.get("__loader__") == "DictNode":
                         for k, v in value.items():
@@ -154,7 +164,11 @@ class SklearnAdapter:
         def walk(node: Any) -> None:
             if isinstance(node, dict):
                 name = node.pop("tensor", None)
-                if isinstance(name, str):
+                sparse = node.pop("sparse", None)
+                if isinstance(name, str) and sparse is not None:
+                    file = f"{len(files)}.npz"
+                    files[file], node["file"] = _sparse_file(name, sparse, state), file
+                elif isinstance(name, str):
                     fields = node.pop("fields", None)
                     if fields:
                         parts = [np.asarray(state[f"{name}/{f}"]) for f, _ in fields]
@@ -309,12 +323,34 @@ def _expected_tensors(schema: object) -> list[str]:
         if isinstance(node, dict):
             name = node.get("tensor")
             if isinstance(name, str):
-                fields = node.get("fields") or []
-                found.extend([f"{name}/{f}" for f, _ in fields] if fields else [name])
+                found.extend(_tensor_names(node))
             stack.extend(node.values())
         elif isinstance(node, list):
             stack.extend(node)
     return found
+
+
+def _tensor_names(node: dict) -> list[str]:
+    """The tensors a schema node with a ``tensor`` holds: one, one per record field, or one per sparse part."""
+    name, fields, sparse = node["tensor"], node.get("fields") or [], node.get("sparse")
+    if isinstance(sparse, dict) and isinstance(sparse.get("parts"), list):
+        return [f"{name}/{part}" for part in sparse["parts"]]
+    return [f"{name}/{f}" for f, _ in fields] if fields else [name]
+
+
+def _sparse_file(name: str, sparse: object, state: Mapping[str, np.ndarray]) -> bytes:
+    """The ``.npz`` scipy's ``save_npz`` writes, from a stored sparse matrix's format, shape and parts."""
+    if not (isinstance(sparse, dict) and isinstance(sparse.get("format"), str) and len(sparse["format"]) <= 8
+            and sparse["format"].isascii() and sparse["format"].isalpha()
+            and isinstance(sparse.get("shape"), list) and len(sparse["shape"]) == 2
+            and all(type(n) is int and n >= 0 for n in sparse["shape"])
+            and isinstance(sparse.get("parts"), list) and all(isinstance(p, str) for p in sparse["parts"])
+            and not {"format", "shape"} & set(sparse["parts"])):
+        raise UnsupportedModelError(f"the stored sparse matrix {shown(name)} is malformed; model left unchanged")
+    buffer = io.BytesIO()
+    np.savez(buffer, format=np.array(sparse["format"].encode("ascii")), shape=np.array(sparse["shape"]),
+             **{part: np.asarray(state[f"{name}/{part}"]) for part in sparse["parts"]})
+    return buffer.getvalue()
 
 
 def _classes(structure: object) -> set[str]:

@@ -30,6 +30,9 @@ from .sklearn_hist import hist_boosting_problem, predictor_problem
 from .sklearn_neighbors import binary_tree_problem, neighbors_owner_problem
 
 TREE = "sklearn.tree._tree.Tree"
+# Sparse matrices scipy's compiled code indexes by their stored indices: checked in full here.
+SPARSE_TYPES = ("scipy.sparse._csr.csr_matrix", "scipy.sparse._csc.csc_matrix", "scipy.sparse._csr.csr_array",
+                "scipy.sparse._csc.csc_array")
 # Wider than this, the initial-prediction probe of gradient boosting uses a sparse row.
 _DENSE_PROBE = 100_000
 
@@ -127,8 +130,10 @@ def _canonical(node: object, state: Mapping[str, np.ndarray]) -> str:
         out = {k: strip(v) for k, v in item.items() if k not in ("__id__", "tensor")}
         name = item.get("tensor")
         if isinstance(name, str):
-            fields = item.get("fields") or []
+            fields, sparse = item.get("fields") or [], item.get("sparse")
             names = [f"{name}/{f[0]}" for f in fields if isinstance(f, list) and f] if fields else [name]
+            if isinstance(sparse, dict) and isinstance(sparse.get("parts"), list):
+                names = [f"{name}/{part}" for part in sparse["parts"]]
             out["tensor"] = [_digest(state.get(n)) for n in names]
         return out
 
@@ -207,6 +212,12 @@ def check_trees(model: Any) -> None:
             problem = binary_tree_problem(obj)
             if problem:
                 raise _refuse(problem)
+            continue
+        if f"{type(obj).__module__}.{type(obj).__qualname__}" in SPARSE_TYPES:
+            try:
+                obj.check_format(full_check=True)
+            except (ValueError, TypeError) as exc:
+                raise _refuse(f"a sparse matrix with indices out of range: {' '.join(str(exc).split())[:80]}") from exc
             continue
         if type(obj) is TreePredictor:  # also inside its estimator, with the width: harmless alone
             problem = predictor_problem(obj)
