@@ -208,17 +208,16 @@ def test_merge_into_a_new_variable_leaves_the_models_head(ip):
     assert entry.head.id == second.id and entry.changed is False  # `model` was not touched
 
 
-def test_committing_the_content_of_another_models_version_says_where_the_history_starts(ip, capsys):
-    first, _ = _two_versions(ip)
+def test_committing_the_content_of_another_models_version_starts_its_history_there(ip, capsys):
+    first, second = _two_versions(ip)
     ip.run_cell("other = {'w': np.ones(3, np.float32)}")  # the content of model's first version
     capsys.readouterr()
     ip.run_line_magic("mvc_commit", "other")
     said = capsys.readouterr().out
-    assert first.short_id in said and "'model'" in said and "history starts" in said
-    ip.run_line_magic("mvc_log", "other")
-    said = capsys.readouterr().out
-    assert f"it is at {first.short_id}, a version of 'model'" in said
+    assert first.short_id in said and "a version of 'model': now in the history of 'other'" in said
+    assert [v.id for v in ip.run_line_magic("mvc_log", "other")] == [first.id]  # (tests/test_histories.py)
     ip.run_cell("other = {'w': np.full(3, 5, np.float32)}")
     own = ip.run_line_magic("mvc_commit", "other")
     assert own.name == "other" and own.parents == (first.id,)
-    assert [v.id for v in ip.run_line_magic("mvc_log", "other")] == [own.id]
+    assert [v.id for v in ip.run_line_magic("mvc_log", "other")] == [own.id, first.id]
+    assert [v.id for v in ip.run_line_magic("mvc_log", "model")] == [second.id, first.id]
