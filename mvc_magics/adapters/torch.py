@@ -107,8 +107,10 @@ class TorchAdapter:
                     for key, stored in pairs.items() if not _same_kind(live[key][1], state[stored].dtype)]
         if problems:
             raise ShapeMismatchError(f"dtype mismatch, model left unchanged: {'; '.join(problems[:3])}")
+        # torch.autograd.graph.increment_version: 2.1's API, checked all the same (copy_ without it).
+        bump = getattr(getattr(torch.autograd, "graph", None), "increment_version", None)
         direct = {key: target for key, stored in pairs.items()
-                  if (target := _cpu_buffer(unique[key], state[stored])) is not None}
+                  if bump is not None and (target := _cpu_buffer(unique[key], state[stored])) is not None}
         sources = {key: from_numpy(state[stored]) for key, stored in pairs.items() if key not in direct}
         with torch.no_grad():
             for key, source in sources.items():  # other devices, other dtypes: torch converts
@@ -116,7 +118,7 @@ class TorchAdapter:
         # CPU tensors of the stored dtype: copied through numpy on every core (copy_all).
         copy_all([(target, _contiguous(state[pairs[key]])) for key, target in direct.items()])
         if direct:  # as copy_ would: autograd then refuses a backward through the values replaced
-            torch.autograd.graph.increment_version([unique[key] for key in direct])
+            bump([unique[key] for key in direct])
 
     # -- structure and rebuild ------------------------------------------------------------------
 
@@ -233,7 +235,7 @@ def _cpu_buffer(tensor: Any, array: np.ndarray) -> np.ndarray | None:
     straight into it (C-contiguous, same dtype and shape), else None (``copy_`` converts)."""
     torch = _torch()
     if (tensor.device.type != "cpu" or tensor.layout != torch.strided or tensor.is_quantized
-            or not tensor.is_contiguous() or tensor.is_conj() or tensor.is_neg()
+            or not tensor.is_contiguous() or tensor.is_conj() or tensor.is_neg() or tensor.is_inference()
             or _dtype_name(tensor) != array.dtype.name or _dtype_name(tensor) in _BITS_VIEW):
         return None
     target = tensor.detach().numpy()
