@@ -321,3 +321,10 @@ def test_a_history_keeps_the_order_keys_when_a_parent_arrives_after_its_child(tm
             == [(0,)]
     finally:
         index.close()
+
+
+def test_models_list_the_history_a_version_was_committed_to_before_those_it_joined(repo):
+    repo.commit(weights(0), "zeta")
+    repo.commit(copy(weights(0)), "alpha")  # starts at zeta's version: same first version, listed after
+    assert repo.models() == ["zeta", "alpha"]
+    assert [entry.name for entry in repo.status({})] == ["zeta", "alpha"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from ..core.names import head_owner, validate_name
@@ -37,8 +39,14 @@ def models(store: Store) -> list[str]:
     """Names of the models that have versions (their histories), in order of their first version
     (then HEAD-only ones)."""
     rows = store.index.query("SELECT name, min(ord) FROM members GROUP BY name ORDER BY 2, 1")
+    names: list[str] = []
+    for _, group in itertools.groupby(rows, key=lambda row: row[1]):
+        tied = list(group)
+        if len(tied) > 1:  # histories starting at one version: the one committed as it first, then those it joined
+            tied.sort(key=lambda row: not store.index.query(
+                "SELECT 1 FROM versions WHERE name = ? AND ord IS ? LIMIT 1", row))
+        names += [row[0] for row in tied]
     heads = {head_owner(r[0])[0] for r in store.index.query("SELECT name FROM heads")}
-    names = [r[0] for r in rows]
     return names + sorted(heads - set(names))
 
 
