@@ -295,3 +295,35 @@ def test_crafted_sparse_matrix_is_refused_and_never_crashes(repo):
     for attack, line in zip(sorted(attacks), lines, strict=True):  # by the full check, or scipy's own
         assert line.startswith("REFUSED UnsupportedModelError") and "<newline>" not in line, (attack, line)
         assert "malformed" in line or "index pointer" in line, (attack, line)
+
+
+def test_text_classes_and_categories_check_out_and_crafted_text_is_refused(repo):
+    """String labels and string categories (numpy text arrays) are kept in the structure, as data."""
+    import json
+
+    from sklearn.linear_model import LogisticRegression
+
+    from mvc_magics.adapters.sklearn import SklearnAdapter
+
+    colours = np.array(["red", "green", "blue"])[np.arange(len(IRIS_X)) % 3]
+    X = np.c_[IRIS_X.astype(object), colours]
+    labels = np.array(["setosa", "versicolor", "virginica"])[IRIS_Y]
+    model = make_pipeline(ColumnTransformer([("scaled", StandardScaler(), [0, 1, 2, 3]),
+                                             ("colour", OneHotEncoder(), [4])]),
+                          LogisticRegression(max_iter=500)).fit(X, labels)
+    version = repo.commit(model, "text")
+    rebuilt = repo.checkout(version.id, name="text")
+    assert rebuilt.predict_proba(X).tobytes() == model.predict_proba(X).tobytes()
+    assert rebuilt.predict(X).tolist() == model.predict(X).tolist()
+    assert rebuilt[-1].classes_.dtype == model[-1].classes_.dtype
+
+    def longer_than_its_dtype(taken):
+        text = json.dumps(taken[0]).replace('"values": ["setosa"', '"values": ["' + "s" * 500 + '"', 1)
+        assert text != json.dumps(taken[0])
+        return json.loads(text), taken[1]
+
+    crafted = _commit_poisoned(repo, SklearnAdapter, "take_apart", longer_than_its_dtype, model, "text")
+    with pytest.raises(UnsupportedModelError) as refused:
+        repo.checkout(crafted.id, model)
+    assert "malformed" in _one_line(refused.value)
+    assert model.predict_proba(X).tobytes() == rebuilt.predict_proba(X).tobytes()

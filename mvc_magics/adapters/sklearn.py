@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sys
 import weakref
 import zipfile
@@ -102,7 +103,12 @@ class SklearnAdapter:
                 if "__id__" in node:  # memory addresses: renumbered so equal content gives one id
                     node["__id__"] = ids.setdefault(node["__id__"], len(ids))
                 file = node.pop("file", None)
-                if isinstance(file, str) and file in arrays:
+                if isinstance(file, str) and file in arrays and arrays[file].dtype.kind == "U":
+                    # Text (string classes, categories): the store keeps numbers, so it stays in the structure.
+                    array = arrays[file]
+                    node["strings"] = {"dtype": array.dtype.str, "shape": list(array.shape),
+                                       "values": array.ravel().tolist()}
+                elif isinstance(file, str) and file in arrays:
                     array, name = arrays[file], _unique(path or "value", tensors)
                     if array.ndim > 1 and not array.flags.c_contiguous:  # (tensors are C-ordered bytes)
                         node["order"] = "F"  # lbfgs' coef_: predictions are bit-identical only in it
@@ -164,8 +170,13 @@ class SklearnAdapter:
         def walk(node: Any) -> None:
             if isinstance(node, dict):
                 name = node.pop("tensor", None)
-                sparse = node.pop("sparse", None)
-                if isinstance(name, str) and sparse is not None:
+                sparse, strings = node.pop("sparse", None), node.pop("strings", None)
+                if strings is not None:
+                    file = f"{len(files)}.npy"
+                    buffer = io.BytesIO()
+                    np.save(buffer, _string_array(strings), allow_pickle=False)
+                    files[file], node["file"] = buffer.getvalue(), file
+                elif isinstance(name, str) and sparse is not None:
                     file = f"{len(files)}.npz"
                     files[file], node["file"] = _sparse_file(name, sparse, state), file
                 elif isinstance(name, str):
@@ -336,6 +347,23 @@ def _tensor_names(node: dict) -> list[str]:
     if isinstance(sparse, dict) and isinstance(sparse.get("parts"), list):
         return [f"{name}/{part}" for part in sparse["parts"]]
     return [f"{name}/{f}" for f, _ in fields] if fields else [name]
+
+
+_TEXT_DTYPE = re.compile(r"^[<>|=]U[0-9]{1,5}$")
+
+
+def _string_array(strings: object) -> np.ndarray:
+    """A stored text array (dtype, shape, values) back as numpy, or one line saying it is malformed."""
+    ok = (isinstance(strings, dict) and isinstance(strings.get("dtype"), str) and _TEXT_DTYPE.match(strings["dtype"])
+          and isinstance(strings.get("shape"), list) and all(type(n) is int and n >= 0 for n in strings["shape"])
+          and isinstance(strings.get("values"), list) and all(isinstance(v, str) for v in strings["values"])
+          and len(strings["values"]) == int(np.prod(strings["shape"], dtype=np.int64)))
+    if not ok:
+        raise UnsupportedModelError("a stored text array of the estimator is malformed; model left unchanged")
+    dtype = np.dtype(strings["dtype"])
+    if any(len(v) > dtype.itemsize // 4 for v in strings["values"]):
+        raise UnsupportedModelError("a stored text array of the estimator is malformed; model left unchanged")
+    return np.array(strings["values"], dtype=dtype).reshape(strings["shape"])
 
 
 def _sparse_file(name: str, sparse: object, state: Mapping[str, np.ndarray]) -> bytes:
