@@ -149,6 +149,12 @@ CHILD = textwrap.dedent('''
         tree = {"namedtuple": name, "fields": [[str(k), {"none": True}] for k in args]}
         attempt(lambda: jax_adapter.build({"format": "jax.pytree/1", "tree": tree}, {}))
 
+    # Legitimate rebuilds every run (the fuzz draws one only ~1% of the time, so "built > 0" was flaky):
+    # the allow-lists must not refuse everything, or the refusals above would prove nothing.
+    for node in ({"class": "torch.nn.modules.linear.Linear", "args": {"in_features": 1, "out_features": 2}},
+                 {"class": "torch.nn.modules.activation.ReLU", "args": {}}):
+        attempt(lambda: torch_adapter.build({"format": "torch.nn.Module/1", "module": node, "tied": {}}, {}),
+                lambda m: m(torch.zeros(1)))
     torch_case()
     sklearn_case()
     jax_case()
