@@ -15,6 +15,15 @@ from mvc_magics.storage.files.checksum import CHECKSUM_LINE, body_digest, check_
 from mvc_magics.storage.snapshots import snapshot_writer
 
 
+def _commit_exact(tmp_path, state: dict[str, np.ndarray]) -> None:
+    """Commit ``state``: the file's stamped checksum holds and every tensor reads back bit-exact."""
+    with Repo(tmp_path / ".mvc") as repo:
+        version = repo.commit(state, "m")
+        assert check_file_checksum(repo.store.layout.snapshot_path(version.id)) is True
+        loaded = repo.load_state(version.id)
+        assert all(np.array_equal(loaded[k], v) for k, v in state.items())
+
+
 def _state(seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {
@@ -163,11 +172,7 @@ def test_a_file_system_refusing_the_direct_writes_gets_them_through_the_page_cac
     monkeypatch.setattr(placed.PlacedWrites, "__init__", opened)
     monkeypatch.setattr(placed, "_write_all", refusing)
     state = _state(3)
-    with Repo(tmp_path / ".mvc") as repo:
-        version = repo.commit(state, "m")
-        assert check_file_checksum(repo.store.layout.snapshot_path(version.id)) is True
-        loaded = repo.load_state(version.id)
-        assert all(np.array_equal(loaded[k], v) for k, v in state.items())
+    _commit_exact(tmp_path, state)
     if not _direct_io_works(tmp_path):
         pytest.skip("no O_DIRECT here: the refusal was not exercised (the buffered path was)")
     assert direct_fds
@@ -182,8 +187,4 @@ def test_writes_run_in_the_caller_once_the_writer_threads_take_no_work(tmp_path,
     stopped.shutdown()
     monkeypatch.setattr(placed, "_POOL", (os.getpid(), stopped))
     state = _state(4)
-    with Repo(tmp_path / ".mvc") as repo:
-        version = repo.commit(state, "m")
-        assert check_file_checksum(repo.store.layout.snapshot_path(version.id)) is True
-        loaded = repo.load_state(version.id)
-        assert all(np.array_equal(loaded[k], v) for k, v in state.items())
+    _commit_exact(tmp_path, state)
