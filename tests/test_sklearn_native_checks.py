@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 from conftest import store_state
 from test_rebuild_attacks import _commit_poisoned, _one_line, _victims_in_child
+from test_rebuild_attacks import _poke as _set
+from test_rebuild_attacks import _set_tensor as _edit_tensor
 
 from mvc_magics.errors import UnsupportedModelError
 
@@ -184,22 +186,6 @@ def test_crafted_hist_gradient_boosting_is_refused_and_never_crashes(repo):
 
 
 # -- crafted nearest-neighbour trees -------------------------------------------------------------------
-
-def _edit_tensor(name, edit):
-    def poison(taken):
-        structure, tensors = taken
-        tensors = dict(tensors)
-        tensors[name] = edit(tensors[name].copy())
-        return structure, tensors
-    return poison
-
-
-def _set(index, value):
-    def edit(array):
-        array[index] = value
-        return array
-    return edit
-
 
 def _tree_numbers(n_levels, n_nodes):
     """Edit the KDTree's stored level and node counts (a fresh __id__: skops reuses one node per id)."""
