@@ -170,17 +170,23 @@ def test_crafted_hist_gradient_boosting_is_refused_and_never_crashes(repo):
         version = _commit_poisoned(repo, SklearnAdapter, "take_apart", _edit_nodes(edit), model, "hgb")
         use = "model.predict(np.ones((3, 4))); model.predict(np.full((3, 4), np.nan))"
         checkouts.append((version.id, "hgb", use))
+    _assert_all_refused(repo, checkouts, sorted(HGB_ATTACKS), model, checkouts[0][0], expected)
+
+
+def _assert_all_refused(repo, checkouts, attacks, model, live_target, expected):
+    """Every crafted version is refused by the checks (not as untrusted) in a child that survives, the
+    store is unchanged, and in this process a checkout into the live model is refused and leaves it
+    as it was."""
     before = store_state(repo.path)
     code, lines = _victims_in_child(repo.path, checkouts)
     assert code == 0, f"the victim's process died (exit {code}) after: {lines}"
-    assert len(lines) == len(HGB_ATTACKS), lines
-    for attack, line in zip(sorted(HGB_ATTACKS), lines, strict=True):  # refused by the checks, not as untrusted
+    assert len(lines) == len(attacks), lines
+    for attack, line in zip(attacks, lines, strict=True):
         assert line.startswith("REFUSED UnsupportedModelError") and "malformed" in line, (attack, line)
         assert "<newline>" not in line
     assert store_state(repo.path) == before
-    # In this process: a checkout into the live model is refused and leaves it as it was.
     with pytest.raises(UnsupportedModelError) as refused:
-        repo.checkout(checkouts[0][0], model)
+        repo.checkout(live_target, model)
     assert "malformed" in _one_line(refused.value)
     assert model.predict_proba(IRIS_X).tobytes() == expected.tobytes()
 
@@ -226,18 +232,8 @@ def test_crafted_neighbour_trees_are_refused_and_never_crash(repo):
     short_weights = _edit_tensor("_tree/11/1", lambda a: a[:1].copy())  # Minkowski weights for 1 of 4 features
     version = _commit_poisoned(repo, SklearnAdapter, "take_apart", short_weights, weighted, "weighted")
     checkouts.append((version.id, "weighted", use))
-    before = store_state(repo.path)
-    code, lines = _victims_in_child(repo.path, checkouts)
-    assert code == 0, f"the victim's process died (exit {code}) after: {lines}"
-    assert len(lines) == len(KNN_ATTACKS) + 1, lines
-    for attack, line in zip([*sorted(KNN_ATTACKS), "Minkowski weights for 1 of 4 features"], lines, strict=True):
-        assert line.startswith("REFUSED UnsupportedModelError") and "malformed" in line, (attack, line)
-        assert "<newline>" not in line
-    assert store_state(repo.path) == before
-    with pytest.raises(UnsupportedModelError) as refused:
-        repo.checkout(checkouts[2][0], model)
-    assert "malformed" in _one_line(refused.value)
-    assert model.predict_proba(IRIS_X).tobytes() == expected.tobytes()
+    _assert_all_refused(repo, checkouts, [*sorted(KNN_ATTACKS), "Minkowski weights for 1 of 4 features"], model,
+                        checkouts[2][0], expected)
 
 
 def test_node_layout_matches_what_scikit_learn_builds():
