@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from mvc_magics import Repo
+from mvc_magics.errors import ProtectedRefError
 
 
 def weights(seed: int) -> dict[str, np.ndarray]:
@@ -237,7 +238,10 @@ def test_a_name_record_whose_commit_was_killed_before_the_index_is_recovered(two
 def test_removed_content_committed_again_is_back_in_the_histories_its_notes_name(two_histories):
     repo, v0, v1, _ = two_histories
     repo.untag("chosen", name="other")
-    repo.remove(v0.id, name="other")  # the version goes: from every history it is in
+    with pytest.raises(ProtectedRefError, match=r"histories of 'model', 'other'.*--force"):
+        repo.remove(v0.id, name="other")  # removing from one history would take it from model too: refused
+    assert [v.id for v in repo.log("model")] == [v1.id, v0.id]
+    repo.remove(v0.id, name="other", force=True)  # the version goes: from every history it is in
     assert [v.id for v in repo.log("model")] == [v1.id] and repo.log("other") == [] and repo.verify().ok
     again = repo.commit(copy(weights(0)), "model")
     assert again.id == v0.id and again.stats.new_version

@@ -18,8 +18,10 @@ from ..storage.local.store import Store
 from . import versions
 
 
-def remove_version(store: Store, ref: str, name: str | None = None, force: bool = False) -> Version:
-    """Remove the version ``ref`` names (see :meth:`mvc_magics.Repo.remove`)."""
+def remove_version(store: Store, ref: str, name: str | None = None, force: bool = False,
+                   every_history: bool = False) -> Version:
+    """Remove the version ``ref`` names (see :meth:`mvc_magics.Repo.remove`); ``every_history``: the
+    caller (a retention policy) already decided no history keeps it."""
     version = versions.resolve(store, ref, name=name)
     vid = version.id
     with store.locked():
@@ -28,6 +30,13 @@ def remove_version(store: Store, ref: str, name: str | None = None, force: bool 
         if protected and not force:
             raise ProtectedRefError(
                 f"{version.short_id} carries protected tag(s) {', '.join(protected)}; use --force to remove it"
+            )
+        histories = sorted({row[0] for row in store.index.query("SELECT name FROM members WHERE id = ?", (vid,))})
+        # One version in several models' histories leaves them all: only on purpose.
+        if len(histories) > 1 and not (force or every_history):
+            raise ProtectedRefError(
+                f"{version.short_id} is in the histories of {', '.join(map(repr, histories))}: removing it takes it "
+                "out of every one; use --force to remove it"
             )
         live_parents = [p for p in version.parents if store.has_version(p)]
         new_head = live_parents[0] if live_parents else None

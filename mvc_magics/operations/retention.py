@@ -52,6 +52,6 @@ def apply_retention(store: Store, keep: Iterable[str] | str | RetentionPolicy, n
         if dry_run:
             return report
         for version in dropped:
-            removal.remove_version(store, version.id, name=version.name)
+            removal.remove_version(store, version.id, name=version.name, every_history=True)
         report.gc = store.writes.collect_garbage()
     return report
