@@ -152,6 +152,54 @@ class ChildProcess:
         self.proc.stdin.close()
 
 
+def _openers(path: Path) -> list[str]:
+    """The processes that have ``path`` open (pid, name and command line), read from /proc."""
+    found = []
+    target = os.stat(path)
+    for pid in filter(str.isdigit, os.listdir("/proc")) if os.path.isdir("/proc") else []:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                info = os.stat(f"/proc/{pid}/fd/{fd}")
+                if (info.st_dev, info.st_ino) == (target.st_dev, target.st_ino):
+                    command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:200]
+                    found.append(f"{pid} {command.decode(errors='replace')}")
+                    break
+        except OSError:
+            continue
+    return found
+
+
+def lock_busy(store: Path) -> bool:
+    """True when some process holds the store's flock right now (tried without waiting)."""
+    import fcntl
+
+    try:
+        fd = os.open(store / "lock", os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases it if taken here
+
+
+def lock_report(store: Path) -> str:
+    """What a failed lock check found: lock.owner's text and who holds the flock (pid in /proc/locks,
+    and the processes that have the lock file open)."""
+    owner = store / "lock.owner"
+    text = owner.read_text(errors="replace").strip() if owner.exists() else None
+    held = "free"
+    if lock_busy(store):
+        inode = os.stat(store / "lock").st_ino
+        locks = Path("/proc/locks").read_text().splitlines() if Path("/proc/locks").exists() else []
+        held = f"held by {[line.split()[4] for line in locks if f':{inode} ' in line] or 'another process'}, " \
+               f"open in {_openers(store / 'lock')}"
+    return f"lock.owner {text!r} (this process {os.getpid()}), flock {held}"
+
+
 def check_store(store: Path, committed: dict[str, tuple[int, int]], in_flight: tuple | None,
                 recheck: list[str], stats: dict) -> None:
     """Every promise after a kill (raises SoakFailure)."""
@@ -160,7 +208,8 @@ def check_store(store: Path, committed: dict[str, tuple[int, int]], in_flight: t
     with Repo(store) as repo:
         stray = [p.name for p in (store / "tmp").iterdir()] if (store / "tmp").is_dir() else []
         if stray or (store / "lock.owner").exists():
-            raise SoakFailure(f"stale lock or stray temporaries after the next operation: {stray}")
+            raise SoakFailure(f"stale lock or stray temporaries after opening the store: {lock_report(store)}; "
+                              f"temporaries {stray}")
         report = repo.verify()
         if not report.ok:
             raise SoakFailure(f"verify after kill:\n{report}")
@@ -214,7 +263,7 @@ def run_soak(kills: int, store: Path, seed: int = 0, max_delay: float = 0.3, ful
     store = Path(store)
     committed: dict[str, tuple[int, int]] = {}
     stats = {"kills": 0, "versions_reported": 0, "interrupted_absent": 0, "interrupted_complete": 0,
-             "kills_between_commits": 0, "recoveries": 0}
+             "kills_between_commits": 0, "recoveries": 0, "lock_held_after_kill": 0}
     started = time.time()
     for k in range(kills):
         child_seed = rng.randrange(1, 2**31)
@@ -223,6 +272,9 @@ def run_soak(kills: int, store: Path, seed: int = 0, max_delay: float = 0.3, ful
         time.sleep(rng.uniform(0.0, max_delay))
         proc.kill()
         stats["kills"] += 1
+        # A kill while the child was starting git: its fork holds the dead child's lock for a moment
+        # (the store's opening waits for it: StoreLayout.recover_if_stale).
+        stats["lock_held_after_kill"] += lock_busy(store)
         in_flight, new = None, []
         for line in proc.lines:
             parts = line.split(" ")

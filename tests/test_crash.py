@@ -167,6 +167,38 @@ def test_lock_of_a_killed_holder_is_recovered(tmp_path, weights):
         assert repo.head("model").id == version.id
 
 
+# A child holds the lock and dies by SIGKILL while a process it forked (as subprocess does to start git
+# for a commit's provenance) still has a copy of the lock's file descriptor: the kernel keeps the
+# dead holder's lock until that copy is closed. Here the fork keeps it ~1 s; starting git, ~0-20 ms.
+_DIE_WITH_A_FORK = r"""
+import os, signal, sys, time
+from mvc_magics import Repo
+
+repo = Repo(sys.argv[1])
+with repo.layout.locked():
+    if os.fork() == 0:
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)  # the parent's pipes close with it: only the lock's descriptor is kept
+        time.sleep(1.0)
+        os._exit(0)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_opening_recovers_a_dead_holder_whose_fork_still_holds_the_lock(tmp_path):
+    store = tmp_path / ".mvc"
+    Repo(store).close()
+    result = run_python(_DIE_WITH_A_FORK, str(store))
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    assert (store / "lock.owner").exists()
+    with Repo(store) as repo:  # opening waits for the dead holder's lock (a live one is never waited for)
+        assert not (store / "lock.owner").exists()
+        recover = [e for e in repo.audit.entries() if e.op == "recover"]
+        assert recover and "@" in recover[-1].detail["dead_holder"]
+        assert repo.verify().ok
+
+
 def test_live_lock_holder_is_never_broken(tmp_path, weights, monkeypatch):
     store = tmp_path / ".mvc"
     Repo(store).close()

@@ -49,6 +49,7 @@ from ..files.safe_files import (
     ExclusiveFileLock,
     SafeFiles,
 )
+from .lock_owner import STALE_LOCK_WAIT, holder_gone, looks_like_owner
 
 _log = logging.getLogger(__name__)
 
@@ -219,11 +220,17 @@ class StoreLayout:
             self._thread_lock.release()
 
     def recover_if_stale(self) -> None:
-        """Run the stale-lock recovery now if the last holder died (a live holder is left alone)."""
+        """Run the stale-lock recovery now if the last holder died (a live holder is left alone).
+
+        A holder killed while starting a program (``git``, for a commit's provenance) leaves its
+        lock held for a moment by the forked child (see :mod:`.lock_owner`): when ``lock.owner``
+        names a process gone from this host, the lock is waited for up to ``STALE_LOCK_WAIT`` s.
+        """
         if self.readonly or not (self.files.exists(self.owner_path) or self.files.exists(self.journal_path)):
             return
+        wait = STALE_LOCK_WAIT if holder_gone(self.lock_holder()) else 0.0
         with contextlib.suppress(LockTimeoutError):
-            with self.locked(timeout=0):
+            with self.locked(timeout=wait):
                 pass
 
     def _take_over(self) -> None:
@@ -231,7 +238,7 @@ class StoreLayout:
         if self.files.exists(self.owner_path):
             # Only our own format is repeated into the audit log: a planted file's content never is.
             text = self.lock_holder() or ""
-            stale = text if _looks_like_owner(text) else "unknown (lock.owner unreadable or not a holder record)"
+            stale = text if looks_like_owner(text) else "unknown (lock.owner unreadable or not a holder record)"
         elif self.files.exists(self.journal_path):  # a holder died (its lock.owner lost with a power cut)
             stale = "unknown (a journal was left and lock.owner is missing)"
         # Renamed over whatever is there: a planted symlink or FIFO is replaced, never followed.
@@ -380,13 +387,6 @@ class StoreLayout:
                         note = json.loads(self.files.read(self.notes / sub / vid / name, CAP_NOTE) or b"null")
                     if isinstance(note, dict):
                         yield vid, note
-
-
-def _looks_like_owner(text: str) -> bool:
-    """True for a "pid@host time" record as :meth:`StoreLayout._take_over` writes it."""
-    parts = text.split()
-    return (len(text) < 300 and len(parts) == 2 and parts[0].split("@", 1)[0].isdigit()
-            and parts[1].isdigit() and "@" in parts[0])
 
 
 @contextlib.contextmanager
