@@ -199,11 +199,17 @@ def test_a_state_committed_whole_or_streamed_is_the_models_version(repo):
         commit_stream(repo.store, "numpy", None, iter(()), "m")
 
 
+@pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, "bfloat16", np.complex64])
-def test_sums_give_the_bits_of_the_plain_float64_formula(dtype):
+def test_sums_give_the_bits_of_the_plain_float64_formula(dtype, split, monkeypatch):
     """The sum starts from the first input (no zeroing pass), converts in numpy's own buffers and
     divides straight into the output dtype: the bytes are those of ``sum(w * x.astype(f64)) / total``,
-    -0.0 included (0.0 + -0.0 is +0.0)."""
+    -0.0 included (0.0 + -0.0 is +0.0). ``split``: the tensor counts as large, so it is summed and
+    divided in two halves on two threads (and the weighted halves in chunks that do not
+    divide them evenly): still the same bits."""
+    if split:
+        monkeypatch.setattr(soups, "_SPLIT_ELEMENTS", 1001)
+        monkeypatch.setattr(soups, "_CHUNK_ELEMENTS", 4099)
     if dtype == "bfloat16":
         import ml_dtypes
 

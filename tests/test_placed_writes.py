@@ -92,23 +92,42 @@ def test_a_flipped_byte_in_a_placed_tensor_is_found(tmp_path):
         assert not repo.verify().ok
 
 
-def test_a_streamed_commit_keeps_no_array_for_the_checksum(tmp_path):
-    """A merge streams its tensors (none kept): HDF5 writes them, and the file checks out."""
-    with Repo(tmp_path / ".mvc") as repo:
-        from mvc_magics.operations.commit import commit_stream
+@pytest.mark.parametrize("direct", ["1", "0"])
+def test_a_streamed_commit_places_its_tensors_and_keeps_none_for_the_checksum(tmp_path, monkeypatch, direct):
+    """A merge streams its tensors (none kept): the large ones are placed like a loose commit's
+    (not written by HDF5, which holds the GIL), each written before the writer takes the next, no
+    region kept for the checksum, which reads the file back; the file checks out."""
+    from mvc_magics.operations.commit import commit_stream
 
-        added = []
-        original = placed.PlacedWrites.add
-        placed.PlacedWrites.add = lambda self, *args: (added.append(args), original(self, *args))[1]
-        try:
-            state = _state(2)
-            version = commit_stream(repo.store, "numpy", None, iter(state.items()), "s")
-        finally:
-            placed.PlacedWrites.add = original
-        assert added == []
-        assert check_file_checksum(repo.store.layout.snapshot_path(version.id)) is True
+    monkeypatch.setenv("MVC_DIRECT_IO", direct)
+    added, pending_after, at_checksum = [], [], []
+    add, place, stamp = placed.PlacedWrites.add, snapshot_writer.SnapshotWriter._place, snapshot_writer._stamp_checksum
+
+    def placed_once(writer, tensors, digest, data):
+        dataset = place(writer, tensors, digest, data)
+        pending_after.append(len(writer._placed._futures))  # 0: written before the array is dropped
+        return dataset
+
+    def stamped(path, loose=False, writes=None):
+        at_checksum.append((writes.held, len(writes.regions)))
+        return stamp(path, loose, writes)
+
+    monkeypatch.setattr(placed.PlacedWrites, "add", lambda self, *args: (added.append(args[1].nbytes),
+                                                                         add(self, *args))[1])
+    monkeypatch.setattr(snapshot_writer.SnapshotWriter, "_place", placed_once)
+    monkeypatch.setattr(snapshot_writer, "_stamp_checksum", stamped)
+    with Repo(tmp_path / ".mvc") as repo:
+        state = _state(2)
+        version = commit_stream(repo.store, "numpy", None, iter(state.items()), "s")
+        assert sorted(added) == sorted(int(state[k].nbytes) for k in ("big", "half", "bytes"))
+        assert pending_after == [0, 0, 0] and at_checksum == [(False, 0)]
+        path = repo.store.layout.snapshot_path(version.id)
+        assert is_loose(path) and check_file_checksum(path) is True
+        with open(path, "rb") as handle:
+            assert handle.read(CHECKSUM_LINE)[20:84].decode() == body_digest(handle, os.path.getsize(path))
+        assert repo.verify().ok
         loaded = repo.load_state(version.id)
-        assert all(np.array_equal(loaded[k], v) for k, v in state.items())
+        assert all(np.array_equal(loaded[k], v) and loaded[k].dtype == v.dtype for k, v in state.items())
 
 
 def test_regions_that_overlap_or_pass_the_end_are_not_hashed_from_memory(tmp_path):

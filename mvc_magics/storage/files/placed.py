@@ -94,11 +94,18 @@ class PlacedWrites:
     """Writes arrays at given offsets of the file at ``path`` (see the module docstring).
 
     :meth:`add` returns at once; :meth:`wait` raises the first error of a write. The arrays
-    must stay unchanged until :meth:`wait` and :func:`placed_digest` are done (the caller holds them).
+    must stay unchanged until :meth:`wait` and :func:`placed_digest` are done (the caller holds
+    them); with ``held`` False, until :meth:`wait` only (no region is kept for the checksum).
     """
 
-    def __init__(self, path: Path, direct: bool | None = None) -> None:
+    def __init__(self, path: Path, direct: bool | None = None, held: bool = True) -> None:
         self.path = path
+        # held: the caller keeps the arrays until the checksum, which hashes them from memory
+        # (:func:`placed_digest`); otherwise (a streamed commit) none is kept once written and the
+        # checksum reads the whole file back. Measured on a 5 x 100 MB merge (loaded machine):
+        # O_DIRECT writes plus that read back (from the disk) took ~110 + 90 ms, writes into fresh
+        # page-cache pages ~220-280 ms plus a 20 ms read back, so both go direct.
+        self.held = held
         self.regions: list[tuple[int, memoryview]] = []
         self._fd = os.open(path, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
         self._direct_fd: int | None = None
@@ -117,7 +124,8 @@ class PlacedWrites:
     def add(self, offset: int, array: np.ndarray) -> None:
         """Write ``array``'s bytes (C order) at ``offset`` of the file, in a worker thread."""
         view = memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
-        self.regions.append((offset, view))
+        if self.held:
+            self.regions.append((offset, view))
         if self._direct_fd is None:
             self._futures.append(_submit(self._write_buffered, offset, view))
             return

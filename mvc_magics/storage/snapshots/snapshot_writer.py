@@ -113,8 +113,12 @@ class SnapshotWriter:
         # packing codes it later (see storage.files.checksum.LOOSE_MARK).
         self.loose = loose
         # A loose file's large tensors are written by PlacedWrites at the offsets HDF5 allocated
-        # (see storage.files.placed); off for a streamed commit, which keeps no array until the checksum.
+        # (see storage.files.placed), not by HDF5 (which holds the GIL while it writes).
         self.place_directly = loose
+        # False for a streamed commit, which keeps no array until the checksum: each placed tensor
+        # is written (through the page cache) before the next is taken, and the checksum reads the
+        # file back instead of hashing the tensors from memory.
+        self.placed_held = True
         self._placed: PlacedWrites | None = None
         self._file: h5py.File | None = None
         self._tensors: h5py.Group | None = None
@@ -187,8 +191,10 @@ class SnapshotWriter:
             dataset[...] = data
             return dataset
         if self._placed is None:
-            self._placed = PlacedWrites(self.path)
+            self._placed = PlacedWrites(self.path, held=self.placed_held)
         self._placed.add(offset, data)
+        if not self.placed_held:  # the caller drops the array on return: its bytes are written first
+            self._placed.wait()  # (os.pwrite releases the GIL: the next tensor is computed meanwhile)
         return dataset
 
     def copy_dataset(self, dataset: h5py.Dataset, digest: str, attrs: Mapping | None = None) -> None:
@@ -261,7 +267,9 @@ def _stamp_checksum(path: Path, loose: bool = False, placed: PlacedWrites | None
             handle.flush()  # the checksum reads the file through a map
         size = os.fstat(handle.fileno()).st_size
         digest = None
-        if placed is not None:
+        if placed is not None and not placed.held:
+            placed.wait()  # nothing in memory: the whole file is read back below, once written
+        elif placed is not None:
             end = max((offset + len(view) for offset, view in placed.regions), default=0)
             # HDF5 allocated every region before its file end: a region past it would be a bug here.
             digest = placed_digest(handle.fileno(), size, placed.regions) if end <= size else None

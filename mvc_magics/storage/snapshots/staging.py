@@ -132,8 +132,9 @@ class StagedCommit:
         :class:`ManifestEntry` names a tensor already stored (its bytes are not read unless the
         store cannot place them). The caller must not change a yielded array.
         """
-        # Placed writes hash their regions from memory at the end: a stream keeps no array that long.
-        self._writer.place_directly = False
+        # Placed writes (a loose commit's) hash their regions from memory at the end: a stream keeps
+        # no array that long, so each is written before the next and the checksum reads the file.
+        self._writer.placed_held = False
         pending: deque[tuple[Future, int]] = deque()
         in_flight = 0
         pool = background("stream", 1)  # one writer: tensors are staged in the order they come
