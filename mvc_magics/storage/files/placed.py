@@ -163,6 +163,13 @@ class PlacedWrites:
             self._kicked = self._buffered
             start_writeback(self.path)
 
+    def read_ahead(self, offset: int, length: int) -> None:
+        """Ask the kernel to read ``length`` bytes at ``offset`` back into the page cache in the
+        background (a region written ``O_DIRECT`` that the checksum will read: not held in memory)."""
+        if self.direct and hasattr(os, "posix_fadvise"):
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(self._fd, offset, length, os.POSIX_FADV_WILLNEED)
+
     def reserve(self, size: int) -> None:
         """Extend the file to ``size`` bytes (sparse) unless it is larger, and raise the error of a
         write that already failed: a file size limit is met here rather than by a later writer."""

@@ -195,6 +195,7 @@ class SnapshotWriter:
         self._placed.add(offset, data)
         if not self.placed_held:  # the caller drops the array on return: its bytes are written first
             self._placed.wait()  # (os.pwrite releases the GIL: the next tensor is computed meanwhile)
+            self._placed.read_ahead(offset, int(data.nbytes))  # for the checksum, read back meanwhile
         return dataset
 
     def copy_dataset(self, dataset: h5py.Dataset, digest: str, attrs: Mapping | None = None) -> None:
