@@ -53,7 +53,10 @@ PY
 mkdir "$work/use"
 cd "$work/use"
 [ "$("$work/venv/bin/mvc" --version)" = "mvc_magics $version" ]
-"$work/venv/bin/mvc" --help | grep -q "Model version control"
+# Output goes to a file first: `mvc ... | grep -q` under pipefail fails whenever grep exits before mvc
+# finishes writing (mvc then meets a closed pipe), which made this check fail at random in CI.
+"$work/venv/bin/mvc" --help >"$work/help.txt"
+grep -q "Model version control" "$work/help.txt"
 "$work/venv/bin/python" - "$repo" <<'PY'
 import sys
 from pathlib import Path
@@ -79,5 +82,6 @@ frameworks = sorted(m for m in ("tensorflow", "keras", "torch", "sklearn", "jax"
 assert not frameworks, frameworks
 print(f"package check: mvc_magics {mvc_magics.__version__} from {where.parent}: load_ext, commit, checkout")
 PY
-"$work/venv/bin/mvc" log | grep -q "second"
+"$work/venv/bin/mvc" log >"$work/log.txt"
+grep -q "second" "$work/log.txt"
 echo "package check: passed in $(( $(date +%s) - start ))s"
