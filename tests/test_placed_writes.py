@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mvc_magics import Repo
+from mvc_magics.core import threads
 from mvc_magics.storage.files import placed
 from mvc_magics.storage.files.checksum import CHECKSUM_LINE, body_digest, check_file_checksum, is_loose
 from mvc_magics.storage.snapshots import snapshot_writer
@@ -204,6 +205,6 @@ def test_writes_run_in_the_caller_once_the_writer_threads_take_no_work(tmp_path,
 
     stopped = ThreadPoolExecutor(max_workers=1)
     stopped.shutdown()
-    monkeypatch.setattr(placed, "_POOL", (os.getpid(), stopped))
+    monkeypatch.setitem(threads._POOLS, "place", (os.getpid(), stopped))
     state = _state(4)
     _commit_exact(tmp_path, state)

@@ -15,6 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 import blake3
 import numpy as np
 
+from .threads import thread_pool
+
 HASH_HEX_LENGTH = 64
 SHORT_ID_LENGTH = 8
 # Multi-threaded hashing only pays off for large buffers; small ones stay on one thread.
@@ -103,16 +105,9 @@ def hashes_ahead(arrays: Mapping[str, np.ndarray], known: Mapping[str, str] | No
     return iter(HashesAhead(arrays, known))
 
 
-_POOL: tuple[int, ThreadPoolExecutor] | None = None
-
-
 def hash_pool() -> ThreadPoolExecutor:
     """The process's hashing threads (created on first use; re-created in a forked child)."""
-    global _POOL
-    if _POOL is None or _POOL[0] != os.getpid():
-        workers = max(2, min(4, os.cpu_count() or 1))
-        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mvc-hash"))
-    return _POOL[1]
+    return thread_pool("hash", max(2, min(4, os.cpu_count() or 1)))
 
 
 def hash_all(arrays: Mapping[str, np.ndarray]) -> dict[str, str]:

@@ -24,11 +24,12 @@ from ..core.metadata import author, base_library_versions, validate_metrics, val
 from ..core.names import validate_name, validate_tag
 from ..core.provenance import complete_provenance
 from ..core.tables import format_number
+from ..core.threads import thread_pool
 from ..core.version import CommitStats, Version
 from ..errors import StoreError, UnsupportedModelError
 from ..storage.files.faults import write_failure
 from ..storage.local.store import Store
-from ..storage.snapshots.staging import StagedCommit, background
+from ..storage.snapshots.staging import StagedCommit
 from . import autopack, lookup, versions
 from .git_state import GitStateAhead
 from .tags import check_tag_free
@@ -73,7 +74,7 @@ def commit(
         # The tensors are staged (hashed, coded, written) in a worker thread while this thread
         # serializes the structure: coding releases the GIL and serializing does not, so the two
         # overlap on two cores. The framework's own code stays on the caller's thread.
-        staging = background("stage", 1).submit(staged.stage, arrays, f"commit {name}", hashes)
+        staging = thread_pool("stage", 1).submit(staged.stage, arrays, f"commit {name}", hashes)
         try:
             structure = adapter.structure(model)
             staging.result()

@@ -9,9 +9,7 @@ soup does not drop; :class:`Evaluator` scores candidate soups in one reused live
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -21,6 +19,7 @@ from ..core.manifest import ManifestEntry, dtype_from_name
 from ..core.merge_plan import AlignedTensor, MergePlan, accumulator_dtype, short
 from ..core.merge_report import EvalFn, MergeReport, MergeStep, score_of
 from ..core.refs import infer_direction
+from ..core.threads import thread_pool
 from ..errors import MergeConflictError, MergeError, UnsupportedModelError
 from ..storage.local.store import Store
 from ..storage.snapshots.snapshot import TensorReader
@@ -114,21 +113,17 @@ _CHUNK_ELEMENTS = 1 << 16
 # whichever thread does it, so the bits are those of a one-thread sum.
 _SPLIT_ELEMENTS = 1 << 20
 
-_HELPER: tuple[int, ThreadPoolExecutor] | None = None
 
 
 def _in_halves(size: int, work: Callable[[int, int], None]) -> None:
     """``work(begin, end)`` over ``range(size)``: in two halves at once (one on a helper thread)
     when ``size`` is large, else in one call here. The first error is raised after both end."""
-    global _HELPER
     if size < _SPLIT_ELEMENTS:
         work(0, size)
         return
-    if _HELPER is None or _HELPER[0] != os.getpid():  # made again in a forked child
-        _HELPER = (os.getpid(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="mvc-sum"))
     middle = size // 2
     try:
-        other = _HELPER[1].submit(work, middle, size)
+        other = thread_pool("sum", 1).submit(work, middle, size)
     except RuntimeError:  # the interpreter is shutting down: no new threads
         work(0, size)
         return

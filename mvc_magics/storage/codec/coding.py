@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import zstandard
 
+from ...core.threads import thread_pool
 from ...errors import IntegrityError
 from .words import SLOPE_ONE, WORD_SIZES, add_back, predict, sub_bytes, xor_bytes
 
@@ -91,15 +92,8 @@ class Coded:
         return int(self.data.nbytes)
 
 
-_POOL: tuple[int, ThreadPoolExecutor] | None = None
-
-
 def _pool() -> ThreadPoolExecutor:
-    global _POOL
-    if _POOL is None or _POOL[0] != os.getpid():
-        workers = max(2, min(4, os.cpu_count() or 1))
-        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mvc-code"))
-    return _POOL[1]
+    return thread_pool("code", max(2, min(4, os.cpu_count() or 1)))
 
 
 def raw_bytes(array: np.ndarray) -> np.ndarray:

@@ -25,12 +25,13 @@ import mmap
 import os
 import threading
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, wait
 from pathlib import Path
 
 import blake3
 import numpy as np
 
+from ...core.threads import thread_pool
 from .atomic import start_writeback
 from .checksum import CHECKSUM_LINE
 
@@ -50,7 +51,6 @@ def direct_io_enabled() -> bool:
     return os.environ.get("MVC_DIRECT_IO", "1").strip().lower() not in {"0", "off", "false", "no"}
 
 
-_POOL: tuple[int, ThreadPoolExecutor] | None = None
 _BUFFERS: list[mmap.mmap] = []  # aligned, already-touched buffers, reused by every commit
 _BUFFERS_LOCK = threading.Lock()
 _BUFFERS_PID = os.getpid()
@@ -59,11 +59,8 @@ _BUFFERS_PID = os.getpid()
 def _submit(function, *args) -> Future:
     """``function(*args)`` on the writer threads (made again in a forked child); run here once
     the interpreter is shutting down (its thread pools take no new work then)."""
-    global _POOL
-    if _POOL is None or _POOL[0] != os.getpid():
-        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=_WRITERS, thread_name_prefix="mvc-place"))
     try:
-        return _POOL[1].submit(function, *args)
+        return thread_pool("place", _WRITERS).submit(function, *args)
     except RuntimeError:
         done: Future = Future()
         try:

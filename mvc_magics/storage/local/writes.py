@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING
 
 from ...core.metadata import author
 from ...core.reports import GcReport
+from ...core.threads import thread_pool
 from ...errors import StoreError
 from ..files.faults import ensure_space, write_failure
 from ..snapshots.deltas import ParentBases, coding_enabled, commit_depth
 from ..snapshots.snapshot import ManifestEntry, SnapshotContent
-from ..snapshots.staging import StagedCommit, background
+from ..snapshots.staging import StagedCommit
 from . import collection, histories, journal
 from .index import Index
 from .recovery import add_note, index_content, sync_refs_and_notes
@@ -95,7 +96,7 @@ class StoreWrites:
         # HEAD's new file (the same bytes write_head writes) is written and fsynced in a worker
         # while the snapshot is fsynced, so the file system commits both at once; it is renamed
         # into place only after the snapshot, as before.
-        head_file = background("refs", 1).submit(layout.files.prepare, (vid + "\n").encode()) if move_head else None
+        head_file = thread_pool("refs", 1).submit(layout.files.prepare, (vid + "\n").encode()) if move_head else None
         try:
             signer = signer_from_env()  # a bad key configuration fails before the snapshot is placed
             text_bytes = (len(json.dumps(meta, default=str)) + 200 * len(manifest)
@@ -111,7 +112,7 @@ class StoreWrites:
                 layout.files.place(head_file.result(), layout.head_path(head), sync_folder=False)
                 # HEAD's folder is fsynced in a worker while the audit entry is fsynced: one wait for
                 # both, and both are durable before the index commits and the commit returns.
-                head_synced = background("refs", 1).submit(layout.files.sync_folder, layout.head_path(head).parent)
+                head_synced = thread_pool("refs", 1).submit(layout.files.sync_folder, layout.head_path(head).parent)
             # Not synced: the rows are rebuilt from the files (snapshot, tag and HEAD files, audit
             # entry, all fsynced first) when a power cut loses them (docs/reliability.md, section 1).
             with index.transaction(durable=False) as conn:
@@ -241,7 +242,7 @@ class StoreWrites:
             # HEAD's new file is written and fsynced in a worker while the journal is made durable
             # (two syncs at once instead of one after the other); it is renamed into place only
             # after the journal, as before, so a kill leaves the move journaled or not begun.
-            prepared = background("refs", 1).submit(self._layout.files.prepare, (vid + "\n").encode())
+            prepared = thread_pool("refs", 1).submit(self._layout.files.prepare, (vid + "\n").encode())
             try:
                 with self._ref_change(op, name, [vid], detail, [{"kind": "head", "name": key, "id": vid}]):
                     self._head(key, vid, prepared.result())

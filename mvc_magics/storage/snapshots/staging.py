@@ -24,6 +24,7 @@ import numpy as np
 
 from ...core.hashing import HashesAhead, canonical_json, dtype_name, tensor_hash
 from ...core.progress import progress_bar
+from ...core.threads import thread_pool
 from ..files.atomic import publish, temporary_path
 from .deltas import remember_committed
 from .snapshot import FORMAT_VERSION, ManifestEntry, TensorReader
@@ -36,19 +37,6 @@ STREAM_AHEAD_BYTES = 4 << 20
 ENCODERS = max(2, min(4, os.cpu_count() or 1))
 PENDING_BYTES = 64 << 20
 PARALLEL_MIN_BYTES = 64 << 10  # smaller tensors are coded in the writing thread (a hand-off costs more)
-
-
-_POOLS: dict[str, tuple[int, ThreadPoolExecutor]] = {}
-
-
-def background(name: str, workers: int) -> ThreadPoolExecutor:
-    """The process's pool of ``workers`` threads for ``name`` (made on first use, again in a forked
-    child): starting threads anew for every commit cost ~3 ms of a 20 ms small commit here."""
-    pid, pool = _POOLS.get(name, (None, None))
-    if pool is None or pid != os.getpid():
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"mvc-{name}")
-        _POOLS[name] = (os.getpid(), pool)
-    return pool
 
 
 def _no_pause() -> None:
@@ -107,7 +95,7 @@ class StagedCommit:
         """
         self.arrays = dict(arrays)
         total = sum(int(a.nbytes) for a in self.arrays.values())
-        self._pending, self._encoder = deque(), background("encode", ENCODERS)
+        self._pending, self._encoder = deque(), thread_pool("encode", ENCODERS)
         try:
             with progress_bar(total, description, self._progress) as bar:
                 for key, digest in hashes if hashes is not None else HashesAhead(self.arrays):
@@ -137,7 +125,7 @@ class StagedCommit:
         self._writer.placed_held = False
         pending: deque[tuple[Future, int]] = deque()
         in_flight = 0
-        pool = background("stream", 1)  # one writer: tensors are staged in the order they come
+        pool = thread_pool("stream", 1)  # one writer: tensors are staged in the order they come
         try:
             with progress_bar(total_bytes, description, self._progress) as bar:
                 for key, item in tensors:
