@@ -283,11 +283,13 @@ def _index_errors(path: Path) -> Iterator[None]:
         if "locked" in text or "busy" in text:
             raise StoreError(f"the index {path.name} is busy (another process holds it): {text}") from exc
         if "Could not decode" in text:  # a damaged row: its text is not UTF-8 (Python reports it this way)
-            raise IntegrityError(f"the index {path.name} is damaged (text that is not UTF-8); run reindex to "
-                                 "rebuild it") from exc
+            raise _not_utf8(path) from exc
         raise StoreError(f"cannot update the index {path}: {text}") from exc
     except sqlite3.DatabaseError as exc:  # "file is not a database", "database disk image is malformed"
         raise IntegrityError(f"the index {path.name} is damaged ({exc}); run reindex to rebuild it") from exc
     except UnicodeDecodeError as exc:  # a damaged schema or row: SQLite's text is not even UTF-8
-        raise IntegrityError(f"the index {path.name} is damaged (text that is not UTF-8); run reindex to "
-                             "rebuild it") from exc
+        raise _not_utf8(path) from exc
+
+
+def _not_utf8(path: Path) -> IntegrityError:
+    return IntegrityError(f"the index {path.name} is damaged (text that is not UTF-8); run reindex to rebuild it")
