@@ -128,6 +128,11 @@ class RemoteError(MVCError):
     """A remote cannot be reached, read or written, or is not an mvc remote."""
 
 
+class RemoteUnreachableError(RemoteError):
+    """The remote's server cannot be reached: connection refused, no connection in time, unknown host.
+    The message names the endpoint that was tried."""
+
+
 class RefusedRemoteFileError(RemoteError):
     """One file of a remote was refused (a symbolic link, FIFO or device, a path leading outside
     the remote, more bytes than allowed): a pull goes on without it."""

@@ -17,6 +17,7 @@ from ..core.names import validate_name
 from ..core.progress import interactive
 from ..errors import InvalidRemoteError, MVCError, RemoteConflictError, RemoteError
 from ..storage.local.store import Store
+from ..storage.remote.failures import BACKEND_MODULES, unreachable_error
 from ..storage.remote.store import check_url
 from ..storage.snapshots.snapshot import SnapshotContent
 
@@ -142,9 +143,6 @@ def topological(start: Iterable[str], deps_of) -> list[str]:
     return order
 
 
-_BACKEND_MODULES = ("botocore", "aiobotocore", "s3fs", "gcsfs", "google", "adlfs", "azure", "aiohttp", "fsspec")
-
-
 @contextlib.contextmanager
 def remote_errors(url: str) -> Iterator[None]:
     """Backend failures (missing bucket, denied access, no credentials, network) as one-line RemoteError."""
@@ -153,7 +151,10 @@ def remote_errors(url: str) -> Iterator[None]:
     except MVCError:
         raise
     except Exception as exc:  # only OS errors and the storage SDKs' own errors are translated
-        if not isinstance(exc, OSError) and not type(exc).__module__.startswith(_BACKEND_MODULES):
+        unreachable = unreachable_error(url, exc)
+        if unreachable is not None:  # the same line as a RemoteStore call's
+            raise unreachable from exc
+        if not isinstance(exc, OSError) and not type(exc).__module__.startswith(BACKEND_MODULES):
             raise
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RemoteError(f"remote {url}: {type(exc).__name__}: {detail[:200]}") from exc

@@ -2,7 +2,8 @@
 
 Making an s3fs file system (a botocore session and client) takes most of a second; every push,
 pull, clone and remote check made one. Waits are bounded here too: a server that accepts and never
-answers fails after ``MVC_REMOTE_TIMEOUT`` seconds per attempt.
+answers fails after ``MVC_REMOTE_TIMEOUT`` seconds per attempt, one that takes no connection (a
+dead host, a firewall dropping packets) after ``CONNECT_TIMEOUT`` seconds per attempt.
 """
 
 from __future__ import annotations
@@ -14,10 +15,15 @@ import re
 import threading
 from urllib.parse import urlsplit
 
-# Seconds to wait for an S3 server to connect / answer one request (env MVC_REMOTE_TIMEOUT).
+# Seconds to wait for an S3 server to answer one request (env MVC_REMOTE_TIMEOUT).
 DEFAULT_TIMEOUT = 30.0
+# Seconds to wait for a connection (at most MVC_REMOTE_TIMEOUT): a reachable server connects in
+# well under a second, and two lost SYNs are sent again by 3 s, so a dead host fails in about
+# S3FS_ATTEMPTS * BOTOCORE_ATTEMPTS * 5 s instead of 2 minutes.
+CONNECT_TIMEOUT = 5.0
 # Attempts per request by s3fs, each with BOTOCORE_ATTEMPTS attempts: a server that never answers
-# fails after at most S3FS_ATTEMPTS * BOTOCORE_ATTEMPTS * timeout seconds (2 minutes by default).
+# fails after at most S3FS_ATTEMPTS * BOTOCORE_ATTEMPTS * timeout seconds (2 minutes by default;
+# one that takes no connection after as many connect timeouts: 20 s).
 S3FS_ATTEMPTS = 2
 BOTOCORE_ATTEMPTS = 2
 
@@ -78,13 +84,23 @@ def sent_requests(fs) -> int:
     return int(getattr(fs, "mvc_requests", 0))
 
 
-def storage_options(scheme: str) -> dict:
-    """Bounded waits for S3: a server that accepts and never answers fails after the timeout."""
-    if scheme not in ("s3", "s3a"):
-        return {}
+def remote_timeouts() -> tuple[float, float]:
+    """(connect, read) seconds an S3 request waits: ``MVC_REMOTE_TIMEOUT`` (default 30) for an
+    answer, and at most ``CONNECT_TIMEOUT`` of it for a connection."""
     try:
         timeout = float(os.environ.get("MVC_REMOTE_TIMEOUT", DEFAULT_TIMEOUT))
     except ValueError:
         timeout = DEFAULT_TIMEOUT
-    return {"config_kwargs": {"connect_timeout": timeout, "read_timeout": timeout,
+    if not timeout > 0:
+        timeout = DEFAULT_TIMEOUT
+    return min(timeout, CONNECT_TIMEOUT), timeout
+
+
+def storage_options(scheme: str) -> dict:
+    """Bounded waits for S3: a server that accepts and never answers fails after the timeout, one
+    that takes no connection after the connect timeout."""
+    if scheme not in ("s3", "s3a"):
+        return {}
+    connect, read = remote_timeouts()
+    return {"config_kwargs": {"connect_timeout": connect, "read_timeout": read,
                               "retries": {"max_attempts": BOTOCORE_ATTEMPTS, "mode": "standard"}}}

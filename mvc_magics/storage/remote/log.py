@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ...errors import RemoteError, RemoteHistoryError, UnsafeFileError
+from ...errors import RemoteError, RemoteHistoryError, RemoteUnreachableError, UnsafeFileError
 from ..files.safe_files import SafeFiles
 from ..local.signatures import Signer
 from .guard import CAP_REMOTE_FILE
@@ -203,8 +203,10 @@ class RemoteLog:
     def checkpoints(self) -> list[tuple[str, int]]:
         """(file name, position) of the checkpoints in ``log/``, newest first (one listing)."""
         try:
-            paths = self.remote.fs.glob(self._key("checkpoint-*.json"))
-        except (FileNotFoundError, OSError, ValueError):
+            paths = self.remote.call("list checkpoints", self.remote.fs.glob, self._key("checkpoint-*.json"))
+        except RemoteUnreachableError:
+            raise
+        except (FileNotFoundError, RemoteError):
             return []
         found = []
         for path in paths:

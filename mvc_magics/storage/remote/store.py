@@ -37,6 +37,7 @@ from ...core.names import validate_name
 from ...errors import InvalidRemoteError, RemoteError, RemotePermissionError, StoreFormatError
 from . import guard
 from .clients import s3_filesystem, sent_requests, storage_options
+from .failures import remote_failure
 from .log import RemoteLog, RemoteState
 
 REMOTE_FORMAT = "mvc-remote"
@@ -114,7 +115,10 @@ class RemoteStore:
     def object_key(self, version_id: str, retired: bool = False) -> str:
         return self._key("objects", version_id[:2], f"{version_id}{'.retired' if retired else ''}.h5")
 
-    def _call(self, what: str, func: Callable, *args, **kwargs):
+    def call(self, what: str, func: Callable, *args, **kwargs):
+        """``func(*args, **kwargs)``, its backend's failures as one-line :class:`RemoteError` (a server
+        that cannot be reached: :class:`RemoteUnreachableError`); a missing file stays
+        ``FileNotFoundError``."""
         try:
             return func(*args, **kwargs)
         except FileNotFoundError:
@@ -122,8 +126,13 @@ class RemoteStore:
         except PermissionError as exc:
             raise RemotePermissionError(f"permission denied: remote {self.url} does not let these credentials "
                                         f"{what}") from exc
-        except (OSError, ValueError) as exc:
-            raise RemoteError(f"remote {self.url}: cannot {what}: {exc}") from exc
+        except Exception as exc:  # OS errors and the SDKs' own (botocore's are not OSErrors): one line
+            failure = remote_failure(self.url, what, exc, self.fs)
+            if failure is None:
+                raise
+            raise failure from exc
+
+    _call = call
 
     def format_version(self) -> int:
         """The remote's format version (read by :meth:`check_format`)."""
@@ -145,7 +154,7 @@ class RemoteStore:
             if not create:
                 return False
             self._call("create the remote", self._makedirs, self.root)
-            self._write_exclusive(key, f"{REMOTE_FORMAT} {REMOTE_VERSION}\n".encode())
+            self._call("create the remote", self._write_exclusive, key, f"{REMOTE_FORMAT} {REMOTE_VERSION}\n".encode())
             self.version = REMOTE_VERSION
             return True
         if len(text) != 2 or text[0] != REMOTE_FORMAT:
