@@ -67,3 +67,48 @@ def test_a_server_on_another_port_gets_its_own_client(moto_backend, monkeypatch)
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_backend.endpoint)
     again = RemoteStore(url)
     assert again.fs is first.fs and again.check_format()
+
+
+def aws_files_only(monkeypatch, tmp_path, credentials: str, config: str):
+    """Credentials and endpoint in botocore's files (nothing in the environment), as a user keeps them."""
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL",
+                "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    (tmp_path / "credentials").write_text(credentials)
+    (tmp_path / "config").write_text(config)
+
+
+def test_credentials_fixed_in_the_file_are_used_without_a_restart(seaweed, monkeypatch, tmp_path):
+    from mvc_magics.errors import RemoteError
+
+    url = seaweed.new_url()
+    key, secret = seaweed.keys["admin"]
+    aws_files_only(monkeypatch, tmp_path, f"[default]\naws_access_key_id = {key}\naws_secret_access_key = wrong\n",
+                   f"[default]\nregion = us-east-1\nendpoint_url = {seaweed.endpoint}\n")
+    with pytest.raises(RemoteError):
+        RemoteStore(url).check_format(create=True)
+    # The user fixes ~/.aws/credentials in the notebook and runs the cell again: same process.
+    (tmp_path / "credentials").write_text(f"[default]\naws_access_key_id = {key}\naws_secret_access_key = {secret}\n")
+    fixed = RemoteStore(url)
+    assert fixed.check_format(create=True) and RemoteStore(url).fs is fixed.fs  # reused until the next edit
+
+
+def test_an_endpoint_fixed_in_the_config_file_is_used_without_a_restart(moto_backend, monkeypatch, tmp_path):
+    import socket
+
+    from mvc_magics.errors import RemoteUnreachableError
+
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    closed = probe.getsockname()[1]
+    probe.close()
+    url = moto_backend.new_url()
+    key, secret = moto_backend.keys["admin"]
+    aws_files_only(monkeypatch, tmp_path, f"[default]\naws_access_key_id = {key}\naws_secret_access_key = {secret}\n",
+                   f"[default]\nregion = us-east-1\nendpoint_url = http://127.0.0.1:{closed}\n")
+    with pytest.raises(RemoteUnreachableError, match=f"127.0.0.1:{closed}"):
+        RemoteStore(url).check_format(create=True)
+    (tmp_path / "config").write_text(f"[default]\nregion = us-east-1\nendpoint_url = {moto_backend.endpoint}\n")
+    assert RemoteStore(url).check_format(create=True)

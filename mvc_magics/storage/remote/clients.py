@@ -31,8 +31,12 @@ BOTOCORE_ATTEMPTS = 2
 # session and client) takes most of a second, which every push, pull and check paid again.
 _S3_CLIENTS: dict[str, object] = {}
 _S3_CLIENTS_LOCK = threading.Lock()
+# Clients kept at most: a key goes stale when a credentials file changes, so old ones are dropped.
+MAX_S3_CLIENTS = 8
 # What decides which server and identity an S3 client talks to, besides the storage options.
 _S3_ENVIRONMENT = re.compile(r"^(AWS_|BOTO_|FSSPEC_S3|MVC_REMOTE_TIMEOUT$)")
+# The files botocore reads credentials, profiles and endpoints from (env variable, default path).
+_AWS_FILES = (("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials"), ("AWS_CONFIG_FILE", "~/.aws/config"))
 
 
 def s3_filesystem(fsspec, url: str) -> tuple[object, str]:
@@ -40,26 +44,46 @@ def s3_filesystem(fsspec, url: str) -> tuple[object, str]:
     credentials and options.
 
     fsspec caches instances by their constructor arguments only, but here the endpoint and the
-    credentials come from the environment (tests switch identities and servers by changing it), so
-    its cache is skipped and this one is keyed by every ``AWS_*``/``BOTO_*``/``FSSPEC_S3*`` variable too (a digest,
-    never the secrets themselves) and the process id (a client does not survive a fork). Listings a
-    reused instance cached are dropped, so a new ``RemoteStore`` sees what others pushed since.
+    credentials come from the environment and from botocore's files (a user fixes
+    ``~/.aws/credentials`` in a notebook; tests switch identities and servers), so its cache is
+    skipped and this one is keyed by every ``AWS_*``/``BOTO_*``/``FSSPEC_S3*`` variable too (a
+    digest, never the secrets themselves), the identity, size and modification time of the
+    credentials and config files (:func:`aws_files`), and the process id (a client does not
+    survive a fork). Listings a reused instance cached are dropped, so a new ``RemoteStore`` sees
+    what others pushed since.
     """
     cls = fsspec.get_filesystem_class(urlsplit(url).scheme)
     options = {**cls._get_kwargs_from_urls(url), **storage_options("s3")}
     environment = sorted((k, v) for k, v in os.environ.items() if _S3_ENVIRONMENT.match(k))
-    key = hashlib.blake2b(repr((os.getpid(), cls.__name__, sorted(options.items(), key=str), environment))
-                          .encode(), digest_size=16).hexdigest()
+    key = hashlib.blake2b(repr((os.getpid(), cls.__name__, sorted(options.items(), key=str), environment,
+                                aws_files())).encode(), digest_size=16).hexdigest()
     with _S3_CLIENTS_LOCK:
         fs = _S3_CLIENTS.get(key)
         if fs is None:
             fs = cls(skip_instance_cache=True, **options)
             fs.retries = S3FS_ATTEMPTS  # with botocore's own attempts: a dead server fails in bounded time
             _count_requests(fs)
+            while len(_S3_CLIENTS) >= MAX_S3_CLIENTS:  # the oldest made (a store using it keeps its own)
+                del _S3_CLIENTS[next(iter(_S3_CLIENTS))]
             _S3_CLIENTS[key] = fs
         else:
             fs.invalidate_cache()
     return fs, cls._strip_protocol(url)
+
+
+def aws_files() -> tuple[tuple[str, tuple[int, ...] | None], ...]:
+    """(path, (device, inode, size, mtime ns) or None when absent) of the credentials and config
+    files botocore would read now: an edit or a replacement of either gives another client."""
+    found = []
+    for variable, default in _AWS_FILES:
+        path = os.path.expanduser(os.environ.get(variable) or default)
+        try:
+            info = os.stat(path)
+        except OSError:  # absent or unreadable: botocore reads nothing from it either
+            found.append((path, None))
+            continue
+        found.append((path, (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)))
+    return tuple(found)
 
 
 def forget_s3_clients() -> None:
