@@ -37,12 +37,18 @@ def dtype_name(dtype: np.dtype) -> str:
     return np.dtype(dtype).name
 
 
+def tensor_hasher(dtype: np.dtype, shape: tuple[int, ...], threads: int = 1) -> blake3.blake3:
+    """A BLAKE3 hasher fed the header of a tensor of ``dtype`` and ``shape``: fed the tensor's bytes
+    (C order, little-endian; in pieces, in order), its digest is :func:`tensor_hash`'s."""
+    header = f"{dtype_name(dtype)}|{','.join(map(str, shape))}|".encode()
+    return blake3.blake3(header, max_threads=threads)
+
+
 def tensor_hash(array: np.ndarray) -> str:
     """BLAKE3 hex digest over dtype, shape and bytes of ``array``."""
     array = canonical_array(array)
-    header = f"{dtype_name(array.dtype)}|{','.join(map(str, array.shape))}|".encode()
     threads = blake3.blake3.AUTO if array.nbytes >= THREADED_HASH_BYTES else 1
-    hasher = blake3.blake3(header, max_threads=threads)
+    hasher = tensor_hasher(array.dtype, array.shape, threads)
     # A uint8 view hashes the raw bytes without copying, whatever the dtype.
     hasher.update(array.reshape(-1).view(np.uint8) if array.size else b"")
     return hasher.hexdigest()

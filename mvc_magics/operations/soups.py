@@ -23,7 +23,7 @@ from ..core.threads import thread_pool
 from ..errors import MergeConflictError, MergeError, UnsupportedModelError
 from ..storage.local.store import Store
 from ..storage.snapshots.snapshot import TensorReader
-from . import versions
+from . import fused_average, versions
 
 
 def _used(plan: MergePlan, members: Sequence[int] | None, raw_weights: Sequence[float] | None
@@ -50,19 +50,28 @@ def averaged_count(plan: MergePlan, members: Sequence[int] | None = None,
 def _average_one(reader: TensorReader, plan: MergePlan, tensor: AlignedTensor, used: list[tuple[int, float]],
                  total: float, sums: Sums | None = None) -> np.ndarray:
     """One tensor's weighted mean: float64 sums in input order, divided by the sum of the weights."""
+    dtype = dtype_from_name(tensor.dtype)
+    if (int(np.prod(tensor.shape, dtype=np.int64)) >= fused_average.FUSED_MIN_ELEMENTS and _plain_float(dtype)
+            and accumulator_dtype(tensor.dtype) == np.float64):
+        entries = [tensor.entries[i] for i, _ in used]
+        views = reader.mapped_views(entries)
+        if len(views) == len(entries) and all(view.dtype == dtype for view in views.values()):
+            # Every input stored as it is: hashed and summed in one pass (fused_average), same bits.
+            inputs = [(views[k], entries[k], plan.versions[i].id, weight) for k, (i, weight) in enumerate(used)]
+            return fused_average.fused_mean(reader, inputs, total, dtype, tensor.shape)
     acc = (sums or Sums()).empty(tensor.shape, accumulator_dtype(tensor.dtype))
-    # Inputs are read one after the other, not ahead in a worker: reading ahead saved no time on
-    # this 2-core machine under load and its second input copy (decoded in another thread's malloc
-    # arena) added 0.3-0.4x the model to the peak RSS. A tensor stored as it is comes as a view of
-    # its file's map, hashed there and summed from there: no copy of the input is made at all.
-    # (Summing two inputs per pass over the float64 sum, in cache-sized blocks, took no less CPU:
-    # numpy's float32 -> float64 conversion, not memory, is what a sum waits on.)
+    # Otherwise (small, coded or unusual inputs) inputs are read one after the other, not ahead in
+    # a worker: reading ahead saved no time on this 2-core machine under load and its second input
+    # copy (decoded in another thread's malloc arena) added 0.3-0.4x the model to the peak RSS. A
+    # tensor stored as it is comes as a view of its file's map, hashed there and summed from there.
     for position, (i, weight) in enumerate(used):
         tensor_read = reader.read(tensor.entries[i], owner=plan.versions[i].id, view=True)
         accumulate(acc, tensor_read, weight, start=position == 0)
+        large = tensor_read.nbytes >= _RELEASE_BYTES
         del tensor_read
-        reader.release_pages()  # its mapped pages: at most one input tensor's are held
-    return mean_of(acc, total, dtype_from_name(tensor.dtype))
+        if large:  # its mapped pages: at most one large input tensor's are held (small ones: the
+            reader.release_pages()  # reader gives pages back past a few tens of MB read)
+    return mean_of(acc, total, dtype)
 
 
 def average_state(store: Store, plan: MergePlan, members: Sequence[int] | None = None,
@@ -104,6 +113,8 @@ def average_stream(store: Store, plan: MergePlan) -> Iterator[tuple[str, np.ndar
                 yield tensor.name, _average_one(reader, plan, tensor, used, total, sums)
 
 
+# An input tensor at least this large (bytes) has its mapped pages given back once summed.
+_RELEASE_BYTES = 1 << 20
 # Elements converted to float64 per step: the temporary stays at 512 KiB (in the CPU's cache)
 # however large a tensor is.
 _CHUNK_ELEMENTS = 1 << 16

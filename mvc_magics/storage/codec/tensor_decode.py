@@ -12,6 +12,7 @@ its bytes while it is read.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import threading
@@ -51,6 +52,7 @@ class FileMaps:
         self._maps: dict[int, mmap.mmap | None] = {}  # by the file descriptor HDF5 reads through
         self._lock = threading.Lock()  # readers decode from worker threads
         self._handed = 0  # bytes of views handed out since the mapped pages were last given back
+        self._bases: dict[int, int] = {}  # the address of each map, by descriptor (release_span)
 
     def stored_bytes(self, dataset: h5py.Dataset, stored: int) -> np.ndarray:
         """The ``stored`` bytes of a contiguous uint8 dataset: a view of the file's map when it can
@@ -101,12 +103,30 @@ class FileMaps:
                     self._maps[handle] = mmap.mmap(handle, size, access=mmap.ACCESS_READ) if size else None
                 except (OSError, ValueError):
                     self._maps[handle] = None
+                if self._maps[handle] is not None:
+                    self._bases[handle] = np.frombuffer(self._maps[handle], np.uint8, count=1).ctypes.data
             return self._maps[handle]
 
     def release(self) -> None:
         """Give back every mapped page read so far, now (see :meth:`_release`)."""
         with self._lock:
             self._release()
+
+    def release_span(self, span: np.ndarray) -> None:
+        """Give back the whole pages inside ``span``, a part of a view of one of these maps (a
+        reader done with the start of a tensor); anything else is left alone."""
+        start, page = span.ctypes.data, mmap.PAGESIZE
+        with self._lock:
+            for handle, mapped in self._maps.items():
+                base = self._bases.get(handle, -1)
+                if mapped is None or not base <= start < base + len(mapped):
+                    continue
+                first = -(-(start - base) // page) * page
+                last = min(start + span.nbytes - base, len(mapped)) // page * page
+                if last > first and hasattr(mapped, "madvise"):
+                    with contextlib.suppress(OSError, ValueError):
+                        mapped.madvise(mmap.MADV_DONTNEED, first, last - first)
+                return
 
     def _release(self) -> None:
         """Give the pages read so far back (they stay in the page cache): a page of a map, once
@@ -129,6 +149,7 @@ class FileMaps:
                 except BufferError:  # a view is still referenced (an error's traceback): unmapped when freed
                     pass
         self._maps.clear()
+        self._bases.clear()
 
 
 def delta_base(dataset: h5py.Dataset) -> tuple[str | None, int]:

@@ -209,11 +209,12 @@ class TensorReader:
                 pass
         self._files.clear()
 
-    def release_pages(self) -> None:
+    def release_pages(self, span: np.ndarray | None = None) -> None:
         """Give back the pages of the views read so far (they stay in the page cache, and a view
         still used faults them in again): a merge, done with one tensor of an input, holds at
-        most one input tensor's pages this way."""
-        self._maps.release()
+        most one input tensor's pages this way. ``span`` (a part of a view): its whole pages only."""
+        self._maps.release() if span is None else self._maps.release_span(span)
+
 
     def _file(self, object_id: str) -> h5py.File:
         with self._lock:  # read_all reads from worker threads
@@ -247,7 +248,7 @@ class TensorReader:
         except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
             raise IntegrityError(f"{where}: unreadable ({exc})") from exc
         if verify:
-            self._check(entry, tensor_hash(array), owner)
+            self.check(entry, tensor_hash(array), owner)
         return array
 
     def read_all(self, entries: list[ManifestEntry] | tuple[ManifestEntry, ...], verify: bool = True,
@@ -267,7 +268,7 @@ class TensorReader:
         entries = list(entries)
         arrays: dict[str, np.ndarray] = {}
         total = sum(e.nbytes for e in entries)
-        mapped = self._mapped(entries)
+        mapped = self.mapped_views(entries)
         with progress_bar(total, f"checkout {owner[:8]}".strip(), progress) as bar:
             if total < THREADED_HASH_BYTES:  # small: threads cost more than they save
                 for index, entry in enumerate(entries):
@@ -275,7 +276,7 @@ class TensorReader:
                         array, digest = mapped_read.hashed(mapped[index], entry, not views, verify,
                                                            self._where(entry, owner))
                         if verify:
-                            self._check(entry, digest, owner)
+                            self.check(entry, digest, owner)
                     else:
                         array = self.read(entry, verify=verify, owner=owner, view=views)
                     arrays[entry.name] = array
@@ -292,7 +293,7 @@ class TensorReader:
                 for index, entry in enumerate(entries):
                     array, digest = done[index] if index in done else futures[index].result()
                     if verify:
-                        self._check(entry, digest, owner)
+                        self.check(entry, digest, owner)
                     arrays[entry.name] = array
                     bar.update(entry.nbytes)
             except BaseException:
@@ -301,8 +302,9 @@ class TensorReader:
                 raise
         return arrays
 
-    def _mapped(self, entries: list[ManifestEntry]) -> dict[int, np.ndarray]:
-        """Entry index -> read-only view of its mapped bytes, for the tensors stored as they are."""
+    def mapped_views(self, entries: list[ManifestEntry]) -> dict[int, np.ndarray]:
+        """Entry index -> read-only view of its mapped bytes, for the tensors stored as they are
+        (:mod:`.mapped_read`; unverified: the caller hashes them and calls :meth:`check`)."""
         def file_of(object_id: str) -> tuple[h5py.Group, object]:
             return self._tensors_group(object_id, ""), self._maps.whole(self._file(object_id))
         return mapped_read.loose_views(entries, file_of)
@@ -316,7 +318,8 @@ class TensorReader:
         array = self.read(entry, verify=False, owner=owner, view=view)
         return array, tensor_hash(array) if verify else None
 
-    def _check(self, entry: ManifestEntry, digest: str, owner: str) -> None:
+    def check(self, entry: ManifestEntry, digest: str, owner: str = "") -> None:
+        """:class:`IntegrityError` when ``digest`` (of a tensor read with ``verify=False``) is not ``entry.hash``."""
         if digest != entry.hash:
             raise IntegrityError(f"{self._where(entry, owner)}: {self._damage(entry)}")
 
