@@ -1,7 +1,9 @@
-"""gc --repack writes reverse deltas: the newest version of each group along a line stays whole,
-older ones are deltas against their child; a new commit re-codes only its parent; files already
-as planned are left alone; commit-time (forward) chains are turned around without loops; gc keeps
-bases; a damaged base is named for every version built on it."""
+"""gc --repack writes deltas toward keyframes: the newest version of a line stays whole, and so does
+its root once the line is longer than MVC_DELTA_DEPTH + 1 (a keyframe every 2 * depth + 1
+positions, forward deltas after it, reverse deltas before the next); a short line keeps only its
+newest whole; a new commit re-codes only the version it follows (and a second-order delta whose
+second base changed); files already as planned are left alone; commit-time chains are re-laid
+without loops; gc keeps bases; a damaged base is named for every version built on it."""
 
 from __future__ import annotations
 
@@ -55,14 +57,27 @@ def repack(repo, monkeypatch):
     return run
 
 
-def test_groups_keep_their_newest_whole_and_a_new_commit_recodes_only_its_group(repo, repack):
+SECOND_ORDER = {"sub2+planes+zstd", "lin+planes+zstd"}
+
+
+def _layout(repo, versions):
+    """(coding, depth, index of the version its base is in or None) of each version's "w"."""
+    index = {v.id: i for i, (v, _) in enumerate(versions)}
+    out = []
+    for version, weights in versions:
+        kind, depth, base = _coding(repo, version.id, weights["w"])
+        out.append(("second" if kind in SECOND_ORDER else kind, depth, index[base.split("/")[0]] if base else None))
+    return out
+
+
+def test_a_line_keeps_its_root_and_newest_whole_forward_deltas_after_a_keyframe_reverse_before(repo, repack):
     versions, weights, rng = _line(repo, 7)
     report = repack()
-    layout = [_coding(repo, v.id, w["w"])[:2] for v, w in versions]
-    # a second-order delta (against 2 x child - grandchild) where the child is itself a delta
-    assert layout == [("sub2+planes+zstd", 2), ("sub+planes+zstd", 1), ("planes+zstd", 0),
-                      ("sub2+planes+zstd", 2), ("sub+planes+zstd", 1), ("planes+zstd", 0), ("planes+zstd", 0)]
-    assert _coding(repo, versions[0][0].id, versions[0][1]["w"])[2].startswith(versions[1][0].id)
+    # depth 2: a keyframe every 5 positions (0 and 5), the newest (6) whole; 1-2 forward deltas
+    # against their parent, 3-4 reverse deltas against their child (second-order over two levels)
+    assert _layout(repo, versions) == [
+        ("planes+zstd", 0, None), ("sub+planes+zstd", 1, 0), ("second", 2, 1), ("second", 2, 4),
+        ("sub+planes+zstd", 1, 5), ("planes+zstd", 0, None), ("planes+zstd", 0, None)]
     assert report.versions_recoded == 7 and report.versions_skipped == 0  # commits write loose files
     assert repack().versions_recoded == 0  # nothing to change: no file rewritten
     _intact(repo, versions)
@@ -70,26 +85,75 @@ def test_groups_keep_their_newest_whole_and_a_new_commit_recodes_only_its_group(
     versions.append((repo.commit(weights, "net"), {k: v.copy() for k, v in weights.items()}))
     again = repack()
     assert again.versions_recoded == 2  # the new (loose) commit and its parent, nothing else
-    assert _coding(repo, versions[6][0].id, versions[6][1]["w"])[:2] == ("sub+planes+zstd", 1)
+    assert _layout(repo, versions)[6:] == [("sub+planes+zstd", 1, 5), ("planes+zstd", 0, None)]
     _step(weights, rng)
     versions.append((repo.commit(weights, "net"), {k: v.copy() for k, v in weights.items()}))
     third = repack()
-    assert third.versions_recoded == 3  # the new commit, its parent, and its parent now second-order
-    assert [_coding(repo, v.id, w["w"])[:2] for v, w in versions[6:]] == [
-        ("sub2+planes+zstd", 2), ("sub+planes+zstd", 1), ("planes+zstd", 0)]
+    assert third.versions_recoded == 2  # forward deltas never change: only the new commit and its parent
+    assert _layout(repo, versions)[6:] == [("sub+planes+zstd", 1, 5), ("second", 2, 6), ("planes+zstd", 0, None)]
     _intact(repo, versions)
     assert repo.verify().ok
 
 
-def test_forward_chains_written_at_commit_are_turned_around_without_a_loop(repo, monkeypatch):
-    monkeypatch.setenv("MVC_DELTA_DEPTH", "4")  # commits write forward deltas against their parent
+def test_a_short_line_keeps_only_its_newest_whole_until_it_outgrows_one_group(repo, repack):
+    versions, weights, _ = _line(repo, 3)
+    repack()
+    assert _layout(repo, versions) == [("second", 2, 1), ("sub+planes+zstd", 1, 2), ("planes+zstd", 0, None)]
+    versions.append((repo.commit(weights, "net"), {k: v.copy() for k, v in weights.items()}))
+    report = repack()  # 4 versions at depth 2: the root becomes a keyframe, 1-2 forward deltas
+    assert report.versions_recoded == 4
+    assert _layout(repo, versions) == [
+        ("planes+zstd", 0, None), ("sub+planes+zstd", 1, 0), ("second", 2, 1), ("planes+zstd", 0, None)]
+    _intact(repo, versions)
+    assert repo.verify().ok
+
+
+def test_ten_epochs_pack_toward_the_root_and_the_newest_automatically_and_by_gc(repo, monkeypatch):
+    """Issue 24's layout at the default depth (4): the automatic pack of 10 versions keeps the
+    root and the newest whole, 1-4 forward and 5-8 reverse; every version reads back bit-exact
+    and verified; gc --repack finds nothing to change."""
+    monkeypatch.setenv("MVC_PACK_MB", "0.1")  # every commit passes it
+    versions, _, _ = _line(repo, 10)
+    repo.store.background.wait()
+    layout = _layout(repo, versions)
+    assert [(depth, base) for _, depth, base in layout] == [
+        (0, None), (1, 0), (2, 1), (3, 2), (4, 3), (4, 6), (3, 7), (2, 8), (1, 9), (0, None)]
+    assert layout[0][0] == layout[9][0] == "planes+zstd"
+    assert layout[1][0] == layout[8][0] == "sub+planes+zstd"
+    assert all(kind == "second" for kind, _, _ in layout[2:8])
+    _intact(repo, versions)
+    assert repo.verify().ok
+    assert repo.gc(repack=True).versions_recoded == 0
+
+
+def test_a_root_keyframe_made_a_delta_of_its_forward_child_is_a_refused_cycle(repo, repack):
+    """Forward deltas point at older files: a root edited to point back at its child makes a loop,
+    refused in one line for every version on it; the versions of the other keyframe still read."""
+    versions, _, _ = _line(repo, 7)
+    repack()
+    root, weights = versions[0]
+    digest = tensor_hash(weights["w"])
+    child_digest = tensor_hash(versions[1][1]["w"])
+    with h5py.File(repo.path / "objects" / root.id[:2] / f"{root.id}.h5", "r+") as f:
+        dataset = f["tensors"][digest]
+        assert dataset.attrs["mvc_coding"] == b"planes+zstd"
+        dataset.attrs["mvc_coding"] = np.bytes_("sub+planes+zstd")
+        dataset.attrs["mvc_base"] = np.bytes_(f"{versions[1][0].id}/{child_digest}")
+        dataset.attrs["mvc_depth"] = np.int64(1)
+    for version, _ in versions[:3]:
+        with pytest.raises(IntegrityError) as refused:
+            repo.load_state(version.id)
+        assert "\n" not in str(refused.value)
+    _intact(repo, versions[3:])
+
+
+def test_forward_chains_written_at_commit_are_re_laid_without_a_loop(repo, monkeypatch):
+    monkeypatch.setenv("MVC_DELTA_DEPTH", "2")  # commits write forward deltas against their parent
     versions, _, _ = _line(repo, 6)
     assert _coding(repo, versions[1][0].id, versions[1][1]["w"])[2].startswith(versions[0][0].id)
     repo.gc(repack=True)
-    for i, (version, expected) in enumerate(versions[:-1]):
-        reference = _coding(repo, version.id, expected["w"])[2]
-        assert reference == "" or reference.startswith(versions[i + 1][0].id)  # points at its child, or whole
-    assert _coding(repo, versions[-1][0].id, versions[-1][1]["w"])[:2] == ("planes+zstd", 0)
+    assert [(depth, base) for _, depth, base in _layout(repo, versions)] == [
+        (0, None), (1, 0), (2, 1), (2, 4), (1, 5), (0, None)]
     _intact(repo, versions)
     assert repo.verify().ok
 

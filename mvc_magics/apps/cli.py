@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="retention rule: best:METRIC:N[:min|max], last:N or tagged (repeatable)")
     p.add_argument("--model", default=None, help="apply the policy to this model only")
     p.add_argument("--dry-run", action="store_true", help="list what --keep would remove, remove nothing")
-    p.add_argument("--repack", action="store_true", help="re-code stored versions as deltas against their parents")
+    p.add_argument("--repack", action="store_true", help="re-code stored versions as deltas toward keyframes")
 
     p = sub.add_parser("export", help="write a version for serving (.keras, SavedModel, .safetensors, .skops...)")
     p.add_argument("ref", help="the version")

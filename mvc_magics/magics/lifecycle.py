@@ -80,7 +80,7 @@ class LifecycleMagics(Magics):
                    "keeps are removed (never tagged/protected ones or HEADs)")
     @argument("--model", default=None, help="apply the policy to this model only (default: every model)")
     @argument("--dry-run", action="store_true", help="list what --keep would remove, remove nothing")
-    @argument("--repack", action="store_true", help="re-code stored versions as deltas against their parents")
+    @argument("--repack", action="store_true", help="re-code stored versions as deltas toward keyframes")
     @user_errors
     def mvc_gc(self, line: str):
         """Reclaim the space of tensors no remaining version uses; prints the bytes freed.

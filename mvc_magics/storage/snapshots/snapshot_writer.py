@@ -50,6 +50,8 @@ class DeltaBase:
     # The base's own base (its delta base): given, the tensor is coded against an extrapolation
     # from both (a second-order delta, see coding.CODING_SUB2 and CODING_LIN) when that is smaller.
     second: DeltaBase | None = None
+    # The slopes (quarters) a second-order delta tries (coding.SLOPE_CANDIDATES, FORWARD_SLOPES).
+    slopes: tuple[int, ...] = coding.SLOPE_CANDIDATES
 
 
 def _code(array: np.ndarray, base: DeltaBase | None) -> tuple[coding.Coded | None, DeltaBase | None]:
@@ -61,7 +63,7 @@ def _code(array: np.ndarray, base: DeltaBase | None) -> tuple[coding.Coded | Non
             and base.second.array.dtype == array.dtype else None
         delta = coding.encode(raw, itemsize, coding.raw_bytes(canonical_array(base.array)),
                               second=None if second is None else coding.raw_bytes(canonical_array(second)),
-                              slopes=coding.SLOPE_CANDIDATES)
+                              slopes=base.slopes)
         # A delta that is clearly small is kept without also trying the plain coding (half the time).
         if delta is not None and delta.nbytes < 0.6 * array.nbytes:
             return delta, base
