@@ -176,3 +176,34 @@ def test_a_span_of_a_mapped_view_gives_back_its_own_pages_only(tmp_path):
         assert int(view[size // 2:].sum()) > 0
         del view
         maps.close()
+
+
+def test_a_streamed_commit_computes_the_next_large_tensor_while_the_last_is_written(repo, monkeypatch):
+    """A small tensor after a large one does not wait for the large one to be written: the stream
+    goes on to compute the next large tensor meanwhile (a merge's two cores overlap there)."""
+    import threading
+
+    from mvc_magics.operations.commit import commit_stream
+    from mvc_magics.storage.snapshots import staging
+
+    rng = np.random.default_rng(15)
+    big = 2 * staging.STREAM_AHEAD_BYTES // 4  # float32 elements: twice what the writer may lag by
+    asked_for_next = threading.Event()
+    waited: list[bool] = []
+    real = staging.StagedCommit._stream_one
+
+    def slow_writer(self, key, item):
+        if key == "big0":  # written only once the stream has asked for the next large tensor
+            waited.append(asked_for_next.wait(timeout=10))
+        return real(self, key, item)
+
+    def tensors():
+        yield "big0", rng.standard_normal(big).astype(np.float32)
+        yield "small", rng.standard_normal(10).astype(np.float32)
+        asked_for_next.set()
+        yield "big1", rng.standard_normal(big).astype(np.float32)
+
+    monkeypatch.setattr(staging.StagedCommit, "_stream_one", slow_writer)
+    version = commit_stream(repo.store, "numpy", None, tensors(), "s")
+    assert waited == [True]
+    assert sorted(repo.load_state(version.id)) == ["big0", "big1", "small"]
