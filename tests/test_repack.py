@@ -15,6 +15,7 @@ import pytest
 
 from mvc_magics.core.hashing import tensor_hash
 from mvc_magics.errors import IntegrityError
+from mvc_magics.operations.autopack import loose_summary
 
 
 def _step(weights, rng):
@@ -112,9 +113,14 @@ def test_ten_epochs_pack_toward_the_root_and_the_newest_automatically_and_by_gc(
     """Issue 24's layout at the default depth (4): the automatic pack of 10 versions keeps the
     root and the newest whole, 1-4 forward and 5-8 reverse; every version reads back bit-exact
     and verified; gc --repack finds nothing to change."""
-    monkeypatch.setenv("MVC_PACK_MB", "0.1")  # every commit passes it
-    versions, _, _ = _line(repo, 10)
+    monkeypatch.setenv("MVC_PACK_MB", "off")
+    versions, weights, _ = _line(repo, 9)
+    # the tenth commit passes the threshold: one pack of the ten loose files, after it returned (a
+    # pack running while commits come stops after a file and leaves the rest to a later pack)
+    monkeypatch.setenv("MVC_PACK_MB", "0.1")
+    versions.append((repo.commit(weights, "net"), {k: v.copy() for k, v in weights.items()}))
     repo.store.background.wait()
+    assert loose_summary(repo.store) == (0, 0)
     layout = _layout(repo, versions)
     assert [(depth, base) for _, depth, base in layout] == [
         (0, None), (1, 0), (2, 1), (3, 2), (4, 3), (4, 6), (3, 7), (2, 8), (1, 9), (0, None)]
