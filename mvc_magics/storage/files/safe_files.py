@@ -277,26 +277,48 @@ class SafeFiles:
             return []
 
 
+# Descriptors of lock files this process has open: a forked child closes its copies at once.
+_LOCK_FDS: set[int] = set()
+
+
+def _close_lock_copies() -> None:
+    """In a forked child (a DataLoader worker, ``os.fork``): close the copies of the parent's lock
+    descriptors, without unlocking. An flock belongs to the open file description parent and child
+    now share: ``LOCK_UN`` here would release the parent's lock under it, and a copy left open
+    would keep the store locked after the parent died (``O_CLOEXEC`` only helps a child that runs
+    a program)."""
+    for fd in list(_LOCK_FDS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _LOCK_FDS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_lock_copies)
+
+
 class ExclusiveFileLock:
     """An OS lock (flock) on a store file: released by the kernel if the holder dies.
 
     Unlike a plain ``open``, the lock file is never truncated and a symlink in its place is refused
     (a planted ``lock`` -> your file must not empty your file). One per process and path; the
-    caller handles re-entrancy and threads.
+    caller handles re-entrancy and threads. A lock held when the process forks stays the parent's:
+    the child neither holds nor releases it (:func:`_close_lock_copies`).
     """
 
     def __init__(self, files: SafeFiles, path: Path) -> None:
-        self._files, self._path, self._fd = files, Path(path), None
+        self._files, self._path, self._fd, self._pid = files, Path(path), None, 0
 
     def acquire(self, timeout: float) -> None:
         """Take the lock, waiting up to ``timeout`` seconds (then :class:`TimeoutError`)."""
         fd = self._files.open_regular(self._path, os.O_RDWR)
+        _LOCK_FDS.add(fd)
         deadline = time.monotonic() + timeout
         try:
             while True:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    self._fd, fd = fd, None
+                    self._fd, self._pid, fd = fd, os.getpid(), None
                     return
                 except BlockingIOError:
                     if time.monotonic() >= deadline:
@@ -304,14 +326,17 @@ class ExclusiveFileLock:
                     time.sleep(0.02)
         finally:
             if fd is not None:
+                _LOCK_FDS.discard(fd)
                 os.close(fd)
 
     def release(self) -> None:
         fd, self._fd = self._fd, None
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+        if fd is None or self._pid != os.getpid():  # taken before a fork: the parent's, closed here at the fork
+            return
+        _LOCK_FDS.discard(fd)
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def read_regular(fd: int, path: Path | str, cap: int) -> bytes:

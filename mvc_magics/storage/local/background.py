@@ -21,6 +21,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import os
 import threading
 import time
 import weakref
@@ -205,6 +206,17 @@ class Background:
             more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
             raise StoreError(errors[0] + more)
 
+    def forget_after_fork(self) -> None:
+        """In a forked child: the jobs, the worker thread and its store object are the parent's (the
+        child has no such thread; waiting for them would hang its exit): forget them, never close them."""
+        self._lock = threading.Lock()
+        self._jobs, self._errors, self.spare = deque(), [], []
+        self._pool = self._store = None
+        self.stop, self._running = threading.Event(), threading.Event()
+        self._running.set()
+        self._handing_off = 0
+        self._hand_off_times.clear()
+
     def close(self) -> None:
         """Wait for every job (a pack stops at its next file), then stop the worker and its store."""
         self.wait(packs=False)
@@ -217,6 +229,15 @@ class Background:
         if store is not None:
             with contextlib.suppress(BaseException):
                 store.close()
+
+
+def _forget_parent_jobs() -> None:
+    for background in list(_LIVE):
+        background.forget_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_parent_jobs)
 
 
 def _finish_at_exit() -> None:  # a kernel that exits waits for the commits it handed off

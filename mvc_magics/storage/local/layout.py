@@ -49,14 +49,12 @@ from ..files.safe_files import (
     ExclusiveFileLock,
     SafeFiles,
 )
-from .lock_owner import STALE_LOCK_WAIT, holder_gone, looks_like_owner
+from .lock_owner import STALE_LOCK_WAIT, holder_gone, lock_timeout_from_env, looks_like_owner
 
 _log = logging.getLogger(__name__)
 
 STORE_FORMAT = "mvc-store"
 STORE_VERSION = 1
-LOCK_TIMEOUT_SECONDS = 120.0
-LOCK_TIMEOUT_ENV = "MVC_LOCK_TIMEOUT"
 
 
 DEFAULT_DIRNAME = ".mvc"
@@ -73,14 +71,6 @@ def default_store_path(notebook_path: str | os.PathLike | None = None) -> Path:
         if folder.is_dir():
             return folder / DEFAULT_DIRNAME
     return Path.cwd() / DEFAULT_DIRNAME
-
-
-def lock_timeout_from_env() -> float:
-    """Seconds to wait for the store lock: ``$MVC_LOCK_TIMEOUT`` or 120."""
-    try:
-        return float(os.environ.get(LOCK_TIMEOUT_ENV, LOCK_TIMEOUT_SECONDS))
-    except ValueError:
-        return LOCK_TIMEOUT_SECONDS
 
 
 class StoreLayout:
@@ -107,7 +97,7 @@ class StoreLayout:
         self.on_stale_lock: Callable[[str], None] | None = None
         self._flock = ExclusiveFileLock(self.files, self.lock_path)
         self._thread_lock = threading.RLock()  # threads of one process take turns; the flock is per process
-        self._depth = 0
+        self._depth, self._pid = 0, os.getpid()  # the process they belong to (a forked child starts afresh)
         self.readonly = False  # set by open(): this process may not write the store (see writable())
         self.readonly_reason = ""
 
@@ -182,6 +172,9 @@ class StoreLayout:
                              "nothing was changed")
         wait = self.lock_timeout if timeout is None else timeout
         started = time.monotonic()
+        if self._pid != os.getpid():  # a forked child: what its parent's threads held is not its own
+            self._thread_lock, self._depth, self._pid = threading.RLock(), 0, os.getpid()
+        pid = self._pid
         if not self._thread_lock.acquire(timeout=max(wait, 0.0) if wait >= 0 else -1):
             raise LockTimeoutError(f"the store {self.root} is locked by another thread of this process for "
                                    f"more than {wait:g}s")
@@ -211,13 +204,14 @@ class StoreLayout:
                 repaired = True
             yield
         finally:
-            self._depth -= 1
-            if outermost and repaired:  # a failed repair leaves the marker: the next holder retries it
-                with contextlib.suppress(OSError, UnsafeFileError):
-                    self.files.unlink(self.owner_path)
-            if outermost:
-                self._flock.release()
-            self._thread_lock.release()
+            if os.getpid() == pid:  # else a forked child leaves its parent's block: nothing here is its own
+                self._depth -= 1
+                if outermost and repaired:  # a failed repair leaves the marker: the next holder retries it
+                    with contextlib.suppress(OSError, UnsafeFileError):
+                        self.files.unlink(self.owner_path)
+                if outermost:
+                    self._flock.release()
+                self._thread_lock.release()
 
     def recover_if_stale(self) -> None:
         """Run the stale-lock recovery now if the last holder died (a live holder is left alone).

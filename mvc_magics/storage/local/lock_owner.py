@@ -1,4 +1,5 @@
-"""The ``lock.owner`` record: who holds (or last held) a store's lock, and whether that process is gone.
+"""The ``lock.owner`` record: who holds (or last held) a store's lock, and whether that process is
+gone; how long a store waits for its lock.
 
 See :meth:`StoreLayout.locked <mvc_magics.storage.local.layout.StoreLayout.locked>`: the record is
 written by each holder and removed on release, so finding it means the holder died.
@@ -15,6 +16,17 @@ from pathlib import Path
 # descriptor, so the kernel keeps the dead holder's lock for a moment after its death (measured:
 # up to ~20 ms on 2 loaded cores). Only a process gone from this host is waited for; a live holder never.
 STALE_LOCK_WAIT = 5.0
+LOCK_TIMEOUT_SECONDS = 120.0
+LOCK_TIMEOUT_ENV = "MVC_LOCK_TIMEOUT"
+
+
+def lock_timeout_from_env() -> float:
+    """Seconds to wait for the store lock: ``$MVC_LOCK_TIMEOUT`` or 120."""
+    try:
+        return float(os.environ.get(LOCK_TIMEOUT_ENV, LOCK_TIMEOUT_SECONDS))
+    except ValueError:
+        return LOCK_TIMEOUT_SECONDS
+
 
 def holder_gone(text: str | None) -> bool:
     """True when a ``lock.owner`` record names a process of this host that has exited (or is a zombie)."""
