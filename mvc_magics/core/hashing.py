@@ -44,10 +44,11 @@ def tensor_hasher(dtype: np.dtype, shape: tuple[int, ...], threads: int = 1) -> 
     return blake3.blake3(header, max_threads=threads)
 
 
-def tensor_hash(array: np.ndarray) -> str:
-    """BLAKE3 hex digest over dtype, shape and bytes of ``array``."""
+def tensor_hash(array: np.ndarray, threaded: bool = True) -> str:
+    """BLAKE3 hex digest over dtype, shape and bytes of ``array``; ``threaded`` False keeps a large
+    array on the calling thread (for callers that already spread many tensors over the cores)."""
     array = canonical_array(array)
-    threads = blake3.blake3.AUTO if array.nbytes >= THREADED_HASH_BYTES else 1
+    threads = blake3.blake3.AUTO if threaded and array.nbytes >= THREADED_HASH_BYTES else 1
     hasher = tensor_hasher(array.dtype, array.shape, threads)
     # A uint8 view hashes the raw bytes without copying, whatever the dtype.
     hasher.update(array.reshape(-1).view(np.uint8) if array.size else b"")

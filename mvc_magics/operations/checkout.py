@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,6 +12,7 @@ from ..adapters import Adapter, adapter_for, adapter_to_build
 from ..adapters.base import load_version, match_state
 from ..core.manifest import ManifestEntry
 from ..core.names import validate_name
+from ..core.version import Version
 from ..errors import UnsupportedModelError
 from ..storage.local.store import Store
 from ..storage.snapshots.snapshot import TensorReader
@@ -32,34 +34,41 @@ def checkout(store: Store, ref: str, model: Any = None, name: str | None = None,
     validate_name(target, "model name")
     if require_signature:
         require_valid_signature(store, version.id)
+    # HEAD's move is prepared (journal, ref file, synced) while the version is verified and loaded,
+    # and made only once it is loaded: a checkout that fails moves nothing.
+    moving = (store.writes.head_moving(target, version.id, "checkout", {"ref": ref, "rebuilt": model is None})
+              if move_head and not store.readonly else contextlib.nullcontext())
+    with moving:
+        return _load(store, version, model, unsafe, classes)
+
+
+def _load(store: Store, version: Version, model: Any, unsafe: bool, classes: Mapping[str, type] | None) -> Any:
+    """``version`` loaded into ``model`` in place, or built as a new model when ``model`` is None."""
     if model is None:
         state = versions.load_state(store, version)
         adapter = adapter_to_build(version.framework)
         result = adapter.build(versions.structure(store, version.id), state, unsafe=unsafe, classes=classes)
         getattr(adapter, "restore_training_setup", lambda _m, _e: False)(result, version.extra)
-    else:
-        adapter = adapter_for(model)
-        if version.framework and adapter.framework != version.framework:
-            raise UnsupportedModelError(f"{version.short_id} is a {version.framework} model; it cannot be "
-                                        f"checked out into a {adapter.framework} model")
-        # Only adapters that rebuild from the structure get it: a copy of ResNet50's costs ~50 ms.
-        needs_structure = getattr(adapter, "load_version", None) is not None
-        # An adapter that copies into the model's own buffers (PyTorch's copy_) reads the tensors
-        # stored as they are straight from the mapped file, hashed there: one copy, not two.
-        views = getattr(adapter, "copies_in", False) and not needs_structure
-        with TensorReader(store.layout.snapshot_path) as reader:
-            state = reader.read_all(store.manifest(version.id), owner=version.id, progress=store.progress,
-                                    views=views)
-            # Otherwise state was read for this call; a JAX pytree comes back as a new pytree.
-            manifest = store.manifest(version.id)
-            result = load_version(adapter, model, versions.structure(store, version.id) if needs_structure else None,
-                                  state, {e.name: e.hash for e in manifest})
-            # The last fit's metrics describe the weights the fit left, which are gone now.
-            getattr(adapter, "mark_committed", lambda _model: None)(result)
-            if not getattr(adapter, "remembers_loaded", False):
-                _remember_loaded(adapter, result, state, manifest)
-    if move_head and not store.readonly:
-        store.writes.move_head(target, version.id, "checkout", {"ref": ref, "rebuilt": model is None})
+        return result
+    adapter = adapter_for(model)
+    if version.framework and adapter.framework != version.framework:
+        raise UnsupportedModelError(f"{version.short_id} is a {version.framework} model; it cannot be "
+                                    f"checked out into a {adapter.framework} model")
+    # Only adapters that rebuild from the structure get it: a copy of ResNet50's costs ~50 ms.
+    needs_structure = getattr(adapter, "load_version", None) is not None
+    # An adapter that copies into the model's own buffers (PyTorch's copy_) reads the tensors
+    # stored as they are straight from the mapped file, hashed there: one copy, not two.
+    views = getattr(adapter, "copies_in", False) and not needs_structure
+    manifest = store.manifest(version.id)
+    with TensorReader(store.layout.snapshot_path) as reader:
+        state = reader.read_all(manifest, owner=version.id, progress=store.progress, views=views)
+        # Otherwise state was read for this call; a JAX pytree comes back as a new pytree.
+        result = load_version(adapter, model, versions.structure(store, version.id) if needs_structure else None,
+                              state, {e.name: e.hash for e in manifest})
+        # The last fit's metrics describe the weights the fit left, which are gone now.
+        getattr(adapter, "mark_committed", lambda _model: None)(result)
+        if not getattr(adapter, "remembers_loaded", False):
+            _remember_loaded(adapter, result, state, manifest)
     return result
 
 

@@ -97,20 +97,22 @@ def _allocate(entry: ManifestEntry, where: str) -> np.ndarray:
 
 
 def hashed(view: np.ndarray, entry: ManifestEntry, copy: bool, verify: bool, where: str,
-           out: np.ndarray | None = None) -> tuple[np.ndarray, str | None]:
+           out: np.ndarray | None = None, threaded: bool = True) -> tuple[np.ndarray, str | None]:
     """(the tensor, its hash or None): ``view`` itself, or with ``copy`` (or a view of bytes not
-    aligned for the dtype) a copy in aligned memory of its own (``out`` when given), hashed as copied."""
+    aligned for the dtype) a copy in aligned memory of its own (``out`` when given), hashed as copied
+    (``threaded``: see :func:`~mvc_magics.core.hashing.tensor_hash`)."""
     array = view
     if _needs_copy(view, entry, copy):
         array = out if out is not None else _allocate(entry, where)
         np.copyto(array.reshape(-1).view(np.uint8), view.reshape(-1).view(np.uint8))
-    return array, tensor_hash(array) if verify else None
+    return array, tensor_hash(array, threaded) if verify else None
 
 
 def _hash_batch(items: Sequence[tuple[int, np.ndarray, np.ndarray | None]], entries: Sequence[ManifestEntry],
-                copy: bool, verify: bool, where: Callable[[int], str], release: Callable[[int], None] | None
-                ) -> list[tuple[int, np.ndarray, str | None]]:
-    done = [(index, *hashed(view, entries[index], copy, verify, where(index), out)) for index, view, out in items]
+                copy: bool, verify: bool, where: Callable[[int], str], release: Callable[[int], None] | None,
+                threaded: bool) -> list[tuple[int, np.ndarray, str | None]]:
+    done = [(index, *hashed(view, entries[index], copy, verify, where(index), out, threaded))
+            for index, view, out in items]
     if release is not None:
         release(sum(view.nbytes for _index, view, _out in items))
     return done
@@ -123,6 +125,10 @@ def hash_mapped(views: dict[int, np.ndarray], entries: Sequence[ManifestEntry], 
     few MB per task; each future gives ``[(index, array, digest or None)]``. ``copy``: see
     :func:`hashed`; ``release(nbytes)`` is told the mapped bytes each task has read."""
     pool = hash_pool()
+    # When no tensor holds half the bytes, the tasks alone keep every core busy: each hashes on its
+    # own thread (BLAKE3's threads on top of the pool's only contend for the same cores).
+    total = sum(view.nbytes for view in views.values())
+    threaded = bool(views) and 2 * max(view.nbytes for view in views.values()) > total
     futures: list[Future] = []
     batch: list[tuple[int, np.ndarray, np.ndarray | None]] = []
     size = 0
@@ -134,8 +140,8 @@ def hash_mapped(views: dict[int, np.ndarray], entries: Sequence[ManifestEntry], 
         batch.append((index, view, out))
         size += view.nbytes
         if size >= BATCH_BYTES:
-            futures.append(pool.submit(_hash_batch, batch, entries, copy, verify, where, release))
+            futures.append(pool.submit(_hash_batch, batch, entries, copy, verify, where, release, threaded))
             batch, size = [], 0
     if batch:
-        futures.append(pool.submit(_hash_batch, batch, entries, copy, verify, where, release))
+        futures.append(pool.submit(_hash_batch, batch, entries, copy, verify, where, release, threaded))
     return futures
