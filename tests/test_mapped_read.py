@@ -124,3 +124,52 @@ def test_copy_all_copies_every_array_in_pieces(monkeypatch):
     targets = [np.zeros_like(s) for s in sources]
     copying.copy_all(list(zip(targets, sources)))
     assert all(np.array_equal(t, s) and t.shape == s.shape for t, s in zip(targets, sources))
+
+
+def test_a_refused_checkout_moves_no_head_and_leaves_no_journal(repo: Repo):
+    """HEAD's move is prepared while the version is verified (journal and ref file written on
+    worker threads) and made only after it loaded: a refusal leaves HEAD, the audit log, the
+    journal and the temporary folder as they were, and the next checkout moves HEAD as usual."""
+    torch = pytest.importorskip("torch")
+    model = torch.nn.Sequential(torch.nn.Linear(600, 600), torch.nn.Linear(600, 600))  # 2.9 MB: threaded
+    good = repo.commit(model, "net")
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    damaged = repo.commit(model, "net")
+    kernel = next(e for e in repo.manifest(damaged.id) if e.name == "0.weight")
+    path = repo.layout.snapshot_path(damaged.id)
+    with h5py.File(path, "r") as f:
+        offset = f["tensors"][kernel.hash].id.get_offset()
+    data = bytearray(path.read_bytes())
+    data[offset + 5] ^= 0x01
+    path.write_bytes(bytes(data))
+    repo.checkout(good.id, model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    entries = len(list(repo.audit.entries()))
+    with pytest.raises(IntegrityError, match=r"0\.weight"):
+        repo.checkout(damaged.id, model)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert repo.head("net").id == good.id == repo.layout.read_head("net")
+    assert len(list(repo.audit.entries())) == entries and not repo.audit.check().problems
+    assert not repo.layout.files.exists(repo.layout.journal_path)
+    assert not list(repo.layout.tmp.iterdir())
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    other = repo.commit(model, "net")
+    repo.checkout(good.id, model)
+    assert repo.head("net").id == good.id and [e.op for e in repo.audit.entries()][-1] == "checkout"
+    report = repo.verify()  # the damage found, and nothing else: the refused checkout changed nothing
+    assert other.id != good.id and len(report.problems) == 1 and damaged.id[:12] in str(report)
+
+
+def test_many_tensors_hash_one_per_thread_to_the_same_digests():
+    """A model of several large tensors hashes each on one thread (the pool spreads them); the
+    digests are those of the threaded hash."""
+    rng = np.random.default_rng(3)
+    arrays = [rng.standard_normal(1_100_000).astype(np.float32) for _ in range(3)]
+    entries = [ManifestEntry(f"t{i}", "float32", a.shape, tensor_hash(a), "0" * 64, a.nbytes)
+               for i, a in enumerate(arrays)]
+    futures = mapped_read.hash_mapped(dict(enumerate(arrays)), entries, copy=False, where=str)
+    digests = {index: digest for future in futures for index, _array, digest in future.result()}
+    assert digests == {i: e.hash for i, e in enumerate(entries)}
+    assert all(tensor_hash(a, threaded=False) == tensor_hash(a) for a in arrays)
