@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,14 +26,15 @@ from ..snapshots.snapshot import ManifestEntry, SnapshotContent
 from ..snapshots.staging import StagedCommit
 from . import collection, histories, journal
 from .index import Index
-from .recovery import add_note, index_content, sync_refs_and_notes
+from .recovery import add_note, index_content
+from .ref_writes import RefWrites
 from .signatures import Signer, signature_path, signer_from_env, write_signature
 
 if TYPE_CHECKING:
     from .store import Store
 
 
-class StoreWrites:
+class StoreWrites(RefWrites):
     """The writes of one :class:`~mvc_magics.storage.local.store.Store`.
 
     Each takes the store lock (it is re-entrant). A commit and a pull also hold it around their
@@ -197,119 +197,6 @@ class StoreWrites:
                     if head_moves:
                         conn.execute("INSERT OR REPLACE INTO heads(name, id) VALUES(?, ?)", (head, vid))
             self._audit("commit-existing", name, [vid], dict(detail))
-
-    # -- refs -------------------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _ref_change(self, op: str, name: str | None, ids: Sequence[str], detail: Mapping | None,
-                    changes: list[dict], tombstone: str | None = None,
-                    begun: tuple[dict, Future] | None = None) -> Iterator[None]:
-        """Journal a ref change with its prepared audit entry, make it, then record the entry.
-        ``begun``: the record and the write of its journal, already started (:meth:`head_moving`)."""
-        if begun is None:
-            entry = self._store.audit.prepare(author(), op, name, list(ids), dict(detail or {}))
-            record = {"op": op, "audit": entry, "changes": changes, "tombstone": tombstone}
-            self._store.journal.begin(record)
-        else:
-            record, journal_written = begun
-            journal_written.result()
-            entry = record["audit"]
-        try:
-            with self._store.index.transaction():  # the change's rows and the chain head: one commit
-                yield
-                self._store.audit.write(entry)
-        except BaseException:
-            with contextlib.suppress(Exception):  # audit what was made; the original error is raised
-                self.resolve(record)
-            raise
-        self._store.journal.end()
-
-    def resolve(self, record: Mapping) -> None:
-        """Finish a journaled operation found pending (see :mod:`.journal`); call holding the lock."""
-        store = self._store
-        if record.get("op") == "gc":
-            self._gc(recovered=True)
-        elif isinstance(record.get("audit"), dict) and journal.made(self._layout, dict(record)):
-            entry = record["audit"]
-            if not store.audit.contains(str(entry.get("hash"))):
-                if store.audit.last_hash() != entry.get("prev"):  # the log moved on: chain it anew
-                    entry = store.audit.prepare(str(entry["who"]), str(entry["op"]), entry.get("name"),
-                                                list(entry.get("ids", [])),
-                                                {**dict(entry.get("detail", {})), "recovered": True})
-                store.audit.write(dict(entry))
-            sync_refs_and_notes(store)
-        store.journal.end()
-
-    def move_head(self, name: str, vid: str, op: str | None = None, detail: Mapping | None = None) -> None:
-        """Point ``name``'s HEAD (in this store object's notebook) at ``vid`` (audited as ``op`` when given)."""
-        if not op:
-            with self._store.locked():
-                self._head(self._store.head_key(name), vid)
-            return
-        with self.head_moving(name, vid, op, detail):
-            pass
-
-    @contextlib.contextmanager
-    def head_moving(self, name: str, vid: str, op: str, detail: Mapping | None = None) -> Iterator[None]:
-        """Move ``name``'s HEAD to ``vid`` (audited as ``op``) once the body returns; not at all if it
-        raises. Holding the store lock throughout, the journal and HEAD's new file are written and
-        synced on two worker threads while the body runs (a checkout verifies and loads the version
-        meanwhile), so the move itself costs a rename, an index row and the audit entry. The order
-        on disk is :meth:`_ref_change`'s: the journal, then the ref file, then the entry; a body that
-        raises leaves the journal of a change not made, which is dropped (as after a kill)."""
-        key = self._store.head_key(name)
-        with self._store.locked():
-            entry = self._store.audit.prepare(author(), op, name, [vid], dict(detail or {}))
-            changes = [{"kind": "head", "name": key, "id": vid}]
-            record = {"op": op, "audit": entry, "changes": changes, "tombstone": None}
-            journal_written = thread_pool("journal", 1).submit(self._store.journal.begin, record)
-            prepared = thread_pool("refs", 1).submit(self._layout.files.prepare, (vid + "\n").encode())
-            try:
-                try:
-                    yield
-                except BaseException:
-                    with contextlib.suppress(BaseException):
-                        journal_written.result()
-                    with contextlib.suppress(Exception):  # else the next lock holder drops it
-                        self._store.journal.end()  # nothing was changed: no entry, no journal
-                    raise
-                with self._ref_change(op, name, [vid], detail, changes, begun=(record, journal_written)):
-                    self._head(key, vid, prepared.result())
-            except BaseException:
-                with contextlib.suppress(BaseException):
-                    prepared.result().unlink(missing_ok=True)  # its temporary, unless it was placed
-                raise
-
-    def _head(self, name: str, vid: str, prepared: Path | None = None) -> None:
-        if prepared is not None:
-            self._layout.files.place(prepared, self._layout.head_path(name))
-        else:
-            self._layout.write_head(name, vid)
-        with self._store.index.transaction() as conn:
-            conn.execute("INSERT OR REPLACE INTO heads(name, id) VALUES(?, ?)", (name, vid))
-
-    def set_tag(self, name: str, tag: str, vid: str, protected: bool, detail: Mapping | None = None) -> None:
-        """Put ``tag`` of model ``name`` on ``vid`` (audited as ``tag`` with ``detail`` when given)."""
-        with self._store.locked():
-            if detail is None:
-                self._tag(name, tag, vid, protected)
-                return
-            change = {"kind": "tag", "name": name, "tag": tag, "id": vid, "protected": bool(protected)}
-            with self._ref_change("tag", name, [vid], detail, [change]):
-                self._tag(name, tag, vid, protected)
-
-    def _tag(self, name: str, tag: str, vid: str, protected: bool) -> None:
-        self._layout.write_tag(name, tag, vid, protected)
-        with self._store.index.transaction() as conn:
-            conn.execute("INSERT OR REPLACE INTO tags(name, tag, id, protected) VALUES(?, ?, ?, ?)",
-                         (name, tag, vid, int(protected)))
-
-    def delete_tag(self, name: str, tag: str, vid: str) -> None:
-        with self._store.locked(), self._ref_change("untag", name, [vid], {"tag": tag},
-                                                    [{"kind": "untag", "name": name, "tag": tag}]):
-            self._layout.delete_tag(name, tag)
-            with self._store.index.transaction() as conn:
-                conn.execute("DELETE FROM tags WHERE name = ? AND tag = ?", (name, tag))
 
     def set_remotes(self, remotes: dict[str, str], op: str, detail: Mapping) -> None:
         """Replace the configured remotes (``remotes.json``), audited as ``op``."""
