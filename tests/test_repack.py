@@ -285,3 +285,44 @@ def test_with_no_bases_kept_in_memory_repack_decodes_them_from_the_store(repo, m
         ("sub2+planes+zstd", 3), ("sub2+planes+zstd", 2), ("sub+planes+zstd", 1), ("planes+zstd", 0)]
     _intact(repo, versions)
     assert repo.verify().ok
+
+
+@pytest.mark.parametrize("files", [1, 2, 4])
+def test_a_re_lay_stopped_after_any_file_leaves_every_version_whole_and_the_next_run_finishes(repo, monkeypatch,
+                                                                                              files):
+    """A short line packed as reverse deltas grows past one group: its root becomes a keyframe and
+    the others forward deltas. Stopped after ``files`` files (as the automatic pack stops for the
+    user, or a kill between two renames), every version still reads bit-exact, with no loop
+    between the old reverse and the new forward references; the next run gives the full layout."""
+    import threading
+
+    from mvc_magics.operations import repack as repack_op
+
+    monkeypatch.setenv("MVC_DELTA_DEPTH", "2")
+    versions, weights, rng = _line(repo, 3)
+    repo.gc(repack=True)
+    for _ in range(3):
+        versions.append((repo.commit(weights, "net"), {k: v.copy() for k, v in weights.items()}))
+        _step(weights, rng)
+    stop = threading.Event()
+    recode = repo.store.writes.recode_version
+    written = []
+
+    def counted(vid, plan):
+        result = recode(vid, plan)
+        written.append(vid)
+        if len(written) == files:
+            stop.set()
+        return result
+
+    monkeypatch.setattr(repo.store.writes, "recode_version", counted)
+    assert repack_op.repack(repo.store, stop=stop).stopped
+    _intact(repo, versions)
+    assert repo.verify().ok
+    monkeypatch.undo()
+    monkeypatch.setenv("MVC_DELTA_DEPTH", "2")
+    repo.gc(repack=True)
+    assert [(depth, base) for _, depth, base in _layout(repo, versions)] == [
+        (0, None), (1, 0), (2, 1), (2, 4), (1, 5), (0, None)]
+    _intact(repo, versions)
+    assert repo.verify().ok
