@@ -101,6 +101,18 @@ def test_no_module_is_longer_than_one_sitting():
     assert not {p: n for p, n in sizes.items() if n > MAX_MODULE_LINES}
 
 
+def test_the_lower_layers_are_listed_module_by_module_in_the_architecture():
+    """docs/ARCHITECTURE.md names every module of operations/, storage/ and core/ (the layers it
+    describes module by module), so the map a reader starts from leaves none out."""
+    import re
+
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    unnamed = [str(p.relative_to(ROOT)) for p in _modules()
+               if p.relative_to(PACKAGE).parts[0] in ("operations", "storage", "core") and p.name != "__init__.py"
+               and not re.search(rf"[`.]{re.escape(p.stem)}(\.py)?[`.]", text)]  # `x.py`, `a.b.x.f`
+    assert not unnamed
+
+
 def test_repo_is_a_thin_facade():
     """``Repo`` and the mixins it is made of (api/team.py) only bind operations to the store."""
     tree = ast.parse((PACKAGE / "api" / "repo.py").read_text())

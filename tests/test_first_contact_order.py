@@ -157,3 +157,49 @@ def test_parent_records_that_close_a_cycle_do_not_hang_the_ordering():
     add("d", "2026-01-01T00:00:04", ["a"])
     ords = dict(conn.execute("SELECT id, ord FROM versions"))
     assert ords["b"] < ords["c"] < ords["a"] < ords["d"]
+
+
+@pytest.mark.parametrize("look", range(1, 7))
+def test_a_read_only_index_read_while_its_writer_checkpoints_the_wal(tmp_path, monkeypatch, look):
+    """A teammate opens the index read-only while the owner's process checkpoints the WAL (here the
+    old schema is only in the WAL until then). Whichever of the reader's looks at the WAL the
+    checkpoint follows, the reader decides from one look and reads the whole history in order (it
+    decided from two: a pending WAL, then none, and read the old schema in place, unkeyed)."""
+    import pathlib
+    import sqlite3
+
+    from mvc_magics.operations.lookup import load_versions
+    from mvc_magics.storage.local.index import Index
+
+    with Repo(tmp_path / "src") as src:
+        ids = _history(src, 4)
+    path = tmp_path / "src" / "index.sqlite"
+    writer = sqlite3.connect(path)  # the owner's process, still open: its WAL is not checkpointed on close
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    for statement in (*BEFORE_HISTORIES, "DROP INDEX versions_ord", "DROP INDEX versions_ord_all",
+                      "ALTER TABLE versions DROP COLUMN ord",
+                      "DROP TABLE version_parents", f"UPDATE versions SET seq = seq + 100 WHERE id = '{ids[0]}'"):
+        writer.execute(statement)
+    writer.commit()
+    wal = pathlib.Path(f"{path}-wal")
+    assert wal.stat().st_size > 0
+    looks, real_stat = [], pathlib.Path.stat
+
+    def stat(self, *args, **kwargs):
+        result = real_stat(self, *args, **kwargs)
+        if self == wal:
+            looks.append(result.st_size)
+            if len(looks) == look:  # the writer checkpoints (and empties the WAL) right after this look
+                writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return result
+
+    monkeypatch.setattr(pathlib.Path, "stat", stat)
+    try:
+        index = Index(path, readonly=True)
+    finally:
+        monkeypatch.undo()
+    try:
+        assert [v.id for v in load_versions(index, "v.name = ?", ("m",))] == ids[::-1]
+    finally:
+        index.close()
+        writer.close()

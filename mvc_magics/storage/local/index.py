@@ -103,18 +103,31 @@ class Index:
         copied to a private temporary folder and read there (SQLite replays the WAL into the copy).
         """
         wal = Path(f"{path}-wal")
-        uri = "file:" + urllib.parse.quote(str(Path(path).resolve())) + "?immutable=1"
-        old = not (wal.exists() and wal.stat().st_size) and _before_upgrades(uri)
-        if (wal.exists() and wal.stat().st_size) or old:  # an index written before order keys: keyed in the copy
-            self._private = tempfile.mkdtemp(prefix="mvc-index-")
-            copy = Path(self._private) / "index.sqlite"
-            shutil.copyfile(path, copy)
-            if wal.exists() and wal.stat().st_size:
+        try:  # looked at once: a writer may checkpoint it meanwhile, and every step below follows this look
+            pending = wal.stat().st_size > 0
+        except OSError:
+            pending = False
+        if not pending:
+            uri = "file:" + urllib.parse.quote(str(Path(path).resolve())) + "?immutable=1"
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+            try:
+                old = _before_upgrades(conn)
+            except BaseException:
+                conn.close()
+                raise
+            if not old:  # the common case: this one connection reads it in place
+                self._conn = conn
+                self._conn.execute("SELECT count(*) FROM versions")
+                return
+            conn.close()  # an index written before order keys: keyed in a private copy
+        self._private = tempfile.mkdtemp(prefix="mvc-index-")
+        copy = Path(self._private) / "index.sqlite"
+        shutil.copyfile(path, copy)
+        if pending:
+            with contextlib.suppress(FileNotFoundError):  # checkpointed and removed since the look: the copy has it
                 shutil.copyfile(wal, f"{copy}-wal")
-            self._conn = sqlite3.connect(str(copy), isolation_level=None, check_same_thread=False)
-            upgrade_schema(self._conn)
-        else:
-            self._conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        self._conn = sqlite3.connect(str(copy), isolation_level=None, check_same_thread=False)
+        upgrade_schema(self._conn)
         self._conn.execute("SELECT count(*) FROM versions")
 
     def close(self) -> None:
@@ -261,15 +274,11 @@ def upgrade_schema(conn: sqlite3.Connection) -> None:
     directions.upgrade(conn)
 
 
-def _before_upgrades(uri: str) -> bool:
+def _before_upgrades(conn: sqlite3.Connection) -> bool:
     """True for an index written before order keys, history memberships or stated directions
     (upgraded in a private copy)."""
-    conn = sqlite3.connect(uri, uri=True)
-    try:
-        columns = {row[1] for row in conn.execute("PRAGMA table_info(versions)")}
-        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    finally:
-        conn.close()
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(versions)")}
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     return "ord" not in columns or not {"members", "directions"} <= tables
 
 
