@@ -60,7 +60,7 @@ def _load(store: Store, version: Version, model: Any, unsafe: bool, classes: Map
     # stored as they are straight from the mapped file, hashed there: one copy, not two.
     views = getattr(adapter, "copies_in", False) and not needs_structure
     manifest = store.manifest(version.id)
-    with TensorReader(store.layout.snapshot_path) as reader:
+    with TensorReader(store.layout.snapshot_path, unmap_later=True) as reader:
         state = reader.read_all(manifest, owner=version.id, progress=store.progress, views=views)
         # Otherwise state was read for this call; a JAX pytree comes back as a new pytree.
         result = load_version(adapter, model, versions.structure(store, version.id) if needs_structure else None,

@@ -16,6 +16,7 @@ import contextlib
 import mmap
 import os
 import threading
+import time
 from collections.abc import Callable
 
 import h5py
@@ -23,6 +24,7 @@ import numpy as np
 
 from ...core.hashing import tensor_hash
 from ...core.manifest import ManifestEntry, dtype_from_name, is_hash
+from ...core.threads import thread_pool
 from ...errors import IntegrityError
 from ..files.h5_values import read_attr, read_text_attr
 from . import coding
@@ -41,6 +43,8 @@ DEPTH_ATTR = "mvc_depth"
 MAX_CHAIN = 16
 # Mapped pages read are given back to the page cache after this many bytes (see FileMaps._release).
 _RELEASE_BYTES = 32 << 20
+# Longest a map closed later waits for the views of it to be dropped (seconds).
+_CLOSE_WAIT = 1.0
 
 Level = coding.Level
 
@@ -142,14 +146,37 @@ class FileMaps:
                     pass
 
     def close(self) -> None:
+        self._close_free()
+        self._maps.clear()
+        self._bases.clear()
+
+    def close_later(self) -> None:
+        """:meth:`close` on a worker thread, once the views handed out are dropped: unmapping 100 MB
+        costs ~2 ms of page-table work the caller (a checkout) need not wait for. The maps are kept
+        referenced until they are closed there, so the caller dropping its views never unmaps."""
+        maps = FileMaps()
+        maps._maps = dict(self._maps)
+        self._maps.clear()
+        self._bases.clear()
+        if maps._maps:
+            thread_pool("unmap", 1).submit(maps._close_when_free)
+
+    def _close_free(self) -> bool:
+        """Close every map no view references any more; True when none is left open."""
+        left = False
         for mapped in self._maps.values():
-            if mapped is not None:
+            if mapped is not None and not mapped.closed:
                 try:
                     mapped.close()
                 except BufferError:  # a view is still referenced (an error's traceback): unmapped when freed
-                    pass
-        self._maps.clear()
-        self._bases.clear()
+                    left = True
+        return not left
+
+    def _close_when_free(self) -> None:
+        deadline = time.monotonic() + _CLOSE_WAIT
+        while not self._close_free() and time.monotonic() < deadline:
+            time.sleep(0.002)
+        self._maps.clear()  # a view kept longer (a traceback) unmaps its map when it is freed
 
 
 def delta_base(dataset: h5py.Dataset) -> tuple[str | None, int]:
