@@ -173,3 +173,26 @@ def test_many_tensors_hash_one_per_thread_to_the_same_digests():
     digests = {index: digest for future in futures for index, _array, digest in future.result()}
     assert digests == {i: e.hash for i, e in enumerate(entries)}
     assert all(tensor_hash(a, threaded=False) == tensor_hash(a) for a in arrays)
+
+
+def test_maps_closed_later_wait_for_their_views(repo: Repo):
+    """A checkout's maps are unmapped on a worker thread: not while a view of them is still used
+    (its bytes stay readable), and once the views are dropped."""
+    import time
+
+    from mvc_magics.storage.codec.tensor_decode import FileMaps
+
+    version = repo.commit(_weights(), "w")
+    with h5py.File(repo.layout.snapshot_path(version.id), "r") as file:
+        maps = FileMaps()
+        mapped = maps.whole(file)
+        view = np.frombuffer(mapped, dtype=np.uint8, count=64)
+        expected = view.copy()
+        maps.close_later()
+        time.sleep(0.05)
+        assert not mapped.closed and np.array_equal(view, expected)
+        del view
+        deadline = time.monotonic() + 5
+        while not mapped.closed and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert mapped.closed

@@ -187,10 +187,8 @@ class TensorReader:
     """
 
     def __init__(self, locate: callable, unmap_later: bool = False) -> None:
-        """``unmap_later``: closing unmaps the files on a worker thread once their views are
-        dropped (see :meth:`.tensor_decode.FileMaps.close_later`), for a caller that waits on it."""
         self._locate = locate  # object id -> Path of its snapshot file
-        self._unmap_later = unmap_later
+        self._unmap_later = unmap_later  # closing unmaps on a worker thread (FileMaps.close_later)
         self._files: dict[str, h5py.File] = {}
         self._maps = tensor_decode.FileMaps()
         self._groups: dict[str, h5py.Group] = {}  # object id -> its checked /tensors group
@@ -203,10 +201,7 @@ class TensorReader:
         self.close()
 
     def close(self) -> None:
-        if self._unmap_later:
-            self._maps.close_later()
-        else:
-            self._maps.close()
+        self._maps.close_later() if self._unmap_later else self._maps.close()
         self._groups.clear()
         for handle in self._files.values():
             try:
