@@ -126,16 +126,40 @@ def _hashing_thread_is_free() -> bool:
     return thread_pool("merge-hash", 1).submit(lambda: True).result(timeout=10)
 
 
-def test_an_interrupted_sum_stops_the_hashing_thread(small_steps):
+@pytest.mark.parametrize("where", ["sum", "release"])
+def test_an_interrupted_average_stops_both_threads(small_steps, monkeypatch, where):
+    """Ctrl-C in the summing thread (while it hashes an output block) or while pages are given
+    back: the error is raised once the hashing thread has stopped, and the next average runs."""
     inputs = _memory_inputs()
+    real_hasher, made = fused_average.tensor_hasher, []
+
+    class Interrupted:
+        def __init__(self, hasher) -> None:
+            self.hasher, self.updates = hasher, 0
+
+        def update(self, data) -> None:
+            self.updates += 1
+            if self.updates == 3:
+                raise KeyboardInterrupt
+            self.hasher.update(data)
+
+    def hasher(dtype, shape):
+        made.append(real_hasher(dtype, shape))
+        return Interrupted(made[-1]) if len(made) == len(inputs) + 1 else made[-1]  # the output's
+
+    if where == "sum":
+        monkeypatch.setattr(fused_average, "tensor_hasher", hasher)
     with pytest.raises(KeyboardInterrupt):
-        fused_average.fused_mean(_Reader(fail_release_at=2), inputs, 3.0, np.dtype(np.float32), (5000,))
+        fused_average.fused_mean(_Reader(fail_release_at=2 if where == "release" else None), inputs, 3.0,
+                                 np.dtype(np.float32), (5000,))
     assert _hashing_thread_is_free()
+    monkeypatch.setattr(fused_average, "tensor_hasher", real_hasher)
     reader = _Reader()  # and the next average runs normally
     out = fused_average.fused_mean(reader, inputs, 3.0, np.dtype(np.float32), (5000,))
     assert reader.checked == ["v0", "v1", "v2"]
     plain = (np.float64(0.0) + sum(a.astype(np.float64) for a, *_ in inputs)) / 3.0
-    assert out.tobytes() == plain.astype(np.float32).tobytes()
+    assert out.array.tobytes() == plain.astype(np.float32).tobytes()
+    assert out.digest == tensor_hash(out.array)  # the output's hash, taken block by block
 
 
 def test_a_failing_hash_is_raised_and_nothing_is_returned(small_steps, monkeypatch):
@@ -207,3 +231,21 @@ def test_a_streamed_commit_computes_the_next_large_tensor_while_the_last_is_writ
     version = commit_stream(repo.store, "numpy", None, tensors(), "s")
     assert waited == [True]
     assert sorted(repo.load_state(version.id)) == ["big0", "big1", "small"]
+
+
+def test_a_streamed_commit_stores_a_hashed_array_under_its_hash_unless_it_had_to_be_copied(repo):
+    """A HashedArray's hash is used as it is only for the very array it was taken from: one that
+    must be made C-contiguous first (a transposed view) is hashed again from the copy."""
+    from mvc_magics.core.hashing import HashedArray
+    from mvc_magics.operations.commit import commit_stream
+
+    rng = np.random.default_rng(16)
+    a = rng.standard_normal((40, 30)).astype(np.float32)
+    b = rng.standard_normal((30, 40)).astype(np.float32)
+    version = commit_stream(repo.store, "numpy", None,
+                            iter([("a", HashedArray(a, tensor_hash(a))), ("b", HashedArray(b.T, "0" * 64))]), "h")
+    hashes = {e.name: e.hash for e in repo.manifest(version.id)}
+    assert hashes == {"a": tensor_hash(a), "b": tensor_hash(np.ascontiguousarray(b.T))}
+    state = repo.load_state(version.id)  # read back and verified
+    assert state["a"].tobytes() == a.tobytes() and state["b"].tobytes() == np.ascontiguousarray(b.T).tobytes()
+    assert version.id == repo.commit({"a": a, "b": np.ascontiguousarray(b.T)}, "h").id

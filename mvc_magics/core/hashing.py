@@ -11,6 +11,7 @@ import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import blake3
 import numpy as np
@@ -35,6 +36,18 @@ def canonical_array(array: np.ndarray) -> np.ndarray:
 def dtype_name(dtype: np.dtype) -> str:
     """Stable dtype name used in hashes and manifests (``float32``, ``bfloat16``, ``bool``...)."""
     return np.dtype(dtype).name
+
+
+class HashedArray(NamedTuple):
+    """An array and its :func:`tensor_hash`, computed by whoever made it (a merge hashes each output
+    block while it is in cache): a streamed commit stores it under ``digest`` without hashing it again."""
+
+    array: np.ndarray
+    digest: str
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.array.nbytes)
 
 
 def tensor_hasher(dtype: np.dtype, shape: tuple[int, ...], threads: int = 1) -> blake3.blake3:

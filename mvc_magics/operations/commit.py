@@ -17,7 +17,7 @@ import numpy as np
 
 from ..adapters import Adapter, adapter_for, adapter_named
 from ..adapters.base import known_hashes, remember_hashes
-from ..core.hashing import HashesAhead, canonical_array, version_id
+from ..core.hashing import HashedArray, HashesAhead, canonical_array, version_id
 from ..core.manifest import ManifestEntry, storable_dtype_name
 from ..core.meta_check import validate_message
 from ..core.metadata import author, base_library_versions, validate_metrics, validate_params
@@ -195,12 +195,13 @@ def commit_state(store: Store, framework: str, structure: object, state: Mapping
 
 
 def commit_stream(store: Store, framework: str, structure: object,
-                  tensors: Iterable[tuple[str, np.ndarray | ManifestEntry]], name: str, total_bytes: int = 0,
-                  **options: Any) -> Version:
+                  tensors: Iterable[tuple[str, np.ndarray | HashedArray | ManifestEntry]], name: str,
+                  total_bytes: int = 0, **options: Any) -> Version:
     """Store the ``(name, tensor)`` pairs ``tensors`` yields, with a stored ``structure``, as a version
     of ``name``: no live model involved, and no tensor kept once it is staged (see
     :meth:`~mvc_magics.storage.snapshots.staging.StagedCommit.stream`). A :class:`ManifestEntry` is a tensor
-    already stored, referenced without reading it. ``options``: ``message``, ``metrics``, ``tags``,
+    already stored, referenced without reading it; a :class:`HashedArray` is stored under the hash it
+    carries (computed by its maker: not hashed again). ``options``: ``message``, ``metrics``, ``tags``,
     ``provenance``, ``parents``, ``extra``, ``move_head`` and ``attach``, as for :func:`commit`.
 
     The version id is the one :func:`commit` gives a model of that structure holding these tensors
@@ -209,15 +210,18 @@ def commit_stream(store: Store, framework: str, structure: object,
     of its own (``extra`` carries what the caller knows).
     """
 
-    def checked() -> Iterator[tuple[str, np.ndarray | ManifestEntry]]:
+    def checked() -> Iterator[tuple[str, np.ndarray | HashedArray | ManifestEntry]]:
         for key, value in tensors:
             if isinstance(value, ManifestEntry):
                 yield key, value
                 continue
-            array = canonical_array(value)
+            hashed = value if isinstance(value, HashedArray) else None
+            array = canonical_array(value if hashed is None else hashed.array)
             storable_dtype_name(array.dtype, key)  # refused before it is written
             del value
-            yield key, array
+            # Its hash holds for these bytes only if canonical_array gave the array itself back.
+            yield key, hashed if hashed is not None and array is hashed.array else array
+            del array, hashed  # the writer holds the only reference left: freed once written
 
     def stage(staged: StagedCommit, checked_name: str) -> None:
         staged.stream(checked(), description=f"commit {checked_name}", total_bytes=total_bytes)

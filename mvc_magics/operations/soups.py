@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..adapters import adapter_to_build
+from ..core.hashing import HashedArray
 from ..core.manifest import ManifestEntry, dtype_from_name
 from ..core.merge_plan import AlignedTensor, MergePlan, accumulator_dtype, short
 from ..core.merge_report import EvalFn, MergeReport, MergeStep, score_of
@@ -48,8 +49,9 @@ def averaged_count(plan: MergePlan, members: Sequence[int] | None = None,
 
 
 def _average_one(reader: TensorReader, plan: MergePlan, tensor: AlignedTensor, used: list[tuple[int, float]],
-                 total: float, sums: Sums | None = None) -> np.ndarray:
-    """One tensor's weighted mean: float64 sums in input order, divided by the sum of the weights."""
+                 total: float, sums: Sums | None = None) -> np.ndarray | HashedArray:
+    """One tensor's weighted mean: float64 sums in input order, divided by the sum of the weights
+    (with its hash when the one-pass path computed it)."""
     dtype = dtype_from_name(tensor.dtype)
     if (int(np.prod(tensor.shape, dtype=np.int64)) >= fused_average.FUSED_MIN_ELEMENTS and _plain_float(dtype)
             and accumulator_dtype(tensor.dtype) == np.float64):
@@ -92,11 +94,12 @@ def average_state(store: Store, plan: MergePlan, members: Sequence[int] | None =
                 first = used[0][0]
                 state[tensor.name] = reader.read(tensor.entries[first], owner=plan.versions[first].id)
             else:
-                state[tensor.name] = _average_one(reader, plan, tensor, used, total, sums)
+                mean = _average_one(reader, plan, tensor, used, total, sums)
+                state[tensor.name] = mean.array if isinstance(mean, HashedArray) else mean
     return state, averaged_count(plan, members, raw_weights)
 
 
-def average_stream(store: Store, plan: MergePlan) -> Iterator[tuple[str, np.ndarray | ManifestEntry]]:
+def average_stream(store: Store, plan: MergePlan) -> Iterator[tuple[str, np.ndarray | HashedArray | ManifestEntry]]:
     """The weighted mean of :func:`average_state` as ``(name, tensor)`` pairs, one tensor at a time,
     for a streamed commit (:func:`~mvc_magics.operations.commit.commit_stream`): only the tensor in
     flight is held, never the whole result. A copied tensor is yielded as the first used input's

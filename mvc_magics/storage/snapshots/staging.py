@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...core.hashing import HashesAhead, canonical_json, dtype_name, tensor_hash
+from ...core.hashing import HashedArray, HashesAhead, canonical_json, dtype_name, tensor_hash
 from ...core.progress import progress_bar
 from ...core.threads import thread_pool
 from ..files.atomic import publish, temporary_path
@@ -110,8 +110,8 @@ class StagedCommit:
                 future.cancel()
             self._pending = self._encoder = None
 
-    def stream(self, tensors: Iterable[tuple[str, np.ndarray | ManifestEntry]], description: str = "commit",
-               total_bytes: int = 0) -> None:
+    def stream(self, tensors: Iterable[tuple[str, np.ndarray | HashedArray | ManifestEntry]],
+               description: str = "commit", total_bytes: int = 0) -> None:
         """Stage ``(name, tensor)`` pairs one at a time, keeping none of the arrays.
 
         Each array is hashed and written (when the store lacks it) in a worker thread while
@@ -121,7 +121,8 @@ class StagedCommit:
         by one, nor does a small one wait for the large one before it (the next large tensor is
         computed while that one is written). A
         :class:`ManifestEntry` names a tensor already stored (its bytes are not read unless the
-        store cannot place them). The caller must not change a yielded array.
+        store cannot place them); a :class:`~mvc_magics.core.hashing.HashedArray` is stored under the hash
+        its maker computed. The caller must not change a yielded array.
         """
         # Placed writes (a loose commit's) hash their regions from memory at the end: a stream keeps
         # no array that long, so each is written before the next and the checksum reads the file.
@@ -132,7 +133,7 @@ class StagedCommit:
         try:
             with progress_bar(total_bytes, description, self._progress) as bar:
                 for key, item in tensors:
-                    size = int(item.nbytes) if isinstance(item, np.ndarray) else 0
+                    size = 0 if isinstance(item, ManifestEntry) else int(item.nbytes)
                     while pending and in_flight - max(n for _, n in pending) + size > STREAM_AHEAD_BYTES:
                         done, nbytes = pending.popleft()
                         done.result()  # staged and dropped by the worker
@@ -148,10 +149,12 @@ class StagedCommit:
                 future.cancel()
             wait([future for future, _ in pending])
 
-    def _stream_one(self, key: str, item: np.ndarray | ManifestEntry) -> None:
+    def _stream_one(self, key: str, item: np.ndarray | HashedArray | ManifestEntry) -> None:
         if isinstance(item, ManifestEntry):  # listed but not placeable here: its bytes are read and written
             self._record(key, (item.dtype, tuple(item.shape), int(item.nbytes)), item.hash,
                          lambda: self._read_stored(item))
+        elif isinstance(item, HashedArray):  # hashed by its maker
+            self._stage_one(key, item.array, item.digest)
         else:
             self._stage_one(key, item, tensor_hash(item))
 
