@@ -37,7 +37,7 @@ FUSED_MIN_ELEMENTS = 1 << 20
 _BLOCK = 1 << 16  # elements summed per step: a 512 KiB float64 block, in cache
 _HASH_STEP = 1 << 18  # elements of each input hashed per step
 _LEAD = 1 << 20  # elements either thread may run ahead of the other (bounds the mapped pages held)
-_RELEASE = 1 << 20  # mapped pages both threads are past are given back every this many elements
+_RELEASE = 1 << 19  # mapped pages both threads are past are given back every this many elements
 _HASHING, _SUMMING = 0, 1
 
 
