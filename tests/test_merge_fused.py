@@ -249,3 +249,34 @@ def test_a_streamed_commit_stores_a_hashed_array_under_its_hash_unless_it_had_to
     state = repo.load_state(version.id)  # read back and verified
     assert state["a"].tobytes() == a.tobytes() and state["b"].tobytes() == np.ascontiguousarray(b.T).tobytes()
     assert version.id == repo.commit({"a": a, "b": np.ascontiguousarray(b.T)}, "h").id
+
+
+def test_small_loose_inputs_are_found_without_a_checked_read_and_their_pages_given_back(repo, monkeypatch):
+    """Tensors below the one-pass size, stored as they are, are hashed where they lie in the map
+    (no h5py read per tensor and input); their mapped pages are given back every _MAPPED_BYTES."""
+    from mvc_magics.operations import soups
+    from mvc_magics.storage.snapshots.snapshot import TensorReader
+
+    rng = np.random.default_rng(17)
+    ids = [repo.commit({f"t{k}": rng.standard_normal(3000).astype(np.float32) for k in range(12)}, "s").id
+           for _ in range(3)]
+    monkeypatch.setattr(soups, "_MAPPED_BYTES", 40_000)  # ~3 tensors of 12 KB
+    reads, releases = [], []
+    real_read, real_release = TensorReader.read, TensorReader.release_pages
+
+    def read(self, entry, *args, **kwargs):
+        reads.append(entry.name)
+        return real_read(self, entry, *args, **kwargs)
+
+    def release(self, span=None):
+        releases.append(span is None)
+        return real_release(self, span)
+
+    monkeypatch.setattr(TensorReader, "read", read)
+    monkeypatch.setattr(TensorReader, "release_pages", release)
+    merged = repo.merge(ids, weights=[1.0, 0.5, 2.0], name="s")
+    assert reads == [] and releases.count(True) == 3 * 12 // 4  # every 4th 12 KB input tensor passes 40 KB
+    monkeypatch.setattr(TensorReader, "read", real_read)
+    expected = numpy_average(repo, ids, [1.0, 0.5, 2.0])
+    got = repo.load_state(merged.id)
+    assert all(got[name].tobytes() == array.tobytes() for name, array in expected.items())
