@@ -41,3 +41,16 @@ def tree_state(folder: Path) -> dict[str, str]:
         if path.is_file() and not path.name.endswith(("-shm", "-wal")):
             state[str(path.relative_to(folder))] = hashlib.sha256(path.read_bytes()).hexdigest()
     return state
+
+
+def flip_tensor_byte(repo, version_id: str, digest: str, at: int, mask: int = 0x01) -> None:
+    """XOR ``mask`` into byte ``at`` of the stored tensor ``digest`` of ``version_id``'s snapshot
+    file, where HDF5 says its bytes are (damage the hash check must find)."""
+    import h5py
+
+    path = repo.layout.snapshot_path(version_id)
+    with h5py.File(path, "r") as f:
+        offset = f["tensors"][digest].id.get_offset() + at
+    data = bytearray(path.read_bytes())
+    data[offset] ^= mask
+    path.write_bytes(bytes(data))

@@ -8,6 +8,7 @@ import random
 import numpy as np
 import pytest
 from keras_models import BUILDERS, sample_input
+from reliability_helpers import flip_tensor_byte
 
 from mvc_magics import Repo
 from mvc_magics.adapters.keras import KerasAdapter
@@ -203,15 +204,8 @@ def test_threaded_verification_refuses_damage_in_a_large_model(repo):
     rng = np.random.default_rng(0)
     model = {f"layer{i}/kernel": rng.standard_normal((512, 512)).astype(np.float32) for i in range(6)}  # 6 MB
     version = repo.commit(model, "big")
-    import h5py
-
     entry = repo.manifest(version.id)[3]
-    path = repo.layout.snapshot_path(version.id)
-    with h5py.File(path, "r") as f:
-        offset = f["tensors"][entry.hash].id.get_offset()
-    data = bytearray(path.read_bytes())
-    data[offset + 1000] ^= 0x01
-    path.write_bytes(bytes(data))
+    flip_tensor_byte(repo, version.id, entry.hash, 1000)
     live = {k: np.zeros_like(v) for k, v in model.items()}
     with pytest.raises(IntegrityError, match=entry.name):
         repo.checkout(version.id, live)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
+from reliability_helpers import flip_tensor_byte
 
 from mvc_magics import Repo
 from mvc_magics.core import copying
@@ -90,12 +91,7 @@ def test_a_flipped_byte_in_a_loose_keras_file_leaves_the_model_unchanged(repo: R
     model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(512), keras.layers.Dense(4)])
     version = repo.commit(model, "k")
     kernel = max(repo.manifest(version.id), key=lambda e: e.nbytes)
-    path = repo.layout.snapshot_path(version.id)
-    with h5py.File(path, "r") as f:
-        offset = f["tensors"][kernel.hash].id.get_offset()
-    data = bytearray(path.read_bytes())
-    data[offset + kernel.nbytes // 2] ^= 0x10
-    path.write_bytes(bytes(data))
+    flip_tensor_byte(repo, version.id, kernel.hash, kernel.nbytes // 2, 0x10)
     for variable in model.weights:
         variable.assign(np.ones(variable.shape, np.float32))
     with pytest.raises(IntegrityError, match="does not match its hash"):
@@ -137,12 +133,7 @@ def test_a_refused_checkout_moves_no_head_and_leaves_no_journal(repo: Repo):
         model[0].weight.add_(1.0)
     damaged = repo.commit(model, "net")
     kernel = next(e for e in repo.manifest(damaged.id) if e.name == "0.weight")
-    path = repo.layout.snapshot_path(damaged.id)
-    with h5py.File(path, "r") as f:
-        offset = f["tensors"][kernel.hash].id.get_offset()
-    data = bytearray(path.read_bytes())
-    data[offset + 5] ^= 0x01
-    path.write_bytes(bytes(data))
+    flip_tensor_byte(repo, damaged.id, kernel.hash, 5)
     repo.checkout(good.id, model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     entries = len(list(repo.audit.entries()))
