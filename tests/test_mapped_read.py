@@ -187,3 +187,20 @@ def test_maps_closed_later_wait_for_their_views(repo: Repo):
         while not mapped.closed and time.monotonic() < deadline:
             time.sleep(0.01)
         assert mapped.closed
+
+
+_PIECE = mapped_read.COPY_PIECE
+
+
+@pytest.mark.parametrize("nbytes", [0, 4, _PIECE - 4, _PIECE, 3 * _PIECE + 8])
+def test_a_copy_hashed_piece_by_piece_has_the_tensor_hash(nbytes):
+    """Copied out of the map and hashed a piece at a time (each piece still in cache): the same
+    bytes and the same digest as copying whole and hashing after, at every piece boundary."""
+    source = np.random.default_rng(nbytes).integers(0, 255, nbytes, dtype=np.uint8).view(np.float32)
+    entry = ManifestEntry("t", "float32", source.shape, tensor_hash(source), "0" * 64, nbytes)
+    array, digest = mapped_read.hashed(source, entry, copy=True, verify=True, where="t", threaded=False)
+    assert digest == entry.hash and array.tobytes() == source.tobytes() and array.ctypes.data != source.ctypes.data
+    corrupt = source.copy()
+    if nbytes:
+        corrupt.view(np.uint8)[-1] ^= 1
+        assert mapped_read.hashed(corrupt, entry, copy=True, verify=True, where="t", threaded=False)[1] != entry.hash

@@ -22,7 +22,7 @@ from concurrent.futures import Future
 import h5py
 import numpy as np
 
-from ...core.hashing import hash_pool, tensor_hash
+from ...core.hashing import hash_pool, tensor_hash, tensor_hasher
 from ...core.manifest import ManifestEntry, dtype_from_name
 from ...errors import IntegrityError
 from ..codec.budget import check_read
@@ -33,6 +33,8 @@ _CODING_NAME = CODING_ATTR.encode()
 # Bytes of tensors hashed by one task: enough to make a task's cost (~20 µs) negligible, small
 # enough that the hashing threads share the work of a model of a few large tensors evenly.
 BATCH_BYTES = 8 << 20
+# Bytes copied then hashed at a time when a tensor is copied out of the map: well inside a core's L2.
+COPY_PIECE = 256 << 10
 
 
 def loose_offset(group: h5py.Group, entry: ManifestEntry) -> int | None:
@@ -101,11 +103,21 @@ def hashed(view: np.ndarray, entry: ManifestEntry, copy: bool, verify: bool, whe
     """(the tensor, its hash or None): ``view`` itself, or with ``copy`` (or a view of bytes not
     aligned for the dtype) a copy in aligned memory of its own (``out`` when given), hashed as copied
     (``threaded``: see :func:`~mvc_magics.core.hashing.tensor_hash`)."""
-    array = view
-    if _needs_copy(view, entry, copy):
-        array = out if out is not None else _allocate(entry, where)
-        np.copyto(array.reshape(-1).view(np.uint8), view.reshape(-1).view(np.uint8))
-    return array, tensor_hash(array, threaded) if verify else None
+    if not _needs_copy(view, entry, copy):
+        return view, tensor_hash(view, threaded) if verify else None
+    array = out if out is not None else _allocate(entry, where)
+    target, source = array.reshape(-1).view(np.uint8), view.reshape(-1).view(np.uint8)
+    if not verify or threaded:
+        np.copyto(target, source)
+        return array, tensor_hash(array, threaded) if verify else None
+    # Hashed piece by piece as copied, each piece still in this core's cache: the tensor is read
+    # from memory once, not twice (the digest is the same: the bytes are fed in order).
+    hasher = tensor_hasher(array.dtype, array.shape)
+    for start in range(0, source.size, COPY_PIECE):
+        piece = target[start:start + COPY_PIECE]
+        np.copyto(piece, source[start:start + COPY_PIECE])
+        hasher.update(piece)
+    return array, hasher.hexdigest()
 
 
 def _hash_batch(items: Sequence[tuple[int, np.ndarray, np.ndarray | None]], entries: Sequence[ManifestEntry],
