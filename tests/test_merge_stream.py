@@ -87,8 +87,8 @@ def test_streaming_never_holds_the_whole_average(repo, live_averages):
               for _ in range(3)]
     merged = repo.merge([v.id for v in inputs])
     assert merged.report.tensors_averaged == 6 and len(live_averages) == 6
-    # Never the whole average: at most what the writer may lag behind (one tensor and
-    # STREAM_AHEAD_BYTES of others: three of these tensors).
+    # Never the whole average: at most what the writer may lag behind (the tensor it writes and
+    # STREAM_AHEAD_BYTES of the ones after it: three of these tensors).
     assert max(live_averages) <= STREAM_AHEAD_BYTES + tensor_bytes < 6 * tensor_bytes
     # Today's in-memory average, committed as a dict model, is the same version.
     preview = repo.merge_preview([v.id for v in inputs])

@@ -31,7 +31,7 @@ from .snapshot import FORMAT_VERSION, ManifestEntry, TensorReader
 from .snapshot_writer import DeltaBase, SnapshotWriter
 
 # How far the writer of a streamed commit may lag behind the tensors computed (bytes of tensors
-# handed over and not yet written, besides the largest of them): small tensors go in batches, a
+# handed over and not yet written, besides the one it is writing): small tensors go in batches, a
 # large one waits for the writer.
 STREAM_AHEAD_BYTES = 4 << 20
 # Worker threads coding new tensors during stage(), and how much may wait coded but unwritten.
@@ -115,11 +115,11 @@ class StagedCommit:
         """Stage ``(name, tensor)`` pairs one at a time, keeping none of the arrays.
 
         Each array is hashed and written (when the store lacks it) in a worker thread while
-        ``tensors`` computes the next ones. The worker may lag behind by one tensor (of any size)
-        plus :data:`STREAM_AHEAD_BYTES` of others, so memory holds that much besides the tensor
-        being computed, never the whole version; many small tensors do not wait for the worker one
-        by one, nor does a small one wait for the large one before it (the next large tensor is
-        computed while that one is written). A
+        ``tensors`` computes the next ones. The worker may lag behind by the tensor it is writing
+        (of any size) plus :data:`STREAM_AHEAD_BYTES` of the ones after it, so memory holds that
+        much besides the tensor being computed, never the whole version; many small tensors do not
+        wait for the worker one by one, nor does a small one wait for the large one before it (the
+        next large tensor is computed while that one is written). A
         :class:`ManifestEntry` names a tensor already stored (its bytes are not read unless the
         store cannot place them); a :class:`~mvc_magics.core.hashing.HashedArray` is stored under the hash
         its maker computed. The caller must not change a yielded array.
@@ -134,7 +134,7 @@ class StagedCommit:
             with progress_bar(total_bytes, description, self._progress) as bar:
                 for key, item in tensors:
                     size = 0 if isinstance(item, ManifestEntry) else int(item.nbytes)
-                    while pending and in_flight - max(n for _, n in pending) + size > STREAM_AHEAD_BYTES:
+                    while pending and in_flight - pending[0][1] + size > STREAM_AHEAD_BYTES:
                         done, nbytes = pending.popleft()
                         done.result()  # staged and dropped by the worker
                         in_flight -= nbytes
