@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -206,9 +207,19 @@ def test_live_lock_holder_is_never_broken(tmp_path, weights, monkeypatch):
     try:
         monkeypatch.setenv("MVC_LOCK_TIMEOUT", "0.5")
         with Repo(store) as repo:  # opening does not need the lock
-            with pytest.raises(LockTimeoutError, match=rf"locked by another process \({proc.pid}@"):
+            with pytest.raises(LockTimeoutError, match=rf"locked by another process \({proc.pid}@.*still alive"):
                 repo.commit(weights, "model")
             assert repo.log() == []  # nothing was written
+            # lock.owner naming a process that exited while the lock is held (by a child it started):
+            # the message says who holds it, not that the dead process is alive.
+            dead = subprocess.Popen(["true"])
+            dead.wait()
+            record = (store / "lock.owner").read_text()
+            (store / "lock.owner").write_text(f"{dead.pid}@{socket.gethostname()} 1\n")
+            with pytest.raises(LockTimeoutError, match="a process it started still holds the lock"):
+                repo.commit(weights, "model")
+            (store / "lock.owner").write_text(record)
+            assert repo.log() == []
         proc.stdin.write("go\n")
         proc.stdin.flush()
         out, err = proc.communicate(timeout=60)

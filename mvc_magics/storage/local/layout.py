@@ -185,9 +185,13 @@ class StoreLayout:
         except TimeoutError as exc:
             self._thread_lock.release()
             holder = self.lock_holder()
+            # The lock is the kernel's: whoever holds it is alive, though not always the process
+            # lock.owner names (a child it started, if that process died).
+            alive = ("a process it started still holds the lock" if holder_gone(holder)
+                     else "it is still alive")
             raise LockTimeoutError(
                 f"the store {self.root} is locked by another process ({holder or 'unknown holder'}) "
-                f"for more than {self.lock_timeout if timeout is None else timeout:g}s; it is still alive, "
+                f"for more than {self.lock_timeout if timeout is None else timeout:g}s; {alive}, "
                 "so its lock is not broken"
             ) from exc
         except OSError as exc:
