@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,12 +33,10 @@ def checkout(store: Store, ref: str, model: Any = None, name: str | None = None,
     validate_name(target, "model name")
     if require_signature:
         require_valid_signature(store, version.id)
-    # HEAD's move is prepared (journal, ref file, synced) while the version is verified and loaded,
-    # and made only once it is loaded: a checkout that fails moves nothing.
-    moving = (store.writes.head_moving(target, version.id, "checkout", {"ref": ref, "rebuilt": model is None})
-              if move_head and not store.readonly else contextlib.nullcontext())
-    with moving:
-        return _load(store, version, model, unsafe, classes)
+    result = _load(store, version, model, unsafe, classes)
+    if move_head and not store.readonly:  # only once loaded: a checkout refused moves nothing
+        store.writes.move_head(target, version.id, "checkout", {"ref": ref, "rebuilt": model is None})
+    return result
 
 
 def _load(store: Store, version: Version, model: Any, unsafe: bool, classes: Mapping[str, type] | None) -> Any:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,18 +32,11 @@ class RefWrites:
 
     @contextlib.contextmanager
     def _ref_change(self, op: str, name: str | None, ids: Sequence[str], detail: Mapping | None,
-                    changes: list[dict], tombstone: str | None = None,
-                    begun: tuple[dict, Future] | None = None) -> Iterator[None]:
-        """Journal a ref change with its prepared audit entry, make it, then record the entry.
-        ``begun``: the record and the write of its journal, already started (:meth:`head_moving`)."""
-        if begun is None:
-            entry = self._store.audit.prepare(author(), op, name, list(ids), dict(detail or {}))
-            record = {"op": op, "audit": entry, "changes": changes, "tombstone": tombstone}
-            self._store.journal.begin(record)
-        else:
-            record, journal_written = begun
-            journal_written.result()
-            entry = record["audit"]
+                    changes: list[dict], tombstone: str | None = None) -> Iterator[None]:
+        """Journal a ref change with its prepared audit entry, make it, then record the entry."""
+        entry = self._store.audit.prepare(author(), op, name, list(ids), dict(detail or {}))
+        record = {"op": op, "audit": entry, "changes": changes, "tombstone": tombstone}
+        self._store.journal.begin(record)
         try:
             with self._store.index.transaction():  # the change's rows and the chain head: one commit
                 yield
@@ -73,38 +65,17 @@ class RefWrites:
 
     def move_head(self, name: str, vid: str, op: str | None = None, detail: Mapping | None = None) -> None:
         """Point ``name``'s HEAD (in this store object's notebook) at ``vid`` (audited as ``op`` when given)."""
-        if not op:
-            with self._store.locked():
-                self._head(self._store.head_key(name), vid)
-            return
-        with self.head_moving(name, vid, op, detail):
-            pass
-
-    @contextlib.contextmanager
-    def head_moving(self, name: str, vid: str, op: str, detail: Mapping | None = None) -> Iterator[None]:
-        """Move ``name``'s HEAD to ``vid`` (audited as ``op``) once the body returns; not at all if it
-        raises. Holding the store lock throughout, the journal and HEAD's new file are written and
-        synced on two worker threads while the body runs (a checkout verifies and loads the version
-        meanwhile), so the move itself costs a rename, an index row and the audit entry. The order
-        on disk is :meth:`_ref_change`'s: the journal, then the ref file, then the entry; a body that
-        raises leaves the journal of a change not made, which is dropped (as after a kill)."""
         key = self._store.head_key(name)
         with self._store.locked():
-            entry = self._store.audit.prepare(author(), op, name, [vid], dict(detail or {}))
-            changes = [{"kind": "head", "name": key, "id": vid}]
-            record = {"op": op, "audit": entry, "changes": changes, "tombstone": None}
-            journal_written = thread_pool("journal", 1).submit(self._store.journal.begin, record)
+            if not op:
+                self._head(key, vid)
+                return
+            # HEAD's new file is written and fsynced in a worker while the journal is made durable
+            # (two syncs at once instead of one after the other); it is renamed into place only
+            # after the journal, as before, so a kill leaves the move journaled or not begun.
             prepared = thread_pool("refs", 1).submit(self._layout.files.prepare, (vid + "\n").encode())
             try:
-                try:
-                    yield
-                except BaseException:
-                    with contextlib.suppress(BaseException):
-                        journal_written.result()
-                    with contextlib.suppress(Exception):  # else the next lock holder drops it
-                        self._store.journal.end()  # nothing was changed: no entry, no journal
-                    raise
-                with self._ref_change(op, name, [vid], detail, changes, begun=(record, journal_written)):
+                with self._ref_change(op, name, [vid], detail, [{"kind": "head", "name": key, "id": vid}]):
                     self._head(key, vid, prepared.result())
             except BaseException:
                 with contextlib.suppress(BaseException):
