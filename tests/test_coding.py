@@ -116,6 +116,7 @@ def test_noise_stays_raw_and_small_tensors_are_not_coded():
 
 
 def test_commits_are_coded_then_chained_as_deltas_with_keyframes(repo, monkeypatch):
+    monkeypatch.setenv("MVC_GIT", "nodiff")  # sizes compared: no uncommitted diff of this tree in them
     monkeypatch.setenv("MVC_DELTA_DEPTH", "2")
     versions = training_run(repo, steps=5)
     kinds = []

@@ -113,6 +113,7 @@ def test_autocommit_applies_the_policy_after_each_commit(ip, capsys):
 
 
 def test_repack_turns_a_store_written_without_coding_into_deltas(repo, monkeypatch):
+    monkeypatch.setenv("MVC_GIT", "nodiff")  # sizes compared: no uncommitted diff of this tree in them
     monkeypatch.setenv("MVC_CODING", "off")
     ids = commit_run(repo)
     monkeypatch.delenv("MVC_CODING")
