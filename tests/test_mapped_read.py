@@ -179,7 +179,7 @@ def test_maps_closed_later_wait_for_their_views(repo: Repo):
         mapped = maps.whole(file)
         view = np.frombuffer(mapped, dtype=np.uint8, count=64)
         expected = view.copy()
-        maps.close_later()
+        maps.close(later=True)
         time.sleep(0.05)
         assert not mapped.closed and np.array_equal(view, expected)
         del view

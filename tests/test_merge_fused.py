@@ -194,9 +194,9 @@ def test_a_span_of_a_mapped_view_gives_back_its_own_pages_only(tmp_path):
     with h5py.File(path, "r") as f:
         view = maps.view(f["a"], size)
         assert int(view.sum()) > 0 and _mapped_rss(view) >= size
-        maps.release_span(view[: size // 2 + 100])  # the half, and not the page it ends inside
+        maps.release(view[: size // 2 + 100])  # the half, and not the page it ends inside
         assert size // 2 - (64 << 10) < _mapped_rss(view) < size // 2 + (64 << 10)
-        maps.release_span(np.ones(10))  # not a view of a map: nothing happens
+        maps.release(np.ones(10))  # not a view of a map: nothing happens
         assert int(view[size // 2:].sum()) > 0
         del view
         maps.close()

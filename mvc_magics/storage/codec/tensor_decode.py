@@ -56,7 +56,7 @@ class FileMaps:
         self._maps: dict[int, mmap.mmap | None] = {}  # by the file descriptor HDF5 reads through
         self._lock = threading.Lock()  # readers decode from worker threads
         self._handed = 0  # bytes of views handed out since the mapped pages were last given back
-        self._bases: dict[int, int] = {}  # the address of each map, by descriptor (release_span)
+        self._bases: dict[int, int] = {}  # the address of each map, by descriptor (release of a span)
 
     def stored_bytes(self, dataset: h5py.Dataset, stored: int) -> np.ndarray:
         """The ``stored`` bytes of a contiguous uint8 dataset: a view of the file's map when it can
@@ -111,26 +111,28 @@ class FileMaps:
                     self._bases[handle] = np.frombuffer(self._maps[handle], np.uint8, count=1).ctypes.data
             return self._maps[handle]
 
-    def release(self) -> None:
-        """Give back every mapped page read so far, now (see :meth:`_release`)."""
+    def release(self, span: np.ndarray | None = None) -> None:
+        """Give back every mapped page read so far, now (see :meth:`_release`); with ``span`` (a part
+        of a view of one of these maps: a reader done with the start of a tensor), only the whole
+        pages inside it."""
         with self._lock:
-            self._release()
+            if span is None:
+                self._release()
+            else:
+                self._release_span(span)
 
-    def release_span(self, span: np.ndarray) -> None:
-        """Give back the whole pages inside ``span``, a part of a view of one of these maps (a
-        reader done with the start of a tensor); anything else is left alone."""
+    def _release_span(self, span: np.ndarray) -> None:
         start, page = span.ctypes.data, mmap.PAGESIZE
-        with self._lock:
-            for handle, mapped in self._maps.items():
-                base = self._bases.get(handle, -1)
-                if mapped is None or not base <= start < base + len(mapped):
-                    continue
-                first = -(-(start - base) // page) * page
-                last = min(start + span.nbytes - base, len(mapped)) // page * page
-                if last > first and hasattr(mapped, "madvise"):
-                    with contextlib.suppress(OSError, ValueError):
-                        mapped.madvise(mmap.MADV_DONTNEED, first, last - first)
-                return
+        for handle, mapped in self._maps.items():
+            base = self._bases.get(handle, -1)
+            if mapped is None or not base <= start < base + len(mapped):
+                continue
+            first = -(-(start - base) // page) * page
+            last = min(start + span.nbytes - base, len(mapped)) // page * page
+            if last > first and hasattr(mapped, "madvise"):
+                with contextlib.suppress(OSError, ValueError):
+                    mapped.madvise(mmap.MADV_DONTNEED, first, last - first)
+            return
 
     def _release(self) -> None:
         """Give the pages read so far back (they stay in the page cache): a page of a map, once
@@ -145,20 +147,18 @@ class FileMaps:
                 except (OSError, ValueError):
                     pass
 
-    def close(self) -> None:
-        self._close_free()
-        self._maps.clear()
-        self._bases.clear()
-
-    def close_later(self) -> None:
-        """:meth:`close` on a worker thread, once the views handed out are dropped: unmapping 100 MB
-        costs ~2 ms of page-table work the caller (a checkout) need not wait for. The maps are kept
+    def close(self, later: bool = False) -> None:
+        """Unmap every file (a map a view still references is unmapped when the view is freed).
+        ``later``: on a worker thread, once the views handed out are dropped: unmapping 100 MB costs
+        ~2 ms of page-table work the caller (a checkout) need not wait for. The maps are kept
         referenced until they are closed there, so the caller dropping its views never unmaps."""
         maps = FileMaps()
         maps._maps = dict(self._maps)
         self._maps.clear()
         self._bases.clear()
-        if maps._maps:
+        if not later:
+            maps._close_free()
+        elif maps._maps:
             thread_pool("unmap", 1).submit(maps._close_when_free)
 
     def _close_free(self) -> bool:

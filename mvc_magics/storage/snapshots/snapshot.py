@@ -188,7 +188,7 @@ class TensorReader:
 
     def __init__(self, locate: callable, unmap_later: bool = False) -> None:
         self._locate = locate  # object id -> Path of its snapshot file
-        self._unmap_later = unmap_later  # closing unmaps on a worker thread (FileMaps.close_later)
+        self._unmap_later = unmap_later  # closing unmaps on a worker thread (FileMaps.close)
         self._files: dict[str, h5py.File] = {}
         self._maps = tensor_decode.FileMaps()
         self._groups: dict[str, h5py.Group] = {}  # object id -> its checked /tensors group
@@ -201,7 +201,7 @@ class TensorReader:
         self.close()
 
     def close(self) -> None:
-        self._maps.close_later() if self._unmap_later else self._maps.close()
+        self._maps.close(later=self._unmap_later)
         self._groups.clear()
         for handle in self._files.values():
             try:
@@ -214,8 +214,7 @@ class TensorReader:
         """Give back the pages of the views read so far (they stay in the page cache, and a view
         still used faults them in again): a merge, done with one tensor of an input, holds at
         most one input tensor's pages this way. ``span`` (a part of a view): its whole pages only."""
-        self._maps.release() if span is None else self._maps.release_span(span)
-
+        self._maps.release(span)
 
     def _file(self, object_id: str) -> h5py.File:
         with self._lock:  # read_all reads from worker threads
