@@ -191,7 +191,7 @@ class StoreLayout:
                      else "it is still alive")
             raise LockTimeoutError(
                 f"the store {self.root} is locked by another process ({holder or 'unknown holder'}) "
-                f"for more than {self.lock_timeout if timeout is None else timeout:g}s; {alive}, "
+                f"for more than {wait:g}s; {alive}, "
                 "so its lock is not broken"
             ) from exc
         except OSError as exc:
