@@ -89,6 +89,15 @@ def accumulator_dtype(name: str) -> np.dtype:
     return np.dtype(np.complex128 if "complex" in name else np.float64)
 
 
+def add_scaled(acc: np.ndarray, part: np.ndarray, factor: np.float64, start: bool, scratch: np.ndarray) -> None:
+    """``acc = (0.0 if start else acc) + factor * part`` in float64: ``part`` multiplied by the float64
+    ``factor`` into ``scratch`` (float64, at least ``part``'s size; skipped when ``factor`` is 1), then
+    added. Every path that averages sums with this, so each gives the same bits."""
+    if factor != 1.0:
+        part = np.multiply(part, factor, out=scratch[:part.size])
+    np.add(0.0 if start else acc, part, out=acc)
+
+
 def short(version: Version) -> str:
     return version.short_id or version.id[:8]
 

@@ -12,8 +12,9 @@ the other, and the mapped pages both are past are given back as they go, so memo
 MB of each input, not a tensor of each.
 
 Nothing changes in what is computed: each element is ``0.0 + w0 * x0``, then ``+ wi * xi`` in input
-order (a product taken in float64 where the weight is not 1), divided by the sum of the weights
-and rounded once to the dtype, as :func:`.soups.accumulate` and :func:`.soups.mean_of` do. Every
+order (a product taken in float64 where the weight is not 1:
+:func:`~mvc_magics.core.merge_plan.add_scaled`, as :func:`.soups.accumulate` sums), divided by
+the sum of the weights and rounded once to the dtype, as :func:`.soups.mean_of` does. Every
 input's hash is checked before the result is returned: a damaged input raises
 :class:`~mvc_magics.errors.IntegrityError` naming it, and nothing summed from it leaves here.
 """
@@ -28,6 +29,7 @@ import numpy as np
 
 from ..core.hashing import HashedArray, tensor_hasher
 from ..core.manifest import ManifestEntry
+from ..core.merge_plan import add_scaled
 from ..core.threads import thread_pool
 from ..storage.snapshots.snapshot import TensorReader
 
@@ -122,10 +124,7 @@ def fused_mean(reader: TensorReader, inputs: Sequence[tuple[np.ndarray, Manifest
             end = min(begin + _BLOCK, size)
             acc = block[:end - begin]
             for position, (flat, factor) in enumerate(zip(flats, factors, strict=True)):
-                part = flat[begin:end]
-                if factor != 1.0:
-                    part = np.multiply(part, factor, out=scratch[:end - begin])
-                np.add(0.0 if position == 0 else acc, part, out=acc)
+                add_scaled(acc, flat[begin:end], factor, position == 0, scratch)
             np.divide(acc, divisor, out=flat_out[begin:end], casting="same_kind")
             out_hasher.update(flat_out[begin:end].view(np.uint8))
             progress.advance(_SUMMING, end)

@@ -17,7 +17,7 @@ import numpy as np
 from ..adapters import adapter_to_build
 from ..core.hashing import HashedArray, tensor_hash
 from ..core.manifest import ManifestEntry, dtype_from_name
-from ..core.merge_plan import AlignedTensor, MergePlan, accumulator_dtype, short
+from ..core.merge_plan import AlignedTensor, MergePlan, accumulator_dtype, add_scaled, short
 from ..core.merge_report import EvalFn, MergeReport, MergeStep, score_of
 from ..core.refs import infer_direction
 from ..core.threads import thread_pool
@@ -140,7 +140,6 @@ _CHUNK_ELEMENTS = 1 << 16
 _SPLIT_ELEMENTS = 1 << 20
 
 
-
 def _in_halves(size: int, work: Callable[[int, int], None]) -> None:
     """``work(begin, end)`` over ``range(size)``: in two halves at once (one on a helper thread)
     when ``size`` is large, else in one call here. The first error is raised after both end."""
@@ -204,9 +203,7 @@ def accumulate(acc: np.ndarray, tensor: np.ndarray, weight: float, start: bool =
             scratch = np.empty(min(last - first, _CHUNK_ELEMENTS), np.float64)
             for begin in range(first, last, _CHUNK_ELEMENTS):
                 end = min(begin + _CHUNK_ELEMENTS, last)
-                part = scratch[:end - begin]
-                np.multiply(flat[begin:end], factor, out=part)
-                np.add(0.0 if start else flat_acc[begin:end], part, out=flat_acc[begin:end])
+                add_scaled(flat_acc[begin:end], flat[begin:end], factor, start, scratch)
 
         _in_halves(flat.size, add_weighted)
         return
