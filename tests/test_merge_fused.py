@@ -280,3 +280,47 @@ def test_small_loose_inputs_are_found_without_a_checked_read_and_their_pages_giv
     expected = numpy_average(repo, ids, [1.0, 0.5, 2.0])
     got = repo.load_state(merged.id)
     assert all(got[name].tobytes() == array.tobytes() for name, array in expected.items())
+
+
+def _summing_threads(monkeypatch, fail_in_helper=False):
+    """add_scaled wrapped: records which thread summed each block; the caller's sums slowed, so the
+    helper's hashing gets ahead and it takes blocks too (or fails there, ``fail_in_helper``)."""
+    import threading
+    import time
+
+    real, names, caller = fused_average.add_scaled, [], threading.current_thread().name
+
+    def add_scaled(acc, part, factor, start, scratch):
+        name = threading.current_thread().name
+        if start:
+            names.append("caller" if name == caller else name)
+        if name == caller:
+            time.sleep(0.002)
+        elif fail_in_helper and start:
+            raise MemoryError("helper out of memory")
+        real(acc, part, factor, start, scratch)
+
+    monkeypatch.setattr(fused_average, "add_scaled", add_scaled)
+    return names
+
+
+def test_the_helper_sums_blocks_while_its_hashing_is_ahead_with_the_same_bits(small_steps, monkeypatch):
+    """Hashing is about half the work of summing: the helper thread sums blocks whenever its hashing
+    is _LEAD ahead, so both cores sum; the output and its hash are those of a one-thread sum."""
+    names = _summing_threads(monkeypatch)
+    inputs = _memory_inputs(size=20000)
+    reader = _Reader()
+    out = fused_average.fused_mean(reader, inputs, 3.0, np.dtype(np.float32), (20000,))
+    assert "caller" in names and any(name.startswith("mvc-merge-hash") for name in names)
+    assert len(names) == -(-20000 // fused_average._BLOCK)  # every block summed once
+    plain = (np.float64(0.0) + sum(a.astype(np.float64) for a, *_ in inputs)) / 3.0
+    assert out.array.tobytes() == plain.astype(np.float32).tobytes()
+    assert out.digest == tensor_hash(out.array) and reader.checked == ["v0", "v1", "v2"]
+
+
+def test_a_failing_sum_on_the_helper_is_raised_once_both_threads_stopped(small_steps, monkeypatch):
+    _summing_threads(monkeypatch, fail_in_helper=True)
+    reader = _Reader()
+    with pytest.raises(MemoryError, match="helper out of memory"):
+        fused_average.fused_mean(reader, _memory_inputs(size=20000), 3.0, np.dtype(np.float32), (20000,))
+    assert reader.checked == [] and _hashing_thread_is_free()
