@@ -94,34 +94,33 @@ def test_a_flipped_byte_in_a_placed_tensor_is_found(tmp_path):
 
 
 @pytest.mark.parametrize("direct", ["1", "0"])
-def test_a_streamed_commit_places_its_tensors_and_keeps_none_for_the_checksum(tmp_path, monkeypatch, direct):
-    """A merge streams its tensors (none kept): the large ones are placed like a loose commit's
-    (not written by HDF5, which holds the GIL), each written before the writer takes the next, no
-    region kept for the checksum, which reads the file back; the file checks out."""
+def test_a_streamed_commit_keeps_only_the_last_placed_tensor_for_the_checksum(tmp_path, monkeypatch, direct):
+    """A merge streams its tensors: the large ones are placed like a loose commit's (not written by
+    HDF5, which holds the GIL); each earlier one is written before it is dropped, only the last is
+    kept and hashed from memory for the checksum, the others are read back; the file checks out."""
     from mvc_magics.operations.commit import commit_stream
 
     monkeypatch.setenv("MVC_DIRECT_IO", direct)
-    added, pending_after, at_checksum = [], [], []
-    add, place, stamp = placed.PlacedWrites.add, snapshot_writer.SnapshotWriter._place, snapshot_writer._stamp_checksum
+    added, earlier_done, at_checksum = [], [], []
+    add, stamp = placed.PlacedWrites.add, snapshot_writer._stamp_checksum
 
-    def placed_once(writer, tensors, digest, data):
-        dataset = place(writer, tensors, digest, data)
-        pending_after.append(len(writer._placed._futures))  # 0: written before the array is dropped
-        return dataset
+    def add_recorded(self, offset, array):
+        earlier = list(self._futures)
+        add(self, offset, array)
+        added.append(int(array.nbytes))
+        earlier_done.append(all(f.done() for f in earlier) and len(self.regions) == 1)
 
     def stamped(path, loose=False, writes=None):
-        at_checksum.append((writes.held, len(writes.regions)))
+        at_checksum.append((writes.held, [len(view) for _, view in writes.regions]))
         return stamp(path, loose, writes)
 
-    monkeypatch.setattr(placed.PlacedWrites, "add", lambda self, *args: (added.append(args[1].nbytes),
-                                                                         add(self, *args))[1])
-    monkeypatch.setattr(snapshot_writer.SnapshotWriter, "_place", placed_once)
+    monkeypatch.setattr(placed.PlacedWrites, "add", add_recorded)
     monkeypatch.setattr(snapshot_writer, "_stamp_checksum", stamped)
     with Repo(tmp_path / ".mvc") as repo:
         state = _state(2)
         version = commit_stream(repo.store, "numpy", None, iter(state.items()), "s")
         assert sorted(added) == sorted(int(state[k].nbytes) for k in ("big", "half", "bytes"))
-        assert pending_after == [0, 0, 0] and at_checksum == [(False, 0)]
+        assert earlier_done == [True, True, True] and at_checksum == [("last", [added[-1]])]
         path = repo.store.layout.snapshot_path(version.id)
         assert is_loose(path) and check_file_checksum(path) is True
         with open(path, "rb") as handle:
@@ -129,6 +128,62 @@ def test_a_streamed_commit_places_its_tensors_and_keeps_none_for_the_checksum(tm
         assert repo.verify().ok
         loaded = repo.load_state(version.id)
         assert all(np.array_equal(loaded[k], v) and loaded[k].dtype == v.dtype for k, v in state.items())
+
+
+@pytest.mark.parametrize("last", ["large", "small"])
+def test_a_streamed_commit_of_many_small_and_large_tensors_stamps_what_a_full_read_gives(tmp_path, monkeypatch,
+                                                                                         last):
+    """Many tensors, placed ones (unaligned sizes) between ones HDF5 writes, streamed: the checksum
+    taken from the last placed tensor in memory and the rest of the file read back is the digest
+    of a fresh read of the whole finished file, whichever kind of tensor comes last."""
+    from mvc_magics.operations.commit import commit_stream
+
+    monkeypatch.setenv("MVC_DIRECT_IO", "1")
+    rng = np.random.default_rng(5)
+    state = {}
+    for k in range(9):
+        state[f"w{k}"] = rng.standard_normal(65_536 + 1000 * k + 3).astype(np.float32)  # placed
+        for j in range(4):
+            state[f"b{k}_{j}"] = rng.standard_normal(7 + j).astype(np.float32)  # written by HDF5
+    if last == "small":
+        state["tail"] = rng.standard_normal(5)
+    with Repo(tmp_path / ".mvc") as repo:
+        version = commit_stream(repo.store, "numpy", None, iter(state.items()), "s")
+        path = repo.store.layout.snapshot_path(version.id)
+        with open(path, "rb") as handle:
+            assert handle.read(CHECKSUM_LINE)[20:84].decode() == body_digest(handle, os.path.getsize(path))
+        assert repo.verify().ok
+        loaded = repo.load_state(version.id)
+        assert all(loaded[k].tobytes() == v.tobytes() for k, v in state.items())
+        assert version.id == repo.commit(state, "again").id  # the same version a loose commit of these writes
+
+
+def test_a_failed_placed_write_fails_a_streamed_commit_cleanly(tmp_path, monkeypatch):
+    """A write of an earlier placed tensor fails while the stream goes on: the error is raised (at
+    the next placed tensor or at the checksum), nothing is committed, HEAD stays, no file is left."""
+    from mvc_magics.operations.commit import commit_stream
+
+    real, calls = placed._write_all, []
+
+    def failing_once(fd, view, offset):
+        calls.append(offset)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real(fd, view, offset)
+
+    rng = np.random.default_rng(6)
+    state = {f"w{k}": rng.standard_normal(300_001).astype(np.float32) for k in range(3)}
+    with Repo(tmp_path / ".mvc") as repo:
+        first = repo.commit({"w0": np.ones(5, np.float32)}, "s")
+        monkeypatch.setattr(placed, "_write_all", failing_once)
+        monkeypatch.setattr(placed.PlacedWrites, "_write_direct",
+                            lambda self, piece, offset: placed._write_all(self._fd, piece, offset))
+        with pytest.raises(Exception, match=r"(?i)no space left"):
+            commit_stream(repo.store, "numpy", None, iter(state.items()), "s")
+        assert [v.id for v in repo.log("s")] == [first.id] and repo.head("s").id == first.id
+        assert not [p for p in (tmp_path / ".mvc" / "tmp").iterdir()]
+        monkeypatch.undo()
+        assert repo.verify().ok
 
 
 def test_regions_that_overlap_or_pass_the_end_are_not_hashed_from_memory(tmp_path):

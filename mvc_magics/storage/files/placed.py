@@ -15,6 +15,12 @@ the placed regions hold exactly the arrays still in memory, :func:`placed_digest
 from memory and reads only the rest of the file (HDF5's metadata and the small tensors HDF5
 wrote): no second pass over the tensor bytes on disk. It gives the same digest as
 :func:`.checksum.body_digest` over the finished file (a test checks both on real commits).
+
+A streamed commit (a merge) keeps no whole version in memory: with ``held="last"`` only the
+array placed last is kept for the checksum, each earlier one is dropped when the next is placed,
+and every array is asked back into the page cache as soon as its ``O_DIRECT`` writes are done
+(:meth:`PlacedWrites.read_ahead`), so the checksum reads the earlier regions from memory the
+kernel holds, not from the disk, and hashes the last one (still being written) from the array.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import errno
 import mmap
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, wait
 from pathlib import Path
 
@@ -42,6 +48,7 @@ _BLOCK = 4096  # O_DIRECT offsets, lengths and buffer addresses are multiples of
 _CHUNK = 8 << 20  # bytes copied into an aligned buffer and written per O_DIRECT call
 _WRITERS = 2  # one copies the next chunk while the other's write is in the device
 _READ_STEP = 16 << 20
+_READ_AHEAD_STEP = 1 << 20  # the kernel reads at most its read-ahead window (often 128 KiB-8 MiB) per call
 _WRITEBACK_BYTES = 16 << 20  # buffered fallback: start the disk writing every this many bytes
 
 
@@ -91,17 +98,20 @@ class PlacedWrites:
     """Writes arrays at given offsets of the file at ``path`` (see the module docstring).
 
     :meth:`add` returns at once; :meth:`wait` raises the first error of a write. The arrays
-    must stay unchanged until :meth:`wait` and :func:`placed_digest` are done (the caller holds
-    them); with ``held`` False, until :meth:`wait` only (no region is kept for the checksum).
+    must stay unchanged until :meth:`wait` and :func:`placed_digest` are done. ``held``: "all"
+    (the caller holds every array until the checksum) or "last" (a streamed commit: this object
+    keeps the array added last, and drops each earlier one once its writes are done).
     """
 
-    def __init__(self, path: Path, direct: bool | None = None, held: bool = True) -> None:
+    def __init__(self, path: Path, direct: bool | None = None, held: str = "all") -> None:
         self.path = path
-        # held: the caller keeps the arrays until the checksum, which hashes them from memory
-        # (:func:`placed_digest`); otherwise (a streamed commit) none is kept once written and the
-        # checksum reads the whole file back. Measured on a 5 x 100 MB merge (loaded machine):
-        # O_DIRECT writes plus that read back (from the disk) took ~110 + 90 ms, writes into fresh
-        # page-cache pages ~220-280 ms plus a 20 ms read back, so both go direct.
+        # "all": the checksum hashes every placed array from memory (:func:`placed_digest`);
+        # "last": only the last one, the others are read back from the page cache (see the module
+        # docstring). Measured on a 5 x 100 MB merge (loaded machine): O_DIRECT writes plus that
+        # read back took ~110 + 90 ms, writes into fresh page-cache pages ~220-280 ms plus a
+        # 20 ms read back, so both go direct.
+        if held not in ("all", "last"):
+            raise ValueError(f"held must be 'all' or 'last', not {held!r}")
         self.held = held
         self.regions: list[tuple[int, memoryview]] = []
         self._fd = os.open(path, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
@@ -121,20 +131,27 @@ class PlacedWrites:
     def add(self, offset: int, array: np.ndarray) -> None:
         """Write ``array``'s bytes (C order) at ``offset`` of the file, in a worker thread."""
         view = memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
-        if self.held:
-            self.regions.append((offset, view))
+        if self.held == "last" and self.regions:
+            # The earlier array is dropped (its writes end first: the caller no longer holds it).
+            self.wait()
+            self.regions.clear()
+        self.regions.append((offset, view))
+        futures: list[Future] = []
         if self._direct_fd is None:
-            self._futures.append(_submit(self._write_buffered, offset, view))
-            return
-        start = min(-(-offset // _BLOCK) * _BLOCK, offset + len(view))  # the aligned middle goes direct
-        end = max(start, (offset + len(view)) // _BLOCK * _BLOCK)
-        if start > offset:
-            self._futures.append(_submit(_write_all, self._fd, view[:start - offset], offset))
-        if end < offset + len(view):
-            self._futures.append(_submit(_write_all, self._fd, view[end - offset:], end))
-        for chunk in range(start, end, _CHUNK):
-            piece = view[chunk - offset:min(end, chunk + _CHUNK) - offset]
-            self._futures.append(_submit(self._write_direct, piece, chunk))
+            futures.append(_submit(self._write_buffered, offset, view))
+        else:
+            start = min(-(-offset // _BLOCK) * _BLOCK, offset + len(view))  # the aligned middle goes direct
+            end = max(start, (offset + len(view)) // _BLOCK * _BLOCK)
+            if start > offset:
+                futures.append(_submit(_write_all, self._fd, view[:start - offset], offset))
+            if end < offset + len(view):
+                futures.append(_submit(_write_all, self._fd, view[end - offset:], end))
+            for chunk in range(start, end, _CHUNK):
+                piece = view[chunk - offset:min(end, chunk + _CHUNK) - offset]
+                futures.append(_submit(self._write_direct, piece, chunk))
+        self._futures.extend(futures)
+        if self.held == "last" and self.direct:
+            _when_done(futures, lambda: self.read_ahead(offset, len(view)))
 
     def _write_direct(self, piece: memoryview, offset: int) -> None:
         fd = self._direct_fd
@@ -162,10 +179,12 @@ class PlacedWrites:
 
     def read_ahead(self, offset: int, length: int) -> None:
         """Ask the kernel to read ``length`` bytes at ``offset`` back into the page cache in the
-        background (a region written ``O_DIRECT`` that the checksum will read: not held in memory)."""
-        if self.direct and hasattr(os, "posix_fadvise"):
-            with contextlib.suppress(OSError):
-                os.posix_fadvise(self._fd, offset, length, os.POSIX_FADV_WILLNEED)
+        background (a region written ``O_DIRECT`` that the checksum may read, once not held)."""
+        fd = self._fd
+        if fd is not None and hasattr(os, "posix_fadvise"):
+            with contextlib.suppress(OSError):  # a descriptor closed meanwhile: nothing to read ahead
+                for start in range(offset, offset + length, _READ_AHEAD_STEP):
+                    os.posix_fadvise(fd, start, min(_READ_AHEAD_STEP, offset + length - start), os.POSIX_FADV_WILLNEED)
 
     def reserve(self, size: int) -> None:
         """Extend the file to ``size`` bytes (sparse) unless it is larger, and raise the error of a
@@ -196,6 +215,24 @@ class PlacedWrites:
         self._direct_fds = []
 
 
+def _when_done(futures: Sequence[Future], then: Callable[[], None]) -> None:
+    """Call ``then()`` (on the thread that finishes the last of ``futures``) once every one of
+    them has succeeded; not at all if one failed or was cancelled."""
+    state = {"left": len(futures), "failed": False}
+    lock = threading.Lock()
+
+    def one_done(future: Future) -> None:
+        with lock:
+            state["left"] -= 1
+            state["failed"] = state["failed"] or future.cancelled() or future.exception() is not None
+            run = state["left"] == 0 and not state["failed"]
+        if run:
+            then()
+
+    for future in futures:
+        future.add_done_callback(one_done)
+
+
 def _write_all(fd: int, view: memoryview, offset: int) -> None:
     while len(view):
         written = os.pwrite(fd, view, offset)
@@ -214,18 +251,34 @@ def placed_digest(fd: int, size: int, regions: Sequence[tuple[int, memoryview]])
     for offset, view in placed:
         if offset < position or offset + len(view) > size:
             return None
-        _hash_file(hasher, fd, position, offset)
-        if len(view):
-            hasher.update(view)
         position = offset + len(view)
-    _hash_file(hasher, fd, position, size)
+    if size <= CHECKSUM_LINE:
+        return hasher.hexdigest()
+    # The rest is read through a map of the file (no copy into Python memory), its pages given back
+    # step by step (they stay in the page cache) so a large read-back does not count in this
+    # process's memory.
+    with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as mapped:
+        position = CHECKSUM_LINE
+        for offset, view in placed:
+            _hash_mapped(hasher, mapped, position, offset)
+            if len(view):
+                hasher.update(view)
+            position = offset + len(view)
+        _hash_mapped(hasher, mapped, position, size)
     return hasher.hexdigest()
 
 
-def _hash_file(hasher, fd: int, start: int, end: int) -> None:
-    while start < end:
-        data = os.pread(fd, min(_READ_STEP, end - start), start)
-        if not data:
-            raise OSError(f"the file ended at {start} of {end} bytes while its checksum was computed")
-        hasher.update(data)
-        start += len(data)
+def _hash_mapped(hasher, mapped: mmap.mmap, start: int, end: int) -> None:
+    whole = memoryview(mapped)
+    try:
+        for begin in range(start, end, _READ_STEP):
+            stop = min(begin + _READ_STEP, end)
+            step = whole[begin:stop]
+            hasher.update(step)
+            step.release()
+            if hasattr(mapped, "madvise"):  # not on every platform
+                first = begin // mmap.PAGESIZE * mmap.PAGESIZE
+                with contextlib.suppress(OSError, ValueError):
+                    mapped.madvise(mmap.MADV_DONTNEED, first, stop - first)
+    finally:
+        whole.release()

@@ -117,10 +117,10 @@ class SnapshotWriter:
         # A loose file's large tensors are written by PlacedWrites at the offsets HDF5 allocated
         # (see storage.files.placed), not by HDF5 (which holds the GIL while it writes).
         self.place_directly = loose
-        # False for a streamed commit, which keeps no array until the checksum: each placed tensor
-        # is written (through the page cache) before the next is taken, and the checksum reads the
-        # file back instead of hashing the tensors from memory.
-        self.placed_held = True
+        # "last" for a streamed commit, which keeps no whole version until the checksum: only the
+        # tensor placed last is kept (the checksum hashes it from memory, the earlier ones from the
+        # page cache they are read back into once written; see storage.files.placed).
+        self.placed_held = "all"
         self._placed: PlacedWrites | None = None
         self._file: h5py.File | None = None
         self._tensors: h5py.Group | None = None
@@ -194,10 +194,7 @@ class SnapshotWriter:
             return dataset
         if self._placed is None:
             self._placed = PlacedWrites(self.path, held=self.placed_held)
-        self._placed.add(offset, data)
-        if not self.placed_held:  # the caller drops the array on return: its bytes are written first
-            self._placed.wait()  # (os.pwrite releases the GIL: the next tensor is computed meanwhile)
-            self._placed.read_ahead(offset, int(data.nbytes))  # for the checksum, read back meanwhile
+        self._placed.add(offset, data)  # written meanwhile (os.pwrite releases the GIL)
         return dataset
 
     def copy_dataset(self, dataset: h5py.Dataset, digest: str, attrs: Mapping | None = None) -> None:
@@ -262,7 +259,8 @@ class SnapshotWriter:
 def _stamp_checksum(path: Path, loose: bool = False, placed: PlacedWrites | None = None) -> None:
     """Write the checksum of everything after the checksum line into the user block (before the
     rename); a loose file's user block says so on its second line (covered by the checksum).
-    ``placed``: tensors written at their offsets, hashed from memory; its writes are waited for."""
+    ``placed``: tensors written at their offsets, those it holds hashed from memory (the rest of
+    the file is read); its writes are waited for."""
     with open(path, "r+b") as handle:
         if loose:
             handle.seek(CHECKSUM_LINE)
@@ -270,9 +268,7 @@ def _stamp_checksum(path: Path, loose: bool = False, placed: PlacedWrites | None
             handle.flush()  # the checksum reads the file through a map
         size = os.fstat(handle.fileno()).st_size
         digest = None
-        if placed is not None and not placed.held:
-            placed.wait()  # nothing in memory: the whole file is read back below, once written
-        elif placed is not None:
+        if placed is not None:
             end = max((offset + len(view) for offset, view in placed.regions), default=0)
             # HDF5 allocated every region before its file end: a region past it would be a bug here.
             digest = placed_digest(handle.fileno(), size, placed.regions) if end <= size else None

@@ -125,8 +125,8 @@ class StagedCommit:
         its maker computed. The caller must not change a yielded array.
         """
         # Placed writes (a loose commit's) hash their regions from memory at the end: a stream keeps
-        # no array that long, so each is written before the next and the checksum reads the file.
-        self._writer.placed_held = False
+        # only the last one that long, the checksum reads the others back from the page cache.
+        self._writer.placed_held = "last"
         pending: deque[tuple[Future, int]] = deque()
         in_flight = 0
         pool = thread_pool("stream", 1)  # one writer: tensors are staged in the order they come
