@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 import numpy as np
@@ -107,7 +107,7 @@ def remember_hashes(adapter: Any, model: Any, state: Mapping[str, np.ndarray], h
 
 
 def load_version(adapter: Any, model: Any, structure: object, state: Mapping[str, np.ndarray],
-                 hashes: Mapping[str, str] | None = None) -> Any:
+                 hashes: Mapping[str, str] | None = None, checked: Callable[[], None] | None = None) -> Any:
     """Make ``model`` hold a stored version and return the model holding it.
 
     Adapters whose models carry more than tensors (a scikit-learn estimator's hyper-parameters) use
@@ -115,6 +115,10 @@ def load_version(adapter: Any, model: Any, structure: object, state: Mapping[str
     (``load_version``); the others assign the tensors in place (``set_state``, with arrays the
     caller will not use again) and the model itself is returned. ``hashes``: stored name ->
     verified hash of ``state``, for an adapter that remembers them as it assigns.
+
+    ``checked`` is called once the model accepted ``state`` (every name, shape and dtype checked),
+    before the first tensor is written, by an adapter that ``signals_checked``: nothing refuses the
+    load after it (a checkout then moves HEAD beside the copy). Others never call it.
     """
     load = getattr(adapter, "load_version", None)
     if load is not None:
@@ -123,8 +127,12 @@ def load_version(adapter: Any, model: Any, structure: object, state: Mapping[str
     # Arrays handed over may be adopted by the model; an adapter that copies (``copies_in``) may be
     # given read-only views of a mapped file instead, valid only during this call. An adapter that
     # ``remembers_loaded`` is given the verified hashes of ``state`` (its set_state pins them).
-    remembered = {"hashes": hashes} if hashes is not None and getattr(adapter, "remembers_loaded", False) else {}
-    adapter.set_state(model, state, owned=not getattr(adapter, "copies_in", False), **remembered)
+    extra: dict[str, Any] = {}
+    if hashes is not None and getattr(adapter, "remembers_loaded", False):
+        extra["hashes"] = hashes
+    if checked is not None and getattr(adapter, "signals_checked", False):
+        extra["checked"] = checked
+    adapter.set_state(model, state, owned=not getattr(adapter, "copies_in", False), **extra)
     return model
 
 

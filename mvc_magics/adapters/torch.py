@@ -19,7 +19,7 @@ import inspect
 import json
 import sys
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -92,12 +92,15 @@ class TorchAdapter:
     # set_state copies every array into the module's own tensors and keeps none of them, so a
     # checkout may hand it read-only views of the mapped snapshot file (one copy, not two).
     copies_in = True
+    # set_state calls ``checked`` between its checks and its first copy (see base.load_version).
+    signals_checked = True
 
-    def set_state(self, model: Any, state: Mapping[str, np.ndarray], owned: bool = False) -> None:
+    def set_state(self, model: Any, state: Mapping[str, np.ndarray], owned: bool = False,
+                  checked: Callable[[], None] | None = None) -> None:
         """Copy ``state`` into the module's tensors in place (device and dtype kept).
 
         Every shape is checked, and every dtype must be of the same kind (a float tensor receives
-        floats, an integer buffer integers), before the first copy.
+        floats, an integer buffer integers), before the first copy; ``checked`` is called then.
         """
         torch = _torch()
         unique, _aliases = self.named_tensors(model)
@@ -107,6 +110,8 @@ class TorchAdapter:
                     for key, stored in pairs.items() if not _same_kind(live[key][1], state[stored].dtype)]
         if problems:
             raise ShapeMismatchError(f"dtype mismatch, model left unchanged: {'; '.join(problems[:3])}")
+        if checked is not None:
+            checked()
         # torch.autograd.graph.increment_version: 2.1's API, checked all the same (copy_ without it).
         bump = getattr(getattr(torch.autograd, "graph", None), "increment_version", None)
         direct = {key: target for key, stored in pairs.items()

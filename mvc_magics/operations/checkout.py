@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
@@ -11,6 +13,7 @@ from ..adapters import Adapter, adapter_for, adapter_to_build
 from ..adapters.base import load_version, match_state
 from ..core.manifest import ManifestEntry
 from ..core.names import validate_name
+from ..core.threads import thread_pool
 from ..core.version import Version
 from ..errors import UnsupportedModelError
 from ..storage.local.store import Store
@@ -33,13 +36,49 @@ def checkout(store: Store, ref: str, model: Any = None, name: str | None = None,
     validate_name(target, "model name")
     if require_signature:
         require_valid_signature(store, version.id)
-    result = _load(store, version, model, unsafe, classes)
-    if move_head and not store.readonly:  # only once loaded: a checkout refused moves nothing
-        store.writes.move_head(target, version.id, "checkout", {"ref": ref, "rebuilt": model is None})
+    if not move_head or store.readonly:
+        return _load(store, version, model, unsafe, classes)
+    move = HeadMove(store, target, version.id, {"ref": ref, "rebuilt": model is None})
+    try:
+        result = _load(store, version, model, unsafe, classes, move.start)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the load's error is the one said
+            move.settle()  # refused before the model accepted it: never started, nothing moves
+        raise
+    move.finish()
     return result
 
 
-def _load(store: Store, version: Version, model: Any, unsafe: bool, classes: Mapping[str, type] | None) -> Any:
+class HeadMove:
+    """A checkout's audited HEAD move, started once the model accepted the version (every tensor
+    verified, every name, shape and dtype checked), so its syncs run beside the copy into the model
+    instead of after it. A checkout refused before that point moves nothing; after it nothing
+    refuses the load, so the move and the copy both complete."""
+
+    def __init__(self, store: Store, name: str, vid: str, detail: Mapping[str, object]) -> None:
+        self._store, self._name, self._vid, self._detail = store, name, vid, detail
+        self._future: Future | None = None
+
+    def start(self) -> None:
+        """Begin the move on a worker thread (once)."""
+        if self._future is None:
+            self._future = thread_pool("head-move", 1).submit(
+                self._store.writes.move_head, self._name, self._vid, "checkout", self._detail)
+
+    def finish(self) -> None:
+        """Make the move here, if the model never said it accepted the version; else wait for it."""
+        if self._future is None:
+            self._store.writes.move_head(self._name, self._vid, "checkout", self._detail)
+        self.settle()
+
+    def settle(self) -> None:
+        """Wait for a move already started (its error is raised); nothing when none was."""
+        if self._future is not None:
+            self._future.result()
+
+
+def _load(store: Store, version: Version, model: Any, unsafe: bool, classes: Mapping[str, type] | None,
+          checked: Callable[[], None] | None = None) -> Any:
     """``version`` loaded into ``model`` in place, or built as a new model when ``model`` is None."""
     if model is None:
         state = versions.load_state(store, version)
@@ -61,7 +100,7 @@ def _load(store: Store, version: Version, model: Any, unsafe: bool, classes: Map
         state = reader.read_all(manifest, owner=version.id, progress=store.progress, views=views)
         # Otherwise state was read for this call; a JAX pytree comes back as a new pytree.
         result = load_version(adapter, model, versions.structure(store, version.id) if needs_structure else None,
-                              state, {e.name: e.hash for e in manifest})
+                              state, {e.name: e.hash for e in manifest}, checked)
         # The last fit's metrics describe the weights the fit left, which are gone now.
         getattr(adapter, "mark_committed", lambda _model: None)(result)
         if not getattr(adapter, "remembers_loaded", False):
