@@ -50,13 +50,22 @@ class CaseResult:
 
 def side_by_side(result: CaseResult, reps: int, ours: Callable[[], object],
                  others: dict[str, Callable[[], object] | None], setup: Callable[[int], None] | None = None,
-                 after: Callable[[object], None] | None = None) -> None:
+                 after: Callable[[object], None] | None = None, warmup: bool = False) -> None:
     """Run ``ours`` and each peer back to back, ``reps`` times, alternating which goes first.
 
     A ratio is taken within each repetition (ours / peer), so load from other processes that
-    lasts longer than one repetition cancels out.
+    lasts longer than one repetition cancels out. With ``warmup`` every party first runs once
+    untimed in the medians (ours first): that first call's time is kept in ``result.figures`` as
+    ``first call ms: <who>`` (a checkout right after its commit may read the disk, see
+    docs/benchmarks.md), so the medians compare repeated calls and the first one is still said.
     """
     others = {k: v for k, v in others.items() if v is not None}
+    if warmup:
+        with quiet_gc():
+            for who in ["ours", *others]:
+                settle()
+                first, _cpu, _value = timed_cpu(ours if who == "ours" else others[who])
+                result.figures[f"first call ms: {who}"] = round(first * 1000, 1)
     for rep in range(reps):
         if setup is not None:
             setup(rep)

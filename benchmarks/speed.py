@@ -81,7 +81,8 @@ def torch_cases(ws: Workspace, reps: int, megabytes: float) -> list[CaseResult]:
     checkout = CaseResult("checkout into the live model", commit.model, nbytes)
     side_by_side(checkout, reps, lambda: repo.checkout(vid, model),
                  {"torch.load+load_state_dict": lambda: model.load_state_dict(torch.load(pt, weights_only=True)),
-                  "safetensors load_file+load_state_dict": lambda: model.load_state_dict(load_file(str(st)))})
+                  "safetensors load_file+load_state_dict": lambda: model.load_state_dict(load_file(str(st)))},
+                 warmup=True)
     repo.close()
     return [commit, checkout]
 
@@ -111,7 +112,7 @@ def keras_cases(ws: Workspace, reps: int, bm) -> list[CaseResult]:
     vid = repo.log("m")[0].id
     checkout = CaseResult("checkout into the live model", bm.key, bm.nbytes)
     side_by_side(checkout, reps, lambda: repo.checkout(vid, bm.model),
-                 {"safetensors load+assign": lambda: peers.safetensors_load(bm, folder)})
+                 {"safetensors load+assign": lambda: peers.safetensors_load(bm, folder)}, warmup=True)
     repo.close()
     return [commit, checkout]
 
