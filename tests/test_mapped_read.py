@@ -123,9 +123,9 @@ def test_copy_all_copies_every_array_in_pieces(monkeypatch):
 
 
 def test_a_refused_checkout_moves_no_head_and_leaves_no_journal(repo: Repo):
-    """HEAD's move is prepared while the version is verified (journal and ref file written on
-    worker threads) and made only after it loaded: a refusal leaves HEAD, the audit log, the
-    journal and the temporary folder as they were, and the next checkout moves HEAD as usual."""
+    """HEAD's move starts only once every tensor is verified (and the model accepted the version):
+    a refusal leaves HEAD, the audit log, the journal and the temporary folder as they were, and
+    the next checkout moves HEAD as usual."""
     torch = pytest.importorskip("torch")
     model = torch.nn.Sequential(torch.nn.Linear(600, 600), torch.nn.Linear(600, 600))  # 2.9 MB: threaded
     good = repo.commit(model, "net")
