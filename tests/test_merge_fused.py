@@ -324,3 +324,30 @@ def test_a_failing_sum_on_the_helper_is_raised_once_both_threads_stopped(small_s
     with pytest.raises(MemoryError, match="helper out of memory"):
         fused_average.fused_mean(reader, _memory_inputs(size=20000), 3.0, np.dtype(np.float32), (20000,))
     assert reader.checked == [] and _hashing_thread_is_free()
+
+
+def test_every_input_is_looked_up_before_the_writer_places_the_first_tensor(repo, small_steps, monkeypatch):
+    """HDF5's lookups of the loose inputs (mapped_views) all happen before the streamed commit
+    stages its first tensor: made between two tensors, each waited for the writer's HDF5 calls."""
+    from mvc_magics.storage.snapshots import staging
+    from mvc_magics.storage.snapshots.snapshot import TensorReader
+
+    ids = _inputs(repo, np.random.default_rng(18), np.float32)
+    events = []
+    real_views, real_stage = TensorReader.mapped_views, staging.StagedCommit._stream_one
+
+    def views(self, entries):
+        events.append("lookup")
+        return real_views(self, entries)
+
+    def stage(self, key, item):
+        events.append("stage")
+        return real_stage(self, key, item)
+
+    monkeypatch.setattr(TensorReader, "mapped_views", views)
+    monkeypatch.setattr(staging.StagedCommit, "_stream_one", stage)
+    merged = repo.merge(ids, name="m")
+    assert events.count("lookup") == 2 and "lookup" not in events[events.index("stage"):]  # w and b
+    expected = numpy_average(repo, ids, [1.0] * len(ids))
+    got = repo.load_state(merged.id)
+    assert all(got[name].tobytes() == array.tobytes() for name, array in expected.items())
