@@ -14,6 +14,8 @@ import zstandard
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 CHECKSUM_PREFIX = b"mvc-checksum blake3 "
+BLOCKS_PREFIX = b"mvc-checksum b3list "
+BLOCK = 1 << 20
 
 
 def canonical(value) -> str:
@@ -38,6 +40,13 @@ class Reader:
         if data.startswith(CHECKSUM_PREFIX):
             assert data[84:85] == b"\n", path
             assert blake3.blake3(data[85:]).hexdigest() == data[20:84].decode(), f"checksum of {path}"
+            return True
+        if data.startswith(BLOCKS_PREFIX):
+            assert data[84:85] == b"\n", path
+            starts = [85, *range(BLOCK, len(data), BLOCK)]
+            listed = b"".join(blake3.blake3(data[a:min(a - a % BLOCK + BLOCK, len(data))]).digest() for a in starts)
+            assert blake3.blake3(listed).hexdigest() == data[20:84].decode(), f"block-list checksum of {path}"
+            self.seen.add("block-list checksum")
             return True
         assert data.startswith(HDF5_SIGNATURE), f"{path}: neither a checksum line nor HDF5"
         with h5py.File(path, "r") as f:

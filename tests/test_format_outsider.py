@@ -54,6 +54,8 @@ def test_an_outsider_reads_every_kind_of_file(tmp_path, monkeypatch):
             w = {"w": w["w"] + (rng.standard_normal((128, 64)) * 1e-4).astype(np.float32), "h": w["h"]}
         monkeypatch.delenv("MVC_DELTA_DEPTH")
         repo.commit({"h": rng.standard_normal(64).astype(ml_dtypes.bfloat16)}, "bf16")  # loose: raw bytes
+        # loose, its tensor (2.8 MB) written at its offset: a block-list checksum over three blocks
+        repo.commit({"big": rng.standard_normal(700_000).astype(np.float32)}, "big")
         # format 1: coding off, the structure inside the file
         monkeypatch.setenv("MVC_CODING", "off")
         repo.commit(torch.nn.Linear(8, 3), "old")
@@ -73,7 +75,8 @@ def test_an_outsider_reads_every_kind_of_file(tmp_path, monkeypatch):
         assert tensors == expected[vid], vid
     assert {"format 1", "format 2", "format 3", "stored as it is", "raw bytes", "coded", "planes+zstd",
             "sub+planes+zstd", "sub2+planes+zstd", "lin+planes+zstd", "xor+planes+zstd", "retired file",
-            "tensor read from a retired file", "structure stored once"} <= reader.seen, reader.seen
+            "tensor read from a retired file", "structure stored once", "block-list checksum"} <= reader.seen, \
+        reader.seen
 
 
 def test_the_spec_says_what_an_outsider_had_to_guess():

@@ -1,5 +1,6 @@
 """A loose commit's large tensors written at their HDF5 offsets (storage.files.placed), O_DIRECT or
-through the page cache, and the file checksum computed from memory instead of a second read."""
+through the page cache, and the file's block-list checksum hashed by the writers as they write,
+not in a second pass."""
 
 from __future__ import annotations
 
@@ -12,7 +13,15 @@ import pytest
 from mvc_magics import Repo
 from mvc_magics.core import threads
 from mvc_magics.storage.files import placed
-from mvc_magics.storage.files.checksum import CHECKSUM_LINE, body_digest, check_file_checksum, is_loose
+from mvc_magics.storage.files.checksum import (
+    BLOCK,
+    BLOCKS_MAGIC,
+    CHECKSUM_LINE,
+    block_count,
+    body_blocks_digest,
+    check_file_checksum,
+    is_loose,
+)
 from mvc_magics.storage.snapshots import snapshot_writer
 
 
@@ -37,6 +46,23 @@ def _state(seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
+def _stamped_is_a_fresh_read(path) -> None:
+    """The file's checksum line is a b3list one and equals what reading the whole file back gives."""
+    with open(path, "rb") as handle:
+        line = handle.read(CHECKSUM_LINE)
+        assert line.startswith(BLOCKS_MAGIC) and line.endswith(b"\n")
+        assert line[20:84].decode() == body_blocks_digest(handle, os.path.getsize(path))
+
+
+def _hashed_at_the_end(monkeypatch) -> list[int]:
+    """Records the bytes of each block loose_digest hashes itself (not taken from a writer)."""
+    hashed: list[int] = []
+    block_digest = placed._block_digest
+    monkeypatch.setattr(placed, "_block_digest", lambda fd, start, end, *rest: (
+        hashed.append(end - start), block_digest(fd, start, end, *rest))[1])
+    return hashed
+
+
 @pytest.mark.parametrize("direct", ["1", "0"])
 def test_placed_tensors_read_back_and_the_one_pass_checksum_equals_a_fresh_read(tmp_path, monkeypatch, direct):
     monkeypatch.setenv("MVC_DIRECT_IO", direct)
@@ -44,15 +70,19 @@ def test_placed_tensors_read_back_and_the_one_pass_checksum_equals_a_fresh_read(
     original = placed.PlacedWrites.add
     monkeypatch.setattr(placed.PlacedWrites, "add", lambda self, offset, array: (
         calls.append((self.direct, int(array.nbytes))), original(self, offset, array))[1])
+    hashed = _hashed_at_the_end(monkeypatch)
     state = _state()
     with Repo(tmp_path / ".mvc") as repo:
         version = repo.commit(state, "m")
         path = repo.store.layout.snapshot_path(version.id)
         assert is_loose(path)
-        # the stamped checksum (regions hashed from memory) is what a fresh read of the file gives
+        # the stamped checksum (inner blocks hashed by the writers) is what a fresh read of the file gives
         assert check_file_checksum(path) is True
-        with open(path, "rb") as handle:
-            assert handle.read(CHECKSUM_LINE)[20:84].decode() == body_digest(handle, os.path.getsize(path))
+        _stamped_is_a_fresh_read(path)
+        # the blocks inside the large tensors were hashed while written: the end hashed only the others
+        size = os.path.getsize(path)
+        inner = sum(len(placed._inner_blocks(o, n)) for o, n in _spans(path))
+        assert inner >= 2 and len(hashed) == block_count(size) - inner
         assert repo.verify().ok
         loaded = repo.load_state(version.id)
         assert all(np.array_equal(loaded[k], v) and loaded[k].dtype == v.dtype for k, v in state.items())
@@ -67,6 +97,13 @@ def test_placed_tensors_read_back_and_the_one_pass_checksum_equals_a_fresh_read(
         assert not any(d for d, _ in calls)
     elif _direct_io_works(tmp_path):
         assert all(d for d, _ in calls)
+
+
+def _spans(path) -> list[tuple[int, int]]:
+    """(offset, bytes) of the placed (large) datasets of a snapshot file."""
+    with h5py.File(path, "r") as f:
+        return [(d.id.get_offset(), d.size * d.dtype.itemsize) for d in f["tensors"].values()
+                if d.size * d.dtype.itemsize >= placed.PLACED_MIN_BYTES]
 
 
 def _direct_io_works(folder) -> bool:
@@ -89,6 +126,24 @@ def test_a_flipped_byte_in_a_placed_tensor_is_found(tmp_path):
             byte = handle.read(1)
             handle.seek(offset + 5000)
             handle.write(bytes([byte[0] ^ 0x10]))
+        assert check_file_checksum(path) is False
+        assert not repo.verify().ok
+
+
+def test_a_flipped_byte_in_a_block_the_writers_hashed_is_found(tmp_path):
+    """A byte inside a block a writer hashed (not one the end re-hashed) changed after the commit:
+    the checksum, read back block by block, no longer holds."""
+    with Repo(tmp_path / ".mvc") as repo:
+        version = repo.commit(_state(), "m")
+        path = repo.store.layout.snapshot_path(version.id)
+        offset, length = max(_spans(path), key=lambda span: span[1])
+        inner = placed._inner_blocks(offset, length)
+        assert len(inner) >= 1
+        with open(path, "r+b") as handle:
+            handle.seek(inner[0] * BLOCK + 12345)
+            byte = handle.read(1)
+            handle.seek(inner[0] * BLOCK + 12345)
+            handle.write(bytes([byte[0] ^ 0x01]))
         assert check_file_checksum(path) is False
         assert not repo.verify().ok
 
@@ -116,6 +171,7 @@ def test_a_streamed_commit_keeps_only_the_last_placed_tensor_for_the_checksum(tm
 
     monkeypatch.setattr(placed.PlacedWrites, "add", add_recorded)
     monkeypatch.setattr(snapshot_writer, "_stamp_checksum", stamped)
+    hashed = _hashed_at_the_end(monkeypatch)
     with Repo(tmp_path / ".mvc") as repo:
         state = _state(2)
         version = commit_stream(repo.store, "numpy", None, iter(state.items()), "s")
@@ -123,8 +179,9 @@ def test_a_streamed_commit_keeps_only_the_last_placed_tensor_for_the_checksum(tm
         assert earlier_done == [True, True, True] and at_checksum == [("last", [added[-1]])]
         path = repo.store.layout.snapshot_path(version.id)
         assert is_loose(path) and check_file_checksum(path) is True
-        with open(path, "rb") as handle:
-            assert handle.read(CHECKSUM_LINE)[20:84].decode() == body_digest(handle, os.path.getsize(path))
+        _stamped_is_a_fresh_read(path)
+        inner = sum(len(placed._inner_blocks(o, n)) for o, n in _spans(path))  # hashed by the writers
+        assert inner >= 2 and len(hashed) == block_count(os.path.getsize(path)) - inner
         assert repo.verify().ok
         loaded = repo.load_state(version.id)
         assert all(np.array_equal(loaded[k], v) and loaded[k].dtype == v.dtype for k, v in state.items())
@@ -150,8 +207,7 @@ def test_a_streamed_commit_of_many_small_and_large_tensors_stamps_what_a_full_re
     with Repo(tmp_path / ".mvc") as repo:
         version = commit_stream(repo.store, "numpy", None, iter(state.items()), "s")
         path = repo.store.layout.snapshot_path(version.id)
-        with open(path, "rb") as handle:
-            assert handle.read(CHECKSUM_LINE)[20:84].decode() == body_digest(handle, os.path.getsize(path))
+        _stamped_is_a_fresh_read(path)
         assert repo.verify().ok
         loaded = repo.load_state(version.id)
         assert all(loaded[k].tobytes() == v.tobytes() for k, v in state.items())
@@ -177,7 +233,7 @@ def test_a_failed_placed_write_fails_a_streamed_commit_cleanly(tmp_path, monkeyp
         first = repo.commit({"w0": np.ones(5, np.float32)}, "s")
         monkeypatch.setattr(placed, "_write_all", failing_once)
         monkeypatch.setattr(placed.PlacedWrites, "_write_direct",
-                            lambda self, piece, offset: placed._write_all(self._fd, piece, offset))
+                            lambda self, piece, offset: placed._write_all(self._fd, piece, offset) or True)
         with pytest.raises(Exception, match=r"(?i)no space left"):
             commit_stream(repo.store, "numpy", None, iter(state.items()), "s")
         assert [v.id for v in repo.log("s")] == [first.id] and repo.head("s").id == first.id
@@ -186,18 +242,39 @@ def test_a_failed_placed_write_fails_a_streamed_commit_cleanly(tmp_path, monkeyp
         assert repo.verify().ok
 
 
-def test_regions_that_overlap_or_pass_the_end_are_not_hashed_from_memory(tmp_path):
+def test_the_block_list_checksum_takes_memory_only_where_the_placed_writes_lie_apart(tmp_path):
+    """loose_digest equals the digest of the file read back; the bytes it takes from memory are
+    the arrays written at their offsets. Regions that overlap, start inside the checksum line or
+    pass the end of the file (a bug) are not trusted: every block is read from the file, even
+    where the memory now differs from it."""
     path = tmp_path / "f"
-    data = np.arange(20000, dtype=np.uint8)
+    size = 3 * BLOCK + 5000
+    data = np.random.default_rng(5).integers(0, 255, size, dtype=np.uint8)
     path.write_bytes(data.tobytes())
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDWR)
     try:
-        view = memoryview(data[1000:3000])
-        expected = placed.placed_digest(fd, data.size, [])
-        assert placed.placed_digest(fd, data.size, [(1000, view)]) == expected
-        assert placed.placed_digest(fd, data.size, [(1000, view), (2000, memoryview(data[2000:2100]))]) is None
-        assert placed.placed_digest(fd, data.size, [(19000, view)]) is None
-        assert placed.placed_digest(fd, data.size, [(10, memoryview(data[10:20]))]) is None  # inside the checksum line
+        with open(path, "rb") as handle:
+            expected = body_blocks_digest(handle, size)
+        assert placed.loose_digest(fd, size, None) == expected
+        for spans in ([(1000, 2 * BLOCK + 7)], [(1000, 2 * BLOCK + 3), (2 * BLOCK + 4000, BLOCK // 2)]):
+            writes = placed.PlacedWrites(path, direct=False)
+            try:
+                for offset, length in spans:
+                    writes.add(offset, data[offset:offset + length].copy())
+                assert placed.loose_digest(fd, size, writes) == expected
+                assert writes.promised and set(writes.blocks) == writes.promised
+            finally:
+                writes.close()
+        for offset, length, other in ((1000, 2 * BLOCK, (2 * BLOCK, 100)), (10, 100, None), (size - 50, 100, None)):
+            writes = placed.PlacedWrites(path, direct=False)
+            try:
+                writes.spans.append((offset, length))
+                writes.regions.append((offset, memoryview(np.zeros(length, np.uint8))))  # not the file's bytes
+                if other is not None:
+                    writes.spans.append(other)
+                assert placed.loose_digest(fd, size, writes) == expected
+            finally:
+                writes.close()
     finally:
         os.close(fd)
 

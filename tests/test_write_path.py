@@ -15,7 +15,7 @@ import pytest
 
 from mvc_magics import Repo
 from mvc_magics.errors import StoreError
-from mvc_magics.storage.files.checksum import body_digest
+from mvc_magics.storage.files.checksum import body_blocks_digest, body_digest
 from mvc_magics.storage.snapshots import snapshot_writer, staging
 
 
@@ -106,9 +106,10 @@ def test_ctrl_c_while_the_structure_is_serialized_stops_staging_and_leaves_nothi
         assert repo.commit(model, "net").id != first.id
 
 
-def test_the_whole_file_checksum_does_not_hold_the_file_in_memory(tmp_path):
-    """The checksum hashes a map of the snapshot; each hashed step's pages are given back, so a
-    100 MB commit does not count 100 MB of file pages at its end (they stay in the page cache)."""
+@pytest.mark.parametrize("digest_of", [body_digest, body_blocks_digest])
+def test_the_whole_file_checksum_does_not_hold_the_file_in_memory(tmp_path, digest_of):
+    """The checksum (either kind) hashes a map of the snapshot; each hashed step's pages are given
+    back, so a 100 MB file does not count 100 MB of file pages at its end (they stay in the page cache)."""
     path = tmp_path / "big.bin"
     path.write_bytes(np.random.default_rng(0).bytes(96 << 20))
 
@@ -123,6 +124,6 @@ def test_the_whole_file_checksum_does_not_hold_the_file_in_memory(tmp_path):
         pytest.skip("/proc/self/clear_refs is not available (not Linux)")
     before = status_kib("VmRSS")
     with open(path, "rb") as handle:
-        digest = body_digest(handle, os.path.getsize(path))
+        digest = digest_of(handle, os.path.getsize(path))
     grown_mib = (status_kib("VmHWM") - before) / 1024
     assert len(digest) == 64 and grown_mib < 48, f"the checksum held {grown_mib:.0f} MiB of a 96 MiB file"

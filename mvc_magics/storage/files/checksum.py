@@ -1,7 +1,13 @@
 """The whole-file checksum of a snapshot file, in its HDF5 user block.
 
-The HDF5 user block (ignored by HDF5 readers) holds a BLAKE3 checksum of every byte after its
-first line, so verify detects a flipped byte anywhere in the file, not only inside a tensor.
+The HDF5 user block (ignored by HDF5 readers) holds a checksum of every byte after its first
+line, so verify detects a flipped byte anywhere in the file, not only inside a tensor. Two kinds
+(docs/FORMAT.md): ``blake3``, the BLAKE3 hash of those bytes in one stream (packed files, and
+every file written before block lists existed), and ``b3list`` (loose files, a commit's): the
+BLAKE3 hash of the list of BLAKE3 hashes of the file's 1 MiB blocks. A block does not depend on
+the bytes before it, so a commit hashes each block of a large tensor while it writes it (see
+:mod:`.placed`) and only the few blocks that hold HDF5's metadata are hashed once the file is
+closed: no second pass over the tensors on the commit's path.
 """
 
 from __future__ import annotations
@@ -17,7 +23,11 @@ from .h5_open import open_checked
 
 USERBLOCK_SIZE = 512
 CHECKSUM_MAGIC = b"mvc-checksum blake3 "
+BLOCKS_MAGIC = b"mvc-checksum b3list "  # the same length: the line and what follows it keep their offsets
 CHECKSUM_LINE = len(CHECKSUM_MAGIC) + 64 + 1  # magic, hex digest, newline: every byte after it is covered
+# A b3list checksum's blocks: file offsets [k * BLOCK, (k + 1) * BLOCK), the first one starting
+# after the checksum line and the last one ending at the end of the file.
+BLOCK = 1 << 20
 # The user block's second line on a loose snapshot (written by a commit, tensors stored as they are):
 # packing (``gc --repack``, the automatic pack) codes such a file and writes it without this line.
 LOOSE_MARK = b"mvc-loose\n"
@@ -47,6 +57,43 @@ def body_digest(handle, size: int) -> str:
     return hasher.hexdigest()
 
 
+def block_span(index: int, size: int) -> tuple[int, int]:
+    """The file offsets [start, end) that block ``index`` of a ``size``-byte file covers."""
+    return max(index * BLOCK, CHECKSUM_LINE), min((index + 1) * BLOCK, size)
+
+
+def block_count(size: int) -> int:
+    """How many blocks a b3list checksum of a ``size``-byte file lists (0 when nothing follows the line)."""
+    return -(-size // BLOCK) if size > CHECKSUM_LINE else 0
+
+
+def blocks_digest(block_digests) -> str:
+    """The b3list checksum (hex) of a file, from its blocks' 32-byte digests in file order."""
+    hasher = blake3.blake3()
+    for digest in block_digests:
+        hasher.update(digest)
+    return hasher.hexdigest()
+
+
+def body_blocks_digest(handle, size: int) -> str:
+    """The b3list checksum of the open file ``handle`` (``size`` bytes), every block read from it."""
+    if size <= CHECKSUM_LINE:
+        return blocks_digest([])
+    with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        view = memoryview(mapped)
+        try:
+            digests = []
+            for index in range(block_count(size)):
+                block = view[slice(*block_span(index, size))]
+                digests.append(blake3.blake3(block).digest())
+                block.release()
+                if index % (_DIGEST_STEP // BLOCK) == 0 and hasattr(mapped, "madvise"):  # as in body_digest
+                    mapped.madvise(mmap.MADV_DONTNEED)
+        finally:
+            view.release()
+    return blocks_digest(digests)
+
+
 def is_loose(path: Path) -> bool:
     """True when the snapshot file at ``path`` is loose (its user block's second line is
     :data:`LOOSE_MARK`): a commit wrote its tensors as they are and no pack has coded them yet."""
@@ -58,7 +105,7 @@ def is_loose(path: Path) -> bool:
         head = os.pread(fd, CHECKSUM_LINE + len(LOOSE_MARK), 0)
     finally:
         os.close(fd)
-    return head.startswith(CHECKSUM_MAGIC) and head[CHECKSUM_LINE:] == LOOSE_MARK
+    return head.startswith((CHECKSUM_MAGIC, BLOCKS_MAGIC)) and head[CHECKSUM_LINE:] == LOOSE_MARK
 
 
 def check_file_checksum(path: Path) -> bool | None:
@@ -66,9 +113,10 @@ def check_file_checksum(path: Path) -> bool | None:
     None when the file has no checksum (written without one)."""
     with open(path, "rb") as handle:
         head = handle.read(USERBLOCK_SIZE)
-        if not head.startswith(CHECKSUM_MAGIC):
+        if not head.startswith((CHECKSUM_MAGIC, BLOCKS_MAGIC)):
             return None if head[:8] == b"\x89HDF\r\n\x1a\n" else False
         stored = head[len(CHECKSUM_MAGIC):len(CHECKSUM_MAGIC) + 64].decode("ascii", "replace")
         if head[CHECKSUM_LINE - 1:CHECKSUM_LINE] != b"\n":  # the line's own last byte is fixed: check it too
             return False
-        return body_digest(handle, os.fstat(handle.fileno()).st_size) == stored
+        digest = body_blocks_digest if head.startswith(BLOCKS_MAGIC) else body_digest
+        return digest(handle, os.fstat(handle.fileno()).st_size) == stored

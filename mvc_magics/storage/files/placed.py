@@ -1,4 +1,4 @@
-"""Tensor bytes written straight to their place in a snapshot file, and its checksum from memory.
+"""Tensor bytes written straight to their place in a snapshot file, and its checksum as they are written.
 
 A loose commit's large tensors are stored as they are: HDF5 allocates each one's contiguous
 dataset when it is created (and writes nothing there), and :class:`PlacedWrites` writes the bytes
@@ -10,17 +10,22 @@ into reused ones) nor leaves dirty pages for the fsync; the fsync before the ren
 decides durability. Elsewhere (tmpfs, or ``MVC_DIRECT_IO=0``) they go through the page cache,
 the disk asked to start writing them at once (:func:`.atomic.start_writeback`).
 
-The whole-file checksum (:mod:`.checksum`) covers every byte after its line in file order. Since
-the placed regions hold exactly the arrays still in memory, :func:`placed_digest` hashes those
-from memory and reads only the rest of the file (HDF5's metadata and the small tensors HDF5
-wrote): no second pass over the tensor bytes on disk. It gives the same digest as
-:func:`.checksum.body_digest` over the finished file (a test checks both on real commits).
+A loose file's checksum (:mod:`.checksum`, kind ``b3list``) lists the BLAKE3 hashes of the
+file's 1 MiB blocks. Every block lying inside a placed array is hashed from that array on the
+hashing threads while the disk writes it (behind the tensor hashes a commit queued first, which
+decide what is written next; pieces end at multiples of the block size); once the file is closed
+:func:`loose_digest` hashes only the blocks left: those
+holding HDF5's metadata, the small tensors HDF5 wrote and a region's first and last bytes, from
+the arrays still held where they cover them, else read back from the file. No second pass over
+the tensor bytes, and the result is what :func:`.checksum.body_blocks_digest` computes from the
+finished file (a test checks both on real commits).
 
 A streamed commit (a merge) keeps no whole version in memory: with ``held="last"`` only the
 array placed last is kept for the checksum, each earlier one is dropped when the next is placed,
-and every array is asked back into the page cache as soon as its ``O_DIRECT`` writes are done
-(:meth:`PlacedWrites.read_ahead`), so the checksum reads the earlier regions from memory the
-kernel holds, not from the disk, and hashes the last one (still being written) from the array.
+and the first and last bytes of every array (what could not be hashed while written: the blocks it
+shares with its neighbours) are asked back into the page cache as soon as its ``O_DIRECT``
+writes are done (:meth:`PlacedWrites.read_ahead`), so the checksum reads them from memory the
+kernel holds, not from the disk.
 """
 
 from __future__ import annotations
@@ -31,21 +36,22 @@ import mmap
 import os
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import blake3
 import numpy as np
 
+from ...core.hashing import hash_pool
 from ...core.threads import thread_pool
 from .atomic import start_writeback
-from .checksum import CHECKSUM_LINE
+from .checksum import BLOCK, CHECKSUM_LINE, block_count, block_span, blocks_digest
 
 # Tensors at least this large are written at their place; smaller ones go through HDF5 (a region
 # costs a dataset with early allocation and a hand-off; below this HDF5's own write is as fast).
 PLACED_MIN_BYTES = 256 << 10
 _BLOCK = 4096  # O_DIRECT offsets, lengths and buffer addresses are multiples of this
-_CHUNK = 8 << 20  # bytes copied into an aligned buffer and written per O_DIRECT call
+_CHUNK = 8 << 20  # bytes per write call (O_DIRECT: copied into an aligned buffer); a multiple of BLOCK
 _WRITERS = 2  # one copies the next chunk while the other's write is in the device
 _READ_STEP = 16 << 20
 _READ_AHEAD_STEP = 1 << 20  # the kernel reads at most its read-ahead window (often 128 KiB-8 MiB) per call
@@ -63,11 +69,11 @@ _BUFFERS_LOCK = threading.Lock()
 _BUFFERS_PID = os.getpid()
 
 
-def _submit(function, *args) -> Future:
-    """``function(*args)`` on the writer threads (made again in a forked child); run here once
-    the interpreter is shutting down (its thread pools take no new work then)."""
+def _submit(function, *args, pool: ThreadPoolExecutor | None = None) -> Future:
+    """``function(*args)`` on the writer threads (or ``pool``; made again in a forked child); run
+    here once the interpreter is shutting down (its thread pools take no new work then)."""
     try:
-        return thread_pool("place", _WRITERS).submit(function, *args)
+        return (pool or thread_pool("place", _WRITERS)).submit(function, *args)
     except RuntimeError:
         done: Future = Future()
         try:
@@ -94,26 +100,45 @@ def _aligned_buffer():
                 _BUFFERS.append(buffer)
 
 
+def _pieces(start: int, end: int):
+    """[start, end) cut at the multiples of ``_CHUNK``: no block of the checksum straddles two pieces."""
+    while start < end:
+        cut = min(end, (start // _CHUNK + 1) * _CHUNK)
+        yield start, cut
+        start = cut
+
+
+def _inner_blocks(offset: int, length: int) -> range:
+    """The checksum blocks lying wholly inside file offsets [offset, offset + length)."""
+    return range(-(-offset // BLOCK), (offset + length) // BLOCK)
+
+
 class PlacedWrites:
     """Writes arrays at given offsets of the file at ``path`` (see the module docstring).
 
     :meth:`add` returns at once; :meth:`wait` raises the first error of a write. The arrays
-    must stay unchanged until :meth:`wait` and :func:`placed_digest` are done. ``held``: "all"
+    must stay unchanged until :meth:`wait` and :func:`loose_digest` are done. ``held``: "all"
     (the caller holds every array until the checksum) or "last" (a streamed commit: this object
     keeps the array added last, and drops each earlier one once its writes are done).
+    ``blocks`` holds, once :meth:`wait` returned, the checksum block hashes the writers computed.
     """
 
     def __init__(self, path: Path, direct: bool | None = None, held: str = "all") -> None:
         self.path = path
-        # "all": the checksum hashes every placed array from memory (:func:`placed_digest`);
-        # "last": only the last one, the others are read back from the page cache (see the module
-        # docstring). Measured on a 5 x 100 MB merge (loaded machine): O_DIRECT writes plus that
+        # "all": the checksum takes the blocks not hashed while written (a region's first and
+        # last bytes) from the arrays; "last": only from the last one, the others' are read back
+        # from the page cache (see the module docstring). Measured on a 5 x 100 MB merge (loaded
+        # machine, when the checksum still read whole regions back): O_DIRECT writes plus that
         # read back took ~110 + 90 ms, writes into fresh page-cache pages ~220-280 ms plus a
         # 20 ms read back, so both go direct.
         if held not in ("all", "last"):
             raise ValueError(f"held must be 'all' or 'last', not {held!r}")
         self.held = held
         self.regions: list[tuple[int, memoryview]] = []
+        self.spans: list[tuple[int, int]] = []  # (offset, length) of every placed write, held or not
+        self.blocks: dict[int, bytes] = {}  # checksum block index -> BLAKE3 digest, filled by the writers
+        self.promised: set[int] = set()  # the blocks the writers will hash (see loose_digest)
+        self._count = threading.Lock()
         self._fd = os.open(path, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
         self._direct_fd: int | None = None
         if (direct_io_enabled() if direct is None else direct) and hasattr(os, "O_DIRECT"):
@@ -136,50 +161,79 @@ class PlacedWrites:
             self.wait()
             self.regions.clear()
         self.regions.append((offset, view))
-        futures: list[Future] = []
+        self.spans.append((offset, len(view)))
         if self._direct_fd is None:
-            futures.append(_submit(self._write_buffered, offset, view))
+            pieces = [(start, end, False) for start, end in _pieces(offset, offset + len(view))]
         else:
             start = min(-(-offset // _BLOCK) * _BLOCK, offset + len(view))  # the aligned middle goes direct
             end = max(start, (offset + len(view)) // _BLOCK * _BLOCK)
-            if start > offset:
-                futures.append(_submit(_write_all, self._fd, view[:start - offset], offset))
-            if end < offset + len(view):
-                futures.append(_submit(_write_all, self._fd, view[end - offset:], end))
-            for chunk in range(start, end, _CHUNK):
-                piece = view[chunk - offset:min(end, chunk + _CHUNK) - offset]
-                futures.append(_submit(self._write_direct, piece, chunk))
+            pieces = [(a, b, True) for a, b in _pieces(start, end)]
+            pieces += [(a, b, False) for a, b in ((offset, start), (end, offset + len(view))) if b > a]
+        futures: list[Future] = []
+        for start, end, direct in pieces:
+            futures.append(_submit(self._write_piece, view[start - offset:end - offset], start, direct))
+        # The blocks inside the array are hashed from it on the hashing threads, queued behind the
+        # tensor hashes a commit started first: those decide what is written next, so they go first.
+        for start, end, _direct in pieces:
+            if _inner_blocks(start, end - start):
+                self.promised.update(_inner_blocks(start, end - start))
+                futures.append(_submit(self._hash_blocks, view[start - offset:end - offset], start, pool=hash_pool()))
         self._futures.extend(futures)
-        if self.held == "last" and self.direct:
-            _when_done(futures, lambda: self.read_ahead(offset, len(view)))
+        if self.held == "last" and self.direct:  # the edges the checksum will read, back in the page cache
+            inner = _inner_blocks(offset, len(view))
+            edges = [(offset, inner.start * BLOCK), (inner.stop * BLOCK, offset + len(view))] if inner \
+                else [(offset, offset + len(view))]
 
-    def _write_direct(self, piece: memoryview, offset: int) -> None:
+            def read_edges() -> None:
+                for start, end in edges:
+                    if end > start:
+                        self.read_ahead(start, end - start)
+
+            _when_done(futures, read_edges)
+
+    def _write_piece(self, piece: memoryview, offset: int, direct: bool) -> None:
+        """Write ``piece`` at ``offset`` (``direct``: with O_DIRECT where it still works)."""
+        if not (direct and self._write_direct(piece, offset)):
+            self._write_buffered(offset, piece)
+
+    def _hash_blocks(self, piece: memoryview, offset: int) -> None:
+        """Hash the checksum blocks lying inside ``piece`` (the bytes written at ``offset``)."""
+        for index in _inner_blocks(offset, len(piece)):
+            start = index * BLOCK - offset
+            self.blocks[index] = blake3.blake3(piece[start:start + BLOCK]).digest()
+
+    def _write_direct(self, piece: memoryview, offset: int) -> bool:
+        """Write ``piece`` with O_DIRECT; False when this file's writes must go through the page cache."""
         fd = self._direct_fd
-        if fd is not None:
-            with _aligned_buffer() as buffer:
-                staging = np.frombuffer(buffer, np.uint8, len(piece))
-                staging[:] = np.frombuffer(piece, np.uint8)  # a copy that releases the GIL
-                try:
-                    _write_all(fd, memoryview(buffer)[:len(piece)], offset)
-                    return
-                except OSError as exc:
-                    # A file system that opens with O_DIRECT but refuses these writes (alignment
-                    # rules of its own): this file's writes go through the page cache from here on.
-                    if exc.errno != errno.EINVAL:
-                        raise
-                    self._direct_fd = None
-        self._write_buffered(offset, piece)
+        if fd is None:
+            return False
+        with _aligned_buffer() as buffer:
+            staging = np.frombuffer(buffer, np.uint8, len(piece))
+            staging[:] = np.frombuffer(piece, np.uint8)  # a copy that releases the GIL
+            try:
+                _write_all(fd, memoryview(buffer)[:len(piece)], offset)
+                return True
+            except OSError as exc:
+                # A file system that opens with O_DIRECT but refuses these writes (alignment
+                # rules of its own): this file's writes go through the page cache from here on.
+                if exc.errno != errno.EINVAL:
+                    raise
+                self._direct_fd = None
+                return False
 
     def _write_buffered(self, offset: int, view: memoryview) -> None:
         _write_all(self._fd, view, offset)
-        self._buffered += len(view)
-        if self._buffered - self._kicked >= _WRITEBACK_BYTES:
-            self._kicked = self._buffered
+        with self._count:  # the writers count together
+            self._buffered += len(view)
+            kick = self._buffered - self._kicked >= _WRITEBACK_BYTES
+            if kick:
+                self._kicked = self._buffered
+        if kick:
             start_writeback(self.path)
 
     def read_ahead(self, offset: int, length: int) -> None:
         """Ask the kernel to read ``length`` bytes at ``offset`` back into the page cache in the
-        background (a region written ``O_DIRECT`` that the checksum may read, once not held)."""
+        background (a region's edges written ``O_DIRECT`` that the checksum will read, once not held)."""
         fd = self._fd
         if fd is not None and hasattr(os, "posix_fadvise"):
             with contextlib.suppress(OSError):  # a descriptor closed meanwhile: nothing to read ahead
@@ -241,44 +295,60 @@ def _write_all(fd: int, view: memoryview, offset: int) -> None:
         view, offset = view[written:], offset + written
 
 
-def placed_digest(fd: int, size: int, regions: Sequence[tuple[int, memoryview]]) -> str | None:
-    """BLAKE3 of the file's bytes after the checksum line (``size`` bytes in all), the ``regions``
-    (offset, bytes written there) taken from memory, the rest read from ``fd``. None when the
-    regions do not lie apart inside the body (the caller then reads the whole file)."""
-    placed = sorted(regions, key=lambda region: region[0])
-    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO if size >= 1 << 22 else 1)
-    position = CHECKSUM_LINE
-    for offset, view in placed:
-        if offset < position or offset + len(view) > size:
-            return None
-        position = offset + len(view)
-    if size <= CHECKSUM_LINE:
-        return hasher.hexdigest()
-    # The rest is read through a map of the file (no copy into Python memory), its pages given back
-    # step by step (they stay in the page cache) so a large read-back does not count in this
-    # process's memory.
-    with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as mapped:
-        position = CHECKSUM_LINE
-        for offset, view in placed:
-            _hash_mapped(hasher, mapped, position, offset)
-            if len(view):
-                hasher.update(view)
-            position = offset + len(view)
-        _hash_mapped(hasher, mapped, position, size)
-    return hasher.hexdigest()
+def loose_digest(fd: int, size: int, writes: PlacedWrites | None) -> str:
+    """The b3list checksum (hex) of the file open as ``fd`` (``size`` bytes, closed by HDF5).
+
+    The blocks the writers of ``writes`` hash are taken as they computed them (this waits for
+    those writes); the others are hashed here, from the regions ``writes`` still holds where they
+    cover them (meanwhile: those writes need not be finished; a region it dropped was written
+    first) and from ``fd`` elsewhere. Placed regions that overlap, start inside the checksum line
+    or pass the end of the file (a bug) make every block read from ``fd`` once the writes are
+    finished."""
+    promised: set[int] = set()
+    regions: list[tuple[int, memoryview]] = []
+    if writes is not None:
+        spans = sorted(writes.spans)
+        ends = [offset + length for offset, length in spans]
+        if all(offset >= CHECKSUM_LINE for offset, _ in spans) and all(end <= size for end in ends) \
+                and all(ends[i] <= spans[i + 1][0] for i in range(len(spans) - 1)):
+            promised, regions = writes.promised, sorted(writes.regions, key=lambda region: region[0])
+        else:
+            writes.wait()
+    digests: dict[int, bytes] = {}
+    first = 0
+    for index in range(block_count(size)):
+        if index not in promised:
+            start, end = block_span(index, size)
+            while first < len(regions) and regions[first][0] + len(regions[first][1]) <= start:
+                first += 1
+            digests[index] = _block_digest(fd, start, end, regions, first)
+    if writes is not None:
+        writes.wait()
+        digests.update((index, writes.blocks[index]) for index in promised)
+    return blocks_digest(digests[index] for index in range(block_count(size)))
 
 
-def _hash_mapped(hasher, mapped: mmap.mmap, start: int, end: int) -> None:
-    whole = memoryview(mapped)
-    try:
-        for begin in range(start, end, _READ_STEP):
-            stop = min(begin + _READ_STEP, end)
-            step = whole[begin:stop]
-            hasher.update(step)
-            step.release()
-            if hasattr(mapped, "madvise"):  # not on every platform
-                first = begin // mmap.PAGESIZE * mmap.PAGESIZE
-                with contextlib.suppress(OSError, ValueError):
-                    mapped.madvise(mmap.MADV_DONTNEED, first, stop - first)
-    finally:
-        whole.release()
+def _block_digest(fd: int, start: int, end: int, regions: Sequence[tuple[int, memoryview]], first: int) -> bytes:
+    """BLAKE3 of file offsets [start, end): bytes of ``regions`` (sorted, from index ``first``)
+    taken from memory, the rest read from ``fd``."""
+    hasher = blake3.blake3()
+    position = start
+    for offset, view in regions[first:]:
+        if offset >= end:
+            break
+        low, high = max(offset, position), min(offset + len(view), end)
+        if high > low:
+            _hash_file(hasher, fd, position, low)
+            hasher.update(view[low - offset:high - offset])
+            position = high
+    _hash_file(hasher, fd, position, end)
+    return hasher.digest()
+
+
+def _hash_file(hasher, fd: int, start: int, end: int) -> None:
+    while start < end:
+        data = os.pread(fd, min(_READ_STEP, end - start), start)
+        if not data:
+            raise OSError(f"the file ended at {start} of {end} bytes while its checksum was computed")
+        hasher.update(data)
+        start += len(data)

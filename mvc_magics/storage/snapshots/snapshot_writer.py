@@ -19,9 +19,9 @@ from ...core.manifest import ManifestEntry
 from ..codec import coding
 from ..codec.tensor_decode import BASE2_ATTR, DEPTH_ATTR, SLOPE_ATTR
 from ..files.atomic import start_writeback
-from ..files.checksum import CHECKSUM_LINE, LOOSE_MARK
+from ..files.checksum import BLOCKS_MAGIC, CHECKSUM_LINE, LOOSE_MARK
 from ..files.h5_values import write_string_dataset, write_text_attr
-from ..files.placed import PLACED_MIN_BYTES, PlacedWrites, placed_digest
+from ..files.placed import PLACED_MIN_BYTES, PlacedWrites, loose_digest
 from .snapshot import (
     BASE_ATTR,
     CHECKSUM_MAGIC,
@@ -239,8 +239,8 @@ class SnapshotWriter:
             # The tail HDF5 wrote on close goes to the disk while the checksum reads the file back from
             # the page cache, so the fsync before the rename finds only the user block's page left.
             start_writeback(self.path)
-            # Placed tensors are hashed from memory while their last writes finish (their bytes
-            # on disk are never read back); the rest of the file is.
+            # The blocks inside placed tensors were hashed while written; the others are hashed
+            # now (a region's edges from memory, if still held, while the last writes finish).
             _stamp_checksum(self.path, self.loose, placed)
         finally:
             if placed is not None:
@@ -259,21 +259,22 @@ class SnapshotWriter:
 def _stamp_checksum(path: Path, loose: bool = False, placed: PlacedWrites | None = None) -> None:
     """Write the checksum of everything after the checksum line into the user block (before the
     rename); a loose file's user block says so on its second line (covered by the checksum).
-    ``placed``: tensors written at their offsets, those it holds hashed from memory (the rest of
-    the file is read); its writes are waited for."""
+
+    A loose file gets a block-list checksum (``b3list``, see :mod:`..files.checksum`): the blocks
+    inside the ``placed`` tensors are hashed while written (waited for here), the other blocks
+    now, from the arrays still held where they cover them (:func:`..files.placed.loose_digest`).
+    Any other file (a pack's) gets the one-stream ``blake3`` checksum, read back from the file."""
     with open(path, "r+b") as handle:
         if loose:
             handle.seek(CHECKSUM_LINE)
             handle.write(LOOSE_MARK)
-            handle.flush()  # the checksum reads the file through a map
+            handle.flush()  # the checksum reads the file through a map or pread
         size = os.fstat(handle.fileno()).st_size
-        digest = None
-        if placed is not None:
-            end = max((offset + len(view) for offset, view in placed.regions), default=0)
-            # HDF5 allocated every region before its file end: a region past it would be a bug here.
-            digest = placed_digest(handle.fileno(), size, placed.regions) if end <= size else None
-            placed.wait()
-        if digest is None:
-            digest = body_digest(handle, os.fstat(handle.fileno()).st_size)
+        if loose:
+            line = BLOCKS_MAGIC + loose_digest(handle.fileno(), size, placed).encode()
+        else:
+            if placed is not None:  # (placed tensors are a loose file's: not reached today)
+                placed.wait()
+            line = CHECKSUM_MAGIC + body_digest(handle, size).encode()
         handle.seek(0)
-        handle.write(CHECKSUM_MAGIC + digest.encode() + b"\n")
+        handle.write(line + b"\n")

@@ -124,8 +124,9 @@ class StagedCommit:
         store cannot place them); a :class:`~mvc_magics.core.hashing.HashedArray` is stored under the hash
         its maker computed. The caller must not change a yielded array.
         """
-        # Placed writes (a loose commit's) hash their regions from memory at the end: a stream keeps
-        # only the last one that long, the checksum reads the others back from the page cache.
+        # Placed writes (a loose commit's) take a region's edge blocks (those not hashed while it
+        # was written) from memory at the end: a stream keeps only the last one that long, the
+        # checksum reads the others' edges back from the page cache.
         self._writer.placed_held = "last"
         pending: deque[tuple[Future, int]] = deque()
         in_flight = 0
