@@ -5,6 +5,7 @@ loads moves HEAD, audits it once and returns only when both the copy and the mov
 
 from __future__ import annotations
 
+import signal
 import threading
 
 import numpy as np
@@ -85,3 +86,31 @@ def test_a_model_that_never_says_it_accepted_moves_head_after_the_load(repo: Rep
     entries = len(list(repo.audit.entries()))
     repo.checkout(first.id, weights, name="arrays")
     assert repo.head("arrays").id == first.id and len(list(repo.audit.entries())) == entries + 1
+
+
+def test_ctrl_c_once_the_model_accepted_the_version_waits_for_the_whole_copy(repo: Repo, monkeypatch):
+    """A real SIGINT raised at the model's checks (the copy not begun) is held until the copy is
+    done: the model holds the whole version and HEAD moved, then KeyboardInterrupt is raised."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(700, 700), torch.nn.Linear(700, 10))
+    first = repo.commit(model, "net")
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(-2.0)
+    second = repo.commit(model, "net")
+    repo.checkout(first.id, model)
+    original = checkout_op.HeadMove.start
+
+    def interrupted_start(self):
+        signal.raise_signal(signal.SIGINT)
+        original(self)
+
+    monkeypatch.setattr(checkout_op.HeadMove, "start", interrupted_start)
+    with pytest.raises(KeyboardInterrupt):
+        repo.checkout(second.id, model)
+    stored = repo.load_state(second.id)
+    assert all(np.array_equal(v.detach().numpy(), stored[k]) for k, v in model.state_dict().items())
+    assert repo.layout.read_head("net") == second.id and [e.op for e in repo.audit.entries()][-1] == "checkout"
+    assert not repo.layout.files.exists(repo.layout.journal_path)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler put back

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..adapters import Adapter, adapter_for, adapter_to_build
 from ..adapters.base import load_version, match_state
+from ..core.interrupts import interrupts_held
 from ..core.manifest import ManifestEntry
 from ..core.names import validate_name
 from ..core.threads import thread_pool
@@ -99,8 +100,11 @@ def _load(store: Store, version: Version, model: Any, unsafe: bool, classes: Map
     with TensorReader(store.layout.snapshot_path, unmap_later=True) as reader:
         state = reader.read_all(manifest, owner=version.id, progress=store.progress, views=views)
         # Otherwise state was read for this call; a JAX pytree comes back as a new pytree.
-        result = load_version(adapter, model, versions.structure(store, version.id) if needs_structure else None,
-                              state, {e.name: e.hash for e in manifest}, checked)
+        # Every tensor is verified now: an interrupt while the model is overwritten waits for the
+        # whole version to be in it (a refusal at the model's checks still changes nothing).
+        with interrupts_held():
+            result = load_version(adapter, model, versions.structure(store, version.id) if needs_structure else None,
+                                  state, {e.name: e.hash for e in manifest}, checked)
         # The last fit's metrics describe the weights the fit left, which are gone now.
         getattr(adapter, "mark_committed", lambda _model: None)(result)
         if not getattr(adapter, "remembers_loaded", False):
