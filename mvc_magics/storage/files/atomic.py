@@ -63,6 +63,13 @@ def start_writeback(path: Path) -> None:
         os.close(fd)
 
 
+def start_range_writeback(fd: int, offset: int, length: int) -> None:
+    """:func:`start_writeback` of ``length`` bytes at ``offset`` of the open file ``fd``: the bytes
+    just written there, handed to the disk at once (not a durability step either)."""
+    if _SYNC_FILE_RANGE is not None:
+        _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
 def temporary_path(folder: Path, suffix: str = "") -> Path:
     """A unique temporary file name in ``folder`` that :func:`clean_temporaries` recognises."""
     return folder / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}{suffix}"
