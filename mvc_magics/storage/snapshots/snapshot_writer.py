@@ -117,9 +117,8 @@ class SnapshotWriter:
         # A loose file's large tensors are written by PlacedWrites at the offsets HDF5 allocated
         # (see storage.files.placed), not by HDF5 (which holds the GIL while it writes).
         self.place_directly = loose
-        # "last" for a streamed commit, which keeps no whole version until the checksum: only the
-        # tensor placed last is kept (the checksum hashes it from memory, the earlier ones from the
-        # page cache they are read back into once written; see storage.files.placed).
+        # "writing" for a streamed commit, which keeps no whole version until the checksum: a
+        # placed tensor is kept only while it is written (see storage.files.placed).
         self.placed_held = "all"
         self._placed: PlacedWrites | None = None
         self._file: h5py.File | None = None

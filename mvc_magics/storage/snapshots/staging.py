@@ -125,9 +125,9 @@ class StagedCommit:
         its maker computed. The caller must not change a yielded array.
         """
         # Placed writes (a loose commit's) take a region's edge blocks (those not hashed while it
-        # was written) from memory at the end: a stream keeps only the last one that long, the
-        # checksum reads the others' edges back from the page cache.
-        self._writer.placed_held = "last"
+        # was written) from memory at the end: a stream keeps an array only while it is written,
+        # the checksum reads the edges of the ones written back from the page cache.
+        self._writer.placed_held = "writing"
         pending: deque[tuple[Future, int]] = deque()
         in_flight = 0
         pool = thread_pool("stream", 1)  # one writer: tensors are staged in the order they come
