@@ -140,6 +140,7 @@ class PlacedWrites:
             raise ValueError(f"held must be 'all' or 'writing', not {held!r}")
         self.held = held
         self.regions: list[tuple[int, memoryview]] = []
+        self._regions_lock = threading.Lock()  # held='writing': the writers drop regions once written
         self.spans: list[tuple[int, int]] = []  # (offset, length) of every placed write, held or not
         self.blocks: dict[int, bytes] = {}  # checksum block index -> BLAKE3 digest, filled by the writers
         self.promised: set[int] = set()  # the blocks the writers will hash (see loose_digest)
@@ -162,7 +163,7 @@ class PlacedWrites:
         if self.held == "writing":  # one array in flight: the one before is written first
             self.wait()
         region = (offset, view)
-        with self._count:
+        with self._regions_lock:
             self.regions = [*self.regions, region]  # a new list: loose_digest reads it from another thread
         self.spans.append((offset, len(view)))
         if self._direct_fd is None:
@@ -192,7 +193,7 @@ class PlacedWrites:
                     for start, end in edges:
                         if end > start:
                             self.read_ahead(start, end - start)
-                with self._count:  # dropped: the checksum reads these bytes from the file now
+                with self._regions_lock:  # dropped: the checksum reads these bytes from the file now
                     self.regions = [kept for kept in self.regions if kept is not region]
 
             _when_done(futures, written)
