@@ -18,6 +18,7 @@ import argparse
 import functools
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -93,22 +94,24 @@ def keras_cases(ws: Workspace, reps: int, bm) -> list[CaseResult]:
 
     from . import peers
 
-    folder = ws.fresh(f"keras-{bm.key}")
+    folders = [ws.fresh(f"keras-{bm.key}")]
 
     def st_save() -> None:
-        _fsynced(peers.safetensors_save(bm, folder))
+        _fsynced(peers.safetensors_save(bm, folders[0]))
 
     commit = CaseResult("first commit", bm.key, bm.nbytes)
     repos: list[Repo] = []
 
-    def fresh(rep: int) -> None:
+    def fresh(rep: int) -> None:  # a new store, and a new file for the peer (see torch_cases)
         for old in repos:
             old.close()
         repos[:] = [Repo(ws.fresh(f"{bm.key}-store-{rep}") / ".mvc")]
+        shutil.rmtree(folders[0], ignore_errors=True)
+        folders[:] = [ws.fresh(f"keras-{bm.key}-{rep}")]
 
     side_by_side(commit, reps, lambda: repos[0].commit(bm.model, "m"), {"safetensors save+fsync": st_save},
                  setup=fresh)
-    repo = repos[0]
+    repo, folder = repos[0], folders[0]
     vid = repo.log("m")[0].id
     checkout = CaseResult("checkout into the live model", bm.key, bm.nbytes)
     side_by_side(checkout, reps, lambda: repo.checkout(vid, bm.model),
