@@ -339,3 +339,54 @@ def test_kill_in_the_middle_of_a_streamed_merge_leaves_no_version_and_it_can_be_
         for key in states[0]:
             expected = (sum(s[key].astype(np.float64) for s in states) / 3).astype(np.float32)
             assert soup[key].tobytes() == expected.tobytes()
+
+
+# The same with tensors large enough for the one-pass average (both threads summing) and placed
+# writes: the child dies right after the second placed tensor is handed to the writers, its
+# O_DIRECT writes (and the first's block hashes) possibly still running.
+_DIE_IN_PLACED_MERGE = r"""
+import os, signal, sys
+import numpy as np
+from mvc_magics import Repo
+from mvc_magics.operations import fused_average
+from mvc_magics.storage.files.placed import PlacedWrites
+
+repo = Repo(sys.argv[1])
+rng = np.random.default_rng(1)
+for step in range(3):
+    repo.commit({f"t{i}": rng.standard_normal((1 << 20) + 3 * i).astype(np.float32) for i in range(3)}, "m")
+print(repo.head("m").id, flush=True)
+original, added = PlacedWrites.add, []
+def add(self, offset, array):
+    original(self, offset, array)
+    added.append(offset)
+    if len(added) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+PlacedWrites.add = add
+fused = fused_average.fused_mean
+def fused_mean(*args):
+    print("one pass", flush=True)
+    return fused(*args)
+fused_average.fused_mean = fused_mean
+repo.merge([v.id for v in repo.log("m")], name="m")
+"""
+
+
+def test_kill_while_a_one_pass_merge_places_its_tensors_leaves_the_store_and_head_as_they_were(tmp_path):
+    store = tmp_path / ".mvc"
+    result = run_python(_DIE_IN_PLACED_MERGE, str(store), MVC_PACK_MB="off")  # the inputs stay loose
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    head_before, *passes = result.stdout.splitlines()
+    assert passes[:2] == ["one pass", "one pass"]  # killed in the one-pass average's placed writes
+    with Repo(store) as repo:
+        assert repo.head("m").id == head_before
+        assert not list((store / "tmp").iterdir()), "the half-written soup was not cleaned"
+        assert repo.verify().ok
+        inputs = repo.log("m")
+        assert len(inputs) == 3 and len(list((store / "objects").rglob("*.h5"))) == 3
+        merged = repo.merge([v.id for v in inputs], name="m")
+        states = [repo.load_state(v) for v in inputs]
+        soup = repo.load_state(merged)
+        for key in states[0]:
+            expected = ((0.0 + sum(s[key].astype(np.float64) for s in states)) / 3).astype(np.float32)
+            assert soup[key].tobytes() == expected.tobytes()
