@@ -132,7 +132,9 @@ def average_stream(store: Store, plan: MergePlan) -> Iterator[tuple[str, np.ndar
     """
     used, total = _used(plan, None, None)
     sums = Sums()
-    with TensorReader(store.layout.snapshot_path) as reader:
+    # The inputs' maps are unmapped on a worker thread (1-8 ms for five 100 MB files), not between
+    # the last tensor and the commit's publish.
+    with TensorReader(store.layout.snapshot_path, unmap_later=True) as reader:
         ahead = _found_ahead(reader, plan, used)  # before the writer thread starts placing tensors
         for tensor in plan.tensors:
             if _copied(tensor, used):
