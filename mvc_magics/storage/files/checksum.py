@@ -18,6 +18,7 @@ from pathlib import Path
 
 import blake3
 
+from ...core.hashing import hash_pool
 from ...errors import UnsafeSnapshotError
 from .h5_open import open_checked
 
@@ -76,18 +77,28 @@ def blocks_digest(block_digests) -> str:
 
 
 def body_blocks_digest(handle, size: int) -> str:
-    """The b3list checksum of the open file ``handle`` (``size`` bytes), every block read from it."""
+    """The b3list checksum of the open file ``handle`` (``size`` bytes), every block read from it:
+    a step of blocks at a time on the hashing threads (as fast as the one-stream kind with all
+    cores), each step's pages given back once hashed (as in :func:`body_digest`)."""
     if size <= CHECKSUM_LINE:
         return blocks_digest([])
+    pool = hash_pool()
+    per_step = _DIGEST_STEP // BLOCK
+    digests: list[bytes] = []
     with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
         view = memoryview(mapped)
-        try:
-            digests = []
-            for index in range(block_count(size)):
-                block = view[slice(*block_span(index, size))]
-                digests.append(blake3.blake3(block).digest())
+
+        def block_digest(index: int) -> bytes:
+            block = view[slice(*block_span(index, size))]
+            try:
+                return blake3.blake3(block).digest()
+            finally:
                 block.release()
-                if index % (_DIGEST_STEP // BLOCK) == 0 and hasattr(mapped, "madvise"):  # as in body_digest
+
+        try:
+            for first in range(0, block_count(size), per_step):
+                digests += pool.map(block_digest, range(first, min(first + per_step, block_count(size))))
+                if hasattr(mapped, "madvise"):  # not on every platform
                     mapped.madvise(mmap.MADV_DONTNEED)
         finally:
             view.release()
