@@ -6,8 +6,8 @@ input (the hash, the conversion, the sum read and written back) and kept the two
 turn, never at once: a 5 x 100 MB merge used ~460 ms of CPU in 550 ms of wall time. Here one
 thread hashes every input's bytes in order (BLAKE3 releases the GIL) while the caller's thread
 sums the same elements, all inputs of one block at a time into a float64 block that stays in the
-CPU's cache, divides the block straight into the output and hashes it there (the streamed commit
-stores it under that hash instead of reading it again). Hashing is about half the work of
+CPU's cache and divides the block straight into the output, which the caller hashes in order as
+far as it is complete (the streamed commit stores it under that hash instead of reading it again). Hashing is about half the work of
 summing, so the helper also sums a block whenever its hashing is far enough ahead: with the sums
 on the caller's thread alone, the helper waited for it half the time (a 5 x 100 MB merge: ~240 ms
 of CPU summing against ~115 ms hashing; shared, ~155 ms each). Neither side runs more than a few
@@ -44,8 +44,8 @@ _BLOCK = 1 << 16  # elements summed per step: a 512 KiB float64 block, in cache
 _HASH_STEP = 1 << 18  # elements of each input hashed per step
 # Elements either side may run ahead of the other (bounds the mapped pages held), and how often
 # the mapped pages both are past are given back: 5 inputs' windows take ~15 MB (halved from 1M and
-# 512K: the streamed commit now keeps the last tensor it placed, ~0.15x the model more at the peak;
-# alternating in one process at load 3, peak RSS growth 0.87 against 0.96 of the model, same time).
+# 512K while the streamed commit kept its last placed tensor; alternating in one process at load 3,
+# peak RSS growth 0.87 against 0.96 of the model, same time and CPU; kept for the margin).
 _LEAD = 1 << 19
 _RELEASE = 1 << 18
 _HASHING, _SUMMING = 0, 1
