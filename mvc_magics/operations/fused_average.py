@@ -7,10 +7,11 @@ turn, never at once: a 5 x 100 MB merge used ~460 ms of CPU in 550 ms of wall ti
 thread hashes every input's bytes in order (BLAKE3 releases the GIL) while the caller's thread
 sums the same elements, all inputs of one block at a time into a float64 block that stays in the
 CPU's cache and divides the block straight into the output, which the caller hashes in order as
-far as it is complete (the streamed commit stores it under that hash instead of reading it again). Hashing is about half the work of
-summing, so the helper also sums a block whenever its hashing is far enough ahead: with the sums
-on the caller's thread alone, the helper waited for it half the time (a 5 x 100 MB merge: ~240 ms
-of CPU summing against ~115 ms hashing; shared, ~155 ms each). Neither side runs more than a few
+far as it is complete (the streamed commit stores it under that hash instead of reading it
+again). Hashing is about half the work of summing, so the helper also sums a block whenever its
+hashing is far enough ahead: with the sums on the caller's thread alone, the helper waited for it
+half the time (a 5 x 100 MB merge: ~240 ms of CPU summing against ~115 ms hashing; shared, ~155 ms
+each). Neither side runs more than a few
 MB ahead of the other, and the mapped pages both are past are given back as they go, so memory
 holds a few MB of each input, not a tensor of each. Which thread sums a block changes nothing in
 its arithmetic.
