@@ -110,13 +110,13 @@ class TorchAdapter:
                     for key, stored in pairs.items() if not _same_kind(live[key][1], state[stored].dtype)]
         if problems:
             raise ShapeMismatchError(f"dtype mismatch, model left unchanged: {'; '.join(problems[:3])}")
-        if checked is not None:
-            checked()
         # torch.autograd.graph.increment_version: 2.1's API, checked all the same (copy_ without it).
         bump = getattr(getattr(torch.autograd, "graph", None), "increment_version", None)
         direct = {key: target for key, stored in pairs.items()
                   if bump is not None and (target := _cpu_buffer(unique[key], state[stored])) is not None}
         sources = {key: from_numpy(state[stored]) for key, stored in pairs.items() if key not in direct}
+        if checked is not None:  # last, so the HEAD move's thread does not compete with the checks
+            checked()
         with torch.no_grad():
             for key, source in sources.items():  # other devices, other dtypes: torch converts
                 unique[key].copy_(source)
