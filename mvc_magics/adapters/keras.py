@@ -14,7 +14,7 @@ import os
 import sys
 import warnings
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -123,24 +123,19 @@ class KerasAdapter(PinnedHashes):
 
     # set_state takes the verified hashes of ``state`` and pins what it assigned (see load_version).
     remembers_loaded = True
-    # set_state calls ``checked`` between its checks and its first assignment (see base.load_version).
-    signals_checked = True
 
     def set_state(self, model: Any, state: Mapping[str, np.ndarray], owned: bool = False,
-                  hashes: Mapping[str, str] | None = None, checked: Callable[[], None] | None = None) -> None:
+                  hashes: Mapping[str, str] | None = None) -> None:
         """Assign ``state`` (all shapes checked first). ``owned``: the arrays belong to this call
         (a checkout's freshly read tensors), so the variables may adopt their memory instead of
         copying it twice through ``tf.convert_to_tensor``. ``hashes`` (stored name -> verified
         hash): the variables assigned exactly are remembered with them (:meth:`remember_hashes`),
         so the next status or commit need not rehash; found by this call's own walk of the model.
-        ``checked`` is called once every shape was checked, before the first assignment.
         """
         keras = self.library()
         named = self.named_variables(model)
         live = {name: (tuple(v.shape), numpy_dtype(v).name) for name, v in named.items()}
         pairs = match_state(live, state)  # raises before any assignment
-        if checked is not None:
-            checked()
         adopt = adopter() if owned and keras.backend.backend() == "tensorflow" else None
         for live_name, stored_name in pairs.items():
             value = state[stored_name]
