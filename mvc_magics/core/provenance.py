@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -79,7 +80,9 @@ def _array_fingerprint(array: np.ndarray, kind: str) -> dict[str, Any]:
 def _sequence_fingerprint(items: list | tuple) -> dict[str, Any]:
     kind = type(items).__name__
     try:
-        array = np.asarray(items)
+        with warnings.catch_warnings():  # numpy < 1.24 warns on ragged input (and returns objects)
+            warnings.simplefilter("ignore", getattr(np, "VisibleDeprecationWarning", DeprecationWarning))
+            array = np.asarray(items)
     except ValueError:  # ragged: fingerprint item by item
         array = None
     if array is not None and array.dtype.kind in "biufc":  # numbers: hashed as an array
