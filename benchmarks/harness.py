@@ -60,12 +60,15 @@ def side_by_side(result: CaseResult, reps: int, ours: Callable[[], object],
     docs/benchmarks.md), so the medians compare repeated calls and the first one is still said.
     """
     others = {k: v for k, v in others.items() if v is not None}
+
+    def call(who: str) -> tuple[float, float, object]:
+        settle()
+        return timed_cpu(ours if who == "ours" else others[who])
+
     if warmup:
         with quiet_gc():
             for who in ["ours", *others]:
-                settle()
-                first, _cpu, _value = timed_cpu(ours if who == "ours" else others[who])
-                result.figures[f"first call ms: {who}"] = round(first * 1000, 1)
+                result.figures[f"first call ms: {who}"] = round(call(who)[0] * 1000, 1)
     for rep in range(reps):
         if setup is not None:
             setup(rep)
@@ -74,8 +77,7 @@ def side_by_side(result: CaseResult, reps: int, ours: Callable[[], object],
         order = ["ours", *others] if rep % 2 == 0 else [*others, "ours"]
         with quiet_gc():
             for who in order:
-                settle()
-                times[who], cpu[who], value = timed_cpu(ours if who == "ours" else others[who])
+                times[who], cpu[who], value = call(who)
                 if who == "ours" and after is not None:
                     after(value)
         result.ours.add(times["ours"])

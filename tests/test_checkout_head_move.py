@@ -1,7 +1,8 @@
-"""A checkout's HEAD move starts once the model accepted the version (operations/checkout.HeadMove):
-every tensor verified and every name, shape and dtype checked, so its syncs run beside the copy into
-the model. A checkout the model refuses at its checks moves nothing and audits nothing; one that
-loads moves HEAD, audits it once and returns only when both the copy and the move are done."""
+"""A PyTorch checkout's HEAD move starts once the module accepted the version
+(operations/checkout.HeadMove): every tensor verified and every name, shape and dtype checked, so
+its syncs run beside the copy into the module; other adapters (Keras) move HEAD after the load. A
+checkout the model refuses at its checks moves nothing and audits nothing; one that loads moves
+HEAD, audits it once and returns only when both the copy and the move are done."""
 
 from __future__ import annotations
 
