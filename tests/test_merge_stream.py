@@ -3,6 +3,7 @@ held, and the version (id and bytes) is exactly the one today's in-memory averag
 
 from __future__ import annotations
 
+import time
 import weakref
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from mvc_magics.errors import IntegrityError, ShapeMismatchError, UnsupportedMod
 from mvc_magics.operations import soups, versions
 from mvc_magics.operations.commit import commit_state, commit_stream
 from mvc_magics.storage.codec.tensor_decode import FileMaps
+from mvc_magics.storage.files.placed import PlacedWrites
 from mvc_magics.storage.snapshots.staging import STREAM_AHEAD_BYTES
 
 
@@ -80,7 +82,16 @@ def test_streamed_soup_is_bit_for_bit_todays_soup(repo, live_averages, factory, 
     assert max(during_merge) <= STREAM_AHEAD_BYTES  # only what the writer has not written yet
 
 
-def test_streaming_never_holds_the_whole_average(repo, live_averages):
+@pytest.mark.parametrize("slow_disk", [False, True])
+def test_streaming_never_holds_the_whole_average(repo, live_averages, monkeypatch, slow_disk):
+    if slow_disk:  # each placed piece lands late, as under load: the bound must still hold
+        real_write = PlacedWrites._write_piece
+
+        def late(self, *args):
+            time.sleep(0.03)
+            real_write(self, *args)
+
+        monkeypatch.setattr(PlacedWrites, "_write_piece", late)
     rng = np.random.default_rng(0)
     tensor_bytes = 512 * 1024 * 4  # 2 MiB each, 12 MiB in all: three times what the writer may lag
     inputs = [repo.commit({f"w{i}": rng.standard_normal((512, 1024)).astype(np.float32) for i in range(6)}, "d")

@@ -23,8 +23,9 @@ the tensor bytes, and the result is what :func:`.checksum.body_blocks_digest` co
 finished file (a test checks both on real commits).
 
 A streamed commit (a merge) keeps no whole version in memory: with ``held="writing"`` an array
-is kept only while its writes and block hashes run (one array at a time: the next waits for the
-one before), and the first and last bytes of every array (what could not be hashed while written:
+is kept only while its writes and block hashes run (one array at a time: :meth:`PlacedWrites.add`
+returns once they are done, so the stream's count of the arrays in flight includes it), and
+the first and last bytes of every array (what could not be hashed while written:
 the blocks it shares with its neighbours) are asked back into the page cache as soon as its
 ``O_DIRECT`` writes are done (:meth:`PlacedWrites.read_ahead`), so the checksum reads them from
 memory the kernel holds, not from the disk.
@@ -37,7 +38,7 @@ import errno
 import mmap
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -118,11 +119,11 @@ def _inner_blocks(offset: int, length: int) -> range:
 class PlacedWrites:
     """Writes arrays at given offsets of the file at ``path`` (see the module docstring).
 
-    :meth:`add` returns at once; :meth:`wait` raises the first error of a write. The arrays
+    :meth:`add` returns at once (held "all", below); :meth:`wait` raises the first error of a write. The arrays
     must stay unchanged until :meth:`wait` and :func:`loose_digest` are done. ``held``: "all"
     (the caller holds every array until the checksum) or "writing" (a streamed commit: this object
-    keeps an array until its writes and block hashes are done, then drops it; :meth:`add` first
-    waits for the array before).
+    keeps an array until its writes and block hashes are done, then drops it; :meth:`add` returns
+    only then, so the caller's count of the arrays in flight includes the one being written).
     ``blocks`` holds, once :meth:`wait` returned, the checksum block hashes the writers computed.
     """
 
@@ -160,8 +161,6 @@ class PlacedWrites:
     def add(self, offset: int, array: np.ndarray) -> None:
         """Write ``array``'s bytes (C order) at ``offset`` of the file, in a worker thread."""
         view = memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
-        if self.held == "writing":  # one array in flight: the one before is written first
-            self.wait()
         region = (offset, view)
         with self._regions_lock:
             self.regions = [*self.regions, region]  # a new list: loose_digest reads it from another thread
@@ -184,19 +183,20 @@ class PlacedWrites:
                 futures.append(_submit(self._hash_blocks, view[start - offset:end - offset], start, pool=hash_pool()))
         self._futures.extend(futures)
         if self.held == "writing":
+            # Returned only once written and let go: a streamed commit counts this array among
+            # those in flight until add returns. (Waiting for the one before instead, with the
+            # region dropped by a callback after its last write, kept a fourth 2 MiB average alive
+            # in test_streaming_never_holds_the_whole_average when the writes were slow.)
+            self.wait()
+            with self._regions_lock:  # dropped: the checksum reads these bytes from the file now
+                self.regions = [kept for kept in self.regions if kept is not region]
             inner = _inner_blocks(offset, len(view))
             edges = [(offset, inner.start * BLOCK), (inner.stop * BLOCK, offset + len(view))] if inner \
                 else [(offset, offset + len(view))]
-
-            def written() -> None:
-                if self.direct:  # the edges the checksum will read, back in the page cache
-                    for start, end in edges:
-                        if end > start:
-                            self.read_ahead(start, end - start)
-                with self._regions_lock:  # dropped: the checksum reads these bytes from the file now
-                    self.regions = [kept for kept in self.regions if kept is not region]
-
-            _when_done(futures, written)
+            if self.direct:  # the edges the checksum will read, back in the page cache
+                for start, end in edges:
+                    if end > start:
+                        self.read_ahead(start, end - start)
 
     def _write_piece(self, piece: memoryview, offset: int, direct: bool) -> None:
         """Write ``piece`` at ``offset`` (``direct``: with O_DIRECT where it still works)."""
@@ -269,24 +269,6 @@ class PlacedWrites:
                 os.close(fd)
         self._fd = self._direct_fd = None  # type: ignore[assignment]
         self._direct_fds = []
-
-
-def _when_done(futures: Sequence[Future], then: Callable[[], None]) -> None:
-    """Call ``then()`` (on the thread that finishes the last of ``futures``) once every one of
-    them has succeeded; not at all if one failed or was cancelled."""
-    state = {"left": len(futures), "failed": False}
-    lock = threading.Lock()
-
-    def one_done(future: Future) -> None:
-        with lock:
-            state["left"] -= 1
-            state["failed"] = state["failed"] or future.cancelled() or future.exception() is not None
-            run = state["left"] == 0 and not state["failed"]
-        if run:
-            then()
-
-    for future in futures:
-        future.add_done_callback(one_done)
 
 
 def _write_all(fd: int, view: memoryview, offset: int) -> None:
