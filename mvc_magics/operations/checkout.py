@@ -98,7 +98,9 @@ def _load(store: Store, version: Version, model: Any, unsafe: bool, classes: Map
     views = getattr(adapter, "copies_in", False) and not needs_structure
     manifest = store.manifest(version.id)
     with TensorReader(store.layout.snapshot_path, unmap_later=True) as reader:
-        state = reader.read_all(manifest, owner=version.id, progress=store.progress, views=views)
+        # Copies a model adopts go in memory earlier checkouts' models let go: no page faults.
+        state = reader.read_all(manifest, owner=version.id, progress=store.progress, views=views,
+                                recycle=not views)
         # Otherwise state was read for this call; a JAX pytree comes back as a new pytree.
         # Every tensor is verified now: an interrupt while the model is overwritten waits for the
         # whole version to be in it (a refusal at the model's checks still changes nothing).

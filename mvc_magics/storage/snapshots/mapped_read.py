@@ -28,6 +28,7 @@ from ...errors import IntegrityError
 from ..codec.budget import check_read
 from ..codec.coding import aligned_empty
 from ..codec.tensor_decode import CODING_ATTR
+from .recycled import RECYCLED
 
 _CODING_NAME = CODING_ATTR.encode()
 # Bytes of tensors hashed by one task: enough to make a task's cost (~20 µs) negligible, small
@@ -96,9 +97,9 @@ def _needs_copy(view: np.ndarray, entry: ManifestEntry, copy: bool) -> bool:
     return copy or view.dtype.name != entry.dtype or view.shape != entry.shape
 
 
-def _allocate(entry: ManifestEntry, where: str) -> np.ndarray:
+def _allocate(entry: ManifestEntry, where: str, recycle: bool = False) -> np.ndarray:
     check_read(entry.nbytes, where)  # the declared size against the memory there is, before allocating
-    return aligned_empty(entry.shape, dtype_from_name(entry.dtype))
+    return (RECYCLED.empty if recycle else aligned_empty)(entry.shape, dtype_from_name(entry.dtype))
 
 
 def hashed(view: np.ndarray, entry: ManifestEntry, copy: bool, verify: bool, where: str,
@@ -134,11 +135,12 @@ def _hash_batch(items: Sequence[tuple[int, np.ndarray, np.ndarray | None]], entr
 
 
 def hash_mapped(views: dict[int, np.ndarray], entries: Sequence[ManifestEntry], copy: bool,
-                where: Callable[[int], str], verify: bool = True, release: Callable[[int], None] | None = None
-                ) -> list[Future]:
+                where: Callable[[int], str], verify: bool = True, release: Callable[[int], None] | None = None,
+                recycle: bool = False) -> list[Future]:
     """Start hashing ``views`` (index in ``entries`` -> mapped tensor) on the hashing threads, a
     few MB per task; each future gives ``[(index, array, digest or None)]``. ``copy``: see
-    :func:`hashed`; ``release(nbytes)`` is told the mapped bytes each task has read."""
+    :func:`hashed`; ``release(nbytes)`` is told the mapped bytes each task has read; ``recycle``:
+    copies go in memory earlier checkouts' models let go (:mod:`.recycled`)."""
     pool = hash_pool()
     # When no tensor holds half the bytes, the tasks alone keep every core busy: each hashes on its
     # own thread (BLAKE3's threads on top of the pool's only contend for the same cores).
@@ -151,7 +153,7 @@ def hash_mapped(views: dict[int, np.ndarray], entries: Sequence[ManifestEntry], 
         entry = entries[index]
         # Copies go into memory allocated here, on the caller's thread: malloc then reuses what the
         # last checkout freed (a worker thread's arena gave fresh pages, ~2x the CPU in page faults).
-        out = _allocate(entry, where(index)) if _needs_copy(view, entry, copy) else None
+        out = _allocate(entry, where(index), recycle) if _needs_copy(view, entry, copy) else None
         batch.append((index, view, out))
         size += view.nbytes
         if size >= BATCH_BYTES:

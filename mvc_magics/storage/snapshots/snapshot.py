@@ -252,7 +252,8 @@ class TensorReader:
         return array
 
     def read_all(self, entries: list[ManifestEntry] | tuple[ManifestEntry, ...], verify: bool = True,
-                 owner: str = "", progress: bool | None = None, views: bool = False) -> dict[str, np.ndarray]:
+                 owner: str = "", progress: bool | None = None, views: bool = False,
+                 recycle: bool = False) -> dict[str, np.ndarray]:
         """Every tensor of ``entries`` by name, each re-hashed; :class:`IntegrityError` names the
         first damaged one.
 
@@ -261,9 +262,9 @@ class TensorReader:
         (:mod:`.mapped_read`); the others (coded, deltas) are read, decoded (zstd and numpy release
         the GIL) and hashed in worker threads, several at a time.
 
-        ``views``: a tensor stored as it is comes back as a read-only view of the file's map (its
-        mapped bytes hashed, nothing copied), valid while this reader is open: for a caller that
-        copies the tensors straight into a model's own buffers (one copy instead of two).
+        ``views``: a tensor stored as it is comes back as a read-only view of the file's map (hashed,
+        not copied) while this reader is open, for a caller copying it into a model (one copy, not
+        two); ``recycle``: copied ones go in memory earlier checkouts' models let go (:mod:`.recycled`).
         """
         entries = list(entries)
         arrays: dict[str, np.ndarray] = {}
@@ -284,7 +285,7 @@ class TensorReader:
                 return arrays
             release = None if views else self._maps.handed
             batches = mapped_read.hash_mapped(mapped, entries, not views, lambda i: self._where(entries[i], owner),
-                                              verify, release)
+                                              verify, release, recycle)
             pool = hash_pool()
             futures = {index: pool.submit(self._read_hashed, entry, owner, verify, views)
                        for index, entry in enumerate(entries) if index not in mapped}
