@@ -16,7 +16,7 @@ from typing import NamedTuple
 import blake3
 import numpy as np
 
-from .threads import thread_pool
+from .threads import Task, thread_pool
 
 HASH_HEX_LENGTH = 64
 SHORT_ID_LENGTH = 8
@@ -91,7 +91,7 @@ class HashesAhead:
             if key in known:
                 self._items.append((key, known[key]))
             elif pool is not None:
-                self._items.append((key, pool.submit(self._hash, array)))
+                self._items.append((key, Task(pool, self._hash, array)))
             else:
                 self._items.append((key, array))
 
@@ -102,7 +102,8 @@ class HashesAhead:
                     yield key, item
                 elif isinstance(item, np.ndarray):
                     yield key, self._hash(item)
-                else:
+                else:  # hashed here when no hashing thread has started it yet (see core.threads.Task)
+                    item.run_here_if_waiting()  # type: ignore[attr-defined]
                     yield key, item.result()  # type: ignore[attr-defined]
         finally:
             self.cancel()

@@ -7,9 +7,12 @@ pool has no threads): starting threads anew for every commit cost ~3 ms of a 20 
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Generic, TypeVar
 
 _POOLS: dict[str, tuple[int, ThreadPoolExecutor]] = {}
+T = TypeVar("T")
 
 
 def thread_pool(name: str, workers: int) -> ThreadPoolExecutor:
@@ -19,3 +22,42 @@ def thread_pool(name: str, workers: int) -> ThreadPoolExecutor:
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"mvc-{name}")
         _POOLS[name] = (os.getpid(), pool)
     return pool
+
+
+class Task(Generic[T]):
+    """A call handed to a pool that the caller may still run itself while no worker has started it.
+
+    On this 2-core VM a worker woken for a task often sat in the run queue for 3-6 ms (both
+    workers woken onto one core, the other core idle) while the caller only waited: a Dense 31 MB
+    checkout's hashing took ~12 ms of wall for ~6 ms of each thread's CPU. A caller that runs the
+    tasks no worker has started (:meth:`run_here_if_waiting`, from the last back) keeps both cores busy.
+    """
+
+    def __init__(self, pool: ThreadPoolExecutor, function: Callable[..., T], *args: object) -> None:
+        self._function, self._args = function, args
+        self._future: Future = pool.submit(function, *args)
+        self._here: Future | None = None  # the outcome when this thread ran it
+
+    def run_here_if_waiting(self) -> None:
+        """Run the call on this thread if no worker has started it (its outcome kept for :meth:`result`)."""
+        if self._here is None and self._future.cancel():
+            here: Future = Future()
+            try:
+                here.set_result(self._function(*self._args))
+            except Exception as exc:  # raised by result(), in the order the caller asks (Ctrl-C: now)
+                here.set_exception(exc)
+            self._here = here
+
+    def result(self) -> T:
+        """The call's result (waiting for its worker), or its error raised."""
+        return (self._here or self._future).result()
+
+    def cancel(self) -> bool:
+        """Drop the call if nobody started it."""
+        return self._here is None and self._future.cancel()
+
+
+def run_waiting(tasks: Sequence[Task]) -> None:
+    """Run on this thread, from the last back, every task of ``tasks`` no worker has started."""
+    for task in reversed(tasks):
+        task.run_here_if_waiting()

@@ -17,13 +17,13 @@ task costs about what hashing 100 kB does), BLAKE3 running on every core for lar
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 
 import h5py
 import numpy as np
 
 from ...core.hashing import hash_pool, tensor_hash, tensor_hasher
 from ...core.manifest import ManifestEntry, dtype_from_name
+from ...core.threads import Task
 from ...errors import IntegrityError
 from ..codec.budget import check_read
 from ..codec.coding import aligned_empty
@@ -136,29 +136,30 @@ def _hash_batch(items: Sequence[tuple[int, np.ndarray, np.ndarray | None]], entr
 
 def hash_mapped(views: dict[int, np.ndarray], entries: Sequence[ManifestEntry], copy: bool,
                 where: Callable[[int], str], verify: bool = True, release: Callable[[int], None] | None = None,
-                recycle: bool = False) -> list[Future]:
+                recycle: bool = False) -> list[Task]:
     """Start hashing ``views`` (index in ``entries`` -> mapped tensor) on the hashing threads, a
-    few MB per task; each future gives ``[(index, array, digest or None)]``. ``copy``: see
-    :func:`hashed`; ``release(nbytes)`` is told the mapped bytes each task has read; ``recycle``:
-    copies go in memory earlier checkouts' models let go (:mod:`.recycled`)."""
+    few MB per :class:`~mvc_magics.core.threads.Task`, each giving ``[(index, array, digest or None)]``.
+    ``copy``: see :func:`hashed`; ``release(nbytes)`` is told the mapped bytes each task has read;
+    ``recycle``: copies go in memory earlier checkouts' models let go (:mod:`.recycled`)."""
     pool = hash_pool()
     # When no tensor holds half the bytes, the tasks alone keep every core busy: each hashes on its
     # own thread (BLAKE3's threads on top of the pool's only contend for the same cores).
     total = sum(view.nbytes for view in views.values())
     threaded = bool(views) and 2 * max(view.nbytes for view in views.values()) > total
-    futures: list[Future] = []
-    batch: list[tuple[int, np.ndarray, np.ndarray | None]] = []
+    batches: list[list[tuple[int, np.ndarray, np.ndarray | None]]] = [[]]
     size = 0
     for index, view in views.items():
         entry = entries[index]
         # Copies go into memory allocated here, on the caller's thread: malloc then reuses what the
         # last checkout freed (a worker thread's arena gave fresh pages, ~2x the CPU in page faults).
         out = _allocate(entry, where(index), recycle) if _needs_copy(view, entry, copy) else None
-        batch.append((index, view, out))
+        batches[-1].append((index, view, out))
         size += view.nbytes
         if size >= BATCH_BYTES:
-            futures.append(pool.submit(_hash_batch, batch, entries, copy, verify, where, release, threaded))
-            batch, size = [], 0
-    if batch:
-        futures.append(pool.submit(_hash_batch, batch, entries, copy, verify, where, release, threaded))
-    return futures
+            batches.append([])
+            size = 0
+    # Every task is handed out at once, after the allocations: a hashing thread started on the
+    # first one takes the GIL between its pieces, and the caller's thread, still allocating,
+    # then waited for it to hand out the second (Dense 31 MB: the second thread started 3-4 ms late).
+    return [Task(pool, _hash_batch, batch, entries, copy, verify, where, release, threaded)
+            for batch in batches if batch]

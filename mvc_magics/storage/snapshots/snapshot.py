@@ -17,6 +17,7 @@ matches the declared shape are accepted, and every tensor is re-hashed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import threading
@@ -29,6 +30,7 @@ from ...core.hashing import THREADED_HASH_BYTES, hash_pool, tensor_hash
 from ...core.hashing import version_id as compute_version_id
 from ...core.manifest import ManifestEntry, SnapshotContent, dtype_from_name, is_hash
 from ...core.progress import progress_bar
+from ...core.threads import run_waiting
 from ...errors import IntegrityError, StoreFormatError
 from ..codec import tensor_decode
 from ..codec.budget import check_read
@@ -204,10 +206,8 @@ class TensorReader:
         self._maps.close(later=self._unmap_later)
         self._groups.clear()
         for handle in self._files.values():
-            try:
+            with contextlib.suppress(Exception):
                 handle.close()
-            except Exception:
-                pass
         self._files.clear()
 
     def release_pages(self, span: np.ndarray | None = None) -> None:
@@ -286,10 +286,10 @@ class TensorReader:
             release = None if views else self._maps.handed
             batches = mapped_read.hash_mapped(mapped, entries, not views, lambda i: self._where(entries[i], owner),
                                               verify, release, recycle)
-            pool = hash_pool()
-            futures = {index: pool.submit(self._read_hashed, entry, owner, verify, views)
+            futures = {index: hash_pool().submit(self._read_hashed, entry, owner, verify, views)
                        for index, entry in enumerate(entries) if index not in mapped}
             try:
+                run_waiting(batches)  # this thread takes the batches no hashing thread has started
                 done = {index: (array, digest) for batch in batches for index, array, digest in batch.result()}
                 for index, entry in enumerate(entries):
                     array, digest = done[index] if index in done else futures[index].result()

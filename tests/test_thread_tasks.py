@@ -1,0 +1,54 @@
+"""A task handed to a pool is run by the caller when no worker has started it (core/threads.Task):
+the caller's core does the work instead of waiting for a worker the scheduler left queued. Each
+call runs once, results come in order, and an error is raised where the caller asks for it."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from mvc_magics.core.threads import Task, run_waiting
+
+
+def test_tasks_no_worker_started_run_on_the_caller_once_each_in_order():
+    pool = ThreadPoolExecutor(max_workers=1)
+    release, started = threading.Event(), threading.Event()
+    ran: list[tuple[int, str]] = []
+
+    def work(index: int) -> int:
+        ran.append((index, threading.current_thread().name))
+        if index == 0:
+            started.set()
+            release.wait(10)  # the only worker is busy with this one
+        return index * 10
+
+    tasks = [Task(pool, work, index) for index in range(4)]
+    assert started.wait(10)
+    run_waiting(tasks)  # 1, 2, 3 were waiting for the busy worker: run here, from the last back
+    here = threading.current_thread().name
+    assert [index for index, name in ran if name == here] == [3, 2, 1]
+    release.set()
+    assert [task.result() for task in tasks] == [0, 10, 20, 30]
+    assert sorted(index for index, _ in ran) == [0, 1, 2, 3]  # each call ran once
+    pool.shutdown()
+
+
+def test_an_error_of_a_task_run_here_is_raised_by_result_and_cancel_drops_what_nobody_started():
+    pool = ThreadPoolExecutor(max_workers=1)
+    release = threading.Event()
+    first = Task(pool, release.wait, 10)
+
+    def fails() -> None:
+        raise ValueError("damaged")
+
+    failing, dropped = Task(pool, fails), Task(pool, lambda: 1)
+    assert dropped.cancel()
+    failing.run_here_if_waiting()  # no error yet: it is raised where the caller asks for the result
+    with pytest.raises(ValueError, match="damaged"):
+        failing.result()
+    release.set()
+    assert first.result() is True
+    assert not failing.cancel()  # already run
+    pool.shutdown()
