@@ -5,6 +5,10 @@ keeps it out of reach, and at most the limit's worth is kept."""
 from __future__ import annotations
 
 import gc
+import os
+import signal
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -94,3 +98,43 @@ def test_keras_checkouts_reuse_memory_a_held_tensor_still_references_never(repo:
     assert len(set(handed)) < len(handed)
     # ...but never the memory ``held`` still references: its values are the first version's.
     np.testing.assert_array_equal(held.numpy(), held_copy)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+def test_a_child_forked_while_a_thread_holds_the_lock_still_gets_memory():
+    """A DataLoader worker forked while another thread gives memory back must not hang on a copy
+    of the lock no thread of its own will release."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with recycled.RECYCLED._lock:
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(10)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: one allocation through the recycled memory, then out
+            code = 1
+            try:
+                array = recycled.RECYCLED.empty(SHAPE, np.float32)
+                array[:] = 2.0
+                code = 0 if float(array.sum()) == 2.0 * array.size and recycled.RECYCLED.free_bytes == 0 else 1
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung on the recycled memory's lock")
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        release.set()
+        holder.join()

@@ -103,5 +103,15 @@ class RecycledMemory:
             self._free_bytes += storage.nbytes
 
 
+    def forget(self) -> None:
+        """Start afresh (a forked child: its copy of the lock may be held by a parent's thread
+        that does not exist here, and the kept memory is the parent's to reuse)."""
+        self._lock = threading.RLock()
+        self._free = {}
+        self._free_bytes = 0
+
+
 # The process's recycled memory, shared by every checkout.
 RECYCLED = RecycledMemory()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=RECYCLED.forget)
