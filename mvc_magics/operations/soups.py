@@ -59,19 +59,16 @@ def _found_ahead(reader: TensorReader, plan: MergePlan, used: list[tuple[int, fl
 
 
 def _average_one(reader: TensorReader, plan: MergePlan, tensor: AlignedTensor, used: list[tuple[int, float]],
-                 total: float, sums: Sums | None = None, found: dict[int, np.ndarray] | None = None
-                 ) -> np.ndarray | HashedArray:
+                 total: float, sums: Sums, found: dict[int, np.ndarray]) -> np.ndarray | HashedArray:
     """One tensor's weighted mean: float64 sums in input order, divided by the sum of the weights
-    (with its hash when the one-pass path computed it). ``found``: its inputs' mapped views when
-    :func:`_found_ahead` looked them up."""
-    sums = sums or Sums()
+    (with its hash when the one-pass path computed it). ``found``: its inputs stored as they are,
+    as :func:`_found_ahead` looked them up."""
     dtype = dtype_from_name(tensor.dtype)
     entries = [tensor.entries[i] for i, _ in used]
     owners = [plan.versions[i].id for i, _ in used]
     # Inputs stored as they are, found with HDF5's low-level calls (~10 us a tensor, against ~1 ms
     # for a checked read: a merge of ResNet50's 320 tensors makes 320 reads per input); a view of
     # bytes not aligned for the dtype is left to the checked read, which copies it.
-    found = reader.mapped_views(entries) if found is None else found
     views = {k: v for k, v in found.items() if v.dtype == dtype}
     if (len(views) == len(entries) and int(np.prod(tensor.shape, dtype=np.int64)) >= fused_average.FUSED_MIN_ELEMENTS
             and _plain_float(dtype) and accumulator_dtype(tensor.dtype) == np.float64):
