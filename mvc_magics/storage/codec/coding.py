@@ -76,10 +76,19 @@ def aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """An uninitialised C-contiguous array whose data starts on a 64-byte boundary, so a
     framework (TensorFlow through DLPack) can adopt it without copying it again to align it.
     """
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    buffer = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
+    return aligned_within(np.empty(array_nbytes(shape, dtype) + ALIGNMENT, dtype=np.uint8), shape, dtype)
+
+
+def array_nbytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
+    """Bytes of a ``dtype`` array of ``shape``."""
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+
+
+def aligned_within(buffer: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """The ``dtype`` array of ``shape`` starting at the first 64-byte boundary of the uint8
+    ``buffer`` (at least ``ALIGNMENT`` bytes longer than the array): a view of it."""
     offset = (-buffer.ctypes.data) % ALIGNMENT
-    return buffer[offset:offset + nbytes].view(dtype).reshape(shape)
+    return buffer[offset:offset + array_nbytes(shape, dtype)].view(dtype).reshape(shape)
 
 
 @dataclass(frozen=True)

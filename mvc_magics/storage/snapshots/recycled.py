@@ -28,7 +28,7 @@ import weakref
 
 import numpy as np
 
-from ..codec.coding import ALIGNMENT, aligned_empty
+from ..codec.coding import ALIGNMENT, aligned_empty, aligned_within, array_nbytes
 
 # Tensors smaller than this come from malloc (its free lists reuse them without faults).
 SMALLEST = 256 << 10
@@ -66,7 +66,7 @@ class RecycledMemory:
         """An uninitialised C-contiguous array on a 64-byte boundary (as
         :func:`~mvc_magics.storage.codec.coding.aligned_empty`), in memory let go earlier when
         some of that size is kept."""
-        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        nbytes = array_nbytes(shape, dtype)
         if nbytes < SMALLEST:
             return aligned_empty(shape, np.dtype(dtype))
         size = nbytes + ALIGNMENT
@@ -76,9 +76,7 @@ class RecycledMemory:
         exporter = (ctypes.c_char * size).from_buffer(storage)
         finalizer = weakref.finalize(exporter, self._give_back, storage)
         finalizer.atexit = False  # at exit the memory goes with the process
-        data = np.frombuffer(exporter, dtype=np.uint8)  # its base: the exporter
-        offset = (-data.ctypes.data) % ALIGNMENT
-        return data[offset:offset + nbytes].view(dtype).reshape(shape)
+        return aligned_within(np.frombuffer(exporter, dtype=np.uint8), shape, dtype)  # based on the exporter
 
     def release(self) -> None:
         """Free every storage kept."""
