@@ -68,7 +68,10 @@ def side_by_side(result: CaseResult, reps: int, ours: Callable[[], object],
     if warmup:
         with quiet_gc():
             for who in ["ours", *others]:
-                result.figures[f"first call ms: {who}"] = round(call(who)[0] * 1000, 1)
+                seconds, _cpu, value = call(who)
+                result.figures[f"first call ms: {who}"] = round(seconds * 1000, 1)
+                if who == "ours" and after is not None:
+                    after(value)
     for rep in range(reps):
         if setup is not None:
             setup(rep)

@@ -52,3 +52,27 @@ def test_an_error_of_a_task_run_here_is_raised_by_result_and_cancel_drops_what_n
     assert first.result() is True
     assert not failing.cancel()  # already run
     pool.shutdown()
+
+
+def test_a_task_without_a_pool_runs_only_on_the_caller_beside_the_pools():
+    """The caller's share of work shared out to every thread (storage/snapshots/pieces): never
+    handed to a worker, run by run_waiting first, and the pool's tasks still run on the workers."""
+    pool = ThreadPoolExecutor(max_workers=1)
+    names: list[tuple[str, str]] = []
+    worker_started = threading.Event()
+
+    def share(who: str) -> str:
+        names.append((who, threading.current_thread().name))
+        if who == "worker":
+            worker_started.set()
+        return who
+
+    handed = Task(pool, share, "worker")
+    assert worker_started.wait(10)
+    caller = Task(None, share, "caller")
+    assert ("caller", threading.current_thread().name) not in names  # nobody ran it yet
+    run_waiting([handed, caller])
+    assert handed.result() == "worker" and caller.result() == "caller"
+    assert names[-1] == ("caller", threading.current_thread().name) and len(names) == 2
+    assert Task(None, share, "dropped").cancel() and len(names) == 2
+    pool.shutdown()

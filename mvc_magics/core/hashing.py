@@ -131,6 +131,13 @@ def hash_pool() -> ThreadPoolExecutor:
     return thread_pool("hash", max(2, min(4, os.cpu_count() or 1)))
 
 
+def workers_beside_caller() -> int:
+    """How many hashing threads join the caller's on work it shares out to every thread: one
+    thread per core in all (on 2 cores a third thread only took turns with the other two: a
+    PyTorch 100 MB checkout, alternating, 23.2-23.8 ms with two workers, 22.8-23.0 with one)."""
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
 def hash_all(arrays: Mapping[str, np.ndarray]) -> dict[str, str]:
     """``{key: tensor_hash(array)}``, hashing the arrays concurrently (see :func:`hashes_ahead`)."""
     return dict(hashes_ahead(arrays))

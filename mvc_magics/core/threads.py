@@ -33,9 +33,11 @@ class Task(Generic[T]):
     tasks no worker has started (:meth:`run_here_if_waiting`, from the last back) keeps both cores busy.
     """
 
-    def __init__(self, pool: ThreadPoolExecutor, function: Callable[..., T], *args: object) -> None:
+    def __init__(self, pool: ThreadPoolExecutor | None, function: Callable[..., T], *args: object) -> None:
+        """``pool`` None: a call no worker is given, run by the caller in :func:`run_waiting` (its
+        share of work the pool's tasks share out, so it joins them instead of taking one over)."""
         self._function, self._args = function, args
-        self._future: Future = pool.submit(function, *args)
+        self._future: Future = pool.submit(function, *args) if pool is not None else Future()
         self._here: Future | None = None  # the outcome when this thread ran it
 
     def run_here_if_waiting(self) -> None:

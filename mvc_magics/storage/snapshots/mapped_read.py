@@ -10,8 +10,9 @@ a crafted offset, size or layout can only make the hash fail or the tensor go to
 map of the file itself (external or virtual storage has no offset in it: those go to the checked
 path, which refuses them).
 
-The views are hashed in batches on the hashing threads (one task per few MB, not per tensor: a
-task costs about what hashing 100 kB does), BLAKE3 running on every core for large tensors.
+Several tensors are hashed a piece at a time by the caller's thread and one hashing thread per
+other core (:mod:`.pieces`: they end together); a model whose one tensor holds most of the bytes
+is hashed in batches, BLAKE3 running on every core for that tensor.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from collections.abc import Callable, Sequence
 import h5py
 import numpy as np
 
-from ...core.hashing import hash_pool, tensor_hash, tensor_hasher
+from ...core.hashing import hash_pool, tensor_hash, tensor_hasher, workers_beside_caller
 from ...core.manifest import ManifestEntry, dtype_from_name
 from ...core.threads import Task
 from ...errors import IntegrityError
 from ..codec.budget import check_read
 from ..codec.coding import aligned_empty
 from ..codec.tensor_decode import CODING_ATTR
+from .pieces import Pieces
 from .recycled import RECYCLED
 
 _CODING_NAME = CODING_ATTR.encode()
@@ -137,8 +139,9 @@ def _hash_batch(items: Sequence[tuple[int, np.ndarray, np.ndarray | None]], entr
 def hash_mapped(views: dict[int, np.ndarray], entries: Sequence[ManifestEntry], copy: bool,
                 where: Callable[[int], str], verify: bool = True, release: Callable[[int], None] | None = None,
                 recycle: bool = False) -> list[Task]:
-    """Start hashing ``views`` (index in ``entries`` -> mapped tensor) on the hashing threads, a
-    few MB per :class:`~mvc_magics.core.threads.Task`, each giving ``[(index, array, digest or None)]``.
+    """Start hashing ``views`` (index in ``entries`` -> mapped tensor) on the hashing threads:
+    :class:`~mvc_magics.core.threads.Task` s for :func:`~mvc_magics.core.threads.run_waiting`, each
+    giving ``[(index, array, digest or None)]`` (the last one is the caller's share, see :mod:`.pieces`).
     ``copy``: see :func:`hashed`; ``release(nbytes)`` is told the mapped bytes each task has read;
     ``recycle``: copies go in memory earlier checkouts' models let go (:mod:`.recycled`)."""
     pool = hash_pool()
@@ -146,6 +149,14 @@ def hash_mapped(views: dict[int, np.ndarray], entries: Sequence[ManifestEntry], 
     # own thread (BLAKE3's threads on top of the pool's only contend for the same cores).
     total = sum(view.nbytes for view in views.values())
     threaded = bool(views) and 2 * max(view.nbytes for view in views.values()) > total
+    if not threaded:  # several tensors: shared out a piece at a time (see .pieces)
+        items = []
+        for index, view in views.items():
+            out = _allocate(entries[index], where(index), recycle) if _needs_copy(view, entries[index], copy) else None
+            items.append((index, view if out is None else out, view, out))
+        pieces = Pieces(items, verify, release)
+        # The caller's share goes last: run_waiting runs it first, then any share no worker started.
+        return [*(Task(pool, pieces.work) for _ in range(workers_beside_caller())), Task(None, pieces.work)]
     batches: list[list[tuple[int, np.ndarray, np.ndarray | None]]] = [[]]
     size = 0
     for index, view in views.items():
