@@ -118,7 +118,7 @@ def load_version(adapter: Any, model: Any, structure: object, state: Mapping[str
 
     ``checked`` is called once the model accepted ``state`` (every name, shape and dtype checked),
     before the first tensor is written, by an adapter that ``signals_checked``: nothing refuses the
-    load after it (a checkout then moves HEAD beside the copy). Others never call it.
+    load after it (a checkout then moves HEAD even if the copy is interrupted). Others never call it.
     """
     load = getattr(adapter, "load_version", None)
     if load is not None:
