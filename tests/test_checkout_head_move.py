@@ -158,9 +158,38 @@ def test_a_move_that_fails_in_the_background_is_said_by_the_next_write(repo: Rep
     repo.checkout(first.id, {"w": np.zeros(3, np.float32)}, name="arrays")
     repo.store.background.wait()  # the move failed on the worker: kept for the next call
     monkeypatch.undo()
-    with pytest.raises(StoreError, match="checkout arrays in the background failed.*No space left"):
+    with pytest.raises(StoreError, match=r"checkout arrays in the background failed.*No space left"):
         repo.tag(second.id, "kept", name="arrays")
     assert repo.head("arrays").id == second.id and "checkout" not in [e.op for e in repo.audit.entries()]
     assert not repo.layout.files.exists(repo.layout.journal_path)
     repo.tag(second.id, "kept", name="arrays")  # said once: the next write goes on
     assert repo.resolve("kept", name="arrays").id == second.id
+
+
+def test_a_version_another_process_removes_before_the_move_is_not_made_head(repo: Repo, monkeypatch):
+    """Another process removes the version between the checkout's return and its HEAD move: the
+    move is not made (HEAD never names a removed version) and the next write says why."""
+    import subprocess
+    import sys
+
+    from mvc_magics.errors import StoreError
+    from mvc_magics.storage.local.background import Background
+
+    first = repo.commit({"w": np.zeros(3, np.float32)}, "arrays")
+    second = repo.commit({"w": np.ones(3, np.float32)}, "arrays")
+    release, submit = threading.Event(), Background.submit
+
+    def held_submit(self, kind, job):  # the move starts only once the other process is done
+        return submit(self, kind, lambda own: (release.wait(60), job(own))[1])
+
+    monkeypatch.setattr(Background, "submit", held_submit)
+    repo.checkout(first.id, {"w": np.full(3, 4, np.float32)}, name="arrays")
+    code = ("import sys; from mvc_magics import Repo\n"
+            "with Repo(sys.argv[1]) as other: other.remove(sys.argv[2], name='arrays')")
+    done = subprocess.run([sys.executable, "-c", code, str(repo.path), first.id], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    release.set()
+    with pytest.raises(StoreError, match="was not moved to .*removed meanwhile by another process"):
+        repo.tag(second.id, "kept", name="arrays")
+    assert repo.head("arrays").id == second.id and "checkout" not in [e.op for e in repo.audit.entries()]

@@ -76,3 +76,9 @@ def test_a_task_without_a_pool_runs_only_on_the_caller_beside_the_pools():
     assert names[-1] == ("caller", threading.current_thread().name) and len(names) == 2
     assert Task(None, share, "dropped").cancel() and len(names) == 2
     pool.shutdown()
+
+
+def test_the_result_of_a_task_without_a_pool_runs_it_when_nobody_did():
+    ran: list[str] = []
+    task = Task(None, lambda: ran.append(threading.current_thread().name) or 7)
+    assert task.result() == 7 and task.result() == 7 and ran == [threading.current_thread().name]

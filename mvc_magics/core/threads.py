@@ -36,7 +36,7 @@ class Task(Generic[T]):
     def __init__(self, pool: ThreadPoolExecutor | None, function: Callable[..., T], *args: object) -> None:
         """``pool`` None: a call no worker is given, run by the caller in :func:`run_waiting` (its
         share of work the pool's tasks share out, so it joins them instead of taking one over)."""
-        self._function, self._args = function, args
+        self._function, self._args, self._pool_less = function, args, pool is None
         self._future: Future = pool.submit(function, *args) if pool is not None else Future()
         self._here: Future | None = None  # the outcome when this thread ran it
 
@@ -51,7 +51,10 @@ class Task(Generic[T]):
             self._here = here
 
     def result(self) -> T:
-        """The call's result (waiting for its worker), or its error raised."""
+        """The call's result (waiting for its worker), or its error raised. A call given to no
+        pool that nobody ran yet runs here (nothing else ever would)."""
+        if self._pool_less and self._here is None:
+            self.run_here_if_waiting()
         return (self._here or self._future).result()
 
     def cancel(self) -> bool:

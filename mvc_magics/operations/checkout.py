@@ -15,7 +15,7 @@ from ..core.interrupts import interrupts_held
 from ..core.manifest import ManifestEntry
 from ..core.names import validate_name
 from ..core.version import Version
-from ..errors import UnsupportedModelError
+from ..errors import StoreError, UnsupportedModelError
 from ..storage.local.store import Store
 from ..storage.snapshots.snapshot import TensorReader
 from . import versions
@@ -79,7 +79,11 @@ class HeadMove:
 
         def move(own: Store) -> None:
             own.workspace = workspace  # HEAD of this notebook, as the caller's store object names it
-            own.writes.move_head(name, vid, "checkout", detail)
+            with own.locked():
+                if not own.has_version(vid):  # another process removed it after the checkout returned
+                    raise StoreError(f"HEAD of {name!r} was not moved to {vid[:12]}: that version was "
+                                     "removed meanwhile by another process")
+                own.writes.move_head(name, vid, "checkout", detail)
 
         self._handed = self._store.background.submit(f"checkout {name}", move)
 

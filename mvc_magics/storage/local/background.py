@@ -1,10 +1,12 @@
-"""Work a store finishes after the call that started it returned: the automatic pack, and the
-commits a training loop hands off (see :mod:`mvc_magics.operations.autopack` and
+"""Work a store finishes after the call that started it returned: the automatic pack, a
+checkout's HEAD move and the commits a training loop hands off (see
+:mod:`mvc_magics.operations.autopack`, :class:`mvc_magics.operations.checkout.HeadMove` and
 :func:`mvc_magics.operations.commit.commit_later`).
 
 One worker thread per store object runs the jobs in the order they were given. Whoever reads or
-writes the store next waits for them (:meth:`Background.wait`); so does closing the store and the
-end of the process (``atexit``). A job's error is kept and raised once, by the next call that
+writes the store next waits for them (:meth:`Background.wait`), and so does a write through another
+store object of this process on the same store (:meth:`Background.settle_others`); so does closing
+the store and the end of the process (``atexit``). A job's error is kept and raised once, by the next call that
 checks (:meth:`Background.raise_error`), as one line. A pack in flight is asked to stop at its next
 file (:attr:`Background.stop`) when the user's thread needs the store, so the user never waits
 for more than one file to be re-coded. Jobs run on a store object of their own (opened by the
@@ -40,8 +42,9 @@ PAUSE_LIMIT = 5.0
 class Background:
     """The background jobs of one store object (see the module docstring)."""
 
-    def __init__(self, name: str, opener: Callable[[], Any]) -> None:
+    def __init__(self, name: str, opener: Callable[[], Any], store_key: str = "") -> None:
         self._name = name
+        self.store_key = store_key  # which store folder: other store objects on it wait for these jobs
         self._opener = opener  # opens the worker's own store object (index connection, lock)
         self._store: Any = None
         self._pool: ThreadPoolExecutor | None = None
@@ -197,6 +200,15 @@ class Background:
             commits = [future for kind, future in self._jobs if kind != "pack" and not future.done()]
         if commits:
             self.wait(packs=False)
+
+    def settle_others(self) -> None:
+        """Wait for the commits and HEAD moves this process's other store objects on the same store
+        handed off (:meth:`settle`): a write made here comes after them, as it would have come after
+        the calls that handed them off (a version removed here while another notebook's checkout of
+        it was still moving that notebook's HEAD would otherwise leave the HEAD on it)."""
+        for other in list(_LIVE):
+            if other is not self and other.store_key == self.store_key and not other.in_worker():
+                other.settle()
 
     def raise_error(self) -> None:
         """Raise the first error a background job hit since the last call (one line), if any."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,9 +44,9 @@ class Store:
         self.path = Path(path)
         self.layout = StoreLayout(self.path)
         self.layout.open(create=create)
-        self.audit = AuditLog(self.layout.audit_path, self.layout.files)
-        self.audit.anchor = self._audit_anchor
-        self.audit.on_write = self._record_audit_head
+        self._audit = AuditLog(self.layout.audit_path, self.layout.files)
+        self._audit.anchor = self._audit_anchor
+        self._audit.on_write = self._record_audit_head
         self.journal = Journal(self.layout)
         #: Progress bars on long reads and writes: None after about a second, True at once, False never.
         self.progress: bool | None = None
@@ -57,7 +58,9 @@ class Store:
         self._loose: dict[str, tuple[tuple, int]] = {}  # id -> (file identity, loose bytes or 0)
         #: Jobs finished after their call returned (the automatic pack, commits handed off by loops),
         #: run on a store object of their own (its own index connection and lock) opened by the worker.
-        self.background = Background(f"bg{id(self):x}", lambda: Store(self.path, create=False))
+        self.background = Background(f"bg{id(self):x}", lambda: Store(self.path, create=False),
+                                     store_key=os.path.realpath(self.path))
+        self._lock_holder: int | None = None  # the thread inside locked() (nested calls see it)
         self.writes = StoreWrites(self)
         if self.layout.readonly:
             if not self.layout.index_path.exists():
@@ -91,6 +94,14 @@ class Store:
     def index(self, value: Index) -> None:
         self._index = value
 
+    @property
+    def audit(self) -> AuditLog:
+        """The hash-chained audit log. On the user's thread the work handed off to the background
+        (commits, a checkout's HEAD move) is finished first, so the log read shows it."""
+        if not self.background.in_worker():
+            self.background.settle()
+        return self._audit
+
     def close(self) -> None:
         """Finish the background jobs (a pack in flight stops at its next file), close the index."""
         self.background.close()
@@ -110,8 +121,14 @@ class Store:
         if not self.background.in_worker():
             self.background.wait(packs=False)
             self.background.raise_error()  # what a commit handed off hit is said before anything else
+            if self._lock_holder != threading.get_ident():  # nested: waited when first taken
+                self.background.settle_others()
         with self.layout.locked():
-            yield
+            outer, self._lock_holder = self._lock_holder, threading.get_ident()
+            try:
+                yield
+            finally:
+                self._lock_holder = outer
 
     def loose_objects(self) -> dict[str, int]:
         """id -> size of every loose snapshot file (written by a commit, not packed yet); each
