@@ -190,6 +190,6 @@ def test_a_version_another_process_removes_before_the_move_is_not_made_head(repo
                           timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     release.set()
-    with pytest.raises(StoreError, match="was not moved to .*removed meanwhile by another process"):
+    with pytest.raises(StoreError, match=r"was not moved to .*removed meanwhile by another process"):
         repo.tag(second.id, "kept", name="arrays")
     assert repo.head("arrays").id == second.id and "checkout" not in [e.op for e in repo.audit.entries()]

@@ -233,3 +233,17 @@ def test_the_mvc_command_logs_and_exports_torch_versions(repo, tmp_path):
     mvc("export", "latest", str(tmp_path / "net.safetensors"), "--format", "safetensors", "--model", "net")
     loaded = load_file(str(tmp_path / "net.safetensors"))
     assert all(torch.equal(loaded[k], v) for k, v in net.state_dict().items())
+
+
+@pytest.mark.parametrize("lazy", ["torch.nn.modules.batchnorm.LazyBatchNorm1d", "torch.nn.modules.linear.LazyLinear"])
+def test_a_stored_module_with_lazy_tensors_is_refused_in_one_line(lazy):
+    """A structure naming a lazy layer (a crafted file: a committed one has made its tensors) has
+    no shapes to check: refused with one line, never torch's RuntimeError at the first shape read."""
+    from mvc_magics.adapters.torch import TorchAdapter
+
+    args = {"out_features": 3} if "Linear" in lazy else {}
+    layer = {"class": lazy, "args": args}
+    for node in (layer, {"class": "torch.nn.modules.container.Sequential", "children": [["0", layer]]}):
+        with pytest.raises(UnsupportedModelError, match="uninitialized \\(lazy\\) tensors") as caught:
+            TorchAdapter().build({"format": "torch.nn.Module/1", "module": node, "tied": {}}, {})
+        assert "\n" not in str(caught.value)

@@ -138,7 +138,8 @@ class TorchAdapter:
         policy = TrustPolicy(ALLOWED, unsafe, classes)
         self._check_size(structure["module"], policy, state)
         model = construct(structure["module"], policy)
-        _unique, aliases = self.named_tensors(model)
+        unique, aliases = self.named_tensors(model)
+        _refuse_lazy(model, unique)
         if aliases != structure.get("tied", {}):
             raise UnsupportedModelError("the rebuilt module does not tie the same tensors as the stored one; "
                                         "check it out into an existing module instead")
@@ -161,6 +162,7 @@ class TorchAdapter:
         except Exception:  # a layer that cannot be made on meta: the real construction decides
             return
         unique, _aliases = self.named_tensors(probe)
+        _refuse_lazy(probe, unique)
         try:
             match_state({k: (tuple(t.shape), _dtype_name(t)) for k, t in unique.items()}, state)
         except ShapeMismatchError as exc:
@@ -376,3 +378,13 @@ def _children(node: dict) -> list:
         raise UnsupportedModelError("the stored PyTorch structure is malformed; check the version out into an "
                                     "existing module instead")
     return children
+
+
+def _refuse_lazy(module: Any, tensors: Mapping[str, Any]) -> None:
+    """A rebuilt module whose parameters are not made yet (``LazyLinear``...) has no shapes to check
+    or fill: refused in one line instead of torch's error at the first shape read."""
+    is_lazy = _torch().nn.parameter.is_lazy
+    lazy = sorted(key for key, tensor in tensors.items() if is_lazy(tensor))
+    if lazy:
+        raise UnsupportedModelError(f"the rebuilt {type(module).__name__} has uninitialized (lazy) tensors "
+                                    f"({', '.join(lazy[:3])}); check it out into an existing module instead")

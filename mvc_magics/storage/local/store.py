@@ -84,10 +84,9 @@ class Store:
 
     @property
     def index(self) -> Index:
-        """The SQLite index. On the user's thread, the commits handed off to the background are
-        finished first, so every read sees them (a read never waits for a pack)."""
-        if not self.background.in_worker():
-            self.background.settle()
+        """The SQLite index. On the user's thread, the work handed off to the background is finished
+        first (:meth:`_settled`), so every read sees it (a read never waits for a pack)."""
+        self._settled()
         return self._index
 
     @index.setter
@@ -96,11 +95,19 @@ class Store:
 
     @property
     def audit(self) -> AuditLog:
-        """The hash-chained audit log. On the user's thread the work handed off to the background
-        (commits, a checkout's HEAD move) is finished first, so the log read shows it."""
+        """The hash-chained audit log, read once the work handed off is finished (:meth:`_settled`)."""
+        self._settled()
+        return self._audit
+
+    def _settled(self) -> None:
+        """On the user's thread: wait for the commits and HEAD moves handed off to the background,
+        this store object's and this process's other store objects' on the same store. Not for
+        those of others while this thread holds the lock: they were waited for when it was taken,
+        and any given since need the lock, so they come after this thread's work anyway."""
         if not self.background.in_worker():
             self.background.settle()
-        return self._audit
+            if self._lock_holder != threading.get_ident():
+                self.background.settle_others()
 
     def close(self) -> None:
         """Finish the background jobs (a pack in flight stops at its next file), close the index."""
