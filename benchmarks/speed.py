@@ -22,27 +22,10 @@ import shutil
 import time
 from pathlib import Path
 
-from .harness import REPO_ROOT, CaseResult, Workspace, settle, side_by_side
+from .harness import REPO_ROOT, CaseResult, Workspace, head_moved, settle, side_by_side
 from .measure import dir_bytes
 
 CASES = ("torch", "keras31", "keras109", "resnet50", "loop", "epochs", "merge")
-
-
-def _head_moved(repo, result: CaseResult):
-    """``side_by_side``'s ``after`` for checkouts: wait (untimed) for HEAD's audited move, which the
-    store's background worker makes once the checkout returned, so it never runs beside the next
-    party's timed call; the median wait is kept as a figure (the move's own time, said, not hidden)."""
-    from .measure import Samples
-
-    waits = Samples()
-
-    def after(_value: object) -> None:
-        start = time.perf_counter()
-        repo.store.background.wait()
-        waits.add(time.perf_counter() - start)
-        result.figures["HEAD move done after return, ms"] = round(waits.median * 1000, 2)
-
-    return after
 
 
 def _fsynced(path: Path) -> None:
@@ -100,7 +83,7 @@ def torch_cases(ws: Workspace, reps: int, megabytes: float) -> list[CaseResult]:
     side_by_side(checkout, reps, lambda: repo.checkout(vid, model),
                  {"torch.load+load_state_dict": lambda: model.load_state_dict(torch.load(pt, weights_only=True)),
                   "safetensors load_file+load_state_dict": lambda: model.load_state_dict(load_file(str(st)))},
-                 warmup=True, after=_head_moved(repo, checkout))
+                 warmup=True, after=head_moved(repo, checkout))
     repo.close()
     return [commit, checkout]
 
@@ -133,7 +116,7 @@ def keras_cases(ws: Workspace, reps: int, bm) -> list[CaseResult]:
     checkout = CaseResult("checkout into the live model", bm.key, bm.nbytes)
     side_by_side(checkout, reps, lambda: repo.checkout(vid, bm.model),
                  {"safetensors load+assign": lambda: peers.safetensors_load(bm, folder)}, warmup=True,
-                 after=_head_moved(repo, checkout))
+                 after=head_moved(repo, checkout))
     repo.close()
     return [commit, checkout]
 
@@ -257,7 +240,7 @@ def epochs_case(ws: Workspace, megabytes_model, n: int = 10) -> list[CaseResult]
         settle()
         side_by_side(oldest, 5, lambda: repo.checkout(ids[0], bm.model),
                      {"safetensors load+assign": lambda: peers.safetensors_load(bm, folder)},
-                     after=_head_moved(repo, oldest))
+                     after=head_moved(repo, oldest))
     return [disk, oldest]
 
 
