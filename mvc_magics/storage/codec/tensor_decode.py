@@ -63,10 +63,10 @@ class FileMaps:
     """Read-only memory maps of open HDF5 files, one per file, closed together."""
 
     def __init__(self) -> None:
-        self._maps: dict[int, mmap.mmap | None] = {}  # by the file descriptor HDF5 reads through
+        self._maps: dict[object, mmap.mmap | None] = {}  # by HDF5's descriptor (or a caller's key)
         self._lock = threading.Lock()  # readers decode from worker threads
         self._handed = 0  # bytes of views handed out since the mapped pages were last given back
-        self._bases: dict[int, int] = {}  # the address of each map, by descriptor (release of a span)
+        self._bases: dict[object, int] = {}  # the address of each map, by key (release of a span)
 
     def stored_bytes(self, dataset: h5py.Dataset, stored: int) -> np.ndarray:
         """The ``stored`` bytes of a contiguous uint8 dataset: a view of the file's map when it can
@@ -110,17 +110,23 @@ class FileMaps:
             return None
         if not isinstance(handle, int):
             return None
+        return self.map_descriptor(handle, handle)
+
+    def map_descriptor(self, key: object, fd: int) -> mmap.mmap | None:
+        """The read-only map of the whole file open as ``fd``, kept under ``key`` (made on first
+        use: the map holds a descriptor of its own, so ``fd`` may be closed); None when it cannot
+        be mapped (an empty file)."""
         with self._lock:
-            if handle not in self._maps:
+            if key not in self._maps:
                 try:
-                    size = os.fstat(handle).st_size
-                    self._maps[handle] = mmap.mmap(handle, size, access=mmap.ACCESS_READ) if size else None
+                    size = os.fstat(fd).st_size
+                    self._maps[key] = mmap.mmap(fd, size, access=mmap.ACCESS_READ) if size else None
                 except (OSError, ValueError):
-                    self._maps[handle] = None
-                _prefer_huge_pages(self._maps[handle])
-                if self._maps[handle] is not None:
-                    self._bases[handle] = np.frombuffer(self._maps[handle], np.uint8, count=1).ctypes.data
-            return self._maps[handle]
+                    self._maps[key] = None
+                _prefer_huge_pages(self._maps[key])
+                if self._maps[key] is not None:
+                    self._bases[key] = np.frombuffer(self._maps[key], np.uint8, count=1).ctypes.data
+            return self._maps[key]
 
     def release(self, span: np.ndarray | None = None) -> None:
         """Give back every mapped page read so far, now (see :meth:`_release`); with ``span`` (a part

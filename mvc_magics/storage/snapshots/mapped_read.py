@@ -17,7 +17,10 @@ is hashed in batches, BLAKE3 running on every core for that tensor.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -25,10 +28,12 @@ import numpy as np
 from ...core.hashing import hash_pool, tensor_hash, tensor_hasher, workers_beside_caller
 from ...core.manifest import ManifestEntry, dtype_from_name
 from ...core.threads import Task
-from ...errors import IntegrityError
+from ...errors import IntegrityError, MVCError
 from ..codec.budget import check_read
 from ..codec.coding import aligned_empty
-from ..codec.tensor_decode import CODING_ATTR
+from ..codec.tensor_decode import CODING_ATTR, FileMaps
+from ..files.h5_open import open_checked
+from . import known_offsets
 from .pieces import Pieces
 from .recycled import RECYCLED
 
@@ -73,26 +78,52 @@ def mapped_tensor(mapped: memoryview | None, offset: int | None, entry: Manifest
     return view if view.ctypes.data % dtype.itemsize else view.view(dtype).reshape(entry.shape)
 
 
-def loose_views(entries: Sequence[ManifestEntry], file_of: Callable[[str], tuple[h5py.Group, object]]
-                ) -> dict[int, np.ndarray]:
+def loose_views(entries: Sequence[ManifestEntry], file_of: Callable[[str], tuple[h5py.Group, object]],
+                mapped_file: Callable[[str], tuple[tuple[int, ...], object]] | None = None) -> dict[int, np.ndarray]:
     """Index in ``entries`` -> :func:`mapped_tensor` for every tensor stored as it is; ``file_of``
     gives an object's checked ``/tensors`` group and its file's map (an object whose file cannot
-    be opened is left to the checked path, which says what is wrong)."""
+    be opened is left to the checked path, which says what is wrong). ``mapped_file`` gives an
+    object's file identity and map without HDF5: where every offset needed is remembered for that
+    identity (:mod:`.known_offsets`), they are taken from there."""
     found: dict[int, np.ndarray] = {}
-    files: dict[str, tuple[h5py.Group, object] | None] = {}
+    by_object: dict[str, list[int]] = {}
     for index, entry in enumerate(entries):
-        if entry.object not in files:
+        if entry.nbytes:  # an empty tensor has no bytes to map
+            by_object.setdefault(entry.object, []).append(index)
+    for object_id, indices in by_object.items():
+        hashes = [entries[index].hash for index in indices]
+        offsets, mapped = None, None
+        if mapped_file is not None:
+            with contextlib.suppress(MVCError, OSError):  # refused or gone: the path below says why
+                identity, mapped = mapped_file(object_id)
+                offsets = known_offsets.known(identity, hashes)
+        if offsets is None:
             try:
-                files[entry.object] = file_of(entry.object)
+                group, mapped = file_of(object_id)
             except (IntegrityError, OSError):
-                files[entry.object] = None
-        if files[entry.object] is None:
-            continue
-        group, mapped = files[entry.object]
-        view = mapped_tensor(mapped, loose_offset(group, entry), entry)
-        if view is not None:
-            found[index] = view
+                continue
+            offsets = {digest: loose_offset(group, entries[index]) for digest, index in zip(hashes, indices)}
+            with contextlib.suppress(OSError, ValueError, RuntimeError, TypeError):
+                known_offsets.remember(known_offsets.identity(group.file.id.get_vfd_handle()), offsets)
+        for index in indices:
+            view = mapped_tensor(mapped, offsets[entries[index].hash], entries[index])
+            if view is not None:
+                found[index] = view
     return found
+
+
+def checked_maps(locate: Callable[[str], Path], maps: FileMaps) -> Callable[[str], tuple[tuple[int, ...], object]]:
+    """For :func:`loose_views`: object id -> (identity, map) of its snapshot file, opened as a checked
+    regular file (:func:`~mvc_magics.storage.files.h5_open.open_checked`) without HDF5, the map kept
+    in ``maps``."""
+    def mapped_file(object_id: str) -> tuple[tuple[int, ...], object]:
+        path = locate(object_id)
+        fd = open_checked(path)
+        try:
+            return known_offsets.identity(fd), maps.map_descriptor(("file", str(path)), fd)
+        finally:
+            os.close(fd)
+    return mapped_file
 
 
 def _needs_copy(view: np.ndarray, entry: ManifestEntry, copy: bool) -> bool:
