@@ -162,6 +162,9 @@ class MVCMagics(Magics):
             if result is not live:  # a JAX pytree is immutable: the variable now names the new one
                 self.session.namespace[target] = result
             print(f"checked out {version.summary()} into {target}")
+        # HEAD's move, made by the store's background thread, is done (or its error said) when the cell ends.
+        repo.store.background.settle()
+        repo.store.background.raise_error()
         if args.optimizer:
             restore_optimizer(repo, self.session.variable(args.optimizer), version)
             print(f"restored optimizer {args.optimizer} as committed with {version.short_id}")
