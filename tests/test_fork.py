@@ -102,6 +102,7 @@ def test_a_child_forked_during_a_background_commit_exits_and_the_commit_lands(re
     assert repo.resolve("latest", name="net").id == version.id and repo.verify().ok
     loaded = repo.checkout(version.id, {k: np.zeros_like(v) for k, v in weights.items()}, name="net")
     assert all(np.array_equal(loaded[k], weights[k]) for k in weights)
+    assert repo.head("net").id == version.id  # a read: waits for the checkout's HEAD move, which takes the lock
     assert lock_is_free(layout.lock_path) and layout.lock_holder() is None
 
 
