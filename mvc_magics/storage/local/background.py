@@ -35,6 +35,8 @@ from typing import Any
 from ...errors import StoreError
 
 _LIVE: weakref.WeakSet[Background] = weakref.WeakSet()
+# The same, by store folder (settle_others looks at its own store's only: the index is read often).
+_BY_STORE: dict[str, weakref.WeakSet[Background]] = {}
 # Longest a job waits at a pause point for one hand-off's copy (seconds).
 PAUSE_LIMIT = 5.0
 
@@ -62,6 +64,8 @@ class Background:
         self._running.set()
         self._hand_off_times: deque[float] = deque(maxlen=2)  # when the last two hand-offs started
         _LIVE.add(self)
+        if store_key:
+            _BY_STORE.setdefault(store_key, weakref.WeakSet()).add(self)
 
     def submit(self, kind: str, job: Callable[[Any], object]) -> Future:
         """Run ``job(store)`` after the jobs already given, on the worker's own store object
@@ -206,8 +210,8 @@ class Background:
         handed off (:meth:`settle`): a write made here comes after them, as it would have come after
         the calls that handed them off (a version removed here while another notebook's checkout of
         it was still moving that notebook's HEAD would otherwise leave the HEAD on it)."""
-        for other in list(_LIVE):
-            if other is not self and other.store_key == self.store_key and not other.in_worker():
+        for other in list(_BY_STORE.get(self.store_key, ())) if self.store_key else ():
+            if other is not self and not other.in_worker():
                 other.settle()
 
     def raise_error(self) -> None:
