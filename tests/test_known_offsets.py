@@ -12,6 +12,7 @@ from reliability_helpers import flip_tensor_byte
 
 from mvc_magics import Repo
 from mvc_magics.errors import IntegrityError
+from mvc_magics.storage.codec.tensor_decode import FileMaps
 from mvc_magics.storage.snapshots import known_offsets
 from mvc_magics.storage.snapshots.snapshot import TensorReader
 
@@ -40,12 +41,22 @@ def test_a_second_checkout_maps_the_file_without_hdf5_and_loads_the_same(repo: R
     weights = _weights(1)
     version = repo.commit(weights, "m")
     opened = _hdf5_opens(monkeypatch)
+    mapped: list[object] = []
+    map_descriptor = FileMaps.map_descriptor
+
+    def recorded(self, key, fd):
+        mapped.append(key)
+        return map_descriptor(self, key, fd)
+
+    monkeypatch.setattr(FileMaps, "map_descriptor", recorded)
     first = {k: np.zeros_like(v) for k, v in weights.items()}
     repo.checkout(version.id, first, name="m")
     assert opened == [version.id]  # looked up once, through HDF5
+    assert len(mapped) == 1 and isinstance(mapped[0], int)  # mapped once: through HDF5's descriptor
     second = {k: np.zeros_like(v) for k, v in weights.items()}
     repo.checkout(version.id, second, name="m")
     assert opened == [version.id]  # remembered: HDF5 not opened again
+    assert len(mapped) == 2 and mapped[1] == ("file", str(repo.layout.snapshot_path(version.id)))
     assert all(np.array_equal(first[k], weights[k]) and np.array_equal(second[k], weights[k]) for k in weights)
 
 

@@ -78,13 +78,16 @@ def mapped_tensor(mapped: memoryview | None, offset: int | None, entry: Manifest
     return view if view.ctypes.data % dtype.itemsize else view.view(dtype).reshape(entry.shape)
 
 
+Remembered = Callable[[str, list[str]], tuple[dict[str, int | None], object] | None]
+
+
 def loose_views(entries: Sequence[ManifestEntry], file_of: Callable[[str], tuple[h5py.Group, object]],
-                mapped_file: Callable[[str], tuple[tuple[int, ...], object]] | None = None) -> dict[int, np.ndarray]:
+                remembered: Remembered | None = None) -> dict[int, np.ndarray]:
     """Index in ``entries`` -> :func:`mapped_tensor` for every tensor stored as it is; ``file_of``
     gives an object's checked ``/tensors`` group and its file's map (an object whose file cannot
-    be opened is left to the checked path, which says what is wrong). ``mapped_file`` gives an
-    object's file identity and map without HDF5: where every offset needed is remembered for that
-    identity (:mod:`.known_offsets`), they are taken from there."""
+    be opened is left to the checked path, which says what is wrong). ``remembered`` (object id,
+    tensor hashes) gives their offsets and the file's map without HDF5 when every one is remembered
+    for the file as it is now (:func:`remembered_maps`), else None."""
     found: dict[int, np.ndarray] = {}
     by_object: dict[str, list[int]] = {}
     for index, entry in enumerate(entries):
@@ -92,12 +95,11 @@ def loose_views(entries: Sequence[ManifestEntry], file_of: Callable[[str], tuple
             by_object.setdefault(entry.object, []).append(index)
     for object_id, indices in by_object.items():
         hashes = [entries[index].hash for index in indices]
-        offsets, mapped = None, None
-        if mapped_file is not None:
+        known = None
+        if remembered is not None:
             with contextlib.suppress(MVCError, OSError):  # refused or gone: the path below says why
-                identity, mapped = mapped_file(object_id)
-                offsets = known_offsets.known(identity, hashes)
-        if offsets is None:
+                known = remembered(object_id, hashes)
+        if known is None:
             try:
                 group, mapped = file_of(object_id)
             except (IntegrityError, OSError):
@@ -105,6 +107,8 @@ def loose_views(entries: Sequence[ManifestEntry], file_of: Callable[[str], tuple
             offsets = {digest: loose_offset(group, entries[index]) for digest, index in zip(hashes, indices)}
             with contextlib.suppress(OSError, ValueError, RuntimeError, TypeError):
                 known_offsets.remember(known_offsets.identity(group.file.id.get_vfd_handle()), offsets)
+        else:
+            offsets, mapped = known
         for index in indices:
             view = mapped_tensor(mapped, offsets[entries[index].hash], entries[index])
             if view is not None:
@@ -112,18 +116,20 @@ def loose_views(entries: Sequence[ManifestEntry], file_of: Callable[[str], tuple
     return found
 
 
-def checked_maps(locate: Callable[[str], Path], maps: FileMaps) -> Callable[[str], tuple[tuple[int, ...], object]]:
-    """For :func:`loose_views`: object id -> (identity, map) of its snapshot file, opened as a checked
-    regular file (:func:`~mvc_magics.storage.files.h5_open.open_checked`) without HDF5, the map kept
-    in ``maps``."""
-    def mapped_file(object_id: str) -> tuple[tuple[int, ...], object]:
+def remembered_maps(locate: Callable[[str], Path], maps: FileMaps) -> Remembered:
+    """For :func:`loose_views`: the object's snapshot file opened as a checked regular file
+    (:func:`~mvc_magics.storage.files.h5_open.open_checked`) without HDF5 and, when every offset
+    asked for is remembered for its identity (:mod:`.known_offsets`), those offsets and the file's
+    map (kept in ``maps``); None otherwise, the file not mapped (HDF5 maps it)."""
+    def remembered(object_id: str, hashes: list[str]) -> tuple[dict[str, int | None], object] | None:
         path = locate(object_id)
         fd = open_checked(path)
         try:
-            return known_offsets.identity(fd), maps.map_descriptor(("file", str(path)), fd)
+            offsets = known_offsets.known(known_offsets.identity(fd), hashes)
+            return None if offsets is None else (offsets, maps.map_descriptor(("file", str(path)), fd))
         finally:
             os.close(fd)
-    return mapped_file
+    return remembered
 
 
 def _needs_copy(view: np.ndarray, entry: ManifestEntry, copy: bool) -> bool:

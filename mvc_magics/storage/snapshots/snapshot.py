@@ -308,7 +308,7 @@ class TensorReader:
         (:mod:`.mapped_read`; unverified: the caller hashes them and calls :meth:`check`)."""
         def file_of(object_id: str) -> tuple[h5py.Group, object]:
             return self._tensors_group(object_id, ""), self._maps.whole(self._file(object_id))
-        return mapped_read.loose_views(entries, file_of, mapped_read.checked_maps(self._locate, self._maps))
+        return mapped_read.loose_views(entries, file_of, mapped_read.remembered_maps(self._locate, self._maps))
 
     @staticmethod
     def _where(entry: ManifestEntry, owner: str) -> str:
