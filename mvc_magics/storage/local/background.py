@@ -4,10 +4,10 @@ checkout's HEAD move and the commits a training loop hands off (see
 :func:`mvc_magics.operations.commit.commit_later`).
 
 One worker thread per store object runs the jobs in the order they were given. Whoever reads or
-writes the store next waits for them (:meth:`Background.wait`), and so does a write through another
-store object of this process on the same store (:meth:`Background.settle_others`); so does closing
-the store and the end of the process (``atexit``). A job's error is kept and raised once, by the next call that
-checks (:meth:`Background.raise_error`), as one line. A pack in flight is asked to stop at its next
+writes the store next waits for them (:meth:`Background.wait`), through this store object or
+another of this process on the same store (:meth:`Background.settle_others`); so does closing the
+store and the end of the process (``atexit``). A job's error is kept and raised once, by the next
+call that checks (:meth:`Background.raise_error`), as one line. A pack in flight is asked to stop at its next
 file (:attr:`Background.stop`) when the user's thread needs the store, so the user never waits
 for more than one file to be re-coded. Jobs run on a store object of their own (opened by the
 worker), so their index transactions never mix with the user's on one SQLite connection.
@@ -207,9 +207,9 @@ class Background:
 
     def settle_others(self) -> None:
         """Wait for the commits and HEAD moves this process's other store objects on the same store
-        handed off (:meth:`settle`): a write made here comes after them, as it would have come after
-        the calls that handed them off (a version removed here while another notebook's checkout of
-        it was still moving that notebook's HEAD would otherwise leave the HEAD on it)."""
+        handed off (:meth:`settle`): a read or write made here comes after them, as it would have
+        come after the calls that handed them off (a version removed here while another notebook's
+        checkout of it was still moving that notebook's HEAD would otherwise leave the HEAD on it)."""
         for other in list(_BY_STORE.get(self.store_key, ())) if self.store_key else ():
             if other is not self and not other.in_worker():
                 other.settle()

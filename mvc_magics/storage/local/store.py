@@ -128,8 +128,7 @@ class Store:
         if not self.background.in_worker():
             self.background.wait(packs=False)
             self.background.raise_error()  # what a commit handed off hit is said before anything else
-            if self._lock_holder != threading.get_ident():  # nested: waited when first taken
-                self.background.settle_others()
+            self._settled()  # the other store objects' handed-off work (when first taken)
         with self.layout.locked():
             outer, self._lock_holder = self._lock_holder, threading.get_ident()
             try:
