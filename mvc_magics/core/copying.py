@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .hashing import THREADED_HASH_BYTES, hash_pool, workers_beside_caller
-from .threads import Task, run_waiting
+from .hashing import THREADED_HASH_BYTES, shared_by_every_core
+from .threads import run_waiting
 
 # Bytes copied per piece taken: taking one costs a few µs, copying 2 MB ~0.3 ms, and the threads end
 # at most a piece apart.
@@ -51,8 +51,7 @@ def copy_all(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
                 return
             np.copyto(*piece)
 
-    pool = hash_pool()
-    handed = [*(Task(pool, work) for _ in range(workers_beside_caller())), Task(None, work)]
+    handed = shared_by_every_core(work)
     try:
         run_waiting(handed)  # the caller's share first, then any share no hashing thread started
         for task in handed:

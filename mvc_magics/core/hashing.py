@@ -11,13 +11,14 @@ import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import blake3
 import numpy as np
 
 from .threads import Task, thread_pool
 
+T = TypeVar("T")
 HASH_HEX_LENGTH = 64
 SHORT_ID_LENGTH = 8
 # Multi-threaded hashing only pays off for large buffers; small ones stay on one thread.
@@ -131,11 +132,15 @@ def hash_pool() -> ThreadPoolExecutor:
     return thread_pool("hash", max(2, min(4, os.cpu_count() or 1)))
 
 
-def workers_beside_caller() -> int:
-    """How many hashing threads join the caller's on work it shares out to every thread: one
-    thread per core in all (on 2 cores a third thread only took turns with the other two: a
-    PyTorch 100 MB checkout, alternating, 23.2-23.8 ms with two workers, 22.8-23.0 with one)."""
-    return max(1, min(4, (os.cpu_count() or 2) - 1))
+def shared_by_every_core(work: Callable[[], T]) -> list[Task[T]]:
+    """Tasks running ``work``, a loop that takes its pieces from a shared queue until none is left,
+    on one hashing thread per other core and, last, the caller's own share (run first by
+    :func:`~mvc_magics.core.threads.run_waiting`): one thread per core in all (on 2 cores a third
+    thread only took turns with the other two: a PyTorch 100 MB checkout, alternating, 23.2-23.8 ms
+    with two hashing threads, 22.8-23.0 with one)."""
+    pool = hash_pool()
+    beside = max(1, min(4, (os.cpu_count() or 2) - 1))
+    return [*(Task(pool, work) for _ in range(beside)), Task(None, work)]
 
 
 def hash_all(arrays: Mapping[str, np.ndarray]) -> dict[str, str]:

@@ -25,7 +25,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ...core.hashing import hash_pool, tensor_hash, tensor_hasher, workers_beside_caller
+from ...core.hashing import hash_pool, shared_by_every_core, tensor_hash, tensor_hasher
 from ...core.manifest import ManifestEntry, dtype_from_name
 from ...core.threads import Task
 from ...errors import IntegrityError, MVCError
@@ -192,8 +192,7 @@ def hash_mapped(views: dict[int, np.ndarray], entries: Sequence[ManifestEntry], 
             out = _allocate(entries[index], where(index), recycle) if _needs_copy(view, entries[index], copy) else None
             items.append((index, view if out is None else out, view, out))
         pieces = Pieces(items, verify, release)
-        # The caller's share goes last: run_waiting runs it first, then any share no worker started.
-        return [*(Task(pool, pieces.work) for _ in range(workers_beside_caller())), Task(None, pieces.work)]
+        return shared_by_every_core(pieces.work)
     batches: list[list[tuple[int, np.ndarray, np.ndarray | None]]] = [[]]
     size = 0
     for index, view in views.items():
