@@ -380,3 +380,30 @@ def test_writes_run_in_the_caller_once_the_writer_threads_take_no_work(tmp_path,
     monkeypatch.setitem(threads._POOLS, "place", (os.getpid(), stopped))
     state = _state(4)
     _commit_exact(tmp_path, state)
+
+
+def test_large_tensors_are_hashed_and_written_first_and_every_tensor_keeps_its_own_hash(tmp_path):
+    """write_order: a state whose first tensors are small (a norm's vectors) gets its large tensors
+    into the file first (they start the disk); every tensor is listed under its own hash."""
+    from mvc_magics.core.hashing import tensor_hash
+    from mvc_magics.storage.snapshots.staging import write_order
+
+    rng = np.random.default_rng(3)
+    state = {"norm.weight": np.ones(64, np.float32), "norm.bias": np.zeros(64, np.float32),
+             "a.weight": rng.standard_normal((1024, 1100)).astype(np.float32),  # 4.5 MB: hashed in order
+             "a.bias": rng.standard_normal(1024).astype(np.float32),
+             "b.weight": rng.standard_normal((600, 700)).astype(np.float32)}  # placed, hashed by a second thread
+    assert list(write_order(state)) == ["a.weight", "b.weight", "norm.weight", "norm.bias", "a.bias"]
+    with Repo(tmp_path / ".mvc") as repo:
+        version = repo.commit(state, "m")
+        path = repo.store.layout.snapshot_path(version.id)
+        manifest = repo.store.manifest(version.id)
+        assert {entry.name: entry.hash for entry in manifest} == {k: tensor_hash(v) for k, v in state.items()}
+        assert check_file_checksum(path) is True
+    with h5py.File(path, "r") as file:
+        offsets = {name: file[f"tensors/{tensor_hash(array)}"].id.get_offset() for name, array in state.items()}
+    small = ("norm.weight", "norm.bias", "a.bias")
+    assert max(offsets["a.weight"], offsets["b.weight"]) < min(offsets[k] for k in small)
+    with Repo(tmp_path / ".mvc") as repo:
+        loaded = repo.load_state(version.id)
+    assert all(np.array_equal(loaded[k], v) for k, v in state.items())

@@ -82,3 +82,56 @@ def test_the_result_of_a_task_without_a_pool_runs_it_when_nobody_did():
     ran: list[str] = []
     task = Task(None, lambda: ran.append(threading.current_thread().name) or 7)
     assert task.result() == 7 and task.result() == 7 and ran == [threading.current_thread().name]
+
+
+def test_in_order_computes_one_item_at_a_time_in_order_and_the_caller_takes_what_nobody_started():
+    from mvc_magics.core.threads import InOrder
+
+    pool = ThreadPoolExecutor(max_workers=1)
+    busy, release = threading.Event(), threading.Event()
+    pool.submit(lambda: (busy.set(), release.wait(10)))  # the only worker is held: nobody starts item 0
+    assert busy.wait(10)
+    ran: list[tuple[int, str]] = []
+
+    def square(item: int) -> int:
+        ran.append((item, threading.current_thread().name))
+        return item * item
+
+    chain = InOrder(pool, square, [1, 2, 3, 4])
+    here = threading.current_thread().name
+    assert chain.result(0) == 1  # computed here, at once
+    assert ran == [(1, here)]
+    release.set()  # the worker takes the rest in order
+    assert [chain.result(index) for index in range(1, 4)] == [4, 9, 16]
+    assert sorted(item for item, _ in ran) == [1, 2, 3, 4]  # each once
+    assert [item for item, _ in ran] == [1, 2, 3, 4]  # in order
+    pool.shutdown()
+
+
+def test_in_order_raises_an_items_error_to_its_asker_and_cancel_starts_no_more():
+    from concurrent.futures import CancelledError
+
+    from mvc_magics.core.threads import InOrder
+
+    pool = ThreadPoolExecutor(max_workers=1)
+    busy, release = threading.Event(), threading.Event()
+    pool.submit(lambda: (busy.set(), release.wait(10)))
+    assert busy.wait(10)
+    ran: list[int] = []
+
+    def check(item: int) -> int:
+        ran.append(item)
+        if item == 2:
+            raise ValueError("item 2 is bad")
+        return item
+
+    chain = InOrder(pool, check, [1, 2, 3])
+    assert chain.result(0) == 1
+    with pytest.raises(ValueError, match="item 2 is bad"):
+        chain.result(1)
+    chain.cancel()
+    release.set()
+    with pytest.raises(CancelledError):
+        chain.result(2)
+    pool.shutdown(wait=True)
+    assert ran == [1, 2]  # the worker started nothing after the cancel

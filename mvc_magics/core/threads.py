@@ -7,6 +7,7 @@ pool has no threads): starting threads anew for every commit cost ~3 ms of a 20 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Generic, TypeVar
@@ -66,3 +67,55 @@ def run_waiting(tasks: Sequence[Task]) -> None:
     """Run on this thread, from the last back, every task of ``tasks`` no worker has started."""
     for task in reversed(tasks):
         task.run_here_if_waiting()
+
+
+class InOrder(Generic[T]):
+    """``function`` applied to ``items`` one at a time, in order, by one worker of ``pool``; a
+    caller asking for a result no one has started yet computes it itself (see :class:`Task`).
+
+    For calls that each use every core on their own (BLAKE3 of a large tensor with its own
+    threads): one at a time, the first result comes as soon as it can. A commit handing its six
+    16.8 MB tensors to two hashing threads at once (three with the caller) got its first hash
+    after 6-8 ms, in order one at a time after 2 ms, and the last no later (11.7 ms).
+    """
+
+    def __init__(self, pool: ThreadPoolExecutor, function: Callable[[object], T], items: Sequence[object]) -> None:
+        self._function, self._items = function, items
+        self._results: list[Future] = [Future() for _ in items]
+        self._next = 0  # the first item nobody has started
+        self._lock = threading.Lock()
+        pool.submit(self._work)
+
+    def _claim(self, wanted: int | None = None) -> int | None:
+        """The next item to compute here (``wanted``: only if it is that one), or None."""
+        with self._lock:
+            index = self._next
+            if index >= len(self._items) or (wanted is not None and index != wanted):
+                return None
+            self._next += 1
+            return index
+
+    def _compute(self, index: int) -> None:
+        try:
+            self._results[index].set_result(self._function(self._items[index]))
+        except BaseException as exc:  # raised by result(), to whoever asks for this item
+            self._results[index].set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+
+    def _work(self) -> None:
+        while (index := self._claim()) is not None:
+            self._compute(index)
+
+    def result(self, index: int) -> T:
+        """The result for ``items[index]``: computed here if nobody has started it."""
+        if self._claim(index) is not None:
+            self._compute(index)
+        return self._results[index].result()
+
+    def cancel(self) -> None:
+        """Start no more items (the ones running finish); their results raise ``CancelledError``."""
+        with self._lock:
+            left, self._next = range(self._next, len(self._items)), len(self._items)
+        for index in left:
+            self._results[index].cancel()

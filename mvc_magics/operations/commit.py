@@ -29,7 +29,7 @@ from ..core.version import CommitStats, Version
 from ..errors import StoreError, UnsupportedModelError
 from ..storage.files.faults import write_failure
 from ..storage.local.store import Store
-from ..storage.snapshots.staging import StagedCommit
+from ..storage.snapshots.staging import StagedCommit, write_order
 from . import autopack, lookup, versions
 from .git_state import GitStateAhead
 from .tags import check_tag_free
@@ -66,7 +66,7 @@ def commit(
     all_metrics = {**fit, **explicit}
     arrays = _storable(state)
     # Hashing runs in worker threads from here on (see storage.snapshots.staging); unchanged buffers are skipped.
-    hashes = HashesAhead(arrays, known_hashes(adapter, model, arrays))
+    hashes = HashesAhead(write_order(arrays), known_hashes(adapter, model, arrays), writing=True)
     given = {"message": message, "metrics": all_metrics, "params": params, "provenance": provenance,
              "extra": extra, "fit": fit if metrics is None else {}, "explicit": explicit, "git": git}
 
@@ -145,7 +145,8 @@ def commit_later(store: Store, model: Any, name: str, message: str | None = None
 
         def fill(staged: StagedCommit) -> object:
             staged.pause = store.background.pause_point  # a hand-off's copy goes first
-            staged.stage(arrays, f"commit {name}", HashesAhead(arrays, before=store.background.pause_point))
+            staged.stage(arrays, f"commit {name}",
+                         HashesAhead(write_order(arrays), before=store.background.pause_point, writing=True))
             return structure
 
         check_same_framework(own, name, adapter.framework)
@@ -189,7 +190,8 @@ def commit_state(store: Store, framework: str, structure: object, state: Mapping
     arrays = _storable(state)
 
     def stage(staged: StagedCommit, checked_name: str) -> None:
-        staged.stage(arrays, description=f"commit {checked_name}", hashes=HashesAhead(arrays))
+        staged.stage(arrays, description=f"commit {checked_name}",
+                     hashes=HashesAhead(write_order(arrays), writing=True))
 
     return _commit_without_model(store, framework, structure, name, stage, **options)
 

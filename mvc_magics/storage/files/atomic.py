@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import time
 import uuid
@@ -68,6 +69,38 @@ def start_range_writeback(fd: int, offset: int, length: int) -> None:
     just written there, handed to the disk at once (not a durability step either)."""
     if _SYNC_FILE_RANGE is not None:
         _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
+def _fallocate() -> Callable[[int, int, int, int], int] | None:
+    """libc's ``fallocate`` (Linux), or None elsewhere. Not ``os.posix_fallocate``: where the file
+    system cannot allocate, glibc emulates that by writing a byte into every block."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).fallocate
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    function.restype = ctypes.c_int
+    return function
+
+
+_FALLOCATE = _fallocate()
+
+
+def allocate(fd: int, offset: int, length: int) -> None:
+    """Allocate ``length`` bytes at ``offset`` of the open file ``fd`` (and extend the file over
+    them), so the writes that fill them are neither extending writes nor writes into holes.
+
+    On ext4 an ``O_DIRECT`` write past the end of the file or into a hole allocates blocks and moves
+    the file's end in the journal, one write at a time: a 100 MB first commit wrote its tensors in
+    ~86 ms that way, in ~60-65 ms into allocated space. A full disk is met here (``OSError``, ENOSPC),
+    before any byte is written; where the file system cannot allocate this does nothing."""
+    if _FALLOCATE is None or length <= 0:
+        return
+    if _FALLOCATE(fd, 0, offset, length) != 0:
+        code = ctypes.get_errno()
+        if code in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            return
+        raise OSError(code, os.strerror(code))
 
 
 def temporary_path(folder: Path, suffix: str = "") -> Path:

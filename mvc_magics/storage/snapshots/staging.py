@@ -26,6 +26,7 @@ from ...core.hashing import HashedArray, HashesAhead, canonical_json, dtype_name
 from ...core.progress import progress_bar
 from ...core.threads import thread_pool
 from ..files.atomic import publish, temporary_path
+from ..files.placed import PLACED_MIN_BYTES
 from .deltas import remember_committed
 from .snapshot import FORMAT_VERSION, ManifestEntry, TensorReader
 from .snapshot_writer import DeltaBase, SnapshotWriter
@@ -42,6 +43,16 @@ PARALLEL_MIN_BYTES = 64 << 10  # smaller tensors are coded in the writing thread
 
 def _no_pause() -> None:
     return None
+
+
+def write_order(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``arrays`` in the order a commit hashes and writes them best: the large tensors first (their
+    bytes go to the disk from worker threads as soon as each is hashed), the small ones HDF5
+    writes after them. In the mapping's order, a model's first small tensors (a norm's 8 KB
+    vectors) were written through HDF5 while both cores hashed, and a 100 MB first commit's
+    disk only started at 14 ms. The version's listing keeps the mapping's order (see :meth:`StagedCommit.stage`)."""
+    return {**{k: a for k, a in arrays.items() if a.nbytes >= PLACED_MIN_BYTES},
+            **{k: a for k, a in arrays.items() if a.nbytes < PLACED_MIN_BYTES}}
 
 
 class StagedCommit:
@@ -87,8 +98,9 @@ class StagedCommit:
 
     def stage(self, arrays: Mapping[str, np.ndarray], description: str = "commit",
               hashes: HashesAhead | None = None) -> None:
-        """Hash every array (or take ``hashes`` already under way), writing each one whose hash
-        the store (and this commit) lacks.
+        """Hash every array (or take ``hashes`` already under way, in any order: :func:`write_order`
+        is the fastest), writing each one whose hash the store (and this commit) lacks. The
+        version lists the tensors in the order of ``arrays``.
 
         New tensors are coded in worker threads, several at a time (both cores: zstd, BLAKE3 and
         numpy's copies release the GIL), while this thread writes the coded ones into the file in
@@ -99,12 +111,15 @@ class StagedCommit:
         self._pending, self._encoder = deque(), thread_pool("encode", ENCODERS)
         try:
             with progress_bar(total, description, self._progress) as bar:
-                for key, digest in hashes if hashes is not None else HashesAhead(self.arrays):
+                if hashes is None:
+                    hashes = HashesAhead(write_order(self.arrays), writing=True)
+                for key, digest in hashes:
                     array = self.arrays[key]
                     self._stage_one(key, array, digest)
                     bar.update(int(array.nbytes))
                 while self._pending:
                     self._write_next()
+            self.specs = {key: self.specs[key] for key in self.arrays}  # hashed in write order
         finally:
             for *_, future in self._pending:  # stopped by an error: nothing more is coded
                 future.cancel()
