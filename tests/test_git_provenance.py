@@ -245,3 +245,22 @@ def test_mvc_show_names_the_commit_and_dirty_state(work_tree, capsys):
     assert mvc(["--store", str(work_tree / ".mvc"), "show", version.short_id]) == 0
     sha = git(work_tree, "rev-parse", "HEAD").strip()
     assert re.search(rf"\n  git +{sha[:12]} on main, clean\n", capsys.readouterr().out)
+
+
+def test_git_runs_once_the_first_tensor_is_on_its_way_to_the_disk_and_is_still_recorded(work_tree, monkeypatch):
+    """A commit starts git only after handing its first tensor to the writers: git's processes no
+    longer take a core from the first tensor's hash (see operations.commit.commit)."""
+    from mvc_magics.storage.snapshots import staging
+
+    events: list[str] = []
+    written = staging.StagedCommit._written
+    monkeypatch.setattr(staging.StagedCommit, "_written",
+                        lambda self, *a: (events.append("write"), written(self, *a))[1])
+    read = git_state.git_state
+    monkeypatch.setattr(git_state, "git_state", lambda *a, **k: (events.append("git"), read(*a, **k))[1])
+    state = {"big": np.arange(3_000_000, dtype=np.float32), "b": np.zeros(2, np.float32)}  # 12 MB: hashed in threads
+    with Repo(work_tree / ".mvc") as repo:
+        version = repo.commit(state, "m")
+        entry = version.provenance["git"]
+    assert events.index("write") < events.index("git")
+    assert entry["commit"] == git(work_tree, "rev-parse", "HEAD").strip() and entry["branch"] == "main"

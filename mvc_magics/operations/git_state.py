@@ -34,7 +34,8 @@ class GitStateAhead:
     of content already stored (an unchanged re-commit) never waits for git.
     """
 
-    def __init__(self, provenance: Mapping[str, Any] | None, store_path: Path) -> None:
+    def __init__(self, provenance: Mapping[str, Any] | None, store_path: Path, start: bool = True) -> None:
+        """``start`` False: git runs from :meth:`start` on (or when :meth:`provenance` is asked)."""
         self._given = provenance
         self._state: dict[str, Any] | None = None
         self._thread: threading.Thread | None = None
@@ -42,7 +43,13 @@ class GitStateAhead:
             return  # given by the caller (kept as given), or switched off
         self._thread = threading.Thread(target=self._read, args=(Path(store_path), Path.cwd()), daemon=True,
                                         name="mvc-git-state")
-        self._thread.start()
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Run git now, in the thread (once)."""
+        if self._thread is not None and self._thread.ident is None:
+            self._thread.start()
 
     def _read(self, store_path: Path, cwd: Path) -> None:
         try:
@@ -53,6 +60,7 @@ class GitStateAhead:
     def provenance(self) -> dict[str, Any] | None:
         """The given provenance plus its ``git`` entry (waits for git, at most a few timeouts)."""
         if self._thread is not None:
+            self.start()
             self._thread.join()
         if self._state is None:
             return dict(self._given) if self._given is not None else None

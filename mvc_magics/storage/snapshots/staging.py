@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -95,6 +96,8 @@ class StagedCommit:
         #: Called before each tensor is written (a commit written in the background pauses there
         #: while a training loop copies its weights, see storage.local.background).
         self.pause: Callable[[], None] = _no_pause
+        #: Set once the first tensor is handed to the disk, or :meth:`stage` ended (done or failed).
+        self.writing = threading.Event()
 
     def stage(self, arrays: Mapping[str, np.ndarray], description: str = "commit",
               hashes: HashesAhead | None = None) -> None:
@@ -121,6 +124,7 @@ class StagedCommit:
                     self._write_next()
             self.specs = {key: self.specs[key] for key in self.arrays}  # hashed in write order
         finally:
+            self.writing.set()
             for *_, future in self._pending:  # stopped by an error: nothing more is coded
                 future.cancel()
             self._pending = self._encoder = None
@@ -213,6 +217,7 @@ class StagedCommit:
         self._written(array, stored)
 
     def _written(self, array: np.ndarray, stored: int) -> None:
+        self.writing.set()
         self.bytes_stored += stored
         self.bytes_written += int(array.nbytes)
         self.tensors_written += 1
