@@ -68,6 +68,26 @@ def test_any_flipped_byte_outside_the_tensors_is_reported(family):
     assert repo.verify().ok
 
 
+@pytest.mark.parametrize("known_offsets", [False, True])
+def test_a_damaged_object_header_of_the_tensors_group_is_an_integrity_error(family, known_offsets):
+    """HDF5 answers a damaged object header with a KeyError: a read names the damage in one line,
+    and checks out nothing, whether its offsets were remembered from an earlier read or not."""
+    repo, _, v2, tuned = family
+    if known_offsets:
+        repo.load_state(v2.id)  # its files' offsets are remembered (storage.snapshots.known_offsets)
+    path = repo.layout.snapshot_path(v2.id)
+    with h5py.File(path, "r") as f:
+        header = h5py.h5o.get_info(f["tensors"].id).addr + f.userblock_size
+    _flip(path, header)  # the version byte of the group's object header
+    with pytest.raises(IntegrityError, match=v2.id[:12]):
+        repo.load_state(v2.id)
+    live = {k: np.zeros_like(v) for k, v in tuned.items()}
+    with pytest.raises(IntegrityError):
+        repo.checkout(v2.id, live, name="model")
+    assert not any(v.any() for v in live.values())
+    assert v2.id in repo.verify().damaged_versions
+
+
 def test_truncated_snapshot(family):
     repo, v1, v2, _ = family
     path = repo.layout.snapshot_path(v1.id)

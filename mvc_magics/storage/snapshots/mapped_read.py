@@ -102,8 +102,8 @@ def loose_views(entries: Sequence[ManifestEntry], file_of: Callable[[str], tuple
         if known is None:
             try:
                 group, mapped = file_of(object_id)
-            except (IntegrityError, OSError):
-                continue
+            except (IntegrityError, OSError, KeyError, ValueError, TypeError, RuntimeError):
+                continue  # damaged (HDF5 raises KeyError for a bad object header): the checked read says so
             offsets = {digest: loose_offset(group, entries[index]) for digest, index in zip(hashes, indices)}
             with contextlib.suppress(OSError, ValueError, RuntimeError, TypeError):
                 known_offsets.remember(known_offsets.identity(group.file.id.get_vfd_handle()), offsets)
