@@ -132,3 +132,26 @@ def test_a_child_does_not_keep_the_lock_of_a_parent_that_was_killed(tmp_path):
             assert repo.verify().ok
     finally:
         os.kill(child, signal.SIGKILL)
+
+
+def test_a_child_uses_the_index_through_its_own_connection_and_both_histories_stay_whole(repo):
+    """SQLite's connections must not cross a fork: a child that reads and commits through the store
+    object it inherited does so through a connection of its own, and the parent's stays usable."""
+    first = repo.commit({"w": np.arange(5, dtype=np.float32)}, "m").id
+    index = repo.store.index
+    inherited = index._connection
+    pid = os.fork()
+    if pid == 0:  # the child: read, commit, check, and say how it went in the exit code
+        code = 3
+        try:
+            assert repo.resolve("latest", name="m").id == first
+            repo.commit({"w": np.arange(6, dtype=np.float32)}, "m")
+            code = 0 if index._connection is not inherited else 4
+        finally:
+            os._exit(code)
+    assert exit_status(pid) == 0
+    assert index._connection is inherited  # the parent's own, still open
+    ids = [version.id for version in repo.log("m")]
+    assert len(ids) == 2 and ids[-1] == first
+    assert repo.commit({"w": np.arange(7, dtype=np.float32)}, "m").id in [v.id for v in repo.log("m")]
+    assert index.integrity_problems() == [] and repo.verify().ok

@@ -65,6 +65,22 @@ class Index:
     def __init__(self, path: Path, readonly: bool = False) -> None:
         self.path = path
         self.readonly = readonly
+        self._open()
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        """The connection, opened again in a process forked since (a DataLoader worker, ``os.fork``):
+        SQLite's connections must not cross a fork, or the child uses the parent's locks and
+        shared memory as its own. The inherited one is left as it is (closing it could release
+        what the parent holds)."""
+        if self._opened_in != os.getpid():
+            self._private = None  # the parent's private copy: the parent removes it
+            self._open()
+        return self._connection
+
+    def _open(self) -> None:
+        path = self.path
+        self._opened_in = os.getpid()
         self._private: str | None = None  # a reader's private copy of a WAL-mode index (see _open_readonly)
         for name in (Path(path), Path(f"{path}-wal"), Path(f"{path}-shm")):
             # SQLite follows symlinks: a planted index.sqlite-wal -> a file of yours would be written.
@@ -72,7 +88,7 @@ class Index:
                 raise UnsafeFileError(f"refusing {name}: it is a symbolic link or not a regular file "
                                       "(store files must be regular files inside the store)")
         with _index_errors(path):
-            if readonly:
+            if self.readonly:
                 self._open_readonly(Path(path))
                 return
             if not path.exists():
@@ -80,18 +96,18 @@ class Index:
                 # folder the team can then write the index, and SQLite gives -wal/-shm the same mode.
                 with contextlib.suppress(FileExistsError):
                     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666))
-            self._conn = sqlite3.connect(str(path), timeout=60.0, isolation_level=None,
-                                         check_same_thread=False)
+            conn = self._connection = sqlite3.connect(str(path), timeout=60.0, isolation_level=None,
+                                                      check_same_thread=False)
             try:
-                self._conn.execute("PRAGMA journal_mode=WAL")
-                self._conn.execute("PRAGMA synchronous=FULL")
-                self._conn.executescript(SCHEMA_SQL)
-                upgrade_schema(self._conn)
-                self._conn.execute(
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.executescript(SCHEMA_SQL)
+                upgrade_schema(conn)
+                conn.execute(
                     "INSERT OR IGNORE INTO info(key, value) VALUES('schema_version', ?)", (str(SCHEMA_VERSION),)
                 )
             except BaseException:
-                self._conn.close()
+                conn.close()
                 raise
 
     def _open_readonly(self, path: Path) -> None:
@@ -116,8 +132,8 @@ class Index:
                 conn.close()
                 raise
             if not old:  # the common case: this one connection reads it in place
-                self._conn = conn
-                self._conn.execute("SELECT count(*) FROM versions")
+                self._connection = conn
+                conn.execute("SELECT count(*) FROM versions")
                 return
             conn.close()  # an index written before order keys: keyed in a private copy
         self._private = tempfile.mkdtemp(prefix="mvc-index-")
@@ -126,12 +142,14 @@ class Index:
         if pending:
             with contextlib.suppress(FileNotFoundError):  # checkpointed and removed since the look: the copy has it
                 shutil.copyfile(wal, f"{copy}-wal")
-        self._conn = sqlite3.connect(str(copy), isolation_level=None, check_same_thread=False)
-        upgrade_schema(self._conn)
-        self._conn.execute("SELECT count(*) FROM versions")
+        self._connection = sqlite3.connect(str(copy), isolation_level=None, check_same_thread=False)
+        upgrade_schema(self._connection)
+        self._connection.execute("SELECT count(*) FROM versions")
 
     def close(self) -> None:
-        self._conn.close()
+        if self._opened_in != os.getpid():  # a forked child that never used it: nothing here is its own
+            return
+        self._connection.close()
         if self._private is not None:
             shutil.rmtree(self._private, ignore_errors=True)
             self._private = None
