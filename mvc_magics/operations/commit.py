@@ -58,9 +58,8 @@ def commit(
     adapter = adapter_for(model)
     name, message, tags, explicit = _checked_inputs(store, name, adapter, message, tags, metrics)
     params = validate_params(params)
-    # git runs once the first tensor is on its way to the disk (see fill), while the others are
-    # hashed and written: started first, its processes (7-12 ms of CPU here) took a core from the
-    # first tensor's hash, and a 100 MB commit's disk started 4-6 ms later.
+    # git runs from the first write on (see fill): started first, its processes (7-12 ms of CPU
+    # here) took a core from the first tensor's hash, and a 100 MB commit's disk started 4-6 ms later.
     git = GitStateAhead(provenance, store.path, start=False)
     state = adapter.get_state(model)
     if not state:
@@ -195,8 +194,7 @@ def commit_state(store: Store, framework: str, structure: object, state: Mapping
     arrays = _storable(state)
 
     def stage(staged: StagedCommit, checked_name: str) -> None:
-        staged.stage(arrays, description=f"commit {checked_name}",
-                     hashes=HashesAhead(write_order(arrays), writing=True))
+        staged.stage(arrays, f"commit {checked_name}", HashesAhead(write_order(arrays), writing=True))
 
     return _commit_without_model(store, framework, structure, name, stage, **options)
 
