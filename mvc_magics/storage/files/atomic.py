@@ -30,18 +30,21 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    """libc's ``sync_file_range`` (Linux; Python's os module lacks it), or None elsewhere."""
+def _libc_call(name: str, argtypes: list) -> Callable[..., int] | None:
+    """libc's function ``name`` (Linux calls Python's os module lacks), or None elsewhere."""
     try:
-        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+        function = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):
         return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.argtypes = argtypes
     function.restype = ctypes.c_int
     return function
 
 
-_SYNC_FILE_RANGE = _sync_file_range()
+_SYNC_FILE_RANGE = _libc_call("sync_file_range", [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint])
+# Not os.posix_fallocate: where the file system cannot allocate, glibc emulates that by writing a
+# byte into every block.
+_FALLOCATE = _libc_call("fallocate", [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64])
 _SYNC_FILE_RANGE_WRITE = 2
 
 
@@ -69,21 +72,6 @@ def start_range_writeback(fd: int, offset: int, length: int) -> None:
     just written there, handed to the disk at once (not a durability step either)."""
     if _SYNC_FILE_RANGE is not None:
         _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
-
-
-def _fallocate() -> Callable[[int, int, int, int], int] | None:
-    """libc's ``fallocate`` (Linux), or None elsewhere. Not ``os.posix_fallocate``: where the file
-    system cannot allocate, glibc emulates that by writing a byte into every block."""
-    try:
-        function = ctypes.CDLL(None, use_errno=True).fallocate
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    function.restype = ctypes.c_int
-    return function
-
-
-_FALLOCATE = _fallocate()
 
 
 def allocate(fd: int, offset: int, length: int) -> None:
