@@ -17,7 +17,7 @@ import numpy as np
 
 from ..adapters import Adapter, adapter_for, adapter_named
 from ..adapters.base import known_hashes, remember_hashes
-from ..core.hashing import HashedArray, HashesAhead, canonical_array, version_id
+from ..core.hashing import HashedArray, canonical_array, version_id
 from ..core.manifest import ManifestEntry, storable_dtype_name
 from ..core.meta_check import validate_message
 from ..core.metadata import author, base_library_versions, validate_metrics, validate_params
@@ -29,7 +29,7 @@ from ..core.version import CommitStats, Version
 from ..errors import StoreError, UnsupportedModelError
 from ..storage.files.faults import write_failure
 from ..storage.local.store import Store
-from ..storage.snapshots.staging import StagedCommit, write_order
+from ..storage.snapshots.staging import StagedCommit, commit_hashes
 from . import autopack, lookup, versions
 from .git_state import GitStateAhead
 from .tags import check_tag_free
@@ -68,7 +68,7 @@ def commit(
     all_metrics = {**fit, **explicit}
     arrays = _storable(state)
     # Hashing runs in worker threads from here on (see storage.snapshots.staging); unchanged buffers are skipped.
-    hashes = HashesAhead(write_order(arrays), known_hashes(adapter, model, arrays), writing=True)
+    hashes = commit_hashes(arrays, known_hashes(adapter, model, arrays))
     given = {"message": message, "metrics": all_metrics, "params": params, "provenance": provenance,
              "extra": extra, "fit": fit if metrics is None else {}, "explicit": explicit, "git": git}
 
@@ -149,8 +149,7 @@ def commit_later(store: Store, model: Any, name: str, message: str | None = None
 
         def fill(staged: StagedCommit) -> object:
             staged.pause = store.background.pause_point  # a hand-off's copy goes first
-            staged.stage(arrays, f"commit {name}",
-                         HashesAhead(write_order(arrays), before=store.background.pause_point, writing=True))
+            staged.stage(arrays, f"commit {name}", commit_hashes(arrays, before=store.background.pause_point))
             return structure
 
         check_same_framework(own, name, adapter.framework)
@@ -194,7 +193,7 @@ def commit_state(store: Store, framework: str, structure: object, state: Mapping
     arrays = _storable(state)
 
     def stage(staged: StagedCommit, checked_name: str) -> None:
-        staged.stage(arrays, f"commit {checked_name}", HashesAhead(write_order(arrays), writing=True))
+        staged.stage(arrays, f"commit {checked_name}", commit_hashes(arrays))
 
     return _commit_without_model(store, framework, structure, name, stage, **options)
 

@@ -56,6 +56,13 @@ def write_order(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
             **{k: a for k, a in arrays.items() if a.nbytes < PLACED_MIN_BYTES}}
 
 
+def commit_hashes(arrays: Mapping[str, np.ndarray], known: Mapping[str, str] | None = None,
+                  before: Callable[[], None] | None = None) -> HashesAhead:
+    """The hashes a commit stages ``arrays`` with, started now: in :func:`write_order`, the large
+    ones in order, each with every core (``HashesAhead(writing=True)``)."""
+    return HashesAhead(write_order(arrays), known, before, writing=True)
+
+
 class StagedCommit:
     """The tensors of one commit, hashed, with the new ones written to a temporary snapshot.
 
@@ -101,7 +108,7 @@ class StagedCommit:
 
     def stage(self, arrays: Mapping[str, np.ndarray], description: str = "commit",
               hashes: HashesAhead | None = None) -> None:
-        """Hash every array (or take ``hashes`` already under way, in any order: :func:`write_order`
+        """Hash every array (or take ``hashes`` already under way, in any order: :func:`commit_hashes`
         is the fastest), writing each one whose hash the store (and this commit) lacks. The
         version lists the tensors in the order of ``arrays``.
 
@@ -114,9 +121,7 @@ class StagedCommit:
         self._pending, self._encoder = deque(), thread_pool("encode", ENCODERS)
         try:
             with progress_bar(total, description, self._progress) as bar:
-                if hashes is None:
-                    hashes = HashesAhead(write_order(self.arrays), writing=True)
-                for key, digest in hashes:
+                for key, digest in hashes if hashes is not None else commit_hashes(self.arrays):
                     array = self.arrays[key]
                     self._stage_one(key, array, digest)
                     bar.update(int(array.nbytes))
