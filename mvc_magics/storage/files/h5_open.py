@@ -22,6 +22,9 @@ import h5py
 from ...errors import UnsafeSnapshotError
 from .safe_files import file_kind
 
+# What h5py raises reading a damaged file (a bad object header is a KeyError): readers turn these
+# into one-line errors naming the file or tensor.
+H5_READ_ERRORS = (OSError, KeyError, ValueError, TypeError, RuntimeError)
 _FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 _PROC_FD = "/proc/self/fd"
 

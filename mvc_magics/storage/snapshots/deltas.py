@@ -22,7 +22,7 @@ from ...core.hashing import tensor_hash
 from ...core.manifest import ManifestEntry
 from ...errors import IntegrityError
 from ..codec.tensor_decode import MAX_CHAIN, delta_base
-from ..files.h5_open import open_hdf5
+from ..files.h5_open import H5_READ_ERRORS, open_hdf5
 from ..files.h5_values import read_text_attr
 from .snapshot import STRUCTURE_ATTR, TensorReader, structure_reference, unreadable
 from .snapshot_writer import DeltaBase
@@ -79,7 +79,7 @@ def base_references(path: Path) -> dict[str, tuple[str, str]]:
         found = _base_references(path)
     except FileNotFoundError:
         raise
-    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+    except H5_READ_ERRORS as exc:
         raise unreadable(path, exc) from exc
     if len(_REFERENCES) >= _REFERENCES_KEPT:
         _REFERENCES.pop(next(iter(_REFERENCES)))

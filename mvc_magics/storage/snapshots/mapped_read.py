@@ -32,7 +32,7 @@ from ...errors import IntegrityError, MVCError
 from ..codec.budget import check_read
 from ..codec.coding import aligned_empty
 from ..codec.tensor_decode import CODING_ATTR, FileMaps
-from ..files.h5_open import open_checked
+from ..files.h5_open import H5_READ_ERRORS, open_checked
 from . import known_offsets
 from .pieces import Pieces
 from .recycled import RECYCLED
@@ -102,7 +102,7 @@ def loose_views(entries: Sequence[ManifestEntry], file_of: Callable[[str], tuple
         if known is None:
             try:
                 group, mapped = file_of(object_id)
-            except (IntegrityError, OSError, KeyError, ValueError, TypeError, RuntimeError):
+            except (IntegrityError, *H5_READ_ERRORS):
                 continue  # damaged (HDF5 raises KeyError for a bad object header): the checked read says so
             offsets = {digest: loose_offset(group, entries[index]) for digest, index in zip(hashes, indices)}
             with contextlib.suppress(OSError, ValueError, RuntimeError, TypeError):

@@ -22,7 +22,7 @@ from ...core.manifest import ManifestEntry
 from ...errors import IntegrityError
 from ..codec.tensor_decode import BASE2_ATTR, DEPTH_ATTR
 from ..files.atomic import fsync_path, temporary_path
-from ..files.h5_open import open_hdf5
+from ..files.h5_open import H5_READ_ERRORS, open_hdf5
 from ..files.h5_values import read_attr, read_text_attr
 from .snapshot import BASE_ATTR, CODING_ATTR, TensorReader, read_content, unreadable
 from .snapshot_writer import DeltaBase, SnapshotWriter
@@ -65,7 +65,7 @@ def stored_codings(path: Path) -> tuple[int, dict[str, StoredCoding]]:
                 depth = int(read_attr(dataset, DEPTH_ATTR, 1 if base is not None else 0))
                 found[digest] = StoredCoding(coding, base, depth, second)
             return int(read_attr(f, "mvc_format_version", 1)), found
-    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+    except H5_READ_ERRORS as exc:
         raise unreadable(path, exc) from exc
 
 
@@ -76,7 +76,7 @@ def stored_sizes(path: Path) -> dict[str, tuple[int, str | None]]:
         with open_hdf5(path) as f:
             return {digest: (int(dataset.id.get_storage_size()), read_text_attr(dataset, CODING_ATTR))
                     for digest, dataset in f["tensors"].items()}
-    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+    except H5_READ_ERRORS as exc:
         raise unreadable(path, exc) from exc
 
 

@@ -38,7 +38,7 @@ from ..codec.coding import aligned_empty
 from ..codec.tensor_decode import BASE_ATTR, CODING_ATTR, MAX_CHAIN, delta_base
 from ..codec.tensor_decode import PLANES_ATTR as PLANES_ATTR  # the writer's and readers' one name for it
 from ..files.checksum import CHECKSUM_MAGIC, USERBLOCK_SIZE, body_digest, check_file_checksum  # noqa: F401
-from ..files.h5_open import display_name, file_size, open_hdf5
+from ..files.h5_open import H5_READ_ERRORS, display_name, file_size, open_hdf5
 from ..files.h5_values import read_attr, read_string_dataset, read_text_attr
 from . import mapped_read
 
@@ -245,7 +245,7 @@ class TensorReader:
             array = self._read_checked(entry, where, view)
         except IntegrityError:
             raise
-        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+        except H5_READ_ERRORS as exc:
             raise IntegrityError(f"{where}: unreadable ({exc})") from exc
         if verify:
             self.check(entry, tensor_hash(array), owner)
@@ -329,7 +329,7 @@ class TensorReader:
         (checked one by one, down the chain) the delta base that is damaged."""
         try:
             reference = read_text_attr(self._file(entry.object)["tensors"][entry.hash], BASE_ATTR)
-        except (OSError, KeyError, ValueError, TypeError, RuntimeError, IntegrityError):
+        except (*H5_READ_ERRORS, IntegrityError):
             reference = None
         if reference is not None and chain < MAX_CHAIN:
             object_id, _, digest = reference.partition("/")
@@ -337,7 +337,7 @@ class TensorReader:
                 base = ManifestEntry(entry.name, entry.dtype, entry.shape, digest, object_id, entry.nbytes)
                 try:
                     damaged = tensor_hash(self._read_checked(base, "base")) != digest
-                except (IntegrityError, OSError, KeyError, ValueError, TypeError, RuntimeError):
+                except (IntegrityError, *H5_READ_ERRORS):
                     damaged = True
                 if damaged:
                     return f"its delta base {object_id[:12]}/{digest[:12]} is damaged ({self._damage(base, chain + 1)})"
