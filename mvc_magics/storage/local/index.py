@@ -74,14 +74,15 @@ class Index:
         shared memory as its own. The inherited one is left as it is (closing it could release
         what the parent holds)."""
         if self._opened_in != os.getpid():
-            self._private = None  # the parent's private copy: the parent removes it
             self._open()
         return self._connection
 
     def _open(self) -> None:
         path = self.path
         self._opened_in = os.getpid()
-        self._private: str | None = None  # a reader's private copy of a WAL-mode index (see _open_readonly)
+        # A reader's private copy of a WAL-mode index (see _open_readonly); in a forked child, the
+        # parent's, which the parent removes.
+        self._private: str | None = None
         for name in (Path(path), Path(f"{path}-wal"), Path(f"{path}-shm")):
             # SQLite follows symlinks: a planted index.sqlite-wal -> a file of yours would be written.
             if name.is_symlink() or (name.exists() and not name.is_file()):
